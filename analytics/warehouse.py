@@ -1,0 +1,243 @@
+"""The DuckDB warehouse: its schema, and the one write path the sink uses.
+
+Exactly-once: the sink writes a batch's rows and the Kafka offsets that batch advances
+in one DuckDB transaction, and on (re)start seeks to the stored offsets. Rows are also
+keyed by envelope id, so a message produced twice (a client retry after a lost 202)
+adds nothing either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from schemas import CounterAggregate, HistogramAggregate, IngestedEnvelope, NoiseSpec
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PartitionOffset",
+    "WriteResult",
+    "apply_schema",
+    "connect",
+    "stored_offsets",
+    "write_envelopes",
+]
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS schema_meta (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS envelopes (
+    envelope_id     UUID PRIMARY KEY,
+    device_id       VARCHAR NOT NULL,
+    sequence        BIGINT NOT NULL,
+    region          VARCHAR NOT NULL,
+    policy_hash     VARCHAR NOT NULL,
+    app_name        VARCHAR NOT NULL,
+    app_version     VARCHAR NOT NULL,
+    window_start    TIMESTAMPTZ NOT NULL,
+    window_end      TIMESTAMPTZ NOT NULL,
+    sent_at         TIMESTAMPTZ NOT NULL,
+    received_at     TIMESTAMPTZ NOT NULL,
+    assurance       VARCHAR NOT NULL,
+    key_fingerprint VARCHAR NOT NULL
+);
+-- One row per released number. kind: counter | bucket | sum.
+-- bucket_upper is NULL for the overflow bucket (+inf) and for non-bucket rows.
+CREATE TABLE IF NOT EXISTS released_values (
+    envelope_id  UUID NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    tier         VARCHAR NOT NULL,
+    unit         VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,
+    attributes   JSON NOT NULL,
+    bucket_index INTEGER,
+    bucket_upper DOUBLE,
+    value        DOUBLE NOT NULL,
+    mechanism    VARCHAR NOT NULL,
+    scale        DOUBLE NOT NULL,
+    epsilon      DOUBLE,
+    rho          DOUBLE,
+    lower_bound  DOUBLE NOT NULL,
+    upper_bound  DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    consumer_group VARCHAR NOT NULL,
+    topic          VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset    BIGINT NOT NULL,
+    PRIMARY KEY (consumer_group, topic, kafka_partition)
+);
+"""
+
+
+_VALUE_TYPES = [
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.timestamp("us", tz="UTC"),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.int32(),
+    pa.float64(),
+    pa.float64(),
+    pa.string(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffset:
+    """The next Kafka offset to read for one partition, stored with the rows."""
+
+    topic: str
+    partition: int
+    next_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int
+    duplicates: int
+
+
+def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the warehouse tables if absent (idempotent)."""
+    conn.execute(_DDL)
+    if conn.execute("SELECT count(*) FROM schema_meta").fetchone() == (0,):
+        conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) a warehouse file with the schema applied."""
+    conn = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        apply_schema(conn)
+    return conn
+
+
+def stored_offsets(conn: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> next offset to consume, as committed with the rows."""
+    rows = conn.execute(
+        "SELECT topic, kafka_partition, next_offset FROM consumer_offsets WHERE consumer_group = ?",
+        [group],
+    ).fetchall()
+    return {(t, p): o for t, p, o in rows}
+
+
+def _noise_cols(noise: NoiseSpec) -> tuple[Any, ...]:
+    return (noise.mechanism.value, noise.scale, noise.epsilon, noise.rho, noise.lower, noise.upper)
+
+
+def _value_rows(item: IngestedEnvelope) -> Iterable[tuple[Any, ...]]:
+    env = item.envelope
+    head = (str(env.envelope_id), env.device_id, env.region, env.window_start, env.window_end)
+    for agg in env.aggregates:
+        attrs = json.dumps(agg.attributes, sort_keys=True, separators=(",", ":"))
+        meta = (agg.signal, agg.tier.value, agg.unit)
+        if isinstance(agg, CounterAggregate):
+            yield (*head, *meta, "counter", attrs, None, None, agg.value, *_noise_cols(agg.noise))
+        elif isinstance(agg, HistogramAggregate):
+            noise = _noise_cols(agg.count_noise)
+            uppers: list[float | None] = [*agg.bounds, None]
+            for i, (upper, count) in enumerate(zip(uppers, agg.counts, strict=True)):
+                yield (*head, *meta, "bucket", attrs, i, upper, count, *noise)
+            if agg.sum is not None and agg.sum_noise is not None:
+                yield (*head, *meta, "sum", attrs, None, None, agg.sum, *_noise_cols(agg.sum_noise))
+
+
+def write_envelopes(
+    conn: duckdb.DuckDBPyConnection,
+    items: Sequence[IngestedEnvelope],
+    *,
+    group: str | None = None,
+    offsets: Sequence[PartitionOffset] = (),
+) -> WriteResult:
+    """Insert envelopes not seen before, and advance `offsets`, in one transaction.
+
+    Duplicates (same envelope id, already stored or twice in `items`) are skipped.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        ids = [str(i.envelope.envelope_id) for i in items]
+        seen: set[str] = set()
+        if ids:
+            rows = conn.execute(
+                "SELECT CAST(envelope_id AS VARCHAR) FROM envelopes "
+                "WHERE envelope_id IN (SELECT unnest(?::UUID[]))",
+                [ids],
+            ).fetchall()
+            seen = {r[0] for r in rows}
+        fresh: list[IngestedEnvelope] = []
+        for item, env_id in zip(items, ids, strict=True):
+            if env_id not in seen:
+                seen.add(env_id)
+                fresh.append(item)
+        if fresh:
+            conn.executemany(
+                "INSERT INTO envelopes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.envelope_id,
+                        e.device_id,
+                        e.sequence,
+                        e.region,
+                        e.policy_hash,
+                        e.app.name,
+                        e.app.version,
+                        e.window_start,
+                        e.window_end,
+                        e.sent_at,
+                        i.received_at,
+                        i.assurance,
+                        i.key_fingerprint,
+                    )
+                    for i in fresh
+                    for e in (i.envelope,)
+                ],
+            )
+            values = [row for i in fresh for row in _value_rows(i)]
+            if values:
+                # One columnar insert: executemany costs a round trip per row.
+                batch = pa.Table.from_arrays(
+                    [
+                        pa.array(col, type=typ)
+                        for col, typ in zip(zip(*values, strict=True), _VALUE_TYPES, strict=True)
+                    ],
+                    names=[f"c{i}" for i in range(len(_VALUE_TYPES))],
+                )
+                conn.register("_qw_values", batch)
+                try:
+                    conn.execute("INSERT INTO released_values SELECT * FROM _qw_values")
+                finally:
+                    conn.unregister("_qw_values")
+        if offsets:
+            if group is None:
+                raise ValueError("offsets need a consumer group")
+            conn.executemany(
+                "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?, ?, ?)",
+                [(group, o.topic, o.partition, o.next_offset) for o in offsets],
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return WriteResult(inserted=len(fresh), duplicates=len(items) - len(fresh))

@@ -1,0 +1,42 @@
+"""Quietwire's wire format: pydantic v2 models, with exported JSON Schema. No I/O."""
+
+from schemas._aggregates import (
+    Aggregate,
+    CounterAggregate,
+    HistogramAggregate,
+    Mechanism,
+    NoiseSpec,
+    Tier,
+)
+from schemas._envelope import AppInfo, EnvelopeV1, IngestedEnvelope
+from schemas._export import json_schemas, write_json_schemas
+from schemas._wire import (
+    MAX_BATCH,
+    MAX_SEALED_BYTES,
+    BatchResult,
+    EnvelopeBatch,
+    ItemResult,
+    RejectReason,
+    SignedEnvelope,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_SEALED_BYTES",
+    "Aggregate",
+    "AppInfo",
+    "BatchResult",
+    "CounterAggregate",
+    "EnvelopeBatch",
+    "EnvelopeV1",
+    "HistogramAggregate",
+    "IngestedEnvelope",
+    "ItemResult",
+    "Mechanism",
+    "NoiseSpec",
+    "RejectReason",
+    "SignedEnvelope",
+    "Tier",
+    "json_schemas",
+    "write_json_schemas",
+]

@@ -1,0 +1,69 @@
+"""Envelope v1: one device's released aggregates for one window.
+
+The envelope is pure data. The client serializes it to JSON bytes, signs exactly those
+bytes and seals the signed form to the ingest's key (see `schemas._wire`); the ingest
+verifies the signature over the same bytes before it parses them, so no canonical JSON
+form is needed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from schemas._aggregates import Aggregate
+
+__all__ = ["AppInfo", "EnvelopeV1", "IngestedEnvelope"]
+
+_ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class AppInfo(BaseModel):
+    """The embedding app, as the app developer names it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: _ID
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EnvelopeV1(BaseModel):
+    """Everything one device releases about one aggregation window."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    envelope_id: UUID
+    device_id: _ID
+    sequence: int = Field(ge=0, description="per-device counter, strictly increasing")
+    sent_at: AwareDatetime
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    region: _ID = Field(description="data-residency region the device belongs to")
+    policy_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    app: AppInfo
+    aggregates: list[Aggregate] = Field(max_length=4096)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> EnvelopeV1:
+        if self.window_end <= self.window_start:
+            raise ValueError("window_end must be after window_start")
+        return self
+
+
+class IngestedEnvelope(BaseModel):
+    """What the ingest hands on (to Kafka, or in-process to the sink) after verifying.
+
+    `assurance` says how the signing key is anchored: `software` for a device key with
+    no hardware backing, `tpm` for a key the ingest saw certified by an attested TPM.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    envelope: EnvelopeV1
+    received_at: datetime
+    key_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    assurance: Literal["software", "tpm"]
