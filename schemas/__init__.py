@@ -10,6 +10,7 @@ from schemas._aggregates import (
 )
 from schemas._envelope import AppInfo, EnvelopeV1, IngestedEnvelope
 from schemas._export import json_schemas, write_json_schemas
+from schemas._identity import device_id_for, key_fingerprint
 from schemas._wire import (
     MAX_BATCH,
     MAX_SEALED_BYTES,
@@ -37,6 +38,8 @@ __all__ = [
     "RejectReason",
     "SignedEnvelope",
     "Tier",
+    "device_id_for",
     "json_schemas",
+    "key_fingerprint",
     "write_json_schemas",
 ]
