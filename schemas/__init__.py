@@ -9,7 +9,7 @@ from schemas._aggregates import (
     Tier,
 )
 from schemas._envelope import AppInfo, EnvelopeV1, IngestedEnvelope
-from schemas._export import json_schemas, write_json_schemas
+from schemas._export import JSONSCHEMA_DIR, json_schemas, write_json_schemas
 from schemas._identity import device_id_for, key_fingerprint
 from schemas._wire import (
     MAX_BATCH,
@@ -22,6 +22,7 @@ from schemas._wire import (
 )
 
 __all__ = [
+    "JSONSCHEMA_DIR",
     "MAX_BATCH",
     "MAX_SEALED_BYTES",
     "Aggregate",
