@@ -1,0 +1,40 @@
+"""Quietwire analytics: the DuckDB warehouse, fleet totals with honest intervals, reports.
+
+Read a warehouse with `open_warehouse`, then query it: `fleet_totals` (every released
+cell per window), `signal_totals` / `requests_by_route` (totals rolled up by labels),
+`mean_by_labels` (histogram means), `cell_summary` (one row per cell over a range).
+Every result is a Polars DataFrame with estimate, std_error and ci_low/ci_high.
+"""
+
+from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
+from analytics._intervals import NORMAL_MAX_EXCESS_KURTOSIS
+from analytics._noise import noise_fourth_cumulant, noise_variance
+from analytics._reader import open_warehouse
+from analytics._report import FleetReport, build_report, render_html, render_json, render_table
+from analytics._totals import (
+    cell_summary,
+    fleet_totals,
+    mean_by_labels,
+    requests_by_route,
+    signal_totals,
+)
+
+__all__ = [
+    "NORMAL_MAX_EXCESS_KURTOSIS",
+    "AnalyticsError",
+    "FleetReport",
+    "InvalidQueryError",
+    "WarehouseError",
+    "build_report",
+    "cell_summary",
+    "fleet_totals",
+    "mean_by_labels",
+    "noise_fourth_cumulant",
+    "noise_variance",
+    "open_warehouse",
+    "render_html",
+    "render_json",
+    "render_table",
+    "requests_by_route",
+    "signal_totals",
+]

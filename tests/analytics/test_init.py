@@ -1,0 +1,31 @@
+"""The analytics package's public door."""
+
+from __future__ import annotations
+
+import analytics
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(analytics.__all__) == sorted(
+        [
+            "NORMAL_MAX_EXCESS_KURTOSIS",
+            "AnalyticsError",
+            "FleetReport",
+            "InvalidQueryError",
+            "WarehouseError",
+            "build_report",
+            "cell_summary",
+            "fleet_totals",
+            "mean_by_labels",
+            "noise_fourth_cumulant",
+            "noise_variance",
+            "open_warehouse",
+            "render_html",
+            "render_json",
+            "render_table",
+            "requests_by_route",
+            "signal_totals",
+        ]
+    )
+    for name in analytics.__all__:
+        assert getattr(analytics, name) is not None
