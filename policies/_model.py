@@ -1,8 +1,14 @@
-"""Typed policy: the signal catalogue and the privacy parameters of each signal.
+"""Typed policy: the signal catalogue, the privacy guarantee, consent defaults, retention.
 
 Attribute labels have a declared, finite domain: a released histogram's keys leak as
 much as its counts, so the client releases every cell of the declared domain (zeros
 included) and maps an undeclared value to `other` instead of sending it verbatim.
+
+The guarantee a reviewer reads off a policy: every release of a signal costs that
+signal's `epsilon` (pure DP); a device's releases compose by basic composition and are
+capped per UTC day and over the device's lifetime (`privacy`); nothing of a tier leaves
+a device before consent is recorded for it (`consent`); content-derived data is kept the
+shortest time (`retention`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,23 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas import Tier
+from schemas import Mechanism, Tier
 
-__all__ = ["OTHER", "AttributeDomain", "CounterSignal", "HistogramSignal", "Policy", "Signal"]
+__all__ = [
+    "OTHER",
+    "SECTIONS_REQUIRED_IN_FILES",
+    "AttributeDomain",
+    "ConsentPolicy",
+    "CounterSignal",
+    "HistogramSignal",
+    "MechanismChoice",
+    "Policy",
+    "PolicyKeyError",
+    "PrivacyCaps",
+    "RetentionPolicy",
+    "Signal",
+    "TierConsent",
+]
 
 OTHER = "other"
 
@@ -24,6 +44,23 @@ _LABEL = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]*$", max_length=64)]
 _VALUE = Annotated[str, Field(min_length=1, max_length=128)]
 
 AttributeDomain = dict[_LABEL, list[_VALUE]]
+
+# Mechanisms whose privacy loss is a pure-DP epsilon; Gaussian noise only has a zCDP
+# (or approximate-DP) guarantee and cannot be charged to a pure-DP ledger.
+_PURE_DP_MECHANISMS = frozenset({Mechanism.LAPLACE, Mechanism.DISCRETE_LAPLACE})
+
+
+class PolicyKeyError(ValueError):
+    """A validation failure that knows which key (relative to its model) is at fault.
+
+    Model-level checks span several fields; pydantic would place their error on the
+    model itself. Raising this lets the loader name the exact key in the file.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(reason)
 
 
 class _SignalBase(BaseModel):
@@ -38,12 +75,13 @@ class _SignalBase(BaseModel):
     @model_validator(mode="after")
     def _check_domains(self) -> _SignalBase:
         for label, values in self.attributes.items():
+            key = f"attributes.{label}"
             if not values:
-                raise ValueError(f"attribute {label!r} declares an empty domain")
+                raise PolicyKeyError(key, f"attribute {label!r} declares an empty domain")
             if len(set(values)) != len(values):
-                raise ValueError(f"attribute {label!r} lists a value twice")
+                raise PolicyKeyError(key, f"attribute {label!r} lists a value twice")
             if OTHER in values:
-                raise ValueError(f"attribute {label!r}: {OTHER!r} is implicit, do not list it")
+                raise PolicyKeyError(key, f"{OTHER!r} is implicit, do not list it")
         return self
 
 
@@ -68,14 +106,148 @@ class HistogramSignal(_SignalBase):
     @model_validator(mode="after")
     def _check_buckets(self) -> HistogramSignal:
         if any(b <= a for a, b in zip(self.buckets, self.buckets[1:], strict=False)):
-            raise ValueError("buckets must be strictly increasing")
+            raise PolicyKeyError("buckets", "buckets must be strictly increasing")
         lo, hi = self.value_range
         if not lo < hi:
-            raise ValueError("value_range must be [low, high] with low < high")
+            raise PolicyKeyError("value_range", "must be [low, high] with low < high")
         return self
 
 
 Signal = Annotated[CounterSignal | HistogramSignal, Field(discriminator="kind")]
+
+
+class MechanismChoice(BaseModel):
+    """Which OpenDP mechanism releases each kind of value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    counter: Mechanism
+    histogram_counts: Mechanism
+    histogram_sum: Mechanism
+
+
+class PrivacyCaps(BaseModel):
+    """The per-device privacy budget.
+
+    Accounting is pure differential privacy with basic composition: the loss of a set of
+    releases is the sum of their epsilons. A device never spends more than
+    `daily_epsilon` within one UTC day, nor more than `lifetime_epsilon` in total; a
+    release that would cross either cap is suppressed (and the suppression counted).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    accounting: Literal["pure_dp"]
+    daily_epsilon: float = Field(gt=0.0, le=100.0, allow_inf_nan=False)
+    lifetime_epsilon: float = Field(gt=0.0, le=1_000_000.0, allow_inf_nan=False)
+    mechanisms: MechanismChoice
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacyCaps:
+        if self.lifetime_epsilon < self.daily_epsilon:
+            raise PolicyKeyError(
+                "lifetime_epsilon",
+                f"lifetime cap {self.lifetime_epsilon} is smaller than the daily cap "
+                f"{self.daily_epsilon}",
+            )
+        for field in ("counter", "histogram_counts", "histogram_sum"):
+            mechanism = getattr(self.mechanisms, field)
+            if mechanism not in _PURE_DP_MECHANISMS:
+                raise PolicyKeyError(
+                    f"mechanisms.{field}",
+                    f"{mechanism.value} has no pure-DP guarantee; accounting is "
+                    f"{self.accounting}, use laplace or discrete_laplace",
+                )
+        return self
+
+
+class TierConsent(BaseModel):
+    """What a tier may do before the user has decided.
+
+    Only `denied` exists: Quietwire is opt-in, nothing of a tier leaves a device until
+    consent for that tier is recorded. The field is spelled out so a reviewer reads the
+    default in the file instead of trusting code.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    default: Literal["denied"]
+
+
+class ConsentPolicy(BaseModel):
+    """Consent defaults per tier, and the version of the consent notice users agree to.
+
+    Raising `notice_version` (the text shown to users changed) makes every earlier
+    grant stale: the app must ask again before that tier sends anything.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    notice_version: int = Field(ge=1)
+    tiers: dict[Tier, TierConsent]
+
+    @model_validator(mode="after")
+    def _check(self) -> ConsentPolicy:
+        missing = [t.value for t in Tier if t not in self.tiers]
+        if missing:
+            raise PolicyKeyError("tiers", f"missing consent defaults for tier(s) {missing}")
+        return self
+
+
+class RetentionPolicy(BaseModel):
+    """How many days each tier's data is kept (on the spool and in the warehouse).
+
+    Content-derived data gets the shortest retention of all tiers.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    days: dict[Tier, Annotated[int, Field(ge=1, le=36_500)]]
+
+    @model_validator(mode="after")
+    def _check(self) -> RetentionPolicy:
+        missing = [t.value for t in Tier if t not in self.days]
+        if missing:
+            raise PolicyKeyError("days", f"missing retention for tier(s) {missing}")
+        content = self.days[Tier.CONTENT]
+        longer = [t.value for t, d in self.days.items() if t is not Tier.CONTENT and d < content]
+        if longer:
+            raise PolicyKeyError(
+                "days.content",
+                f"content retention ({content} days) must be the shortest, "
+                f"but {longer} keep data for less",
+            )
+        return self
+
+    def for_tier(self, tier: Tier) -> int:
+        """Retention of `tier`, in days."""
+        return self.days[tier]
+
+
+def _default_privacy() -> PrivacyCaps:
+    # The largest per-window epsilon a signal may declare, so any valid catalogue fits.
+    laplace = Mechanism.DISCRETE_LAPLACE
+    return PrivacyCaps(
+        accounting="pure_dp",
+        daily_epsilon=10.0,
+        lifetime_epsilon=3650.0,
+        mechanisms=MechanismChoice(
+            counter=laplace, histogram_counts=laplace, histogram_sum=Mechanism.LAPLACE
+        ),
+    )
+
+
+def _default_consent() -> ConsentPolicy:
+    return ConsentPolicy(notice_version=1, tiers={t: TierConsent(default="denied") for t in Tier})
+
+
+def _default_retention() -> RetentionPolicy:
+    return RetentionPolicy(days={Tier.HEALTH: 395, Tier.PERFORMANCE: 90, Tier.CONTENT: 7})
+
+
+# Sections a policy *file* must spell out (the loader enforces it), so the guarantee
+# can be read off the file. Policies built in code (tests) may rely on the defaults.
+SECTIONS_REQUIRED_IN_FILES = ("privacy", "consent", "retention")
 
 
 class Policy(BaseModel):
@@ -86,9 +258,30 @@ class Policy(BaseModel):
     version: Literal[1]
     window_seconds: int = Field(ge=1, le=86_400)
     signals: dict[_NAME, Signal] = Field(min_length=1)
+    privacy: PrivacyCaps = Field(default_factory=_default_privacy)
+    consent: ConsentPolicy = Field(default_factory=_default_consent)
+    retention: RetentionPolicy = Field(default_factory=_default_retention)
+
+    @model_validator(mode="after")
+    def _check_caps(self) -> Policy:
+        # A daily cap below one window's charge would silently suppress that signal
+        # forever: almost certainly a typo, so refuse the file.
+        cap = self.privacy.daily_epsilon
+        for name, signal in self.signals.items():
+            if signal.epsilon > cap:
+                raise PolicyKeyError(
+                    "privacy.daily_epsilon",
+                    f"daily cap {cap} is smaller than one window's epsilon "
+                    f"{signal.epsilon} of signal {name!r}",
+                )
+        return self
 
     @property
     def content_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the validated policy (formatting-independent)."""
+        """SHA-256 of the canonical JSON of the validated policy (formatting-independent).
+
+        Covers every section (signals, privacy caps, consent defaults, retention), so a
+        change to any of them is a different policy.
+        """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,243 @@
+"""Policy files: the default loads, and every kind of bad file names its file, key and reason."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import policies
+from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from schemas import Mechanism, Tier
+
+
+def _default_data() -> dict[str, Any]:
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _error(tmp_path: Path, data: object) -> PolicyError:
+    path = _write(tmp_path, data)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.path == path
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_public_names_are_pinned() -> None:
+    assert set(policies.__all__) == {
+        "DEFAULT_POLICY_PATH",
+        "OTHER",
+        "ConsentPolicy",
+        "CounterSignal",
+        "HistogramSignal",
+        "MechanismChoice",
+        "Policy",
+        "PolicyError",
+        "PrivacyCaps",
+        "RetentionPolicy",
+        "Signal",
+        "TierConsent",
+        "load_policy",
+    }
+
+
+def test_default_policy_states_caps_consent_and_retention() -> None:
+    policy = load_policy()
+    assert policy.privacy.accounting == "pure_dp"
+    assert 0 < policy.privacy.daily_epsilon <= policy.privacy.lifetime_epsilon
+    assert all(s.epsilon <= policy.privacy.daily_epsilon for s in policy.signals.values())
+    assert policy.privacy.mechanisms.counter is Mechanism.DISCRETE_LAPLACE
+    # Opt-in for every tier, content included.
+    assert {t: c.default for t, c in policy.consent.tiers.items()} == {
+        Tier.HEALTH: "denied",
+        Tier.PERFORMANCE: "denied",
+        Tier.CONTENT: "denied",
+    }
+    content = policy.retention.for_tier(Tier.CONTENT)
+    assert all(content <= policy.retention.for_tier(t) for t in Tier)
+    assert policy.signals["inference.requests"].tier is Tier.PERFORMANCE
+
+
+def test_content_hash_covers_the_new_sections(tmp_path: Path) -> None:
+    base = load_policy().content_hash
+    for section, key, value in [
+        ("privacy", "daily_epsilon", 4.0),
+        ("consent", "notice_version", 2),
+    ]:
+        data = _default_data()
+        data[section][key] = value
+        assert load_policy(_write(tmp_path, data)).content_hash != base
+    data = _default_data()
+    data["retention"]["days"]["content"] = 3
+    assert load_policy(_write(tmp_path, data)).content_hash != base
+
+
+def test_content_hash_ignores_formatting(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("# a comment\n" + yaml.safe_dump(_default_data(), sort_keys=True))
+    assert load_policy(path).content_hash == load_policy().content_hash
+
+
+def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    node = data
+    for key in keys[:-1]:
+        node = node[key]
+    del node[keys[-1]]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        (("privacy",), "privacy"),
+        (("privacy", "daily_epsilon"), "privacy.daily_epsilon"),
+        (("consent", "notice_version"), "consent.notice_version"),
+        (("retention",), "retention"),
+        (
+            ("signals", "inference.requests", "max_per_window"),
+            "signals.inference.requests.max_per_window",
+        ),
+    ],
+)
+def test_missing_key(tmp_path: Path, keys: tuple[str, ...], expected: str) -> None:
+    error = _error(tmp_path, _without(_default_data(), *keys))
+    assert error.key == expected
+    assert "required" in error.reason.lower()
+
+
+def test_missing_tier_in_consent(tmp_path: Path) -> None:
+    error = _error(tmp_path, _without(_default_data(), "consent", "tiers", "content"))
+    assert error.key == "consent.tiers"
+    assert "content" in error.reason
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    data = _default_data()
+    data["privacy"]["daily_epsilon"] = "lots"
+    error = _error(tmp_path, data)
+    assert error.key == "privacy.daily_epsilon"
+    assert "number" in error.reason
+
+
+def test_wrong_type_in_signal(tmp_path: Path) -> None:
+    data = _default_data()
+    data["signals"]["gen_ai.client.token.usage"]["max_events_per_window"] = [1]
+    error = _error(tmp_path, data)
+    assert error.key == "signals.gen_ai.client.token.usage.max_events_per_window"
+
+
+def test_bucket_order(tmp_path: Path) -> None:
+    data = _default_data()
+    data["signals"]["gen_ai.client.operation.duration"]["buckets"] = [0.1, 0.05, 1.0]
+    error = _error(tmp_path, data)
+    assert error.key == "signals.gen_ai.client.operation.duration.buckets"
+    assert "strictly increasing" in error.reason
+
+
+def test_unknown_field(tmp_path: Path) -> None:
+    data = _default_data()
+    data["privacy"]["weekly_epsilon"] = 3.0
+    error = _error(tmp_path, data)
+    assert error.key == "privacy.weekly_epsilon"
+    assert "not permitted" in error.reason
+
+
+def test_unknown_field_in_signal(tmp_path: Path) -> None:
+    data = _default_data()
+    data["signals"]["inference.errors"]["epsilonn"] = 0.1
+    error = _error(tmp_path, data)
+    assert error.key == "signals.inference.errors.epsilonn"
+
+
+def test_empty_domain(tmp_path: Path) -> None:
+    data = _default_data()
+    data["signals"]["inference.errors"]["attributes"]["route"] = []
+    error = _error(tmp_path, data)
+    assert error.key == "signals.inference.errors.attributes.route"
+    assert "empty domain" in error.reason
+
+
+def test_daily_cap_smaller_than_one_window(tmp_path: Path) -> None:
+    data = _default_data()
+    data["privacy"]["daily_epsilon"] = 0.1
+    error = _error(tmp_path, data)
+    assert error.key == "privacy.daily_epsilon"
+    assert "smaller than one window's epsilon" in error.reason
+
+
+def test_lifetime_cap_smaller_than_daily(tmp_path: Path) -> None:
+    data = _default_data()
+    data["privacy"]["lifetime_epsilon"] = 1.0
+    error = _error(tmp_path, data)
+    assert error.key == "privacy.lifetime_epsilon"
+    assert "smaller than the daily cap" in error.reason
+
+
+def test_gaussian_refused_under_pure_dp(tmp_path: Path) -> None:
+    data = _default_data()
+    data["privacy"]["mechanisms"]["histogram_sum"] = "gaussian"
+    error = _error(tmp_path, data)
+    assert error.key == "privacy.mechanisms.histogram_sum"
+    assert "pure-DP" in error.reason
+
+
+def test_consent_default_cannot_be_granted(tmp_path: Path) -> None:
+    data = _default_data()
+    data["consent"]["tiers"]["health"]["default"] = "granted"
+    error = _error(tmp_path, data)
+    assert error.key == "consent.tiers.health.default"
+
+
+def test_content_retention_must_be_shortest(tmp_path: Path) -> None:
+    data = _default_data()
+    data["retention"]["days"]["content"] = 400
+    error = _error(tmp_path, data)
+    assert error.key == "retention.days.content"
+    assert "shortest" in error.reason
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("version: 1\nsignals: [unclosed\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert (info.value.path, info.value.key) == (path, "")
+    assert "not valid YAML" in info.value.reason
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    error = _error(tmp_path, ["version", 1])
+    assert error.key == ""
+    assert "mapping" in error.reason
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.path == path
+    assert "cannot read" in info.value.reason
+
+
+def test_policies_built_in_code_default_to_opt_in_and_bounded_caps() -> None:
+    data = _default_data()
+    for section in ("privacy", "consent", "retention"):
+        del data[section]
+    policy = policies.Policy.model_validate(data)
+    assert all(c.default == "denied" for c in policy.consent.tiers.values())
+    assert set(policy.consent.tiers) == set(Tier)
+    assert policy.privacy.daily_epsilon <= 10.0
+    assert policy.retention.for_tier(Tier.CONTENT) == min(policy.retention.days.values())
