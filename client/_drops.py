@@ -1,0 +1,53 @@
+"""Loss accounting: every dropped measurement or envelope is counted by reason.
+
+The record path never raises into the host app; instead it counts what it dropped so
+the app (or a later health report) can see it. Increments happen only on the slow
+path, so a lock here costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import StrEnum
+
+__all__ = ["DropCounter", "DropReason"]
+
+
+class DropReason(StrEnum):
+    """Why a measurement, a label or an envelope was dropped."""
+
+    NEGATIVE_AMOUNT = "negative_amount"
+    NOT_FINITE = "not_finite"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_SIGNAL = "unknown_signal"
+    UNDECLARED_LABEL = "undeclared_label"
+    RELEASE_FAILED = "release_failed"
+    QUEUE_FULL = "queue_full"
+    SEAL_FAILED = "seal_failed"
+    SEND_FAILED = "send_failed"
+    # Items the ingest refused are counted as "rejected:<RejectReason>".
+
+
+class DropCounter:
+    """Thread-safe counts of drops, keyed by reason (a `DropReason` or a free string)."""
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, reason: str, n: int = 1) -> None:
+        """Count `n` drops for `reason`."""
+        key = str(reason)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counts so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    def reset_after_fork(self) -> None:
+        """Give the child a fresh lock (another thread may have held it at fork time)."""
+        self._lock = threading.Lock()

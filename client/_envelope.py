@@ -1,0 +1,117 @@
+"""Building envelopes, and the per-device state that must survive restarts.
+
+`build_envelope` is pure: data in, `EnvelopeV1` out. `DeviceState` persists the last
+sequence number used and the end of the last window released, in a small JSON file of
+the state directory, so a restarted client never reuses a sequence number nor
+releases a window that overlaps one it already released. Each update is read, bumped
+and replaced atomically under an advisory file lock, so two processes sharing a state
+directory (a forked child, say) still never hand out the same number.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from client._errors import ClientError
+from schemas import AppInfo, CounterAggregate, EnvelopeV1, HistogramAggregate
+
+__all__ = ["DeviceState", "build_envelope"]
+
+
+def build_envelope(
+    *,
+    device_id: str,
+    sequence: int,
+    window_start: datetime,
+    window_end: datetime,
+    sent_at: datetime,
+    region: str,
+    policy_hash: str,
+    app: AppInfo,
+    aggregates: Sequence[CounterAggregate | HistogramAggregate],
+) -> EnvelopeV1:
+    """An envelope with a fresh random id for one window's released aggregates."""
+    return EnvelopeV1(
+        envelope_id=uuid.uuid4(),
+        device_id=device_id,
+        sequence=sequence,
+        sent_at=sent_at,
+        window_start=window_start,
+        window_end=window_end,
+        region=region,
+        policy_hash=policy_hash,
+        app=app,
+        aggregates=list(aggregates),
+    )
+
+
+class DeviceState:
+    """The device's persisted sequence counter and last released window end."""
+
+    FILE_NAME = "client_state.json"
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self._dir = Path(state_dir)
+        self.path = self._dir / self.FILE_NAME
+        self._lock_path = self._dir / (self.FILE_NAME + ".lock")
+        self._lock = threading.Lock()
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ClientError(f"cannot create state directory {self._dir}: {exc}") from exc
+
+    def last_window_end(self) -> datetime | None:
+        """End of the last window this device released, if any."""
+        raw = self._read().get("last_window_end")
+        return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+
+    def last_sequence(self) -> int | None:
+        """The last sequence number handed out, if any."""
+        raw = self._read().get("sequence")
+        return raw if isinstance(raw, int) else None
+
+    def next_sequence(self, window_end: datetime) -> int:
+        """Hand out the next sequence number and record `window_end` as released.
+
+        Persisted (fsync, atomic rename) before it is returned: a crash may skip a
+        number, never repeat one.
+        """
+        with self._lock, open(self._lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                state = self._read()
+                last = state.get("sequence")
+                seq = last + 1 if isinstance(last, int) else 0
+                previous = state.get("last_window_end")
+                end = window_end.astimezone(UTC)
+                if isinstance(previous, str):
+                    # Never move the release horizon backwards.
+                    end = max(end, datetime.fromisoformat(previous))
+                self._write({"sequence": seq, "last_window_end": end.isoformat()})
+                return seq
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, object]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"cannot read client state {self.path}: {exc}") from exc
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, state: dict[str, object]) -> None:
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,235 @@
+"""Instruments: `Counter.add` and `Histogram.record`, the host app's hot path.
+
+The path is: validate the number with exact type checks, find the cell through a cache
+keyed by the call's attribute items (no sorting, no policy lookups), and add under the
+cell's own lock. Anything unusual (a new attribute set, a numpy scalar, bad input)
+falls to a slow path that resolves, converts or drops and counts. Nothing here raises
+into the host app.
+
+Why a lock and not bare `+=`: under the GIL `x += n` is a read, an add and a store, and
+a thread switch between them loses an update; an uncontended `threading.Lock` costs
+well under 100 ns here and keeps every count exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import operator
+from bisect import bisect_left
+
+from client._aggregation import CounterCell, CounterTable, HistogramCell, HistogramTable
+from client._domain import CellDomain
+from client._drops import DropCounter, DropReason
+
+__all__ = ["BoundCounter", "BoundHistogram", "Counter", "Histogram"]
+
+# Distinct attribute sets (per instrument) whose resolution is remembered. Past this,
+# new sets still resolve correctly, only more slowly, so a caller passing free-form
+# values cannot grow memory without bound.
+_CACHE_LIMIT = 1024
+_INF = math.inf
+
+
+class Counter:
+    """A counter signal of the policy: `add(amount, **attributes)` counts per window.
+
+    Amounts are non-negative integers. A value outside a label's declared domain counts
+    as `other`; a label the policy does not declare is dropped and counted.
+    """
+
+    __slots__ = ("_cache", "_domain", "_drops", "_table", "name")
+
+    def __init__(self, name: str, domain: CellDomain, table: CounterTable, drops: DropCounter):
+        self.name = name
+        self._domain = domain
+        self._table = table
+        self._drops = drops
+        self._cache: dict[tuple[tuple[str, object], ...], CounterCell] = {}
+
+    def add(self, amount: int = 1, **attributes: object) -> None:
+        """Add `amount` (a non-negative int) to the cell of `attributes`. Never raises."""
+        if type(amount) is int and amount >= 0:
+            try:
+                cell = self._cache[tuple(attributes.items())]
+            except (KeyError, TypeError):
+                cell = self._cell_for(attributes)
+            with cell.lock:
+                cell.value += amount
+        else:
+            self._add_slow(amount, attributes)
+
+    def bind(self, **attributes: object) -> BoundCounter:
+        """A handle fixed to one attribute set: the fastest way to add repeatedly.
+
+        Undeclared labels are counted once, here, not on every add.
+        """
+        return BoundCounter(self, self._cell_for(attributes))
+
+    def _cell_for(self, attributes: dict[str, object]) -> CounterCell:
+        try:
+            index, undeclared = self._domain.resolve(attributes)
+            cell = self._table.cell(index)
+            if undeclared:
+                # Not cached, so that every call with an undeclared label is counted.
+                self._drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
+            elif len(self._cache) < _CACHE_LIMIT:
+                # An unhashable value is resolved, just not cacheable.
+                with contextlib.suppress(TypeError):
+                    self._cache[tuple(attributes.items())] = cell
+            return cell
+        except Exception:  # pragma: no cover - defensive: the host app must not see it
+            return self._table.cell(self._domain.size - 1)
+
+    def _add_slow(self, amount: object, attributes: dict[str, object]) -> None:
+        count, reason = _as_count(amount)
+        if reason is not None:
+            self._drops.add(reason)
+            return
+        self.add(count, **attributes)
+
+
+class BoundCounter:
+    """A counter fixed to one attribute set (see `Counter.bind`)."""
+
+    __slots__ = ("_cell", "_counter")
+
+    def __init__(self, counter: Counter, cell: CounterCell) -> None:
+        self._counter = counter
+        self._cell = cell
+
+    def add(self, amount: int = 1) -> None:
+        """Add `amount` (a non-negative int). Never raises."""
+        if type(amount) is int and amount >= 0:
+            cell = self._cell
+            with cell.lock:
+                cell.value += amount
+        else:
+            count, reason = _as_count(amount)
+            if reason is not None:
+                self._counter._drops.add(reason)
+            else:
+                self.add(count)
+
+
+class Histogram:
+    """A histogram signal of the policy: `record(value, **attributes)` per window.
+
+    Values are finite real numbers. Buckets are the policy's explicit upper bounds
+    (OpenTelemetry style: a value equal to a bound falls in that bound's bucket); the
+    sum used for means adds values clamped to the policy's `value_range`.
+    """
+
+    __slots__ = ("_bounds", "_cache", "_domain", "_drops", "_hi", "_lo", "_table", "name")
+
+    def __init__(
+        self,
+        name: str,
+        domain: CellDomain,
+        table: HistogramTable,
+        drops: DropCounter,
+        bounds: list[float],
+        value_range: tuple[float, float],
+    ) -> None:
+        self.name = name
+        self._domain = domain
+        self._table = table
+        self._drops = drops
+        self._bounds = list(bounds)
+        self._lo, self._hi = value_range
+        self._cache: dict[tuple[tuple[str, object], ...], HistogramCell] = {}
+
+    def record(self, value: float, **attributes: object) -> None:
+        """Record one finite value in the cell of `attributes`. Never raises."""
+        if (type(value) is float or type(value) is int) and -_INF < value < _INF:
+            try:
+                cell = self._cache[tuple(attributes.items())]
+            except (KeyError, TypeError):
+                cell = self._cell_for(attributes)
+            bucket = bisect_left(self._bounds, value)
+            clamped = self._lo if value < self._lo else self._hi if value > self._hi else value
+            with cell.lock:
+                cell.counts[bucket] += 1
+                cell.total += clamped
+        else:
+            self._record_slow(value, attributes)
+
+    def bind(self, **attributes: object) -> BoundHistogram:
+        """A handle fixed to one attribute set: the fastest way to record repeatedly."""
+        return BoundHistogram(self, self._cell_for(attributes))
+
+    def _cell_for(self, attributes: dict[str, object]) -> HistogramCell:
+        try:
+            index, undeclared = self._domain.resolve(attributes)
+            cell = self._table.cell(index)
+            if undeclared:
+                self._drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
+            elif len(self._cache) < _CACHE_LIMIT:
+                with contextlib.suppress(TypeError):
+                    self._cache[tuple(attributes.items())] = cell
+            return cell
+        except Exception:  # pragma: no cover - defensive: the host app must not see it
+            return self._table.cell(self._domain.size - 1)
+
+    def _record_slow(self, value: object, attributes: dict[str, object]) -> None:
+        converted, reason = _as_finite_float(value)
+        if reason is not None:
+            self._drops.add(reason)
+            return
+        self.record(converted, **attributes)
+
+
+class BoundHistogram:
+    """A histogram fixed to one attribute set (see `Histogram.bind`)."""
+
+    __slots__ = ("_bounds", "_cell", "_hi", "_histogram", "_lo")
+
+    def __init__(self, histogram: Histogram, cell: HistogramCell) -> None:
+        self._histogram = histogram
+        self._cell = cell
+        self._bounds = histogram._bounds
+        self._lo = histogram._lo
+        self._hi = histogram._hi
+
+    def record(self, value: float) -> None:
+        """Record one finite value. Never raises."""
+        if (type(value) is float or type(value) is int) and -_INF < value < _INF:
+            bucket = bisect_left(self._bounds, value)
+            clamped = self._lo if value < self._lo else self._hi if value > self._hi else value
+            cell = self._cell
+            with cell.lock:
+                cell.counts[bucket] += 1
+                cell.total += clamped
+        else:
+            converted, reason = _as_finite_float(value)
+            if reason is not None:
+                self._histogram._drops.add(reason)
+            else:
+                self.record(converted)
+
+
+def _as_count(amount: object) -> tuple[int, DropReason | None]:
+    """A counter amount as an int (numpy integers too), or the reason it is refused."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Integral):
+        if isinstance(amount, float) and not math.isfinite(amount):
+            return 0, DropReason.NOT_FINITE
+        return 0, DropReason.WRONG_TYPE
+    try:
+        count = operator.index(amount)
+    except Exception:
+        return 0, DropReason.WRONG_TYPE
+    return count, DropReason.NEGATIVE_AMOUNT if count < 0 else None
+
+
+def _as_finite_float(value: object) -> tuple[float, DropReason | None]:
+    """A histogram value as a float, or the reason it is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return 0.0, DropReason.WRONG_TYPE
+    try:
+        converted = float(value)
+    except Exception:
+        return 0.0, DropReason.WRONG_TYPE
+    if not math.isfinite(converted):
+        return 0.0, DropReason.NOT_FINITE
+    return converted, None

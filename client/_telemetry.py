@@ -1,0 +1,365 @@
+"""`Telemetry`: the facade an app embeds.
+
+Processing order, top to bottom (`_collect_window`): close due windows, take every
+cell's value, clamp and release each signal through OpenDP, build the envelope with
+the next persisted sequence number, queue it. Sending (`_send_pending`) signs and
+seals at send time and hands batches to the transport.
+
+Two modes, chosen once at construction: `background` runs one daemon thread that
+closes windows on the wall clock and sends; `manual` runs no thread, and the caller (a
+simulator with its own clock) calls `collect(now)` and `flush()`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+
+from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
+from client._config import TelemetryConfig
+from client._domain import CellDomain
+from client._drops import DropCounter, DropReason
+from client._envelope import DeviceState, build_envelope
+from client._errors import SignalKindError, TransportError, UnknownSignalError
+from client._instruments import Counter, Histogram
+from client._keys import KeyStore, SoftwareKeyStore
+from client._outbox import Outbox, send_one_batch
+from client._release import (
+    Release,
+    TrueCounter,
+    TrueHistogram,
+    release_counter,
+    release_histogram,
+)
+from client._sealing import EnvelopeSealer
+from client._transport import HttpTransport, Transport
+from client._window import Window, WindowClock
+from client._worker import PeriodicWorker
+from policies import CounterSignal, HistogramSignal
+from schemas import CounterAggregate, EnvelopeV1, HistogramAggregate, device_id_for
+
+__all__ = ["CollectedWindow", "Telemetry"]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectedWindow:
+    """One released window: its envelope, and the clamped truth behind each aggregate.
+
+    The truth is for tests and simulators only; it never leaves the device.
+    """
+
+    envelope: EnvelopeV1
+    truth: list[TrueCounter | TrueHistogram]
+
+
+@dataclass(slots=True)
+class _Signal:
+    name: str
+    spec: CounterSignal | HistogramSignal
+    domain: CellDomain
+    table: CounterTable | HistogramTable
+    instrument: Counter | Histogram
+
+
+class Telemetry:
+    """The client an app embeds: instruments in, sealed DP envelopes out.
+
+    Setup (`Telemetry(...)`, `counter`, `histogram`) raises `ClientError` subclasses on
+    bad configuration. Recording never raises; see `dropped()` for what was refused.
+    """
+
+    def __init__(self, config: TelemetryConfig) -> None:
+        self._config = config
+        self._policy = config.policy
+        self._drops = DropCounter()
+        key_store = config.key_store or SoftwareKeyStore(config.state_dir)
+        self._key_store: KeyStore = key_store
+        self._sealer = EnvelopeSealer(key_store, config.ingest_public_key)
+        self._device_id = device_id_for(key_store.public_key())
+        self._state = DeviceState(config.state_dir)
+        self._transport: Transport = config.transport or HttpTransport(
+            str(config.endpoint), timeout=config.timeout
+        )
+        self._signals = {name: self._make_signal(name, spec) for name, spec in _sorted(config)}
+        self._warm_measurements()
+        self._windows = WindowClock(
+            self._policy.window_seconds, config.clock(), self._state.last_window_end()
+        )
+        self._collect_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._outbox = Outbox(config.max_pending, self._drops)
+        self._failures = 0
+        self._retry_at = 0.0
+        self._flush_waiters: list[threading.Event] = []
+        self._closed = False
+        self._worker: PeriodicWorker | None = None
+        ref = weakref.ref(self)
+
+        def _after_fork_in_child() -> None:
+            telemetry = ref()
+            if telemetry is not None:
+                telemetry._reset_locks_after_fork()
+
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        if config.mode == "background":
+            self._worker = PeriodicWorker(self._tick, name="quietwire-telemetry")
+            self._worker.start()
+
+            def _at_exit() -> None:
+                telemetry = ref()
+                if telemetry is not None:
+                    telemetry.shutdown(timeout=2.0)
+
+            # Like OTel's MeterProvider: the open window is released when the app exits.
+            atexit.register(_at_exit)
+
+    # -- setup-time API --------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        """The id envelopes claim, derived from the signing key."""
+        return self._device_id
+
+    def counter(self, name: str) -> Counter:
+        """The counter instrument for signal `name` of the policy."""
+        return self._instrument(name, "counter")  # type: ignore[return-value]
+
+    def histogram(self, name: str) -> Histogram:
+        """The histogram instrument for signal `name` of the policy."""
+        return self._instrument(name, "histogram")  # type: ignore[return-value]
+
+    def record(self, name: str, value: float, **attributes: object) -> None:
+        """Add to a counter or record in a histogram by signal name. Never raises.
+
+        An unknown name is dropped and counted (`unknown_signal`).
+        """
+        signal = self._signals.get(name)
+        if signal is None:
+            self._drops.add(DropReason.UNKNOWN_SIGNAL)
+        elif isinstance(signal.instrument, Counter):
+            signal.instrument.add(value, **attributes)  # type: ignore[arg-type]
+        else:
+            signal.instrument.record(value, **attributes)
+
+    def dropped(self) -> dict[str, int]:
+        """Counts of everything dropped so far, by reason."""
+        return self._drops.snapshot()
+
+    @property
+    def pending(self) -> int:
+        """Envelopes released but not yet accepted by the ingest."""
+        return len(self._outbox)
+
+    # -- windows -----------------------------------------------------------------------
+
+    def collect(self, now: datetime | None = None) -> list[EnvelopeV1]:
+        """Close and release every window that ended by `now`; queue the envelopes."""
+        return [w.envelope for w in self.collect_with_truth(now)]
+
+    def collect_with_truth(self, now: datetime | None = None) -> list[CollectedWindow]:
+        """As `collect`, also returning the clamped truth (tests and simulation only)."""
+        now = now if now is not None else self._config.clock()
+        with self._collect_lock:
+            windows = self._windows.close_until(now)
+            return self._release_windows(windows, now)
+
+    def _release_windows(self, windows: list[Window], now: datetime) -> list[CollectedWindow]:
+        out = []
+        for i, window in enumerate(windows):
+            # What was recorded belongs to the window that was open: the oldest one.
+            # Later windows in the list saw no recording at all, and release zeros.
+            out.append(self._collect_window(window, now, take=(i == 0)))
+        return out
+
+    def _collect_window(self, window: Window, now: datetime, *, take: bool) -> CollectedWindow:
+        aggregates: list[CounterAggregate | HistogramAggregate] = []
+        truth: list[TrueCounter | TrueHistogram] = []
+        for signal in self._signals.values():
+            release = self._release_signal(signal, take)
+            if release is not None:
+                aggregates.extend(release.aggregates)
+                truth.extend(release.truth)
+        envelope = build_envelope(
+            device_id=self._device_id,
+            sequence=self._state.next_sequence(window.end),
+            window_start=window.start,
+            window_end=window.end,
+            sent_at=now,
+            region=self._config.region,
+            policy_hash=self._policy.content_hash,
+            app=self._config.app,
+            aggregates=aggregates,
+        )
+        self._outbox.put(envelope)
+        return CollectedWindow(envelope, truth)
+
+    def _release_signal(self, signal: _Signal, take: bool) -> Release | None:
+        try:
+            if isinstance(signal.table, CounterTable):
+                assert isinstance(signal.spec, CounterSignal)
+                raw = signal.table.take() if take else [0] * signal.domain.size
+                return self._release_counter(signal, raw)
+            snaps = signal.table.take() if take else _empty_histogram(signal)
+            return self._release_histogram(signal, snaps)
+        except Exception:
+            # Skipped, not sent raw: a signal whose release fails is suppressed.
+            self._drops.add(DropReason.RELEASE_FAILED)
+            return None
+
+    # -- sending -----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Send every pending envelope; True when none is left pending.
+
+        Manual mode sends in the calling thread, retrying with backoff up to
+        `max_attempts` per batch. Background mode asks the worker and waits up to
+        `timeout` seconds.
+        """
+        if self._worker is None or self._closed:
+            return self._send_pending(blocking=True)
+        done = threading.Event()
+        with self._send_lock:
+            self._flush_waiters.append(done)
+        self._worker.wake()
+        return done.wait(timeout) and len(self._outbox) == 0
+
+    def _send_pending(self, *, blocking: bool) -> bool:
+        attempts = 0
+        while len(self._outbox):
+            try:
+                send_one_batch(
+                    self._outbox, self._transport, self._sealer, self._drops, self._config.clock
+                )
+                self._failures = 0
+            except TransportError:
+                self._failures += 1
+                attempts += 1
+                delay = self._backoff()
+                if not blocking:
+                    self._retry_at = time.monotonic() + delay
+                    return False
+                if attempts >= self._config.max_attempts:
+                    return False
+                time.sleep(delay)
+        return True
+
+    def _backoff(self) -> float:
+        base: float = self._config.retry_backoff * float(2 ** min(self._failures - 1, 30))
+        # Jitter spreads a fleet's retries after an ingest outage.
+        jitter: float = random.uniform(0.5, 1.0)
+        return min(base, self._config.max_backoff) * jitter
+
+    def _tick(self) -> float:
+        """One round of the background worker; returns seconds until the next."""
+        # Waiters are taken first: they are released only by a round (collect and
+        # send) that started after they asked.
+        with self._send_lock:
+            waiters, self._flush_waiters = self._flush_waiters, []
+        self.collect()
+        if waiters or time.monotonic() >= self._retry_at:
+            self._send_pending(blocking=False)
+        for done in waiters:
+            done.set()
+        until_close = (self._windows.open_window.end - self._config.clock()).total_seconds()
+        delay = min(until_close, 60.0)  # re-read the wall clock at least every minute
+        if len(self._outbox):
+            delay = min(delay, max(self._retry_at - time.monotonic(), 0.0))
+        return max(delay, 0.01)
+
+    def shutdown(self, *, release_open_window: bool = True, timeout: float = 10.0) -> None:
+        """Stop the worker, release the open window early (by default) and send.
+
+        The partial window is released with `window_end` = now; a restart within the
+        same aligned window starts after it, so no two envelopes overlap in time.
+        Envelopes still pending afterwards are dropped and counted (`send_failed`).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            self._worker.stop(timeout)
+        now = self._config.clock()
+        with self._collect_lock:
+            windows = self._windows.close_until(now)
+            if release_open_window and (early := self._windows.close_open(now)) is not None:
+                windows.append(early)
+            self._release_windows(windows, now)
+        deadline = time.monotonic() + timeout
+        while len(self._outbox) and time.monotonic() < deadline:
+            if self._send_pending(blocking=False):
+                break
+            time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
+        if left := len(self._outbox):
+            self._drops.add(DropReason.SEND_FAILED, left)
+            self._outbox.take(left)
+        self._transport.close()
+
+    def _reset_locks_after_fork(self) -> None:
+        # Another thread of the parent may have held any of these at fork time. (The
+        # worker restarts its own thread through its own fork hook.)
+        self._collect_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._drops.reset_after_fork()
+        self._outbox.reset_after_fork()
+        for signal in self._signals.values():
+            signal.table.reset_locks_after_fork()
+
+    # -- construction helpers ---------------------------------------------------------
+
+    def _instrument(self, name: str, kind: str) -> Counter | Histogram:
+        signal = self._signals.get(name)
+        if signal is None:
+            raise UnknownSignalError(name, sorted(self._signals))
+        if signal.spec.kind != kind:
+            raise SignalKindError(name, signal.spec.kind, kind)
+        return signal.instrument
+
+    def _make_signal(self, name: str, spec: CounterSignal | HistogramSignal) -> _Signal:
+        domain = CellDomain(spec.attributes)
+        if isinstance(spec, CounterSignal):
+            table = CounterTable(domain.size)
+            return _Signal(name, spec, domain, table, Counter(name, domain, table, self._drops))
+        htable = HistogramTable(domain.size, len(spec.buckets) + 1)
+        hist = Histogram(name, domain, htable, self._drops, spec.buckets, spec.value_range)
+        return _Signal(name, spec, domain, htable, hist)
+
+    def _release_counter(self, signal: _Signal, raw: list[int]) -> Release:
+        assert isinstance(signal.spec, CounterSignal)
+        mechanism = self._policy.privacy.mechanisms.counter
+        return release_counter(signal.name, signal.spec, signal.domain, raw, mechanism)
+
+    def _release_histogram(self, signal: _Signal, raw: list[HistogramSnapshot]) -> Release:
+        assert isinstance(signal.spec, HistogramSignal)
+        mechanisms = self._policy.privacy.mechanisms
+        return release_histogram(
+            signal.name,
+            signal.spec,
+            signal.domain,
+            raw,
+            mechanisms.histogram_counts,
+            mechanisms.histogram_sum,
+        )
+
+    def _warm_measurements(self) -> None:
+        """Build (and cache) every OpenDP measurement now: a bad policy fails at setup."""
+        for signal in self._signals.values():
+            if isinstance(signal.spec, CounterSignal):
+                self._release_counter(signal, [0] * signal.domain.size)
+            else:
+                self._release_histogram(signal, _empty_histogram(signal))
+
+
+def _empty_histogram(signal: _Signal) -> list[HistogramSnapshot]:
+    assert isinstance(signal.spec, HistogramSignal)
+    n = len(signal.spec.buckets) + 1
+    return [HistogramSnapshot([0] * n, 0.0) for _ in range(signal.domain.size)]
+
+
+def _sorted(config: TelemetryConfig) -> list[tuple[str, CounterSignal | HistogramSignal]]:
+    return sorted(config.policy.signals.items())

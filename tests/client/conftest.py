@@ -1,0 +1,138 @@
+"""Fixtures for the client tests: a small policy, a fake clock, an in-memory ingest."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from nacl.public import PrivateKey, SealedBox
+from nacl.signing import VerifyKey
+
+from client import MemoryTransport, Telemetry, TelemetryConfig, Transport
+from policies import CounterSignal, HistogramSignal, load_policy
+from schemas import (
+    AppInfo,
+    BatchResult,
+    EnvelopeBatch,
+    EnvelopeV1,
+    ItemResult,
+    SignedEnvelope,
+    Tier,
+)
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # aligned to the hour
+
+# The default policy's privacy, consent and retention sections, with a small catalogue.
+POLICY = load_policy().model_copy(
+    update={
+        "window_seconds": 3600,
+        "signals": {
+            "inference.requests": CounterSignal(
+                tier=Tier.PERFORMANCE,
+                attributes={"route": ["local", "edge", "cloud"], "model": ["a@1", "b@2"]},
+                max_per_window=10,
+                epsilon=0.5,
+            ),
+            "app.starts": CounterSignal(tier=Tier.HEALTH, max_per_window=3, epsilon=1.0),
+            "latency": HistogramSignal(
+                tier=Tier.PERFORMANCE,
+                unit="s",
+                attributes={"route": ["local", "cloud"]},
+                buckets=[0.1, 1.0, 10.0],
+                max_events_per_window=5,
+                value_range=(0.0, 20.0),
+                epsilon=1.0,
+                sum_share=0.5,
+            ),
+        },
+    }
+)
+
+
+class FakeClock:
+    """A settable wall clock."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kw: float) -> datetime:
+        self.now += timedelta(**kw)
+        return self.now
+
+
+class MemoryIngest:
+    """Opens and verifies every item like the real ingest would, and records batches."""
+
+    def __init__(self) -> None:
+        self.private_key = PrivateKey.generate()
+        self.batches: list[EnvelopeBatch] = []
+        self.envelopes: list[EnvelopeV1] = []
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.private_key.public_key)
+
+    def open(self, item: str) -> tuple[EnvelopeV1, bytes]:
+        """Unseal, verify the signature, parse: (envelope, signer's public key)."""
+        signed_json = SealedBox(self.private_key).decrypt(base64.b64decode(item, validate=True))
+        signed = SignedEnvelope.model_validate_json(signed_json)
+        VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
+        return EnvelopeV1.model_validate_json(signed.payload), signed.public_key
+
+    def handle(self, batch: EnvelopeBatch) -> BatchResult:
+        self.batches.append(batch)
+        results = []
+        for i, item in enumerate(batch.envelopes):
+            envelope, _ = self.open(item)
+            self.envelopes.append(envelope)
+            results.append(ItemResult(index=i, status="accepted", envelope_id=envelope.envelope_id))
+        return BatchResult(accepted=len(results), rejected=0, results=results)
+
+
+@pytest.fixture
+def ingest() -> MemoryIngest:
+    return MemoryIngest()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+MakeTelemetry = Callable[..., Telemetry]
+
+
+@pytest.fixture
+def make_telemetry(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> Iterator[MakeTelemetry]:
+    made: list[Telemetry] = []
+
+    def make(
+        transport: Transport | None = None, state_dir: Path | None = None, **kw: object
+    ) -> Telemetry:
+        config = TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=POLICY,
+            ingest_public_key=ingest.public_key,
+            transport=transport or MemoryTransport(ingest.handle),
+            state_dir=state_dir or tmp_path / "state",
+            clock=clock,
+            mode=kw.pop("mode", "manual"),
+            retry_backoff=0.0,
+            **kw,  # type: ignore[arg-type]
+        )
+        telemetry = Telemetry(config)
+        made.append(telemetry)
+        return telemetry
+
+    yield make
+    for telemetry in made:
+        telemetry.shutdown(release_open_window=False, timeout=1.0)

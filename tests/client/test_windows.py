@@ -1,0 +1,104 @@
+"""Windowing with a fake clock (manual mode), persistence across restarts, background mode."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from client import TrueCounter
+from client._window import WindowClock, window_start_of
+from tests.client.conftest import T0, MakeTelemetry
+
+
+def _starts(truth: list[object]) -> int:
+    return next(t.value for t in truth if isinstance(t, TrueCounter) and t.signal == "app.starts")
+
+
+def test_windows_are_aligned_to_epoch_multiples() -> None:
+    t = datetime(2026, 3, 2, 9, 41, 7, tzinfo=UTC)
+    assert window_start_of(t, 3600) == datetime(2026, 3, 2, 9, tzinfo=UTC)
+    assert window_start_of(t, 900) == datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    clock = WindowClock(3600, t)
+    assert clock.open_window.end == datetime(2026, 3, 2, 10, tzinfo=UTC)
+
+
+def test_nothing_is_released_before_the_window_ends(make_telemetry: MakeTelemetry, clock) -> None:
+    qw = make_telemetry()
+    starts = qw.counter("app.starts")
+    starts.add(1)
+    assert qw.collect(clock.advance(minutes=59, seconds=59)) == []
+    starts.add(1)
+    (window,) = qw.collect_with_truth(clock.advance(seconds=1))
+    assert (window.envelope.window_start, window.envelope.window_end) == (
+        T0,
+        T0 + timedelta(hours=1),
+    )
+    assert _starts(window.truth) == 2
+    starts.add(1)  # lands in the next window
+    (nxt,) = qw.collect_with_truth(clock.advance(hours=1))
+    assert _starts(nxt.truth) == 1
+    assert nxt.envelope.sequence == window.envelope.sequence + 1
+
+
+def test_idle_windows_still_release_zeros(make_telemetry: MakeTelemetry, clock) -> None:
+    qw = make_telemetry()
+    qw.counter("app.starts").add(2)
+    windows = qw.collect_with_truth(clock.advance(hours=3, minutes=5))
+    assert [w.envelope.window_start for w in windows] == [
+        T0,
+        T0 + timedelta(hours=1),
+        T0 + timedelta(hours=2),
+    ]
+    assert [_starts(w.truth) for w in windows] == [2, 0, 0]
+    assert [w.envelope.sequence for w in windows] == [0, 1, 2]
+    assert all(len(w.envelope.aggregates) == 12 + 1 + 3 for w in windows)
+
+
+def test_sequence_and_release_horizon_survive_restarts(make_telemetry, clock, tmp_path) -> None:
+    state = tmp_path / "device"
+    first = make_telemetry(state_dir=state)
+    first.collect(clock.advance(hours=2))  # sequences 0, 1
+    clock.advance(minutes=20)
+    first.counter("app.starts").add(1)
+    first.shutdown()  # releases 11:00-11:20 early, sequence 2
+    assert first.pending == 0
+
+    second = make_telemetry(state_dir=state)
+    assert second.device_id == first.device_id  # same key from the state dir
+    (window,) = second.collect(clock.advance(hours=1))
+    assert window.sequence == 3
+    # It starts where the early release ended: no two envelopes overlap in time.
+    assert window.window_start == T0 + timedelta(hours=2, minutes=20)
+    assert window.window_end == T0 + timedelta(hours=3)
+
+
+def test_background_mode_sends_on_shutdown(make_telemetry, clock, ingest) -> None:
+    qw = make_telemetry(mode="background")
+    qw.counter("app.starts").add(1)
+    clock.advance(minutes=10)
+    qw.shutdown()
+    (envelope,) = ingest.envelopes
+    assert (envelope.window_start, envelope.window_end) == (T0, T0 + timedelta(minutes=10))
+    assert qw.pending == 0
+
+
+def test_background_mode_closes_due_windows_on_flush(make_telemetry, clock, ingest) -> None:
+    qw = make_telemetry(mode="background")
+    clock.advance(hours=1)
+    assert qw.flush(timeout=30)
+    assert [e.window_end for e in ingest.envelopes] == [T0 + timedelta(hours=1)]
+
+
+def test_a_forked_child_keeps_recording_and_sending(make_telemetry, clock, ingest) -> None:
+    qw = make_telemetry(mode="background")
+    pid = os.fork()
+    if pid == 0:  # the child: its own worker thread must close windows and send
+        code = 1
+        try:
+            qw.counter("app.starts").add(1)
+            clock.advance(hours=1)
+            code = 0 if qw.flush(timeout=30) and len(ingest.envelopes) == 1 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
