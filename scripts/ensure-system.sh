@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install what Quietwire needs from Debian and PyPI, once; a no-op when all is present.
-# Debian packages: a JDK and Maven (to assemble and run Kafka from Maven Central jars).
+# Debian packages: a JDK and Maven (to assemble and run Kafka from Maven Central jars);
+# swtpm and swtpm-tools (the software TPM the tests attest against); libtss2-dev,
+# pkg-config and gcc (tpm2-pytss builds from source against the system tpm2-tss).
 set -euo pipefail
 
-APT_PACKAGES=(openjdk-17-jre-headless maven)
+APT_PACKAGES=(openjdk-17-jre-headless maven swtpm swtpm-tools libtss2-dev pkg-config gcc)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
