@@ -1,0 +1,243 @@
+"""Run a simulated fleet through the real pipeline: client -> HTTP ingest -> sink -> DuckDB.
+
+Shared by `quietwire demo` and the end-to-end integration tests. Every stage is the
+production code: each simulated device is a real `client.Telemetry` (manual mode, its
+own key and state directory) that posts sealed envelopes over loopback HTTP to a real
+uvicorn-served ingest; the ingest either hands them to the DuckDB sink in-process (the
+embedded default) or produces them to Kafka, from where the sink's consumer group
+writes them. The simulator also keeps the clamped truth behind every release, so the
+caller can check that reported intervals cover it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from analytics._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
+from client import HttpTransport, Telemetry, TelemetryConfig
+from client._release import TrueCounter, TrueHistogram
+from ingest import (
+    DuckDBSink,
+    IngestSettings,
+    KafkaSinkConsumer,
+    create_app,
+)
+from policies import Policy, load_policy
+from schemas import AppInfo
+
+__all__ = ["FleetRun", "TruthKey", "run_fleet"]
+
+# (signal, window_start, attributes JSON, kind, bucket_index): kind is counter | bucket | sum.
+TruthKey = tuple[str, datetime, str, str, int | None]
+
+REGION = "eu"
+APP = AppInfo(name="notes-ai", version="3.2.0")
+_REQUESTS = "inference.requests"
+_ERRORS = "inference.errors"
+_LATENCY = "gen_ai.client.operation.duration"
+_TOKENS = "gen_ai.client.token.usage"
+
+
+@dataclass
+class FleetRun:
+    """What a fleet run produced: where the data is, and the truth behind it."""
+
+    db: Path
+    devices: int
+    windows: int
+    envelopes_sent: int = 0
+    envelopes_stored: int = 0
+    truth: dict[TruthKey, float] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class _SimClock:
+    """The simulated wall clock all devices share."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _serve(settings: IngestSettings) -> Iterator[str]:
+    """The ingest app under uvicorn on a loopback port, in a thread; yields its base URL."""
+    app = create_app(settings)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="quietwire-ingest", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=1.0) as probe:
+            for _ in range(600):
+                if server.started:
+                    break
+                if not thread.is_alive():
+                    raise RuntimeError("the ingest server failed to start")
+                with suppress(httpx.TransportError):
+                    probe.get("/healthz")
+                threading.Event().wait(0.05)
+            else:
+                raise RuntimeError("the ingest server did not start within 30 s")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _record(tel: Telemetry, events: list[InferenceEvent]) -> None:
+    requests = tel.counter(_REQUESTS)
+    errors = tel.counter(_ERRORS)
+    latency = tel.histogram(_LATENCY)
+    tokens = tel.histogram(_TOKENS)
+    for e in events:
+        requests.add(1, route=e.route, model=e.model)
+        latency.record(e.latency_s, route=e.route, model=e.model)
+        tokens.record(e.tokens, route=e.route)
+        if e.failed:
+            errors.add(1, route=e.route)
+
+
+def _add_truth(truth: dict[TruthKey, float], start: datetime, item: object) -> None:
+    if isinstance(item, TrueCounter):
+        attrs = json.dumps(item.attributes, sort_keys=True, separators=(",", ":"))
+        key: TruthKey = (item.signal, start, attrs, "counter", None)
+        truth[key] = truth.get(key, 0.0) + item.value
+    elif isinstance(item, TrueHistogram):
+        attrs = json.dumps(item.attributes, sort_keys=True, separators=(",", ":"))
+        k: TruthKey
+        for i, count in enumerate(item.counts):
+            k = (item.signal, start, attrs, "bucket", i)
+            truth[k] = truth.get(k, 0.0) + count
+        k = (item.signal, start, attrs, "sum", None)
+        truth[k] = truth.get(k, 0.0) + item.sum
+
+
+async def _drain_kafka(db: Path, bootstrap: str, topic: str, expected: int) -> int:
+    sink = DuckDBSink(db)
+    try:
+        async with KafkaSinkConsumer(sink, bootstrap_servers=bootstrap, topics=[topic]) as cons:
+            await asyncio.wait_for(
+                cons.run_until(lambda _s: sink.envelope_count() >= expected), timeout=300
+            )
+        return sink.envelope_count()
+    finally:
+        sink.close()
+
+
+def run_fleet(
+    spec: FleetSpec,
+    db: Path,
+    *,
+    kafka: str | None = None,
+    policy: Policy | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FleetRun:
+    """Simulate `spec` through the real pipeline into the warehouse file `db`.
+
+    `db` is replaced if it exists. With `kafka` (a bootstrap address whose topic
+    `quietwire.envelopes.<region>` exists) the ingest produces to Kafka and a sink
+    consumer drains the topic into `db`. `progress(done, total)` is called per device
+    window.
+    """
+    policy = policy or load_policy()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (db, db.with_name(db.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="quietwire-fleet-"))
+    window = timedelta(seconds=policy.window_seconds)
+    # Whole windows ending at the last aligned boundary before now: realistic timestamps.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    last_end = epoch + (datetime.now(UTC) - epoch) // window * window
+    first_start = last_end - spec.windows * window
+    clock = _SimClock(first_start)
+    run = FleetRun(db=db, devices=spec.devices, windows=spec.windows)
+    settings = IngestSettings(
+        region=REGION,
+        state_dir=work / "ingest",
+        warehouse_path=db,
+        kafka_bootstrap=kafka,
+        known_policy_hashes=frozenset({policy.content_hash}),
+    )
+    # One connection pool for the whole simulated fleet: a real device has its own,
+    # but thousands of TLS contexts would only measure this machine's setup cost.
+    http = httpx.Client(timeout=30.0)
+    try:
+        with _serve(settings) as base:
+            key_b64 = httpx.get(f"{base}/v1/ingest-key", timeout=10).json()["public_key"]
+            ingest_key = base64.b64decode(key_b64)
+            profiles = device_profiles(spec)
+            fleet = [
+                Telemetry(
+                    TelemetryConfig(
+                        app=APP,
+                        region=REGION,
+                        policy=policy,
+                        ingest_public_key=ingest_key,
+                        transport=HttpTransport(base, client=http),
+                        state_dir=work / "devices" / f"{p.index:05d}",
+                        clock=clock,
+                        mode="manual",
+                    )
+                )
+                for p in profiles
+            ]
+            total, done = spec.windows * spec.devices, 0
+            for w in range(spec.windows):
+                start = first_start + w * window
+                for profile, tel in zip(profiles, fleet, strict=True):
+                    clock.now = start + window / 2
+                    _record(tel, simulate_window(profile, w, spec.seed))
+                    clock.now = start + window
+                    for collected in tel.collect_with_truth(clock.now):
+                        for item in collected.truth:
+                            _add_truth(run.truth, start, item)
+                        run.envelopes_sent += 1
+                    tel.flush()
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            for tel in fleet:
+                tel.shutdown(release_open_window=False)
+                for reason, n in tel.dropped().items():
+                    run.dropped[reason] = run.dropped.get(reason, 0) + n
+        if kafka is not None:
+            run.envelopes_stored = asyncio.run(
+                _drain_kafka(db, kafka, settings.topic, run.envelopes_sent)
+            )
+        else:
+            sink = DuckDBSink(db)
+            try:
+                run.envelopes_stored = sink.envelope_count()
+            finally:
+                sink.close()
+    finally:
+        http.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return run
