@@ -1,0 +1,205 @@
+"""The envelope bus: where verified envelopes go, and the ingest's one I/O seam.
+
+`publish` returns only once every item is durable (Kafka acknowledged with acks=all, or
+the embedded sink committed), because the 202 that follows tells the device it may
+forget the envelope. A failure raises `BusUnavailable`, answered 503: the device keeps
+the batch and retries, and the idempotent sink makes a partial publish harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import duckdb
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest._errors import BusUnavailable
+from ingest._sink import DuckDBSink
+from schemas import IngestedEnvelope
+
+__all__ = ["EnvelopeBus", "InMemoryEnvelopeBus", "InProcessEnvelopeBus", "KafkaEnvelopeBus"]
+
+log = logging.getLogger("quietwire.ingest.bus")
+
+
+class EnvelopeBus(ABC):
+    """Hands verified envelopes on durably. Opened and closed by the app's lifespan."""
+
+    name: str = "bus"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, most buses need none
+        """Open connections; raise `BusUnavailable` if that is impossible."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Flush and close."""
+
+    @abstractmethod
+    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+        """Make `items` durable, or raise `BusUnavailable`."""
+
+
+class KafkaEnvelopeBus(EnvelopeBus):
+    """Produces to ``<topic_prefix>.<region>``, keyed by device id (one device, one partition).
+
+    Idempotent producer with acks=all: a broker-side retry does not duplicate a message,
+    and an acknowledged message is on every in-sync replica.
+
+    aiokafka's idempotent producer never expires a batch: while Kafka is unreachable it
+    retries forever. So `publish` waits at most `ack_timeout` seconds for the acks (after
+    up to `request_timeout_ms` to enqueue) and then answers `BusUnavailable`. A send
+    still retrying after that may land later: the device, told 503, resends, and the
+    sink skips the second copy by envelope id.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        topic_prefix: str,
+        client_id: str = "quietwire-ingest",
+        request_timeout_ms: int = 10_000,
+        ack_timeout: float = 10.0,
+    ) -> None:
+        self._topic_prefix = topic_prefix
+        self._ack_timeout = ack_timeout
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=request_timeout_ms,
+            # An IngestedEnvelope holds at most one sealed item's payload (512 KiB) plus
+            # a few fields; leave headroom over the 1 MiB default.
+            max_request_size=2 * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise BusUnavailable(f"cannot connect to Kafka: {exc}") from exc
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self._producer.flush(), self._ack_timeout)
+        except TimeoutError:
+            # Kafka is unreachable, and stop() would flush forever. Every send still
+            # pending was answered 503 (requests end before the lifespan does), so
+            # dropping them loses nothing.
+            log.warning("Kafka unreachable at shutdown: dropping unacknowledged sends")
+            await _abort_pending_sends(self._producer)
+        await self._producer.stop()
+
+    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+        futures: list[asyncio.Future[object]] = []
+        try:
+            for item in items:
+                env = item.envelope
+                futures.append(
+                    await self._producer.send(
+                        f"{self._topic_prefix}.{env.region}",
+                        value=item.model_dump_json().encode(),
+                        key=env.device_id.encode(),
+                    )
+                )
+        except KafkaError as exc:
+            _observe(futures)
+            raise BusUnavailable(f"Kafka refused the batch: {exc}") from exc
+        if not futures:
+            return
+        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
+        _observe(futures)
+        if pending:
+            raise BusUnavailable(
+                f"Kafka did not acknowledge {len(pending)} of {len(futures)} envelopes "
+                f"within {self._ack_timeout:g}s"
+            )
+        errors = [e for f in done if (e := f.exception()) is not None]
+        if errors:
+            raise BusUnavailable(
+                f"Kafka did not acknowledge {len(errors)} of {len(futures)} envelopes: {errors[0]}"
+            ) from errors[0]
+
+
+async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:
+    """Stop the sender and fail its batches, so `producer.stop()` can return.
+
+    aiokafka (checked on 0.14) has no public abort for a non-transactional producer, so
+    this reaches into its accumulator; the integration test that stops a broker under a
+    running ingest covers it. The order matters: failing batches under a live sender
+    races its retries (it re-enqueues them).
+    """
+    await producer._sender.close()  # in-flight batches go back to the accumulator
+    acc = producer._message_accumulator
+    stuck = [batch for batches in acc._batches.values() for batch in batches]
+    # A batch drained once has a done-callback that removes it from the pending set;
+    # put it back so that callback finds it when the batch fails below.
+    acc._pending_batches.update(stuck)
+    acc.fail_all(KafkaError("producer stopped while Kafka was unreachable"))
+    for batch in stuck:
+        # Nobody awaits a drain waiter once the sender is gone: observe its error.
+        waiter = batch._drain_waiter
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()
+
+
+def _observe(futures: Sequence[asyncio.Future[object]]) -> None:
+    """Mark send outcomes as retrieved, now or whenever they settle, so an error nobody
+    awaits (a send abandoned after a 503) is not reported as never retrieved."""
+
+    def retrieve(f: asyncio.Future[object]) -> None:
+        if not f.cancelled():
+            f.exception()
+
+    for f in futures:
+        f.add_done_callback(retrieve)
+
+
+class InProcessEnvelopeBus(EnvelopeBus):
+    """The embedded default: hands envelopes straight to the sink writer, no Kafka.
+
+    Durable when DuckDB has committed. Runs the blocking write in a worker thread so
+    the event loop keeps serving while DuckDB writes.
+    """
+
+    name = "in-process"
+
+    def __init__(self, sink: DuckDBSink, *, close_sink: bool = True) -> None:
+        self.sink = sink
+        self._close_sink = close_sink
+
+    async def stop(self) -> None:
+        if self._close_sink:
+            await asyncio.to_thread(self.sink.close)
+
+    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+        try:
+            await asyncio.to_thread(self.sink.write, items)
+        except duckdb.Error as exc:
+            log.exception("embedded sink write failed")
+            raise BusUnavailable(f"the warehouse did not commit the batch: {exc}") from exc
+
+
+class InMemoryEnvelopeBus(EnvelopeBus):
+    """Keeps published envelopes in a list: for tests and demos, not durable.
+
+    Set `fail_with` to a message to make every publish raise `BusUnavailable`.
+    """
+
+    name = "in-memory"
+
+    def __init__(self) -> None:
+        self.published: list[IngestedEnvelope] = []
+        self.fail_with: str | None = None
+
+    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+        if self.fail_with is not None:
+            raise BusUnavailable(self.fail_with)
+        self.published.extend(items)

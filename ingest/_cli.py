@@ -1,0 +1,96 @@
+"""`python -m ingest`: run the service, the Kafka sink, or make a key.
+
+    python -m ingest [serve] [--host H] [--port P]
+    python -m ingest sink [--region R ...]
+    python -m ingest keygen PATH
+
+Configuration comes from `QUIETWIRE_INGEST_*` variables (see `IngestSettings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ingest._app import create_app
+from ingest._errors import IngestError
+from ingest._keys import write_private_key
+from ingest._settings import IngestSettings
+from ingest._sink import DuckDBSink, KafkaSinkConsumer
+
+__all__ = ["main", "run_sink"]
+
+log = logging.getLogger("quietwire.ingest")
+
+
+async def run_sink(settings: IngestSettings, regions: Sequence[str]) -> None:
+    """Drain the regions' topics into the warehouse until SIGINT/SIGTERM."""
+    if settings.kafka_bootstrap is None:
+        raise IngestError(
+            "the Kafka sink needs QUIETWIRE_INGEST_KAFKA_BOOTSTRAP; without Kafka the "
+            "service writes the warehouse itself (embedded mode)"
+        )
+    path = settings.resolved_warehouse_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = DuckDBSink(path, group=settings.sink_group)
+    consumer = KafkaSinkConsumer(
+        sink,
+        bootstrap_servers=settings.kafka_bootstrap,
+        topics=[settings.topic_for(r) for r in regions],
+    )
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await consumer.start()
+        run = asyncio.create_task(consumer.run_until())
+        await stopping.wait()
+        await consumer.stop()  # lets the current batch finish, then leaves the group
+        stats = await run
+        log.info("sink stopped: %s", stats)
+    finally:
+        await consumer.stop()
+        sink.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
+    sink.add_argument("--region", action="append", help="region topic(s); default: settings")
+    keygen = sub.add_parser("keygen", help="write a new ingest private key file (0600)")
+    keygen.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    try:
+        if args.command == "keygen":
+            key = write_private_key(args.path)
+            print(base64.b64encode(bytes(key.public_key)).decode("ascii"))
+            return 0
+        settings = IngestSettings()
+        if args.command == "sink":
+            asyncio.run(run_sink(settings, args.region or [settings.region]))
+            return 0
+        import uvicorn  # only the service needs it
+
+        host = getattr(args, "host", None) or settings.host
+        port = getattr(args, "port", None) or settings.port
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return 0
+    except (IngestError, ValidationError) as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2

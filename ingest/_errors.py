@@ -1,0 +1,87 @@
+"""The ingest package's one error tree.
+
+    IngestError                     root; carries a machine-readable `reason` and an HTTP status
+    ├── ConfigurationError          settings refused at start-up (never an HTTP answer)
+    ├── RequestRejected             the client's mistake: always a 4xx
+    │   ├── BodyTooLarge            413 batch_too_large: the body exceeds the byte limit
+    │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
+    │   └── MalformedBody           400/422 malformed_body: not JSON, or not an EnvelopeBatch
+    └── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
+
+Third-party errors (aiokafka, DuckDB, PyNaCl) are converted at the boundary with
+``raise ... from exc``; one handler in `ingest._app` turns any `IngestError` into
+``{"error": reason, "detail": ...}``.
+"""
+
+from __future__ import annotations
+
+from schemas import RejectReason
+
+__all__ = [
+    "BUS_UNAVAILABLE",
+    "BodyTooLarge",
+    "BusUnavailable",
+    "ConfigurationError",
+    "IngestError",
+    "MalformedBody",
+    "RequestRejected",
+    "TooManyItems",
+]
+
+BUS_UNAVAILABLE = "bus_unavailable"
+"""Reason of a 503: a server condition, so not one of the client-facing `RejectReason`s."""
+
+
+class IngestError(Exception):
+    """Root of every error the ingest raises on purpose."""
+
+    status_code: int = 500
+    reason: str = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class ConfigurationError(IngestError):
+    """Settings that the ingest refuses to run with (insecure or inconsistent)."""
+
+    reason = "configuration_error"
+
+
+class RequestRejected(IngestError):
+    """The whole request is refused because of the client's input: always 4xx."""
+
+    status_code = 400
+    reason = RejectReason.MALFORMED_BODY.value
+
+
+class BodyTooLarge(RequestRejected):
+    """The request body exceeds the configured byte limit."""
+
+    status_code = 413
+    reason = RejectReason.BATCH_TOO_LARGE.value
+
+
+class TooManyItems(RequestRejected):
+    """The batch holds more items than the ingest accepts in one request."""
+
+    status_code = 413
+    reason = RejectReason.BATCH_TOO_LARGE.value
+
+
+class MalformedBody(RequestRejected):
+    """The body is not JSON (400) or not an `EnvelopeBatch` (422)."""
+
+    reason = RejectReason.MALFORMED_BODY.value
+
+    def __init__(self, detail: str, *, status_code: int = 400) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class BusUnavailable(IngestError):
+    """The envelope bus (Kafka, or the embedded sink) did not make a batch durable."""
+
+    status_code = 503
+    reason = BUS_UNAVAILABLE

@@ -1,0 +1,140 @@
+"""HTTP routes: envelope batches, the region's sealing key, health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from ingest._errors import BodyTooLarge, MalformedBody, TooManyItems
+from ingest._intake import EnvelopeIntake
+from ingest._settings import IngestSettings
+from ingest._verify import summarize_validation_error
+from schemas import BatchResult, EnvelopeBatch
+
+__all__ = ["HealthStatus", "IngestKeyInfo", "IngestState", "router"]
+
+SealedBoxAlg = Literal["x25519-xsalsa20-poly1305-sealedbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestState:
+    """What the lifespan opens for the app's lifetime; routes read it via `StateDep`."""
+
+    settings: IngestSettings
+    intake: EnvelopeIntake
+    public_key_b64: str
+
+
+def _state(request: Request) -> IngestState:
+    return cast(IngestState, request.state.ingest)
+
+
+StateDep = Annotated[IngestState, Depends(_state)]
+
+
+class IngestKeyInfo(BaseModel):
+    """The key devices seal envelopes to (NaCl SealedBox, Curve25519)."""
+
+    region: str
+    public_key: str
+    alg: SealedBoxAlg = "x25519-xsalsa20-poly1305-sealedbox"
+
+
+class HealthStatus(BaseModel):
+    """Liveness: the replica is up and its bus is open."""
+
+    status: Literal["ok"] = "ok"
+    region: str
+    bus: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (except a batch's per-item 422, which is a `BatchResult`)."""
+
+    error: str
+    detail: Any = None
+
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "body is not JSON (malformed_body)"},
+    413: {"model": ErrorBody, "description": "body or item count over the limit"},
+    422: {"model": BatchResult, "description": "some items rejected; accepted ones are durable"},
+    503: {"model": ErrorBody, "description": "bus unavailable; retry later"},
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed `limit` (before any parsing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_batch(body: bytes) -> EnvelopeBatch:
+    try:
+        return EnvelopeBatch.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise MalformedBody("body is not valid JSON", status_code=400) from exc
+        raise MalformedBody(
+            f"body is not an envelope batch: {summarize_validation_error(exc)}", status_code=422
+        ) from exc
+
+
+@router.post(
+    "/v1/envelopes",
+    status_code=202,
+    response_model=BatchResult,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EnvelopeBatch.model_json_schema()}},
+        }
+    },
+)
+async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
+    """Accept a batch of sealed envelopes.
+
+    202: every item accepted and durable. 422: at least one item rejected; the body has
+    every item's result, and the accepted ones are durable too (do not resend them).
+    """
+    settings = state.settings
+    # The body is read by hand (not as a typed parameter) so the size limit applies
+    # before a single byte is parsed.
+    batch = _parse_batch(await _read_body(request, settings.max_body_bytes))
+    if len(batch.envelopes) > settings.max_batch:
+        raise TooManyItems(
+            f"batch has {len(batch.envelopes)} items; the limit is {settings.max_batch}"
+        )
+    result = await state.intake.submit(batch.envelopes)
+    return JSONResponse(
+        result.model_dump(mode="json", exclude_none=True),
+        status_code=422 if result.rejected else 202,
+    )
+
+
+@router.get("/v1/ingest-key", response_model=IngestKeyInfo)
+async def get_ingest_key(state: StateDep) -> IngestKeyInfo:
+    """The region's public sealing key, base64 of the raw 32 bytes."""
+    return IngestKeyInfo(region=state.settings.region, public_key=state.public_key_b64)
+
+
+@router.get("/healthz", response_model=HealthStatus)
+async def healthz(state: StateDep) -> HealthStatus:
+    """Liveness."""
+    return HealthStatus(region=state.settings.region, bus=state.intake.bus.name)

@@ -1,0 +1,99 @@
+"""The ingest's settings, from `QUIETWIRE_INGEST_*` environment variables.
+
+Development defaults let `python -m ingest` run with nothing configured (a generated key
+in the state directory, the embedded in-process sink instead of Kafka). Production
+refuses those defaults: it needs a provisioned key file and a Kafka cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from policies import load_policy
+from schemas import MAX_BATCH, MAX_SEALED_BYTES
+
+__all__ = ["IngestSettings"]
+
+_REGION = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+_TOPIC_PART = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
+_POLICY_HASH = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _default_policy_hashes() -> frozenset[str]:
+    return frozenset({load_policy().content_hash})
+
+
+class IngestSettings(BaseSettings):
+    """Everything one ingest replica (and the sink runner) is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="QUIETWIRE_INGEST_", frozen=True, extra="forbid")
+
+    environment: Literal["development", "production"] = "development"
+    region: _REGION = "local"
+    private_key_path: Path | None = Field(
+        default=None,
+        description="file holding the region's Curve25519 private key (base64, mode 0600); "
+        "unset in development: generated into state_dir",
+    )
+    state_dir: Path = Path(".quietwire/ingest")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset: the embedded in-process sink"
+    )
+    kafka_ack_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to wait for Kafka's acks before a 503"
+    )
+    topic_prefix: _TOPIC_PART = "quietwire.envelopes"
+    warehouse_path: Path | None = Field(
+        default=None, description="DuckDB file the sink writes; default state_dir/warehouse.duckdb"
+    )
+    sink_group: _TOPIC_PART = "quietwire-sink"
+    known_policy_hashes: frozenset[_POLICY_HASH] = Field(
+        default_factory=_default_policy_hashes, min_length=1
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+    max_sealed_bytes: int = Field(default=MAX_SEALED_BYTES, ge=128, le=MAX_SEALED_BYTES)
+    duplicate_cache_size: int = Field(default=65_536, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65_535)
+
+    @model_validator(mode="after")
+    def _refuse_insecure_defaults(self) -> Self:
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("QUIETWIRE_INGEST_PRIVATE_KEY_PATH", self.private_key_path),
+                    ("QUIETWIRE_INGEST_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(
+                    "production refuses development defaults (generated key, embedded sink); "
+                    f"set {', '.join(missing)}"
+                )
+        return self
+
+    def topic_for(self, region: str) -> str:
+        """The Kafka topic of a region's envelopes: ``<topic_prefix>.<region>``."""
+        return f"{self.topic_prefix}.{region}"
+
+    @property
+    def topic(self) -> str:
+        """This replica's topic."""
+        return self.topic_for(self.region)
+
+    @property
+    def resolved_warehouse_path(self) -> Path:
+        """The DuckDB file of the sink, defaulting into the state directory."""
+        return self.warehouse_path or self.state_dir / "warehouse.duckdb"
+
+    @property
+    def key_path(self) -> Path:
+        """Where the private key is read from (or generated into, in development)."""
+        return self.private_key_path or self.state_dir / f"ingest-{self.region}.key"

@@ -1,0 +1,207 @@
+"""Envelope verification: the per-item hot path, pure logic with no I/O.
+
+`EnvelopeVerifier.verify` runs the checks in one readable order, cheapest and least
+trusting first: size, base64, unseal, signed-envelope shape, Ed25519 signature over the
+exact payload bytes, envelope schema, device id bound to the key, known policy, region.
+Nothing from the payload is parsed before its signature has been checked.
+
+`RecentlyAccepted` is the per-replica duplicate fast path (see its docstring).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import PrivateKey, SealedBox
+from nacl.signing import VerifyKey
+from pydantic import ValidationError
+
+from schemas import (
+    MAX_SEALED_BYTES,
+    EnvelopeV1,
+    IngestedEnvelope,
+    RejectReason,
+    SignedEnvelope,
+    device_id_for,
+    key_fingerprint,
+)
+
+__all__ = ["Accepted", "EnvelopeVerifier", "RecentlyAccepted", "Rejected", "Verdict"]
+
+_ED25519_KEY_BYTES = 32
+_ED25519_SIG_BYTES = 64
+_MAX_ERRORS_SHOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A verified envelope, ready for the bus."""
+
+    item: IngestedEnvelope
+
+    @property
+    def envelope_id(self) -> UUID:
+        """The verified envelope's id."""
+        return self.item.envelope.envelope_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An item refused with a stable reason and a human detail (never echoing content)."""
+
+    reason: RejectReason
+    detail: str
+    envelope_id: UUID | None = None
+
+
+Verdict = Accepted | Rejected
+
+
+def summarize_validation_error(exc: ValidationError) -> str:
+    """A short, content-free summary of a pydantic error: where and why, not the input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<envelope>'}: {e['msg']}"
+        for e in errors[:_MAX_ERRORS_SHOWN]
+    ]
+    more = len(errors) - _MAX_ERRORS_SHOWN
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+class EnvelopeVerifier:
+    """Verifies sealed, signed envelopes for one region. Stateless and thread-safe."""
+
+    __slots__ = ("_box", "_known_policies", "_max_b64", "_max_sealed", "_region")
+
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        *,
+        region: str,
+        known_policy_hashes: Iterable[str],
+        max_sealed_bytes: int = MAX_SEALED_BYTES,
+    ) -> None:
+        self._box = SealedBox(private_key)
+        self._region = region
+        self._known_policies = frozenset(known_policy_hashes)
+        self._max_sealed = max_sealed_bytes
+        # Refuse by the encoded length before decoding anything: 4 chars per 3 bytes.
+        self._max_b64 = 4 * ((max_sealed_bytes + 2) // 3)
+
+    def verify(self, item: str, *, received_at: datetime) -> Verdict:
+        """Check one base64 item; `received_at` is stamped on an accepted envelope."""
+        if len(item) > self._max_b64:
+            return Rejected(
+                RejectReason.ITEM_TOO_LARGE,
+                f"item is {len(item)} base64 characters; the limit is {self._max_b64}",
+            )
+        try:
+            sealed = base64.b64decode(item, validate=True)
+        except ValueError:  # binascii.Error, or non-ASCII characters
+            return Rejected(RejectReason.NOT_BASE64, "item is not standard base64")
+        if len(sealed) > self._max_sealed:
+            return Rejected(
+                RejectReason.ITEM_TOO_LARGE,
+                f"sealed item is {len(sealed)} bytes; the limit is {self._max_sealed}",
+            )
+        try:
+            plain = self._box.decrypt(sealed)
+        except CryptoError:
+            return Rejected(
+                RejectReason.UNSEAL_FAILED,
+                f"cannot unseal: not sealed to the current ingest key of region {self._region!r}",
+            )
+        try:
+            signed = SignedEnvelope.model_validate_json(plain)
+        except ValidationError as exc:
+            return Rejected(RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc))
+        if len(signed.public_key) != _ED25519_KEY_BYTES:
+            return Rejected(
+                RejectReason.MALFORMED_SIGNED,
+                f"public_key must be {_ED25519_KEY_BYTES} bytes, got {len(signed.public_key)}",
+            )
+        if len(signed.signature) != _ED25519_SIG_BYTES:
+            return Rejected(
+                RejectReason.MALFORMED_SIGNED,
+                f"signature must be {_ED25519_SIG_BYTES} bytes, got {len(signed.signature)}",
+            )
+        try:
+            VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
+        except BadSignatureError:
+            return Rejected(
+                RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
+            )
+        try:
+            env = EnvelopeV1.model_validate_json(signed.payload)
+        except ValidationError as exc:
+            return Rejected(RejectReason.SCHEMA_INVALID, summarize_validation_error(exc))
+        expected_device = device_id_for(signed.public_key)
+        if env.device_id != expected_device:
+            return Rejected(
+                RejectReason.DEVICE_KEY_MISMATCH,
+                f"device_id {env.device_id!r} is not the id of the signing key "
+                f"({expected_device!r})",
+                env.envelope_id,
+            )
+        if env.policy_hash not in self._known_policies:
+            return Rejected(
+                RejectReason.UNKNOWN_POLICY,
+                f"policy {env.policy_hash[:12]}… is not one this ingest accepts",
+                env.envelope_id,
+            )
+        if env.region != self._region:
+            return Rejected(
+                RejectReason.WRONG_REGION,
+                f"envelope is for region {env.region!r}; this ingest serves {self._region!r}",
+                env.envelope_id,
+            )
+        return Accepted(
+            IngestedEnvelope(
+                envelope=env,
+                received_at=received_at,
+                key_fingerprint=key_fingerprint(signed.public_key),
+                assurance="software",
+            )
+        )
+
+
+class RecentlyAccepted:
+    """Bounded LRU of envelope ids this replica recently made durable.
+
+    A fast path only: a client retrying after a lost 202 would otherwise re-publish
+    envelopes the bus already holds. A hit is answered as *accepted* (with reason
+    `duplicate` as information), not as an error: the envelope is durable, and the sink
+    is idempotent on envelope id, so exact replay protection does not depend on this
+    cache (another replica, or an evicted id, simply re-publishes and the sink skips it).
+    Ids enter only after the bus acknowledged, so a failed publish never turns a retry
+    into a false "already accepted". Used from the event loop only: no lock.
+    """
+
+    __slots__ = ("_ids", "_max")
+
+    def __init__(self, max_size: int) -> None:
+        self._ids: OrderedDict[UUID, None] = OrderedDict()
+        self._max = max_size
+
+    def __contains__(self, envelope_id: object) -> bool:
+        return envelope_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add_all(self, envelope_ids: Iterable[UUID]) -> None:
+        """Remember ids the bus acknowledged, evicting the least recently added."""
+        if self._max == 0:
+            return
+        ids = self._ids
+        for envelope_id in envelope_ids:
+            ids[envelope_id] = None
+            ids.move_to_end(envelope_id)
+        while len(ids) > self._max:
+            ids.popitem(last=False)

@@ -1,0 +1,133 @@
+"""Test kit: build sealed, signed envelope items with PyNaCl directly, and run an ASGI
+app's lifespan around an httpx client (no client/ import: the wire format is the contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from nacl.public import PublicKey, SealedBox
+from nacl.signing import SigningKey
+
+from policies import load_policy
+from schemas import device_id_for
+
+__all__ = ["Device", "asgi_client", "counter_aggregate", "policy_hash", "seal"]
+
+
+def policy_hash() -> str:
+    """The default policy's hash, which a default-configured ingest accepts."""
+    return load_policy().content_hash
+
+
+def counter_aggregate(value: float = 3.0) -> dict[str, Any]:
+    """One released counter, as the client would send it."""
+    return {
+        "kind": "counter",
+        "signal": "inference.requests",
+        "tier": "performance",
+        "unit": "{request}",
+        "attributes": {"route": "local"},
+        "value": value,
+        "noise": {
+            "mechanism": "discrete_laplace",
+            "scale": 4.0,
+            "epsilon": 0.25,
+            "lower": 0.0,
+            "upper": 60.0,
+        },
+    }
+
+
+def seal(ingest_key: PublicKey, plaintext: bytes) -> str:
+    """base64(SealedBox(ingest_key).encrypt(plaintext))."""
+    return base64.b64encode(SealedBox(ingest_key).encrypt(plaintext)).decode("ascii")
+
+
+class Device:
+    """A software-keyed device that builds envelopes and seals them to an ingest key."""
+
+    def __init__(self, region: str = "eu-test") -> None:
+        self.key = SigningKey.generate()
+        self.public_key = bytes(self.key.verify_key)
+        self.device_id = device_id_for(self.public_key)
+        self.region = region
+        self._sequence = 0
+
+    def envelope(self, **overrides: Any) -> dict[str, Any]:
+        """An EnvelopeV1 as a JSON-ready dict; `overrides` replace fields (even invalidly)."""
+        self._sequence += 1
+        start = datetime(2025, 1, 1, 10, tzinfo=UTC)
+        env: dict[str, Any] = {
+            "schema_version": 1,
+            "envelope_id": str(uuid.uuid4()),
+            "device_id": self.device_id,
+            "sequence": self._sequence,
+            "sent_at": (start + timedelta(hours=1, seconds=5)).isoformat(),
+            "window_start": start.isoformat(),
+            "window_end": (start + timedelta(hours=1)).isoformat(),
+            "region": self.region,
+            "policy_hash": policy_hash(),
+            "app": {"name": "demo-app", "version": "1.0.0"},
+            "aggregates": [counter_aggregate()],
+        }
+        env.update(overrides)
+        return env
+
+    def signed(self, payload: bytes, *, signature: bytes | None = None) -> bytes:
+        """SignedEnvelope JSON over exactly `payload`."""
+        sig = signature if signature is not None else self.key.sign(payload).signature
+        return json.dumps(
+            {
+                "v": 1,
+                "alg": "ed25519",
+                "public_key": base64.b64encode(self.public_key).decode(),
+                "payload": base64.b64encode(payload).decode(),
+                "signature": base64.b64encode(sig).decode(),
+            }
+        ).encode()
+
+    def item(self, ingest_key: PublicKey, envelope: dict[str, Any] | None = None) -> str:
+        """A sealed batch item carrying `envelope` (default: a fresh valid one)."""
+        payload = json.dumps(envelope if envelope is not None else self.envelope()).encode()
+        return seal(ingest_key, self.signed(payload))
+
+
+@asynccontextmanager
+async def asgi_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Run `app`'s ASGI lifespan and yield a client talking to it in-process.
+
+    httpx's ASGITransport does not run the lifespan nor pass its state into requests;
+    this does both, as uvicorn would.
+    """
+    state: dict[str, Any] = {}
+    inbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    lifespan = asyncio.create_task(app(scope, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    if started["type"] != "lifespan.startup.complete":
+        await lifespan
+        raise RuntimeError(f"lifespan startup failed: {started}")
+
+    async def with_state(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        scope["state"] = dict(state)
+        await app(scope, receive, send)
+
+    try:
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            yield client
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await lifespan

@@ -1,0 +1,75 @@
+"""Settings and the ingest key: development conveniences, production refusals."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ingest import ConfigurationError, IngestSettings, create_app, load_ingest_key
+from policies import load_policy
+
+
+def test_defaults_accept_the_default_policy_and_name_the_region_topic() -> None:
+    settings = IngestSettings(region="eu-west")
+    assert settings.known_policy_hashes == {load_policy().content_hash}
+    assert settings.topic == "quietwire.envelopes.eu-west"
+
+
+def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUIETWIRE_INGEST_REGION", "ap-south")
+    monkeypatch.setenv("QUIETWIRE_INGEST_KNOWN_POLICY_HASHES", f'["{"a" * 64}"]')
+    settings = IngestSettings()
+    assert settings.region == "ap-south"
+    assert settings.known_policy_hashes == {"a" * 64}
+
+
+def test_development_generates_a_private_key_file_once(tmp_path: Path) -> None:
+    settings = IngestSettings(state_dir=tmp_path / "state")
+    first = load_ingest_key(settings)
+    assert stat.S_IMODE(settings.key_path.stat().st_mode) == 0o600
+    assert bytes(load_ingest_key(settings)) == bytes(first)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"kafka_bootstrap": "127.0.0.1:9092"}, {"private_key_path": "/etc/qw/ingest.key"}],
+)
+def test_production_refuses_development_defaults(kwargs: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match="production refuses"):
+        IngestSettings(environment="production", **kwargs)  # type: ignore[arg-type]
+
+
+def test_production_refuses_a_missing_key_file_instead_of_generating(tmp_path: Path) -> None:
+    settings = IngestSettings(
+        environment="production",
+        private_key_path=tmp_path / "absent.key",
+        kafka_bootstrap="127.0.0.1:9092",
+    )
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        create_app(settings)
+    assert not (tmp_path / "absent.key").exists()
+
+
+def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    settings = IngestSettings(state_dir=tmp_path)
+    load_ingest_key(settings)
+    os.chmod(settings.key_path, 0o644)
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        load_ingest_key(settings)
+
+
+def test_a_key_file_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short.key"
+    path.write_text("c2hvcnQ=\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        load_ingest_key(IngestSettings(private_key_path=path))
+
+
+def test_batch_limit_cannot_exceed_the_wire_maximum() -> None:
+    with pytest.raises(ValidationError):
+        IngestSettings(max_batch=10_000)

@@ -1,0 +1,163 @@
+"""The verifier on its own: each check, in order, with the reason a client keys on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from nacl.public import PrivateKey
+
+from ingest import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected
+from schemas import RejectReason, key_fingerprint
+from tests.ingest.kit import Device, seal
+
+NOW = datetime(2025, 1, 1, 11, 0, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def key() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+@pytest.fixture
+def verifier(key: PrivateKey) -> EnvelopeVerifier:
+    device = Device()  # only for the policy hash it would use
+    return EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[device.envelope()["policy_hash"]],
+        max_sealed_bytes=4096,
+    )
+
+
+def _rejected(verdict: object) -> Rejected:
+    assert isinstance(verdict, Rejected), verdict
+    return verdict
+
+
+def test_valid_item_is_accepted_with_software_assurance(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    env = device.envelope()
+    verdict = verifier.verify(device.item(key.public_key, env), received_at=NOW)
+    assert isinstance(verdict, Accepted)
+    assert str(verdict.envelope_id) == env["envelope_id"]
+    assert verdict.item.assurance == "software"
+    assert verdict.item.key_fingerprint == key_fingerprint(device.public_key)
+    assert verdict.item.received_at == NOW
+    assert verdict.item.envelope.device_id == device.device_id
+
+
+def test_oversized_item_is_refused_before_decoding(verifier: EnvelopeVerifier) -> None:
+    verdict = _rejected(verifier.verify("A" * 10_000, received_at=NOW))
+    assert verdict.reason is RejectReason.ITEM_TOO_LARGE
+
+
+@pytest.mark.parametrize("item", ["not base64!", "QUJD\u00e9", "QUJ"])
+def test_non_base64_item(verifier: EnvelopeVerifier, item: str) -> None:
+    assert _rejected(verifier.verify(item, received_at=NOW)).reason is RejectReason.NOT_BASE64
+
+
+def test_item_sealed_to_another_key_fails_to_unseal(verifier: EnvelopeVerifier) -> None:
+    other = PrivateKey.generate().public_key
+    verdict = _rejected(verifier.verify(Device("eu-test").item(other), received_at=NOW))
+    assert verdict.reason is RejectReason.UNSEAL_FAILED
+
+
+def test_short_ciphertext_fails_to_unseal(verifier: EnvelopeVerifier) -> None:
+    item = base64.b64encode(b"tiny").decode()
+    assert _rejected(verifier.verify(item, received_at=NOW)).reason is RejectReason.UNSEAL_FAILED
+
+
+def test_sealed_garbage_is_a_malformed_signed_envelope(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    verdict = _rejected(verifier.verify(seal(key.public_key, b"{}"), received_at=NOW))
+    assert verdict.reason is RejectReason.MALFORMED_SIGNED
+
+
+def test_short_public_key_is_a_malformed_signed_envelope(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    signed = json.loads(device.signed(json.dumps(device.envelope()).encode()))
+    signed["public_key"] = base64.b64encode(b"x" * 31).decode()
+    item = seal(key.public_key, json.dumps(signed).encode())
+    verdict = _rejected(verifier.verify(item, received_at=NOW))
+    assert verdict.reason is RejectReason.MALFORMED_SIGNED
+    assert "32 bytes" in verdict.detail
+
+
+def test_tampered_payload_fails_the_signature(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    device = Device("eu-test")
+    original = json.dumps(device.envelope()).encode()
+    signature = device.key.sign(original).signature
+    tampered = original.replace(b'"value": 3.0', b'"value": 300.0')
+    assert tampered != original
+    item = seal(key.public_key, device.signed(tampered, signature=signature))
+    assert _rejected(verifier.verify(item, received_at=NOW)).reason is RejectReason.BAD_SIGNATURE
+
+
+def test_schema_invalid_payload_names_the_problem(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    env = device.envelope(window_end="2025-01-01T09:00:00+00:00")  # before window_start
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.SCHEMA_INVALID
+    assert "window_end must be after window_start" in verdict.detail
+
+
+def test_schema_errors_are_summarised_without_echoing_input(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    env = device.envelope(secret_field="user typed this", sequence=-1)
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.SCHEMA_INVALID
+    assert "sequence" in verdict.detail
+    assert "user typed this" not in verdict.detail
+
+
+def test_device_id_must_be_the_signing_keys(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    device, other = Device("eu-test"), Device("eu-test")
+    env = device.envelope(device_id=other.device_id)
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.DEVICE_KEY_MISMATCH
+    assert str(verdict.envelope_id) == env["envelope_id"]
+
+
+def test_unknown_policy(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    device = Device("eu-test")
+    env = device.envelope(policy_hash="0" * 64)
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.UNKNOWN_POLICY
+
+
+def test_wrong_region(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    device = Device("us-test")
+    verdict = _rejected(verifier.verify(device.item(key.public_key), received_at=NOW))
+    assert verdict.reason is RejectReason.WRONG_REGION
+    assert "us-test" in verdict.detail
+
+
+def test_recently_accepted_forgets_the_oldest_beyond_its_bound() -> None:
+    recent = RecentlyAccepted(2)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    recent.add_all([a, b])
+    recent.add_all([c])
+    assert a not in recent
+    assert b in recent
+    assert c in recent
+    assert len(recent) == 2
+
+
+def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
+    recent = RecentlyAccepted(0)
+    a = uuid.uuid4()
+    recent.add_all([a])
+    assert a not in recent

@@ -1,0 +1,160 @@
+"""Ingest → Kafka → sink → DuckDB on a real broker, and replays that add nothing."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from nacl.public import PublicKey
+
+from ingest import DuckDBSink, IngestSettings, KafkaEnvelopeBus, KafkaSinkConsumer, create_app
+from schemas import BatchResult
+from tests.harness.kafka import KafkaBroker
+from tests.ingest.kit import Device, asgi_client
+
+
+def _settings(tmp_path: Path, broker: KafkaBroker) -> IngestSettings:
+    # A fresh region (so a fresh topic) per test: the broker is shared by the session.
+    return IngestSettings(
+        region=f"it-{uuid.uuid4().hex[:8]}",
+        state_dir=tmp_path / "state",
+        kafka_bootstrap=broker.bootstrap,
+    )
+
+
+async def _post_batches(client: httpx.AsyncClient, region: str, batches: int) -> set[str]:
+    """Send `batches` batches of 5 envelopes from 3 devices; returns the accepted ids."""
+    key = PublicKey(base64.b64decode((await client.get("/v1/ingest-key")).json()["public_key"]))
+    devices = [Device(region) for _ in range(3)]
+    ids: set[str] = set()
+    for n in range(batches):
+        envs = [devices[(n + i) % 3].envelope() for i in range(5)]
+        resp = await client.post(
+            "/v1/envelopes",
+            json={"envelopes": [devices[(n + i) % 3].item(key, e) for i, e in enumerate(envs)]},
+        )
+        assert resp.status_code == 202, resp.text
+        assert BatchResult.model_validate_json(resp.content).accepted == 5
+        ids.update(e["envelope_id"] for e in envs)
+    return ids
+
+
+def _stored_ids(sink: DuckDBSink) -> set[str]:
+    rows = sink.connection.execute("SELECT CAST(envelope_id AS VARCHAR) FROM envelopes").fetchall()
+    return {r[0] for r in rows}
+
+
+async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path, kafka_broker)
+    await kafka_broker.create_topics_async([settings.topic], partitions=3)
+    async with asgi_client(create_app(settings)) as client:
+        assert (await client.get("/healthz")).json()["bus"] == "kafka"
+        sent = await _post_batches(client, settings.region, batches=4)
+    assert len(sent) == 20
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    sink = DuckDBSink(warehouse, group="sink-a")
+    # No monitoring commits to Kafka: a restart of this group can only resume from the
+    # offsets DuckDB stored with the rows.
+    async with KafkaSinkConsumer(
+        sink,
+        bootstrap_servers=kafka_broker.bootstrap,
+        topics=[settings.topic],
+        commit_to_kafka=False,
+    ) as consumer:
+        stats = await consumer.run_until(caught_up=True)
+    assert (stats.inserted, stats.duplicates, stats.dead_letters) == (20, 0, 0)
+    assert _stored_ids(sink) == sent
+    values = sink.connection.execute("SELECT count(*) FROM released_values").fetchone()
+    assert values == (20,)
+    assert sum(o for o in sink.stored_offsets().values()) == 20
+
+    # The same group restarts: it resumes at the stored offsets and reads nothing again.
+    async with KafkaSinkConsumer(
+        sink,
+        bootstrap_servers=kafka_broker.bootstrap,
+        topics=[settings.topic],
+        commit_to_kafka=False,
+    ) as consumer:
+        stats = await consumer.run_until(caught_up=True)
+    assert stats.messages == 0
+    sink.close()
+
+    # A brand-new group on the same warehouse replays the topic from the beginning:
+    # every message is read again and the row counts do not change.
+    replay = DuckDBSink(warehouse, group="sink-replay")
+    async with KafkaSinkConsumer(
+        replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
+    ) as consumer:
+        stats = await consumer.run_until(caught_up=True)
+    assert (stats.messages, stats.inserted, stats.duplicates) == (20, 0, 20)
+    assert replay.envelope_count() == 20
+    assert replay.connection.execute("SELECT count(*) FROM released_values").fetchone() == (20,)
+    replay.close()
+
+
+async def test_a_poison_message_is_dead_lettered_and_does_not_stop_the_sink(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    settings = _settings(tmp_path, kafka_broker)
+    await kafka_broker.create_topics_async([settings.topic], partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic, b'{"not": "an envelope"}', key=b"rogue")
+    finally:
+        await producer.stop()
+    async with asgi_client(create_app(settings)) as client:
+        sent = await _post_batches(client, settings.region, batches=1)
+
+    sink = DuckDBSink(tmp_path / "warehouse.duckdb", group="sink-a")
+    async with KafkaSinkConsumer(
+        sink, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
+    ) as consumer:
+        stats = await consumer.run_until(caught_up=True)
+    assert (stats.inserted, stats.dead_letters) == (5, 1)
+    assert _stored_ids(sink) == sent
+    letter = sink.connection.execute(
+        "SELECT topic, kafka_offset, message_key, message_value FROM dead_letters"
+    ).fetchall()
+    assert letter == [(settings.topic, 0, b"rogue", b'{"not": "an envelope"}')]
+    assert sink.stored_offsets() == {(settings.topic, 0): 6}
+    sink.close()
+
+    # Replayed by another group, the poison message is recorded once, not twice.
+    replay = DuckDBSink(tmp_path / "warehouse.duckdb", group="sink-replay")
+    async with KafkaSinkConsumer(
+        replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
+    ) as consumer:
+        stats = await consumer.run_until(caught_up=True)
+    assert stats.dead_letters == 1
+    assert replay.dead_letter_count() == 1
+    assert replay.envelope_count() == 5
+    replay.close()
+
+
+async def test_a_broker_that_goes_away_is_a_503_not_a_500(tmp_path: Path) -> None:
+    # Its own broker: this test stops it.
+    with KafkaBroker() as broker:
+        settings = _settings(tmp_path, broker)
+        await broker.create_topics_async([settings.topic], partitions=1)
+        bus = KafkaEnvelopeBus(
+            broker.bootstrap,
+            topic_prefix=settings.topic_prefix,
+            request_timeout_ms=2000,
+            ack_timeout=2.0,
+        )
+        async with asgi_client(create_app(settings, bus=bus)) as client:
+            await _post_batches(client, settings.region, batches=1)
+            broker.stop()
+            device = Device(settings.region)
+            key_b64 = (await client.get("/v1/ingest-key")).json()["public_key"]
+            item = device.item(PublicKey(base64.b64decode(key_b64)))
+            resp = await client.post("/v1/envelopes", json={"envelopes": [item]})
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "bus_unavailable"
