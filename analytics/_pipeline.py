@@ -30,12 +30,8 @@ import uvicorn
 from analytics._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
 from client import HttpTransport, Telemetry, TelemetryConfig
 from client._release import TrueCounter, TrueHistogram
-from ingest import (
-    DuckDBSink,
-    IngestSettings,
-    KafkaSinkConsumer,
-    create_app,
-)
+from ingest import DuckDBSink, IngestSettings, KafkaSinkConsumer, create_app
+from ingest._topics import ensure_topics
 from policies import Policy, load_policy
 from schemas import AppInfo
 
@@ -185,6 +181,8 @@ def run_fleet(
         kafka_bootstrap=kafka,
         known_policy_hashes=frozenset({policy.content_hash}),
     )
+    if kafka is not None:
+        asyncio.run(ensure_topics(kafka, [settings.topic]))
     # One connection pool for the whole simulated fleet: a real device has its own,
     # but thousands of TLS contexts would only measure this machine's setup cost.
     http = httpx.Client(timeout=30.0)
