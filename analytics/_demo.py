@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def run_demo(
     consumer group; without it the ingest hands them to the sink in-process.
     """
     console = console or Console()
+    # aiokafka logs transient, retried broker states (coordinator not yet elected) as
+    # errors; the demo reports what matters itself.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     spec = FleetSpec(devices=devices, windows=windows, seed=7 if seed is None else seed)
     via = f"Kafka at {kafka}" if kafka else "the embedded in-process sink"
     console.print(

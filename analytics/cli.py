@@ -89,7 +89,12 @@ def report(
 @app.command()
 def demo(
     devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 200,
-    windows: Annotated[int, typer.Option(min=1, help="Aggregation windows per device.")] = 6,
+    windows: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Windows per device (window length from the policy; default 6 h)."
+        ),
+    ] = 4,
     db: Annotated[Path, typer.Option(help="Warehouse file to write.")] = Path(
         "quietwire-demo.duckdb"
     ),
