@@ -157,10 +157,14 @@ def _svg(fig: Figure) -> str:
 def _errorbars(
     ax: Any, x: list[Any], y: list[float], lo: list[Any], hi: list[Any], **kw: Any
 ) -> None:
-    # Null bounds (an unbounded mean) are drawn as the point alone.
-    below = [v - lo_ if lo_ is not None else 0.0 for v, lo_ in zip(y, lo, strict=True)]
-    above = [hi_ - v if hi_ is not None else 0.0 for v, hi_ in zip(y, hi, strict=True)]
-    ax.errorbar(x, y, yerr=[below, above], capsize=3, marker="o", markersize=3, **kw)
+    # A point without bounds (a mean whose count is not clearly above zero) is noise
+    # alone: drawing it would invite reading it, so it is left out.
+    keep = [i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if None not in (a, b)]
+    xs = [x[i] for i in keep]
+    ys = [y[i] for i in keep]
+    below = [y[i] - lo[i] for i in keep]
+    above = [hi[i] - y[i] for i in keep]
+    ax.errorbar(xs, ys, yerr=[below, above], capsize=3, marker="o", markersize=3, **kw)
 
 
 def _per_window_figure(view: SignalView, level: float) -> str:
@@ -196,7 +200,12 @@ def _per_window_figure(view: SignalView, level: float) -> str:
 
 def _means_figure(view: SignalView, level: float) -> str:
     assert view.means is not None
-    means = view.means.filter(pl.col("mean").is_not_null()).sort("mean")
+    means = view.means.filter(
+        pl.col("mean").is_not_null()
+        & pl.col("ci_low").is_not_null()
+        & pl.col("ci_high").is_not_null()
+    ).sort("mean")
+    omitted = view.means.height - means.height
     labels = [c for c in means.columns if c not in _MEAN_COLS]
     names = [" ".join(f"{k}={r[k]}" for k in labels) or view.signal for r in means.to_dicts()]
     fig = Figure(figsize=(8.0, 0.35 * max(len(names), 3) + 1.0))
@@ -213,7 +222,10 @@ def _means_figure(view: SignalView, level: float) -> str:
     ]
     ax.errorbar(mean, y, xerr=[lo, hi], fmt="o", capsize=3)
     ax.set_yticks(y, names, fontsize="small")
-    ax.set_title(f"{view.signal}: mean over the range, {level * 100:g}% intervals")
+    title = f"{view.signal}: mean over the range, {level * 100:g}% intervals"
+    if omitted:
+        title += f"\n({omitted} cells not estimable: their count is not clearly above zero)"
+    ax.set_title(title)
     ax.grid(alpha=0.3, axis="x")
     return _svg(fig)
 
