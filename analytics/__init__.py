@@ -13,7 +13,9 @@ from analytics._reader import open_warehouse
 from analytics._report import FleetReport, build_report, render_html, render_json, render_table
 from analytics._totals import (
     cell_summary,
+    fleet_mean,
     fleet_totals,
+    grand_totals,
     mean_by_labels,
     requests_by_route,
     signal_totals,
@@ -27,7 +29,9 @@ __all__ = [
     "WarehouseError",
     "build_report",
     "cell_summary",
+    "fleet_mean",
     "fleet_totals",
+    "grand_totals",
     "mean_by_labels",
     "noise_fourth_cumulant",
     "noise_variance",

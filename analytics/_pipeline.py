@@ -7,6 +7,11 @@ uvicorn-served ingest; the ingest either hands them to the DuckDB sink in-proces
 embedded default) or produces them to Kafka, from where the sink's consumer group
 writes them. The simulator also keeps the clamped truth behind every release, so the
 caller can check that reported intervals cover it.
+
+Every device consents to the health and performance tiers; failed requests are
+reported as exceptions, counted by error fingerprint. No simulated device opts in to the
+content tier: their keys are software keys, and the default attestation policy requires
+a TPM key for content (the ingest would refuse those envelopes).
 """
 
 from __future__ import annotations
@@ -29,11 +34,11 @@ import uvicorn
 
 from analytics._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
 from client import HttpTransport, Telemetry, TelemetryConfig
-from client._release import TrueCounter, TrueHistogram
+from client._release import TrueCounter, TrueHistogram, TrueTotal
 from ingest import DuckDBSink, IngestSettings, KafkaSinkConsumer, create_app
 from ingest._topics import ensure_topics
 from policies import Policy, load_policy
-from schemas import AppInfo
+from schemas import AppInfo, Tier
 
 __all__ = ["FleetRun", "TruthKey", "run_fleet"]
 
@@ -46,6 +51,16 @@ _REQUESTS = "inference.requests"
 _ERRORS = "inference.errors"
 _LATENCY = "gen_ai.client.operation.duration"
 _TOKENS = "gen_ai.client.token.usage"
+# The fleet's error-fingerprint key: shipped with the app, the same on every device.
+FINGERPRINT_KEY = b"notes-ai fleet fingerprint key v1"
+
+
+class InferenceFailed(RuntimeError):
+    """What the simulated app raises when a request fails."""
+
+
+def _fail(route: str) -> None:
+    raise InferenceFailed(f"request on route {route} failed")  # the message never leaves
 
 
 @dataclass
@@ -118,10 +133,18 @@ def _record(tel: Telemetry, events: list[InferenceEvent]) -> None:
         tokens.record(e.tokens, route=e.route)
         if e.failed:
             errors.add(1, route=e.route)
+            try:
+                _fail(e.route)
+            except InferenceFailed as exc:
+                tel.record_exception(exc)
 
 
 def _add_truth(truth: dict[TruthKey, float], start: datetime, item: object) -> None:
-    if isinstance(item, TrueCounter):
+    if isinstance(item, TrueTotal):
+        kind = "total" if item.measure == "count" else "total_sum"
+        tkey: TruthKey = (item.signal, start, "{}", kind, None)
+        truth[tkey] = truth.get(tkey, 0.0) + item.value
+    elif isinstance(item, TrueCounter):
         attrs = json.dumps(item.attributes, sort_keys=True, separators=(",", ":"))
         key: TruthKey = (item.signal, start, attrs, "counter", None)
         truth[key] = truth.get(key, 0.0) + item.value
@@ -202,10 +225,14 @@ def run_fleet(
                         state_dir=work / "devices" / f"{p.index:05d}",
                         clock=clock,
                         mode="manual",
+                        fingerprint_key=FINGERPRINT_KEY,
                     )
                 )
                 for p in profiles
             ]
+            for tel in fleet:
+                tel.grant_consent(Tier.HEALTH)
+                tel.grant_consent(Tier.PERFORMANCE)
             total, done = spec.windows * spec.devices, 0
             for w in range(spec.windows):
                 start = first_start + w * window

@@ -37,14 +37,17 @@ from schemas import Mechanism
 
 __all__ = [
     "cell_summary",
+    "fleet_mean",
     "fleet_totals",
+    "grand_totals",
     "mean_by_labels",
     "requests_by_route",
     "signal_totals",
 ]
 
 _LABEL = re.compile(r"^[a-z][a-z0-9_.]*$")
-_KINDS = ("counter", "bucket", "sum")
+# Per-cell releases, then the scalar totals over all cells (see `grand_totals`).
+_KINDS = ("counter", "bucket", "sum", "total", "total_sum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ def _component_sums(
     keys: Sequence[tuple[str, str]],
     *,
     only_cells_with_sum: bool = False,
+    sum_kind: str = "sum",
 ) -> pl.DataFrame:
     """Per group of `keys` ((sql, alias) pairs): estimate, variance, fourth cumulant,
     devices, envelopes, epsilon, rho and the noise terms (mechanism, scale, count)."""
@@ -138,7 +142,7 @@ def _component_sums(
     # A histogram's mean needs its count and its sum from the same releases: a device
     # that released counts without a sum would bias count upwards, so drop such cells.
     sum_filter = (
-        """AND EXISTS (SELECT 1 FROM released_values s WHERE s.kind = 'sum'
+        f"""AND EXISTS (SELECT 1 FROM released_values s WHERE s.kind = '{sum_kind}'
            AND s.envelope_id = r.envelope_id AND s.signal = r.signal
            AND s.attributes::VARCHAR = r.attributes::VARCHAR)"""
         if only_cells_with_sum
@@ -348,9 +352,14 @@ def _means(
     keys: Sequence[tuple[str, str]],
     level: float,
 ) -> pl.DataFrame:
-    """sum/count per group of `keys`, with the intervals `mean_by_labels` documents."""
-    keys_all = [*keys, ("CASE r.kind WHEN 'sum' THEN 'sum' ELSE 'count' END", "part")]
-    sums = _component_sums(conn, scope, keys_all, only_cells_with_sum=True)
+    """sum/count per group of `keys`, with the intervals `mean_by_labels` documents.
+
+    `scope.kinds` is (count kind, sum kind): ("bucket", "sum") per cell, or ("total",
+    "total_sum") for the scalar totals.
+    """
+    sum_kind = scope.kinds[-1]
+    keys_all = [*keys, (f"CASE r.kind WHEN '{sum_kind}' THEN 'sum' ELSE 'count' END", "part")]
+    sums = _component_sums(conn, scope, keys_all, only_cells_with_sum=True, sum_kind=sum_kind)
     names = [alias for _, alias in keys]
     z = z_value(level)
     half_level = 1.0 - (1.0 - level) / 2.0
@@ -439,3 +448,50 @@ def cell_summary(
         .select(totals.columns)
     )
     return pl.concat([totals, means]).sort("signal", "attributes", "measure")
+
+
+def grand_totals(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str,
+    *,
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """A signal's fleet total over all cells, from its scalar `total` releases.
+
+    Each device releases one noisy total per window (a counter's count, a histogram's
+    number of events) at scale bound/epsilon_total: one draw per device instead of one
+    per cell, so this is the fleet total to use (far tighter than `signal_totals` summed
+    over every label). Devices whose policy releases no total are not counted.
+    """
+    return signal_totals(
+        conn,
+        signal,
+        by=(),
+        kind="total",
+        per_window=per_window,
+        level=level,
+        since=since,
+        until=until,
+    )
+
+
+def fleet_mean(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str = "gen_ai.client.operation.duration",
+    *,
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """A histogram's fleet-wide mean, total_sum / total, from its scalar totals.
+
+    Same columns and intervals as `mean_by_labels`, without labels; two draws per device
+    (count and sum) instead of one per bucket and cell.
+    """
+    level = check_level(level)
+    keys = _WINDOW if per_window else [("r.signal", "signal")]
+    return _means(conn, _Scope(signal, since, until, ("total", "total_sum")), keys, level)

@@ -4,20 +4,37 @@ Exactly-once: the sink writes a batch's rows and the Kafka offsets that batch ad
 in one DuckDB transaction, and on (re)start seeks to the stored offsets. Rows are also
 keyed by envelope id, so a message produced twice (a client retry after a lost 202)
 adds nothing either.
+
+Deletion requests (a device revoked consent for a tier) are applied in the same
+transaction: recorded in `deletion_requests` (keyed by request id, so a replay is a
+no-op), and the device's `released_values` of that tier deleted for every envelope
+whose window started before the request or that the ingest received before it. An
+envelope of that kind arriving later (a replay, a retry) has those rows filtered out on
+insert, so a deletion sticks in any order. `enforce_retention` deletes each tier's rows
+past its retention (content first: it has the shortest).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from schemas import CounterAggregate, HistogramAggregate, IngestedEnvelope, NoiseSpec
+from schemas import (
+    CounterAggregate,
+    HistogramAggregate,
+    IngestedDeletionRequest,
+    IngestedEnvelope,
+    NoiseSpec,
+    Tier,
+    TotalAggregate,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,6 +42,7 @@ __all__ = [
     "WriteResult",
     "apply_schema",
     "connect",
+    "enforce_retention",
     "stored_offsets",
     "write_envelopes",
 ]
@@ -48,7 +66,8 @@ CREATE TABLE IF NOT EXISTS envelopes (
     assurance       VARCHAR NOT NULL,
     key_fingerprint VARCHAR NOT NULL
 );
--- One row per released number. kind: counter | bucket | sum.
+-- One row per released number. kind: counter | bucket | sum (per attribute cell), or
+-- total | total_sum (one scalar over all cells: a count or a histogram's sum).
 -- bucket_upper is NULL for the overflow bucket (+inf) and for non-bucket rows.
 CREATE TABLE IF NOT EXISTS released_values (
     envelope_id  UUID NOT NULL,
@@ -70,6 +89,27 @@ CREATE TABLE IF NOT EXISTS released_values (
     rho          DOUBLE,
     lower_bound  DOUBLE NOT NULL,
     upper_bound  DOUBLE NOT NULL
+);
+-- Releases the device's privacy ledger withheld (a cap was reached), per envelope.
+CREATE TABLE IF NOT EXISTS suppressions (
+    envelope_id  UUID NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    releases     INTEGER NOT NULL
+);
+-- Consent revocations the ingest recorded, and what they deleted.
+CREATE TABLE IF NOT EXISTS deletion_requests (
+    request_id      UUID PRIMARY KEY,
+    device_id       VARCHAR NOT NULL,
+    region          VARCHAR NOT NULL,
+    tier            VARCHAR NOT NULL,
+    requested_at    TIMESTAMPTZ NOT NULL,
+    received_at     TIMESTAMPTZ NOT NULL,
+    consent_hash    VARCHAR NOT NULL,
+    key_fingerprint VARCHAR NOT NULL,
+    rows_deleted    BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer_group VARCHAR NOT NULL,
@@ -115,8 +155,11 @@ class PartitionOffset:
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
+    """What one write did: new envelopes, skipped duplicates, deletion requests applied."""
+
     inserted: int
     duplicates: int
+    deletions: int = 0
 
 
 def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -155,6 +198,9 @@ def _value_rows(item: IngestedEnvelope) -> Iterable[tuple[Any, ...]]:
         meta = (agg.signal, agg.tier.value, agg.unit)
         if isinstance(agg, CounterAggregate):
             yield (*head, *meta, "counter", attrs, None, None, agg.value, *_noise_cols(agg.noise))
+        elif isinstance(agg, TotalAggregate):
+            kind = "total" if agg.measure == "count" else "total_sum"
+            yield (*head, *meta, kind, attrs, None, None, agg.value, *_noise_cols(agg.noise))
         elif isinstance(agg, HistogramAggregate):
             noise = _noise_cols(agg.count_noise)
             uppers: list[float | None] = [*agg.bounds, None]
@@ -164,19 +210,89 @@ def _value_rows(item: IngestedEnvelope) -> Iterable[tuple[Any, ...]]:
                 yield (*head, *meta, "sum", attrs, None, None, agg.sum, *_noise_cols(agg.sum_noise))
 
 
+def _record_deletions(
+    conn: duckdb.DuckDBPyConnection, requests: Sequence[IngestedDeletionRequest]
+) -> int:
+    """Record new deletion requests and delete what they cover; returns how many were new."""
+    applied = 0
+    for item in requests:
+        d = item.deletion
+        known = conn.execute(
+            "SELECT 1 FROM deletion_requests WHERE request_id = ?", [str(d.request_id)]
+        ).fetchone()
+        if known is not None:
+            continue
+        deleted = conn.execute(
+            """DELETE FROM released_values WHERE device_id = ? AND tier = ?
+               AND envelope_id IN (SELECT envelope_id FROM envelopes WHERE device_id = ?
+                                   AND (window_start < ? OR received_at <= ?))""",
+            [d.device_id, d.tier.value, d.device_id, d.requested_at, item.received_at],
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO deletion_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                str(d.request_id),
+                d.device_id,
+                d.region,
+                d.tier.value,
+                d.requested_at,
+                item.received_at,
+                d.consent_hash,
+                item.key_fingerprint,
+                int(deleted[0]) if deleted else 0,
+            ],
+        )
+        applied += 1
+    return applied
+
+
+def _deleted_cells(
+    conn: duckdb.DuckDBPyConnection, fresh: Sequence[IngestedEnvelope]
+) -> dict[tuple[str, str], list[tuple[datetime, datetime]]]:
+    """(device, tier) -> [(requested_at, received_at)] of recorded deletions."""
+    devices = sorted({i.envelope.device_id for i in fresh})
+    rows = conn.execute(
+        "SELECT device_id, tier, requested_at, received_at FROM deletion_requests "
+        "WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
+        [devices],
+    ).fetchall()
+    out: dict[tuple[str, str], list[tuple[datetime, datetime]]] = {}
+    for device, tier, requested, received in rows:
+        out.setdefault((device, tier), []).append((requested, received))
+    return out
+
+
+def _covered(
+    item: IngestedEnvelope,
+    tier: str,
+    deletions: Mapping[tuple[str, str], list[tuple[datetime, datetime]]],
+) -> bool:
+    env = item.envelope
+    return any(
+        env.window_start < requested or item.received_at <= received
+        for requested, received in deletions.get((env.device_id, tier), ())
+    )
+
+
 def write_envelopes(
     conn: duckdb.DuckDBPyConnection,
-    items: Sequence[IngestedEnvelope],
+    items: Sequence[IngestedEnvelope | IngestedDeletionRequest],
     *,
     group: str | None = None,
     offsets: Sequence[PartitionOffset] = (),
 ) -> WriteResult:
-    """Insert envelopes not seen before, and advance `offsets`, in one transaction.
+    """Insert envelopes not seen before, apply deletion requests, and advance `offsets`,
+    in one transaction.
 
-    Duplicates (same envelope id, already stored or twice in `items`) are skipped.
+    Duplicates (same envelope id, already stored or twice in `items`) are skipped; a
+    deletion request already recorded is a no-op.
     """
+    requests = [i for i in items if isinstance(i, IngestedDeletionRequest)]
+    envelopes = [i for i in items if isinstance(i, IngestedEnvelope)]
     conn.execute("BEGIN TRANSACTION")
     try:
+        applied = _record_deletions(conn, requests)
+        items = envelopes
         ids = [str(i.envelope.envelope_id) for i in items]
         seen: set[str] = set()
         if ids:
@@ -214,7 +330,21 @@ def write_envelopes(
                     for e in (i.envelope,)
                 ],
             )
-            values = [row for i in fresh for row in _value_rows(i)]
+            deletions = _deleted_cells(conn, fresh)
+            values = [
+                row
+                for i in fresh
+                for row in _value_rows(i)
+                if not (deletions and _covered(i, row[6], deletions))
+            ]
+            suppressed = [
+                (str(e.envelope_id), e.device_id, e.window_start, e.window_end, signal, n)
+                for i in fresh
+                for e in (i.envelope,)
+                for signal, n in e.suppressed.items()
+            ]
+            if suppressed:
+                conn.executemany("INSERT INTO suppressions VALUES (?, ?, ?, ?, ?, ?)", suppressed)
             if values:
                 # One columnar insert: executemany costs a round trip per row.
                 batch = pa.Table.from_arrays(
@@ -240,4 +370,27 @@ def write_envelopes(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return WriteResult(inserted=len(fresh), duplicates=len(items) - len(fresh))
+    return WriteResult(inserted=len(fresh), duplicates=len(items) - len(fresh), deletions=applied)
+
+
+def enforce_retention(
+    conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
+) -> dict[str, int]:
+    """Delete released values whose window ended more than their tier's days before `now`.
+
+    `days` is the policy's `retention.days`; returns rows deleted per tier. Run daily.
+    """
+    deleted: dict[str, int] = {}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for tier, keep in days.items():
+            row = conn.execute(
+                "DELETE FROM released_values WHERE tier = ? AND window_end < ?",
+                [Tier(tier).value, now - timedelta(days=keep)],
+            ).fetchone()
+            deleted[Tier(tier).value] = int(row[0]) if row else 0
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted

@@ -26,7 +26,8 @@ class TelemetryConfig(BaseModel):
 
     Give `endpoint` (the ingest's base URL; batches go to `{endpoint}/v1/envelopes`) or
     a `transport`, not both. `state_dir` holds the device key (unless `key_store` is
-    given) and the persisted sequence number. `clock` returns an aware datetime; a
+    given), the persisted sequence number, the consent history, the privacy ledger and
+    the encrypted spool of pending envelopes. `clock` returns an aware datetime; a
     simulator passes its own, with `mode="manual"`. Invalid values raise pydantic's
     `ValidationError` (a `ValueError`) naming the field.
     """
@@ -48,6 +49,11 @@ class TelemetryConfig(BaseModel):
     retry_backoff: float = Field(default=0.5, ge=0.0, description="first retry delay, seconds")
     max_backoff: float = Field(default=300.0, ge=0.0)
     timeout: float = Field(default=10.0, gt=0.0, description="HTTP timeout, seconds")
+    fingerprint_key: bytes | None = Field(
+        default=None,
+        description="the fleet's error-fingerprint key (>= 16 bytes, the same on every "
+        "device of the fleet); without it `record_exception` drops and counts",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TelemetryConfig:
@@ -61,4 +67,6 @@ class TelemetryConfig(BaseModel):
             raise ValueError("transport must be a client.Transport")
         if self.key_store is not None and not isinstance(self.key_store, KeyStore):
             raise ValueError("key_store must implement client.KeyStore")
+        if self.fingerprint_key is not None and len(self.fingerprint_key) < 16:
+            raise ValueError("fingerprint_key must be at least 16 bytes")
         return self

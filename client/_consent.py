@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from client._errors import ClientError
 from client._ledger import write_atomically
 from policies import Policy
 from schemas import Tier
@@ -41,12 +42,9 @@ __all__ = [
 _DEFAULT_ALLOWS: dict[str, bool] = {"denied": False}
 
 
-class ConsentError(Exception):
-    """The consent history cannot be read, signed or written.
-
-    While it lasts nothing is allowed. (Standalone for now; meant to be re-parented
-    under the client's `ClientError`.)
-    """
+class ConsentError(ClientError):
+    """The consent history cannot be read, signed or written. While it lasts nothing is
+    allowed."""
 
 
 class ConsentRecord(BaseModel):

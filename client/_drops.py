@@ -25,6 +25,11 @@ class DropReason(StrEnum):
     QUEUE_FULL = "queue_full"
     SEAL_FAILED = "seal_failed"
     SEND_FAILED = "send_failed"
+    LEDGER_FAILED = "ledger_failed"
+    SPOOL_FAILED = "spool_failed"
+    SPOOL_CORRUPT = "spool_corrupt"
+    EXPIRED = "expired"
+    NO_FINGERPRINT_KEY = "no_fingerprint_key"
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

@@ -15,12 +15,19 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from client._errors import ClientError
-from schemas import AppInfo, CounterAggregate, EnvelopeV1, HistogramAggregate
+from schemas import (
+    AppInfo,
+    CounterAggregate,
+    EnvelopeV1,
+    HistogramAggregate,
+    Tier,
+    TotalAggregate,
+)
 
 __all__ = ["DeviceState", "build_envelope"]
 
@@ -35,9 +42,16 @@ def build_envelope(
     region: str,
     policy_hash: str,
     app: AppInfo,
-    aggregates: Sequence[CounterAggregate | HistogramAggregate],
+    aggregates: Sequence[CounterAggregate | HistogramAggregate | TotalAggregate],
+    consent_hash: str | None = None,
+    consented_tiers: Sequence[Tier] = (),
+    suppressed: Mapping[str, int] | None = None,
 ) -> EnvelopeV1:
-    """An envelope with a fresh random id for one window's released aggregates."""
+    """An envelope with a fresh random id for one window's released aggregates.
+
+    `consent_hash` and `consented_tiers` are the consent state the releases were made
+    under; `suppressed` counts the releases the privacy ledger withheld, by signal.
+    """
     return EnvelopeV1(
         envelope_id=uuid.uuid4(),
         device_id=device_id,
@@ -49,6 +63,9 @@ def build_envelope(
         policy_hash=policy_hash,
         app=app,
         aggregates=list(aggregates),
+        consent_hash=consent_hash,
+        consented_tiers=sorted(consented_tiers, key=lambda t: t.value),
+        suppressed=dict(suppressed or {}),
     )
 
 

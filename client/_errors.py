@@ -10,6 +10,9 @@ raises: bad input there is dropped and counted (see `client._drops`).
     ├── SignalKindError      the name is declared with another kind (counter/histogram)
     ├── KeyStoreError        the device key cannot be read, created or trusted
     ├── ReleaseError         a DP measurement cannot be built for a signal
+    ├── LedgerError          the privacy ledger cannot be opened or written (client._ledger)
+    ├── ConsentError         the consent history cannot be read or written (client._consent)
+    ├── SpoolError           the on-disk spool cannot be opened (client._spool)
     └── TransportError       the ingest could not be reached or failed (retryable)
 """
 
@@ -21,6 +24,7 @@ __all__ = [
     "KeyStoreError",
     "ReleaseError",
     "SignalKindError",
+    "SpoolError",
     "TransportError",
     "UnknownSignalError",
 ]
@@ -63,6 +67,10 @@ class KeyStoreError(ClientError):
 
 class ReleaseError(ClientError):
     """A differentially private release could not be built or verified."""
+
+
+class SpoolError(ClientError):
+    """The spool of pending envelopes (or its key) cannot be created or read."""
 
 
 class TransportError(ClientError):

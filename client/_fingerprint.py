@@ -21,6 +21,12 @@ The recipe (version 1), computed only from code structure:
    Without the key nobody can test guesses of which code path failed on a device.
 
 Never included: the message, arguments, locals, absolute paths (so no user names).
+
+A fingerprint is an unbounded domain, so it is never a label value as such:
+`fingerprint_label` maps it into the closed domain the policy declares for the
+fingerprint signal (see `policies.FingerprintPolicy`): a listed known fingerprint (first
+16 hex digits), else its hash bucket (the fingerprint modulo the number of buckets),
+else `other`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["ErrorFingerprinter"]
+from policies import FINGERPRINT_DIGITS, OTHER, fingerprint_bucket_name
+
+__all__ = ["ErrorFingerprinter", "fingerprint_label"]
 
 RECIPE = "qw-fp-1"
 _MAX_FRAMES = 32
@@ -112,3 +121,14 @@ class ErrorFingerprinter:
             lines.append(f"exception {i} {_type_name(item)}")
             lines.extend(f"  {key}" for key in _frames(item))
         return "\n".join(lines)
+
+
+def fingerprint_label(fingerprint: str, domain: Sequence[str]) -> str:
+    """The value under which `fingerprint` is counted, given the label's declared domain."""
+    known = fingerprint[:FINGERPRINT_DIGITS]
+    if known in domain:
+        return known
+    buckets = sum(1 for v in domain if v.startswith("b") and len(v) < FINGERPRINT_DIGITS)
+    if buckets:
+        return fingerprint_bucket_name(int(fingerprint, 16) % buckets)
+    return OTHER

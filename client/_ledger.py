@@ -19,6 +19,9 @@ Durability, because an undercounting ledger is a privacy bug:
   reaches a cap of 1.0 exactly, neither early nor late.
 
 One process owns a ledger file at a time (an exclusive advisory lock on `<path>.lock`).
+A forked child inherits the lock but not an up-to-date view of the parent's charges, so
+it is refused every charge (`LedgerError`): it would otherwise spend the same budget
+twice, on data it shares with its parent.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from client._errors import ClientError
 from policies import PrivacyCaps
 
 __all__ = ["LedgerError", "PrivacyLedger", "write_atomically"]
@@ -45,11 +49,8 @@ _EXACT = Context(prec=60)  # wide enough that sums of float reprs are exact
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
 
 
-class LedgerError(Exception):
-    """The ledger cannot be opened, read or written; no charge is granted while it lasts.
-
-    (Standalone for now; meant to be re-parented under the client's `ClientError`.)
-    """
+class LedgerError(ClientError):
+    """The ledger cannot be opened, read or written; no charge is granted while it lasts."""
 
 
 @dataclass
@@ -175,6 +176,7 @@ class PrivacyLedger:
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._broken: str | None = None
+        self._pid = os.getpid()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(
@@ -212,6 +214,8 @@ class PrivacyLedger:
             raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
         day = _utc_day(at)
         eps = Decimal(repr(float(epsilon)))
+        if os.getpid() != self._pid:
+            raise LedgerError(f"{self._path}: owned by the parent process; a fork cannot charge")
         with self._mutex:
             state = self._state
             today = _EXACT.add(state.days.get(day, Decimal(0)), eps)

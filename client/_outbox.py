@@ -1,70 +1,46 @@
-"""Envelopes waiting to be sent, and the delivery of one batch.
+"""Delivery of pending envelopes and deletion requests from the spool.
 
-The outbox is bounded: when it is full a new envelope is dropped and counted, never
-blocking the caller. Envelopes are signed and sealed only when a batch is sent, so
-`sent_at` is the real send time even after an outage. A batch that fails in a
-retryable way goes back to the front of the outbox; items the ingest rejected are
-counted by reason and dropped (sending the same bytes again would fail the same way).
+Envelopes are signed and sealed only when a batch is sent, so `sent_at` is the real
+send time even after an outage. A batch that fails in a retryable way goes back to the
+front of the spool; items the ingest rejected are counted by reason and forgotten
+(sending the same bytes again would fail the same way). Deletion requests go first: a
+revocation must reach the ingest even if envelopes are queued behind it.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
 from client._drops import DropCounter, DropReason
 from client._errors import TransportError
 from client._sealing import EnvelopeSealer
+from client._spool import Spool
 from client._transport import Transport
-from schemas import MAX_BATCH, MAX_SEALED_BYTES, EnvelopeBatch, EnvelopeV1
+from schemas import MAX_SEALED_BYTES, EnvelopeBatch, EnvelopeV1
 
-__all__ = ["Outbox", "send_one_batch"]
+__all__ = ["send_deletions", "send_one_batch"]
 
 
-class Outbox:
-    """A bounded FIFO of envelopes not yet accepted by the ingest."""
+def send_deletions(spool: Spool, transport: Transport, drops: DropCounter) -> int:
+    """Send every pending deletion request; returns how many the ingest recorded.
 
-    def __init__(self, capacity: int, drops: DropCounter) -> None:
-        self._capacity = capacity
-        self._drops = drops
-        self._lock = threading.Lock()
-        self._items: deque[EnvelopeV1] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, envelope: EnvelopeV1) -> bool:
-        """Queue an envelope; False (and counted as `queue_full`) when the outbox is full."""
-        with self._lock:
-            if len(self._items) >= self._capacity:
-                self._drops.add(DropReason.QUEUE_FULL)
-                return False
-            self._items.append(envelope)
-            return True
-
-    def take(self, n: int = MAX_BATCH) -> list[EnvelopeV1]:
-        """Remove and return up to `n` envelopes, oldest first."""
-        with self._lock:
-            return [self._items.popleft() for _ in range(min(n, len(self._items)))]
-
-    def put_back(self, envelopes: list[EnvelopeV1]) -> None:
-        """Return a failed batch to the front, keeping order (beyond capacity: counted)."""
-        with self._lock:
-            room = max(self._capacity - len(self._items), 0)
-            keep = envelopes[:room]
-            if len(envelopes) > room:
-                self._drops.add(DropReason.QUEUE_FULL, len(envelopes) - room)
-            self._items.extendleft(reversed(keep))
-
-    def reset_after_fork(self) -> None:
-        """A fresh lock in a forked child."""
-        self._lock = threading.Lock()
+    Raises `TransportError` (the rest stay pending) if the ingest cannot be reached.
+    """
+    recorded = 0
+    for request_id, request in spool.deletions():
+        receipt = transport.send_deletion(request)
+        if receipt is None:
+            # Refused for good (a 4xx): the same bytes would be refused again.
+            drops.add("rejected:deletion_request")
+        else:
+            recorded += 1
+        spool.acknowledge_deletion(request_id)
+    return recorded
 
 
 def send_one_batch(
-    outbox: Outbox,
+    outbox: Spool,
     transport: Transport,
     sealer: EnvelopeSealer,
     drops: DropCounter,
@@ -79,6 +55,7 @@ def send_one_batch(
         return 0
     sent_at = now()
     stamped: list[EnvelopeV1] = []
+    unsendable: list[EnvelopeV1] = []
     items: list[str] = []
     for envelope in envelopes:
         envelope = envelope.model_copy(update={"sent_at": sent_at})
@@ -86,12 +63,15 @@ def send_one_batch(
             sealed = sealer.seal(envelope)
         except Exception:
             drops.add(DropReason.SEAL_FAILED)
+            unsendable.append(envelope)
             continue
         if len(sealed) > MAX_SEALED_BYTES:
             drops.add(DropReason.SEAL_FAILED)
+            unsendable.append(envelope)
             continue
         stamped.append(envelope)
         items.append(sealed)
+    outbox.acknowledge(unsendable)
     if not items:
         return len(envelopes)
     try:
@@ -102,6 +82,8 @@ def send_one_batch(
     except Exception as exc:  # a transport bug must not kill the worker nor lose data
         outbox.put_back(stamped)
         raise TransportError(f"transport failed unexpectedly: {exc!r}") from exc
+    # Answered: accepted items are durable at the ingest, rejected ones never retried.
+    outbox.acknowledge(stamped)
     for item in result.results:
         if item.status == "rejected":
             drops.add(f"rejected:{item.reason.value if item.reason else item.detail}")

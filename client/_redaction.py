@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["redact"]
+__all__ = ["FINDING_KINDS", "redact", "redact_findings"]
 
 _Replace = str | Callable[[re.Match[str]], str]
 
@@ -208,6 +208,38 @@ _RULES: Final[tuple[tuple[re.Pattern[str], _Replace], ...]] = (
         _phone,
     ),
 )
+
+
+# The kind of finding each rule makes, in `_RULES` order: the closed domain a content
+# signal can count (`redact_findings`), never the findings themselves.
+_RULE_KINDS: Final = (
+    *("credential",) * 9,  # private key .. key=value secrets
+    "email",
+    "home_path",
+    "card",
+    *("network_address",) * 3,  # IPv6, MAC, IPv4
+    "phone",
+)
+FINDING_KINDS: Final = ("email", "phone", "home_path", "credential", "card", "network_address")
+"""Every kind `redact_findings` reports."""
+
+if len(_RULE_KINDS) != len(_RULES):  # pragma: no cover - a rule added without its kind
+    raise AssertionError("every redaction rule needs a kind")
+
+
+def redact_findings(text: str) -> tuple[str, dict[str, int]]:
+    """`redact(text)`, and how many findings of each kind (`FINDING_KINDS`) it replaced."""
+    found: dict[str, int] = {}
+    for (pattern, replace), kind in zip(_RULES, _RULE_KINDS, strict=True):
+
+        def substitute(match: re.Match[str], replace: _Replace = replace, kind: str = kind) -> str:
+            out = replace if isinstance(replace, str) else replace(match)
+            if out != match.group(0):
+                found[kind] = found.get(kind, 0) + 1
+            return out
+
+        text = pattern.sub(substitute, text)
+    return text, found
 
 
 def redact(text: str) -> str:

@@ -12,6 +12,13 @@ Histograms: per cell, the bucket counts (total events across cells at most
 `max_events_per_window`) with discrete Laplace, and the sum of values clamped to
 `value_range` with continuous Laplace; `sum_share` of epsilon goes to the sums.
 
+Totals: with `total_share` > 0, that share of epsilon releases one scalar per window
+over all cells: a counter's clamped total (in [0, M], so d_in = M, not 2M) and, for a
+histogram, its number of events (d_in = N) and its sum of values (in
+[N min(lo, 0), N max(hi, 0)], d_in = N (max(hi, 0) - min(lo, 0))). One draw at the
+scalar's sensitivity instead of one per cell: fleet totals and fleet means built from
+these are far less noisy than sums of the per-cell releases (see docs/privacy.md).
+
 Clamping is deterministic: when a window's total exceeds the bound, each cell keeps
 floor(value * bound / total) and the units left over go to the cells with the largest
 remainders (lowest index first on ties), so the kept vector keeps the proportions.
@@ -27,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import opendp.prelude as dp
 
@@ -35,14 +42,17 @@ from client._aggregation import HistogramSnapshot
 from client._domain import CellDomain
 from client._errors import ReleaseError
 from policies import CounterSignal, HistogramSignal
-from schemas import CounterAggregate, HistogramAggregate, Mechanism, NoiseSpec
+from schemas import CounterAggregate, HistogramAggregate, Mechanism, NoiseSpec, TotalAggregate
 
 __all__ = [
+    "EpsilonSplit",
     "Release",
     "TrueCounter",
     "TrueHistogram",
+    "TrueTotal",
     "apportion",
     "counter_measurement",
+    "epsilon_split",
     "release_counter",
     "release_histogram",
     "sum_measurement",
@@ -71,15 +81,62 @@ class TrueHistogram:
 
 
 @dataclass(frozen=True, slots=True)
+class TrueTotal:
+    """The clamped, noise-free scalar total of one signal (simulation only)."""
+
+    signal: str
+    measure: Literal["count", "sum"]
+    value: float
+
+
+Truth = TrueCounter | TrueHistogram | TrueTotal
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Released aggregates of one signal, and the truth they were drawn from.
 
-    `truth[i]` is the clamped input of `aggregates[i]`. The truth never leaves the
-    device; it exists so tests and simulators can compare releases to what was recorded.
+    `truth[i]` is the clamped input of `aggregates[i]` (cells first, then totals). The
+    truth never leaves the device; it exists so tests and simulators can compare
+    releases to what was recorded.
     """
 
-    aggregates: list[CounterAggregate] | list[HistogramAggregate]
-    truth: list[TrueCounter] | list[TrueHistogram]
+    aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate]
+    truth: list[Truth]
+
+
+@dataclass(frozen=True, slots=True)
+class EpsilonSplit:
+    """How a signal's per-window epsilon is shared between its releases.
+
+    Counters use `cells` and `total`; histograms `cells` (bucket counts), `sums`,
+    `total` (event count) and `total_sum`. Zero means "not released". The parts never
+    add up (in floating point) to more than the signal's epsilon.
+    """
+
+    cells: float
+    sums: float
+    total: float
+    total_sum: float
+
+
+def _split(epsilon: float, share: float) -> tuple[float, float]:
+    """(epsilon - part, part) with part = epsilon * share; their float sum <= epsilon."""
+    part = epsilon * share
+    rest = epsilon - part
+    while rest + part > epsilon:
+        rest = math.nextafter(rest, 0.0)
+    return rest, part
+
+
+def epsilon_split(signal: CounterSignal | HistogramSignal) -> EpsilonSplit:
+    """The policy's split of `signal.epsilon` (`total_share`, then `sum_share`)."""
+    cells, total = _split(signal.epsilon, signal.total_share)
+    if isinstance(signal, CounterSignal):
+        return EpsilonSplit(cells=cells, sums=0.0, total=total, total_sum=0.0)
+    count, sums = _split(cells, signal.sum_share)
+    t_count, t_sum = _split(total, signal.sum_share) if total > 0.0 else (0.0, 0.0)
+    return EpsilonSplit(cells=count, sums=sums, total=t_count, total_sum=t_sum)
 
 
 def apportion(values: list[int], cap: int) -> list[int]:
@@ -147,18 +204,19 @@ def release_counter(
     """Clamp and release every cell of one counter signal for one window."""
     bound = signal.max_per_window
     clamped = apportion(raw, bound)
+    split = epsilon_split(signal)
     # Two non-negative vectors that each total at most `bound` are at most 2*bound
     # apart in L1: that is the sensitivity in the local model.
-    noisy, scale = _release_counts(clamped, 2 * bound, signal.epsilon, mechanism)
+    noisy, scale = _release_counts(clamped, 2 * bound, split.cells, mechanism)
     noise = NoiseSpec(
         mechanism=mechanism,
         scale=scale,
-        epsilon=signal.epsilon,
+        epsilon=split.cells,
         lower=0.0,
         upper=float(bound),
     )
     cells = domain.cells()
-    aggregates = [
+    aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = [
         CounterAggregate(
             signal=name,
             tier=signal.tier,
@@ -169,20 +227,32 @@ def release_counter(
         )
         for attrs, value in zip(cells, noisy, strict=True)
     ]
-    truth = [
+    truth: list[Truth] = [
         TrueCounter(signal=name, attributes=attrs, value=value)
         for attrs, value in zip(cells, clamped, strict=True)
     ]
+    if split.total > 0.0:
+        # The total is in [0, bound]: a scalar whose L1 diameter is `bound`.
+        total = sum(clamped)
+        (value,), t_scale = _release_counts([total], bound, split.total, mechanism)
+        t_noise = NoiseSpec(
+            mechanism=mechanism, scale=t_scale, epsilon=split.total, lower=0.0, upper=bound
+        )
+        aggregates.append(_total(name, signal, "count", value, t_noise))
+        truth.append(TrueTotal(signal=name, measure="count", value=float(total)))
     return Release(aggregates, truth)
 
 
-def _split_epsilon(signal: HistogramSignal) -> tuple[float, float]:
-    """(epsilon for counts, epsilon for sums); their float sum never exceeds epsilon."""
-    eps_sum = signal.epsilon * signal.sum_share
-    eps_count = signal.epsilon - eps_sum
-    while eps_count + eps_sum > signal.epsilon:
-        eps_count = math.nextafter(eps_count, 0.0)
-    return eps_count, eps_sum
+def _total(
+    name: str,
+    signal: CounterSignal | HistogramSignal,
+    measure: Literal["count", "sum"],
+    value: float,
+    noise: NoiseSpec,
+) -> TotalAggregate:
+    return TotalAggregate(
+        signal=name, tier=signal.tier, unit=signal.unit, measure=measure, value=value, noise=noise
+    )
 
 
 def release_histogram(
@@ -209,7 +279,8 @@ def release_histogram(
 
     if sum_mechanism is not Mechanism.LAPLACE:
         raise ReleaseError(f"histogram sums are released with laplace, not {sum_mechanism.value}")
-    eps_count, eps_sum = _split_epsilon(signal)
+    split = epsilon_split(signal)
+    eps_count, eps_sum = split.cells, split.sums
     # Non-negative event vectors totalling at most `bound`: L1 diameter 2*bound.
     noisy_counts, count_scale = _release_counts(kept_flat, 2 * bound, eps_count, count_mechanism)
     # Each cell's |sum| is at most (its events) * max|value|, and events total at most
@@ -233,7 +304,7 @@ def release_histogram(
         upper=bound * max(hi, 0.0),
     )
     cells = domain.cells()
-    aggregates = [
+    aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = [
         HistogramAggregate(
             signal=name,
             tier=signal.tier,
@@ -247,8 +318,47 @@ def release_histogram(
         )
         for i, attrs in enumerate(cells)
     ]
-    truth = [
+    truth: list[Truth] = [
         TrueHistogram(signal=name, attributes=attrs, counts=counts[i], sum=sums[i])
         for i, attrs in enumerate(cells)
     ]
+    if split.total > 0.0:
+        n_events, total_sum = sum(kept_flat), math.fsum(sums)
+        (n_noisy,), n_scale = _release_counts([n_events], bound, split.total, count_mechanism)
+        low, high = bound * min(lo, 0.0), bound * max(hi, 0.0)
+        total_sum = min(max(total_sum, low), high)
+        s_meas, s_scale = sum_measurement(1, high - low, split.total_sum)
+        (s_noisy,) = s_meas([total_sum])
+        aggregates += [
+            _total(
+                name,
+                signal,
+                "count",
+                n_noisy,
+                NoiseSpec(
+                    mechanism=count_mechanism,
+                    scale=n_scale,
+                    epsilon=split.total,
+                    lower=0.0,
+                    upper=float(bound),
+                ),
+            ),
+            _total(
+                name,
+                signal,
+                "sum",
+                float(s_noisy),
+                NoiseSpec(
+                    mechanism=Mechanism.LAPLACE,
+                    scale=s_scale,
+                    epsilon=split.total_sum,
+                    lower=low,
+                    upper=high,
+                ),
+            ),
+        ]
+        truth += [
+            TrueTotal(signal=name, measure="count", value=float(n_events)),
+            TrueTotal(signal=name, measure="sum", value=total_sum),
+        ]
     return Release(aggregates, truth)

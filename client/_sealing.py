@@ -1,8 +1,14 @@
 """Sign an envelope and seal it to the ingest's key: one item of `EnvelopeBatch`.
 
 item = base64(SealedBox(ingest_public_key).encrypt(SignedEnvelope JSON)), where the
-SignedEnvelope carries the envelope's exact JSON bytes and an Ed25519 signature over
-them. The ingest opens the box, verifies the signature, then parses the payload.
+SignedEnvelope carries the envelope's exact JSON bytes and a signature over them:
+Ed25519 by a software key, or ECDSA P-256 (`ecdsa-p256`) by a TPM key. The ingest opens
+the box, verifies the signature, then parses the payload.
+
+The envelope's `device_id` is stamped here, from the store that signs: with a
+`FallbackKeyStore` the signer can change between building an envelope and sending it
+(the TPM failed), and the id must be the signer's. A software signer drops the
+aggregates of tiers that need a TPM (counted `tier_requires_tpm`).
 """
 
 from __future__ import annotations
@@ -11,34 +17,74 @@ import base64
 
 from nacl.public import PublicKey, SealedBox
 
-from client._errors import ConfigError
+from client._drops import DropCounter
+from client._errors import ConfigError, KeyStoreError
 from client._keys import KeyStore
+from client._keystore_fallback import FallbackKeyStore, device_id_of, signature_alg
 from schemas import EnvelopeV1, SignedEnvelope
 
-__all__ = ["EnvelopeSealer"]
+__all__ = ["TIER_REQUIRES_TPM", "EnvelopeSealer"]
+
+TIER_REQUIRES_TPM = "tier_requires_tpm"
+"""Drop reason: an aggregate not sent because its tier needs a TPM and the TPM is gone."""
 
 
 class EnvelopeSealer:
     """Turns envelopes into sealed batch items for one ingest key."""
 
-    def __init__(self, key_store: KeyStore, ingest_public_key: bytes) -> None:
+    def __init__(
+        self, key_store: KeyStore, ingest_public_key: bytes, drops: DropCounter | None = None
+    ) -> None:
         if len(ingest_public_key) != PublicKey.SIZE:
             raise ConfigError(
                 f"ingest_public_key must be {PublicKey.SIZE} raw bytes (X25519), "
                 f"got {len(ingest_public_key)}"
             )
         self._key_store = key_store
+        self._drops = drops
         self._box = SealedBox(PublicKey(ingest_public_key))
 
     def seal(self, envelope: EnvelopeV1) -> str:
-        """The base64 (standard, padded) sealed form of `envelope`."""
+        """The base64 (standard, padded) sealed form of `envelope`.
+
+        Raises `KeyStoreError` if nothing of it may be sent with the available key.
+        """
+        fallback = self._key_store if isinstance(self._key_store, FallbackKeyStore) else None
+        store = fallback.signing_store() if fallback is not None else self._key_store
+        try:
+            return self._seal_with(store, envelope, fallback)
+        except Exception as exc:
+            if fallback is None or store.assurance != "tpm":
+                raise
+            # The TPM failed mid-run: carry on with the software key.
+            fallback.report_failure(store, exc)
+            return self._seal_with(fallback.signing_store(), envelope, fallback)
+
+    def _seal_with(
+        self, store: KeyStore, envelope: EnvelopeV1, fallback: FallbackKeyStore | None
+    ) -> str:
+        update: dict[str, object] = {}
+        device_id = device_id_of(store)
+        if envelope.device_id != device_id:
+            update["device_id"] = device_id
+        if fallback is not None and store.assurance != "tpm" and fallback.tpm_only_tiers:
+            kept = [a for a in envelope.aggregates if a.tier not in fallback.tpm_only_tiers]
+            if len(kept) != len(envelope.aggregates):
+                if self._drops is not None:
+                    self._drops.add(TIER_REQUIRES_TPM, len(envelope.aggregates) - len(kept))
+                if not kept:
+                    raise KeyStoreError("every aggregate needs a TPM key, and the TPM is gone")
+                update["aggregates"] = kept
+        if update:
+            envelope = envelope.model_copy(update=update)
         payload = envelope.model_dump_json().encode()
         # pydantic's Base64Bytes decodes its *input* as base64, so the raw bytes are
         # passed encoded; the model then holds (and serializes) the raw bytes.
         signed = SignedEnvelope(
-            public_key=base64.b64encode(self._key_store.public_key()),
+            alg=signature_alg(store),
+            public_key=base64.b64encode(store.public_key()),
             payload=base64.b64encode(payload),
-            signature=base64.b64encode(self._key_store.sign(payload)),
+            signature=base64.b64encode(store.sign(payload)),
         )
         sealed = self._box.encrypt(signed.model_dump_json().encode())
         return base64.b64encode(sealed).decode("ascii")

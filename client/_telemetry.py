@@ -1,9 +1,12 @@
 """`Telemetry`: the facade an app embeds.
 
 Processing order, top to bottom (`_collect_window`): close due windows, take every
-cell's value, clamp and release each signal through OpenDP, build the envelope with
-the next persisted sequence number, queue it. Sending (`_send_pending`) signs and
-seals at send time and hands batches to the transport.
+cell's value; per signal, ask the privacy gate (consent for its tier, then a durable
+ledger charge), clamp and release through OpenDP or count the suppression; build the
+envelope with the consent state and the next persisted sequence number; store it in
+the encrypted spool. Sending (`_send_pending`) first delivers pending deletion
+requests, then signs and seals envelopes at send time and hands batches to the
+transport. Nothing is built, stored or sent for a window when no tier is consented.
 
 Two modes, chosen once at construction: `background` runs one daemon thread that
 closes windows on the wall clock and sends; `manual` runs no thread, and the caller (a
@@ -23,26 +26,37 @@ from datetime import datetime
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._config import TelemetryConfig
+from client._deletion import sign_deletion_request
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
 from client._envelope import DeviceState, build_envelope
-from client._errors import SignalKindError, TransportError, UnknownSignalError
+from client._errors import ConfigError, SignalKindError, TransportError, UnknownSignalError
+from client._fingerprint import ErrorFingerprinter, fingerprint_label
 from client._instruments import Counter, Histogram
 from client._keys import KeyStore, SoftwareKeyStore
-from client._outbox import Outbox, send_one_batch
+from client._keystore_fallback import device_id_of
+from client._outbox import send_deletions, send_one_batch
+from client._privacy import Admission, PrivacyGate
+from client._redaction import redact_findings
 from client._release import (
     Release,
-    TrueCounter,
-    TrueHistogram,
+    Truth,
     release_counter,
     release_histogram,
 )
 from client._sealing import EnvelopeSealer
+from client._spool import Spool
 from client._transport import HttpTransport, Transport
 from client._window import Window, WindowClock
 from client._worker import PeriodicWorker
 from policies import CounterSignal, HistogramSignal
-from schemas import CounterAggregate, EnvelopeV1, HistogramAggregate, device_id_for
+from schemas import (
+    CounterAggregate,
+    EnvelopeV1,
+    HistogramAggregate,
+    Tier,
+    TotalAggregate,
+)
 
 __all__ = ["CollectedWindow", "Telemetry"]
 
@@ -55,7 +69,7 @@ class CollectedWindow:
     """
 
     envelope: EnvelopeV1
-    truth: list[TrueCounter | TrueHistogram]
+    truth: list[Truth]
 
 
 @dataclass(slots=True)
@@ -80,8 +94,9 @@ class Telemetry:
         self._drops = DropCounter()
         key_store = config.key_store or SoftwareKeyStore(config.state_dir)
         self._key_store: KeyStore = key_store
-        self._sealer = EnvelopeSealer(key_store, config.ingest_public_key)
-        self._device_id = device_id_for(key_store.public_key())
+        self._sealer = EnvelopeSealer(key_store, config.ingest_public_key, self._drops)
+        # A TPM store names the device after its EK; a software key is self-certifying.
+        self._device_id = device_id_of(key_store)
         self._state = DeviceState(config.state_dir)
         self._transport: Transport = config.transport or HttpTransport(
             str(config.endpoint), timeout=config.timeout
@@ -93,7 +108,14 @@ class Telemetry:
         )
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._outbox = Outbox(config.max_pending, self._drops)
+        self._fingerprinter = (
+            ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
+        )
+        self._outbox = Spool(config.state_dir, config.max_pending, self._drops)
+        # Last: it takes the ledger's lock, which only `shutdown` gives back.
+        self._gate = PrivacyGate(
+            config.state_dir, self._policy, key_store, config.clock, self._drops
+        )
         self._failures = 0
         self._retry_at = 0.0
         self._flush_waiters: list[threading.Event] = []
@@ -153,8 +175,112 @@ class Telemetry:
 
     @property
     def pending(self) -> int:
-        """Envelopes released but not yet accepted by the ingest."""
+        """Envelopes released but not yet answered by the ingest (in the spool)."""
         return len(self._outbox)
+
+    # -- privacy -----------------------------------------------------------------------
+
+    def grant_consent(self, tier: Tier | str) -> None:
+        """Record the user's consent for `tier`: its signals are released from now on.
+
+        Each tier needs its own grant (`content` above all). What was recorded in the
+        open window before the grant is discarded, never released. The signed record is
+        durable when this returns; raises `ConsentError` if it cannot be written.
+        """
+        tier = _tier(tier)
+        with self._collect_lock:
+            if self._gate.grant(tier):
+                self._discard_open_window(tier)
+
+    def revoke_consent(self, tier: Tier | str) -> None:
+        """Withdraw consent for `tier`: nothing of it is released or sent any more.
+
+        Purges the tier's data from the open window and from every envelope still in
+        the spool, and queues a signed deletion request (sent before any envelope) that
+        the ingest records and the warehouse acts on by deleting this device's rows of
+        the tier. Raises `ConsentError` if the revocation cannot be recorded.
+        """
+        tier = _tier(tier)
+        with self._collect_lock:
+            record = self._gate.revoke(tier)
+            self._discard_open_window(tier)
+            consent_hash = self._gate.consent.consent_hash()
+            self._outbox.purge_tier(
+                tier, consent_hash=consent_hash, consented_tiers=self._gate.consented()
+            )
+            if record is not None:
+                request_id, signed = sign_deletion_request(
+                    self._key_store,
+                    region=self._config.region,
+                    tier=tier,
+                    requested_at=self._config.clock(),
+                    consent_hash=consent_hash,
+                    consent_version=record.record.version,
+                )
+                self._outbox.put_deletion(signed, request_id)
+        if self._worker is not None:
+            self._worker.wake()
+
+    def consented_tiers(self) -> list[Tier]:
+        """Tiers whose data may leave the device now."""
+        return self._gate.consented()
+
+    def privacy_spent(self, at: datetime | None = None) -> tuple[float, float]:
+        """(epsilon spent on the UTC day of `at`, epsilon spent over the device's life)."""
+        ledger = self._gate.ledger
+        return ledger.spent_today(at or self._config.clock()), ledger.spent_lifetime()
+
+    def record_exception(self, exc: BaseException) -> None:
+        """Count `exc` under its error fingerprint in the policy's fingerprint signal.
+
+        The fingerprint (keyed with `fingerprint_key`) is mapped into the signal's
+        declared domain: a known fingerprint, its hash bucket, or `other`; the message,
+        arguments and paths never leave. Never raises: without a key or a fingerprint
+        signal in the policy the exception is dropped and counted.
+        """
+        try:
+            spec = self._policy.fingerprints
+            signal = self._signals.get(spec.signal) if spec is not None else None
+            if spec is None or signal is None or not isinstance(signal.instrument, Counter):
+                self._drops.add(DropReason.UNKNOWN_SIGNAL)
+                return
+            if self._fingerprinter is None:
+                self._drops.add(DropReason.NO_FINGERPRINT_KEY)
+                return
+            label = fingerprint_label(
+                self._fingerprinter.fingerprint(exc), signal.spec.attributes[spec.label]
+            )
+            signal.instrument.add(1, **{spec.label: label})
+        except Exception:  # the host app's exception handler must never fail here
+            self._drops.add(DropReason.WRONG_TYPE)
+
+    def record_prompt(self, text: str, signal: str = "prompt.personal_data") -> str:
+        """Redact `text` and count the kinds of personal data found (content tier).
+
+        Returns the redacted text (for the app's own use); neither it nor `text` is
+        stored or sent. `signal` is a counter whose one attribute's domain lists finding
+        kinds (`client._redaction.FINDING_KINDS`); each kind counts at most once per
+        prompt. It is released only with the `content` tier's own consent. Never raises:
+        a non-string or an unknown signal is dropped and counted.
+        """
+        try:
+            redacted, found = redact_findings(text)
+        except Exception:
+            self._drops.add(DropReason.WRONG_TYPE)
+            return ""
+        target = self._signals.get(signal)
+        if target is None or not isinstance(target.instrument, Counter):
+            self._drops.add(DropReason.UNKNOWN_SIGNAL)
+            return redacted
+        (label,) = target.spec.attributes or {"kind": []}
+        for kind in found:
+            target.instrument.add(1, **{label: kind})
+        return redacted
+
+    def _discard_open_window(self, tier: Tier) -> None:
+        for signal in self._signals.values():
+            if signal.spec.tier is tier:
+                signal.table.take()
 
     # -- windows -----------------------------------------------------------------------
 
@@ -174,17 +300,37 @@ class Telemetry:
         for i, window in enumerate(windows):
             # What was recorded belongs to the window that was open: the oldest one.
             # Later windows in the list saw no recording at all, and release zeros.
-            out.append(self._collect_window(window, now, take=(i == 0)))
+            collected = self._collect_window(window, now, take=(i == 0))
+            if collected is not None:
+                out.append(collected)
+        if windows:
+            self._outbox.expire(now, self._policy.retention.for_tier)
         return out
 
-    def _collect_window(self, window: Window, now: datetime, *, take: bool) -> CollectedWindow:
-        aggregates: list[CounterAggregate | HistogramAggregate] = []
-        truth: list[TrueCounter | TrueHistogram] = []
+    def _collect_window(
+        self, window: Window, now: datetime, *, take: bool
+    ) -> CollectedWindow | None:
+        consented = self._gate.consented()
+        aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
+        truth: list[Truth] = []
+        suppressed: dict[str, int] = {}
         for signal in self._signals.values():
-            release = self._release_signal(signal, take)
+            raw = _take(signal) if take else None
+            if signal.spec.tier not in consented:
+                continue  # taken and discarded: never released, never charged
+            admission = self._gate.admit(
+                signal.name, signal.spec.tier, signal.spec.epsilon, window.start
+            )
+            if admission is not Admission.RELEASE:
+                suppressed[signal.name] = 1
+                continue
+            release = self._release_signal(signal, raw)
             if release is not None:
                 aggregates.extend(release.aggregates)
                 truth.extend(release.truth)
+        if not consented:
+            # No consent at all: not even an empty envelope (it would say the app ran).
+            return None
         envelope = build_envelope(
             device_id=self._device_id,
             sequence=self._state.next_sequence(window.end),
@@ -195,18 +341,22 @@ class Telemetry:
             policy_hash=self._policy.content_hash,
             app=self._config.app,
             aggregates=aggregates,
+            consent_hash=self._gate.consent.consent_hash(),
+            consented_tiers=consented,
+            suppressed=suppressed,
         )
         self._outbox.put(envelope)
         return CollectedWindow(envelope, truth)
 
-    def _release_signal(self, signal: _Signal, take: bool) -> Release | None:
+    def _release_signal(
+        self, signal: _Signal, raw: list[int] | list[HistogramSnapshot] | None
+    ) -> Release | None:
         try:
             if isinstance(signal.table, CounterTable):
-                assert isinstance(signal.spec, CounterSignal)
-                raw = signal.table.take() if take else [0] * signal.domain.size
-                return self._release_counter(signal, raw)
-            snaps = signal.table.take() if take else _empty_histogram(signal)
-            return self._release_histogram(signal, snaps)
+                counts = raw if raw is not None else [0] * signal.domain.size
+                return self._release_counter(signal, counts)  # type: ignore[arg-type]
+            snaps = raw if raw is not None else _empty_histogram(signal)
+            return self._release_histogram(signal, snaps)  # type: ignore[arg-type]
         except Exception:
             # Skipped, not sent raw: a signal whose release fails is suppressed.
             self._drops.add(DropReason.RELEASE_FAILED)
@@ -227,15 +377,25 @@ class Telemetry:
         with self._send_lock:
             self._flush_waiters.append(done)
         self._worker.wake()
-        return done.wait(timeout) and len(self._outbox) == 0
+        return done.wait(timeout) and not self._outbox.unsent()
 
     def _send_pending(self, *, blocking: bool) -> bool:
         attempts = 0
-        while len(self._outbox):
+        while self._outbox.unsent():
             try:
-                send_one_batch(
-                    self._outbox, self._transport, self._sealer, self._drops, self._config.clock
-                )
+                # A transport that cannot deliver deletions must not hold envelopes back:
+                # they no longer carry the revoked tier.
+                deletion_error: TransportError | None = None
+                try:
+                    send_deletions(self._outbox, self._transport, self._drops)
+                except TransportError as exc:
+                    deletion_error = exc
+                while self._outbox.waiting:
+                    send_one_batch(
+                        self._outbox, self._transport, self._sealer, self._drops, self._config.clock
+                    )
+                if deletion_error is not None:
+                    raise deletion_error
                 self._failures = 0
             except TransportError:
                 self._failures += 1
@@ -268,7 +428,7 @@ class Telemetry:
             done.set()
         until_close = (self._windows.open_window.end - self._config.clock()).total_seconds()
         delay = min(until_close, 60.0)  # re-read the wall clock at least every minute
-        if len(self._outbox):
+        if self._outbox.unsent():
             delay = min(delay, max(self._retry_at - time.monotonic(), 0.0))
         return max(delay, 0.01)
 
@@ -277,7 +437,8 @@ class Telemetry:
 
         The partial window is released with `window_end` = now; a restart within the
         same aligned window starts after it, so no two envelopes overlap in time.
-        Envelopes still pending afterwards are dropped and counted (`send_failed`).
+        Envelopes still pending afterwards stay in the on-disk spool and are sent by
+        the next `Telemetry` on the same state directory.
         """
         if self._closed:
             return
@@ -290,14 +451,12 @@ class Telemetry:
             if release_open_window and (early := self._windows.close_open(now)) is not None:
                 windows.append(early)
             self._release_windows(windows, now)
+        self._gate.close()
         deadline = time.monotonic() + timeout
-        while len(self._outbox) and time.monotonic() < deadline:
+        while self._outbox.unsent() and time.monotonic() < deadline:
             if self._send_pending(blocking=False):
                 break
             time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
-        if left := len(self._outbox):
-            self._drops.add(DropReason.SEND_FAILED, left)
-            self._outbox.take(left)
         self._transport.close()
 
     def _reset_locks_after_fork(self) -> None:
@@ -353,6 +512,18 @@ class Telemetry:
                 self._release_counter(signal, [0] * signal.domain.size)
             else:
                 self._release_histogram(signal, _empty_histogram(signal))
+
+
+def _take(signal: _Signal) -> list[int] | list[HistogramSnapshot]:
+    """Read and reset every cell of a signal (window close)."""
+    return signal.table.take()
+
+
+def _tier(tier: Tier | str) -> Tier:
+    try:
+        return Tier(tier)
+    except ValueError:
+        raise ConfigError(f"unknown tier {tier!r}; tiers are {[t.value for t in Tier]}") from None
 
 
 def _empty_histogram(signal: _Signal) -> list[HistogramSnapshot]:

@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple, Self
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import ESAPI
@@ -64,6 +65,7 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
 from client._errors import KeyStoreError
+from schemas import tpm_device_id_for
 
 __all__ = [
     "AK_ATTRIBUTES",
@@ -272,8 +274,22 @@ class TpmKeyStore:
             raise
         point = self._signing_public.publicArea.unique.ecc
         self._public_key = b"\x04" + bytes(point.x) + bytes(point.y)
+        ek_spki = (
+            x509.load_der_x509_certificate(self._ek_certificate)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        self._device_id = tpm_device_id_for(ek_spki)
 
     # --- the key store seam ---------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        """The device's id, named after its EK (`schemas.tpm_device_id_for`), as the
+        ingest's enrollment names it: stable across signing keys and client resets."""
+        return self._device_id
 
     def public_key(self) -> bytes:
         """The signing key's public point, uncompressed SEC1 (65 bytes: 0x04 || X || Y).

@@ -5,6 +5,10 @@
 `TransportError` when the batch should be sent again later: a network error, a 5xx,
 408 (timeout) or 429 (rate limited). Rejected items are never retried: the same bytes
 would be rejected again.
+
+`send_deletion` posts one signed deletion request to `/v1/deletion-requests`: it returns
+the ingest's `DeletionReceipt` once the request is recorded, None if the ingest refused
+it (4xx: it would be refused again), and raises `TransportError` to retry later.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ import httpx
 from pydantic import ValidationError
 
 from client._errors import TransportError
-from schemas import BatchResult, EnvelopeBatch, ItemResult
+from schemas import (
+    BatchResult,
+    DeletionReceipt,
+    EnvelopeBatch,
+    ItemResult,
+    SignedDeletionRequest,
+)
 
 __all__ = ["HttpTransport", "MemoryTransport", "Transport"]
 
@@ -30,6 +40,13 @@ class Transport(abc.ABC):
     def send(self, batch: EnvelopeBatch) -> BatchResult:
         """Deliver `batch`; raise `TransportError` if it should be retried."""
 
+    def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
+        """Deliver a deletion request; None if refused for good, `TransportError` to retry.
+
+        The default cannot deliver one, so the request stays pending (retried later).
+        """
+        raise TransportError(f"{type(self).__name__} cannot send deletion requests")
+
     def close(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release resources (connections); the default holds none."""
 
@@ -41,6 +58,7 @@ class HttpTransport(Transport):
         self, base_url: str, timeout: float = 10.0, client: httpx.Client | None = None
     ) -> None:
         self._url = base_url.rstrip("/") + "/v1/envelopes"
+        self._deletion_url = base_url.rstrip("/") + "/v1/deletion-requests"
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(timeout=timeout)
         self._timeout = timeout
@@ -67,6 +85,24 @@ class HttpTransport(Transport):
             raise TransportError(f"ingest answered a redirect ({status})", status_code=status)
         return _uniform_result(len(batch.envelopes), accepted=False, detail=f"http_{status}")
 
+    def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
+        """POST the signed request; 202 is recorded, other 4xx refused, 5xx/429 retried."""
+        try:
+            response = self._client.post(
+                self._deletion_url, json=request.model_dump(mode="json"), timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"POST {self._deletion_url} failed: {exc!r}") from exc
+        status = response.status_code
+        if status >= 500 or status in _RETRYABLE_4XX or 300 <= status < 400:
+            raise TransportError(f"ingest answered {status}", status_code=status)
+        if 200 <= status < 300:
+            try:
+                return DeletionReceipt.model_validate_json(response.content)
+            except ValidationError as exc:
+                raise TransportError(f"ingest answered {status} without a receipt") from exc
+        return None
+
     def close(self) -> None:
         """Close the HTTP client if this transport created it."""
         if self._owns_client:
@@ -76,12 +112,23 @@ class HttpTransport(Transport):
 class MemoryTransport(Transport):
     """Hands each batch to `handler` in-process (tests, simulators, embedded ingest)."""
 
-    def __init__(self, handler: Callable[[EnvelopeBatch], BatchResult]) -> None:
+    def __init__(
+        self,
+        handler: Callable[[EnvelopeBatch], BatchResult],
+        deletion_handler: Callable[[SignedDeletionRequest], DeletionReceipt | None] | None = None,
+    ) -> None:
         self._handler = handler
+        self._deletion_handler = deletion_handler
 
     def send(self, batch: EnvelopeBatch) -> BatchResult:
         """Call the handler; its `TransportError` propagates (retry), as over HTTP."""
         return self._handler(batch)
+
+    def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
+        """Call the deletion handler (without one: `TransportError`, kept pending)."""
+        if self._deletion_handler is None:
+            return super().send_deletion(request)
+        return self._deletion_handler(request)
 
 
 def _uniform_result(n: int, *, accepted: bool, detail: str | None) -> BatchResult:

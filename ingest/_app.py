@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -13,14 +14,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingest._attestation_routes import AttestationState, attestation_router
+from ingest._attestation_service import AttestationService
+from ingest._attested_keys import AttestedKeys
+from ingest._audit import AuditLog
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
-from ingest._errors import IngestError, MalformedBody
+from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key
+from ingest._registry import SqliteDeviceRegistry
 from ingest._routes import IngestState, router
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
 from ingest._verify import EnvelopeVerifier, RecentlyAccepted
+from policies import PolicyError, load_attestation_policy
 
 __all__ = ["create_app", "default_bus"]
 
@@ -65,21 +72,44 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    settings: IngestSettings | None = None, *, bus: EnvelopeBus | None = None
+    settings: IngestSettings | None = None,
+    *,
+    bus: EnvelopeBus | None = None,
+    attestation_clock: Callable[[], float] | None = None,
 ) -> FastAPI:
     """Build the ingest app for one region.
 
-    The key is loaded (or, in development, generated) now, so a misconfiguration fails
-    here with a `ConfigurationError`. The bus (default: `default_bus(settings)`) is
-    opened by the lifespan and closed after the last request.
+    The key and the attestation policy are loaded (the key, in development, generated)
+    now, so a misconfiguration fails here with a `ConfigurationError`. The bus
+    (default: `default_bus(settings)`) is opened by the lifespan and closed after the
+    last request. The device registry and the audit log are SQLite files in
+    `state_dir` (`devices.sqlite3`, `audit.sqlite3`). `attestation_clock` (Unix
+    seconds) stamps nonces, challenges and attestation expiries (tests move it).
     """
     settings = settings or IngestSettings()
     private_key = load_ingest_key(settings)
+    try:
+        attestation_policy = load_attestation_policy(settings.attestation_policy_path)
+    except PolicyError as exc:
+        raise ConfigurationError(f"attestation policy: {exc}") from exc
+    registry = SqliteDeviceRegistry(settings.state_dir / "devices.sqlite3")
+    audit = AuditLog(settings.state_dir / "audit.sqlite3")
+    attested_keys = AttestedKeys(registry, ttl=settings.attested_key_cache_seconds)
+    service = AttestationService(
+        attestation_policy,
+        registry,
+        audit,
+        attested_keys,
+        clock=attestation_clock or time.time,
+    )
+    operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
     verifier = EnvelopeVerifier(
         private_key,
         region=settings.region,
         known_policy_hashes=settings.known_policy_hashes,
         max_sealed_bytes=settings.max_sealed_bytes,
+        attested_keys=attested_keys,
+        software_tiers=[t.value for t in attestation_policy.software_tiers],
     )
     public_key_b64 = base64.b64encode(bytes(private_key.public_key)).decode("ascii")
     recent = RecentlyAccepted(settings.duplicate_cache_size)
@@ -89,10 +119,15 @@ def create_app(
         the_bus = bus if bus is not None else default_bus(settings)
         await the_bus.start()
         try:
-            intake = EnvelopeIntake(verifier, the_bus, recent)
-            yield {"ingest": IngestState(settings, intake, public_key_b64)}
+            intake = EnvelopeIntake(verifier, the_bus, recent, audit)
+            yield {
+                "ingest": IngestState(settings, intake, public_key_b64),
+                "attestation": AttestationState(service, operator_token),
+            }
         finally:
             await the_bus.stop()
+            registry.close()
+            audit.close()
 
     app = FastAPI(
         title="Quietwire ingest",
@@ -105,4 +140,5 @@ def create_app(
         },
     )
     app.include_router(router)
+    app.include_router(attestation_router)
     return app

@@ -4,6 +4,9 @@
 the embedded sink committed), because the 202 that follows tells the device it may
 forget the envelope. A failure raises `BusUnavailable`, answered 503: the device keeps
 the batch and retries, and the idempotent sink makes a partial publish harmless.
+
+Deletion requests travel the same way as envelopes (same topic, keyed by device id), so
+a device's deletion stays in order with its envelopes on its partition.
 """
 
 from __future__ import annotations
@@ -19,9 +22,24 @@ from aiokafka.errors import KafkaError
 
 from ingest._errors import BusUnavailable
 from ingest._sink import DuckDBSink
-from schemas import IngestedEnvelope
+from schemas import IngestedDeletionRequest, IngestedEnvelope
 
-__all__ = ["EnvelopeBus", "InMemoryEnvelopeBus", "InProcessEnvelopeBus", "KafkaEnvelopeBus"]
+__all__ = [
+    "BusItem",
+    "EnvelopeBus",
+    "InMemoryEnvelopeBus",
+    "InProcessEnvelopeBus",
+    "KafkaEnvelopeBus",
+]
+
+BusItem = IngestedEnvelope | IngestedDeletionRequest
+"""What the bus carries: verified envelopes and verified deletion requests."""
+
+
+def _region_and_device(item: BusItem) -> tuple[str, str]:
+    head = item.envelope if isinstance(item, IngestedEnvelope) else item.deletion
+    return head.region, head.device_id
+
 
 log = logging.getLogger("quietwire.ingest.bus")
 
@@ -38,7 +56,7 @@ class EnvelopeBus(ABC):
         """Flush and close."""
 
     @abstractmethod
-    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+    async def publish(self, items: Sequence[BusItem]) -> None:
         """Make `items` durable, or raise `BusUnavailable`."""
 
 
@@ -97,16 +115,16 @@ class KafkaEnvelopeBus(EnvelopeBus):
             await _abort_pending_sends(self._producer)
         await self._producer.stop()
 
-    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+    async def publish(self, items: Sequence[BusItem]) -> None:
         futures: list[asyncio.Future[object]] = []
         try:
             for item in items:
-                env = item.envelope
+                region, device_id = _region_and_device(item)
                 futures.append(
                     await self._producer.send(
-                        f"{self._topic_prefix}.{env.region}",
+                        f"{self._topic_prefix}.{region}",
                         value=item.model_dump_json().encode(),
-                        key=env.device_id.encode(),
+                        key=device_id.encode(),
                     )
                 )
         except KafkaError as exc:
@@ -179,7 +197,7 @@ class InProcessEnvelopeBus(EnvelopeBus):
         if self._close_sink:
             await asyncio.to_thread(self.sink.close)
 
-    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+    async def publish(self, items: Sequence[BusItem]) -> None:
         try:
             await asyncio.to_thread(self.sink.write, items)
         except duckdb.Error as exc:
@@ -196,10 +214,10 @@ class InMemoryEnvelopeBus(EnvelopeBus):
     name = "in-memory"
 
     def __init__(self) -> None:
-        self.published: list[IngestedEnvelope] = []
+        self.published: list[BusItem] = []
         self.fail_with: str | None = None
 
-    async def publish(self, items: Sequence[IngestedEnvelope]) -> None:
+    async def publish(self, items: Sequence[BusItem]) -> None:
         if self.fail_with is not None:
             raise BusUnavailable(self.fail_with)
         self.published.extend(items)

@@ -5,7 +5,8 @@
     ├── RequestRejected             the client's mistake: always a 4xx
     │   ├── BodyTooLarge            413 batch_too_large: the body exceeds the byte limit
     │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
-    │   └── MalformedBody           400/422 malformed_body: not JSON, or not an EnvelopeBatch
+    │   ├── MalformedBody           400/422 malformed_body: not JSON, or not an EnvelopeBatch
+    │   └── DeletionRejected        422 <RejectReason>: a deletion request failed verification
     └── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
 
 Third-party errors (aiokafka, DuckDB, PyNaCl) are converted at the boundary with
@@ -22,6 +23,7 @@ __all__ = [
     "BodyTooLarge",
     "BusUnavailable",
     "ConfigurationError",
+    "DeletionRejected",
     "IngestError",
     "MalformedBody",
     "RequestRejected",
@@ -78,6 +80,16 @@ class MalformedBody(RequestRejected):
     def __init__(self, detail: str, *, status_code: int = 400) -> None:
         super().__init__(detail)
         self.status_code = status_code
+
+
+class DeletionRejected(RequestRejected):
+    """A deletion request failed verification; `reason` is a `RejectReason` value."""
+
+    status_code = 422
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason.value
 
 
 class BusUnavailable(IngestError):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
+from ingest._audit import AuditLog, AuditRecord
 from ingest._bus import EnvelopeBus
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Verdict
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
@@ -29,10 +30,17 @@ _DUPLICATE_DETAIL = "already accepted by this ingest; not published again"
 class EnvelopeIntake:
     """Verifies a batch, publishes the accepted envelopes, and builds the `BatchResult`."""
 
-    def __init__(self, verifier: EnvelopeVerifier, bus: EnvelopeBus, recent: RecentlyAccepted):
+    def __init__(
+        self,
+        verifier: EnvelopeVerifier,
+        bus: EnvelopeBus,
+        recent: RecentlyAccepted,
+        audit: AuditLog | None = None,
+    ):
         self.verifier = verifier
         self.bus = bus
         self.recent = recent
+        self.audit = audit
 
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
@@ -83,8 +91,40 @@ class EnvelopeIntake:
                 )
 
         if to_publish:
-            await self.bus.publish(to_publish)
+            try:
+                await self.bus.publish(to_publish)
+            except BaseException:
+                # Nothing was accepted; the refusals were still decided.
+                await self._audit(verdicts, rejected_only=True)
+                raise
             # Only now: an id in the cache must mean "durable", or a retry after a 503
             # would be told "already accepted" for an envelope that was lost.
             self.recent.add_all(in_batch)
+        await self._audit(verdicts, rejected_only=False)
         return BatchResult(accepted=len(items) - rejected, rejected=rejected, results=results)
+
+    async def _audit(self, verdicts: Sequence[Verdict], *, rejected_only: bool) -> None:
+        """One audit transaction for the whole batch, off the event loop (it fsyncs)."""
+        if self.audit is None:
+            return
+        records = [
+            _audit_record(v) for v in verdicts if not (rejected_only and isinstance(v, Accepted))
+        ]
+        if records:
+            await asyncio.to_thread(self.audit.append_many, records)
+
+
+def _audit_record(verdict: Verdict) -> AuditRecord:
+    if isinstance(verdict, Accepted):
+        env = verdict.item.envelope
+        return AuditRecord(
+            "envelope",
+            "accepted",
+            env.device_id,
+            None,
+            f"envelope {env.envelope_id} assurance={verdict.item.assurance}",
+        )
+    prefix = f"envelope {verdict.envelope_id}: " if verdict.envelope_id else ""
+    return AuditRecord(
+        "envelope", "rejected", verdict.device_id, verdict.reason.value, prefix + verdict.detail
+    )

@@ -1,19 +1,23 @@
-"""HTTP routes: envelope batches, the region's sealing key, health."""
+"""HTTP routes: envelope batches, deletion requests, the region's sealing key, health."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from ingest._errors import BodyTooLarge, MalformedBody, TooManyItems
+from ingest._audit import AuditRecord
+from ingest._deletion import MAX_DELETION_BYTES, verify_deletion_request
+from ingest._errors import BodyTooLarge, DeletionRejected, MalformedBody, TooManyItems
 from ingest._intake import EnvelopeIntake
 from ingest._settings import IngestSettings
 from ingest._verify import summarize_validation_error
-from schemas import BatchResult, EnvelopeBatch
+from schemas import BatchResult, DeletionReceipt, EnvelopeBatch, SignedDeletionRequest
 
 __all__ = ["HealthStatus", "IngestKeyInfo", "IngestState", "router"]
 
@@ -126,6 +130,48 @@ async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
         result.model_dump(mode="json", exclude_none=True),
         status_code=422 if result.rejected else 202,
     )
+
+
+@router.post(
+    "/v1/deletion-requests",
+    status_code=202,
+    response_model=DeletionReceipt,
+    responses={
+        413: {"model": ErrorBody, "description": "body over the limit"},
+        422: {"model": ErrorBody, "description": "not a valid signed deletion request"},
+        503: {"model": ErrorBody, "description": "bus unavailable; retry later"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SignedDeletionRequest.model_json_schema()}},
+        }
+    },
+)
+async def post_deletion_request(request: Request, state: StateDep) -> DeletionReceipt:
+    """Record a device's request to delete its data of one tier (consent revoked).
+
+    202: the request is durable on the bus (the warehouse deletes the device's rows of
+    that tier when it consumes it). 422: refused, with the reason; not worth resending.
+    """
+    body = await _read_body(request, MAX_DELETION_BYTES)
+    audit = state.intake.audit
+    try:
+        item = verify_deletion_request(
+            body, region=state.settings.region, received_at=datetime.now(UTC)
+        )
+    except DeletionRejected as exc:
+        if audit is not None:
+            record = AuditRecord("deletion", "rejected", None, exc.reason, exc.detail)
+            await asyncio.to_thread(audit.append_many, [record])
+        raise
+    await state.intake.bus.publish([item])
+    deletion = item.deletion
+    if audit is not None:
+        detail = f"deletion {deletion.request_id} tier={deletion.tier.value}"
+        record = AuditRecord("deletion", "accepted", deletion.device_id, None, detail)
+        await asyncio.to_thread(audit.append_many, [record])
+    return DeletionReceipt(request_id=deletion.request_id)
 
 
 @router.get("/v1/ingest-key", response_model=IngestKeyInfo)

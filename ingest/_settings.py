@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from policies import load_policy
+from policies import DEFAULT_ATTESTATION_POLICY_PATH, load_policy
 from schemas import MAX_BATCH, MAX_SEALED_BYTES
 
 __all__ = ["IngestSettings"]
@@ -58,6 +58,20 @@ class IngestSettings(BaseSettings):
     max_batch: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     max_sealed_bytes: int = Field(default=MAX_SEALED_BYTES, ge=128, le=MAX_SEALED_BYTES)
     duplicate_cache_size: int = Field(default=65_536, ge=0)
+    attestation_policy_path: Path = Field(
+        default=DEFAULT_ATTESTATION_POLICY_PATH,
+        description="attestation trust policy (EK roots, PCRs, lifetimes, software tiers)",
+    )
+    operator_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token of the operator endpoints (revocation); unset: refused",
+    )
+    attested_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="how long a replica trusts its cached view of a key's attestation; "
+        "bounds how late another replica's revocation is seen here",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
 

@@ -4,7 +4,9 @@
 Kafka consumer group (`KafkaSinkConsumer`) go through it, so the two modes store the same
 rows. It calls `analytics.warehouse.write_envelopes`, which inserts a batch's rows and
 the Kafka offsets that batch advances in one transaction and skips envelope ids already
-stored.
+stored. Deletion requests (`IngestedDeletionRequest`, on the same topics) go through
+the same transaction: recorded in `deletion_requests`, and the device's rows of that
+tier deleted.
 
 Poison messages (a Kafka value that is not an `IngestedEnvelope`, which only a bug or a
 foreign producer can cause) are logged, counted and recorded in the `dead_letters` table
@@ -31,7 +33,7 @@ from typing import Any
 import duckdb
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from analytics.warehouse import (
     PartitionOffset,
@@ -41,13 +43,19 @@ from analytics.warehouse import (
     write_envelopes,
 )
 from ingest._errors import BusUnavailable
-from schemas import IngestedEnvelope
+from schemas import IngestedDeletionRequest, IngestedEnvelope
 
 __all__ = ["DEFAULT_SINK_GROUP", "DeadLetter", "DuckDBSink", "KafkaSinkConsumer", "SinkStats"]
 
 log = logging.getLogger("quietwire.ingest.sink")
 
 DEFAULT_SINK_GROUP = "quietwire-sink"
+
+# Both models forbid extra keys, and one has `envelope` where the other has `deletion`,
+# so a message parses as exactly one of them.
+_MESSAGE: TypeAdapter[IngestedEnvelope | IngestedDeletionRequest] = TypeAdapter(
+    IngestedEnvelope | IngestedDeletionRequest
+)
 
 _DEAD_LETTERS_DDL = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -105,9 +113,12 @@ class DuckDBSink:
         return self._conn
 
     def write(
-        self, items: Sequence[IngestedEnvelope], offsets: Sequence[PartitionOffset] = ()
+        self,
+        items: Sequence[IngestedEnvelope | IngestedDeletionRequest],
+        offsets: Sequence[PartitionOffset] = (),
     ) -> WriteResult:
-        """Store new envelopes and advance `offsets` (for this sink's group) atomically."""
+        """Store new envelopes, apply deletion requests and advance `offsets` (for this
+        sink's group), atomically."""
         with self._lock:
             return write_envelopes(
                 self._conn, items, group=self.group if offsets else None, offsets=offsets
@@ -276,7 +287,7 @@ class KafkaSinkConsumer:
         return count
 
     async def _store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> None:
-        items: list[IngestedEnvelope] = []
+        items: list[IngestedEnvelope | IngestedDeletionRequest] = []
         dead: list[DeadLetter] = []
         offsets: list[PartitionOffset] = []
         for tp, records in batches.items():
@@ -284,7 +295,7 @@ class KafkaSinkConsumer:
                 try:
                     if rec.value is None:
                         raise ValueError("message has no value")
-                    items.append(IngestedEnvelope.model_validate_json(rec.value))
+                    items.append(_MESSAGE.validate_json(rec.value))
                 except (ValidationError, ValueError) as exc:
                     dead.append(
                         DeadLetter(tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))

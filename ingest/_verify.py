@@ -1,8 +1,11 @@
 """Envelope verification: the per-item hot path, pure logic with no I/O.
 
 `EnvelopeVerifier.verify` runs the checks in one readable order, cheapest and least
-trusting first: size, base64, unseal, signed-envelope shape, Ed25519 signature over the
-exact payload bytes, envelope schema, device id bound to the key, known policy, region.
+trusting first: size, base64, unseal, signed-envelope shape, the key's standing (an
+`ecdsa-p256` key must be currently attested by a non-revoked TPM device), the signature
+over the exact payload bytes, envelope schema, device id bound to the key, software
+assurance allowed for every tier in the envelope, known policy, consent covering every
+tier it carries, region.
 Nothing from the payload is parsed before its signature has been checked.
 
 `RecentlyAccepted` is the per-replica duplicate fast path (see its docstring).
@@ -17,11 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import VerifyKey
 from pydantic import ValidationError
 
+from ingest._attested_keys import AttestedKey, AttestedKeys
+from ingest._consent import consent_problem
 from schemas import (
     MAX_SEALED_BYTES,
     EnvelopeV1,
@@ -36,6 +44,9 @@ __all__ = ["Accepted", "EnvelopeVerifier", "RecentlyAccepted", "Rejected", "Verd
 
 _ED25519_KEY_BYTES = 32
 _ED25519_SIG_BYTES = 64
+_P256_POINT_BYTES = 65
+_P256_MAX_DER_SIG_BYTES = 72
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _MAX_ERRORS_SHOWN = 3
 
 
@@ -58,6 +69,8 @@ class Rejected:
     reason: RejectReason
     detail: str
     envelope_id: UUID | None = None
+    device_id: str | None = None
+    """Known when the key names its device (an attested TPM key): for the audit log."""
 
 
 Verdict = Accepted | Rejected
@@ -77,7 +90,15 @@ def summarize_validation_error(exc: ValidationError) -> str:
 class EnvelopeVerifier:
     """Verifies sealed, signed envelopes for one region. Stateless and thread-safe."""
 
-    __slots__ = ("_box", "_known_policies", "_max_b64", "_max_sealed", "_region")
+    __slots__ = (
+        "_attested",
+        "_box",
+        "_known_policies",
+        "_max_b64",
+        "_max_sealed",
+        "_region",
+        "_software_tiers",
+    )
 
     def __init__(
         self,
@@ -86,7 +107,14 @@ class EnvelopeVerifier:
         region: str,
         known_policy_hashes: Iterable[str],
         max_sealed_bytes: int = MAX_SEALED_BYTES,
+        attested_keys: AttestedKeys | None = None,
+        software_tiers: Iterable[str] | None = None,
     ) -> None:
+        """`attested_keys`: where TPM keys are looked up (None: every `ecdsa-p256`
+        envelope is `key_not_attested`). `software_tiers`: the tiers an Ed25519
+        (software) key may send (None: all)."""
+        self._attested = attested_keys
+        self._software_tiers = None if software_tiers is None else frozenset(software_tiers)
         self._box = SealedBox(private_key)
         self._region = region
         self._known_policies = frozenset(known_policy_hashes)
@@ -121,27 +149,36 @@ class EnvelopeVerifier:
             signed = SignedEnvelope.model_validate_json(plain)
         except ValidationError as exc:
             return Rejected(RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc))
-        if len(signed.public_key) != _ED25519_KEY_BYTES:
-            return Rejected(
-                RejectReason.MALFORMED_SIGNED,
-                f"public_key must be {_ED25519_KEY_BYTES} bytes, got {len(signed.public_key)}",
-            )
-        if len(signed.signature) != _ED25519_SIG_BYTES:
-            return Rejected(
-                RejectReason.MALFORMED_SIGNED,
-                f"signature must be {_ED25519_SIG_BYTES} bytes, got {len(signed.signature)}",
-            )
-        try:
-            VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
-        except BadSignatureError:
-            return Rejected(
-                RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
-            )
+        attested: AttestedKey | None = None
+        if signed.alg == "ecdsa-p256":
+            checked = self._check_tpm_signed(signed, received_at)
+            if isinstance(checked, Rejected):
+                return checked
+            attested = checked
+        else:
+            if len(signed.public_key) != _ED25519_KEY_BYTES:
+                return Rejected(
+                    RejectReason.MALFORMED_SIGNED,
+                    f"public_key must be {_ED25519_KEY_BYTES} bytes, got {len(signed.public_key)}",
+                )
+            if len(signed.signature) != _ED25519_SIG_BYTES:
+                return Rejected(
+                    RejectReason.MALFORMED_SIGNED,
+                    f"signature must be {_ED25519_SIG_BYTES} bytes, got {len(signed.signature)}",
+                )
+            try:
+                VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
+            except BadSignatureError:
+                return Rejected(
+                    RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
+                )
         try:
             env = EnvelopeV1.model_validate_json(signed.payload)
         except ValidationError as exc:
             return Rejected(RejectReason.SCHEMA_INVALID, summarize_validation_error(exc))
-        expected_device = device_id_for(signed.public_key)
+        expected_device = (
+            attested.device_id if attested is not None else device_id_for(signed.public_key)
+        )
         if env.device_id != expected_device:
             return Rejected(
                 RejectReason.DEVICE_KEY_MISMATCH,
@@ -149,12 +186,24 @@ class EnvelopeVerifier:
                 f"({expected_device!r})",
                 env.envelope_id,
             )
+        if attested is None and self._software_tiers is not None:
+            refused = sorted({a.tier.value for a in env.aggregates} - self._software_tiers)
+            if refused:
+                return Rejected(
+                    RejectReason.SOFTWARE_KEY_REFUSED,
+                    f"policy requires an attested TPM key for tier(s) {refused}; "
+                    "this envelope is signed by a software key",
+                    env.envelope_id,
+                    env.device_id,
+                )
         if env.policy_hash not in self._known_policies:
             return Rejected(
                 RejectReason.UNKNOWN_POLICY,
                 f"policy {env.policy_hash[:12]}… is not one this ingest accepts",
                 env.envelope_id,
             )
+        if (missing := consent_problem(env)) is not None:
+            return Rejected(RejectReason.CONSENT_MISSING, missing, env.envelope_id, env.device_id)
         if env.region != self._region:
             return Rejected(
                 RejectReason.WRONG_REGION,
@@ -166,9 +215,52 @@ class EnvelopeVerifier:
                 envelope=env,
                 received_at=received_at,
                 key_fingerprint=key_fingerprint(signed.public_key),
-                assurance="software",
+                assurance="software" if attested is None else "tpm",
             )
         )
+
+    def _check_tpm_signed(
+        self, signed: SignedEnvelope, received_at: datetime
+    ) -> AttestedKey | Rejected:
+        """The key's standing first (a dict lookup), then the ECDSA signature."""
+        key_bytes, signature = signed.public_key, signed.signature
+        if len(key_bytes) != _P256_POINT_BYTES or key_bytes[0] != 0x04:
+            return Rejected(
+                RejectReason.MALFORMED_SIGNED,
+                f"an ecdsa-p256 public_key is a {_P256_POINT_BYTES}-byte uncompressed point",
+            )
+        if len(signature) > _P256_MAX_DER_SIG_BYTES:
+            return Rejected(
+                RejectReason.MALFORMED_SIGNED,
+                f"an ecdsa-p256 signature is DER of at most {_P256_MAX_DER_SIG_BYTES} bytes",
+            )
+        key = self._attested.lookup(key_bytes) if self._attested is not None else None
+        if key is None:
+            return Rejected(
+                RejectReason.KEY_NOT_ATTESTED,
+                "this TPM key is not the currently attested signing key of any device",
+            )
+        if key.revoked:
+            return Rejected(
+                RejectReason.DEVICE_REVOKED,
+                f"device {key.device_id} is revoked",
+                device_id=key.device_id,
+            )
+        if received_at.timestamp() >= key.expires_at:
+            return Rejected(
+                RejectReason.ATTESTATION_EXPIRED,
+                f"device {key.device_id}'s attestation expired; it must re-attest",
+                device_id=key.device_id,
+            )
+        try:
+            key.public_key.verify(signature, signed.payload, _ECDSA_SHA256)
+        except InvalidSignature:
+            return Rejected(
+                RejectReason.BAD_SIGNATURE,
+                "the signature does not match the payload and key",
+                device_id=key.device_id,
+            )
+        return key
 
 
 class RecentlyAccepted:

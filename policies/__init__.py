@@ -1,11 +1,19 @@
 """Declarative policy files and their typed loader."""
 
+from policies._attestation import (
+    DEFAULT_ATTESTATION_POLICY_PATH,
+    AttestationPolicy,
+    PcrRule,
+    load_attestation_policy,
+)
 from policies._errors import PolicyError
 from policies._loader import DEFAULT_POLICY_PATH, load_policy
 from policies._model import (
+    FINGERPRINT_DIGITS,
     OTHER,
     ConsentPolicy,
     CounterSignal,
+    FingerprintPolicy,
     HistogramSignal,
     MechanismChoice,
     Policy,
@@ -13,20 +21,28 @@ from policies._model import (
     RetentionPolicy,
     Signal,
     TierConsent,
+    fingerprint_bucket_name,
 )
 
 __all__ = [
+    "DEFAULT_ATTESTATION_POLICY_PATH",
     "DEFAULT_POLICY_PATH",
+    "FINGERPRINT_DIGITS",
     "OTHER",
+    "AttestationPolicy",
     "ConsentPolicy",
     "CounterSignal",
+    "FingerprintPolicy",
     "HistogramSignal",
     "MechanismChoice",
+    "PcrRule",
     "Policy",
     "PolicyError",
     "PrivacyCaps",
     "RetentionPolicy",
     "Signal",
     "TierConsent",
+    "fingerprint_bucket_name",
+    "load_attestation_policy",
     "load_policy",
 ]

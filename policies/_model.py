@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas import Mechanism, Tier
 
 __all__ = [
+    "FINGERPRINT_DIGITS",
     "OTHER",
     "SECTIONS_REQUIRED_IN_FILES",
     "AttributeDomain",
     "ConsentPolicy",
     "CounterSignal",
+    "FingerprintPolicy",
     "HistogramSignal",
     "MechanismChoice",
     "Policy",
@@ -35,6 +38,7 @@ __all__ = [
     "RetentionPolicy",
     "Signal",
     "TierConsent",
+    "fingerprint_bucket_name",
 ]
 
 OTHER = "other"
@@ -85,11 +89,18 @@ class _SignalBase(BaseModel):
         return self
 
 
+_TOTAL_SHARE_DOC = (
+    "share of epsilon spent on one scalar total over all cells (0: no total released); "
+    "fleet totals from it are far less noisy than the sum of the per-cell releases"
+)
+
+
 class CounterSignal(_SignalBase):
     """A count per window; one device adds at most `max_per_window` across all cells."""
 
     kind: Literal["counter"] = "counter"
     max_per_window: int = Field(ge=1, le=1_000_000)
+    total_share: float = Field(default=0.0, ge=0.0, lt=1.0, description=_TOTAL_SHARE_DOC)
 
 
 class HistogramSignal(_SignalBase):
@@ -102,6 +113,7 @@ class HistogramSignal(_SignalBase):
     sum_share: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="share of epsilon spent on the sum"
     )
+    total_share: float = Field(default=0.0, ge=0.0, lt=1.0, description=_TOTAL_SHARE_DOC)
 
     @model_validator(mode="after")
     def _check_buckets(self) -> HistogramSignal:
@@ -224,6 +236,63 @@ class RetentionPolicy(BaseModel):
         return self.days[tier]
 
 
+FINGERPRINT_DIGITS = 16
+"""Hex digits of an error fingerprint that a policy lists as a known fingerprint."""
+
+_KNOWN_FINGERPRINT = re.compile(rf"^[0-9a-f]{{{FINGERPRINT_DIGITS}}}$")
+_BUCKET = re.compile(r"^b([0-9]{2,3})$")
+
+
+class FingerprintPolicy(BaseModel):
+    """Which counter signal counts exceptions by error fingerprint, and how.
+
+    A fingerprint is a keyed hash: an unbounded domain, so it is never a label value as
+    such. The signal's `label` attribute declares a closed domain of two kinds of value:
+    known fingerprints (their first 16 hex digits, listed after triage) and hash buckets
+    `b00`..`bNN` (contiguous). An exception whose fingerprint is listed counts under it;
+    any other counts under its bucket (the fingerprint modulo the number of buckets), or
+    `other` if no buckets are declared.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signal: _NAME
+    label: _LABEL = "fingerprint"
+
+
+def _check_fingerprints(policy_signals: dict[str, Signal], fp: FingerprintPolicy) -> None:
+    signal = policy_signals.get(fp.signal)
+    key = "fingerprints.signal"
+    if signal is None:
+        raise PolicyKeyError(key, f"signal {fp.signal!r} is not in the catalogue")
+    if not isinstance(signal, CounterSignal):
+        raise PolicyKeyError(key, f"signal {fp.signal!r} must be a counter")
+    if signal.tier is not Tier.HEALTH:
+        raise PolicyKeyError(key, f"signal {fp.signal!r} must be in the health tier")
+    if set(signal.attributes) != {fp.label}:
+        raise PolicyKeyError(
+            "fingerprints.label",
+            f"signal {fp.signal!r} must have exactly one attribute, {fp.label!r}",
+        )
+    values = signal.attributes[fp.label]
+    buckets = {v for v in values if _BUCKET.match(v)}
+    bad = [v for v in values if not (_KNOWN_FINGERPRINT.match(v) or _BUCKET.match(v))]
+    where = f"signals.{fp.signal}.attributes.{fp.label}"
+    if bad:
+        raise PolicyKeyError(
+            where,
+            f"values must be known fingerprints ({FINGERPRINT_DIGITS} hex digits) or "
+            f"buckets b00..bNN, not {bad[:3]}",
+        )
+    if buckets != {fingerprint_bucket_name(i) for i in range(len(buckets))}:
+        raise PolicyKeyError(where, "hash buckets must be b00, b01, ... without gaps")
+
+
+def fingerprint_bucket_name(index: int) -> str:
+    """The label value of hash bucket `index`: b00, b01, ..., b99, b100, ..."""
+    return f"b{index:02d}"
+
+
 def _default_privacy() -> PrivacyCaps:
     # The largest per-window epsilon a signal may declare, so any valid catalogue fits.
     laplace = Mechanism.DISCRETE_LAPLACE
@@ -261,9 +330,12 @@ class Policy(BaseModel):
     privacy: PrivacyCaps = Field(default_factory=_default_privacy)
     consent: ConsentPolicy = Field(default_factory=_default_consent)
     retention: RetentionPolicy = Field(default_factory=_default_retention)
+    fingerprints: FingerprintPolicy | None = None
 
     @model_validator(mode="after")
     def _check_caps(self) -> Policy:
+        if self.fingerprints is not None:
+            _check_fingerprints(self.signals, self.fingerprints)
         # A daily cap below one window's charge would silently suppress that signal
         # forever: almost certainly a typo, so refuse the file.
         cap = self.privacy.daily_epsilon
@@ -275,6 +347,18 @@ class Policy(BaseModel):
                     f"{signal.epsilon} of signal {name!r}",
                 )
         return self
+
+    @property
+    def planned_daily_epsilon(self) -> float:
+        """What a device spends per UTC day if every tier is consented and every window
+        is released once: the sum of the signals' epsilons times the windows per day.
+
+        At or below `privacy.daily_epsilon`, a device that runs all day is never
+        suppressed; releases beyond the plan (a window cut short at shutdown, then
+        finished after a restart) are what the cap suppresses.
+        """
+        windows_per_day = -(-86_400 // self.window_seconds)
+        return sum(s.epsilon for s in self.signals.values()) * windows_per_day
 
     @property
     def content_hash(self) -> str:

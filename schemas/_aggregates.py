@@ -19,6 +19,7 @@ __all__ = [
     "Mechanism",
     "NoiseSpec",
     "Tier",
+    "TotalAggregate",
 ]
 
 _LABEL = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.]*$")]
@@ -112,4 +113,27 @@ class HistogramAggregate(_AggregateBase):
         return self
 
 
-Aggregate = Annotated[CounterAggregate | HistogramAggregate, Field(discriminator="kind")]
+class TotalAggregate(_AggregateBase):
+    """One noisy scalar over a signal's whole window, all attribute cells together.
+
+    `measure` is `count` (a counter's total, or a histogram's number of events) or `sum`
+    (a histogram's bounded sum of values). One draw at the scalar's own sensitivity
+    (the bound, not twice the bound per cell), so fleet totals and fleet means are far
+    less noisy than the sum of the per-cell releases. `attributes` is always empty.
+    """
+
+    kind: Literal["total"] = "total"
+    measure: Literal["count", "sum"]
+    value: float = Field(allow_inf_nan=False)
+    noise: NoiseSpec
+
+    @model_validator(mode="after")
+    def _check(self) -> TotalAggregate:
+        if self.attributes:
+            raise ValueError("a total covers every cell: it carries no attributes")
+        return self
+
+
+Aggregate = Annotated[
+    CounterAggregate | HistogramAggregate | TotalAggregate, Field(discriminator="kind")
+]

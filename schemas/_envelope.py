@@ -14,11 +14,13 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from schemas._aggregates import Aggregate
+from schemas._aggregates import Aggregate, Tier
 
 __all__ = ["AppInfo", "EnvelopeV1", "IngestedEnvelope"]
 
 _ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+_HASH = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+_SIGNAL = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-z][a-z0-9_.]*$")]
 
 
 class AppInfo(BaseModel):
@@ -46,11 +48,30 @@ class EnvelopeV1(BaseModel):
     policy_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     app: AppInfo
     aggregates: list[Aggregate] = Field(max_length=4096)
+    consent_hash: _HASH | None = Field(
+        default=None,
+        description="SHA-256 over the device's signed consent records current at release",
+    )
+    consented_tiers: list[Tier] = Field(
+        default_factory=list,
+        max_length=len(Tier),
+        description="tiers whose consent was granted at release; the ingest refuses "
+        "aggregates of any other tier",
+    )
+    suppressed: dict[_SIGNAL, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="releases of this window withheld by the privacy ledger's caps, by signal",
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> EnvelopeV1:
         if self.window_end <= self.window_start:
             raise ValueError("window_end must be after window_start")
+        if len(set(self.consented_tiers)) != len(self.consented_tiers):
+            raise ValueError("consented_tiers lists a tier twice")
+        if self.consented_tiers and self.consent_hash is None:
+            raise ValueError("consented_tiers needs the consent_hash it was read from")
         return self
 
 

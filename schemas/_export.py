@@ -8,6 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from schemas._deletion import (
+    DeletionReceipt,
+    DeletionRequestV1,
+    IngestedDeletionRequest,
+    SignedDeletionRequest,
+)
 from schemas._envelope import EnvelopeV1, IngestedEnvelope
 from schemas._wire import BatchResult, EnvelopeBatch, SignedEnvelope
 
@@ -21,6 +27,10 @@ _MODELS: dict[str, type[BaseModel]] = {
     "signed-envelope-v1.json": SignedEnvelope,
     "envelope-batch-v1.json": EnvelopeBatch,
     "batch-result-v1.json": BatchResult,
+    "deletion-request-v1.json": DeletionRequestV1,
+    "signed-deletion-request-v1.json": SignedDeletionRequest,
+    "ingested-deletion-request-v1.json": IngestedDeletionRequest,
+    "deletion-receipt-v1.json": DeletionReceipt,
 }
 
 

@@ -33,10 +33,17 @@ class SignedEnvelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    alg: Literal["ed25519"] = "ed25519"
-    public_key: Base64Bytes = Field(description="raw 32-byte Ed25519 verify key")
+    alg: Literal["ed25519", "ecdsa-p256"] = Field(
+        default="ed25519",
+        description="ed25519: a software device key; ecdsa-p256: a TPM-resident key "
+        "(ECDSA P-256 over SHA-256) that the ingest saw certified by an attested TPM",
+    )
+    public_key: Base64Bytes = Field(
+        description="ed25519: the raw 32-byte verify key; ecdsa-p256: the uncompressed "
+        "SEC1 point (65 bytes, 0x04 || X || Y)"
+    )
     payload: Base64Bytes = Field(description="EnvelopeV1 as UTF-8 JSON")
-    signature: Base64Bytes
+    signature: Base64Bytes = Field(description="ed25519: 64 bytes; ecdsa-p256: DER-encoded (r, s)")
 
 
 class EnvelopeBatch(BaseModel):
@@ -62,6 +69,12 @@ class RejectReason(StrEnum):
     UNKNOWN_POLICY = "unknown_policy"
     WRONG_REGION = "wrong_region"
     DUPLICATE = "duplicate"
+    CONSENT_MISSING = "consent_missing"
+    # key assurance (TPM attestation, issue 3)
+    KEY_NOT_ATTESTED = "key_not_attested"
+    ATTESTATION_EXPIRED = "attestation_expired"
+    DEVICE_REVOKED = "device_revoked"
+    SOFTWARE_KEY_REFUSED = "software_key_refused"
 
 
 class ItemResult(BaseModel):

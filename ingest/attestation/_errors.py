@@ -45,6 +45,14 @@ class AttestationReason(StrEnum):
     SIGNING_KEY_NOT_TPM_GENERATED = "signing_key_not_tpm_generated"
     SIGNING_KEY_RESTRICTED = "signing_key_restricted"
     SIGNING_KEY_WRONG_TYPE = "signing_key_wrong_type"
+    # device standing in the registry
+    DEVICE_UNKNOWN = "device_unknown"
+    DEVICE_NOT_ENROLLED = "device_not_enrolled"
+    DEVICE_REVOKED = "device_revoked"
+    NO_PENDING_ENROLLMENT = "no_pending_enrollment"
+    CHALLENGE_EXPIRED = "challenge_expired"
+    # the operator endpoints
+    OPERATOR_UNAUTHORIZED = "operator_unauthorized"
 
 
 # Nonce trouble is a conflict with server state; malformed input is the client's syntax;
@@ -54,6 +62,11 @@ _STATUS: dict[AttestationReason, int] = {
     AttestationReason.NONCE_UNKNOWN: 409,
     AttestationReason.NONCE_REUSED: 409,
     AttestationReason.NONCE_EXPIRED: 409,
+    AttestationReason.DEVICE_UNKNOWN: 404,
+    AttestationReason.DEVICE_NOT_ENROLLED: 409,
+    AttestationReason.NO_PENDING_ENROLLMENT: 409,
+    AttestationReason.CHALLENGE_EXPIRED: 409,
+    AttestationReason.OPERATOR_UNAUTHORIZED: 401,
 }
 
 

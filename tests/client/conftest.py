@@ -25,10 +25,12 @@ from schemas import (
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # aligned to the hour
 
-# The default policy's privacy, consent and retention sections, with a small catalogue.
+# The default policy's privacy, consent and retention sections, with a small catalogue
+# (and no fingerprint signal: tests of fingerprints bring their own policy).
 POLICY = load_policy().model_copy(
     update={
         "window_seconds": 3600,
+        "fingerprints": None,
         "signals": {
             "inference.requests": CounterSignal(
                 tier=Tier.PERFORMANCE,
@@ -115,7 +117,10 @@ def make_telemetry(
     made: list[Telemetry] = []
 
     def make(
-        transport: Transport | None = None, state_dir: Path | None = None, **kw: object
+        transport: Transport | None = None,
+        state_dir: Path | None = None,
+        consent: tuple[Tier, ...] = (Tier.HEALTH, Tier.PERFORMANCE),
+        **kw: object,
     ) -> Telemetry:
         config = TelemetryConfig(
             app=AppInfo(name="demo-app", version="1.0"),
@@ -131,6 +136,8 @@ def make_telemetry(
         )
         telemetry = Telemetry(config)
         made.append(telemetry)
+        for tier in consent:
+            telemetry.grant_consent(tier)
         return telemetry
 
     yield make

@@ -51,6 +51,8 @@ def test_policy_mechanism_choice_is_honoured(tmp_path: Path, ingest, clock) -> N
         update={"privacy": POLICY.privacy.model_copy(update={"mechanisms": mechanisms})}
     )
     qw = Telemetry(_config(tmp_path, ingest, policy=policy, clock=clock))
+    qw.grant_consent(Tier.HEALTH)
+    qw.grant_consent(Tier.PERFORMANCE)
     (envelope,) = qw.collect(clock.advance(hours=1))
     kinds = {
         a.noise.mechanism if isinstance(a, CounterAggregate) else a.count_noise.mechanism
@@ -82,6 +84,7 @@ def test_concurrent_adds_are_all_counted(tmp_path: Path, ingest, clock) -> None:
         }
     )
     qw = Telemetry(_config(tmp_path, ingest, policy=policy, clock=clock))
+    qw.grant_consent("health")
     counter = qw.counter("busy")
     bound = counter.bind(k="a")
 

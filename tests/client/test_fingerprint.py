@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from client._fingerprint import ErrorFingerprinter
+from client._fingerprint import ErrorFingerprinter, fingerprint_label
 
 KEY = b"fleet-key-for-tests-0123456789ab"
 
@@ -159,7 +159,7 @@ def _fingerprint_in_fresh_interpreter(root: Path, hash_seed: str) -> str:
     script = f"""
 import importlib.util, json, os, sys
 sys.path.insert(0, {str(Path.cwd())!r})
-from client._fingerprint import ErrorFingerprinter
+from client._fingerprint import ErrorFingerprinter, fingerprint_label
 root = {str(root)!r}
 os.makedirs(root + "/fpapp")
 open(root + "/fpapp/__init__.py", "w").close()
@@ -193,3 +193,114 @@ def test_stable_across_runs(tmp_path: Path) -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         ErrorFingerprinter(b"short")
+
+
+# -- through the client: fingerprints counted in a closed domain -----------------------
+
+
+def _raise_value_error() -> None:
+    raise ValueError("secret message about /home/alice/notes.txt")
+
+
+def _fingerprinted_telemetry(tmp_path, ingest, clock, values, key=b"k" * 32):
+    from client import MemoryTransport, Telemetry, TelemetryConfig
+    from policies import CounterSignal, FingerprintPolicy
+    from schemas import AppInfo, Tier
+    from tests.client.conftest import POLICY
+
+    policy = POLICY.model_copy(
+        update={
+            "signals": {
+                "app.exceptions": CounterSignal(
+                    tier=Tier.HEALTH,
+                    attributes={"fingerprint": values},
+                    max_per_window=4,
+                    epsilon=0.5,
+                )
+            },
+            "fingerprints": FingerprintPolicy(signal="app.exceptions"),
+        }
+    )
+    qw = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=policy,
+            ingest_public_key=ingest.public_key,
+            transport=MemoryTransport(ingest.handle),
+            state_dir=tmp_path / "state",
+            clock=clock,
+            mode="manual",
+            fingerprint_key=key,
+        )
+    )
+    qw.grant_consent("health")
+    return qw
+
+
+def _caught() -> ValueError:
+    try:
+        _raise_value_error()
+    except ValueError as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def _counted(window) -> dict[str, int]:
+    return {t.attributes["fingerprint"]: t.value for t in window.truth if t.value}
+
+
+def test_exceptions_count_under_their_hash_bucket(tmp_path, ingest, clock) -> None:
+    buckets = [f"b{i:02d}" for i in range(8)]
+    qw = _fingerprinted_telemetry(tmp_path, ingest, clock, buckets)
+    exc = _caught()
+    qw.record_exception(exc)
+    qw.record_exception(_caught())  # same failure, same bucket
+    (window,) = qw.collect_with_truth(clock.advance(hours=1))
+    fp = ErrorFingerprinter(b"k" * 32).fingerprint(exc)
+    assert _counted(window) == {f"b{int(fp, 16) % 8:02d}": 2}
+    # Nothing of the message, path or fingerprint leaves: only the bucket label.
+    payload = window.envelope.model_dump_json()
+    assert "alice" not in payload
+    assert "secret" not in payload
+    assert fp[:16] not in payload
+    qw.shutdown(release_open_window=False)
+
+
+def test_a_known_fingerprint_counts_under_itself(tmp_path, ingest, clock) -> None:
+    known = ErrorFingerprinter(b"k" * 32).fingerprint(_caught())[:16]
+    qw = _fingerprinted_telemetry(tmp_path, ingest, clock, [known, "b00", "b01"])
+    qw.record_exception(_caught())
+    qw.record_exception(KeyError("x"))  # unknown: a bucket
+    (window,) = qw.collect_with_truth(clock.advance(hours=1))
+    counted = _counted(window)
+    assert counted[known] == 1
+    assert sum(counted.values()) == 2
+    qw.shutdown(release_open_window=False)
+
+
+def test_without_buckets_unknown_fingerprints_count_as_other(tmp_path, ingest, clock) -> None:
+    qw = _fingerprinted_telemetry(tmp_path, ingest, clock, ["0123456789abcdef"])
+    qw.record_exception(_caught())
+    (window,) = qw.collect_with_truth(clock.advance(hours=1))
+    assert _counted(window) == {"other": 1}
+    qw.shutdown(release_open_window=False)
+
+
+def test_without_a_fleet_key_exceptions_are_dropped_and_counted(
+    make_telemetry, tmp_path, ingest, clock
+) -> None:
+    qw = make_telemetry()
+    qw.record_exception(_caught())  # the test policy declares no fingerprint signal
+    assert qw.dropped() == {"unknown_signal": 1}
+    qw2 = _fingerprinted_telemetry(tmp_path / "other", ingest, clock, ["b00"], key=None)
+    qw2.record_exception(_caught())
+    assert qw2.dropped() == {"no_fingerprint_key": 1}
+    qw2.shutdown(release_open_window=False)
+
+
+def test_fingerprint_label_maps_into_the_declared_domain() -> None:
+    fp = "f" * 64
+    assert fingerprint_label(fp, ["ffffffffffffffff", "b00"]) == "ffffffffffffffff"
+    assert fingerprint_label(fp, ["b00", "b01", "b02"]) == f"b{int(fp, 16) % 3:02d}"
+    assert fingerprint_label(fp, ["0123456789abcdef"]) == "other"

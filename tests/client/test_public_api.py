@@ -3,11 +3,15 @@ import client
 
 def test_exported_names_are_pinned() -> None:
     assert set(client.__all__) == {
+        "AttestationRefused",
+        "DeviceAttestor",
+        "FallbackKeyStore",
         "BoundCounter",
         "BoundHistogram",
         "ClientError",
         "CollectedWindow",
         "ConfigError",
+        "ConsentError",
         "Counter",
         "DropReason",
         "EnvelopeSealer",
@@ -15,16 +19,19 @@ def test_exported_names_are_pinned() -> None:
         "HttpTransport",
         "KeyStore",
         "KeyStoreError",
+        "LedgerError",
         "MemoryTransport",
         "ReleaseError",
         "SignalKindError",
         "SoftwareKeyStore",
+        "SpoolError",
         "Telemetry",
         "TelemetryConfig",
         "Transport",
         "TransportError",
         "TrueCounter",
         "TrueHistogram",
+        "TrueTotal",
         "UnknownSignalError",
     }
     for name in client.__all__:

@@ -78,6 +78,9 @@ class Device:
             "policy_hash": policy_hash(),
             "app": {"name": "demo-app", "version": "1.0.0"},
             "aggregates": [counter_aggregate()],
+            # The device's consent covers the tier it sends (performance).
+            "consent_hash": "c0" * 32,
+            "consented_tiers": ["health", "performance"],
         }
         env.update(overrides)
         return env

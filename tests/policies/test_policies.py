@@ -37,6 +37,10 @@ def _error(tmp_path: Path, data: object) -> PolicyError:
 
 def test_public_names_are_pinned() -> None:
     assert set(policies.__all__) == {
+        "DEFAULT_ATTESTATION_POLICY_PATH",
+        "AttestationPolicy",
+        "PcrRule",
+        "load_attestation_policy",
         "DEFAULT_POLICY_PATH",
         "OTHER",
         "ConsentPolicy",
@@ -49,6 +53,9 @@ def test_public_names_are_pinned() -> None:
         "RetentionPolicy",
         "Signal",
         "TierConsent",
+        "FINGERPRINT_DIGITS",
+        "FingerprintPolicy",
+        "fingerprint_bucket_name",
         "load_policy",
     }
 

@@ -112,5 +112,10 @@ def test_public_names_are_pinned() -> None:
         "BatchResult", "CounterAggregate", "EnvelopeBatch", "EnvelopeV1",
         "HistogramAggregate", "IngestedEnvelope", "ItemResult", "Mechanism", "NoiseSpec",
         "RejectReason", "SignedEnvelope", "Tier", "device_id_for", "json_schemas",
-        "key_fingerprint", "write_json_schemas",
+        "key_fingerprint", "tpm_device_id_for", "write_json_schemas",
+        "ActivateRequest", "AttestRequest", "AttestationResult", "CertifyEvidence",
+        "EnrollRequest", "EnrollmentChallenge", "EnrollmentResult", "NonceGrant",
+        "NonceRequest", "QuoteEvidence", "RevocationResult", "RevokeRequest",
+        "TotalAggregate", "DeletionReceipt", "DeletionRequestV1", "IngestedDeletionRequest",
+        "SignedDeletionRequest",
     }  # fmt: skip

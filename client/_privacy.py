@@ -1,0 +1,98 @@
+"""The privacy gate every release passes: consent for its tier, then the ledger's budget.
+
+`PrivacyGate` owns the device's `ConsentStore` (`<state_dir>/consent.json`, records
+signed by the device key) and `PrivacyLedger` (`<state_dir>/privacy_ledger.journal`).
+Per signal and window, `admit` answers:
+
+- `NO_CONSENT`: the tier has no current grant; the window's data is discarded, nothing
+  is charged and nothing is said about it.
+- `SUPPRESSED`: the charge would cross the daily or lifetime cap (or the ledger cannot
+  be written): nothing is released and the suppression is reported as a count.
+- `RELEASE`: the charge is durable; the release may be made.
+
+A release is charged to the UTC day its window starts in: the day whose data it
+describes. The ledger's state depends only on which windows were released and when
+(every consented signal is released every window, data or not), never on the values
+recorded, so a suppression count is a function of envelope metadata the ingest sees
+anyway (window times, consented tiers) and costs no privacy budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+from client._consent import ConsentStore, SignedConsentRecord
+from client._drops import DropCounter, DropReason
+from client._keys import KeyStore
+from client._ledger import LedgerError, PrivacyLedger
+from policies import Policy
+from schemas import Tier
+
+__all__ = ["Admission", "PrivacyGate"]
+
+
+class Admission(Enum):
+    """What the gate says about one signal's release for one window."""
+
+    RELEASE = "release"
+    SUPPRESSED = "suppressed"
+    NO_CONSENT = "no_consent"
+
+
+class PrivacyGate:
+    """Consent and budget for one device; see the module docstring."""
+
+    CONSENT_FILE = "consent.json"
+    LEDGER_FILE = "privacy_ledger.journal"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        policy: Policy,
+        key_store: KeyStore,
+        clock: Callable[[], datetime],
+        drops: DropCounter,
+    ) -> None:
+        self._drops = drops
+        self.consent = ConsentStore(
+            state_dir / self.CONSENT_FILE,
+            key_store.sign,
+            policy,
+            clock=clock,
+        )
+        self.ledger = PrivacyLedger(state_dir / self.LEDGER_FILE, policy.privacy)
+
+    def consented(self) -> list[Tier]:
+        """Tiers with a current grant, in a fixed order."""
+        return [t for t in Tier if self.consent.allows(t)]
+
+    def admit(self, signal: str, tier: Tier, epsilon: float, window_start: datetime) -> Admission:
+        """Consent first (no charge without it), then a durable charge of `epsilon`."""
+        if not self.consent.allows(tier):
+            return Admission.NO_CONSENT
+        try:
+            granted = self.ledger.try_charge(signal, epsilon, window_start)
+        except LedgerError:
+            # Nothing may be released without a durable charge.
+            self._drops.add(DropReason.LEDGER_FAILED)
+            return Admission.SUPPRESSED
+        return Admission.RELEASE if granted else Admission.SUPPRESSED
+
+    def grant(self, tier: Tier) -> bool:
+        """Record a grant; True if the tier was not allowed before (a new decision)."""
+        before = self.consent.allows(tier)
+        self.consent.grant(tier)
+        return not before
+
+    def revoke(self, tier: Tier) -> SignedConsentRecord | None:
+        """Record a revocation; the new record, or None if the tier was already revoked."""
+        current = self.consent.current().get(tier)
+        record = self.consent.revoke(tier)
+        return None if current is not None and record == current else record
+
+    def close(self) -> None:
+        """Release the ledger's files."""
+        self.ledger.close()

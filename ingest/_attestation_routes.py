@@ -1,0 +1,118 @@
+"""HTTP routes of enrollment, attestation and revocation (one router).
+
+    POST /v1/enroll              EnrollRequest      -> 200 EnrollmentChallenge
+    POST /v1/enroll/activate     ActivateRequest    -> 200 EnrollmentResult
+    POST /v1/attest/nonce        NonceRequest       -> 200 NonceGrant
+    POST /v1/attest              AttestRequest      -> 200 AttestationResult
+    POST /v1/devices/{id}/revoke RevokeRequest      -> 200 RevocationResult (operator)
+
+Refusals are ``{"error": reason, "detail": ...}`` with a 4xx (see `AttestationReason`).
+The revoke endpoint needs ``Authorization: Bearer <QUIETWIRE_INGEST_OPERATOR_TOKEN>``;
+with no token configured it refuses every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from ingest._attestation_service import AttestationService
+from ingest.attestation import AttestationError, AttestationReason
+from schemas import (
+    ActivateRequest,
+    AttestationResult,
+    AttestRequest,
+    EnrollmentChallenge,
+    EnrollmentResult,
+    EnrollRequest,
+    NonceGrant,
+    NonceRequest,
+    RevocationResult,
+    RevokeRequest,
+)
+
+__all__ = ["AttestationState", "attestation_router"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationState:
+    """What the attestation routes read from the lifespan state."""
+
+    service: AttestationService
+    operator_token: str | None
+
+
+def _state(request: Request) -> AttestationState:
+    return cast(AttestationState, request.state.attestation)
+
+
+AttestationDep = Annotated[AttestationState, Depends(_state)]
+
+attestation_router = APIRouter(tags=["attestation"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed_evidence"},
+    401: {"description": "operator_unauthorized"},
+    403: {"description": "evidence refused: unknown_ek_root, bad_activation_proof, ..."},
+    404: {"description": "device_unknown"},
+    409: {"description": "nonce_reused, nonce_expired, device_not_enrolled, ..."},
+    422: {"description": "malformed_body"},
+}
+
+
+@attestation_router.post("/v1/enroll", response_model=EnrollmentChallenge, responses=_ERRORS)
+async def enroll(body: EnrollRequest, state: AttestationDep) -> EnrollmentChallenge:
+    """Check the EK certificate against the policy's roots; answer a credential challenge."""
+    return await asyncio.to_thread(state.service.enroll, body)
+
+
+@attestation_router.post("/v1/enroll/activate", response_model=EnrollmentResult, responses=_ERRORS)
+async def activate(body: ActivateRequest, state: AttestationDep) -> EnrollmentResult:
+    """Complete enrollment with the ActivateCredential proof."""
+    return await asyncio.to_thread(state.service.activate, body)
+
+
+@attestation_router.post("/v1/attest/nonce", response_model=NonceGrant, responses=_ERRORS)
+async def attest_nonce(body: NonceRequest, state: AttestationDep) -> NonceGrant:
+    """A single-use nonce (with expiry) for the next quote and certification."""
+    return await asyncio.to_thread(state.service.issue_nonce, body)
+
+
+@attestation_router.post("/v1/attest", response_model=AttestationResult, responses=_ERRORS)
+async def attest(body: AttestRequest, state: AttestationDep) -> AttestationResult:
+    """Verify a quote and the signing key's certification; attest the key until expiry."""
+    return await asyncio.to_thread(state.service.attest, body)
+
+
+@attestation_router.post(
+    "/v1/devices/{device_id}/revoke", response_model=RevocationResult, responses=_ERRORS
+)
+async def revoke(
+    device_id: str,
+    body: RevokeRequest,
+    state: AttestationDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> RevocationResult:
+    """Revoke a device (operator only): refused from its next envelope on."""
+    _check_operator(state, authorization)
+    return await asyncio.to_thread(state.service.revoke, device_id, body.reason)
+
+
+def _check_operator(state: AttestationState, authorization: str | None) -> None:
+    expected = state.operator_token
+    scheme, _, token = (authorization or "").partition(" ")
+    if (
+        expected is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.encode(), expected.encode())
+    ):
+        # Audited too: an auditor wants to see who tried to revoke without the right.
+        state.service.audit_refusal("revoke", None, AttestationReason.OPERATOR_UNAUTHORIZED)
+        raise AttestationError(
+            AttestationReason.OPERATOR_UNAUTHORIZED,
+            "revocation needs 'Authorization: Bearer <operator token>'",
+        )

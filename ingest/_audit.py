@@ -1,0 +1,258 @@
+"""The hash-chained, tamper-evident audit log of every enrollment, attestation,
+revocation and envelope decision.
+
+Each entry holds the hash of the entry before it; its own hash is the SHA-256 of the
+canonical JSON (sorted keys, no spaces, UTF-8) of all its fields and that previous hash.
+Editing an entry breaks its hash; deleting one breaks the sequence and the next entry's
+`prev_hash`. Dropping the *newest* entries leaves a shorter valid chain: to catch that,
+an auditor keeps (or the operator publishes) `head()` and checks it later against the
+chain (`verify_chain(expected_head=...)`).
+
+Storage is a SQLite table (WAL, ``synchronous=FULL``: an append is durable when it
+returns). Envelope decisions are appended with `append_many`, one transaction per
+batch, so the per-envelope path pays no fsync of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditDecision",
+    "AuditEntry",
+    "AuditLog",
+    "AuditRecord",
+    "ChainReport",
+    "entry_hash",
+]
+
+GENESIS_HASH = "0" * 64
+"""The `prev_hash` of the first entry."""
+
+AuditDecision = Literal["accepted", "rejected"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq       INTEGER PRIMARY KEY,
+    at        REAL NOT NULL,
+    action    TEXT NOT NULL,
+    decision  TEXT NOT NULL,
+    device_id TEXT,
+    reason    TEXT,
+    detail    TEXT,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A decision to append: what was decided, about which device, and why."""
+
+    action: str
+    """enroll, activate, attest, revoke, envelope."""
+    decision: AuditDecision
+    device_id: str | None = None
+    reason: str | None = None
+    """The reason code of a rejection (or information such as `duplicate`)."""
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An appended entry, as stored."""
+
+    seq: int
+    at: float
+    action: str
+    decision: str
+    device_id: str | None
+    reason: str | None
+    detail: str | None
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The result of `verify_chain`: ok, or the first entry that does not check out."""
+
+    ok: bool
+    entries: int
+    head: str
+    broken_at: int | None = None
+    problem: str | None = None
+
+
+def entry_hash(
+    seq: int,
+    at: float,
+    record: AuditRecord | AuditEntry,
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) of the entry's canonical JSON, chained to `prev_hash`."""
+    canonical = json.dumps(
+        {
+            "seq": seq,
+            "at": at,
+            "action": record.action,
+            "decision": record.decision,
+            "device_id": record.device_id,
+            "reason": record.reason,
+            "detail": record.detail,
+            "prev_hash": prev_hash,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class AuditLog:
+    """Append-only audit entries in a SQLite file, chained by hash. Thread-safe."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def close(self) -> None:
+        """Close the database; safe to call twice."""
+        with self._lock:
+            self._db.close()
+
+    def append(self, record: AuditRecord) -> AuditEntry:
+        """Append one decision durably; returns the stored entry."""
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Append decisions in one transaction (one fsync), in order."""
+        if not records:
+            return []
+        with self._lock:
+            at = self._clock()
+            seq, head = self._seq, self._head
+            entries: list[AuditEntry] = []
+            for record in records:
+                seq += 1
+                digest = entry_hash(seq, at, record, head)
+                entries.append(
+                    AuditEntry(
+                        seq,
+                        at,
+                        record.action,
+                        record.decision,
+                        record.device_id,
+                        record.reason,
+                        record.detail,
+                        head,
+                        digest,
+                    )
+                )
+                head = digest
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            e.seq,
+                            e.at,
+                            e.action,
+                            e.decision,
+                            e.device_id,
+                            e.reason,
+                            e.detail,
+                            e.prev_hash,
+                            e.hash,
+                        )
+                        for e in entries
+                    ],
+                )
+            # Only after the commit: a failed write must not advance the chain.
+            self._seq, self._head = seq, head
+            return entries
+
+    def head(self) -> str:
+        """The hash of the newest entry (GENESIS_HASH when empty): anchor it elsewhere."""
+        with self._lock:
+            return self._head
+
+    def entries(
+        self,
+        *,
+        device_id: str | None = None,
+        action: str | None = None,
+        decision: AuditDecision | None = None,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """The auditor's query: entries in order, filtered by device, action, decision."""
+        clauses: list[str] = []
+        args: list[object] = []
+        for column, value in (
+            ("device_id", device_id),
+            ("action", action),
+            ("decision", decision),
+            ("reason", reason),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        sql = "SELECT * FROM audit"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [AuditEntry(*row) for row in rows]
+
+    def verify_chain(self, *, expected_head: str | None = None) -> ChainReport:
+        """Recompute every hash; report the first edited, missing or reordered entry."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        return verify_entries((AuditEntry(*r) for r in rows), expected_head=expected_head)
+
+
+def verify_entries(
+    entries: Iterable[AuditEntry], *, expected_head: str | None = None
+) -> ChainReport:
+    """Check a sequence of entries as `AuditLog.verify_chain` does (e.g. an export)."""
+    head = GENESIS_HASH
+    count = 0
+    for expected_seq, entry in enumerate(entries, start=1):
+        count += 1
+        if entry.seq != expected_seq:
+            return ChainReport(False, count, head, entry.seq, f"expected seq {expected_seq}")
+        if entry.prev_hash != head:
+            return ChainReport(
+                False, count, head, entry.seq, "prev_hash is not the previous entry's hash"
+            )
+        if entry_hash(entry.seq, entry.at, entry, entry.prev_hash) != entry.hash:
+            return ChainReport(False, count, head, entry.seq, "the entry was altered")
+        head = entry.hash
+    if expected_head is not None and head != expected_head:
+        return ChainReport(False, count, head, None, "the chain does not end at the anchored head")
+    return ChainReport(True, count, head)
