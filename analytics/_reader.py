@@ -1,4 +1,5 @@
-"""Opening a warehouse file for reading, with clear errors instead of DuckDB's."""
+"""Opening an existing warehouse file (read-only, or for maintenance), with clear errors
+instead of DuckDB's."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def require_schema(conn: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def open_warehouse(path: Path | str) -> duckdb.DuckDBPyConnection:
-    """Open an existing warehouse file read-only and check its schema.
+def open_warehouse(path: Path | str, *, writable: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open an existing warehouse file and check its schema; never creates one.
 
-    Read-only so a report never creates a file or takes the sink's write lock.
+    Read-only by default, so a report never takes the sink's write lock. `writable`
+    is for maintenance (retention): DuckDB lets one process write a file, so it fails
+    with a `WarehouseError` saying so while a sink or an embedded ingest holds it.
     """
     p = Path(path)
     if not p.exists():
@@ -40,10 +43,16 @@ def open_warehouse(path: Path | str) -> duckdb.DuckDBPyConnection:
     if not p.is_file():
         raise WarehouseError(f"{p}: not a file")
     try:
-        conn = duckdb.connect(str(p), read_only=True)
+        conn = duckdb.connect(str(p), read_only=not writable)
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WarehouseError(f"{p}: cannot open as a DuckDB warehouse: {first}") from exc
+        hint = ""
+        if "lock" in first.lower():
+            hint = (
+                " (another process, e.g. the sink or an embedded ingest, holds the file; "
+                "DuckDB allows one writing process: stop it for the run)"
+            )
+        raise WarehouseError(f"{p}: cannot open as a DuckDB warehouse: {first}{hint}") from exc
     try:
         require_schema(conn)
     except WarehouseError as exc:

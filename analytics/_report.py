@@ -22,9 +22,24 @@ from rich.console import Console
 from rich.table import Table
 
 from analytics._intervals import check_level
-from analytics._totals import cell_summary, fleet_totals, mean_by_labels, signal_totals
+from analytics._totals import (
+    cell_summary,
+    fleet_mean,
+    fleet_totals,
+    grand_totals,
+    mean_by_labels,
+    signal_totals,
+)
 
-__all__ = ["FleetReport", "build_report", "render_html", "render_json", "render_table"]
+__all__ = [
+    "FleetReport",
+    "FleetTruth",
+    "build_report",
+    "render_fleet_table",
+    "render_html",
+    "render_json",
+    "render_table",
+]
 
 _PRIMARY_LABEL = "route"
 
@@ -50,6 +65,7 @@ class FleetReport:
     totals: pl.DataFrame
     summary: pl.DataFrame
     views: tuple[SignalView, ...]
+    fleet: pl.DataFrame  # per signal and window: the fleet total (and mean) of all cells
 
 
 def _labels_of(totals: pl.DataFrame, signal: str) -> list[str]:
@@ -87,7 +103,36 @@ def build_report(
                 conn, name, by=labels, per_window=False, level=level, since=since, until=until
             )
             views.append(SignalView(name, "histogram", label, per, means))
-    return FleetReport(level, datetime.now(UTC), source, totals, summary, tuple(views))
+    fleet = _fleet(conn, totals, level=level, since=since, until=until)
+    return FleetReport(level, datetime.now(UTC), source, totals, summary, tuple(views), fleet)
+
+
+_FLEET_COLS = ["signal", "measure", "window_start", "window_end", "estimate", "ci_low", "ci_high"]
+
+
+def _fleet(
+    conn: duckdb.DuckDBPyConnection,
+    totals: pl.DataFrame,
+    *,
+    level: float,
+    since: datetime | None,
+    until: datetime | None,
+) -> pl.DataFrame:
+    """Fleet totals per window from each signal's scalar totals: one noise draw per
+    device instead of one per cell, so these are the figures a small fleet can read."""
+    frames = []
+    for name in sorted(totals.filter(pl.col("kind") == "total")["signal"].unique().to_list()):
+        tot = grand_totals(conn, name, level=level, since=since, until=until)
+        frames.append(tot.with_columns(signal=pl.lit(name), measure=pl.lit("total")))
+        if totals.filter((pl.col("signal") == name) & (pl.col("kind") == "total_sum")).height:
+            mean = fleet_mean(conn, name, level=level, since=since, until=until)
+            mean = mean.rename({"mean": "estimate"})
+            frames.append(mean.with_columns(signal=pl.lit(name), measure=pl.lit("mean")))
+    if not frames:
+        return pl.DataFrame(schema={c: pl.Utf8 for c in _FLEET_COLS})
+    return pl.concat([f.select(_FLEET_COLS) for f in frames], how="vertical_relaxed").sort(
+        "signal", "measure", "window_start"
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -115,6 +160,42 @@ def _fmt(value: float | None, measure: str) -> str:
     if measure == "mean":
         return f"{value:.3g}"
     return f"{value:,.0f}"
+
+
+FleetTruth = dict[tuple[str, str, datetime], float]
+
+
+def render_fleet_table(
+    report: FleetReport, console: Console, truth: FleetTruth | None = None
+) -> None:
+    """Fleet totals (and means) per signal and window; with `truth` (a simulation's
+    (signal, measure, window_start) -> true value) a column says whether each interval
+    holds it."""
+    if not report.fleet.height:
+        return
+    pct = f"{report.level * 100:g}%"
+    table = Table(title=f"Fleet totals per window ({pct} intervals)", title_justify="left")
+    for col in ("signal", "measure", "window (UTC)", "estimate", f"{pct} interval"):
+        table.add_column(col, no_wrap=True, justify="right" if col != "signal" else "left")
+    if truth is not None:
+        table.add_column("truth", justify="right")
+    for row in report.fleet.to_dicts():
+        m = row["measure"]
+        cells = [
+            row["signal"],
+            m,
+            f"{row['window_start']:%m-%d %H:%M}",
+            _fmt(row["estimate"], m),
+            f"[{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}]",
+        ]
+        if truth is not None:
+            t = truth.get((row["signal"], m, row["window_start"]))
+            lo, hi = row["ci_low"], row["ci_high"]
+            inside = t is not None and lo is not None and hi is not None and lo <= t <= hi
+            mark = "[green]inside[/]" if inside else "[red]outside[/]"
+            cells.append("—" if t is None else f"{_fmt(t, m)} {mark}")
+        table.add_row(*cells)
+    console.print(table)
 
 
 def render_table(report: FleetReport, console: Console) -> None:
@@ -195,6 +276,30 @@ def _per_window_figure(view: SignalView, level: float) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def _fleet_figure(report: FleetReport) -> str:
+    fleet = report.fleet
+    panels = fleet.select("signal", "measure").unique(maintain_order=True).rows()
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig = Figure(figsize=(9.0, 2.6 * rows))
+    for i, (name, measure) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        part = fleet.filter((pl.col("signal") == name) & (pl.col("measure") == measure))
+        _errorbars(
+            ax,
+            part["window_start"].to_list(),
+            part["estimate"].to_list(),
+            part["ci_low"].to_list(),
+            part["ci_high"].to_list(),
+        )
+        ax.set_title(f"{name}: {measure}", fontsize="small")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize="x-small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
     return _svg(fig)
 
 
@@ -298,6 +403,14 @@ def render_html(report: FleetReport, path: Path | str) -> Path:
         "many devices contribute, a conservative bound when few do). Values are unbiased "
         "for the truth after each device's contribution bounds.</p>",
     ]
+    if report.fleet.height:
+        parts.append("<h2>Fleet totals per window</h2>")
+        parts.append(
+            "<p class='note'>From each device's one noisy total per signal and window: the "
+            "tightest figures. Per-cell breakdowns below carry one noise draw per cell and "
+            "device, and need far larger fleets to read.</p>"
+        )
+        parts.append(_fleet_figure(report))
     for view in report.views:
         parts.append(f"<h2>{html.escape(view.signal)}</h2>")
         parts.append(_per_window_figure(view, report.level))

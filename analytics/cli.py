@@ -1,4 +1,5 @@
-"""The `quietwire` command line: fleet reports from a warehouse file, and the demo."""
+"""The `quietwire` command line: fleet reports from a warehouse file, the demo, retention
+(`_retention_cli`) and the auditor's view of the ingest's audit log (`_audit_cli`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from analytics._audit_cli import audit_app
 from analytics._errors import AnalyticsError
 from analytics._intervals import check_level
 from analytics._reader import open_warehouse
 from analytics._report import build_report, render_html, render_json, render_table
+from analytics._retention_cli import RETENTION_HELP, retention
+from policies import PILOT_POLICY_PATH, PolicyError, load_policy
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="quietwire",
-    help="Quietwire: privacy-preserving telemetry. Fleet reports with honest intervals.",
+    help="Quietwire: privacy-preserving telemetry. Fleet reports with honest intervals, "
+    "the demo, retention, and the audit log.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -112,11 +117,29 @@ def demo(
     seed: Annotated[
         int | None, typer.Option(help="Seed for the simulated usage (noise stays random).")
     ] = None,
+    policy: Annotated[
+        Path,
+        typer.Option(
+            help="Policy the fleet runs under. Default: the pilot policy (8x the default "
+            "budget), because local DP needs large fleets; policies/default.yaml is the "
+            "production default."
+        ),
+    ] = PILOT_POLICY_PATH,
 ) -> None:
     """Simulate a fleet through client, ingest, sink and DuckDB, then write the report."""
     from analytics._demo import run_demo  # lazy: the demo pulls in client and ingest
 
-    run_demo(devices=devices, windows=windows, db=db, kafka=kafka, html=html, seed=seed)
+    try:
+        load_policy(policy)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+    run_demo(
+        devices=devices, windows=windows, db=db, kafka=kafka, html=html, seed=seed, policy=policy
+    )
+
+
+app.command(help=RETENTION_HELP)(retention)
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

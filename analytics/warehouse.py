@@ -42,7 +42,9 @@ __all__ = [
     "WriteResult",
     "apply_schema",
     "connect",
+    "count_past_retention",
     "enforce_retention",
+    "retention_cutoff",
     "stored_offsets",
     "write_envelopes",
 ]
@@ -373,12 +375,33 @@ def write_envelopes(
     return WriteResult(inserted=len(fresh), duplicates=len(items) - len(fresh), deletions=applied)
 
 
+def retention_cutoff(days: int, now: datetime) -> datetime:
+    """Values whose window ended before this are past a retention of `days`."""
+    return now - timedelta(days=days)
+
+
+def count_past_retention(
+    conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
+) -> dict[str, int]:
+    """Rows per tier that `enforce_retention(conn, days, now)` would delete (a dry run)."""
+    counted: dict[str, int] = {}
+    for tier, keep in days.items():
+        row = conn.execute(
+            "SELECT count(*) FROM released_values WHERE tier = ? AND window_end < ?",
+            [Tier(tier).value, retention_cutoff(keep, now)],
+        ).fetchone()
+        counted[Tier(tier).value] = int(row[0]) if row else 0
+    return counted
+
+
 def enforce_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
 ) -> dict[str, int]:
     """Delete released values whose window ended more than their tier's days before `now`.
 
-    `days` is the policy's `retention.days`; returns rows deleted per tier. Run daily.
+    `days` is the policy's `retention.days`; returns rows deleted per tier, in one
+    transaction. The sink never calls this (a consumer that deletes would make a replay
+    or a clock error destroy data): operators run `quietwire retention` daily.
     """
     deleted: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
@@ -386,7 +409,7 @@ def enforce_retention(
         for tier, keep in days.items():
             row = conn.execute(
                 "DELETE FROM released_values WHERE tier = ? AND window_end < ?",
-                [Tier(tier).value, now - timedelta(days=keep)],
+                [Tier(tier).value, retention_cutoff(keep, now)],
             ).fetchone()
             deleted[Tier(tier).value] = int(row[0]) if row else 0
         conn.execute("COMMIT")

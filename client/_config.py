@@ -11,14 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, SkipValidation, model_validat
 
 from client._keys import KeyStore
 from client._transport import Transport
-from policies import Policy, load_policy
-from schemas import AppInfo
+from policies import Policy, load_attestation_policy, load_policy
+from schemas import AppInfo, Tier
 
 __all__ = ["TelemetryConfig"]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _packaged_software_tiers() -> frozenset[Tier]:
+    # The attestation policy ships with the client, as with the ingest: what the ingest
+    # accepts from software keys is known here, so nothing is released only to be refused.
+    return load_attestation_policy().software_tiers
 
 
 class TelemetryConfig(BaseModel):
@@ -28,8 +34,11 @@ class TelemetryConfig(BaseModel):
     a `transport`, not both. `state_dir` holds the device key (unless `key_store` is
     given), the persisted sequence number, the consent history, the privacy ledger and
     the encrypted spool of pending envelopes. `clock` returns an aware datetime; a
-    simulator passes its own, with `mode="manual"`. Invalid values raise pydantic's
-    `ValidationError` (a `ValueError`) naming the field.
+    simulator passes its own, with `mode="manual"`. `software_tiers` are the tiers the
+    ingest accepts from a software (non-TPM) key: the attestation policy's
+    `software_assurance` (default: the packaged `policies/attestation.yaml`; a fleet
+    whose ingest runs another attestation policy passes its tiers). Invalid values raise
+    pydantic's `ValidationError` (a `ValueError`) naming the field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -49,6 +58,11 @@ class TelemetryConfig(BaseModel):
     retry_backoff: float = Field(default=0.5, ge=0.0, description="first retry delay, seconds")
     max_backoff: float = Field(default=300.0, ge=0.0)
     timeout: float = Field(default=10.0, gt=0.0, description="HTTP timeout, seconds")
+    software_tiers: frozenset[Tier] = Field(
+        default_factory=_packaged_software_tiers,
+        description="tiers a device signing with a software key may send; a consented "
+        "tier outside it is neither charged nor released while the key is software",
+    )
     fingerprint_key: bytes | None = Field(
         default=None,
         description="the fleet's error-fingerprint key (>= 16 bytes, the same on every "

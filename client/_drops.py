@@ -30,6 +30,9 @@ class DropReason(StrEnum):
     SPOOL_CORRUPT = "spool_corrupt"
     EXPIRED = "expired"
     NO_FINGERPRINT_KEY = "no_fingerprint_key"
+    TIER_REQUIRES_TPM = "tier_requires_tpm"
+    """A release of a tier the attestation policy refuses from software keys, withheld
+    (never charged) because the device signs with a software key."""
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

@@ -6,13 +6,17 @@ switches to its `SoftwareKeyStore` for the rest of the process and counts why. I
 raises into the host app: the sealer asks it for the store to sign with
 (`signing_store()`), and on a failure reports it (`report_failure`) and signs again
 with the software key. Envelopes signed in software are labelled `software` assurance
-by the ingest, which refuses them for tiers whose policy requires a TPM: the sealer
-strips those tiers' aggregates (counted as `tier_requires_tpm`) instead of sending
-envelopes that would be refused.
+by the ingest, which refuses them for tiers whose policy requires a TPM: such tiers are
+not released at all while the key is software (`Telemetry` asks `current_assurance`
+before charging the ledger), and the sealer strips them from envelopes released while
+the TPM still worked (counted as `tier_requires_tpm`) instead of sending envelopes that
+would be refused.
 
 `device_id_of(store)` and `signature_alg(store)` are what the sealer stamps: a TPM store
 names the device after its EK and signs `ecdsa-p256`; a software store is
-self-certifying (`schemas.device_id_for`) and signs `ed25519`.
+self-certifying (`schemas.device_id_for`) and signs `ed25519`. `current_assurance(store)`
+is what the privacy gate asks at window close (no I/O), to withhold, uncharged, the
+tiers a software key may not send.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Literal, Protocol
 from client._keys import KeyStore, SoftwareKeyStore
 from schemas import device_id_for
 
-__all__ = ["FallbackKeyStore", "device_id_of", "signature_alg"]
+__all__ = ["FallbackKeyStore", "current_assurance", "device_id_of", "signature_alg"]
 
 _log = logging.getLogger("client")
 
@@ -46,6 +50,17 @@ def device_id_of(store: KeyStore) -> str:
     if isinstance(named, str):
         return named
     return device_id_for(store.public_key())
+
+
+def current_assurance(store: KeyStore) -> Literal["software", "tpm"]:
+    """The assurance the next envelope would be signed with, without any I/O.
+
+    Unlike `FallbackKeyStore.assurance`, this never re-attests: the window-close path
+    asks it, and must not wait on the network.
+    """
+    if isinstance(store, FallbackKeyStore):
+        return "tpm" if store.tpm is not None else "software"
+    return store.assurance
 
 
 def signature_alg(store: KeyStore) -> SignatureAlg:

@@ -1,11 +1,17 @@
-"""The privacy gate every release passes: consent for its tier, then the ledger's budget.
+"""The privacy gate every release passes: consent for its tier, whether the device's key
+may send the tier at all, then the ledger's budget.
 
 `PrivacyGate` owns the device's `ConsentStore` (`<state_dir>/consent.json`, records
 signed by the device key) and `PrivacyLedger` (`<state_dir>/privacy_ledger.journal`).
-Per signal and window, `admit` answers:
+Per signal and window, `admit` answers, in this order:
 
 - `NO_CONSENT`: the tier has no current grant; the window's data is discarded, nothing
   is charged and nothing is said about it.
+- `NEEDS_TPM`: the device signs with a software key and the attestation policy refuses
+  the tier from software keys (`software_tiers`): the ingest would refuse the envelope,
+  so nothing is released and, above all, nothing is charged; counted locally as
+  `tier_requires_tpm`. This check comes before the charge on purpose: budget spent on a
+  release that is never sent would be lost to the user for nothing.
 - `SUPPRESSED`: the charge would cross the daily or lifetime cap (or the ledger cannot
   be written): nothing is released and the suppression is reported as a count.
 - `RELEASE`: the charge is durable; the release may be made.
@@ -19,10 +25,11 @@ anyway (window times, consented tiers) and costs no privacy budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from client._consent import ConsentStore, SignedConsentRecord
 from client._drops import DropCounter, DropReason
@@ -40,6 +47,7 @@ class Admission(Enum):
     RELEASE = "release"
     SUPPRESSED = "suppressed"
     NO_CONSENT = "no_consent"
+    NEEDS_TPM = "needs_tpm"
 
 
 class PrivacyGate:
@@ -55,8 +63,10 @@ class PrivacyGate:
         key_store: KeyStore,
         clock: Callable[[], datetime],
         drops: DropCounter,
+        software_tiers: Iterable[Tier] = tuple(Tier),
     ) -> None:
         self._drops = drops
+        self.software_tiers = frozenset(software_tiers)
         self.consent = ConsentStore(
             state_dir / self.CONSENT_FILE,
             key_store.sign,
@@ -69,10 +79,30 @@ class PrivacyGate:
         """Tiers with a current grant, in a fixed order."""
         return [t for t in Tier if self.consent.allows(t)]
 
-    def admit(self, signal: str, tier: Tier, epsilon: float, window_start: datetime) -> Admission:
-        """Consent first (no charge without it), then a durable charge of `epsilon`."""
+    def sendable(self, assurance: Literal["software", "tpm"]) -> list[Tier]:
+        """Consented tiers a key of this assurance may send, in a fixed order."""
+        return [t for t in self.consented() if self.may_send(t, assurance)]
+
+    def may_send(self, tier: Tier, assurance: Literal["software", "tpm"]) -> bool:
+        """Whether the ingest accepts `tier` from a key of this assurance."""
+        return assurance == "tpm" or tier in self.software_tiers
+
+    def admit(
+        self,
+        signal: str,
+        tier: Tier,
+        epsilon: float,
+        window_start: datetime,
+        *,
+        assurance: Literal["software", "tpm"],
+    ) -> Admission:
+        """Consent first, then the key's assurance (no charge without either), then a
+        durable charge of `epsilon`."""
         if not self.consent.allows(tier):
             return Admission.NO_CONSENT
+        if not self.may_send(tier, assurance):
+            self._drops.add(DropReason.TIER_REQUIRES_TPM)
+            return Admission.NEEDS_TPM
         try:
             granted = self.ledger.try_charge(signal, epsilon, window_start)
         except LedgerError:

@@ -276,6 +276,12 @@ def release_histogram(
         scaled = snap.total * n_kept / n_raw if n_raw else 0.0
         # Guard against float drift: a cell's sum stays within n_kept clamped values.
         sums.append(min(max(scaled, n_kept * lo), n_kept * hi))
+    cap = signal.sum_cap
+    magnitude = math.fsum(abs(x) for x in sums)
+    if magnitude > cap:
+        # The device's sums exceed the policy's cap: scale every cell down alike, so the
+        # sum vector's L1 norm is at most `cap` and cells keep their proportions.
+        sums = [x * cap / magnitude for x in sums]
 
     if sum_mechanism is not Mechanism.LAPLACE:
         raise ReleaseError(f"histogram sums are released with laplace, not {sum_mechanism.value}")
@@ -283,10 +289,9 @@ def release_histogram(
     eps_count, eps_sum = split.cells, split.sums
     # Non-negative event vectors totalling at most `bound`: L1 diameter 2*bound.
     noisy_counts, count_scale = _release_counts(kept_flat, 2 * bound, eps_count, count_mechanism)
-    # Each cell's |sum| is at most (its events) * max|value|, and events total at most
-    # `bound`, so the sum vector's L1 norm is at most bound*max|value|: diameter twice that.
-    magnitude = max(abs(lo), abs(hi))
-    sum_meas, sum_scale = sum_measurement(domain.size, 2.0 * bound * magnitude, eps_sum)
+    # The sum vector's L1 norm is at most `cap` (the policy's sum cap, or bound*max|value|
+    # when unset: each cell's |sum| is at most its events * max|value|): diameter 2*cap.
+    sum_meas, sum_scale = sum_measurement(domain.size, 2.0 * cap, eps_sum)
 
     noisy_sums = sum_meas(sums)
     count_noise = NoiseSpec(
@@ -300,8 +305,8 @@ def release_histogram(
         mechanism=Mechanism.LAPLACE,
         scale=sum_scale,
         epsilon=eps_sum,
-        lower=bound * min(lo, 0.0),
-        upper=bound * max(hi, 0.0),
+        lower=-cap if lo < 0.0 else 0.0,
+        upper=cap if hi > 0.0 else 0.0,
     )
     cells = domain.cells()
     aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = [
@@ -325,7 +330,7 @@ def release_histogram(
     if split.total > 0.0:
         n_events, total_sum = sum(kept_flat), math.fsum(sums)
         (n_noisy,), n_scale = _release_counts([n_events], bound, split.total, count_mechanism)
-        low, high = bound * min(lo, 0.0), bound * max(hi, 0.0)
+        low, high = (-cap if lo < 0.0 else 0.0), (cap if hi > 0.0 else 0.0)
         total_sum = min(max(total_sum, low), high)
         s_meas, s_scale = sum_measurement(1, high - low, split.total_sum)
         (s_noisy,) = s_meas([total_sum])

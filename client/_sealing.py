@@ -8,32 +8,45 @@ the box, verifies the signature, then parses the payload.
 The envelope's `device_id` is stamped here, from the store that signs: with a
 `FallbackKeyStore` the signer can change between building an envelope and sending it
 (the TPM failed), and the id must be the signer's. A software signer drops the
-aggregates of tiers that need a TPM (counted `tier_requires_tpm`).
+aggregates of tiers that need a TPM (counted `tier_requires_tpm`, once per signal):
+`Telemetry` never releases such tiers while it signs in software, so this only catches
+envelopes released while the TPM still worked (or spooled before a restart without it).
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 
 from nacl.public import PublicKey, SealedBox
 
-from client._drops import DropCounter
+from client._drops import DropCounter, DropReason
 from client._errors import ConfigError, KeyStoreError
 from client._keys import KeyStore
 from client._keystore_fallback import FallbackKeyStore, device_id_of, signature_alg
-from schemas import EnvelopeV1, SignedEnvelope
+from schemas import EnvelopeV1, SignedEnvelope, Tier
 
 __all__ = ["TIER_REQUIRES_TPM", "EnvelopeSealer"]
 
-TIER_REQUIRES_TPM = "tier_requires_tpm"
-"""Drop reason: an aggregate not sent because its tier needs a TPM and the TPM is gone."""
+TIER_REQUIRES_TPM = DropReason.TIER_REQUIRES_TPM.value
+"""Drop reason: a release not sent because its tier needs a TPM and the key is software."""
 
 
 class EnvelopeSealer:
-    """Turns envelopes into sealed batch items for one ingest key."""
+    """Turns envelopes into sealed batch items for one ingest key.
+
+    `software_tiers`: the tiers a software signature may carry (the attestation
+    policy's); None means every tier, apart from a `FallbackKeyStore`'s
+    `tpm_only_tiers`.
+    """
 
     def __init__(
-        self, key_store: KeyStore, ingest_public_key: bytes, drops: DropCounter | None = None
+        self,
+        key_store: KeyStore,
+        ingest_public_key: bytes,
+        drops: DropCounter | None = None,
+        *,
+        software_tiers: Iterable[Tier] | None = None,
     ) -> None:
         if len(ingest_public_key) != PublicKey.SIZE:
             raise ConfigError(
@@ -42,6 +55,13 @@ class EnvelopeSealer:
             )
         self._key_store = key_store
         self._drops = drops
+        refused: set[str] = set()
+        if software_tiers is not None:
+            allowed = {Tier(t) for t in software_tiers}
+            refused = {t.value for t in Tier if t not in allowed}
+        if isinstance(key_store, FallbackKeyStore):
+            refused |= key_store.tpm_only_tiers
+        self._tpm_only = frozenset(refused)
         self._box = SealedBox(PublicKey(ingest_public_key))
 
     def seal(self, envelope: EnvelopeV1) -> str:
@@ -52,26 +72,25 @@ class EnvelopeSealer:
         fallback = self._key_store if isinstance(self._key_store, FallbackKeyStore) else None
         store = fallback.signing_store() if fallback is not None else self._key_store
         try:
-            return self._seal_with(store, envelope, fallback)
+            return self._seal_with(store, envelope)
         except Exception as exc:
             if fallback is None or store.assurance != "tpm":
                 raise
             # The TPM failed mid-run: carry on with the software key.
             fallback.report_failure(store, exc)
-            return self._seal_with(fallback.signing_store(), envelope, fallback)
+            return self._seal_with(fallback.signing_store(), envelope)
 
-    def _seal_with(
-        self, store: KeyStore, envelope: EnvelopeV1, fallback: FallbackKeyStore | None
-    ) -> str:
+    def _seal_with(self, store: KeyStore, envelope: EnvelopeV1) -> str:
         update: dict[str, object] = {}
         device_id = device_id_of(store)
         if envelope.device_id != device_id:
             update["device_id"] = device_id
-        if fallback is not None and store.assurance != "tpm" and fallback.tpm_only_tiers:
-            kept = [a for a in envelope.aggregates if a.tier not in fallback.tpm_only_tiers]
+        if self._tpm_only and store.assurance != "tpm":
+            kept = [a for a in envelope.aggregates if a.tier.value not in self._tpm_only]
             if len(kept) != len(envelope.aggregates):
                 if self._drops is not None:
-                    self._drops.add(TIER_REQUIRES_TPM, len(envelope.aggregates) - len(kept))
+                    withheld = {a.signal for a in envelope.aggregates} - {a.signal for a in kept}
+                    self._drops.add(TIER_REQUIRES_TPM, len(withheld))
                 if not kept:
                     raise KeyStoreError("every aggregate needs a TPM key, and the TPM is gone")
                 update["aggregates"] = kept

@@ -1,12 +1,14 @@
 """`Telemetry`: the facade an app embeds.
 
 Processing order, top to bottom (`_collect_window`): close due windows, take every
-cell's value; per signal, ask the privacy gate (consent for its tier, then a durable
+cell's value; per signal, ask the privacy gate (consent for its tier, then whether the
+device's current key may send the tier under the attestation policy, then a durable
 ledger charge), clamp and release through OpenDP or count the suppression; build the
 envelope with the consent state and the next persisted sequence number; store it in
 the encrypted spool. Sending (`_send_pending`) first delivers pending deletion
 requests, then signs and seals envelopes at send time and hands batches to the
-transport. Nothing is built, stored or sent for a window when no tier is consented.
+transport. Nothing is built, stored or sent for a window when no consented tier may be
+sent with the device's key (in particular when no tier is consented).
 
 Two modes, chosen once at construction: `background` runs one daemon thread that
 closes windows on the wall clock and sends; `manual` runs no thread, and the caller (a
@@ -34,7 +36,7 @@ from client._errors import ConfigError, SignalKindError, TransportError, Unknown
 from client._fingerprint import ErrorFingerprinter, fingerprint_label
 from client._instruments import Counter, Histogram
 from client._keys import KeyStore, SoftwareKeyStore
-from client._keystore_fallback import device_id_of
+from client._keystore_fallback import FallbackKeyStore, current_assurance, device_id_of
 from client._outbox import send_deletions, send_one_batch
 from client._privacy import Admission, PrivacyGate
 from client._redaction import redact_findings
@@ -94,7 +96,13 @@ class Telemetry:
         self._drops = DropCounter()
         key_store = config.key_store or SoftwareKeyStore(config.state_dir)
         self._key_store: KeyStore = key_store
-        self._sealer = EnvelopeSealer(key_store, config.ingest_public_key, self._drops)
+        # Tiers a software key may send: the attestation policy's, minus any a fallback
+        # store was told to keep for its TPM.
+        tpm_only = key_store.tpm_only_tiers if isinstance(key_store, FallbackKeyStore) else ()
+        software_tiers = frozenset(t for t in config.software_tiers if t.value not in tpm_only)
+        self._sealer = EnvelopeSealer(
+            key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
+        )
         # A TPM store names the device after its EK; a software key is self-certifying.
         self._device_id = device_id_of(key_store)
         self._state = DeviceState(config.state_dir)
@@ -114,7 +122,7 @@ class Telemetry:
         self._outbox = Spool(config.state_dir, config.max_pending, self._drops)
         # Last: it takes the ledger's lock, which only `shutdown` gives back.
         self._gate = PrivacyGate(
-            config.state_dir, self._policy, key_store, config.clock, self._drops
+            config.state_dir, self._policy, key_store, config.clock, self._drops, software_tiers
         )
         self._failures = 0
         self._retry_at = 0.0
@@ -260,8 +268,10 @@ class Telemetry:
         Returns the redacted text (for the app's own use); neither it nor `text` is
         stored or sent. `signal` is a counter whose one attribute's domain lists finding
         kinds (`client._redaction.FINDING_KINDS`); each kind counts at most once per
-        prompt. It is released only with the `content` tier's own consent. Never raises:
-        a non-string or an unknown signal is dropped and counted.
+        prompt. It is released only with the `content` tier's own consent, and only
+        while the device's key may send that tier (the default attestation policy needs
+        a TPM key for it: see `TelemetryConfig.software_tiers`). Never raises: a
+        non-string or an unknown signal is dropped and counted.
         """
         try:
             redacted, found = redact_findings(text)
@@ -311,6 +321,8 @@ class Telemetry:
         self, window: Window, now: datetime, *, take: bool
     ) -> CollectedWindow | None:
         consented = self._gate.consented()
+        # Read without I/O: a fallback store that lost its TPM signs in software now.
+        assurance = current_assurance(self._key_store)
         aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
         truth: list[Truth] = []
         suppressed: dict[str, int] = {}
@@ -319,8 +331,14 @@ class Telemetry:
             if signal.spec.tier not in consented:
                 continue  # taken and discarded: never released, never charged
             admission = self._gate.admit(
-                signal.name, signal.spec.tier, signal.spec.epsilon, window.start
+                signal.name,
+                signal.spec.tier,
+                signal.spec.epsilon,
+                window.start,
+                assurance=assurance,
             )
+            if admission is Admission.NEEDS_TPM:
+                continue  # the ingest would refuse it: discarded, uncharged, counted
             if admission is not Admission.RELEASE:
                 suppressed[signal.name] = 1
                 continue
@@ -328,8 +346,9 @@ class Telemetry:
             if release is not None:
                 aggregates.extend(release.aggregates)
                 truth.extend(release.truth)
-        if not consented:
-            # No consent at all: not even an empty envelope (it would say the app ran).
+        if not self._gate.sendable(assurance):
+            # Nothing this key may send: not even an empty envelope (it would say the
+            # app ran, which no consent that can be honoured covers).
             return None
         envelope = build_envelope(
             device_id=self._device_id,

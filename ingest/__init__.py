@@ -2,12 +2,15 @@
 sink that stores them in DuckDB exactly once.
 
     app = create_app(IngestSettings())            # POST /v1/envelopes, GET /v1/ingest-key
+    AuditLog(path, read_only=True).verify_chain() # the auditor's view of the audit log
     python -m ingest serve | python -m ingest sink | python -m ingest keygen PATH
 """
 
 from ingest._app import create_app, default_bus
+from ingest._audit import AuditEntry, AuditLog, AuditRecord, ChainReport
 from ingest._bus import EnvelopeBus, InMemoryEnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._errors import (
+    AuditLogError,
     BodyTooLarge,
     BusUnavailable,
     ConfigurationError,
@@ -26,8 +29,13 @@ from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejecte
 __all__ = [
     "DEFAULT_SINK_GROUP",
     "Accepted",
+    "AuditEntry",
+    "AuditLog",
+    "AuditLogError",
+    "AuditRecord",
     "BodyTooLarge",
     "BusUnavailable",
+    "ChainReport",
     "ConfigurationError",
     "DeadLetter",
     "DuckDBSink",

@@ -121,7 +121,7 @@ def create_app(
         try:
             intake = EnvelopeIntake(verifier, the_bus, recent, audit)
             yield {
-                "ingest": IngestState(settings, intake, public_key_b64),
+                "ingest": IngestState(settings, intake, public_key_b64, attested_keys),
                 "attestation": AttestationState(service, operator_token),
             }
         finally:

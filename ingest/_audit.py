@@ -11,6 +11,10 @@ chain (`verify_chain(expected_head=...)`).
 Storage is a SQLite table (WAL, ``synchronous=FULL``: an append is durable when it
 returns). Envelope decisions are appended with `append_many`, one transaction per
 batch, so the per-envelope path pays no fsync of its own.
+
+An auditor opens the file with ``AuditLog(path, read_only=True)`` (`quietwire audit`):
+it is never created nor written then, and a missing or foreign file is an
+`AuditLogError`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ingest._errors import AuditLogError
+
 __all__ = [
     "GENESIS_HASH",
     "AuditDecision",
@@ -33,6 +39,7 @@ __all__ = [
     "AuditRecord",
     "ChainReport",
     "entry_hash",
+    "verify_entries",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -123,15 +130,27 @@ def entry_hash(
 class AuditLog:
     """Append-only audit entries in a SQLite file, chained by hash. Thread-safe."""
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        read_only: bool = False,
+    ) -> None:
+        """Open (creating if needed) the log at `path`; `read_only` opens an existing
+        log for an auditor and raises `AuditLogError` if it is not one."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        if read_only:
+            self._db = _open_read_only(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
@@ -146,6 +165,8 @@ class AuditLog:
 
     def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
         """Append decisions in one transaction (one fsync), in order."""
+        if self.read_only:
+            raise AuditLogError(f"{self.path}: opened read-only; nothing may be appended")
         if not records:
             return []
         with self._lock:
@@ -234,6 +255,28 @@ class AuditLog:
         with self._lock:
             rows = self._db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
         return verify_entries((AuditEntry(*r) for r in rows), expected_head=expected_head)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise AuditLogError(f"{path}: no such audit log file")
+    # mode=ro: the auditor's tool must not create, migrate or write the file.
+    uri = path.absolute().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise AuditLogError(f"{path}: cannot open: {exc}") from exc
+    try:
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise AuditLogError(f"{path}: not an SQLite database ({exc})") from exc
+    if found is None:
+        db.close()
+        raise AuditLogError(f"{path}: not a Quietwire audit log (no audit table)")
+    return db
 
 
 def verify_entries(

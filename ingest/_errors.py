@@ -2,6 +2,7 @@
 
     IngestError                     root; carries a machine-readable `reason` and an HTTP status
     ├── ConfigurationError          settings refused at start-up (never an HTTP answer)
+    ├── AuditLogError               an audit log file cannot be read (auditor tools; never HTTP)
     ├── RequestRejected             the client's mistake: always a 4xx
     │   ├── BodyTooLarge            413 batch_too_large: the body exceeds the byte limit
     │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
@@ -20,6 +21,7 @@ from schemas import RejectReason
 
 __all__ = [
     "BUS_UNAVAILABLE",
+    "AuditLogError",
     "BodyTooLarge",
     "BusUnavailable",
     "ConfigurationError",
@@ -49,6 +51,13 @@ class ConfigurationError(IngestError):
     """Settings that the ingest refuses to run with (insecure or inconsistent)."""
 
     reason = "configuration_error"
+
+
+class AuditLogError(IngestError):
+    """An audit log file is missing, not SQLite, not an audit log, or opened read-only
+    and written to."""
+
+    reason = "audit_log_error"
 
 
 class RequestRejected(IngestError):
@@ -83,13 +92,17 @@ class MalformedBody(RequestRejected):
 
 
 class DeletionRejected(RequestRejected):
-    """A deletion request failed verification; `reason` is a `RejectReason` value."""
+    """A deletion request failed verification; `reason` is a `RejectReason` value.
+
+    `device_id` is set when the key names a device (for the audit log), else None.
+    """
 
     status_code = 422
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str, *, device_id: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason.value
+        self.device_id = device_id
 
 
 class BusUnavailable(IngestError):

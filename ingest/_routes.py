@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from ingest._attested_keys import AttestedKeys
 from ingest._audit import AuditRecord
 from ingest._deletion import MAX_DELETION_BYTES, verify_deletion_request
 from ingest._errors import BodyTooLarge, DeletionRejected, MalformedBody, TooManyItems
@@ -31,6 +32,8 @@ class IngestState:
     settings: IngestSettings
     intake: EnvelopeIntake
     public_key_b64: str
+    attested_keys: AttestedKeys | None = None
+    """Standing of TPM keys, for deletion requests signed `ecdsa-p256`."""
 
 
 def _state(request: Request) -> IngestState:
@@ -151,24 +154,36 @@ async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
 async def post_deletion_request(request: Request, state: StateDep) -> DeletionReceipt:
     """Record a device's request to delete its data of one tier (consent revoked).
 
-    202: the request is durable on the bus (the warehouse deletes the device's rows of
-    that tier when it consumes it). 422: refused, with the reason; not worth resending.
+    Signed by the device's Ed25519 key, or by its attested TPM key (`ecdsa-p256`, the
+    device not revoked). 202: the request is durable on the bus (the warehouse deletes
+    the device's rows of that tier when it consumes it). 422: refused, with the reason;
+    not worth resending.
     """
     body = await _read_body(request, MAX_DELETION_BYTES)
     audit = state.intake.audit
     try:
-        item = verify_deletion_request(
-            body, region=state.settings.region, received_at=datetime.now(UTC)
+        # Off the event loop: a TPM key's standing may be read from the registry.
+        verified = await asyncio.to_thread(
+            verify_deletion_request,
+            body,
+            region=state.settings.region,
+            received_at=datetime.now(UTC),
+            attested_keys=state.attested_keys,
         )
     except DeletionRejected as exc:
         if audit is not None:
-            record = AuditRecord("deletion", "rejected", None, exc.reason, exc.detail)
+            record = AuditRecord("deletion", "rejected", exc.device_id, exc.reason, exc.detail)
             await asyncio.to_thread(audit.append_many, [record])
         raise
-    await state.intake.bus.publish([item])
-    deletion = item.deletion
+    await state.intake.bus.publish([verified.item])
+    deletion = verified.item.deletion
     if audit is not None:
-        detail = f"deletion {deletion.request_id} tier={deletion.tier.value}"
+        detail = (
+            f"deletion {deletion.request_id} tier={deletion.tier.value} "
+            f"assurance={verified.assurance}"
+        )
+        if verified.note is not None:
+            detail += f" ({verified.note})"
         record = AuditRecord("deletion", "accepted", deletion.device_id, None, detail)
         await asyncio.to_thread(audit.append_many, [record])
     return DeletionReceipt(request_id=deletion.request_id)

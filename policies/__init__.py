@@ -7,7 +7,7 @@ from policies._attestation import (
     load_attestation_policy,
 )
 from policies._errors import PolicyError
-from policies._loader import DEFAULT_POLICY_PATH, load_policy
+from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, load_policy
 from policies._model import (
     FINGERPRINT_DIGITS,
     OTHER,
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_POLICY_PATH",
     "FINGERPRINT_DIGITS",
     "OTHER",
+    "PILOT_POLICY_PATH",
     "AttestationPolicy",
     "ConsentPolicy",
     "CounterSignal",

@@ -12,9 +12,11 @@ from pydantic import ValidationError
 from policies._errors import PolicyError
 from policies._model import SECTIONS_REQUIRED_IN_FILES, Policy, PolicyKeyError
 
-__all__ = ["DEFAULT_POLICY_PATH", "load_policy"]
+__all__ = ["DEFAULT_POLICY_PATH", "PILOT_POLICY_PATH", "load_policy"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "default.yaml"
+# The default policy with an eight-fold budget, for small opted-in pilot fleets (the demo).
+PILOT_POLICY_PATH = Path(__file__).parent / "pilot.yaml"
 
 
 def load_policy(path: Path | str = DEFAULT_POLICY_PATH) -> Policy:

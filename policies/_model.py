@@ -114,6 +114,14 @@ class HistogramSignal(_SignalBase):
         default=0.5, gt=0.0, lt=1.0, description="share of epsilon spent on the sum"
     )
     total_share: float = Field(default=0.0, ge=0.0, lt=1.0, description=_TOTAL_SHARE_DOC)
+    max_sum_per_window: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="cap on one device's sum of values per window (all cells); unset: "
+        "max_events_per_window x max|value|. A cap near a heavy user's sum, far below "
+        "that product, cuts the sums' noise by the same factor",
+    )
 
     @model_validator(mode="after")
     def _check_buckets(self) -> HistogramSignal:
@@ -122,7 +130,19 @@ class HistogramSignal(_SignalBase):
         lo, hi = self.value_range
         if not lo < hi:
             raise PolicyKeyError("value_range", "must be [low, high] with low < high")
+        if self.max_sum_per_window is not None and lo < 0.0:
+            raise PolicyKeyError(
+                "max_sum_per_window", "a sum cap needs non-negative values (value_range low >= 0)"
+            )
         return self
+
+    @property
+    def sum_cap(self) -> float:
+        """The largest |sum of values| one device contributes in a window, all cells."""
+        lo, hi = self.value_range
+        product = self.max_events_per_window * max(abs(lo), abs(hi))
+        cap = self.max_sum_per_window
+        return product if cap is None else min(cap, product)
 
 
 Signal = Annotated[CounterSignal | HistogramSignal, Field(discriminator="kind")]

@@ -1,8 +1,9 @@
 """Deletion requests: what a device sends when its user revokes consent for a tier.
 
 `POST /v1/deletion-requests` carries a `SignedDeletionRequest`: the request's exact JSON
-bytes and an Ed25519 signature over them by the device key (the key that signs the
-device's envelopes, so only the device itself can ask to delete its data). It is not
+bytes and a signature over them by the device key (the key that signs the device's
+envelopes: Ed25519 in software, or the attested TPM key, `ecdsa-p256`; so only the
+device itself can ask to delete its data). It is not
 sealed: it names a device and a tier, no telemetry, and travels over TLS. The ingest
 publishes an `IngestedDeletionRequest` on the envelope bus (same topic and key as the
 device's envelopes, so it stays in order with them) and the warehouse deletes the

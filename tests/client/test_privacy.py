@@ -92,7 +92,9 @@ def test_each_tier_is_released_only_with_its_own_consent(
 
 
 def test_content_needs_its_own_grant(tmp_path: Path, ingest: MemoryIngest, clock) -> None:
-    qw = _telemetry(tmp_path, ingest, clock, WITH_CONTENT)
+    # As under an attestation policy that accepts content from software keys (the
+    # packaged one does not: see test_tier_assurance.py).
+    qw = _telemetry(tmp_path, ingest, clock, WITH_CONTENT, software_tiers=set(Tier))
     qw.grant_consent(Tier.HEALTH)
     qw.grant_consent(Tier.PERFORMANCE)
     assert qw.record_prompt("mail me at ann@example.com") == "mail me at <EMAIL>"
@@ -246,11 +248,15 @@ def test_a_device_cannot_exceed_its_daily_cap_whatever_it_records(
 
 
 def test_the_default_policy_runs_for_days_without_suppression(tmp_path: Path, clock) -> None:
-    """Every tier consented, four six-hour windows a day: exactly the daily cap."""
+    """Every tier consented, four six-hour windows a day: exactly the daily cap.
+
+    Every tier is sendable here (a TPM-keyed device, or a policy accepting software
+    keys for content); a software key under the packaged policy spends less.
+    """
     policy = load_policy()
     ingest = MemoryIngest()
     clock.now = T0.replace(hour=0)
-    qw = _telemetry(tmp_path, ingest, clock, policy)
+    qw = _telemetry(tmp_path, ingest, clock, policy, software_tiers=set(Tier))
     for tier in Tier:
         qw.grant_consent(tier)
     for _window in range(4 * 5):
@@ -273,6 +279,7 @@ def _telemetry(
     policy: object,
     transport: MemoryTransport | None = None,
     state_dir: Path | None = None,
+    **kw: object,
 ) -> Telemetry:
     return Telemetry(
         TelemetryConfig(
@@ -286,5 +293,6 @@ def _telemetry(
             mode="manual",
             retry_backoff=0.0,
             max_attempts=1,
+            **kw,  # type: ignore[arg-type]
         )
     )

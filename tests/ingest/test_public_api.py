@@ -7,8 +7,13 @@ def test_exported_names() -> None:
     assert set(ingest.__all__) == {
         "DEFAULT_SINK_GROUP",
         "Accepted",
+        "AuditEntry",
+        "AuditLog",
+        "AuditLogError",
+        "AuditRecord",
         "BodyTooLarge",
         "BusUnavailable",
+        "ChainReport",
         "ConfigurationError",
         "DeadLetter",
         "DuckDBSink",
@@ -41,7 +46,13 @@ def test_exported_names() -> None:
 
 
 def test_every_error_is_an_ingest_error() -> None:
-    for name in ("BodyTooLarge", "BusUnavailable", "ConfigurationError", "MalformedBody"):
+    for name in (
+        "AuditLogError",
+        "BodyTooLarge",
+        "BusUnavailable",
+        "ConfigurationError",
+        "MalformedBody",
+    ):
         assert issubclass(getattr(ingest, name), ingest.IngestError)
     assert ingest.BusUnavailable("x").status_code == 503
     assert all(

@@ -42,6 +42,7 @@ def test_public_names_are_pinned() -> None:
         "PcrRule",
         "load_attestation_policy",
         "DEFAULT_POLICY_PATH",
+        "PILOT_POLICY_PATH",
         "OTHER",
         "ConsentPolicy",
         "CounterSignal",

@@ -24,7 +24,7 @@ from ingest import (
     write_private_key,
 )
 from ingest._audit import AuditLog
-from schemas import AppInfo, Tier
+from schemas import AppInfo, IngestedDeletionRequest, Tier
 from tests.harness.swtpm import SwtpmInstance
 from tests.integration.tpm._ingest_kit import write_policy
 
@@ -134,6 +134,58 @@ def test_tpm_device_attests_itself_and_falls_back_when_the_tpm_dies(
     try:
         assert log.verify_chain().ok
         assert log.entries(action="attest", decision="accepted")
+    finally:
+        log.close()
+
+
+def test_a_tpm_device_revoking_consent_gets_its_deletion_recorded(
+    served: tuple[str, InMemoryEnvelopeBus], swtpm: SwtpmInstance, tmp_path: Path
+) -> None:
+    url, bus = served
+    keys = FallbackKeyStore(
+        lambda: TpmKeyStore(swtpm.tcti, tmp_path / "tpm-keys"),
+        SoftwareKeyStore(tmp_path / "software-key"),
+    )
+    assert keys.tpm is not None
+    attestor = DeviceAttestor(keys.tpm, url)  # type: ignore[arg-type]
+    keys.attach_attestor(attestor)
+    clock = Clock()
+    telemetry = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-test",
+            ingest_public_key=bytes(read_private_key(tmp_path / "ingest.key").public_key),
+            endpoint=url,
+            state_dir=tmp_path / "client-state",
+            key_store=keys,
+            clock=clock,
+            mode="manual",
+            retry_backoff=0.0,
+        )
+    )
+    try:
+        telemetry.grant_consent(Tier.PERFORMANCE)
+        telemetry.record("inference.requests", 1, route="local", model="qwen2.5-7b@1.1")
+        clock.now += timedelta(hours=6)
+        telemetry.collect()
+        assert telemetry.flush()
+        telemetry.revoke_consent(Tier.PERFORMANCE)
+        assert telemetry.flush()
+    finally:
+        telemetry.shutdown(release_open_window=False, timeout=1.0)
+        attestor.close()
+
+    deletions = [p for p in bus.published if isinstance(p, IngestedDeletionRequest)]
+    assert [(d.deletion.device_id, d.deletion.tier) for d in deletions] == [
+        (telemetry.device_id, Tier.PERFORMANCE)
+    ]
+    assert telemetry.device_id.startswith("tpm-")
+    assert not any(k.startswith("rejected:") for k in telemetry.dropped())
+    log = AuditLog(tmp_path / "ingest-state" / "audit.sqlite3")
+    try:
+        (entry,) = log.entries(action="deletion")
+        assert (entry.decision, entry.device_id) == ("accepted", telemetry.device_id)
+        assert log.verify_chain().ok
     finally:
         log.close()
 

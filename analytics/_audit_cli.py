@@ -1,0 +1,218 @@
+"""`quietwire audit`: an auditor's read-only view of the ingest's hash-chained audit log.
+
+    quietwire audit verify --log PATH [--head HEX]
+    quietwire audit list --log PATH [--device ID] [--action A] [--decision accept|reject]
+                         [--reason R] [--format table|json]
+
+The log is the ingest's (`<state_dir>/audit.sqlite3`, `ingest.AuditLog`), opened
+read-only: nothing here creates, migrates or writes it. `verify` exits 1 when the chain
+is broken (an edited, deleted or reordered entry, or a tail cut off before an anchored
+head) and 2 on bad input, like every `quietwire` command.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from analytics._cli_support import fail
+
+if TYPE_CHECKING:  # the ingest package is imported only when an audit command runs
+    from ingest import AuditEntry, AuditLog
+
+__all__ = ["audit_app"]
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Read the ingest's hash-chained audit log: verify the chain, list decisions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_DECISIONS: dict[str, Literal["accepted", "rejected"]] = {
+    "accept": "accepted",
+    "accepted": "accepted",
+    "reject": "rejected",
+    "rejected": "rejected",
+}
+
+LogOption = Annotated[
+    Path,
+    typer.Option(
+        "--log", help="The ingest's audit log file (<state_dir>/audit.sqlite3), read-only."
+    ),
+]
+
+
+class ListFormat(StrEnum):
+    """What `audit list` prints on stdout."""
+
+    TABLE = "table"
+    JSON = "json"
+
+
+def _open(path: Path) -> AuditLog:
+    from ingest import AuditLog, AuditLogError
+
+    try:
+        return AuditLog(path, read_only=True)
+    except AuditLogError as exc:
+        raise fail(str(exc)) from None
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+_VERIFY_HELP = (
+    "Recompute every entry's hash and link, and print the head. Exit 1 if broken.\n\n"
+    "A broken chain is reported with its first broken entry: its seq and what is wrong "
+    "with it (edited, missing or reordered), or, with --head, that entries were cut off "
+    "the end. Keep the printed head where the ingest's operators cannot change it, and "
+    "pass it as --head next time. Exit 2 on a missing or foreign file or a bad --head."
+)
+_LIST_HELP = (
+    "List audit entries in order, filtered by device, action, decision and reason.\n\n"
+    "Every enrollment, activation, nonce, attestation, revocation, envelope and deletion "
+    "decision is there. Listing does not verify the chain: run `quietwire audit verify`."
+)
+
+
+@audit_app.command(help=_VERIFY_HELP)
+def verify(
+    log: LogOption,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            metavar="HEX",
+            help="The head hash anchored earlier (64 hex digits): also catches entries "
+            "cut off the end of the log.",
+        ),
+    ] = None,
+) -> None:
+    """Verify the audit log's hash chain (see `_VERIFY_HELP`)."""
+    if head is not None:
+        head = head.strip().lower()
+        if not _HEX64.match(head):
+            raise fail(f"--head must be 64 hex digits (a SHA-256), got {head!r}")
+    audit = _open(log)
+    try:
+        report = audit.verify_chain(expected_head=head)
+    finally:
+        audit.close()
+    if report.ok:
+        anchored = ", ends at the anchored head" if head is not None else ""
+        typer.echo(f"audit log OK: {report.entries} entries{anchored}")
+        typer.echo(f"head: {report.head}")
+        return
+    if report.broken_at is not None:
+        typer.echo(
+            f"audit log BROKEN at entry seq {report.broken_at}: {report.problem} "
+            f"({report.entries - 1} entries before it verify)"
+        )
+        typer.echo(f"head of the verified part: {report.head}")
+    else:
+        typer.echo(f"audit log BROKEN: {report.problem} (entries cut off the end, or replaced)")
+        typer.echo(f"head: {report.head} ({report.entries} entries); anchored: {head}")
+    raise typer.Exit(code=1)
+
+
+@audit_app.command("list", help=_LIST_HELP)
+def list_entries(
+    log: LogOption,
+    device: Annotated[
+        str | None, typer.Option("--device", metavar="ID", help="Only this device id.")
+    ] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(
+            "--action",
+            metavar="A",
+            help="Only this action: enroll, activate, nonce, attest, revoke, envelope, deletion.",
+        ),
+    ] = None,
+    decision: Annotated[
+        str | None,
+        typer.Option(
+            "--decision",
+            metavar="accept|reject",
+            help="Only accepted or only rejected decisions.",
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            metavar="R",
+            help="Only this reason code (e.g. software_key_refused, device_revoked).",
+        ),
+    ] = None,
+    output: Annotated[
+        ListFormat,
+        typer.Option(
+            "--format",
+            help="table: one row per entry; json: a list of records with every field "
+            "(at in Unix seconds, exactly as hashed, and as UTC time).",
+        ),
+    ] = ListFormat.TABLE,
+) -> None:
+    """List audit entries (see `_LIST_HELP`)."""
+    wanted = None
+    if decision is not None:
+        wanted = _DECISIONS.get(decision.strip().lower())
+        if wanted is None:
+            raise fail(f"--decision must be accept or reject, got {decision!r}")
+    audit = _open(log)
+    try:
+        entries = audit.entries(device_id=device, action=action, decision=wanted, reason=reason)
+    finally:
+        audit.close()
+    if output is ListFormat.JSON:
+        typer.echo(json.dumps([_record(e) for e in entries], indent=2, ensure_ascii=False))
+        return
+    n = len(entries)
+    table = Table(title=f"{n} audit entr{'y' if n == 1 else 'ies'}", caption=str(log))
+    table.add_column("seq", justify="right", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    table.add_column("decision", no_wrap=True)
+    table.add_column("device", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for e in entries:
+        table.add_row(
+            str(e.seq),
+            datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            e.action,
+            e.decision,
+            e.device_id or "",
+            e.reason or "",
+            e.detail or "",
+        )
+    Console().print(table)
+
+
+def _record(entry: AuditEntry) -> dict[str, object]:
+    return {
+        "seq": entry.seq,
+        "at": entry.at,
+        "time": _utc(entry.at),
+        "action": entry.action,
+        "decision": entry.decision,
+        "device_id": entry.device_id,
+        "reason": entry.reason,
+        "detail": entry.detail,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
