@@ -191,9 +191,13 @@ def render_fleet_table(
         if truth is not None:
             t = truth.get((row["signal"], m, row["window_start"]))
             lo, hi = row["ci_low"], row["ci_high"]
-            inside = t is not None and lo is not None and hi is not None and lo <= t <= hi
-            mark = "[green]inside[/]" if inside else "[red]outside[/]"
-            cells.append("—" if t is None else f"{_fmt(t, m)} {mark}")
+            if t is None:
+                cells.append("—")
+            elif lo is None or hi is None:
+                cells.append(f"{_fmt(t, m)} (no interval)")
+            else:
+                mark = "[green]inside[/]" if lo <= t <= hi else "[red]outside[/]"
+                cells.append(f"{_fmt(t, m)} {mark}")
         table.add_row(*cells)
     console.print(table)
 

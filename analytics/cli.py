@@ -122,7 +122,8 @@ def demo(
         typer.Option(
             help="Policy the fleet runs under. Default: the pilot policy (8x the default "
             "budget), because local DP needs large fleets; policies/default.yaml is the "
-            "production default."
+            "production default.",
+            show_default="the packaged policies/pilot.yaml",
         ),
     ] = PILOT_POLICY_PATH,
 ) -> None:
