@@ -2,8 +2,9 @@
 
 Devices: the demo's simulated fleet (`analytics._simulation`), 1,000 and 10,000 of them,
 one six-hour window. Signals: the default policy's `inference.requests` (counter,
-M = 40) and `gen_ai.client.operation.duration` (histogram, N = 40, values in [0, 10] s)
-at epsilon 0.25 per window, i.e. 1 per device per day with four windows a day, with the
+M = 40) and `gen_ai.client.operation.duration` (histogram, N = 40, values in [0, 10] s,
+a device's window sum capped at the policy's `max_sum_per_window`) at epsilon 0.25 per
+window, i.e. 1 per device per day with four windows a day, with the
 policy's `total_share` (0.5) going to the scalar totals.
 
 Noise comes from the client's own release path: every device's window goes through
@@ -133,12 +134,12 @@ def _quantities() -> list[_Quantity]:
     noise = [row for row in totals[0]]
     # The measurements the release functions use, for vectors of all devices at once.
     r_split, l_split = epsilon_split(requests), epsilon_split(latency)
-    lo, hi = latency.value_range
     n_max = latency.max_events_per_window
     meas = [
         counter_measurement(DEVICES, requests.max_per_window, r_split.total),
         counter_measurement(DEVICES, n_max, l_split.total),
-        sum_measurement(DEVICES, n_max * (max(hi, 0.0) - min(lo, 0.0)), l_split.total_sum),
+        # The total sum lies in [0, cap] (values are non-negative): diameter `cap`.
+        sum_measurement(DEVICES, latency.sum_cap, l_split.total_sum),
     ]
     out = []
     for q, (name, (m, scale)) in enumerate(zip(names, meas, strict=True)):
