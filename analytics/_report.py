@@ -252,10 +252,23 @@ def _errorbars(
     ax.errorbar(xs, ys, yerr=[below, above], capsize=3, marker="o", markersize=3, **kw)
 
 
+_NOT_ESTIMABLE = (
+    "<p class='note'>{what}: no cell is estimable at this noise level (every count's "
+    "interval includes zero). Per-cell breakdowns need a larger fleet or budget; the fleet "
+    "totals above use one draw per device instead.</p>"
+)
+
+
 def _per_window_figure(view: SignalView, level: float) -> str:
+    value = "estimate" if view.kind == "counter" else "mean"
+    what = "total per window" if view.kind == "counter" else "mean per window"
+    estimable = view.per_window.filter(
+        pl.col("ci_low").is_not_null() & pl.col("ci_high").is_not_null()
+    )
+    if not estimable.height:
+        return _NOT_ESTIMABLE.format(what=html.escape(f"{view.signal}: {what}"))
     fig = Figure(figsize=(8.0, 3.4))
     ax = fig.add_subplot()
-    value = "estimate" if view.kind == "counter" else "mean"
     label = view.label
     groups = view.per_window[label].unique().sort().to_list() if label else [None]
     for i, g in enumerate(groups):
@@ -275,11 +288,36 @@ def _per_window_figure(view: SignalView, level: float) -> str:
             part["ci_high"].to_list(),
             label=f"{view.label}={g}" if g is not None else view.signal,
         )
-    what = "total per window" if view.kind == "counter" else "mean per window"
+    # Span every window even when only a few points are estimable.
+    first: Any = view.per_window["window_start"].min()
+    last: Any = view.per_window["window_end"].max()
+    ax.set_xlim(first, last)
     ax.set_title(f"{view.signal}: {what}, {level * 100:g}% intervals")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.autofmt_xdate()
+    return _svg(fig)
+
+
+_MAX_LINES = 6
+
+
+def _range_totals_figure(report: FleetReport, signal: str) -> str:
+    rows = report.summary.filter(
+        (pl.col("signal") == signal) & (pl.col("measure") == "total")
+    ).sort("estimate")
+    names = [_cell_label(a) for a in rows["attributes"].to_list()]
+    fig = Figure(figsize=(8.0, 0.3 * max(len(names), 3) + 1.0))
+    ax = fig.add_subplot()
+    y = list(range(len(names)))
+    est = rows["estimate"].to_list()
+    lo = [e - v for e, v in zip(est, rows["ci_low"].to_list(), strict=True)]
+    hi = [v - e for e, v in zip(est, rows["ci_high"].to_list(), strict=True)]
+    ax.errorbar(est, y, xerr=[lo, hi], fmt="o", capsize=3)
+    ax.axvline(0.0, color="#999", linewidth=0.8)
+    ax.set_yticks(y, names, fontsize="small")
+    ax.set_title(f"{signal}: total over the range, {report.level * 100:g}% intervals")
+    ax.grid(alpha=0.3, axis="x")
     return _svg(fig)
 
 
@@ -315,6 +353,8 @@ def _means_figure(view: SignalView, level: float) -> str:
         & pl.col("ci_high").is_not_null()
     ).sort("mean")
     omitted = view.means.height - means.height
+    if not means.height:
+        return _NOT_ESTIMABLE.format(what=html.escape(f"{view.signal}: mean over the range"))
     labels = [c for c in means.columns if c not in _MEAN_COLS]
     names = [" ".join(f"{k}={r[k]}" for k in labels) or view.signal for r in means.to_dicts()]
     fig = Figure(figsize=(8.0, 0.35 * max(len(names), 3) + 1.0))
@@ -417,7 +457,12 @@ def render_html(report: FleetReport, path: Path | str) -> Path:
         parts.append(_fleet_figure(report))
     for view in report.views:
         parts.append(f"<h2>{html.escape(view.signal)}</h2>")
-        parts.append(_per_window_figure(view, report.level))
+        groups = view.per_window[view.label].n_unique() if view.label else 1
+        if groups > _MAX_LINES:
+            # Too many lines to read per window: the cells' totals over the range instead.
+            parts.append(_range_totals_figure(report, view.signal))
+        else:
+            parts.append(_per_window_figure(view, report.level))
         if view.means is not None and view.means.height:
             parts.append(_means_figure(view, report.level))
     parts.append("<h2>Summary over the range</h2>")
