@@ -124,12 +124,14 @@ class DuckDBSink:
                 self._conn, items, group=self.group if offsets else None, offsets=offsets
             )
 
-    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Record unparseable messages; recording one twice is a no-op."""
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Record unparseable messages; returns how many were new (a message re-read
+        after a rebalance, before its offset was stored, is recorded once)."""
         if not letters:
-            return
+            return 0
         now = datetime.now(UTC)
         with self._lock:
+            before = self._dead_letter_rows()
             self._conn.executemany(
                 "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -137,6 +139,11 @@ class DuckDBSink:
                     for d in letters
                 ],
             )
+            return self._dead_letter_rows() - before
+
+    def _dead_letter_rows(self) -> int:
+        row = self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+        return int(row[0]) if row else 0
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> next offset to read, as committed with this group's rows."""
@@ -152,8 +159,7 @@ class DuckDBSink:
     def dead_letter_count(self) -> int:
         """How many poison messages have been recorded."""
         with self._lock:
-            row = self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return int(row[0]) if row else 0
+            return self._dead_letter_rows()
 
     def close(self) -> None:
         """Close the connection if this sink opened it."""
@@ -306,12 +312,14 @@ class KafkaSinkConsumer:
                 "dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error.splitlines()[0]
             )
         # Dead letters first: once the offsets below commit, the message is never re-read.
-        await asyncio.to_thread(self._sink.write_dead_letters, dead)
+        new_dead = await asyncio.to_thread(self._sink.write_dead_letters, dead)
         result = await asyncio.to_thread(self._sink.write, items, offsets)
         self.stats.messages += len(items) + len(dead)
         self.stats.inserted += result.inserted
         self.stats.duplicates += result.duplicates
-        self.stats.dead_letters += len(dead)
+        # Delivery is at least once (a rebalance can hand back a batch whose offsets were
+        # not stored yet); the tables are idempotent, and so are these counts.
+        self.stats.dead_letters += new_dead
         for o in offsets:
             self.stats.positions[(o.topic, o.partition)] = o.next_offset
         if self._commit_to_kafka:

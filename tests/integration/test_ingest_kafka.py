@@ -132,7 +132,8 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_stop_the_sink(
         replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
-    assert stats.dead_letters == 1
+    assert stats.messages == 6
+    assert stats.dead_letters == 0  # read again, but already recorded by the first group
     assert replay.dead_letter_count() == 1
     assert replay.envelope_count() == 5
     replay.close()
