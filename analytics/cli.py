@@ -129,14 +129,29 @@ def demo(
 ) -> None:
     """Simulate a fleet through client, ingest, sink and DuckDB, then write the report."""
     from analytics._demo import run_demo  # lazy: the demo pulls in client and ingest
+    from ingest import IngestError, check_bootstrap
 
     try:
         load_policy(policy)
-    except PolicyError as exc:
+        if kafka is not None:
+            check_bootstrap(kafka)
+    except (PolicyError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    run_demo(
-        devices=devices, windows=windows, db=db, kafka=kafka, html=html, seed=seed, policy=policy
-    )
+    try:
+        run_demo(
+            devices=devices,
+            windows=windows,
+            db=db,
+            kafka=kafka,
+            html=html,
+            seed=seed,
+            policy=policy,
+        )
+    except IngestError as exc:  # Kafka unreachable, say
+        raise _fail(exc.detail) from None
+    except OSError as exc:  # the warehouse or report path cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise _fail(f"{where}{exc.strerror or exc}") from None
 
 
 app.command(help=RETENTION_HELP)(retention)

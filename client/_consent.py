@@ -124,6 +124,8 @@ class ConsentStore:
         self._mutex = threading.Lock()
         self._history = self._load()
         self._current = {s.record.tier: s for s in self._history}
+        # Asked at every window close and put in every envelope: computed once per change.
+        self._hash = consent_hash_of(s.record for s in self._current.values())
 
     def grant(self, tier: Tier) -> SignedConsentRecord:
         """Record that the user allows `tier` to be sent; durable when this returns."""
@@ -156,7 +158,7 @@ class ConsentStore:
     def consent_hash(self) -> str:
         """Hash over the current decision per tier (see `consent_hash_of`)."""
         with self._mutex:
-            return consent_hash_of(s.record for s in self._current.values())
+            return self._hash
 
     def current(self) -> dict[Tier, SignedConsentRecord]:
         """The latest decision per tier that has one."""
@@ -167,6 +169,10 @@ class ConsentStore:
         """The whole history, oldest first."""
         with self._mutex:
             return list(self._history)
+
+    def reset_after_fork(self) -> None:
+        """A fresh mutex in a forked child (a parent thread may have held it)."""
+        self._mutex = threading.Lock()
 
     # -- internals -----------------------------------------------------------------
 
@@ -197,6 +203,7 @@ class ConsentStore:
         # Only once durable does the decision take effect.
         self._history = history
         self._current[tier] = signed
+        self._hash = consent_hash_of(s.record for s in self._current.values())
         return signed
 
     def _load(self) -> list[SignedConsentRecord]:

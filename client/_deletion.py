@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 from uuid import UUID
 
 from client._keys import KeyStore
-from client._keystore_fallback import FallbackKeyStore, device_id_of, signature_alg
+from client._keystore_fallback import FallbackKeyStore, device_id_of, signed_fields
 from schemas import DeletionRequestV1, SignedDeletionRequest, Tier
 
 __all__ = ["sign_deletion_request"]
@@ -35,12 +34,5 @@ def sign_deletion_request(
         consent_hash=consent_hash,
         consent_version=consent_version,
     )
-    payload = request.model_dump_json().encode()
-    # Base64Bytes decodes its input, so the raw bytes are passed encoded (as in sealing).
-    signed = SignedDeletionRequest(
-        alg=signature_alg(store),
-        public_key=base64.b64encode(store.public_key()),
-        payload=base64.b64encode(payload),
-        signature=base64.b64encode(store.sign(payload)),
-    )
+    signed = SignedDeletionRequest(**signed_fields(store, request.model_dump_json().encode()))
     return request.request_id, signed

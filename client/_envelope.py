@@ -89,11 +89,6 @@ class DeviceState:
         raw = self._read().get("last_window_end")
         return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
-    def last_sequence(self) -> int | None:
-        """The last sequence number handed out, if any."""
-        raw = self._read().get("sequence")
-        return raw if isinstance(raw, int) else None
-
     def next_sequence(self, window_end: datetime) -> int:
         """Hand out the next sequence number and record `window_end` as released.
 
@@ -116,6 +111,11 @@ class DeviceState:
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
+    def reset_after_fork(self) -> None:
+        """A fresh lock in a forked child: the parent's worker may have held it mid-fsync
+        (the file lock, a per-process `flock`, is taken anew by each call)."""
+        self._lock = threading.Lock()
+
     def _read(self) -> dict[str, object]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -127,8 +127,11 @@ class DeviceState:
 
     def _write(self, state: dict[str, object]) -> None:
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise ClientError(f"cannot write client state {self.path}: {exc}") from exc

@@ -18,6 +18,7 @@ import math
 import numbers
 import operator
 from bisect import bisect_left
+from typing import Protocol, TypeVar
 
 from client._aggregation import CounterCell, CounterTable, HistogramCell, HistogramTable
 from client._domain import CellDomain
@@ -68,19 +69,7 @@ class Counter:
         return BoundCounter(self, self._cell_for(attributes))
 
     def _cell_for(self, attributes: dict[str, object]) -> CounterCell:
-        try:
-            index, undeclared = self._domain.resolve(attributes)
-            cell = self._table.cell(index)
-            if undeclared:
-                # Not cached, so that every call with an undeclared label is counted.
-                self._drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
-            elif len(self._cache) < _CACHE_LIMIT:
-                # An unhashable value is resolved, just not cacheable.
-                with contextlib.suppress(TypeError):
-                    self._cache[tuple(attributes.items())] = cell
-            return cell
-        except Exception:  # pragma: no cover - defensive: the host app must not see it
-            return self._table.cell(self._domain.size - 1)
+        return _resolve_cell(attributes, self._domain, self._table, self._drops, self._cache)
 
     def _add_slow(self, amount: object, attributes: dict[str, object]) -> None:
         count, reason = _as_count(amount)
@@ -160,17 +149,7 @@ class Histogram:
         return BoundHistogram(self, self._cell_for(attributes))
 
     def _cell_for(self, attributes: dict[str, object]) -> HistogramCell:
-        try:
-            index, undeclared = self._domain.resolve(attributes)
-            cell = self._table.cell(index)
-            if undeclared:
-                self._drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
-            elif len(self._cache) < _CACHE_LIMIT:
-                with contextlib.suppress(TypeError):
-                    self._cache[tuple(attributes.items())] = cell
-            return cell
-        except Exception:  # pragma: no cover - defensive: the host app must not see it
-            return self._table.cell(self._domain.size - 1)
+        return _resolve_cell(attributes, self._domain, self._table, self._drops, self._cache)
 
     def _record_slow(self, value: object, attributes: dict[str, object]) -> None:
         converted, reason = _as_finite_float(value)
@@ -207,6 +186,37 @@ class BoundHistogram:
                 self._histogram._drops.add(reason)
             else:
                 self.record(converted)
+
+
+_Cell = TypeVar("_Cell", CounterCell, HistogramCell)
+_CellOut = TypeVar("_CellOut", CounterCell, HistogramCell, covariant=True)
+
+
+class _Table(Protocol[_CellOut]):
+    def cell(self, index: int) -> _CellOut: ...
+
+
+def _resolve_cell(
+    attributes: dict[str, object],
+    domain: CellDomain,
+    table: _Table[_Cell],
+    drops: DropCounter,
+    cache: dict[tuple[tuple[str, object], ...], _Cell],
+) -> _Cell:
+    """The slow path of both instruments: resolve an attribute set, remember its cell."""
+    try:
+        index, undeclared = domain.resolve(attributes)
+        cell = table.cell(index)
+        if undeclared:
+            # Not cached, so that every call with an undeclared label is counted.
+            drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
+        elif len(cache) < _CACHE_LIMIT:
+            # An unhashable value is resolved, just not cacheable.
+            with contextlib.suppress(TypeError):
+                cache[tuple(attributes.items())] = cell
+        return cell
+    except Exception:  # pragma: no cover - defensive: the host app must not see it
+        return table.cell(domain.size - 1)
 
 
 def _as_count(amount: object) -> tuple[int, DropReason | None]:

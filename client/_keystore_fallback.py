@@ -21,15 +21,23 @@ tiers a software key may not send.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 from client._keys import KeyStore, SoftwareKeyStore
 from schemas import device_id_for
 
-__all__ = ["FallbackKeyStore", "current_assurance", "device_id_of", "signature_alg"]
+__all__ = [
+    "FallbackKeyStore",
+    "SignedFields",
+    "current_assurance",
+    "device_id_of",
+    "signature_alg",
+    "signed_fields",
+]
 
 _log = logging.getLogger("client")
 
@@ -66,6 +74,29 @@ def current_assurance(store: KeyStore) -> Literal["software", "tpm"]:
 def signature_alg(store: KeyStore) -> SignatureAlg:
     """The `SignedEnvelope.alg` of `store`'s signatures."""
     return "ecdsa-p256" if store.assurance == "tpm" else "ed25519"
+
+
+class SignedFields(TypedDict):
+    """The fields `SignedEnvelope` and `SignedDeletionRequest` share, ready to pass."""
+
+    alg: SignatureAlg
+    public_key: bytes
+    payload: bytes
+    signature: bytes
+
+
+def signed_fields(store: KeyStore, payload: bytes) -> SignedFields:
+    """`store`'s signature over `payload`, as keyword arguments of a signed model.
+
+    pydantic's Base64Bytes decodes its *input* as base64, so the raw bytes are passed
+    encoded; the model then holds (and serializes) the raw bytes.
+    """
+    return SignedFields(
+        alg=signature_alg(store),
+        public_key=base64.b64encode(store.public_key()),
+        payload=base64.b64encode(payload),
+        signature=base64.b64encode(store.sign(payload)),
+    )
 
 
 class FallbackKeyStore:

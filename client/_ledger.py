@@ -8,9 +8,13 @@ otherwise the release is suppressed and the suppression counted per signal.
 Durability, because an undercounting ledger is a privacy bug:
 
 * Every charge and suppression is one line appended to a journal and fsynced before
-  `try_charge` returns: `<crc32 hex> <json>\\n`. A crash mid-write leaves at most one
-  torn last line, which fails its checksum (or lacks its newline) and is cut off at the
-  next open; earlier lines are never rewritten, so earlier charges survive.
+  `try_charge` returns: `<crc32 hex> <json>\\n`. `try_charge_many` decides a window's
+  charges in order and appends their lines in one write and one fsync. A crash
+  mid-write leaves at most one torn last line, which fails its checksum (or lacks its
+  newline) and is cut off at the next open; earlier lines are never rewritten, so
+  earlier charges survive. (A torn batch keeps its complete leading lines: those
+  charges stand, though their releases were never made. Charging more than was
+  released is the safe direction.)
 * Every `compact_every` records the state is written to a snapshot (temp file, fsync,
   atomic rename) and the journal restarted with the next generation number. A crash
   between the two steps leaves a journal one generation behind the snapshot, which is
@@ -32,6 +36,7 @@ import os
 import sys
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Context, Decimal
@@ -159,7 +164,7 @@ class PrivacyLedger:
     """A device's privacy spend, persisted and crash-safe; see the module docstring.
 
     `path` is the journal file; `<path>.snapshot` and `<path>.lock` sit next to it.
-    Thread-safe. Each charge costs one small append and one fsync.
+    Thread-safe. Each call to `try_charge(_many)` costs one small append and one fsync.
     """
 
     def __init__(self, path: Path | str, caps: PrivacyCaps, *, compact_every: int = 4096) -> None:
@@ -208,23 +213,40 @@ class PrivacyLedger:
         if it must be suppressed. Raises `LedgerError` if the ledger cannot be written,
         in which case nothing is charged and nothing may be released.
         """
-        if not signal:
-            raise ValueError("signal name is empty")
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+        (granted,) = self.try_charge_many([(signal, epsilon)], at)
+        return granted
+
+    def try_charge_many(self, charges: Sequence[tuple[str, float]], at: datetime) -> list[bool]:
+        """`try_charge` for each `(signal, epsilon)` in order, made durable with one fsync.
+
+        Each charge is decided against the caps as left by the ones before it. Raises
+        `LedgerError` (nothing charged, nothing may be released) if the journal cannot
+        be written.
+        """
+        for signal, epsilon in charges:
+            if not signal:
+                raise ValueError("signal name is empty")
+            if not (math.isfinite(epsilon) and epsilon > 0):
+                raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
         day = _utc_day(at)
-        eps = Decimal(repr(float(epsilon)))
         if os.getpid() != self._pid:
             raise LedgerError(f"{self._path}: owned by the parent process; a fork cannot charge")
         with self._mutex:
-            state = self._state
-            today = _EXACT.add(state.days.get(day, Decimal(0)), eps)
-            lifetime = _EXACT.add(state.lifetime, eps)
-            if today > self._daily_cap or lifetime > self._lifetime_cap:
-                self._append({"k": "s", "s": signal, "d": day})
-                return False
-            self._append({"k": "c", "s": signal, "e": str(eps), "d": day})
-            return True
+            today, lifetime = self._state.days.get(day, Decimal(0)), self._state.lifetime
+            records: list[dict[str, Any]] = []
+            granted: list[bool] = []
+            for signal, epsilon in charges:
+                eps = Decimal(repr(float(epsilon)))
+                t, life = _EXACT.add(today, eps), _EXACT.add(lifetime, eps)
+                ok = t <= self._daily_cap and life <= self._lifetime_cap
+                if ok:
+                    today, lifetime = t, life
+                    records.append({"k": "c", "s": signal, "e": str(eps), "d": day})
+                else:
+                    records.append({"k": "s", "s": signal, "d": day})
+                granted.append(ok)
+            self._append(records)
+            return granted
 
     def spent_today(self, at: datetime) -> float:
         """Epsilon spent during the UTC day that contains `at`."""
@@ -267,6 +289,13 @@ class PrivacyLedger:
                 self._lock_fd = None
             self._broken = "closed"
 
+    def reset_after_fork(self) -> None:
+        """A fresh mutex in a forked child (a parent thread may have held it mid-fsync).
+
+        The child still may not charge (see the module docstring); it may read.
+        """
+        self._mutex = threading.Lock()
+
     def __enter__(self) -> Self:
         return self
 
@@ -280,11 +309,13 @@ class PrivacyLedger:
 
     # -- storage -------------------------------------------------------------------
 
-    def _append(self, record: dict[str, Any]) -> None:
-        """Make `record` durable, then apply it. Called with the mutex held."""
+    def _append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Make `records` durable (one write, one fsync), then apply them. Mutex held."""
+        if not records:
+            return
         if self._broken is not None or self._fd is None:
             raise LedgerError(f"{self._path}: ledger unusable ({self._broken})")
-        line = _frame(record)
+        line = b"".join(_frame(record) for record in records)
         try:
             view = memoryview(line)
             while view:
@@ -298,8 +329,9 @@ class PrivacyLedger:
                 self._broken = f"write failed and could not be undone: {exc}"
             raise LedgerError(f"{self._path}: cannot write: {exc.strerror or exc}") from exc
         self._size += len(line)
-        self._state.apply(record)
-        self._records += 1
+        for record in records:
+            self._state.apply(record)
+        self._records += len(records)
         if self._records >= self._compact_every:
             self._compact()
 

@@ -29,7 +29,12 @@ def send_deletions(spool: Spool, transport: Transport, drops: DropCounter) -> in
     """
     recorded = 0
     for request_id, request in spool.deletions():
-        receipt = transport.send_deletion(request)
+        try:
+            receipt = transport.send_deletion(request)
+        except TransportError:
+            raise
+        except Exception as exc:  # a transport bug must not reach the host app (flush)
+            raise TransportError(f"transport failed unexpectedly: {exc!r}") from exc
         if receipt is None:
             # Refused for good (a 4xx): the same bytes would be refused again.
             drops.add("rejected:deletion_request")

@@ -3,7 +3,7 @@ may send the tier at all, then the ledger's budget.
 
 `PrivacyGate` owns the device's `ConsentStore` (`<state_dir>/consent.json`, records
 signed by the device key) and `PrivacyLedger` (`<state_dir>/privacy_ledger.journal`).
-Per signal and window, `admit` answers, in this order:
+Per signal and window, `admit_window` answers, in this order:
 
 - `NO_CONSENT`: the tier has no current grant; the window's data is discarded, nothing
   is charged and nothing is said about it.
@@ -25,7 +25,7 @@ anyway (window times, consented tiers) and costs no privacy budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -79,37 +79,44 @@ class PrivacyGate:
         """Tiers with a current grant, in a fixed order."""
         return [t for t in Tier if self.consent.allows(t)]
 
-    def sendable(self, assurance: Literal["software", "tpm"]) -> list[Tier]:
-        """Consented tiers a key of this assurance may send, in a fixed order."""
-        return [t for t in self.consented() if self.may_send(t, assurance)]
-
     def may_send(self, tier: Tier, assurance: Literal["software", "tpm"]) -> bool:
         """Whether the ingest accepts `tier` from a key of this assurance."""
         return assurance == "tpm" or tier in self.software_tiers
 
-    def admit(
+    def admit_window(
         self,
-        signal: str,
-        tier: Tier,
-        epsilon: float,
+        signals: Sequence[tuple[str, Tier, float]],
         window_start: datetime,
         *,
         assurance: Literal["software", "tpm"],
-    ) -> Admission:
-        """Consent first, then the key's assurance (no charge without either), then a
-        durable charge of `epsilon`."""
-        if not self.consent.allows(tier):
-            return Admission.NO_CONSENT
-        if not self.may_send(tier, assurance):
-            self._drops.add(DropReason.TIER_REQUIRES_TPM)
-            return Admission.NEEDS_TPM
+    ) -> list[Admission]:
+        """The admission of each `(signal, tier, epsilon)` for one window, in order.
+
+        Consent first, then the key's assurance (no charge without either), then the
+        ledger: every charge of the window is made durable in one write and one fsync.
+        """
+        allowed = set(self.consented())
+        admissions: list[Admission | None] = []
+        charges: list[tuple[str, float]] = []
+        for signal, tier, epsilon in signals:
+            if tier not in allowed:
+                admissions.append(Admission.NO_CONSENT)
+            elif not self.may_send(tier, assurance):
+                self._drops.add(DropReason.TIER_REQUIRES_TPM)
+                admissions.append(Admission.NEEDS_TPM)
+            else:
+                admissions.append(None)  # decided by the ledger below
+                charges.append((signal, epsilon))
         try:
-            granted = self.ledger.try_charge(signal, epsilon, window_start)
+            granted = iter(self.ledger.try_charge_many(charges, window_start))
         except LedgerError:
             # Nothing may be released without a durable charge.
-            self._drops.add(DropReason.LEDGER_FAILED)
-            return Admission.SUPPRESSED
-        return Admission.RELEASE if granted else Admission.SUPPRESSED
+            self._drops.add(DropReason.LEDGER_FAILED, len(charges))
+            granted = iter([False] * len(charges))
+        return [
+            a if a is not None else Admission.RELEASE if next(granted) else Admission.SUPPRESSED
+            for a in admissions
+        ]
 
     def grant(self, tier: Tier) -> bool:
         """Record a grant; True if the tier was not allowed before (a new decision)."""
@@ -126,3 +133,8 @@ class PrivacyGate:
     def close(self) -> None:
         """Release the ledger's files."""
         self.ledger.close()
+
+    def reset_after_fork(self) -> None:
+        """Fresh locks in a forked child: a parent thread may have held one at fork time."""
+        self.consent.reset_after_fork()
+        self.ledger.reset_after_fork()

@@ -23,7 +23,7 @@ from nacl.public import PublicKey, SealedBox
 from client._drops import DropCounter, DropReason
 from client._errors import ConfigError, KeyStoreError
 from client._keys import KeyStore
-from client._keystore_fallback import FallbackKeyStore, device_id_of, signature_alg
+from client._keystore_fallback import FallbackKeyStore, device_id_of, signed_fields
 from schemas import EnvelopeV1, SignedEnvelope, Tier
 
 __all__ = ["TIER_REQUIRES_TPM", "EnvelopeSealer"]
@@ -96,14 +96,6 @@ class EnvelopeSealer:
                 update["aggregates"] = kept
         if update:
             envelope = envelope.model_copy(update=update)
-        payload = envelope.model_dump_json().encode()
-        # pydantic's Base64Bytes decodes its *input* as base64, so the raw bytes are
-        # passed encoded; the model then holds (and serializes) the raw bytes.
-        signed = SignedEnvelope(
-            alg=signature_alg(store),
-            public_key=base64.b64encode(store.public_key()),
-            payload=base64.b64encode(payload),
-            signature=base64.b64encode(store.sign(payload)),
-        )
+        signed = SignedEnvelope(**signed_fields(store, envelope.model_dump_json().encode()))
         sealed = self._box.encrypt(signed.model_dump_json().encode())
         return base64.b64encode(sealed).decode("ascii")

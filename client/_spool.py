@@ -165,12 +165,16 @@ class Spool:
     def expire(self, now: datetime, retention_days: Callable[[Tier], int]) -> int:
         """Strip aggregates kept past their tier's retention; drop envelopes left empty."""
 
+        # Runs at every window close over the whole spool: the cut-offs are computed once,
+        # and an envelope younger than the shortest retention is passed over unread.
+        cutoff = {tier: now - timedelta(days=retention_days(tier)) for tier in Tier}
+        latest = max(cutoff.values())
+
         def expired(envelope: EnvelopeV1) -> set[Tier]:
-            return {
-                a.tier
-                for a in envelope.aggregates
-                if envelope.window_end + timedelta(days=retention_days(a.tier)) <= now
-            }
+            end = envelope.window_end
+            if end > latest:
+                return set()
+            return {a.tier for a in envelope.aggregates if end <= cutoff[a.tier]}
 
         def strip(envelope: EnvelopeV1) -> EnvelopeV1:
             gone = expired(envelope)

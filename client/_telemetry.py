@@ -18,6 +18,7 @@ simulator with its own clock) calls `collect(now)` and `flush()`.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import threading
@@ -61,6 +62,8 @@ from schemas import (
 )
 
 __all__ = ["CollectedWindow", "Telemetry"]
+
+_log = logging.getLogger("client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,30 +326,28 @@ class Telemetry:
         consented = self._gate.consented()
         # Read without I/O: a fallback store that lost its TPM signs in software now.
         assurance = current_assurance(self._key_store)
+        # Every cell is taken, consented or not: what a tier recorded without consent is
+        # discarded here, never released and never charged.
+        taken = [(signal, _take(signal) if take else None) for signal in self._signals.values()]
+        candidates = [(signal, raw) for signal, raw in taken if signal.spec.tier in consented]
+        admissions = self._gate.admit_window(
+            [(s.name, s.spec.tier, s.spec.epsilon) for s, _ in candidates],
+            window.start,
+            assurance=assurance,
+        )
         aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
         truth: list[Truth] = []
         suppressed: dict[str, int] = {}
-        for signal in self._signals.values():
-            raw = _take(signal) if take else None
-            if signal.spec.tier not in consented:
-                continue  # taken and discarded: never released, never charged
-            admission = self._gate.admit(
-                signal.name,
-                signal.spec.tier,
-                signal.spec.epsilon,
-                window.start,
-                assurance=assurance,
-            )
-            if admission is Admission.NEEDS_TPM:
-                continue  # the ingest would refuse it: discarded, uncharged, counted
-            if admission is not Admission.RELEASE:
+        for (signal, raw), admission in zip(candidates, admissions, strict=True):
+            if admission is Admission.SUPPRESSED:
                 suppressed[signal.name] = 1
-                continue
-            release = self._release_signal(signal, raw)
-            if release is not None:
-                aggregates.extend(release.aggregates)
-                truth.extend(release.truth)
-        if not self._gate.sendable(assurance):
+            elif admission is Admission.RELEASE:
+                release = self._release_signal(signal, raw)
+                if release is not None:
+                    aggregates.extend(release.aggregates)
+                    truth.extend(release.truth)
+            # NEEDS_TPM: the ingest would refuse it: discarded, uncharged, counted.
+        if not any(self._gate.may_send(t, assurance) for t in consented):
             # Nothing this key may send: not even an empty envelope (it would say the
             # app ran, which no consent that can be honoured covers).
             return None
@@ -440,11 +441,15 @@ class Telemetry:
         # send) that started after they asked.
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
-        self.collect()
-        if waiters or time.monotonic() >= self._retry_at:
-            self._send_pending(blocking=False)
-        for done in waiters:
-            done.set()
+        try:
+            self.collect()
+            if waiters or time.monotonic() >= self._retry_at:
+                self._send_pending(blocking=False)
+        finally:
+            # Even after a failed round (the worker logs it): a waiter must not sit out
+            # its whole timeout; `flush` then reports what is still pending.
+            for done in waiters:
+                done.set()
         until_close = (self._windows.open_window.end - self._config.clock()).total_seconds()
         delay = min(until_close, 60.0)  # re-read the wall clock at least every minute
         if self._outbox.unsent():
@@ -464,19 +469,29 @@ class Telemetry:
         self._closed = True
         if self._worker is not None:
             self._worker.stop(timeout)
-        now = self._config.clock()
-        with self._collect_lock:
-            windows = self._windows.close_until(now)
-            if release_open_window and (early := self._windows.close_open(now)) is not None:
-                windows.append(early)
-            self._release_windows(windows, now)
-        self._gate.close()
-        deadline = time.monotonic() + timeout
-        while self._outbox.unsent() and time.monotonic() < deadline:
-            if self._send_pending(blocking=False):
-                break
-            time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
-        self._transport.close()
+        # Called by the host app (or at exit): a failure here is logged, never raised,
+        # and the ledger's lock and the transport are released whatever happens.
+        try:
+            now = self._config.clock()
+            with self._collect_lock:
+                windows = self._windows.close_until(now)
+                if release_open_window and (early := self._windows.close_open(now)) is not None:
+                    windows.append(early)
+                self._release_windows(windows, now)
+        except Exception:
+            _log.exception("releasing the last window at shutdown failed")
+        finally:
+            self._gate.close()
+        try:
+            deadline = time.monotonic() + timeout
+            while self._outbox.unsent() and time.monotonic() < deadline:
+                if self._send_pending(blocking=False):
+                    break
+                time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
+        except Exception:
+            _log.exception("sending pending envelopes at shutdown failed")
+        finally:
+            self._transport.close()
 
     def _reset_locks_after_fork(self) -> None:
         # Another thread of the parent may have held any of these at fork time. (The
@@ -485,6 +500,8 @@ class Telemetry:
         self._send_lock = threading.Lock()
         self._drops.reset_after_fork()
         self._outbox.reset_after_fork()
+        self._state.reset_after_fork()
+        self._gate.reset_after_fork()
         for signal in self._signals.values():
             signal.table.reset_locks_after_fork()
 

@@ -22,7 +22,7 @@ from ingest._errors import (
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key, read_private_key, write_private_key
 from ingest._routes import HealthStatus, IngestKeyInfo
-from ingest._settings import IngestSettings
+from ingest._settings import IngestSettings, check_bootstrap
 from ingest._sink import DEFAULT_SINK_GROUP, DeadLetter, DuckDBSink, KafkaSinkConsumer, SinkStats
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
 
@@ -57,6 +57,7 @@ __all__ = [
     "SinkStats",
     "TooManyItems",
     "Verdict",
+    "check_bootstrap",
     "create_app",
     "default_bus",
     "load_ingest_key",

@@ -98,7 +98,9 @@ async def revoke(
     authorization: Annotated[str | None, Header()] = None,
 ) -> RevocationResult:
     """Revoke a device (operator only): refused from its next envelope on."""
-    _check_operator(state, authorization)
+    # In a thread: a refusal is audited, and an audit append fsyncs; an unauthenticated
+    # caller must not be able to stall the event loop with it.
+    await asyncio.to_thread(_check_operator, state, authorization)
     return await asyncio.to_thread(state.service.revoke, device_id, body.reason)
 
 

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
     sink.add_argument("--region", action="append", help="region topic(s); default: settings")
     keygen = sub.add_parser("keygen", help="write a new ingest private key file (0600)")
@@ -94,3 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IngestError, ValidationError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a state directory that cannot be created
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ingest: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _port(text: str) -> int:
+    # argparse turns this ValueError into "invalid _port value", so say it plainly.
+    if not text.isdigit() or int(text) > 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return int(text)

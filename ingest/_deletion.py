@@ -25,16 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 from pydantic import ValidationError
 
-from ingest._attested_keys import AttestedKey, AttestedKeys
+from ingest._attested_keys import AttestedKeys
 from ingest._errors import DeletionRejected
-from ingest._verify import summarize_validation_error
+from ingest._verify import Rejected, check_signature, summarize_validation_error
 from schemas import (
     DeletionRequestV1,
     IngestedDeletionRequest,
@@ -47,10 +42,6 @@ from schemas import (
 __all__ = ["MAX_DELETION_BYTES", "VerifiedDeletion", "verify_deletion_request"]
 
 MAX_DELETION_BYTES = 16 * 1024
-
-_P256_POINT_BYTES = 65
-_P256_MAX_DER_SIG_BYTES = 72
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +73,19 @@ def verify_deletion_request(
         raise DeletionRejected(
             RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc)
         ) from exc
-    attested: AttestedKey | None = None
-    if signed.alg == "ecdsa-p256":
-        attested = _check_tpm_signed(signed, attested_keys)
-        expected = attested.device_id
-    else:
-        _check_ed25519_signed(signed)
-        expected = device_id_for(signed.public_key)
+    # An expired attestation is accepted here (see the module docstring).
+    checked = check_signature(
+        signed.alg,
+        signed.public_key,
+        signed.payload,
+        signed.signature,
+        attested_keys,
+        expired_by=None,
+    )
+    if isinstance(checked, Rejected):
+        raise DeletionRejected(checked.reason, checked.detail, device_id=checked.device_id)
+    attested = checked
+    expected = attested.device_id if attested is not None else device_id_for(signed.public_key)
     try:
         request = DeletionRequestV1.model_validate_json(signed.payload)
     except ValidationError as exc:
@@ -120,54 +117,3 @@ def verify_deletion_request(
         assurance="software" if attested is None else "tpm",
         note=note,
     )
-
-
-def _check_ed25519_signed(signed: SignedDeletionRequest) -> None:
-    if len(signed.public_key) != 32 or len(signed.signature) != 64:
-        raise DeletionRejected(
-            RejectReason.MALFORMED_SIGNED, "an ed25519 key is 32 bytes and a signature 64"
-        )
-    try:
-        VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
-    except BadSignatureError as exc:
-        raise DeletionRejected(
-            RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
-        ) from exc
-
-
-def _check_tpm_signed(
-    signed: SignedDeletionRequest, attested_keys: AttestedKeys | None
-) -> AttestedKey:
-    """The key's standing first (the registry), then the ECDSA signature."""
-    key_bytes = signed.public_key
-    if len(key_bytes) != _P256_POINT_BYTES or key_bytes[0] != 0x04:
-        raise DeletionRejected(
-            RejectReason.MALFORMED_SIGNED,
-            f"an ecdsa-p256 public_key is a {_P256_POINT_BYTES}-byte uncompressed point",
-        )
-    if len(signed.signature) > _P256_MAX_DER_SIG_BYTES:
-        raise DeletionRejected(
-            RejectReason.MALFORMED_SIGNED,
-            f"an ecdsa-p256 signature is DER of at most {_P256_MAX_DER_SIG_BYTES} bytes",
-        )
-    key = attested_keys.lookup(key_bytes) if attested_keys is not None else None
-    if key is None:
-        raise DeletionRejected(
-            RejectReason.KEY_NOT_ATTESTED,
-            "this TPM key is not the currently attested signing key of any device",
-        )
-    if key.revoked:
-        raise DeletionRejected(
-            RejectReason.DEVICE_REVOKED,
-            f"device {key.device_id} is revoked",
-            device_id=key.device_id,
-        )
-    try:
-        key.public_key.verify(signed.signature, signed.payload, _ECDSA_SHA256)
-    except InvalidSignature as exc:
-        raise DeletionRejected(
-            RejectReason.BAD_SIGNATURE,
-            "the signature does not match the payload and key",
-            device_id=key.device_id,
-        ) from exc
-    return key

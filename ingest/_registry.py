@@ -6,9 +6,10 @@ pending challenge, the attested signing key and its expiry, the last TPM clock t
 device quoted (so a clock going back is caught across restarts) and the revocation.
 
 `SqliteDeviceRegistry` keeps it in one SQLite file (stdlib `sqlite3`, WAL,
-``synchronous=FULL``: a committed enrollment survives a crash). Calls are short and
-serialized by one lock, so the registry may be used from the event loop and from the
-verification worker thread alike.
+``synchronous=FULL``: a committed enrollment survives a crash). Writes are serialized
+by one lock and fsync before they return. Reads (the envelope path's key lookups, on
+the event loop for small batches) use a second connection under their own lock: in WAL
+mode a reader never waits for a writer, so a lookup never sits behind an fsync.
 """
 
 from __future__ import annotations
@@ -138,11 +139,16 @@ class SqliteDeviceRegistry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
 
     def close(self) -> None:
         """Close the database; safe to call twice."""
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            self._reader.close()
 
     def get(self, device_id: str) -> DeviceRecord | None:
         """The device's row, if any."""
@@ -247,8 +253,9 @@ class SqliteDeviceRegistry:
             return cursor.rowcount > 0
 
     def _one(self, sql: str, args: tuple[object, ...]) -> DeviceRecord | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
+        # Autocommit: each read sees every write committed before it.
+        with self._read_lock:
+            row = self._reader.execute(sql, args).fetchone()
         if row is None:
             return None
         values = dict(row)

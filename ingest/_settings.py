@@ -10,17 +10,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies import DEFAULT_ATTESTATION_POLICY_PATH, load_policy
 from schemas import MAX_BATCH, MAX_SEALED_BYTES
 
-__all__ = ["IngestSettings"]
+__all__ = ["IngestSettings", "check_bootstrap"]
 
 _REGION = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 _TOPIC_PART = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
 _POLICY_HASH = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def check_bootstrap(value: str) -> str:
+    """`value` if it is a Kafka bootstrap list (``host:port[,host:port]``), else ValueError.
+
+    Checked up front: aiokafka would otherwise fail on the first connection with a bare
+    `ValueError` deep inside its resolver.
+    """
+    for entry in value.split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(
+                f"Kafka bootstrap {value!r} is not host:port[,host:port] (a port in 1-65535)"
+            )
+    return value
 
 
 def _default_policy_hashes() -> frozenset[str]:
@@ -74,6 +89,11 @@ class IngestSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        return None if value is None else check_bootstrap(value)
 
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Self:

@@ -255,6 +255,7 @@ class KafkaSinkConsumer:
         try:
             await self._consumer.start()
         except KafkaError as exc:
+            await self._consumer.stop()  # a half-started consumer holds connections
             raise BusUnavailable(f"cannot connect the sink consumer: {exc}") from exc
         self._consumer.subscribe(
             self._topics, listener=_SeekToStoredOffsets(self._consumer, self._sink)

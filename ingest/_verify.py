@@ -40,7 +40,15 @@ from schemas import (
     key_fingerprint,
 )
 
-__all__ = ["Accepted", "EnvelopeVerifier", "RecentlyAccepted", "Rejected", "Verdict"]
+__all__ = [
+    "Accepted",
+    "EnvelopeVerifier",
+    "RecentlyAccepted",
+    "Rejected",
+    "Verdict",
+    "check_signature",
+    "summarize_validation_error",
+]
 
 _ED25519_KEY_BYTES = 32
 _ED25519_SIG_BYTES = 64
@@ -149,29 +157,16 @@ class EnvelopeVerifier:
             signed = SignedEnvelope.model_validate_json(plain)
         except ValidationError as exc:
             return Rejected(RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc))
-        attested: AttestedKey | None = None
-        if signed.alg == "ecdsa-p256":
-            checked = self._check_tpm_signed(signed, received_at)
-            if isinstance(checked, Rejected):
-                return checked
-            attested = checked
-        else:
-            if len(signed.public_key) != _ED25519_KEY_BYTES:
-                return Rejected(
-                    RejectReason.MALFORMED_SIGNED,
-                    f"public_key must be {_ED25519_KEY_BYTES} bytes, got {len(signed.public_key)}",
-                )
-            if len(signed.signature) != _ED25519_SIG_BYTES:
-                return Rejected(
-                    RejectReason.MALFORMED_SIGNED,
-                    f"signature must be {_ED25519_SIG_BYTES} bytes, got {len(signed.signature)}",
-                )
-            try:
-                VerifyKey(signed.public_key).verify(signed.payload, signed.signature)
-            except BadSignatureError:
-                return Rejected(
-                    RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
-                )
+        attested = check_signature(
+            signed.alg,
+            signed.public_key,
+            signed.payload,
+            signed.signature,
+            self._attested,
+            expired_by=received_at.timestamp(),
+        )
+        if isinstance(attested, Rejected):
+            return attested
         try:
             env = EnvelopeV1.model_validate_json(signed.payload)
         except ValidationError as exc:
@@ -219,48 +214,89 @@ class EnvelopeVerifier:
             )
         )
 
-    def _check_tpm_signed(
-        self, signed: SignedEnvelope, received_at: datetime
-    ) -> AttestedKey | Rejected:
-        """The key's standing first (a dict lookup), then the ECDSA signature."""
-        key_bytes, signature = signed.public_key, signed.signature
-        if len(key_bytes) != _P256_POINT_BYTES or key_bytes[0] != 0x04:
-            return Rejected(
-                RejectReason.MALFORMED_SIGNED,
-                f"an ecdsa-p256 public_key is a {_P256_POINT_BYTES}-byte uncompressed point",
-            )
-        if len(signature) > _P256_MAX_DER_SIG_BYTES:
-            return Rejected(
-                RejectReason.MALFORMED_SIGNED,
-                f"an ecdsa-p256 signature is DER of at most {_P256_MAX_DER_SIG_BYTES} bytes",
-            )
-        key = self._attested.lookup(key_bytes) if self._attested is not None else None
-        if key is None:
-            return Rejected(
-                RejectReason.KEY_NOT_ATTESTED,
-                "this TPM key is not the currently attested signing key of any device",
-            )
-        if key.revoked:
-            return Rejected(
-                RejectReason.DEVICE_REVOKED,
-                f"device {key.device_id} is revoked",
-                device_id=key.device_id,
-            )
-        if received_at.timestamp() >= key.expires_at:
-            return Rejected(
-                RejectReason.ATTESTATION_EXPIRED,
-                f"device {key.device_id}'s attestation expired; it must re-attest",
-                device_id=key.device_id,
-            )
-        try:
-            key.public_key.verify(signature, signed.payload, _ECDSA_SHA256)
-        except InvalidSignature:
-            return Rejected(
-                RejectReason.BAD_SIGNATURE,
-                "the signature does not match the payload and key",
-                device_id=key.device_id,
-            )
-        return key
+
+def check_signature(
+    alg: str,
+    public_key: bytes,
+    payload: bytes,
+    signature: bytes,
+    attested_keys: AttestedKeys | None,
+    *,
+    expired_by: float | None,
+) -> AttestedKey | Rejected | None:
+    """Check a signature over `payload`, the key's standing first (cheap, then crypto).
+
+    None: a valid `ed25519` (software) signature. An `AttestedKey`: a valid `ecdsa-p256`
+    signature by the currently attested key of a device that is not revoked (and whose
+    attestation had not expired by `expired_by`, Unix seconds; None accepts an expired
+    one). Otherwise the `Rejected` naming why. Envelopes and deletion requests share it.
+    """
+    if alg == "ecdsa-p256":
+        return _check_tpm_signed(public_key, payload, signature, attested_keys, expired_by)
+    if len(public_key) != _ED25519_KEY_BYTES:
+        return Rejected(
+            RejectReason.MALFORMED_SIGNED,
+            f"public_key must be {_ED25519_KEY_BYTES} bytes, got {len(public_key)}",
+        )
+    if len(signature) != _ED25519_SIG_BYTES:
+        return Rejected(
+            RejectReason.MALFORMED_SIGNED,
+            f"signature must be {_ED25519_SIG_BYTES} bytes, got {len(signature)}",
+        )
+    try:
+        VerifyKey(public_key).verify(payload, signature)
+    except BadSignatureError:
+        return Rejected(
+            RejectReason.BAD_SIGNATURE, "the signature does not match the payload and key"
+        )
+    return None
+
+
+def _check_tpm_signed(
+    key_bytes: bytes,
+    payload: bytes,
+    signature: bytes,
+    attested_keys: AttestedKeys | None,
+    expired_by: float | None,
+) -> AttestedKey | Rejected:
+    """The key's standing first (a dict lookup), then the ECDSA signature."""
+    if len(key_bytes) != _P256_POINT_BYTES or key_bytes[0] != 0x04:
+        return Rejected(
+            RejectReason.MALFORMED_SIGNED,
+            f"an ecdsa-p256 public_key is a {_P256_POINT_BYTES}-byte uncompressed point",
+        )
+    if len(signature) > _P256_MAX_DER_SIG_BYTES:
+        return Rejected(
+            RejectReason.MALFORMED_SIGNED,
+            f"an ecdsa-p256 signature is DER of at most {_P256_MAX_DER_SIG_BYTES} bytes",
+        )
+    key = attested_keys.lookup(key_bytes) if attested_keys is not None else None
+    if key is None:
+        return Rejected(
+            RejectReason.KEY_NOT_ATTESTED,
+            "this TPM key is not the currently attested signing key of any device",
+        )
+    if key.revoked:
+        return Rejected(
+            RejectReason.DEVICE_REVOKED,
+            f"device {key.device_id} is revoked",
+            device_id=key.device_id,
+        )
+    if expired_by is not None and expired_by >= key.expires_at:
+        return Rejected(
+            RejectReason.ATTESTATION_EXPIRED,
+            f"device {key.device_id}'s attestation expired; it must re-attest",
+            device_id=key.device_id,
+        )
+    try:
+        key.public_key.verify(signature, payload, _ECDSA_SHA256)
+    except InvalidSignature:
+        return Rejected(
+            RejectReason.BAD_SIGNATURE,
+            "the signature does not match the payload and key",
+            device_id=key.device_id,
+        )
+    return key
 
 
 class RecentlyAccepted:

@@ -109,3 +109,12 @@ def test_help_lists_report_and_demo_options() -> None:
     code, out, _ = _run("demo", "--help")
     for option in ("--devices", "--windows", "--db", "--kafka", "--html", "--seed"):
         assert option in out
+
+
+def test_demo_refuses_a_malformed_kafka_bootstrap_before_running(tmp_path: Path) -> None:
+    db = tmp_path / "demo.duckdb"
+    code, _, err = _run("demo", "--kafka", ":::", "--devices", "1", "--db", str(db))
+    assert code == 2
+    assert "is not host:port" in err
+    assert "Traceback" not in err
+    assert not db.exists()

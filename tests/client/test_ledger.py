@@ -230,3 +230,30 @@ def test_default_policy_caps_are_accepted(tmp_path: Path) -> None:
     with PrivacyLedger(tmp_path / "ledger", policy.privacy) as ledger:
         signal = policy.signals["inference.requests"]
         assert ledger.try_charge("inference.requests", signal.epsilon, NOON)
+
+
+def test_a_windows_charges_are_decided_in_order_with_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Window close charges every signal at once: each is decided against the caps the
+    # ones before it left, and the whole window costs one fsync, not one per signal.
+    import client._ledger as ledger_module
+
+    fsyncs: list[int] = []
+    real_fsync = ledger_module.os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    with PrivacyLedger(tmp_path / "ledger", CAPS) as ledger:
+        monkeypatch.setattr(ledger_module.os, "fsync", counting_fsync)
+        granted = ledger.try_charge_many([("a", 0.5), ("b", 0.4), ("c", 0.3), ("d", 0.1)], NOON)
+        monkeypatch.undo()
+        assert granted == [True, True, False, True]
+        assert len(fsyncs) == 1
+        assert ledger.try_charge_many([], NOON) == []
+    with PrivacyLedger(tmp_path / "ledger", CAPS) as reopened:
+        assert reopened.spent_today(NOON) == 1.0
+        assert reopened.spent_by_signal() == {"a": 0.5, "b": 0.4, "d": 0.1}
+        assert reopened.suppressed() == {"c": 1}

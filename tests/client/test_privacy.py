@@ -216,6 +216,24 @@ def test_a_deletion_request_survives_a_restart_while_offline(tmp_path: Path, clo
     second.shutdown(release_open_window=False)
 
 
+def test_a_failing_deletion_transport_neither_raises_nor_holds_envelopes_back(
+    tmp_path: Path, clock
+) -> None:
+    ingest = MemoryIngest()
+
+    def broken(request: SignedDeletionRequest) -> None:
+        raise RuntimeError("a bug in the app's transport")
+
+    qw = _telemetry(tmp_path, ingest, clock, POLICY, MemoryTransport(ingest.handle, broken))
+    qw.grant_consent(Tier.HEALTH)
+    qw.grant_consent(Tier.PERFORMANCE)
+    qw.revoke_consent(Tier.PERFORMANCE)
+    qw.collect(clock.advance(hours=1))
+    assert not qw.flush()  # the deletion request stays pending, to be retried
+    assert len(ingest.envelopes) == 1  # the envelope went all the same
+    qw.shutdown(release_open_window=False, timeout=0.1)
+
+
 # -- the privacy budget -----------------------------------------------------------------
 
 

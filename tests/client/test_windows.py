@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from datetime import UTC, datetime, timedelta
 
 from client import TrueCounter
@@ -102,3 +103,46 @@ def test_a_forked_child_keeps_recording_and_sending(make_telemetry, clock, inges
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_fork_while_another_thread_holds_the_state_locks_does_not_hang_the_child(
+    make_telemetry: MakeTelemetry, clock
+) -> None:
+    # The parent's worker holds these during window close (the ledger and the state
+    # file fsync under them); a child forked at that moment must get fresh ones.
+    qw = make_telemetry()
+    held = [qw._gate.ledger._mutex, qw._gate.consent._mutex, qw._state._lock]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(60)  # a deadlock ends the child with SIGALRM, not the suite
+                qw.counter("app.starts").add(1)
+                qw.privacy_spent()
+                (envelope,) = qw.collect(clock.advance(hours=1))
+                # The child may not charge the parent's ledger: suppressed, but sent.
+                code = 0 if envelope.suppressed and qw.flush() else 1
+            finally:
+                os._exit(code)
+    finally:
+        for lock in held:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_shutdown_never_raises_and_always_releases_the_ledger(
+    make_telemetry: MakeTelemetry, clock, tmp_path
+) -> None:
+    from client._ledger import PrivacyLedger
+
+    state = tmp_path / "device"
+    qw = make_telemetry(state_dir=state)
+    qw.counter("app.starts").add(1)
+    (state / "client_state.json").write_text("{not json")  # the open window cannot be built
+    qw.shutdown()
+    # The ledger's lock was given back: another client can open the state directory.
+    PrivacyLedger(state / "privacy_ledger.journal", qw._policy.privacy).close()

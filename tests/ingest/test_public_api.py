@@ -35,6 +35,7 @@ def test_exported_names() -> None:
         "SinkStats",
         "TooManyItems",
         "Verdict",
+        "check_bootstrap",
         "create_app",
         "default_bus",
         "load_ingest_key",

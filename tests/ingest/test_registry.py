@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ingest._attested_keys import AttestedKeys
-from ingest._registry import SqliteDeviceRegistry
+from ingest._registry import DeviceRecord, SqliteDeviceRegistry
 from schemas import key_fingerprint
 
 POINT = b"\x04" + bytes(range(1, 65))  # shape only; AttestedKeys validates the curve
@@ -123,3 +123,24 @@ def test_the_key_cache_sees_revocation_after_invalidation(tmp_path: Path) -> Non
     assert not stale.revoked  # the cache is what makes the per-envelope check cheap
     assert fresh is not None
     assert fresh.revoked
+
+
+def test_a_key_lookup_does_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    # The envelope path looks keys up on the event loop; a write (enrollment,
+    # attestation) holds the writer's lock across its fsync. Readers must not queue
+    # behind it, and they still see every committed write.
+    import threading
+
+    registry = SqliteDeviceRegistry(tmp_path / "devices.sqlite3")
+    _attest(registry, _enroll(registry))
+    found: list[DeviceRecord | None] = []
+    with registry._lock:  # a writer mid-transaction
+        reader = threading.Thread(
+            target=lambda: found.append(registry.by_signing_key(key_fingerprint(POINT)))
+        )
+        reader.start()
+        reader.join(timeout=30)  # a deadlock guard only: the read returns at once
+        assert not reader.is_alive()
+    (record,) = found
+    assert record is not None
+    registry.close()

@@ -73,3 +73,30 @@ def test_a_key_file_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
 def test_batch_limit_cannot_exceed_the_wire_maximum() -> None:
     with pytest.raises(ValidationError):
         IngestSettings(max_batch=10_000)
+
+
+@pytest.mark.parametrize("bootstrap", [":::", "kafka", "kafka:", ":9092", "h:99999", "a:1,b"])
+def test_a_malformed_kafka_bootstrap_is_refused_up_front(bootstrap: str) -> None:
+    with pytest.raises(ValidationError, match="not host:port"):
+        IngestSettings(kafka_bootstrap=bootstrap)
+
+
+def test_the_cli_answers_bad_arguments_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest._cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "99999"])
+    assert exit_info.value.code == 2
+    assert "is not a TCP port" in capsys.readouterr().err
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("QUIETWIRE_INGEST_STATE_DIR", str(blocker / "state"))
+    assert main(["serve"]) == 2
+    assert "ingest: " in capsys.readouterr().err
+
+    monkeypatch.setenv("QUIETWIRE_INGEST_KAFKA_BOOTSTRAP", ":::")
+    assert main(["sink"]) == 2
+    assert "not host:port" in capsys.readouterr().err
