@@ -6,6 +6,7 @@ import base64
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -110,6 +111,7 @@ def create_app(
         max_sealed_bytes=settings.max_sealed_bytes,
         attested_keys=attested_keys,
         software_tiers=[t.value for t in attestation_policy.software_tiers],
+        max_clock_skew=timedelta(seconds=settings.max_clock_skew_seconds),
     )
     public_key_b64 = base64.b64encode(bytes(private_key.public_key)).decode("ascii")
     recent = RecentlyAccepted(settings.duplicate_cache_size)

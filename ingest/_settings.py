@@ -73,6 +73,13 @@ class IngestSettings(BaseSettings):
     max_batch: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     max_sealed_bytes: int = Field(default=MAX_SEALED_BYTES, ge=128, le=MAX_SEALED_BYTES)
     duplicate_cache_size: int = Field(default=65_536, ge=0)
+    max_clock_skew_seconds: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="how far a device clock may run ahead of the ingest's: an envelope sent, "
+        "or a window ending, later than this in the future is refused (clock_skew). Old "
+        "envelopes are fine (spooled while offline); retention bounds their age",
+    )
     attestation_policy_path: Path = Field(
         default=DEFAULT_ATTESTATION_POLICY_PATH,
         description="attestation trust policy (EK roots, PCRs, lifetimes, software tiers)",

@@ -17,7 +17,7 @@ import base64
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
@@ -105,6 +105,7 @@ class EnvelopeVerifier:
         "_max_b64",
         "_max_sealed",
         "_region",
+        "_skew",
         "_software_tiers",
     )
 
@@ -117,11 +118,13 @@ class EnvelopeVerifier:
         max_sealed_bytes: int = MAX_SEALED_BYTES,
         attested_keys: AttestedKeys | None = None,
         software_tiers: Iterable[str] | None = None,
+        max_clock_skew: timedelta = timedelta(minutes=5),
     ) -> None:
         """`attested_keys`: where TPM keys are looked up (None: every `ecdsa-p256`
         envelope is `key_not_attested`). `software_tiers`: the tiers an Ed25519
         (software) key may send (None: all)."""
         self._attested = attested_keys
+        self._skew = max_clock_skew
         self._software_tiers = None if software_tiers is None else frozenset(software_tiers)
         self._box = SealedBox(private_key)
         self._region = region
@@ -129,6 +132,21 @@ class EnvelopeVerifier:
         self._max_sealed = max_sealed_bytes
         # Refuse by the encoded length before decoding anything: 4 chars per 3 bytes.
         self._max_b64 = 4 * ((max_sealed_bytes + 2) // 3)
+
+    def _clock_problem(self, env: EnvelopeV1, received_at: datetime) -> str | None:
+        """A device clock running ahead: data would land in windows that have not
+        happened yet. (Sequence replays are harmless: the envelope id is signed and the
+        sink keeps one row per id.)"""
+        horizon = received_at + self._skew
+        if env.window_end > horizon:
+            ahead = (env.window_end - received_at).total_seconds()
+            return f"window_end is {ahead:.0f} s ahead of the ingest clock"
+        if env.sent_at > horizon:
+            ahead = (env.sent_at - received_at).total_seconds()
+            return f"sent_at is {ahead:.0f} s ahead of the ingest clock"
+        if env.sent_at < env.window_end - self._skew:
+            return "sent_at is before the window it reports on ended"
+        return None
 
     def verify(self, item: str, *, received_at: datetime) -> Verdict:
         """Check one base64 item; `received_at` is stamped on an accepted envelope."""
@@ -199,6 +217,8 @@ class EnvelopeVerifier:
             )
         if (missing := consent_problem(env)) is not None:
             return Rejected(RejectReason.CONSENT_MISSING, missing, env.envelope_id, env.device_id)
+        if (skew := self._clock_problem(env, received_at)) is not None:
+            return Rejected(RejectReason.CLOCK_SKEW, skew, env.envelope_id, env.device_id)
         if env.region != self._region:
             return Rejected(
                 RejectReason.WRONG_REGION,

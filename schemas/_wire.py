@@ -70,6 +70,7 @@ class RejectReason(StrEnum):
     WRONG_REGION = "wrong_region"
     DUPLICATE = "duplicate"
     CONSENT_MISSING = "consent_missing"
+    CLOCK_SKEW = "clock_skew"
     # key assurance (TPM attestation, issue 3)
     KEY_NOT_ATTESTED = "key_not_attested"
     ATTESTATION_EXPIRED = "attestation_expired"

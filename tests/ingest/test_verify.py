@@ -161,3 +161,35 @@ def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
     a = uuid.uuid4()
     recent.add_all([a])
     assert a not in recent
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "detail"),
+    [
+        ("window_end", "2025-01-01T11:30:00+00:00", "window_end is 1790 s ahead"),
+        ("sent_at", "2025-01-01T11:06:00+00:00", "sent_at is 350 s ahead"),
+        ("sent_at", "2025-01-01T10:30:00+00:00", "before the window it reports on ended"),
+    ],
+)
+def test_a_clock_running_ahead_is_refused(
+    verifier: EnvelopeVerifier, key: PrivateKey, field: str, value: str, detail: str
+) -> None:
+    device = Device("eu-test")
+    env = device.envelope(**{field: value})
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.CLOCK_SKEW
+    assert detail in verdict.detail
+
+
+def test_skew_within_tolerance_and_old_envelopes_are_accepted(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    # Four minutes ahead is within the default five; a year-old envelope was spooled
+    # while offline and is still welcome (retention bounds its age).
+    ahead = device.envelope(sent_at="2025-01-01T11:04:10+00:00")
+    late = datetime(2026, 1, 1, tzinfo=UTC)
+    assert isinstance(
+        verifier.verify(device.item(key.public_key, ahead), received_at=NOW), Accepted
+    )
+    assert isinstance(verifier.verify(device.item(key.public_key), received_at=late), Accepted)
