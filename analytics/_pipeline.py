@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ import uvicorn
 from analytics._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
 from client import HttpTransport, Telemetry, TelemetryConfig
 from client._release import TrueCounter, TrueHistogram, TrueTotal
+from client._telemetry import CollectedWindow
 from ingest import DuckDBSink, IngestSettings, KafkaSinkConsumer, create_app
 from ingest._topics import ensure_topics
 from policies import Policy, load_policy
@@ -51,6 +53,7 @@ _REQUESTS = "inference.requests"
 _ERRORS = "inference.errors"
 _LATENCY = "gen_ai.client.operation.duration"
 _TOKENS = "gen_ai.client.token.usage"
+_SENDERS = 4  # devices closing windows at once
 # The fleet's error-fingerprint key: shipped with the app, the same on every device.
 FINGERPRINT_KEY = b"notes-ai fleet fingerprint key v1"
 
@@ -234,20 +237,29 @@ def run_fleet(
                 tel.grant_consent(Tier.HEALTH)
                 tel.grant_consent(Tier.PERFORMANCE)
             total, done = spec.windows * spec.devices, 0
-            for w in range(spec.windows):
-                start = first_start + w * window
-                for profile, tel in zip(profiles, fleet, strict=True):
+
+            def close_window(tel: Telemetry, end: datetime) -> list[CollectedWindow]:
+                collected = tel.collect_with_truth(end)
+                tel.flush()
+                return collected
+
+            # Devices close their windows and send concurrently, as a real fleet does:
+            # the embedded ingest commits what arrives together in one transaction.
+            with ThreadPoolExecutor(max_workers=_SENDERS) as senders:
+                for w in range(spec.windows):
+                    start = first_start + w * window
                     clock.now = start + window / 2
-                    _record(tel, simulate_window(profile, w, spec.seed))
+                    for profile, tel in zip(profiles, fleet, strict=True):
+                        _record(tel, simulate_window(profile, w, spec.seed))
                     clock.now = start + window
-                    for collected in tel.collect_with_truth(clock.now):
-                        for item in collected.truth:
-                            _add_truth(run.truth, start, item)
-                        run.envelopes_sent += 1
-                    tel.flush()
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+                    for result in senders.map(lambda t: close_window(t, clock.now), fleet):
+                        for collected in result:
+                            for item in collected.truth:
+                                _add_truth(run.truth, start, item)
+                            run.envelopes_sent += 1
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
             for tel in fleet:
                 tel.shutdown(release_open_window=False)
                 for reason, n in tel.dropped().items():

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 from aiokafka import AIOKafkaProducer
@@ -168,7 +169,7 @@ async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:
             waiter.exception()
 
 
-def _observe(futures: Sequence[asyncio.Future[object]]) -> None:
+def _observe(futures: Sequence[asyncio.Future[Any]]) -> None:
     """Mark send outcomes as retrieved, now or whenever they settle, so an error nobody
     awaits (a send abandoned after a 503) is not reported as never retrieved."""
 
@@ -183,8 +184,10 @@ def _observe(futures: Sequence[asyncio.Future[object]]) -> None:
 class InProcessEnvelopeBus(EnvelopeBus):
     """The embedded default: hands envelopes straight to the sink writer, no Kafka.
 
-    Durable when DuckDB has committed. Runs the blocking write in a worker thread so
-    the event loop keeps serving while DuckDB writes.
+    Durable when DuckDB has committed. Group commit: batches published while a write is
+    in flight are written together in the next transaction (one fsync for all of them),
+    so concurrent clients do not queue behind one commit each. The blocking write runs
+    in a worker thread so the event loop keeps serving meanwhile.
     """
 
     name = "in-process"
@@ -192,17 +195,39 @@ class InProcessEnvelopeBus(EnvelopeBus):
     def __init__(self, sink: DuckDBSink, *, close_sink: bool = True) -> None:
         self.sink = sink
         self._close_sink = close_sink
+        self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
+        if self._writer is not None:
+            await self._writer
         if self._close_sink:
             await asyncio.to_thread(self.sink.close)
 
     async def publish(self, items: Sequence[BusItem]) -> None:
-        try:
-            await asyncio.to_thread(self.sink.write, items)
-        except duckdb.Error as exc:
-            log.exception("embedded sink write failed")
-            raise BusUnavailable(f"the warehouse did not commit the batch: {exc}") from exc
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _observe([done])  # its publisher may have gone (client disconnect) by the time it fails
+        self._waiting.append((items, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        # Shielded: a client that disconnects must not cancel a commit others wait on.
+        await asyncio.shield(done)
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            items = [item for batch, _ in group for item in batch]
+            failure: str | None = None
+            try:
+                await asyncio.to_thread(self.sink.write, items)
+            except duckdb.Error as exc:
+                log.exception("embedded sink write failed")
+                failure = f"the warehouse did not commit the batch: {exc}"
+            for _, done in group:
+                if failure is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(BusUnavailable(failure))
 
 
 class InMemoryEnvelopeBus(EnvelopeBus):

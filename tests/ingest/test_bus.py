@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ingest import (
     KafkaEnvelopeBus,
     create_app,
 )
+from schemas import IngestedEnvelope
 from tests.ingest.kit import Device, asgi_client
 
 
@@ -45,3 +47,44 @@ async def test_warehouse_failure_in_embedded_mode_is_503(
         )
     assert resp.status_code == 503
     assert resp.json()["error"] == "bus_unavailable"
+
+
+class _CountingSink(DuckDBSink):
+    """A real DuckDB sink that counts its write transactions."""
+
+    writes = 0
+
+    def write(self, items, offsets=()):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        return super().write(items, offsets)
+
+
+def _ingested(device: Device) -> IngestedEnvelope:
+    return IngestedEnvelope.model_validate(
+        {
+            "envelope": device.envelope(),
+            "received_at": "2025-01-01T11:00:10+00:00",
+            "key_fingerprint": "a" * 64,
+            "assurance": "software",
+        }
+    )
+
+
+async def test_embedded_bus_commits_concurrent_batches_together(tmp_path: Path) -> None:
+    sink = _CountingSink(tmp_path / "wh.duckdb")
+    bus = InProcessEnvelopeBus(sink)
+    items = [_ingested(Device("eu-test")) for _ in range(20)]
+    await asyncio.gather(*(bus.publish([item]) for item in items))
+    assert sink.envelope_count() == 20
+    # The first publish starts a write; the others arrive while it runs and share one.
+    assert sink.writes < 20
+    await bus.stop()
+
+
+async def test_embedded_bus_failure_fails_every_waiting_batch(tmp_path: Path) -> None:
+    sink = DuckDBSink(tmp_path / "wh.duckdb")
+    bus = InProcessEnvelopeBus(sink, close_sink=False)
+    item = _ingested(Device("eu-test"))
+    sink.close()  # the warehouse goes away
+    results = await asyncio.gather(*(bus.publish([item]) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, BusUnavailable) for r in results)
