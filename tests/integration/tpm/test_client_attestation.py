@@ -6,7 +6,7 @@ policy reserves for TPM keys."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -73,14 +73,14 @@ def served(tmp_path: Path, swtpm: SwtpmInstance) -> Iterator[tuple[str, InMemory
         thread.join()
 
 
-def test_tpm_device_attests_itself_and_falls_back_when_the_tpm_dies(
-    served: tuple[str, InMemoryEnvelopeBus], swtpm: SwtpmInstance, tmp_path: Path
-) -> None:
-    url, bus = served
+def _attested_client(
+    swtpm: SwtpmInstance, tmp_path: Path, url: str, *, tpm_only_tiers: Iterable[str] = ()
+) -> tuple[FallbackKeyStore, DeviceAttestor, Clock, Telemetry]:
+    """A manual-mode client whose keys live in `swtpm`, attesting itself to `url`."""
     keys = FallbackKeyStore(
         lambda: TpmKeyStore(swtpm.tcti, tmp_path / "tpm-keys"),
         SoftwareKeyStore(tmp_path / "software-key"),
-        tpm_only_tiers={"performance", "content"},
+        tpm_only_tiers=tpm_only_tiers,
     )
     assert keys.tpm is not None
     attestor = DeviceAttestor(keys.tpm, url)  # type: ignore[arg-type]
@@ -98,6 +98,16 @@ def test_tpm_device_attests_itself_and_falls_back_when_the_tpm_dies(
             mode="manual",
             retry_backoff=0.0,
         )
+    )
+    return keys, attestor, clock, telemetry
+
+
+def test_tpm_device_attests_itself_and_falls_back_when_the_tpm_dies(
+    served: tuple[str, InMemoryEnvelopeBus], swtpm: SwtpmInstance, tmp_path: Path
+) -> None:
+    url, bus = served
+    keys, attestor, clock, telemetry = _attested_client(
+        swtpm, tmp_path, url, tpm_only_tiers={"performance", "content"}
     )
     try:
         telemetry.grant_consent(Tier.HEALTH)
@@ -142,27 +152,7 @@ def test_a_tpm_device_revoking_consent_gets_its_deletion_recorded(
     served: tuple[str, InMemoryEnvelopeBus], swtpm: SwtpmInstance, tmp_path: Path
 ) -> None:
     url, bus = served
-    keys = FallbackKeyStore(
-        lambda: TpmKeyStore(swtpm.tcti, tmp_path / "tpm-keys"),
-        SoftwareKeyStore(tmp_path / "software-key"),
-    )
-    assert keys.tpm is not None
-    attestor = DeviceAttestor(keys.tpm, url)  # type: ignore[arg-type]
-    keys.attach_attestor(attestor)
-    clock = Clock()
-    telemetry = Telemetry(
-        TelemetryConfig(
-            app=AppInfo(name="demo-app", version="1.0"),
-            region="eu-test",
-            ingest_public_key=bytes(read_private_key(tmp_path / "ingest.key").public_key),
-            endpoint=url,
-            state_dir=tmp_path / "client-state",
-            key_store=keys,
-            clock=clock,
-            mode="manual",
-            retry_backoff=0.0,
-        )
-    )
+    _keys, attestor, clock, telemetry = _attested_client(swtpm, tmp_path, url)
     try:
         telemetry.grant_consent(Tier.PERFORMANCE)
         telemetry.record("inference.requests", 1, route="local", model="qwen2.5-7b@1.1")

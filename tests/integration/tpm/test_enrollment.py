@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from client._tpm_keystore import TpmError, TpmKeyStore
 from ingest.attestation import (
@@ -21,27 +18,7 @@ from ingest.attestation import (
     verify_ek_certificate,
 )
 from tests.harness.swtpm import SwtpmInstance
-
-
-def _other_ca(tmp_path: Path) -> Path:
-    """A self-signed CA that never signed any EK."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "other-tpm-vendor-root")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = tmp_path / "other-root.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
+from tests.integration.tpm._ingest_kit import other_root
 
 
 def test_ek_certificate_chains_to_the_swtpm_ca_root(
@@ -62,7 +39,7 @@ def test_ek_certificate_from_another_root_is_unknown_ek_root(
 ) -> None:
     with TpmKeyStore(swtpm.tcti, key_dir) as store:
         material = store.enrollment_material()
-    anchors = EkTrustAnchors.from_pem_files([_other_ca(tmp_path)], [swtpm.issuer_cert])
+    anchors = EkTrustAnchors.from_pem_files([other_root(tmp_path)], [swtpm.issuer_cert])
 
     with pytest.raises(AttestationError) as caught:
         verify_ek_certificate(anchors, material.ek_certificate, material.ek_public)
