@@ -113,6 +113,73 @@ CREATE TABLE IF NOT EXISTS deletion_requests (
     key_fingerprint VARCHAR NOT NULL,
     rows_deleted    BIGINT NOT NULL
 );
+-- Prio3 reports of aggregate-model signals, as the leader (the ingest) keeps them until
+-- they are aggregated: the public share, the leader's input share and the helper's
+-- share sealed to the helper. None of them reveals a device's values. One report per
+-- (task, report_id) and one per (task, policy, region, batch, device): a device
+-- contributes once to a batch. status: pending | aggregated | rejected (with reason).
+CREATE TABLE IF NOT EXISTS prio_reports (
+    task         VARCHAR NOT NULL,
+    report_id    BLOB NOT NULL,
+    policy_hash  VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    batch_start  TIMESTAMPTZ NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    envelope_id  UUID NOT NULL,
+    tier         VARCHAR NOT NULL,
+    assurance    VARCHAR NOT NULL,
+    received_at  TIMESTAMPTZ NOT NULL,
+    public_share BLOB NOT NULL,
+    leader_share BLOB NOT NULL,
+    helper_share BLOB NOT NULL,
+    status       VARCHAR NOT NULL,
+    reason       VARCHAR,
+    PRIMARY KEY (task, report_id)
+);
+-- Reports the sink refused to keep: report_replayed (a report id seen before) or
+-- duplicate_contribution (a second report of one device for one task and batch).
+CREATE TABLE IF NOT EXISTS prio_report_rejections (
+    envelope_id  UUID NOT NULL,
+    task         VARCHAR NOT NULL,
+    report_id    BLOB NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    batch_start  TIMESTAMPTZ NOT NULL,
+    reason       VARCHAR NOT NULL,
+    recorded_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (envelope_id, task)
+);
+-- Fleet aggregates revealed by the collector: one row per entry of a task's vector.
+-- value is in the signal's unit (units x resolution); the noise is `draws` independent
+-- draws of `mechanism` at `scale` (in units), one per aggregator; reports is how many
+-- devices' reports the batch summed (at least the policy's min_batch_size).
+-- kind: counter (a counter's cell) | bucket | count | sum (a histogram's cell).
+CREATE TABLE IF NOT EXISTS fleet_aggregates (
+    batch_id     VARCHAR NOT NULL,
+    vector_index INTEGER NOT NULL,
+    task         VARCHAR NOT NULL,
+    policy_hash  VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    tier         VARCHAR NOT NULL,
+    unit         VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,
+    attributes   JSON NOT NULL,
+    bucket_index INTEGER,
+    bucket_upper DOUBLE,
+    value        DOUBLE NOT NULL,
+    reports      BIGINT NOT NULL,
+    mechanism    VARCHAR NOT NULL,
+    scale        DOUBLE NOT NULL,
+    draws        INTEGER NOT NULL,
+    resolution   DOUBLE NOT NULL,
+    epsilon      DOUBLE NOT NULL,
+    lower_bound  DOUBLE NOT NULL,
+    upper_bound  DOUBLE NOT NULL,
+    collected_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (batch_id, vector_index)
+);
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer_group VARCHAR NOT NULL,
     topic          VARCHAR NOT NULL,
@@ -162,6 +229,8 @@ class WriteResult:
     inserted: int
     duplicates: int
     deletions: int = 0
+    reports_refused: int = 0
+    """Prio3 reports of new envelopes refused (replayed, or a second contribution)."""
 
 
 def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -276,6 +345,94 @@ def _covered(
     )
 
 
+def _store_reports(conn: duckdb.DuckDBPyConnection, fresh: Sequence[IngestedEnvelope]) -> int:
+    """Keep the Prio3 reports of newly stored envelopes; returns how many were refused.
+
+    A report whose (task, report id) is already kept is `report_replayed`; a second
+    report of one device for one task, policy, region and batch is
+    `duplicate_contribution` (one device, one contribution per batch: the noise is
+    calibrated to that). Refused reports are recorded with their reason, never kept.
+    """
+    items = [i for i in fresh if i.envelope.reports and i.batch_start is not None]
+    if not items:
+        return 0
+    tasks = sorted({r.task for i in items for r in i.envelope.reports})
+    devices = sorted({i.envelope.device_id for i in items})
+    seen_ids = {
+        (t, bytes(r))
+        for t, r in conn.execute(
+            "SELECT task, report_id FROM prio_reports WHERE task IN (SELECT unnest(?::VARCHAR[]))"
+            " AND report_id IN (SELECT unnest(?::BLOB[]))",
+            [tasks, [bytes(r.report_id) for i in items for r in i.envelope.reports]],
+        ).fetchall()
+    }
+    seen_contributions = set(
+        conn.execute(
+            "SELECT task, policy_hash, region, batch_start, device_id FROM prio_reports "
+            "WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
+            [devices],
+        ).fetchall()
+    )
+    kept: list[tuple[Any, ...]] = []
+    refused: list[tuple[Any, ...]] = []
+    for item in items:
+        env, batch = item.envelope, item.batch_start
+        assert batch is not None
+        for r in env.reports:
+            rid = bytes(r.report_id)
+            contribution = (r.task, env.policy_hash, env.region, batch, env.device_id)
+            reason = (
+                "report_replayed"
+                if (r.task, rid) in seen_ids
+                else "duplicate_contribution"
+                if contribution in seen_contributions
+                else None
+            )
+            if reason is not None:
+                refused.append(
+                    (
+                        str(env.envelope_id),
+                        r.task,
+                        rid,
+                        env.device_id,
+                        batch,
+                        reason,
+                        item.received_at,
+                    )
+                )
+                continue
+            seen_ids.add((r.task, rid))
+            seen_contributions.add(contribution)
+            kept.append(
+                (
+                    r.task,
+                    rid,
+                    env.policy_hash,
+                    env.region,
+                    batch,
+                    env.device_id,
+                    str(env.envelope_id),
+                    r.tier.value,
+                    item.assurance,
+                    item.received_at,
+                    bytes(r.public_share),
+                    bytes(r.leader_share),
+                    bytes(r.helper_share),
+                    "pending",
+                    None,
+                )
+            )
+    if kept:
+        conn.executemany(
+            "INSERT INTO prio_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", kept
+        )
+    if refused:
+        conn.executemany(
+            "INSERT OR IGNORE INTO prio_report_rejections VALUES (?, ?, ?, ?, ?, ?, ?)", refused
+        )
+    return len(refused)
+
+
 def write_envelopes(
     conn: duckdb.DuckDBPyConnection,
     items: Sequence[IngestedEnvelope | IngestedDeletionRequest],
@@ -305,6 +462,7 @@ def write_envelopes(
             ).fetchall()
             seen = {r[0] for r in rows}
         fresh: list[IngestedEnvelope] = []
+        reports_refused = 0
         for item, env_id in zip(items, ids, strict=True):
             if env_id not in seen:
                 seen.add(env_id)
@@ -339,6 +497,7 @@ def write_envelopes(
                 for row in _value_rows(i)
                 if not (deletions and _covered(i, row[6], deletions))
             ]
+            reports_refused = _store_reports(conn, fresh)
             suppressed = [
                 (str(e.envelope_id), e.device_id, e.window_start, e.window_end, signal, n)
                 for i in fresh
@@ -372,7 +531,12 @@ def write_envelopes(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return WriteResult(inserted=len(fresh), duplicates=len(items) - len(fresh), deletions=applied)
+    return WriteResult(
+        inserted=len(fresh),
+        duplicates=len(items) - len(fresh),
+        deletions=applied,
+        reports_refused=reports_refused,
+    )
 
 
 def retention_cutoff(days: int, now: datetime) -> datetime:

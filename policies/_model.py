@@ -13,12 +13,14 @@ shortest time (`retention`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import Mechanism, Tier
 
@@ -26,15 +28,18 @@ __all__ = [
     "FINGERPRINT_DIGITS",
     "OTHER",
     "SECTIONS_REQUIRED_IN_FILES",
+    "AggregationPolicy",
     "AttributeDomain",
     "ConsentPolicy",
     "CounterSignal",
     "FingerprintPolicy",
+    "HelperEndpoint",
     "HistogramSignal",
     "MechanismChoice",
     "Policy",
     "PolicyKeyError",
     "PrivacyCaps",
+    "PrivacyModel",
     "RetentionPolicy",
     "Signal",
     "TierConsent",
@@ -67,14 +72,45 @@ class PolicyKeyError(ValueError):
         super().__init__(reason)
 
 
+PrivacyModel = Literal["aggregate", "local"]
+"""How a signal's windows leave the device.
+
+`aggregate`: the window's bounded measurement is split into two Prio3 secret shares,
+one for the ingest (leader) and one for the helper (a second operator); only fleet sums
+over at least `aggregation.min_batch_size` devices are revealed, with central DP noise
+added by each aggregator. `local`: the device adds its own OpenDP noise (local DP).
+"""
+
+
+def _is_all_ones(n: int) -> bool:
+    """True for 2**k - 1 (k >= 1): the L1 bounds a Prio3 proof can enforce exactly."""
+    return n >= 1 and (n + 1) & n == 0
+
+
 class _SignalBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tier: Tier
+    privacy_model: PrivacyModel = Field(
+        default="aggregate",
+        description="aggregate (Prio3 shares, central DP; the default of the health and "
+        "performance tiers) or local (per-device OpenDP release; the content tier's default)",
+    )
     unit: str = Field(default="1", max_length=32)
     description: str = ""
     attributes: AttributeDomain = Field(default_factory=dict)
     epsilon: float = Field(gt=0.0, le=10.0, description="pure-DP loss charged per window")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        # Content-derived signals default to the local model: the content tier is opt-in
+        # and TPM-only, and usually too sparse for a batch of min_batch_size devices.
+        if isinstance(data, dict) and "privacy_model" not in data:
+            tier = data.get("tier")
+            if tier in (Tier.CONTENT, Tier.CONTENT.value):
+                return {**data, "privacy_model": "local"}
+        return data
 
     @model_validator(mode="after")
     def _check_domains(self) -> _SignalBase:
@@ -95,12 +131,39 @@ _TOTAL_SHARE_DOC = (
 )
 
 
+def _check_aggregate_bound(key: str, bound: int) -> None:
+    if not _is_all_ones(bound):
+        up = (1 << bound.bit_length()) - 1
+        down = (1 << (bound.bit_length() - 1)) - 1
+        raise PolicyKeyError(
+            key,
+            f"an aggregate signal's bound must be 2**k - 1 (the Prio3 proof enforces "
+            f"exactly that L1 bound), got {bound}: use {down} or {up}",
+        )
+
+
+def _check_no_total(total_share: float) -> None:
+    if total_share != 0.0:
+        raise PolicyKeyError(
+            "total_share",
+            "an aggregate signal releases no separate total: the fleet total is the sum "
+            "of its cells, with one central noise draw per cell (remove total_share)",
+        )
+
+
 class CounterSignal(_SignalBase):
     """A count per window; one device adds at most `max_per_window` across all cells."""
 
     kind: Literal["counter"] = "counter"
     max_per_window: int = Field(ge=1, le=1_000_000)
     total_share: float = Field(default=0.0, ge=0.0, lt=1.0, description=_TOTAL_SHARE_DOC)
+
+    @model_validator(mode="after")
+    def _check_aggregate(self) -> CounterSignal:
+        if self.privacy_model == "aggregate":
+            _check_aggregate_bound("max_per_window", self.max_per_window)
+            _check_no_total(self.total_share)
+        return self
 
 
 class HistogramSignal(_SignalBase):
@@ -134,6 +197,15 @@ class HistogramSignal(_SignalBase):
             raise PolicyKeyError(
                 "max_sum_per_window", "a sum cap needs non-negative values (value_range low >= 0)"
             )
+        if self.privacy_model == "aggregate":
+            _check_aggregate_bound("max_events_per_window", self.max_events_per_window)
+            _check_no_total(self.total_share)
+            if lo < 0.0:
+                raise PolicyKeyError(
+                    "value_range",
+                    "an aggregate histogram's values must be >= 0 (its sums are shared as "
+                    "bounded non-negative integers)",
+                )
         return self
 
     @property
@@ -334,6 +406,54 @@ def _default_retention() -> RetentionPolicy:
     return RetentionPolicy(days={Tier.HEALTH: 395, Tier.PERFORMANCE: 90, Tier.CONTENT: 7})
 
 
+_X25519_KEY_BYTES = 32
+
+
+class HelperEndpoint(BaseModel):
+    """The helper: the second aggregator, run by another operator.
+
+    Devices seal each report's helper share to `public_key` (X25519, base64), so the
+    leader relays shares it cannot read; the leader calls the helper at `url`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
+    public_key: str = Field(description="X25519 public key, standard base64 of 32 bytes")
+
+    @field_validator("public_key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not standard base64") from None
+        if len(raw) != _X25519_KEY_BYTES:
+            raise ValueError(f"must decode to {_X25519_KEY_BYTES} bytes, got {len(raw)}")
+        return value
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        """The raw 32-byte X25519 key."""
+        return base64.b64decode(self.public_key)
+
+
+class AggregationPolicy(BaseModel):
+    """Secure aggregation (Prio3, two aggregators) for the `aggregate` signals.
+
+    No fleet figure of fewer than `min_batch_size` devices' reports is ever revealed.
+    A histogram's sums are shared as integers of `sum_bits` bits: one unit is the
+    signal's sum cap / (2**sum_bits - 1), and values are rounded to units at random
+    (unbiased), so the quantisation adds no bias and far less error than the noise.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_batch_size: int = Field(default=100, ge=2, le=10_000_000)
+    sum_bits: int = Field(default=16, ge=4, le=32)
+    helper: HelperEndpoint | None = None
+
+
 # Sections a policy *file* must spell out (the loader enforces it), so the guarantee
 # can be read off the file. Policies built in code (tests) may rely on the defaults.
 SECTIONS_REQUIRED_IN_FILES = ("privacy", "consent", "retention")
@@ -351,6 +471,7 @@ class Policy(BaseModel):
     consent: ConsentPolicy = Field(default_factory=_default_consent)
     retention: RetentionPolicy = Field(default_factory=_default_retention)
     fingerprints: FingerprintPolicy | None = None
+    aggregation: AggregationPolicy = Field(default_factory=AggregationPolicy)
 
     @model_validator(mode="after")
     def _check_caps(self) -> Policy:
@@ -379,6 +500,11 @@ class Policy(BaseModel):
         """
         windows_per_day = -(-86_400 // self.window_seconds)
         return sum(s.epsilon for s in self.signals.values()) * windows_per_day
+
+    @property
+    def aggregate_signals(self) -> list[str]:
+        """Names of the signals under the `aggregate` privacy model, sorted."""
+        return sorted(n for n, s in self.signals.items() if s.privacy_model == "aggregate")
 
     @property
     def content_hash(self) -> str:

@@ -32,6 +32,14 @@ from schemas._deletion import (
 from schemas._envelope import AppInfo, EnvelopeV1, IngestedEnvelope
 from schemas._export import JSONSCHEMA_DIR, json_schemas, write_json_schemas
 from schemas._identity import device_id_for, key_fingerprint, tpm_device_id_for
+from schemas._reports import (
+    MAX_REPORT_SHARE_BYTES,
+    REPORT_ID_BYTES,
+    HelperShareV1,
+    PrioReport,
+    TaskId,
+    report_batch_start,
+)
 from schemas._wire import (
     MAX_BATCH,
     MAX_SEALED_BYTES,
@@ -45,7 +53,9 @@ from schemas._wire import (
 __all__ = [
     "JSONSCHEMA_DIR",
     "MAX_BATCH",
+    "MAX_REPORT_SHARE_BYTES",
     "MAX_SEALED_BYTES",
+    "REPORT_ID_BYTES",
     "ActivateRequest",
     "Aggregate",
     "AppInfo",
@@ -61,6 +71,7 @@ __all__ = [
     "EnrollmentResult",
     "EnvelopeBatch",
     "EnvelopeV1",
+    "HelperShareV1",
     "HistogramAggregate",
     "IngestedDeletionRequest",
     "IngestedEnvelope",
@@ -69,17 +80,20 @@ __all__ = [
     "NoiseSpec",
     "NonceGrant",
     "NonceRequest",
+    "PrioReport",
     "QuoteEvidence",
     "RejectReason",
     "RevocationResult",
     "RevokeRequest",
     "SignedDeletionRequest",
     "SignedEnvelope",
+    "TaskId",
     "Tier",
     "TotalAggregate",
     "device_id_for",
     "json_schemas",
     "key_fingerprint",
+    "report_batch_start",
     "tpm_device_id_for",
     "write_json_schemas",
 ]

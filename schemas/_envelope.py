@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from schemas._aggregates import Aggregate, Tier
+from schemas._reports import PrioReport
 
 __all__ = ["AppInfo", "EnvelopeV1", "IngestedEnvelope"]
 
@@ -48,6 +49,11 @@ class EnvelopeV1(BaseModel):
     policy_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     app: AppInfo
     aggregates: list[Aggregate] = Field(max_length=4096)
+    reports: list[PrioReport] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Prio3 reports of the aggregate-model signals (one per task)",
+    )
     consent_hash: _HASH | None = Field(
         default=None,
         description="SHA-256 over the device's signed consent records current at release",
@@ -72,6 +78,9 @@ class EnvelopeV1(BaseModel):
             raise ValueError("consented_tiers lists a tier twice")
         if self.consented_tiers and self.consent_hash is None:
             raise ValueError("consented_tiers needs the consent_hash it was read from")
+        tasks = [r.task for r in self.reports]
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("an envelope carries at most one report per task")
         return self
 
 
@@ -88,3 +97,9 @@ class IngestedEnvelope(BaseModel):
     received_at: datetime
     key_fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     assurance: Literal["software", "tpm"]
+    batch_start: datetime | None = Field(
+        default=None,
+        description="start of the aligned policy window the envelope's Prio3 reports "
+        "belong to (their batch), stamped by the ingest after checking them; None "
+        "without reports",
+    )

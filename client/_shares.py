@@ -1,0 +1,170 @@
+"""Secret-share one window of an aggregate-model signal: Prio3 reports, pure logic.
+
+For each of the signal's aggregation tasks (`policies.aggregation_tasks`) the window's
+clamped measurement becomes a non-negative integer vector within the task's L1 bound;
+Prio3 splits it into a public share, a leader share and a helper share with a validity
+proof. The helper share is sealed (NaCl sealed box) to the helper's key together with
+the report's identity, so the ingest (the leader) relays it unread. Nothing of the
+measurement leaves the device unshared.
+
+Clamping keeps means: when a histogram window holds more events than
+`max_events_per_window`, or more seconds than the sum cap, every cell's events and sum
+are scaled by the same factor (largest-remainder rounding for counts), so each cell's
+mean is what the device saw. Sums are then rounded to the task's units at random
+(unbiased: E[round(x)] = x), and the rounding never pushes the vector past its bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from nacl.public import PublicKey, SealedBox
+from quietwire_prio import Prio3
+
+from client._aggregation import HistogramSnapshot
+from policies import AggregationTask, CounterSignal, HistogramSignal, task_context
+from schemas import REPORT_ID_BYTES, HelperShareV1, PrioReport
+
+__all__ = [
+    "ClampedHistogram",
+    "ReportSharer",
+    "clamp_histogram",
+    "quantize_sums",
+    "task_vdaf",
+]
+
+
+@functools.lru_cache(maxsize=256)
+def task_vdaf(length: int, bits: int, chunk_length: int) -> Prio3:
+    """The Prio3L1BoundSum instance of a task's shape (cached: built once per shape)."""
+    return Prio3.l1_bound_sum(length, bits, chunk_length)
+
+
+def _apportion(values: Sequence[int], cap: int) -> list[int]:
+    """Scale non-negative integers down to total at most `cap` (largest remainder)."""
+    total = sum(values)
+    if total <= cap:
+        return list(values)
+    kept = [v * cap // total for v in values]
+    left = cap - sum(kept)
+    by_remainder = sorted(range(len(values)), key=lambda i: (-(values[i] * cap % total), i))
+    for i in by_remainder[:left]:
+        kept[i] += 1
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class ClampedHistogram:
+    """A histogram window after clamping: per-cell bucket counts and sums of values."""
+
+    counts: list[list[int]]
+    sums: list[float]
+
+
+def clamp_histogram(signal: HistogramSignal, raw: Sequence[HistogramSnapshot]) -> ClampedHistogram:
+    """Scale a window down to the signal's event and sum caps, keeping every cell's mean.
+
+    The kept share is f = min(1, max_events / events, sum_cap / sum): the events are
+    apportioned to floor(f x events) and each cell's sum is scaled by the share of its
+    own events kept, so sum / count per cell is unchanged (up to one event's rounding).
+    """
+    flat = [c for snap in raw for c in snap.counts]
+    events = sum(flat)
+    total = math.fsum(max(snap.total, 0.0) for snap in raw)
+    keep = 1.0
+    if events > signal.max_events_per_window:
+        keep = signal.max_events_per_window / events
+    if total > signal.sum_cap:
+        keep = min(keep, signal.sum_cap / total)
+    n_buckets = len(signal.buckets) + 1
+    kept_flat = _apportion(flat, math.floor(events * keep)) if keep < 1.0 else flat
+    counts = [kept_flat[i * n_buckets : (i + 1) * n_buckets] for i in range(len(raw))]
+    sums = []
+    for snap, kept in zip(raw, counts, strict=True):
+        n_raw, n_kept = sum(snap.counts), sum(kept)
+        sums.append(max(snap.total, 0.0) * n_kept / n_raw if n_raw else 0.0)
+    magnitude = math.fsum(sums)
+    if magnitude > signal.sum_cap:  # float drift or a cell that kept its events whole
+        sums = [x * signal.sum_cap / magnitude for x in sums]
+    return ClampedHistogram(counts, sums)
+
+
+def quantize_sums(sums: Sequence[float], resolution: float, bound: int) -> list[int]:
+    """Non-negative sums to integer units, rounded at random (unbiased), L1 <= bound."""
+    out = []
+    for x in sums:
+        units = max(x, 0.0) / resolution
+        whole = math.floor(units)
+        # secrets: the rounding must not be predictable from a seeded PRNG either.
+        up = secrets.randbelow(1 << 53) < (units - whole) * (1 << 53)
+        out.append(whole + int(up))
+    excess = sum(out) - bound
+    while excess > 0:  # rounding up can overshoot by at most one unit per cell
+        i = max(range(len(out)), key=lambda j: out[j])
+        take = min(excess, out[i])
+        out[i] -= take
+        excess -= take
+    return out
+
+
+def counter_measurement(signal: CounterSignal, raw: Sequence[int]) -> list[int]:
+    """A counter window clamped to its L1 bound (largest remainder keeps proportions)."""
+    return _apportion([max(v, 0) for v in raw], signal.max_per_window)
+
+
+def histogram_measurements(
+    tasks: Sequence[AggregationTask], clamped: ClampedHistogram
+) -> dict[str, list[int]]:
+    """The vector of each of a histogram's tasks (buckets, counts, sums) by task id."""
+    out: dict[str, list[int]] = {}
+    for task in tasks:
+        if task.part == "buckets":
+            out[task.id] = [c for cell in clamped.counts for c in cell]
+        elif task.part == "counts":
+            out[task.id] = [sum(cell) for cell in clamped.counts]
+        elif task.part == "sums":
+            out[task.id] = quantize_sums(clamped.sums, task.resolution, task.bound)
+    return out
+
+
+class ReportSharer:
+    """Shards measurements into `PrioReport`s for one policy and one helper key."""
+
+    __slots__ = ("_box", "_policy_hash")
+
+    def __init__(self, policy_hash: str, helper_public_key: bytes) -> None:
+        self._policy_hash = policy_hash
+        self._box = SealedBox(PublicKey(helper_public_key))
+
+    def report(
+        self, task: AggregationTask, measurement: Sequence[int], batch_start: datetime
+    ) -> PrioReport:
+        """One report of `measurement` (a vector within `task`'s bound) for a batch."""
+        vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+        report_id = secrets.token_bytes(REPORT_ID_BYTES)
+        ctx = task_context(self._policy_hash, task.id)
+        public, leader, helper = vdaf.shard(ctx, list(measurement), report_id)
+        sealed = self._box.encrypt(
+            HelperShareV1(
+                policy_hash=self._policy_hash,
+                task=task.id,
+                report_id=report_id,
+                window_start=batch_start,
+                share=helper,
+            )
+            .model_dump_json()
+            .encode()
+        )
+        return PrioReport(
+            task=task.id,
+            tier=task.tier,
+            report_id=report_id,
+            public_share=public,
+            leader_share=leader,
+            helper_share=bytes(sealed),
+        )

@@ -1,0 +1,149 @@
+"""Prio3 aggregation tasks derived from a policy: what one device report of a part holds.
+
+Pure functions on the policy. Every `aggregate` signal becomes one or more *tasks*
+(DAP's word): one Prio3L1BoundSum each, a non-negative integer vector whose entries sum
+to at most `bound` = 2**bits - 1, which the report's validity proof enforces exactly.
+
+- counter `cells`: one entry per attribute cell, the window's count (L1 <= max_per_window);
+- histogram `buckets`: one entry per (cell, bucket), cell-major (L1 <= max_events);
+- histogram `counts`: one entry per cell, its number of events (L1 <= max_events): the
+  denominator of a mean, with two noise draws instead of one per bucket;
+- histogram `sums`: one entry per cell, its sum of values in units of `resolution`
+  (L1 <= 2**sum_bits - 1 units = the signal's sum cap).
+
+Privacy unit: one device's report for one window (replace-one neighbours, so the
+number of reports in a batch is public). Two vectors with L1 <= bound differ by at most
+2 x bound in L1: each aggregator adds discrete Laplace noise at that sensitivity and the
+part's epsilon, so the revealed sum is epsilon-DP even if the other aggregator adds
+none. A signal's epsilon is split between its parts (basic composition): a histogram's
+`sum_share` to the sums, the rest halved between buckets and counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from policies._model import OTHER, CounterSignal, HistogramSignal, Policy
+from schemas import Tier
+
+__all__ = [
+    "AggregationTask",
+    "TaskPart",
+    "aggregation_tasks",
+    "cell_labels",
+    "task_context",
+]
+
+TaskPart = Literal["cells", "buckets", "counts", "sums"]
+
+_CTX_PREFIX = b"quietwire/prio3/v1/"
+
+
+def cell_labels(attributes: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    """Every attribute cell of a declared domain, in the client's index order.
+
+    Each label's values are the declared ones plus `other`; cells are their cross
+    product, first declared label most significant (as `client.CellDomain` indexes).
+    """
+    labels = list(attributes)
+    values = [(*attributes[label], OTHER) for label in labels]
+    return [dict(zip(labels, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationTask:
+    """One Prio3L1BoundSum task: a part of one aggregate signal, per window."""
+
+    signal: str
+    part: TaskPart
+    tier: Tier
+    unit: str
+    length: int
+    bits: int
+    resolution: float
+    """Value of one unit of the vector (1 for counts; sum cap / bound for sums)."""
+    epsilon: float
+    min_batch_size: int
+
+    @property
+    def id(self) -> str:
+        """`signal/part`: unique within a policy."""
+        return f"{self.signal}/{self.part}"
+
+    @property
+    def bound(self) -> int:
+        """The L1 bound the proof enforces, in units: 2**bits - 1."""
+        return (1 << self.bits) - 1
+
+    @property
+    def sensitivity(self) -> int:
+        """L1 distance between two devices' reports (replace-one), in units."""
+        return 2 * self.bound
+
+    @property
+    def chunk_length(self) -> int:
+        """Prio3's gadget chunk: about the square root of the encoded length."""
+        return max(1, math.isqrt(self.length * self.bits + self.bits))
+
+
+def task_context(policy_hash: str, task_id: str) -> bytes:
+    """The VDAF application context: binds a report to one policy's task."""
+    return _CTX_PREFIX + policy_hash.encode("ascii") + b"/" + task_id.encode("ascii")
+
+
+def _split(epsilon: float, share: float) -> tuple[float, float]:
+    """(epsilon - part, part) with part = epsilon * share; their float sum <= epsilon."""
+    part = epsilon * share
+    rest = epsilon - part
+    while rest + part > epsilon:
+        rest = math.nextafter(rest, 0.0)
+    return rest, part
+
+
+def _signal_tasks(
+    name: str, signal: CounterSignal | HistogramSignal, policy: Policy
+) -> list[AggregationTask]:
+    cells = len(cell_labels(signal.attributes))
+
+    def task(
+        part: TaskPart, unit: str, length: int, bits: int, resolution: float, epsilon: float
+    ) -> AggregationTask:
+        return AggregationTask(
+            signal=name,
+            part=part,
+            tier=signal.tier,
+            unit=unit,
+            length=length,
+            bits=bits,
+            resolution=resolution,
+            epsilon=epsilon,
+            min_batch_size=policy.aggregation.min_batch_size,
+        )
+
+    if isinstance(signal, CounterSignal):
+        bits = signal.max_per_window.bit_length()
+        return [task("cells", signal.unit, cells, bits, 1.0, signal.epsilon)]
+    counts_eps, sums_eps = _split(signal.epsilon, signal.sum_share)
+    buckets_eps, counts_eps = _split(counts_eps, 0.5)
+    events_bits = signal.max_events_per_window.bit_length()
+    sum_bits = policy.aggregation.sum_bits
+    n_buckets = len(signal.buckets) + 1
+    resolution = signal.sum_cap / ((1 << sum_bits) - 1)
+    return [
+        task("buckets", "1", cells * n_buckets, events_bits, 1.0, buckets_eps),
+        task("counts", "1", cells, events_bits, 1.0, counts_eps),
+        task("sums", signal.unit, cells, sum_bits, resolution, sums_eps),
+    ]
+
+
+def aggregation_tasks(policy: Policy) -> dict[str, AggregationTask]:
+    """Every task of the policy's aggregate signals, by task id (sorted)."""
+    out: dict[str, AggregationTask] = {}
+    for name in policy.aggregate_signals:
+        for task in _signal_tasks(name, policy.signals[name], policy):
+            out[task.id] = task
+    return out
