@@ -1,10 +1,12 @@
 # Quietwire developer entry points. `make demo` and `make test` are the README's two
 # commands; each installs what it needs and is fast the second time.
 SHELL := /bin/bash
-export PATH := $(HOME)/.local/bin:$(PATH)
+export PATH := $(HOME)/.local/bin:$(HOME)/.cargo/bin:$(PATH)
 UV ?= uv
 RUN := $(UV) run --frozen
 KAFKA_CACHE ?= $(HOME)/.cache/quietwire
+# The Prio3 binding's Rust crate (built into .venv by `uv sync` through maturin).
+PRIO3 := --manifest-path prio3/Cargo.toml
 
 .PHONY: setup deps kafka-jars demo test lint bench kafka schemas clean
 
@@ -24,8 +26,11 @@ lint: deps
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	cargo fmt $(PRIO3) --check
+	cargo clippy $(PRIO3) --locked --all-targets -- -D warnings
 
 test: deps kafka-jars lint
+	cargo test $(PRIO3) --locked
 	$(RUN) pytest -q
 
 bench: deps
@@ -38,4 +43,4 @@ schemas: deps
 	$(RUN) python -c "from schemas import write_json_schemas; write_json_schemas()"
 
 clean:
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache quietwire-demo.duckdb reports/
+	rm -rf prio3/target .venv .pytest_cache .mypy_cache .ruff_cache quietwire-demo.duckdb reports/
