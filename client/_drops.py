@@ -33,6 +33,10 @@ class DropReason(StrEnum):
     TIER_REQUIRES_TPM = "tier_requires_tpm"
     """A release of a tier the attestation policy refuses from software keys, withheld
     (never charged) because the device signs with a software key."""
+    BATCH_ALREADY_REPORTED = "batch_already_reported"
+    """An aggregate-model signal's window continuing a batch (the policy's aligned
+    window) this device already reported, after a restart: one contribution per batch,
+    so it is not sent (never charged)."""
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

@@ -25,6 +25,7 @@ from schemas import (
     CounterAggregate,
     EnvelopeV1,
     HistogramAggregate,
+    PrioReport,
     Tier,
     TotalAggregate,
 )
@@ -43,6 +44,7 @@ def build_envelope(
     policy_hash: str,
     app: AppInfo,
     aggregates: Sequence[CounterAggregate | HistogramAggregate | TotalAggregate],
+    reports: Sequence[PrioReport] = (),
     consent_hash: str | None = None,
     consented_tiers: Sequence[Tier] = (),
     suppressed: Mapping[str, int] | None = None,
@@ -63,6 +65,7 @@ def build_envelope(
         policy_hash=policy_hash,
         app=app,
         aggregates=list(aggregates),
+        reports=list(reports),
         consent_hash=consent_hash,
         consented_tiers=sorted(consented_tiers, key=lambda t: t.value),
         suppressed=dict(suppressed or {}),

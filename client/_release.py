@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import opendp.prelude as dp
@@ -42,7 +42,14 @@ from client._aggregation import HistogramSnapshot
 from client._domain import CellDomain
 from client._errors import ReleaseError
 from policies import CounterSignal, HistogramSignal
-from schemas import CounterAggregate, HistogramAggregate, Mechanism, NoiseSpec, TotalAggregate
+from schemas import (
+    CounterAggregate,
+    HistogramAggregate,
+    Mechanism,
+    NoiseSpec,
+    PrioReport,
+    TotalAggregate,
+)
 
 __all__ = [
     "EpsilonSplit",
@@ -50,6 +57,7 @@ __all__ = [
     "TrueCounter",
     "TrueHistogram",
     "TrueTotal",
+    "Truth",
     "apportion",
     "counter_measurement",
     "epsilon_split",
@@ -103,6 +111,8 @@ class Release:
 
     aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate]
     truth: list[Truth]
+    reports: list[PrioReport] = field(default_factory=list)
+    """Prio3 reports, for a signal under the aggregate model (then no aggregates)."""
 
 
 @dataclass(frozen=True, slots=True)

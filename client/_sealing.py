@@ -87,13 +87,16 @@ class EnvelopeSealer:
             update["device_id"] = device_id
         if self._tpm_only and store.assurance != "tpm":
             kept = [a for a in envelope.aggregates if a.tier.value not in self._tpm_only]
-            if len(kept) != len(envelope.aggregates):
+            reports = [r for r in envelope.reports if r.tier.value not in self._tpm_only]
+            if len(kept) != len(envelope.aggregates) or len(reports) != len(envelope.reports):
                 if self._drops is not None:
                     withheld = {a.signal for a in envelope.aggregates} - {a.signal for a in kept}
+                    withheld |= {r.task for r in envelope.reports} - {r.task for r in reports}
                     self._drops.add(TIER_REQUIRES_TPM, len(withheld))
-                if not kept:
+                if not kept and not reports:
                     raise KeyStoreError("every aggregate needs a TPM key, and the TPM is gone")
                 update["aggregates"] = kept
+                update["reports"] = reports
         if update:
             envelope = envelope.model_copy(update=update)
         signed = SignedEnvelope(**signed_fields(store, envelope.model_dump_json().encode()))

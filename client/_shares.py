@@ -27,6 +27,8 @@ from nacl.public import PublicKey, SealedBox
 from quietwire_prio import Prio3
 
 from client._aggregation import HistogramSnapshot
+from client._domain import CellDomain
+from client._release import Release, TrueCounter, TrueHistogram, Truth, apportion
 from policies import AggregationTask, CounterSignal, HistogramSignal, task_context
 from schemas import REPORT_ID_BYTES, HelperShareV1, PrioReport
 
@@ -34,7 +36,11 @@ __all__ = [
     "ClampedHistogram",
     "ReportSharer",
     "clamp_histogram",
+    "counter_measurement",
+    "histogram_measurements",
     "quantize_sums",
+    "share_counter",
+    "share_histogram",
     "task_vdaf",
 ]
 
@@ -43,19 +49,6 @@ __all__ = [
 def task_vdaf(length: int, bits: int, chunk_length: int) -> Prio3:
     """The Prio3L1BoundSum instance of a task's shape (cached: built once per shape)."""
     return Prio3.l1_bound_sum(length, bits, chunk_length)
-
-
-def _apportion(values: Sequence[int], cap: int) -> list[int]:
-    """Scale non-negative integers down to total at most `cap` (largest remainder)."""
-    total = sum(values)
-    if total <= cap:
-        return list(values)
-    kept = [v * cap // total for v in values]
-    left = cap - sum(kept)
-    by_remainder = sorted(range(len(values)), key=lambda i: (-(values[i] * cap % total), i))
-    for i in by_remainder[:left]:
-        kept[i] += 1
-    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +75,7 @@ def clamp_histogram(signal: HistogramSignal, raw: Sequence[HistogramSnapshot]) -
     if total > signal.sum_cap:
         keep = min(keep, signal.sum_cap / total)
     n_buckets = len(signal.buckets) + 1
-    kept_flat = _apportion(flat, math.floor(events * keep)) if keep < 1.0 else flat
+    kept_flat = apportion(flat, math.floor(events * keep)) if keep < 1.0 else flat
     counts = [kept_flat[i * n_buckets : (i + 1) * n_buckets] for i in range(len(raw))]
     sums = []
     for snap, kept in zip(raw, counts, strict=True):
@@ -114,7 +107,7 @@ def quantize_sums(sums: Sequence[float], resolution: float, bound: int) -> list[
 
 def counter_measurement(signal: CounterSignal, raw: Sequence[int]) -> list[int]:
     """A counter window clamped to its L1 bound (largest remainder keeps proportions)."""
-    return _apportion([max(v, 0) for v in raw], signal.max_per_window)
+    return apportion([max(v, 0) for v in raw], signal.max_per_window)
 
 
 def histogram_measurements(
@@ -168,3 +161,42 @@ class ReportSharer:
             leader_share=leader,
             helper_share=bytes(sealed),
         )
+
+
+def share_counter(
+    name: str,
+    signal: CounterSignal,
+    domain: CellDomain,
+    raw: Sequence[int],
+    tasks: Sequence[AggregationTask],
+    sharer: ReportSharer,
+    batch_start: datetime,
+) -> Release:
+    """One counter window as a Prio3 report (its `cells` task), with its clamped truth."""
+    (task,) = tasks
+    clamped = counter_measurement(signal, raw)
+    truth: list[Truth] = [
+        TrueCounter(signal=name, attributes=attrs, value=value)
+        for attrs, value in zip(domain.cells(), clamped, strict=True)
+    ]
+    return Release([], truth, [sharer.report(task, clamped, batch_start)])
+
+
+def share_histogram(
+    name: str,
+    signal: HistogramSignal,
+    domain: CellDomain,
+    raw: Sequence[HistogramSnapshot],
+    tasks: Sequence[AggregationTask],
+    sharer: ReportSharer,
+    batch_start: datetime,
+) -> Release:
+    """One histogram window as Prio3 reports (buckets, counts, sums), with its truth."""
+    clamped = clamp_histogram(signal, raw)
+    vectors = histogram_measurements(tasks, clamped)
+    truth: list[Truth] = [
+        TrueHistogram(signal=name, attributes=attrs, counts=counts, sum=total)
+        for attrs, counts, total in zip(domain.cells(), clamped.counts, clamped.sums, strict=True)
+    ]
+    reports = [sharer.report(task, vectors[task.id], batch_start) for task in tasks]
+    return Release([], truth, reports)

@@ -149,9 +149,11 @@ class Spool:
         def strip(envelope: EnvelopeV1) -> EnvelopeV1:
             kept = [a for a in envelope.aggregates if a.tier is not tier]
             signals = {a.signal for a in envelope.aggregates if a.tier is tier}
+            signals |= {r.task.partition("/")[0] for r in envelope.reports if r.tier is tier}
             return envelope.model_copy(
                 update={
                     "aggregates": kept,
+                    "reports": [r for r in envelope.reports if r.tier is not tier],
                     "suppressed": {
                         s: n for s, n in envelope.suppressed.items() if s not in signals
                     },
@@ -160,7 +162,12 @@ class Spool:
                 }
             )
 
-        return self._rewrite(lambda e: any(a.tier is tier for a in e.aggregates), strip)
+        return self._rewrite(
+            lambda e: (
+                any(a.tier is tier for a in e.aggregates) or any(r.tier is tier for r in e.reports)
+            ),
+            strip,
+        )
 
     def expire(self, now: datetime, retention_days: Callable[[Tier], int]) -> int:
         """Strip aggregates kept past their tier's retention; drop envelopes left empty."""
@@ -174,12 +181,14 @@ class Spool:
             end = envelope.window_end
             if end > latest:
                 return set()
-            return {a.tier for a in envelope.aggregates if end <= cutoff[a.tier]}
+            tiers = {a.tier for a in envelope.aggregates} | {r.tier for r in envelope.reports}
+            return {t for t in tiers if end <= cutoff[t]}
 
         def strip(envelope: EnvelopeV1) -> EnvelopeV1:
             gone = expired(envelope)
             kept = [a for a in envelope.aggregates if a.tier not in gone]
-            return envelope.model_copy(update={"aggregates": kept})
+            reports = [r for r in envelope.reports if r.tier not in gone]
+            return envelope.model_copy(update={"aggregates": kept, "reports": reports})
 
         return self._rewrite(lambda e: bool(expired(e)), strip, drop_empty=True)
 
@@ -197,7 +206,7 @@ class Spool:
                 if select(envelope):
                     changed += 1
                     envelope = change(envelope)
-                    if drop_empty and not envelope.aggregates:
+                    if drop_empty and not envelope.aggregates and not envelope.reports:
                         self._envelope_path(envelope).unlink(missing_ok=True)
                         self._drops.add(DropReason.EXPIRED)
                         continue

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._config import TelemetryConfig
@@ -48,22 +48,26 @@ from client._release import (
     release_histogram,
 )
 from client._sealing import EnvelopeSealer
+from client._shares import ReportSharer, share_counter, share_histogram, task_vdaf
 from client._spool import Spool
 from client._transport import HttpTransport, Transport
 from client._window import Window, WindowClock
 from client._worker import PeriodicWorker
-from policies import CounterSignal, HistogramSignal
+from policies import AggregationTask, CounterSignal, HistogramSignal, aggregation_tasks
 from schemas import (
     CounterAggregate,
     EnvelopeV1,
     HistogramAggregate,
+    PrioReport,
     Tier,
     TotalAggregate,
+    report_batch_start,
 )
 
 __all__ = ["CollectedWindow", "Telemetry"]
 
 _log = logging.getLogger("client")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,8 @@ class _Signal:
     domain: CellDomain
     table: CounterTable | HistogramTable
     instrument: Counter | Histogram
+    tasks: list[AggregationTask]
+    """Its Prio3 tasks under the aggregate model; empty under the local model."""
 
 
 class Telemetry:
@@ -112,6 +118,8 @@ class Telemetry:
         self._transport: Transport = config.transport or HttpTransport(
             str(config.endpoint), timeout=config.timeout
         )
+        self._tasks = aggregation_tasks(self._policy)
+        self._sharer = self._make_sharer()
         self._signals = {name: self._make_signal(name, spec) for name, spec in _sorted(config)}
         self._warm_measurements()
         self._windows = WindowClock(
@@ -330,21 +338,32 @@ class Telemetry:
         # discarded here, never released and never charged.
         taken = [(signal, _take(signal) if take else None) for signal in self._signals.values()]
         candidates = [(signal, raw) for signal, raw in taken if signal.spec.tier in consented]
+        # Aggregate-model signals contribute once per batch (the policy's aligned window):
+        # a window that continues a batch already reported (a restart within the day)
+        # sends none, uncharged and counted; the ingest would refuse a second one.
+        batch_start = report_batch_start(window.start, self._policy.window_seconds)
+        if batch_start != window.start:
+            for signal, _ in candidates:
+                if signal.tasks:
+                    self._drops.add(DropReason.BATCH_ALREADY_REPORTED)
+            candidates = [(s, raw) for s, raw in candidates if not s.tasks]
         admissions = self._gate.admit_window(
             [(s.name, s.spec.tier, s.spec.epsilon) for s, _ in candidates],
             window.start,
             assurance=assurance,
         )
         aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
+        reports: list[PrioReport] = []
         truth: list[Truth] = []
         suppressed: dict[str, int] = {}
         for (signal, raw), admission in zip(candidates, admissions, strict=True):
             if admission is Admission.SUPPRESSED:
                 suppressed[signal.name] = 1
             elif admission is Admission.RELEASE:
-                release = self._release_signal(signal, raw)
+                release = self._release_signal(signal, raw, batch_start)
                 if release is not None:
                     aggregates.extend(release.aggregates)
+                    reports.extend(release.reports)
                     truth.extend(release.truth)
             # NEEDS_TPM: the ingest would refuse it: discarded, uncharged, counted.
         if not any(self._gate.may_send(t, assurance) for t in consented):
@@ -361,6 +380,7 @@ class Telemetry:
             policy_hash=self._policy.content_hash,
             app=self._config.app,
             aggregates=aggregates,
+            reports=reports,
             consent_hash=self._gate.consent.consent_hash(),
             consented_tiers=consented,
             suppressed=suppressed,
@@ -369,14 +389,17 @@ class Telemetry:
         return CollectedWindow(envelope, truth)
 
     def _release_signal(
-        self, signal: _Signal, raw: list[int] | list[HistogramSnapshot] | None
+        self,
+        signal: _Signal,
+        raw: list[int] | list[HistogramSnapshot] | None,
+        batch_start: datetime,
     ) -> Release | None:
         try:
             if isinstance(signal.table, CounterTable):
                 counts = raw if raw is not None else [0] * signal.domain.size
-                return self._release_counter(signal, counts)  # type: ignore[arg-type]
+                return self._release_counter(signal, counts, batch_start)  # type: ignore[arg-type]
             snaps = raw if raw is not None else _empty_histogram(signal)
-            return self._release_histogram(signal, snaps)  # type: ignore[arg-type]
+            return self._release_histogram(signal, snaps, batch_start)  # type: ignore[arg-type]
         except Exception:
             # Skipped, not sent raw: a signal whose release fails is suppressed.
             self._drops.add(DropReason.RELEASE_FAILED)
@@ -515,22 +538,60 @@ class Telemetry:
             raise SignalKindError(name, signal.spec.kind, kind)
         return signal.instrument
 
+    def _make_sharer(self) -> ReportSharer | None:
+        if not self._tasks:
+            return None
+        helper = self._policy.aggregation.helper
+        if helper is None:
+            raise ConfigError(
+                "the policy declares aggregate signals "
+                f"({', '.join(self._policy.aggregate_signals)}) but no aggregation.helper: "
+                "their reports need the helper's public key"
+            )
+        return ReportSharer(self._policy.content_hash, helper.public_key_bytes)
+
     def _make_signal(self, name: str, spec: CounterSignal | HistogramSignal) -> _Signal:
         domain = CellDomain(spec.attributes)
+        tasks = [t for t in self._tasks.values() if t.signal == name]
         if isinstance(spec, CounterSignal):
             table = CounterTable(domain.size)
-            return _Signal(name, spec, domain, table, Counter(name, domain, table, self._drops))
+            counter = Counter(name, domain, table, self._drops)
+            return _Signal(name, spec, domain, table, counter, tasks)
         htable = HistogramTable(domain.size, len(spec.buckets) + 1)
         hist = Histogram(name, domain, htable, self._drops, spec.buckets, spec.value_range)
-        return _Signal(name, spec, domain, htable, hist)
+        return _Signal(name, spec, domain, htable, hist, tasks)
 
-    def _release_counter(self, signal: _Signal, raw: list[int]) -> Release:
+    def _release_counter(self, signal: _Signal, raw: list[int], batch_start: datetime) -> Release:
         assert isinstance(signal.spec, CounterSignal)
+        if signal.tasks:
+            assert self._sharer is not None
+            return share_counter(
+                signal.name,
+                signal.spec,
+                signal.domain,
+                raw,
+                signal.tasks,
+                self._sharer,
+                batch_start,
+            )
         mechanism = self._policy.privacy.mechanisms.counter
         return release_counter(signal.name, signal.spec, signal.domain, raw, mechanism)
 
-    def _release_histogram(self, signal: _Signal, raw: list[HistogramSnapshot]) -> Release:
+    def _release_histogram(
+        self, signal: _Signal, raw: list[HistogramSnapshot], batch_start: datetime
+    ) -> Release:
         assert isinstance(signal.spec, HistogramSignal)
+        if signal.tasks:
+            assert self._sharer is not None
+            return share_histogram(
+                signal.name,
+                signal.spec,
+                signal.domain,
+                raw,
+                signal.tasks,
+                self._sharer,
+                batch_start,
+            )
         mechanisms = self._policy.privacy.mechanisms
         return release_histogram(
             signal.name,
@@ -542,12 +603,16 @@ class Telemetry:
         )
 
     def _warm_measurements(self) -> None:
-        """Build (and cache) every OpenDP measurement now: a bad policy fails at setup."""
+        """Build (and cache) every OpenDP measurement and Prio3 instance now: a bad
+        policy fails at setup, not at the first window close."""
         for signal in self._signals.values():
-            if isinstance(signal.spec, CounterSignal):
-                self._release_counter(signal, [0] * signal.domain.size)
+            if signal.tasks:
+                for task in signal.tasks:
+                    task_vdaf(task.length, task.bits, task.chunk_length)
+            elif isinstance(signal.spec, CounterSignal):
+                self._release_counter(signal, [0] * signal.domain.size, _EPOCH)
             else:
-                self._release_histogram(signal, _empty_histogram(signal))
+                self._release_histogram(signal, _empty_histogram(signal), _EPOCH)
 
 
 def _take(signal: _Signal) -> list[int] | list[HistogramSnapshot]:

@@ -24,11 +24,12 @@ from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key
 from ingest._registry import SqliteDeviceRegistry
+from ingest._report_rules import ReportRules
 from ingest._routes import IngestState, router
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
 from ingest._verify import EnvelopeVerifier, RecentlyAccepted
-from policies import PolicyError, load_attestation_policy
+from policies import Policy, PolicyError, load_attestation_policy, load_policy
 
 __all__ = ["create_app", "default_bus"]
 
@@ -72,6 +73,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, reason, exc.detail, exc.headers)
 
 
+def _load_policies(settings: IngestSettings) -> list[Policy]:
+    out = []
+    for path in settings.policy_paths:
+        try:
+            out.append(load_policy(path))
+        except PolicyError as exc:
+            raise ConfigurationError(f"policy: {exc}") from exc
+    return out
+
+
 def create_app(
     settings: IngestSettings | None = None,
     *,
@@ -104,10 +115,12 @@ def create_app(
         clock=attestation_clock or time.time,
     )
     operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
+    served = _load_policies(settings)
     verifier = EnvelopeVerifier(
         private_key,
         region=settings.region,
-        known_policy_hashes=settings.known_policy_hashes,
+        known_policy_hashes=settings.known_policy_hashes | {p.content_hash for p in served},
+        report_rules=ReportRules(served),
         max_sealed_bytes=settings.max_sealed_bytes,
         attested_keys=attested_keys,
         software_tiers=[t.value for t in attestation_policy.software_tiers],

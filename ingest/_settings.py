@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from policies import DEFAULT_ATTESTATION_POLICY_PATH, load_policy
+from policies import DEFAULT_ATTESTATION_POLICY_PATH, DEFAULT_POLICY_PATH, load_policy
 from schemas import MAX_BATCH, MAX_SEALED_BYTES
 
 __all__ = ["IngestSettings", "check_bootstrap"]
@@ -68,6 +68,11 @@ class IngestSettings(BaseSettings):
     sink_group: _TOPIC_PART = "quietwire-sink"
     known_policy_hashes: frozenset[_POLICY_HASH] = Field(
         default_factory=_default_policy_hashes, min_length=1
+    )
+    policy_paths: tuple[Path, ...] = Field(
+        default=(DEFAULT_POLICY_PATH,),
+        description="policy files this ingest serves in full: their hashes are known, and "
+        "their aggregation tasks are what Prio3 reports are checked against",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_batch: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)

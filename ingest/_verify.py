@@ -5,7 +5,7 @@ trusting first: size, base64, unseal, signed-envelope shape, the key's standing 
 `ecdsa-p256` key must be currently attested by a non-revoked TPM device), the signature
 over the exact payload bytes, envelope schema, device id bound to the key, software
 assurance allowed for every tier in the envelope, known policy, consent covering every
-tier it carries, region.
+tier it carries, region, and the Prio3 reports' tasks, tiers, sizes and batch.
 Nothing from the payload is parsed before its signature has been checked.
 
 `RecentlyAccepted` is the per-replica duplicate fast path (see its docstring).
@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from ingest._attested_keys import AttestedKey, AttestedKeys
 from ingest._consent import consent_problem
+from ingest._report_rules import ReportProblem, ReportRules
 from schemas import (
     MAX_SEALED_BYTES,
     EnvelopeV1,
@@ -105,6 +106,7 @@ class EnvelopeVerifier:
         "_max_b64",
         "_max_sealed",
         "_region",
+        "_reports",
         "_skew",
         "_software_tiers",
     )
@@ -119,10 +121,13 @@ class EnvelopeVerifier:
         attested_keys: AttestedKeys | None = None,
         software_tiers: Iterable[str] | None = None,
         max_clock_skew: timedelta = timedelta(minutes=5),
+        report_rules: ReportRules | None = None,
     ) -> None:
         """`attested_keys`: where TPM keys are looked up (None: every `ecdsa-p256`
         envelope is `key_not_attested`). `software_tiers`: the tiers an Ed25519
-        (software) key may send (None: all)."""
+        (software) key may send (None: all). `report_rules`: the policies whose Prio3
+        reports this ingest checks (None: an envelope with reports is `unknown_task`)."""
+        self._reports = report_rules or ReportRules(())
         self._attested = attested_keys
         self._skew = max_clock_skew
         self._software_tiers = None if software_tiers is None else frozenset(software_tiers)
@@ -200,7 +205,8 @@ class EnvelopeVerifier:
                 env.envelope_id,
             )
         if attested is None and self._software_tiers is not None:
-            refused = sorted({a.tier.value for a in env.aggregates} - self._software_tiers)
+            carried = {a.tier.value for a in env.aggregates} | {r.tier.value for r in env.reports}
+            refused = sorted(carried - self._software_tiers)
             if refused:
                 return Rejected(
                     RejectReason.SOFTWARE_KEY_REFUSED,
@@ -225,12 +231,16 @@ class EnvelopeVerifier:
                 f"envelope is for region {env.region!r}; this ingest serves {self._region!r}",
                 env.envelope_id,
             )
+        batch = self._reports.check(env)
+        if isinstance(batch, ReportProblem):
+            return Rejected(batch.reason, batch.detail, env.envelope_id, env.device_id)
         return Accepted(
             IngestedEnvelope(
                 envelope=env,
                 received_at=received_at,
                 key_fingerprint=key_fingerprint(signed.public_key),
                 assurance="software" if attested is None else "tpm",
+                batch_start=batch,
             )
         )
 

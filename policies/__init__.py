@@ -7,7 +7,7 @@ from policies._attestation import (
     load_attestation_policy,
 )
 from policies._errors import PolicyError
-from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, load_policy
+from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, dump_policy, load_policy
 from policies._model import (
     FINGERPRINT_DIGITS,
     OTHER,
@@ -54,6 +54,7 @@ __all__ = [
     "TierConsent",
     "aggregation_tasks",
     "cell_labels",
+    "dump_policy",
     "fingerprint_bucket_name",
     "load_attestation_policy",
     "load_policy",

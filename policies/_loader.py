@@ -12,11 +12,24 @@ from pydantic import ValidationError
 from policies._errors import PolicyError
 from policies._model import SECTIONS_REQUIRED_IN_FILES, Policy, PolicyKeyError
 
-__all__ = ["DEFAULT_POLICY_PATH", "PILOT_POLICY_PATH", "load_policy"]
+__all__ = ["DEFAULT_POLICY_PATH", "PILOT_POLICY_PATH", "dump_policy", "load_policy"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "default.yaml"
-# The default policy with an eight-fold budget, for small opted-in pilot fleets (the demo).
+# The default signals under the local model with a four-fold budget: small fleets
+# without a helper (a second operator).
 PILOT_POLICY_PATH = Path(__file__).parent / "pilot.yaml"
+
+
+def dump_policy(policy: Policy, path: Path | str) -> Path:
+    """Write `policy` as a policy file that `load_policy` reads back to the same hash.
+
+    For policies built in code (a demo's generated helper key, a test's small
+    catalogue) that a separate process (the ingest, the helper) must load.
+    """
+    path = Path(path)
+    text = yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False)
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def load_policy(path: Path | str = DEFAULT_POLICY_PATH) -> Policy:

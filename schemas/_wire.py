@@ -76,6 +76,9 @@ class RejectReason(StrEnum):
     ATTESTATION_EXPIRED = "attestation_expired"
     DEVICE_REVOKED = "device_revoked"
     SOFTWARE_KEY_REFUSED = "software_key_refused"
+    # Prio3 reports (secure aggregation, issue 7)
+    UNKNOWN_TASK = "unknown_task"
+    REPORT_INVALID = "report_invalid"
 
 
 class ItemResult(BaseModel):

@@ -26,20 +26,27 @@ from schemas import (
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # aligned to the hour
 
 # The default policy's privacy, consent and retention sections, with a small catalogue
-# (and no fingerprint signal: tests of fingerprints bring their own policy).
-POLICY = load_policy().model_copy(
+# (and no fingerprint signal: tests of fingerprints bring their own policy), under the
+# local model, with the daily cap of 8 these tests were written for.
+_DEFAULT = load_policy()
+POLICY = _DEFAULT.model_copy(
     update={
         "window_seconds": 3600,
+        "privacy": _DEFAULT.privacy.model_copy(update={"daily_epsilon": 8.0}),
         "fingerprints": None,
         "signals": {
             "inference.requests": CounterSignal(
+                privacy_model="local",
                 tier=Tier.PERFORMANCE,
                 attributes={"route": ["local", "edge", "cloud"], "model": ["a@1", "b@2"]},
                 max_per_window=10,
                 epsilon=0.5,
             ),
-            "app.starts": CounterSignal(tier=Tier.HEALTH, max_per_window=3, epsilon=1.0),
+            "app.starts": CounterSignal(
+                privacy_model="local", tier=Tier.HEALTH, max_per_window=3, epsilon=1.0
+            ),
             "latency": HistogramSignal(
+                privacy_model="local",
                 tier=Tier.PERFORMANCE,
                 unit="s",
                 attributes={"route": ["local", "cloud"]},

@@ -78,7 +78,11 @@ def test_concurrent_adds_are_all_counted(tmp_path: Path, ingest, clock) -> None:
         update={
             "signals": {
                 "busy": CounterSignal(
-                    tier=Tier.HEALTH, attributes={"k": ["a"]}, max_per_window=1_000_000, epsilon=1
+                    privacy_model="local",
+                    tier=Tier.HEALTH,
+                    attributes={"k": ["a"]},
+                    max_per_window=1_000_000,
+                    epsilon=1,
                 )
             }
         }

@@ -212,6 +212,7 @@ def _fingerprinted_telemetry(tmp_path, ingest, clock, values, key=b"k" * 32):
         update={
             "signals": {
                 "app.exceptions": CounterSignal(
+                    privacy_model="local",
                     tier=Tier.HEALTH,
                     attributes={"fingerprint": values},
                     max_per_window=4,

@@ -68,6 +68,7 @@ def _counter_noise(
 
 def test_counter_cells_and_totals_follow_the_declared_discrete_laplace() -> None:
     signal = CounterSignal(
+        privacy_model="local",
         tier=Tier.HEALTH,
         attributes={"route": ["local", "cloud", "edge"]},
         max_per_window=2,
@@ -88,6 +89,7 @@ def test_counter_cells_and_totals_follow_the_declared_discrete_laplace() -> None
 
 def test_histogram_sums_follow_the_declared_laplace() -> None:
     signal = HistogramSignal(
+        privacy_model="local",
         tier=Tier.PERFORMANCE,
         buckets=[1.0],
         max_events_per_window=2,

@@ -27,6 +27,7 @@ from schemas import (
 from tests.client.conftest import POLICY, T0, FakeClock, MakeTelemetry, MemoryIngest
 
 CONTENT = CounterSignal(
+    privacy_model="local",
     tier=Tier.CONTENT,
     attributes={"kind": ["email", "phone", "home_path", "credential", "card", "network_address"]},
     max_per_window=5,
@@ -266,7 +267,7 @@ def test_a_device_cannot_exceed_its_daily_cap_whatever_it_records(
 
 
 def test_the_default_policy_runs_for_days_without_suppression(tmp_path: Path, clock) -> None:
-    """Every tier consented, four six-hour windows a day: exactly the daily cap.
+    """Every tier consented, one window a day: exactly the daily cap, every day.
 
     Every tier is sendable here (a TPM-keyed device, or a policy accepting software
     keys for content); a software key under the packaged policy spends less.
@@ -277,16 +278,22 @@ def test_the_default_policy_runs_for_days_without_suppression(tmp_path: Path, cl
     qw = _telemetry(tmp_path, ingest, clock, policy, software_tiers=set(Tier))
     for tier in Tier:
         qw.grant_consent(tier)
-    for _window in range(4 * 5):
+    days = 5
+    for _day in range(days):
         qw.counter("inference.requests").add(3, route="local", model="qwen2.5-7b@1.0")
-        qw.collect(clock.advance(hours=6))
+        qw.collect(clock.advance(hours=24))
+        assert qw.privacy_spent(clock.now - timedelta(hours=1))[0] == pytest.approx(
+            policy.privacy.daily_epsilon
+        )
     assert qw.flush()
-    assert len(ingest.envelopes) == 20
+    assert len(ingest.envelopes) == days
     assert all(not e.suppressed for e in ingest.envelopes)
-    spent = _spent_per_day(ingest.envelopes)
-    assert set(spent) == {(T0 + timedelta(days=d)).date().isoformat() for d in range(5)}
-    assert all(total == pytest.approx(policy.privacy.daily_epsilon) for total in spent.values())
-    assert qw.privacy_spent(clock.now - timedelta(hours=1))[0] == policy.privacy.daily_epsilon
+    for envelope in ingest.envelopes:
+        # The aggregate signals leave as Prio3 reports, one per task; content locally.
+        assert {r.task.partition("/")[0] for r in envelope.reports} == set(
+            policy.aggregate_signals
+        )
+        assert {a.signal for a in envelope.aggregates} == {"prompt.personal_data"}
     qw.shutdown(release_open_window=False)
 
 

@@ -91,7 +91,7 @@ def test_apportion_is_deterministic_and_bounded() -> None:
 
 def test_mean_of_releases_is_the_clamped_truth() -> None:
     """Many releases of one fixed count average to it within a few standard errors."""
-    signal = CounterSignal(tier=Tier.HEALTH, max_per_window=5, epsilon=1.0)
+    signal = CounterSignal(privacy_model="local", tier=Tier.HEALTH, max_per_window=5, epsilon=1.0)
     domain = CellDomain({})
     truth, n = 4, 3000
     values = [release_counter("s", signal, domain, [truth]).aggregates[0].value for _ in range(n)]
@@ -104,6 +104,7 @@ def test_mean_of_releases_is_the_clamped_truth() -> None:
 
 def test_histogram_sum_release_is_unbiased() -> None:
     signal = HistogramSignal(
+        privacy_model="local",
         tier=Tier.PERFORMANCE,
         buckets=[1.0],
         max_events_per_window=2,

@@ -35,6 +35,7 @@ from schemas import (
 from tests.client.conftest import POLICY, T0, FakeClock, MemoryIngest
 
 CONTENT = CounterSignal(
+    privacy_model="local",
     tier=Tier.CONTENT,
     attributes={"kind": ["email", "phone", "home_path", "credential", "card", "network_address"]},
     max_per_window=5,

@@ -43,6 +43,15 @@ def test_public_names_are_pinned() -> None:
         "load_attestation_policy",
         "DEFAULT_POLICY_PATH",
         "PILOT_POLICY_PATH",
+        "AggregationPolicy",
+        "AggregationTask",
+        "HelperEndpoint",
+        "PrivacyModel",
+        "TaskPart",
+        "aggregation_tasks",
+        "cell_labels",
+        "dump_policy",
+        "task_context",
         "OTHER",
         "ConsentPolicy",
         "CounterSignal",
@@ -81,7 +90,7 @@ def test_default_policy_states_caps_consent_and_retention() -> None:
 def test_content_hash_covers_the_new_sections(tmp_path: Path) -> None:
     base = load_policy().content_hash
     for section, key, value in [
-        ("privacy", "daily_epsilon", 4.0),
+        ("privacy", "daily_epsilon", 5.0),
         ("consent", "notice_version", 2),
     ]:
         data = _default_data()

@@ -117,5 +117,6 @@ def test_public_names_are_pinned() -> None:
         "EnrollRequest", "EnrollmentChallenge", "EnrollmentResult", "NonceGrant",
         "NonceRequest", "QuoteEvidence", "RevocationResult", "RevokeRequest",
         "TotalAggregate", "DeletionReceipt", "DeletionRequestV1", "IngestedDeletionRequest",
-        "SignedDeletionRequest",
+        "SignedDeletionRequest", "HelperShareV1", "PrioReport", "TaskId",
+        "MAX_REPORT_SHARE_BYTES", "REPORT_ID_BYTES", "report_batch_start",
     }  # fmt: skip

@@ -1,0 +1,132 @@
+"""What the ingest (the leader) checks of an envelope's Prio3 reports before accepting it.
+
+Pure logic on the policies the ingest serves. A report is input, not truth: its task
+must be one of the named policy's aggregation tasks, its tier the one the policy gives
+that signal (a device cannot relabel a signal to dodge a tier rule), its shares exactly
+the sizes that task's Prio3 encoding has (nothing else decodes, and an oversized share
+would only cost the aggregators work), and the envelope's window must lie inside one
+aligned policy window, the report's batch. The proof itself is checked later, by the
+leader and the helper together; the shares reveal nothing here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from nacl.public import PrivateKey, SealedBox
+from quietwire_prio import Prio3, Prio3Error
+
+from policies import AggregationTask, Policy, aggregation_tasks, task_context
+from schemas import EnvelopeV1, HelperShareV1, RejectReason, report_batch_start
+
+__all__ = ["ReportProblem", "ReportRules", "TaskShape"]
+
+# A sealed helper share is the HelperShareV1 JSON plus the box's 48 bytes; its JSON
+# varies only by a few characters (the window's ISO form), so allow this much slack.
+_HELPER_SLACK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TaskShape:
+    """One task and the exact encoded sizes of its report's shares."""
+
+    task: AggregationTask
+    public_bytes: int
+    leader_bytes: int
+    helper_max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportProblem:
+    """Why an envelope's reports are refused."""
+
+    reason: RejectReason
+    detail: str
+
+
+def _shape(policy: Policy, task: AggregationTask) -> TaskShape:
+    """Measure the sizes by sharding an all-zero measurement once, at startup."""
+    vdaf = Prio3.l1_bound_sum(task.length, task.bits, task.chunk_length)
+    nonce = secrets.token_bytes(16)
+    public, leader, helper = vdaf.shard(
+        task_context(policy.content_hash, task.id), [0] * task.length, nonce
+    )
+    sealed_plain = HelperShareV1(
+        policy_hash=policy.content_hash,
+        task=task.id,
+        report_id=nonce,
+        window_start=datetime(2000, 1, 1, tzinfo=UTC),
+        share=helper,
+    )
+    probe = SealedBox(PrivateKey.generate().public_key).encrypt(
+        sealed_plain.model_dump_json().encode()
+    )
+    return TaskShape(task, len(public), len(leader), len(probe) + _HELPER_SLACK)
+
+
+class ReportRules:
+    """The report checks for every policy the ingest serves (by content hash)."""
+
+    __slots__ = ("_shapes", "_window")
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self._shapes: dict[str, dict[str, TaskShape]] = {}
+        self._window: dict[str, int] = {}
+        for policy in policies:
+            try:
+                shapes = {t.id: _shape(policy, t) for t in aggregation_tasks(policy).values()}
+            except Prio3Error as exc:  # a policy whose task Prio3 cannot build
+                raise ValueError(f"policy {policy.content_hash[:12]}: {exc}") from exc
+            self._shapes[policy.content_hash] = shapes
+            self._window[policy.content_hash] = policy.window_seconds
+
+    def knows(self, policy_hash: str) -> bool:
+        """Whether the ingest holds this policy's file (not only its hash)."""
+        return policy_hash in self._shapes
+
+    def check(self, env: EnvelopeV1) -> datetime | ReportProblem | None:
+        """The reports' batch start if they pass, a problem if not, None if none."""
+        if not env.reports:
+            return None
+        shapes = self._shapes.get(env.policy_hash)
+        if shapes is None:
+            return ReportProblem(
+                RejectReason.UNKNOWN_TASK,
+                f"policy {env.policy_hash[:12]}… is known to this ingest by hash only: "
+                "reports need its policy file",
+            )
+        window = self._window[env.policy_hash]
+        batch = report_batch_start(env.window_start, window)
+        if env.window_end > batch + timedelta(seconds=window):
+            return ReportProblem(
+                RejectReason.REPORT_INVALID,
+                f"the window [{env.window_start.isoformat()}, {env.window_end.isoformat()}) "
+                f"crosses a {window} s policy window: reports belong to one batch",
+            )
+        for report in env.reports:
+            shape = shapes.get(report.task)
+            if shape is None:
+                return ReportProblem(
+                    RejectReason.UNKNOWN_TASK,
+                    f"task {report.task!r} is not an aggregation task of the policy",
+                )
+            if report.tier is not shape.task.tier:
+                return ReportProblem(
+                    RejectReason.REPORT_INVALID,
+                    f"task {report.task!r} is tier {shape.task.tier.value}, "
+                    f"not {report.tier.value}",
+                )
+            sizes = (len(report.public_share), len(report.leader_share))
+            if sizes != (shape.public_bytes, shape.leader_bytes) or (
+                len(report.helper_share) > shape.helper_max_bytes
+            ):
+                return ReportProblem(
+                    RejectReason.REPORT_INVALID,
+                    f"task {report.task!r}: shares of {sizes[0]}/{sizes[1]}/"
+                    f"{len(report.helper_share)} bytes; the task's are {shape.public_bytes}/"
+                    f"{shape.leader_bytes}/at most {shape.helper_max_bytes}",
+                )
+        return batch
