@@ -290,9 +290,7 @@ def test_the_default_policy_runs_for_days_without_suppression(tmp_path: Path, cl
     assert all(not e.suppressed for e in ingest.envelopes)
     for envelope in ingest.envelopes:
         # The aggregate signals leave as Prio3 reports, one per task; content locally.
-        assert {r.task.partition("/")[0] for r in envelope.reports} == set(
-            policy.aggregate_signals
-        )
+        assert {r.task.partition("/")[0] for r in envelope.reports} == set(policy.aggregate_signals)
         assert {a.signal for a in envelope.aggregates} == {"prompt.personal_data"}
     qw.shutdown(release_open_window=False)
 
