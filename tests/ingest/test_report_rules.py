@@ -1,0 +1,167 @@
+"""The ingest's checks of Prio3 reports before it accepts an envelope that carries them."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from nacl.public import PrivateKey
+
+from client._shares import ReportSharer
+from ingest import Accepted, EnvelopeVerifier, Rejected
+from ingest._report_rules import ReportRules
+from policies import aggregation_tasks, load_policy
+from schemas import PrioReport, RejectReason
+from tests.ingest.kit import Device
+
+POLICY = load_policy()
+TASKS = aggregation_tasks(POLICY)
+DAY = datetime(2025, 1, 1, tzinfo=UTC)
+NOW = DAY + timedelta(days=1, minutes=1)
+HELPER = PrivateKey.generate()
+
+
+@pytest.fixture
+def key() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+@pytest.fixture
+def verifier(key: PrivateKey) -> EnvelopeVerifier:
+    return EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[POLICY.content_hash],
+        report_rules=ReportRules([POLICY]),
+    )
+
+
+def _report(task: str = "inference.errors/cells", **changes: Any) -> dict[str, Any]:
+    sharer = ReportSharer(POLICY.content_hash, bytes(HELPER.public_key))
+    spec = TASKS[task]
+    report = sharer.report(spec, [0] * spec.length, DAY)
+    data: dict[str, Any] = report.model_dump(mode="json")
+    data.update(changes)
+    return data
+
+
+def _envelope(device: Device, reports: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "window_start": DAY.isoformat(),
+        "window_end": (DAY + timedelta(days=1)).isoformat(),
+        "sent_at": (DAY + timedelta(days=1, seconds=5)).isoformat(),
+        "aggregates": [],
+        "reports": reports,
+    }
+    return device.envelope(**(fields | overrides))
+
+
+def _verify(
+    verifier: EnvelopeVerifier, key: PrivateKey, env: dict[str, Any], at: datetime = NOW
+) -> object:
+    device = Device("eu-test")
+    env["device_id"] = device.device_id
+    return verifier.verify(device.item(key.public_key, env), received_at=at)
+
+
+def test_valid_reports_are_accepted_and_stamped_with_their_batch(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    env = _envelope(Device(), [_report(), _report("inference.requests/cells")])
+    verdict = _verify(verifier, key, env)
+    assert isinstance(verdict, Accepted), verdict
+    assert verdict.item.batch_start == DAY
+    assert len(verdict.item.envelope.reports) == 2
+
+
+def _reason(verdict: object) -> RejectReason:
+    assert isinstance(verdict, Rejected), verdict
+    return verdict.reason
+
+
+def test_a_task_the_policy_does_not_have_is_refused(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    env = _envelope(Device(), [_report(task="inference.errors/cells") | {"task": "x.y/cells"}])
+    assert _reason(_verify(verifier, key, env)) is RejectReason.UNKNOWN_TASK
+
+
+def test_a_relabelled_tier_is_refused(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    # inference.requests is performance: a device cannot send it as health.
+    env = _envelope(Device(), [_report("inference.requests/cells", tier="health")])
+    verdict = _verify(verifier, key, env)
+    assert _reason(verdict) is RejectReason.REPORT_INVALID
+    assert "is tier performance" in verdict.detail  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field", ["public_share", "leader_share"])
+def test_shares_of_the_wrong_size_are_refused(
+    verifier: EnvelopeVerifier, key: PrivateKey, field: str
+) -> None:
+    report = _report()
+    raw = base64.urlsafe_b64decode(report[field])
+    report[field] = base64.b64encode(raw + b"\x00" * 16).decode()
+    assert _reason(_verify(verifier, key, _envelope(Device(), [report]))) is (
+        RejectReason.REPORT_INVALID
+    )
+
+
+def test_an_oversized_helper_share_is_refused(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    report = _report(helper_share=base64.b64encode(b"\x00" * 8192).decode())
+    assert _reason(_verify(verifier, key, _envelope(Device(), [report]))) is (
+        RejectReason.REPORT_INVALID
+    )
+
+
+def test_a_window_crossing_two_batches_is_refused(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    env = _envelope(
+        Device(),
+        [_report()],
+        window_start=(DAY + timedelta(hours=12)).isoformat(),
+        window_end=(DAY + timedelta(hours=36)).isoformat(),
+        sent_at=(DAY + timedelta(hours=36, seconds=1)).isoformat(),
+    )
+    verdict = _verify(verifier, key, env, at=DAY + timedelta(hours=37))
+    assert _reason(verdict) is RejectReason.REPORT_INVALID
+    assert "crosses" in verdict.detail  # type: ignore[union-attr]
+
+
+def test_reports_need_the_policy_file_not_only_its_hash(key: PrivateKey) -> None:
+    hash_only = EnvelopeVerifier(key, region="eu-test", known_policy_hashes=[POLICY.content_hash])
+    env = _envelope(Device(), [_report()])
+    assert _reason(_verify(hash_only, key, env)) is RejectReason.UNKNOWN_TASK
+
+
+def test_report_tiers_need_consent(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
+    env = _envelope(Device(), [_report()], consented_tiers=["performance"])
+    assert _reason(_verify(verifier, key, env)) is RejectReason.CONSENT_MISSING
+
+
+def test_report_tiers_count_for_the_software_key_rule(key: PrivateKey) -> None:
+    strict = EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[POLICY.content_hash],
+        report_rules=ReportRules([POLICY]),
+        software_tiers=["performance"],
+    )
+    env = _envelope(Device(), [_report()])  # inference.errors: health
+    assert _reason(_verify(strict, key, env)) is RejectReason.SOFTWARE_KEY_REFUSED
+
+
+def test_two_reports_of_one_task_in_one_envelope_are_a_schema_error(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    env = _envelope(Device(), [_report(), _report()])
+    assert _reason(_verify(verifier, key, env)) is RejectReason.SCHEMA_INVALID
+
+
+def test_report_model_round_trips_bytes_as_base64() -> None:
+    data = _report()
+    report = PrioReport.model_validate(data)
+    assert len(report.report_id) == 16
+    assert PrioReport.model_validate_json(report.model_dump_json()) == report
