@@ -180,6 +180,33 @@ CREATE TABLE IF NOT EXISTS fleet_aggregates (
     collected_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (batch_id, vector_index)
 );
+-- The leader's side of each batch (ingest.aggregation): its running aggregate share and
+-- report count, the checksum over the aggregated report ids it shows the helper, and
+-- its noisy share, stored before use so it is never redrawn.
+-- status: open | below_minimum | collecting | collected.
+CREATE TABLE IF NOT EXISTS prio_batches (
+    task            VARCHAR NOT NULL,
+    policy_hash     VARCHAR NOT NULL,
+    region          VARCHAR NOT NULL,
+    batch_start     TIMESTAMPTZ NOT NULL,
+    batch_id        VARCHAR NOT NULL,
+    aggregate_share BLOB NOT NULL,
+    reports         BIGINT NOT NULL,
+    checksum        BLOB NOT NULL,
+    status          VARCHAR NOT NULL,
+    noisy_share     BLOB,
+    noise_scale     DOUBLE,
+    collected_at    TIMESTAMPTZ,
+    PRIMARY KEY (task, policy_hash, region, batch_start)
+);
+-- Which aggregation job a pending report was sent in, stored before sending: a retry
+-- resends the same job (same id), which the helper answers again without double counting.
+CREATE TABLE IF NOT EXISTS prio_job_reports (
+    task      VARCHAR NOT NULL,
+    report_id BLOB NOT NULL,
+    job_id    VARCHAR NOT NULL,
+    PRIMARY KEY (task, report_id)
+);
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer_group VARCHAR NOT NULL,
     topic          VARCHAR NOT NULL,
@@ -299,6 +326,13 @@ def _record_deletions(
                                    AND (window_start < ? OR received_at <= ?))""",
             [d.device_id, d.tier.value, d.device_id, d.requested_at, item.received_at],
         ).fetchone()
+        # Prio3 reports of the tier not yet aggregated go too; one already summed into a
+        # batch cannot be taken out of it (the leader never saw its value), and is kept
+        # only as that batch's noisy total of at least min_batch_size devices.
+        reports = conn.execute(
+            "DELETE FROM prio_reports WHERE device_id = ? AND tier = ? AND status = 'pending'",
+            [d.device_id, d.tier.value],
+        ).fetchone()
         conn.execute(
             "INSERT INTO deletion_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -310,7 +344,7 @@ def _record_deletions(
                 item.received_at,
                 d.consent_hash,
                 item.key_fingerprint,
-                int(deleted[0]) if deleted else 0,
+                (int(deleted[0]) if deleted else 0) + (int(reports[0]) if reports else 0),
             ],
         )
         applied += 1
@@ -345,13 +379,19 @@ def _covered(
     )
 
 
-def _store_reports(conn: duckdb.DuckDBPyConnection, fresh: Sequence[IngestedEnvelope]) -> int:
+def _store_reports(
+    conn: duckdb.DuckDBPyConnection,
+    fresh: Sequence[IngestedEnvelope],
+    deletions: Mapping[tuple[str, str], list[tuple[datetime, datetime]]],
+) -> int:
     """Keep the Prio3 reports of newly stored envelopes; returns how many were refused.
 
     A report whose (task, report id) is already kept is `report_replayed`; a second
     report of one device for one task, policy, region and batch is
     `duplicate_contribution` (one device, one contribution per batch: the noise is
-    calibrated to that). Refused reports are recorded with their reason, never kept.
+    calibrated to that); one of a tier the device asked to delete (a late replay after a
+    consent revocation) is `deleted_by_request`. Refused reports are recorded with their
+    reason, never kept.
     """
     items = [i for i in fresh if i.envelope.reports and i.batch_start is not None]
     if not items:
@@ -386,6 +426,8 @@ def _store_reports(conn: duckdb.DuckDBPyConnection, fresh: Sequence[IngestedEnve
                 if (r.task, rid) in seen_ids
                 else "duplicate_contribution"
                 if contribution in seen_contributions
+                else "deleted_by_request"
+                if deletions and _covered(item, r.tier.value, deletions)
                 else None
             )
             if reason is not None:
@@ -497,7 +539,7 @@ def write_envelopes(
                 for row in _value_rows(i)
                 if not (deletions and _covered(i, row[6], deletions))
             ]
-            reports_refused = _store_reports(conn, fresh)
+            reports_refused = _store_reports(conn, fresh, deletions)
             suppressed = [
                 (str(e.envelope_id), e.device_id, e.window_start, e.window_end, signal, n)
                 for i in fresh
