@@ -19,7 +19,12 @@ from client._spool import Spool
 from client._transport import Transport
 from schemas import MAX_SEALED_BYTES, EnvelopeBatch, EnvelopeV1
 
-__all__ = ["send_deletions", "send_one_batch"]
+__all__ = ["MAX_BATCH_BYTES", "send_deletions", "send_one_batch"]
+
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Sealed bytes per request: half the ingest's default body limit (16 MiB). An envelope
+with Prio3 reports is about 100 KB sealed, so a long offline spell's backlog goes out in
+several requests instead of one the ingest would refuse whole (413)."""
 
 
 def send_deletions(spool: Spool, transport: Transport, drops: DropCounter) -> int:
@@ -62,7 +67,11 @@ def send_one_batch(
     stamped: list[EnvelopeV1] = []
     unsendable: list[EnvelopeV1] = []
     items: list[str] = []
-    for envelope in envelopes:
+    size = 0
+    for i, envelope in enumerate(envelopes):
+        if size >= MAX_BATCH_BYTES:
+            outbox.put_back(envelopes[i:])  # the next batch; order kept
+            break
         envelope = envelope.model_copy(update={"sent_at": sent_at})
         try:
             sealed = sealer.seal(envelope)
@@ -76,9 +85,10 @@ def send_one_batch(
             continue
         stamped.append(envelope)
         items.append(sealed)
+        size += len(sealed)
     outbox.acknowledge(unsendable)
     if not items:
-        return len(envelopes)
+        return len(unsendable)
     try:
         result = transport.send(EnvelopeBatch(envelopes=items))
     except TransportError:
@@ -92,4 +102,4 @@ def send_one_batch(
     for item in result.results:
         if item.status == "rejected":
             drops.add(f"rejected:{item.reason.value if item.reason else item.detail}")
-    return len(envelopes)
+    return len(stamped) + len(unsendable)

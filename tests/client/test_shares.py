@@ -258,3 +258,24 @@ def test_random_rounding_of_sums_is_unbiased_and_within_the_bound() -> None:
     assert statistics.fmean(r[1] for r in rounded) == pytest.approx(0.45, abs=0.04)
     free = [quantize_sums([2.3], 1.0, 1000)[0] for _ in range(4000)]
     assert statistics.fmean(free) == pytest.approx(2.3, abs=0.04)
+
+
+def test_a_backlog_of_large_envelopes_goes_out_in_bounded_requests(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client._outbox
+
+    tel = _telemetry(tmp_path, ingest, clock)
+    for _ in range(3):
+        tel.collect(clock.advance(hours=24))
+    one = max(len(i) for i in _sealed_sizes(tel))
+    monkeypatch.setattr(client._outbox, "MAX_BATCH_BYTES", one + 1)  # two per request
+    assert tel.flush()
+    assert [len(b.envelopes) for b in ingest.batches] == [2, 1]
+    assert [e.window_start for e in ingest.envelopes] == sorted(
+        e.window_start for e in ingest.envelopes
+    )
+
+
+def _sealed_sizes(tel: Telemetry) -> list[str]:
+    return [tel._sealer.seal(e) for e in list(tel._outbox._items)]
