@@ -85,6 +85,16 @@ class Prio3:
         Prio3Error for a nonce that is not 16 bytes.
         """
 
+    def shard_unchecked_for_tests(
+        self, ctx: bytes, encoded: Sequence[int], nonce: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """TESTS ONLY: shard a raw FLP encoding (signed field elements) without range checks.
+
+        What a malicious client could send: the report decodes under this VDAF, and its proof
+        fails verification unless ``encoded`` is a valid encoding. Raises MeasurementError for
+        an encoding of the wrong length.
+        """
+
     def verify_init(
         self,
         verify_key: bytes,

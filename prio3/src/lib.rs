@@ -193,6 +193,34 @@ impl PyPrio3 {
         ))
     }
 
+    /// TESTS ONLY: shard a raw encoded input without range checks (a malicious client).
+    fn shard_unchecked_for_tests<'py>(
+        &self,
+        py: Python<'py>,
+        ctx: &[u8],
+        encoded: Vec<Bound<'py, PyAny>>,
+        nonce: &[u8],
+    ) -> PyResult<(
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+    )> {
+        let encoded = int_list(
+            &encoded,
+            "encoded",
+            MeasurementError::new_err,
+            "|encoded| must be below p/2",
+        )?;
+        let inner = &self.inner;
+        let (public, leader, helper) =
+            detached(py, || inner.shard_unchecked_for_tests(ctx, &encoded, nonce))?;
+        Ok((
+            PyBytes::new(py, &public),
+            PyBytes::new(py, &leader),
+            PyBytes::new(py, &helper),
+        ))
+    }
+
     /// (encoded verify state, encoded verifier share); agg_id 0 = leader, 1 = helper.
     #[allow(clippy::too_many_arguments)] // the VDAF's own argument list, plus the interpreter
     fn verify_init<'py>(

@@ -650,5 +650,7 @@ fn agg_id_param(agg_id: i64) -> Result<usize> {
     }
 }
 
+mod unchecked;
+
 #[cfg(test)]
 mod tests;
