@@ -151,8 +151,11 @@ class AuditLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+        self._seq, self._head = self._stored_head()
+
+    def _stored_head(self) -> tuple[int, str]:
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self._seq, self._head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
 
     def close(self) -> None:
         """Close the database; safe to call twice."""
@@ -171,27 +174,29 @@ class AuditLog:
             return []
         with self._lock:
             at = self._clock()
-            seq, head = self._seq, self._head
-            entries: list[AuditEntry] = []
-            for record in records:
-                seq += 1
-                digest = entry_hash(seq, at, record, head)
-                entries.append(
-                    AuditEntry(
-                        seq,
-                        at,
-                        record.action,
-                        record.decision,
-                        record.device_id,
-                        record.reason,
-                        record.detail,
-                        head,
-                        digest,
-                    )
-                )
-                head = digest
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                # Chain onto the stored head, not a cached one: another process (the
+                # aggregation job next to the ingest) may have appended since.
+                seq, head = self._stored_head()
+                entries: list[AuditEntry] = []
+                for record in records:
+                    seq += 1
+                    digest = entry_hash(seq, at, record, head)
+                    entries.append(
+                        AuditEntry(
+                            seq,
+                            at,
+                            record.action,
+                            record.decision,
+                            record.device_id,
+                            record.reason,
+                            record.detail,
+                            head,
+                            digest,
+                        )
+                    )
+                    head = digest
                 self._db.executemany(
                     "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
@@ -216,6 +221,7 @@ class AuditLog:
     def head(self) -> str:
         """The hash of the newest entry (GENESIS_HASH when empty): anchor it elsewhere."""
         with self._lock:
+            self._seq, self._head = self._stored_head()
             return self._head
 
     def entries(
