@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,13 @@ class DuckDBSink:
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The underlying connection, for read queries between writes."""
         return self._conn
+
+    @contextmanager
+    def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, with this sink's writes held off until the block ends: for
+        another writer of the same file in this process (the leader's aggregation job)."""
+        with self._lock:
+            yield self._conn
 
     def write(
         self,
