@@ -1,10 +1,17 @@
 """`python -m ingest`: run the service, the Kafka sink, or make a key.
 
     python -m ingest [serve] [--host H] [--port P]
-    python -m ingest sink [--region R ...]
+    python -m ingest sink [--region R ...] [--aggregate]
+    python -m ingest aggregate [--once] [--final]
+    python -m ingest helper [--host H] [--port P]
     python -m ingest keygen PATH
 
-Configuration comes from `QUIETWIRE_INGEST_*` variables (see `IngestSettings`).
+Configuration comes from `QUIETWIRE_INGEST_*` variables (see `IngestSettings`), the
+leader's aggregation from `QUIETWIRE_LEADER_*` (`ingest.aggregation.LeaderSettings`) and
+the helper from `QUIETWIRE_HELPER_*` (`ingest.aggregation.HelperSettings`).
+
+DuckDB lets one process write a warehouse file: the aggregation job runs where the
+warehouse's writer runs (`sink --aggregate` next to Kafka), or alone (`aggregate`).
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ from ingest._errors import IngestError
 from ingest._keys import write_private_key
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink, KafkaSinkConsumer
+from ingest.aggregation._cli import aggregation_service, run_aggregation, run_helper
+from ingest.aggregation._settings import LeaderSettings
 
 __all__ = ["main", "run_sink"]
 
 log = logging.getLogger("quietwire.ingest")
 
 
-async def run_sink(settings: IngestSettings, regions: Sequence[str]) -> None:
-    """Drain the regions' topics into the warehouse until SIGINT/SIGTERM."""
+async def run_sink(
+    settings: IngestSettings, regions: Sequence[str], *, aggregate: bool = False
+) -> None:
+    """Drain the regions' topics into the warehouse until SIGINT/SIGTERM; with
+    `aggregate`, run the leader's aggregation job on the same warehouse too."""
     if settings.kafka_bootstrap is None:
         raise IngestError(
             "the Kafka sink needs QUIETWIRE_INGEST_KAFKA_BOOTSTRAP; without Kafka the "
@@ -50,15 +62,25 @@ async def run_sink(settings: IngestSettings, regions: Sequence[str]) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    leader = aggregation_service(LeaderSettings(), sink) if aggregate else None
     try:
         await consumer.start()
         run = asyncio.create_task(consumer.run_until())
+        jobs = None
+        if leader is not None:
+            jobs = asyncio.create_task(
+                leader.service.run_forever(stopping, interval=leader.interval)
+            )
         await stopping.wait()
         await consumer.stop()  # lets the current batch finish, then leaves the group
         stats = await run
+        if jobs is not None:
+            await jobs
         log.info("sink stopped: %s", stats)
     finally:
         await consumer.stop()
+        if leader is not None:
+            leader.close()
         sink.close()
 
 
@@ -71,6 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
     sink.add_argument("--region", action="append", help="region topic(s); default: settings")
+    sink.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="also run the leader's aggregation job on the warehouse (QUIETWIRE_LEADER_*)",
+    )
+    aggregate = sub.add_parser(
+        "aggregate", help="run the leader's aggregation job and collector (QUIETWIRE_LEADER_*)"
+    )
+    aggregate.add_argument("--once", action="store_true", help="one run, then exit")
+    aggregate.add_argument(
+        "--final", action="store_true", help="treat every batch as closed (with --once)"
+    )
+    helper = sub.add_parser("helper", help="run the helper service (QUIETWIRE_HELPER_*)")
+    helper.add_argument("--host")
+    helper.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     keygen = sub.add_parser("keygen", help="write a new ingest private key file (0600)")
     keygen.add_argument("path", type=Path)
     args = parser.parse_args(argv)
@@ -81,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             key = write_private_key(args.path)
             print(base64.b64encode(bytes(key.public_key)).decode("ascii"))
             return 0
+        if args.command == "helper":
+            run_helper(args.host, args.port)
+            return 0
+        if args.command == "aggregate":
+            return run_aggregation(once=args.once, final=args.final)
         settings = IngestSettings()
         if args.command == "sink":
-            asyncio.run(run_sink(settings, args.region or [settings.region]))
+            regions = args.region or [settings.region]
+            asyncio.run(run_sink(settings, regions, aggregate=args.aggregate))
             return 0
         import uvicorn  # only the service needs it
 
