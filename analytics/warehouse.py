@@ -328,9 +328,13 @@ def _record_deletions(
         ).fetchone()
         # Prio3 reports of the tier not yet aggregated go too; one already summed into a
         # batch cannot be taken out of it (the leader never saw its value), and is kept
-        # only as that batch's noisy total of at least min_batch_size devices.
+        # only as that batch's noisy total of at least min_batch_size devices. So is one
+        # already sent to the helper in a job (prio_job_reports): the helper may have
+        # summed it, and the leader must resend that job whole.
         reports = conn.execute(
-            "DELETE FROM prio_reports WHERE device_id = ? AND tier = ? AND status = 'pending'",
+            "DELETE FROM prio_reports WHERE device_id = ? AND tier = ? AND status = 'pending' "
+            "AND NOT EXISTS (SELECT 1 FROM prio_job_reports j "
+            "WHERE j.task = prio_reports.task AND j.report_id = prio_reports.report_id)",
             [d.device_id, d.tier.value],
         ).fetchone()
         conn.execute(
