@@ -37,6 +37,7 @@ __all__ = [
     "transaction",
 ]
 
+_ROWS_PER_INSERT = 256
 _KEY_WHERE = "policy_hash = ? AND task = ? AND region = ? AND batch_start = ?"
 
 
@@ -130,9 +131,10 @@ def assign_job(
     conn: duckdb.DuckDBPyConnection, key: BatchKey, job_id: str, report_ids: Sequence[bytes]
 ) -> None:
     """Record that these reports go out in `job_id` (before it is sent)."""
-    conn.executemany(
-        "INSERT INTO prio_job_reports VALUES (?, ?, ?)",
-        [(key.task, rid, job_id) for rid in report_ids],
+    # One statement over an array: DuckDB's executemany runs one statement per row.
+    conn.execute(
+        "INSERT INTO prio_job_reports SELECT ?, unnest(?::BLOB[]), ?",
+        [key.task, list(report_ids), job_id],
     )
 
 
@@ -233,8 +235,15 @@ def batches_to_collect(conn: duckdb.DuckDBPyConnection) -> list[LeaderBatch]:
 
 def insert_fleet_rows(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Write a collected batch's `fleet_aggregates` rows."""
-    marks = ", ".join("?" * 24)
-    conn.executemany(f"INSERT INTO fleet_aggregates VALUES ({marks})", rows)
+    if not rows:
+        return
+    row = "(" + ", ".join("?" * 24) + ")"
+    for i in range(0, len(rows), _ROWS_PER_INSERT):  # one statement per chunk, not per row
+        chunk = rows[i : i + _ROWS_PER_INSERT]
+        conn.execute(
+            "INSERT INTO fleet_aggregates VALUES " + ", ".join([row] * len(chunk)),
+            [v for r in chunk for v in r],
+        )
 
 
 def revealed(conn: duckdb.DuckDBPyConnection, batch_id: str) -> bool:

@@ -4,6 +4,7 @@ stay pending, nothing is lost, nothing is counted twice."""
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -19,8 +20,9 @@ from ingest.aggregation import (
     serve_helper,
 )
 from policies import Policy
+from schemas import DeletionRequestV1, IngestedDeletionRequest, Tier
 from tests.ingest.aggregation.conftest import TOKEN
-from tests.ingest.aggregation.kit import BATCH, VERIFY_KEY, Fleet, ZeroNoise
+from tests.ingest.aggregation.kit import BATCH, REGION, VERIFY_KEY, Fleet, ZeroNoise
 
 CELLS = "inference.requests/cells"
 AFTER = BATCH + timedelta(hours=3)
@@ -166,3 +168,40 @@ def test_a_helper_down_at_collection_never_makes_the_leader_redraw(
     assert stats.batches_collected == 1
     assert noise.draws == 1
     assert _revealed(sent) == _expected()
+
+
+def test_a_deletion_request_leaves_reports_already_sent_to_the_helper(
+    sent: Fleet, helper_url: str, lossy: tuple[httpx.Client, _LoseAnswers]
+) -> None:
+    """The helper may have summed a report whose answer was lost: the leader keeps it
+    and resends the job whole, or the two aggregators' batches would never agree."""
+    client, _ = lossy
+    leader = _leader(sent.sink, helper_url, client, sent.policy, ZeroNoise())
+    assert leader.run_once(AFTER).helper_unavailable == 1  # job 1 summed, answer lost
+    in_flight = sent.sink.connection.execute(
+        "SELECT r.device_id FROM prio_reports r JOIN prio_job_reports j USING (task, report_id)"
+    ).fetchall()
+    assert len(in_flight) == 2
+    for (device_id,) in in_flight:
+        sent.sink.write([_deletion(device_id)])
+    assert leader.run_once(AFTER).helper_unavailable == 1  # the resend's answer is lost too
+    stats = leader.run_once(AFTER)
+    assert stats.batches_collected == 1
+    assert _revealed(sent) == _expected()
+
+
+def _deletion(device_id: str) -> IngestedDeletionRequest:
+    at = BATCH + timedelta(hours=2)
+    return IngestedDeletionRequest(
+        deletion=DeletionRequestV1(
+            request_id=uuid.uuid4(),
+            device_id=device_id,
+            region=REGION,
+            tier=Tier.PERFORMANCE,
+            requested_at=at,
+            consent_hash="cd" * 32,
+            consent_version=2,
+        ),
+        received_at=at,
+        key_fingerprint="ab" * 32,
+    )
