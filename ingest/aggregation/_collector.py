@@ -26,7 +26,7 @@ from typing import Any
 from ingest._audit import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._catalog import TaskCatalog
-from ingest.aggregation._errors import AggregationRefused
+from ingest.aggregation._errors import AggregationRefused, HelperUnavailable
 from ingest.aggregation._helper_client import HelperClient
 from ingest.aggregation._leader import RunStats
 from ingest.aggregation._leader_store import (
@@ -217,6 +217,8 @@ class BatchCollector:
         try:
             answer = self._helper.collect(request)
         except AggregationRefused as exc:
+            if exc.status_code == 401:
+                raise HelperUnavailable(f"the helper refuses the leader's token: {exc}") from exc
             stats.collections_refused[exc.reason] += 1
             self._refused(key.batch_id, exc.reason, exc.detail)
             return

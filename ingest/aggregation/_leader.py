@@ -33,7 +33,7 @@ from ingest._audit import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._batches import EMPTY_CHECKSUM, BatchKey, batch_checksum, job_id_for
 from ingest.aggregation._catalog import TaskCatalog
-from ingest.aggregation._errors import AggregationRefused
+from ingest.aggregation._errors import AggregationRefused, HelperUnavailable
 from ingest.aggregation._helper_client import HelperClient
 from ingest.aggregation._leader_store import (
     LeaderBatch,
@@ -209,6 +209,8 @@ class LeaderAggregator:
         try:
             answer = self._helper.aggregate(request)
         except AggregationRefused as exc:
+            if exc.status_code == 401:  # our token: every job would be refused alike
+                raise HelperUnavailable(f"the helper refuses the leader's token: {exc}") from exc
             stats.jobs_refused[exc.reason] += 1
             self._audit_append(
                 [

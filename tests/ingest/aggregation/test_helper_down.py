@@ -205,3 +205,18 @@ def _deletion(device_id: str) -> IngestedDeletionRequest:
         received_at=at,
         key_fingerprint="ab" * 32,
     )
+
+
+def test_a_wrong_token_is_like_a_helper_that_is_down(sent: Fleet, helper_url: str) -> None:
+    with httpx.Client() as client:
+        leader = AggregationService(
+            sent.sink,
+            HelperClient(helper_url, token="not-the-token", client=client),
+            TaskCatalog.from_policies([sent.policy]),
+            VERIFY_KEY,
+            noise=ZeroNoise(),
+        )
+        stats = leader.run_once(AFTER)
+    assert stats.helper_unavailable == 1
+    assert stats.jobs_refused == {}
+    assert sent.statuses() == {"pending": len(MEASUREMENTS)}
