@@ -13,18 +13,22 @@ independent noise draws. Two interval methods, chosen per cell:
   sqrt(V/alpha) and the Chernoff half-width min over lam of (K(lam) + log(2/alpha))/lam,
   where K bounds the noise sum's cumulant generating function (`analytics._noise`).
   Both hold exactly for any number of devices; they are wider than the truth.
+- ``exact`` (`analytics._exact`): the noise sum's own quantile, for secure aggregates
+  (two discrete Laplace draws per figure), whose law is known exactly.
+
+A term's draws are in its mechanism's units times its `resolution` (the value of one
+unit): its variance scales by resolution², its cumulant generating function is
+K(resolution·lam), finite for lam < limit/resolution.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from statistics import NormalDist
 
 from analytics._errors import InvalidQueryError
-from analytics._noise import noise_log_mgf_bound, noise_mgf_limit
-from schemas import Mechanism
+from analytics._noise import NoiseTerm, noise_log_mgf_bound, noise_mgf_limit
 
 __all__ = [
     "NORMAL_MAX_EXCESS_KURTOSIS",
@@ -40,15 +44,6 @@ NORMAL_MAX_EXCESS_KURTOSIS = 0.1
 """Largest excess kurtosis of a cell's noise sum for which the normal interval is used."""
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class NoiseTerm:
-    """`count` independent draws of one mechanism at one scale, within one cell."""
-
-    mechanism: Mechanism
-    scale: float
-    count: int
 
 
 def check_level(level: float) -> float:
@@ -72,14 +67,16 @@ def normal_is_adequate(variance: float, fourth_cumulant: float) -> bool:
 
 def _chernoff_half_width(terms: list[NoiseTerm], alpha: float) -> float:
     c = math.log(2.0 / alpha)
-    limit = min(noise_mgf_limit(t.mechanism, t.scale) for t in terms)
+    limit = min(noise_mgf_limit(t.mechanism, t.scale) / t.resolution for t in terms)
     if math.isinf(limit):
         # Only (sub)Gaussian terms: K(lam) = lam²V/2, minimised in closed form.
-        v = sum(t.count * t.scale * t.scale for t in terms)
+        v = sum(t.count * (t.scale * t.resolution) ** 2 for t in terms)
         return math.sqrt(2.0 * v * c)
 
     def objective(lam: float) -> float:
-        k = sum(t.count * noise_log_mgf_bound(t.mechanism, t.scale, lam) for t in terms)
+        k = sum(
+            t.count * noise_log_mgf_bound(t.mechanism, t.scale, t.resolution * lam) for t in terms
+        )
         return (k + c) / lam
 
     # (K(lam) + c)/lam is unimodal on (0, limit) since K is convex with K(0) = 0:
@@ -109,7 +106,7 @@ def bound_half_width(terms: Iterable[NoiseTerm], variance: float, level: float) 
     their minimum is too.
     """
     alpha = 1.0 - check_level(level)
-    live = [t for t in terms if t.count > 0 and t.scale > 0.0]
+    live = [t for t in terms if t.count > 0 and t.scale > 0.0 and t.resolution > 0.0]
     if not live or variance <= 0.0:
         return 0.0
     chebyshev = math.sqrt(variance / alpha)

@@ -8,7 +8,9 @@ functions here turn that pair into what an interval needs:
   such draws still is (the noise is symmetric, so the third cumulant is zero);
 - `noise_log_mgf_bound`: an upper bound on its cumulant generating function
   log E[exp(lam * X)], used by the Chernoff bound for cells with few devices;
-- `noise_mgf_limit`: the largest lam for which that bound is finite.
+- `noise_mgf_limit`: the largest lam for which that bound is finite;
+- `NoiseTerm`: `count` draws of one mechanism at one scale, times a `resolution`, as a
+  cell's noise is made of.
 
 The distributions, as OpenDP 0.16 samples them (`dp.m.make_laplace` on an integer
 domain is the discrete Laplace; `dp.m.make_gaussian` on an integer domain is the
@@ -30,10 +32,12 @@ summation the relative gap is about 4π²s²·exp(-2π²s²), below 1e-300 for s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from schemas import Mechanism
 
 __all__ = [
+    "NoiseTerm",
     "noise_fourth_cumulant",
     "noise_log_mgf_bound",
     "noise_mgf_limit",
@@ -41,6 +45,22 @@ __all__ = [
 ]
 
 _DG_SERIES_MAX_SIGMA = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseTerm:
+    """`count` independent draws of one mechanism at one scale, within one cell.
+
+    `scale` is in the mechanism's own units; each draw is multiplied by `resolution`,
+    the value of one unit (1 for a device's local release; a secure aggregate's entries
+    are integers in units of its task's resolution). So the term's variance is
+    count x resolution² x noise_variance(mechanism, scale).
+    """
+
+    mechanism: Mechanism
+    scale: float
+    count: int
+    resolution: float = 1.0
 
 
 def _check_scale(scale: float) -> None:
