@@ -2,8 +2,11 @@
 
 Read a warehouse with `open_warehouse`, then query it: `fleet_totals` (every released
 cell per window), `signal_totals` / `requests_by_route` (totals rolled up by labels),
-`mean_by_labels` (histogram means), `cell_summary` (one row per cell over a range).
-Every result is a Polars DataFrame with estimate, std_error and ci_low/ci_high.
+`grand_totals` / `fleet_mean` (over all cells), `mean_by_labels` (histogram means),
+`histogram_buckets` (events per bucket), `cell_summary` (one row per cell over a range).
+Figures of both privacy models are read alike: devices' local releases and secure
+aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
+the interval method, the privacy model and the mechanism.
 """
 
 from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
@@ -16,6 +19,7 @@ from analytics._totals import (
     fleet_mean,
     fleet_totals,
     grand_totals,
+    histogram_buckets,
     mean_by_labels,
     requests_by_route,
     signal_totals,
@@ -32,6 +36,7 @@ __all__ = [
     "fleet_mean",
     "fleet_totals",
     "grand_totals",
+    "histogram_buckets",
     "mean_by_labels",
     "noise_fourth_cumulant",
     "noise_variance",

@@ -1,29 +1,31 @@
 """Fleet totals with honest confidence intervals: DuckDB aggregates, Polars results.
 
-A fleet total is the sum of the devices' released values for one cell. Each released
-value is the device's (clamped) truth plus an independent OpenDP noise draw, so the sum
-is unbiased for the fleet's clamped truth and its error variance is the sum of the
-draws' variances (`analytics._noise`). The estimand is the fleet's own total in that
-window, not a super-population quantity: DP noise is the only randomness. Intervals come
-from `analytics._intervals` (normal when the noise sum is close to normal, a
-distribution-free-style bound otherwise); the `interval` column says which.
+A fleet figure is the sum of released values for one cell: the devices' own noisy
+releases under the local model, or the secure aggregates' batch sums (each with two
+central noise draws) under the aggregate model (`analytics._sources` reads both as one).
+Each is the clamped truth plus independent noise, so the sum is unbiased for the fleet's
+clamped truth and its error variance is the sum of the draws' variances
+(`analytics._noise`), each scaled by its resolution². The estimand is the fleet's own
+total in that window, not a super-population quantity: DP noise is the only randomness.
+Intervals come from `analytics._intervals`; the `interval` column says which method:
+normal (the noise sum is close to normal), exact (secure aggregates: the noise sum's own
+quantile, `analytics._exact`) or bound (a distribution-free guarantee for local cells of
+few devices).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 
 from analytics._errors import InvalidQueryError
+from analytics._exact import exact_half_width, exact_ratio_interval
 from analytics._intervals import (
     NoiseTerm,
     bound_half_width,
@@ -32,7 +34,7 @@ from analytics._intervals import (
     ratio_interval,
     z_value,
 )
-from analytics._noise import noise_fourth_cumulant, noise_variance
+from analytics._sources import Scope, Selection, component_sums
 from schemas import Mechanism
 
 __all__ = [
@@ -40,38 +42,84 @@ __all__ = [
     "fleet_mean",
     "fleet_totals",
     "grand_totals",
+    "histogram_buckets",
     "mean_by_labels",
     "requests_by_route",
     "signal_totals",
 ]
 
 _LABEL = re.compile(r"^[a-z][a-z0-9_.]*$")
-# Per-cell releases, then the scalar totals over all cells (see `grand_totals`).
-_KINDS = ("counter", "bucket", "sum", "total", "total_sum")
-
-
-@dataclass(frozen=True, slots=True)
-class _Scope:
-    """Which released values a query reads."""
-
-    signal: str | None
-    since: datetime | None
-    until: datetime | None
-    kinds: tuple[str, ...]
-
-    def where(self) -> tuple[str, list[Any]]:
-        clauses = ["r.kind IN (SELECT unnest(?::VARCHAR[]))"]
-        params: list[Any] = [list(self.kinds)]
-        if self.signal is not None:
-            clauses.append("r.signal = ?")
-            params.append(self.signal)
-        if self.since is not None:
-            clauses.append("r.window_start >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append("r.window_end <= ?")
-            params.append(self.until)
-        return " AND ".join(clauses), params
+# Result columns: a label of the same name would be overwritten in a result row.
+RESULT_COLUMNS = frozenset(
+    {
+        "signal",
+        "window_start",
+        "window_end",
+        "bucket_index",
+        "bucket_upper",
+        "part",
+        "estimate",
+        "std_error",
+        "ci_low",
+        "ci_high",
+        "interval",
+        "devices",
+        "epsilon",
+        "rho",
+        "privacy_model",
+        "mechanism",
+        "mean",
+        "count_estimate",
+        "sum_estimate",
+    }
+)
+# What each model stores per window: local releases per cell (counter, bucket, sum) and
+# scalar totals over all cells (total, total_sum); secure aggregates per cell (counter,
+# bucket, and a histogram's count and sum).
+_LOCAL_KINDS = ("counter", "bucket", "sum", "total", "total_sum")
+_AGGREGATE_KINDS = ("counter", "bucket", "count", "sum")
+_KINDS = ("counter", "bucket", "count", "sum", "total", "total_sum")
+_EVERY_FIGURE = Selection(
+    {
+        **{("local", k): k for k in _LOCAL_KINDS},
+        **{("aggregate", k): k for k in _AGGREGATE_KINDS},
+    }
+)
+# A histogram's mean per cell: sum / events. Events are the buckets added locally, and
+# the cell's own count entry under the aggregate model (two draws, not two per bucket).
+_CELL_MEAN = Selection(
+    {
+        ("local", "bucket"): "count",
+        ("local", "sum"): "sum",
+        ("aggregate", "count"): "count",
+        ("aggregate", "sum"): "sum",
+    }
+)
+# Over all cells: the scalar totals locally; the cells added under the aggregate model,
+# which releases no separate total.
+_FLEET_TOTAL = Selection(
+    {
+        ("local", "total"): "total",
+        ("aggregate", "counter"): "total",
+        ("aggregate", "count"): "total",
+    }
+)
+_FLEET_MEAN = Selection(
+    {
+        ("local", "total"): "count",
+        ("local", "total_sum"): "sum",
+        ("aggregate", "count"): "count",
+        ("aggregate", "sum"): "sum",
+    }
+)
+_CELL_TOTALS = Selection(
+    {
+        ("local", "counter"): "total",
+        ("aggregate", "counter"): "total",
+        ("local", "bucket"): "count",
+        ("aggregate", "count"): "count",
+    }
+)
 
 
 def _check_labels(labels: Sequence[str]) -> list[str]:
@@ -79,122 +127,53 @@ def _check_labels(labels: Sequence[str]) -> list[str]:
     for label in out:
         if not _LABEL.match(label):
             raise InvalidQueryError(f"not an attribute label: {label!r}")
+        if label in RESULT_COLUMNS:
+            raise InvalidQueryError(f"attribute label {label!r} is a result column's name")
     if len(set(out)) != len(out):
         raise InvalidQueryError("an attribute label is listed twice")
     return out
 
 
-def _register_noise(conn: duckdb.DuckDBPyConnection, scope: _Scope) -> str:
-    """Register a (mechanism, scale) -> (variance, fourth cumulant) table; return its name.
+def _terms(terms: list[dict[str, Any]]) -> list[NoiseTerm]:
+    return [
+        NoiseTerm(Mechanism(t["mechanism"]), t["scale"], t["n"], t["resolution"]) for t in terms
+    ]
 
-    The moments are computed in Python, once per distinct pair, so `_noise` stays the
-    single definition of every mechanism's law.
+
+def _interval(
+    variance: float, k4: float, terms: list[dict[str, Any]], level: float
+) -> tuple[float, str]:
+    """(half-width, method) of one cell's noise sum at `level`.
+
+    normal when the sum is close to normal. Otherwise, when every draw is a secure
+    aggregate's, exact (its law is known: `analytics._exact`); local cells of few
+    devices keep the distribution-free bound. A cell mixing both models takes the
+    smaller of the two: each is a guarantee, so the smaller one is too.
     """
-    where, params = scope.where()
-    pairs = conn.execute(
-        f"SELECT DISTINCT r.mechanism, r.scale FROM released_values r WHERE {where}", params
-    ).fetchall()
-    mechs: list[str] = []
-    scales: list[float] = []
-    variances: list[float] = []
-    k4s: list[float] = []
-    for mech, scale in pairs:
-        try:
-            m = Mechanism(mech)
-        except ValueError:
-            raise InvalidQueryError(f"warehouse holds an unknown mechanism {mech!r}") from None
-        mechs.append(m.value)
-        scales.append(float(scale))
-        variances.append(noise_variance(m, float(scale)))
-        k4s.append(noise_fourth_cumulant(m, float(scale)))
-    name = f"_qw_noise_{uuid.uuid4().hex}"
-    table = pa.table(
-        {"mechanism": mechs, "scale": scales, "var": variances, "k4": k4s},
-        schema=pa.schema(
-            [
-                ("mechanism", pa.string()),
-                ("scale", pa.float64()),
-                ("var", pa.float64()),
-                ("k4", pa.float64()),
-            ]
-        ),
-    )
-    conn.register(name, table)
-    return name
-
-
-def _component_sums(
-    conn: duckdb.DuckDBPyConnection,
-    scope: _Scope,
-    keys: Sequence[tuple[str, str]],
-    *,
-    only_cells_with_sum: bool = False,
-    sum_kind: str = "sum",
-) -> pl.DataFrame:
-    """Per group of `keys` ((sql, alias) pairs): estimate, variance, fourth cumulant,
-    devices, envelopes, epsilon, rho and the noise terms (mechanism, scale, count)."""
-    where, params = scope.where()
-    noise = _register_noise(conn, scope)
-    key_sql = ", ".join(f"{sql} AS {alias}" for sql, alias in keys)
-    aliases = [alias for _, alias in keys]
-    key_list = ", ".join(aliases)
-    on = " AND ".join(f"a.{k} IS NOT DISTINCT FROM t.{k}" for k in aliases)
-    # A histogram's mean needs its count and its sum from the same releases: a device
-    # that released counts without a sum would bias count upwards, so drop such cells.
-    sum_filter = (
-        f"""AND EXISTS (SELECT 1 FROM released_values s WHERE s.kind = '{sum_kind}'
-           AND s.envelope_id = r.envelope_id AND s.signal = r.signal
-           AND s.attributes::VARCHAR = r.attributes::VARCHAR)"""
-        if only_cells_with_sum
-        else ""
-    )
-    sql = f"""
-    WITH v AS (
-        SELECT {key_sql}, r.value, r.mechanism, r.scale, r.device_id, r.envelope_id,
-               r.epsilon, r.rho, n.var, n.k4
-        FROM released_values r JOIN {noise} n USING (mechanism, scale)
-        WHERE {where} {sum_filter}
-    ),
-    a AS (
-        SELECT {key_list}, sum(value) AS estimate, sum(var) AS variance, sum(k4) AS k4,
-               count(DISTINCT device_id) AS devices,
-               count(DISTINCT envelope_id) AS envelopes,
-               max(epsilon) AS epsilon, max(rho) AS rho
-        FROM v GROUP BY {key_list}
-    ),
-    t AS (
-        SELECT {key_list},
-               list(struct_pack(mechanism := mechanism, scale := scale, n := n)) AS terms
-        FROM (SELECT {key_list}, mechanism, scale, count(*) AS n FROM v
-              GROUP BY {key_list}, mechanism, scale)
-        GROUP BY {key_list}
-    )
-    SELECT a.*, t.terms FROM a JOIN t ON {on}
-    ORDER BY {", ".join(f"a.{k}" for k in aliases)}
-    """
-    try:
-        rel = conn.sql(sql, params=params)
-        if rel is None:  # pragma: no cover - a SELECT always gives a relation
-            raise AssertionError("query returned no relation")
-        frame: pl.DataFrame = rel.pl()
-        return frame
-    finally:
-        conn.unregister(noise)
+    if normal_is_adequate(variance, k4):
+        return z_value(level) * math.sqrt(max(variance, 0.0)), "normal"
+    parsed = _terms(terms)
+    models = {t["model"] for t in terms}
+    if models == {"aggregate"}:
+        half = exact_half_width(parsed, level)
+        if half is not None:
+            return half, "exact"
+    bound = bound_half_width(parsed, variance, level)
+    if "aggregate" in models:
+        half = exact_half_width(parsed, level)
+        if half is not None and half < bound:
+            return half, "exact"
+    return bound, "bound"
 
 
 def _half_widths(df: pl.DataFrame, level: float) -> tuple[list[float], list[str]]:
-    """Interval half-width and method ('normal' | 'bound') of each row of a sums frame."""
-    z = z_value(level)
+    """Interval half-width and method of each row of a sums frame."""
     halves: list[float] = []
     methods: list[str] = []
     for variance, k4, terms in df.select("variance", "k4", "terms").iter_rows():
-        if normal_is_adequate(variance, k4):
-            halves.append(z * math.sqrt(max(variance, 0.0)))
-            methods.append("normal")
-        else:
-            parsed = [NoiseTerm(Mechanism(t["mechanism"]), t["scale"], t["n"]) for t in terms]
-            halves.append(bound_half_width(parsed, variance, level))
-            methods.append("bound")
+        half, method = _interval(variance, k4, terms, level)
+        halves.append(half)
+        methods.append(method)
     return halves, methods
 
 
@@ -208,13 +187,32 @@ def _with_intervals(df: pl.DataFrame, level: float) -> pl.DataFrame:
     )
 
 
-_OUT = ["estimate", "std_error", "ci_low", "ci_high", "interval", "devices", "epsilon", "rho"]
+_OUT = [
+    "estimate",
+    "std_error",
+    "ci_low",
+    "ci_high",
+    "interval",
+    "devices",
+    "epsilon",
+    "rho",
+    "privacy_model",
+    "mechanism",
+]
 _WINDOW = [("r.window_start", "window_start"), ("r.window_end", "window_end")]
 
 
 def _utc(df: pl.DataFrame) -> pl.DataFrame:
     cols = [c for c in ("window_start", "window_end") if c in df.columns]
     return df.with_columns(pl.col(c).dt.convert_time_zone("UTC") for c in cols)
+
+
+def _totals(
+    conn: duckdb.DuckDBPyConnection, scope: Scope, keys: Sequence[tuple[str, str]], level: float
+) -> pl.DataFrame:
+    sums = component_sums(conn, scope, keys)
+    out = _with_intervals(sums, level)
+    return _utc(out.select(*(alias for _, alias in keys), *_OUT))
 
 
 def fleet_totals(
@@ -228,11 +226,14 @@ def fleet_totals(
     """Every released cell summed over the fleet, one row per window and cell.
 
     Rows: (signal, kind, window_start, window_end, attributes, bucket_index,
-    bucket_upper), with estimate (sum of the devices' noisy values), std_error (square
-    root of the summed noise variances), ci_low/ci_high at `level`, interval ('normal'
-    or 'bound', see `analytics._intervals`), devices (distinct devices contributing),
-    epsilon/rho (the largest per-release privacy loss among them). `attributes` is the
-    cell's canonical JSON label set. `since`/`until` keep windows inside [since, until].
+    bucket_upper), with estimate (sum of the noisy values), std_error (square root of
+    the summed noise variances), ci_low/ci_high at `level`, interval ('normal', 'exact'
+    or 'bound', see `analytics._intervals`), devices (distinct devices contributing, or
+    the reports in the window's batches), epsilon/rho (the largest per-release privacy
+    loss among them), privacy_model ('local', 'aggregate' or 'mixed') and mechanism.
+    `attributes` is the cell's canonical JSON label set. kind is counter, bucket, sum
+    (both models), total, total_sum (local scalar totals) or count (a secure aggregate's
+    events per histogram cell). `since`/`until` keep windows inside [since, until].
     """
     level = check_level(level)
     keys = [
@@ -243,9 +244,7 @@ def fleet_totals(
         ("r.bucket_index", "bucket_index"),
         ("r.bucket_upper", "bucket_upper"),
     ]
-    sums = _component_sums(conn, _Scope(signal, since, until, _KINDS), keys)
-    out = _with_intervals(sums, level)
-    return _utc(out.select(*(alias for _, alias in keys), *_OUT))
+    return _totals(conn, Scope(signal, since, until, _EVERY_FIGURE), keys, level)
 
 
 def _label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -266,8 +265,9 @@ def signal_totals(
     """One signal's released values of one `kind` summed per window and label set `by`.
 
     kind 'counter' sums a counter; 'bucket' sums a histogram's buckets (its event count);
-    'sum' its bounded sum. Cells that differ in labels not in `by` are added together,
-    and so are their noise variances. A label a cell lacks groups as ''. With
+    'count' a secure aggregate's per-cell event counts (two draws per cell instead of two
+    per bucket); 'sum' its bounded sum. Cells that differ in labels not in `by` are added
+    together, and so are their noise variances. A label a cell lacks groups as ''. With
     `per_window=False` all windows in [since, until] are added too.
     """
     level = check_level(level)
@@ -275,9 +275,14 @@ def signal_totals(
         raise InvalidQueryError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
     labels = _check_labels(by)
     keys = [*(_WINDOW if per_window else []), *_label_keys(labels)] or [("r.signal", "signal")]
-    sums = _component_sums(conn, _Scope(signal, since, until, (kind,)), keys)
-    out = _with_intervals(sums, level)
-    return _utc(out.select(*(alias for _, alias in keys), *_OUT))
+    selection = Selection(
+        {
+            (model, kind): kind
+            for model, kinds in (("local", _LOCAL_KINDS), ("aggregate", _AGGREGATE_KINDS))
+            if kind in kinds
+        }
+    )
+    return _totals(conn, Scope(signal, since, until, selection), keys, level)
 
 
 def requests_by_route(
@@ -303,15 +308,47 @@ def requests_by_route(
     )
 
 
+def histogram_buckets(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str,
+    *,
+    by: Sequence[str] = ("route", "model"),
+    per_window: bool = False,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """A histogram's events per bucket and label set `by` (over the range by default).
+
+    Rows: the labels, bucket_index, bucket_upper (null for the overflow bucket), and the
+    columns of `fleet_totals`. Both models release bucket counts per cell.
+    """
+    level = check_level(level)
+    labels = _check_labels(by)
+    keys = [
+        *(_WINDOW if per_window else []),
+        *_label_keys(labels),
+        ("r.bucket_index", "bucket_index"),
+        ("r.bucket_upper", "bucket_upper"),
+    ]
+    return _totals(conn, Scope(signal, since, until, Selection.same(["bucket"])), keys, level)
+
+
 def _ratio_row(
-    s: dict[str, Any], c: dict[str, Any], z: float, level: float, bound: tuple[float, float]
+    s: dict[str, Any], c: dict[str, Any], level: float, bound: tuple[float, float]
 ) -> tuple[float, float, float, str]:
     """(mean, ci_low, ci_high, method) of sum/count for one cell."""
     num, den = s["estimate"], c["estimate"]
     mean = num / den if den > 0.0 else math.nan
     if s["interval"] == "normal" and c["interval"] == "normal":
-        lo, hi = ratio_interval(num, s["variance"], den, c["variance"], z)
+        lo, hi = ratio_interval(num, s["variance"], den, c["variance"], z_value(level))
         return mean, lo, hi, "normal"
+    if any(t["model"] == "aggregate" for t in [*s["terms"], *c["terms"]]):
+        # Fieller's construction with the exact laws of the secure aggregates' noise
+        # (and of local draws next to them: `exact_half_width` takes any Laplace term).
+        exact = exact_ratio_interval(num, _terms(s["terms"]), den, _terms(c["terms"]), level)
+        if exact is not None:
+            return mean, exact[0], exact[1], "exact"
     # Bonferroni: sum and count each hold at 1 - alpha/2, so both together at
     # >= 1 - alpha, and the ratio lies between the corners of their box.
     s_lo, s_hi = num - bound[0], num + bound[0]
@@ -334,34 +371,48 @@ def mean_by_labels(
 ) -> pl.DataFrame:
     """A histogram's mean (noisy sum / noisy count) per window and label set `by`.
 
-    std_error is the delta-method one, sqrt(V_s/C² + S²·V_c/C⁴). The interval is
-    Fieller's for a ratio of independent normal errors (it matches the delta method when
-    the count is precise and stays honest when it is not); it is null when the count is
-    not clearly above zero at this level. Cells whose noise is far from normal use a
-    conservative box (see `_ratio_row`). Only releases that carry a sum are used.
+    The count is the buckets added under the local model and the cell's own count
+    entry under the aggregate model. std_error is the delta-method one,
+    sqrt(V_s/C² + S²·V_c/C⁴). The interval is Fieller's: for normal noise sums (it
+    matches the delta method when the count is precise and stays honest when it is
+    not), with the exact noise laws when secure aggregates are involved (method
+    'exact'), or a conservative box for local cells of few devices (see `_ratio_row`).
+    It is null when the count is not clearly above zero at this level. Only releases
+    that carry both a count and a sum are used.
     """
     level = check_level(level)
     labels = _check_labels(by)
     keys = [*(_WINDOW if per_window else []), *_label_keys(labels)] or [("r.signal", "signal")]
-    return _means(conn, _Scope(signal, since, until, ("bucket", "sum")), keys, level)
+    return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
+
+
+_MEAN_SCHEMA: dict[str, Any] = {
+    "mean": pl.Float64,
+    "std_error": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "interval": pl.String,
+    "count_estimate": pl.Float64,
+    "sum_estimate": pl.Float64,
+    "devices": pl.Int64,
+    "privacy_model": pl.String,
+    "mechanism": pl.String,
+}
 
 
 def _means(
     conn: duckdb.DuckDBPyConnection,
-    scope: _Scope,
+    scope: Scope,
     keys: Sequence[tuple[str, str]],
     level: float,
 ) -> pl.DataFrame:
     """sum/count per group of `keys`, with the intervals `mean_by_labels` documents.
 
-    `scope.kinds` is (count kind, sum kind): ("bucket", "sum") per cell, or ("total",
-    "total_sum") for the scalar totals.
+    `scope.selection` maps each read (model, kind) to the part 'count' or 'sum'.
     """
-    sum_kind = scope.kinds[-1]
-    keys_all = [*keys, (f"CASE r.kind WHEN '{sum_kind}' THEN 'sum' ELSE 'count' END", "part")]
-    sums = _component_sums(conn, scope, keys_all, only_cells_with_sum=True, sum_kind=sum_kind)
+    keys_all = [*keys, ("{part}", "part")]
+    sums = component_sums(conn, scope, keys_all, paired=True)
     names = [alias for _, alias in keys]
-    z = z_value(level)
     half_level = 1.0 - (1.0 - level) / 2.0
     # Whether a part is near-normal does not depend on the level, so one pass at the
     # Bonferroni level gives both the method and the box half-widths.
@@ -378,13 +429,14 @@ def _means(
         if "sum" not in parts or "count" not in parts:
             continue
         s, c = parts["sum"], parts["count"]
-        mean, lo, hi, method = _ratio_row(s, c, z, level, (s["half_b"], c["half_b"]))
+        mean, lo, hi, method = _ratio_row(s, c, level, (s["half_b"], c["half_b"]))
         den = c["estimate"]
         se = (
             math.sqrt(s["variance"] / den**2 + s["estimate"] ** 2 * c["variance"] / den**4)
             if den > 0.0
             else math.nan
         )
+        mechanisms = sorted({*s["mechanism"].split("+"), *c["mechanism"].split("+")})
         records.append(
             {
                 **dict(zip(names, key, strict=True)),
@@ -396,20 +448,30 @@ def _means(
                 "count_estimate": den,
                 "sum_estimate": s["estimate"],
                 "devices": c["devices"],
+                "privacy_model": (
+                    s["privacy_model"] if s["privacy_model"] == c["privacy_model"] else "mixed"
+                ),
+                "mechanism": "+".join(mechanisms),
             }
         )
     schema: dict[str, Any] = {n: sums.schema[n] for n in names}
-    schema.update(
-        mean=pl.Float64,
-        std_error=pl.Float64,
-        ci_low=pl.Float64,
-        ci_high=pl.Float64,
-        interval=pl.String,
-        count_estimate=pl.Float64,
-        sum_estimate=pl.Float64,
-        devices=pl.Int64,
-    )
+    schema.update(_MEAN_SCHEMA)
     return _utc(pl.DataFrame(records, schema=schema))
+
+
+_SUMMARY_COLS = [
+    "signal",
+    "attributes",
+    "measure",
+    "estimate",
+    "std_error",
+    "ci_low",
+    "ci_high",
+    "interval",
+    "devices",
+    "privacy_model",
+    "mechanism",
+]
 
 
 def cell_summary(
@@ -422,30 +484,24 @@ def cell_summary(
 ) -> pl.DataFrame:
     """One row per signal, cell and measure, over all windows in [since, until].
 
-    measure is 'total' for a counter, 'count' (events: its buckets added) and 'mean'
-    (sum / count) for a histogram. Columns: signal, attributes, measure, estimate,
-    std_error, ci_low, ci_high, interval, devices. The compact view the terminal shows.
+    measure is 'total' for a counter, 'count' (events: its buckets added, or a secure
+    aggregate's count) and 'mean' (sum / count) for a histogram. Columns: signal,
+    attributes, measure, estimate, std_error, ci_low, ci_high, interval, devices,
+    privacy_model, mechanism. The compact view the terminal shows.
     """
     level = check_level(level)
     cell = [("r.signal", "signal"), ("r.attributes::VARCHAR", "attributes")]
-    part = ("CASE r.kind WHEN 'counter' THEN 'total' ELSE 'count' END", "measure")
-    sums = _component_sums(conn, _Scope(signal, since, until, ("counter", "bucket")), [*cell, part])
-    totals = _with_intervals(sums, level).select(
-        "signal",
-        "attributes",
-        "measure",
-        "estimate",
-        "std_error",
-        "ci_low",
-        "ci_high",
-        "interval",
-        "devices",
-    )
+    totals = _with_intervals(
+        component_sums(
+            conn, Scope(signal, since, until, _CELL_TOTALS), [*cell, ("{part}", "measure")]
+        ),
+        level,
+    ).select(_SUMMARY_COLS)
     means = (
-        _means(conn, _Scope(signal, since, until, ("bucket", "sum")), cell, level)
+        _means(conn, Scope(signal, since, until, _CELL_MEAN), cell, level)
         .rename({"mean": "estimate"})
         .with_columns(measure=pl.lit("mean"))
-        .select(totals.columns)
+        .select(_SUMMARY_COLS)
     )
     return pl.concat([totals, means]).sort("signal", "attributes", "measure")
 
@@ -459,23 +515,17 @@ def grand_totals(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> pl.DataFrame:
-    """A signal's fleet total over all cells, from its scalar `total` releases.
+    """A signal's fleet total over all cells.
 
-    Each device releases one noisy total per window (a counter's count, a histogram's
-    number of events) at scale bound/epsilon_total: one draw per device instead of one
-    per cell, so this is the fleet total to use (far tighter than `signal_totals` summed
-    over every label). Devices whose policy releases no total are not counted.
+    Under the local model, from its scalar `total` releases: each device releases one
+    noisy total per window at scale bound/epsilon_total, one draw per device instead of
+    one per cell (devices whose policy releases no total are not counted). Under the
+    aggregate model, which releases no separate total, its cells added: a counter's
+    cells, a histogram's per-cell counts (two central draws per cell).
     """
-    return signal_totals(
-        conn,
-        signal,
-        by=(),
-        kind="total",
-        per_window=per_window,
-        level=level,
-        since=since,
-        until=until,
-    )
+    level = check_level(level)
+    keys = _WINDOW if per_window else [("r.signal", "signal")]
+    return _totals(conn, Scope(signal, since, until, _FLEET_TOTAL), keys, level)
 
 
 def fleet_mean(
@@ -487,11 +537,12 @@ def fleet_mean(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> pl.DataFrame:
-    """A histogram's fleet-wide mean, total_sum / total, from its scalar totals.
+    """A histogram's fleet-wide mean, total sum / total count.
 
-    Same columns and intervals as `mean_by_labels`, without labels; two draws per device
-    (count and sum) instead of one per bucket and cell.
+    Same columns and intervals as `mean_by_labels`, without labels: from the scalar
+    totals under the local model (two draws per device), from every cell's count and
+    sum under the aggregate model.
     """
     level = check_level(level)
     keys = _WINDOW if per_window else [("r.signal", "signal")]
-    return _means(conn, _Scope(signal, since, until, ("total", "total_sum")), keys, level)
+    return _means(conn, Scope(signal, since, until, _FLEET_MEAN), keys, level)

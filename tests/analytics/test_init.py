@@ -18,6 +18,7 @@ def test_public_names_are_pinned() -> None:
             "fleet_mean",
             "fleet_totals",
             "grand_totals",
+            "histogram_buckets",
             "mean_by_labels",
             "noise_fourth_cumulant",
             "noise_variance",

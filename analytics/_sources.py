@@ -1,0 +1,324 @@
+"""What the queries read: every stored figure with its noise, under either privacy model.
+
+Two tables hold released figures (`analytics.warehouse`):
+
+- `released_values` (the **local** model): one row per device release; its value is the
+  device's clamped truth plus one OpenDP draw of `mechanism` at `scale`.
+- `fleet_aggregates` (the **aggregate** model): one row per entry of a Prio3 task's
+  vector per batch; its value is the batch's sum, in the signal's unit, plus `draws`
+  discrete Laplace draws at `scale` units (one per aggregator) times `resolution`, the
+  value of one unit. `reports` devices are in the batch.
+
+`component_sums` reads one union of both, so every query adds figures of either model
+alike: a row's noise variance is draws x resolution² x var(mechanism, scale), its fourth
+cumulant draws x resolution⁴ x k4, and its noise terms keep (model, mechanism, scale,
+resolution, draws) for the interval (`analytics._totals`). A `Selection` says which
+(model, kind) rows a query reads and which part of its answer each one is: e.g. a
+histogram's event count is its buckets added under the local model, and its own `count`
+entry (two draws instead of two per bucket) under the aggregate model.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from analytics._errors import InvalidQueryError
+from analytics._noise import noise_fourth_cumulant, noise_variance
+from schemas import Mechanism
+
+__all__ = ["Scope", "Selection", "component_sums", "figure_sources", "has_aggregates"]
+
+_NAME = re.compile(r"^[a-z_]+$")
+
+# Both tables in one shape. `fa` is the aggregates table, or an empty stand-in for a
+# warehouse written before it existed.
+_UNION = """
+u AS (
+    SELECT 'local' AS model, envelope_id, NULL::VARCHAR AS batch_id, device_id, region,
+           NULL::VARCHAR AS policy_hash, window_start, window_end, signal, kind,
+           attributes, bucket_index, bucket_upper, value, mechanism, scale,
+           1 AS draws, 1.0::DOUBLE AS resolution, epsilon, rho, NULL::BIGINT AS reports
+    FROM released_values
+    UNION ALL
+    SELECT 'aggregate', NULL::UUID, batch_id, NULL::VARCHAR, region, policy_hash,
+           window_start, window_end, signal, kind, attributes, bucket_index, bucket_upper,
+           value, mechanism, scale, draws, resolution, epsilon, NULL::DOUBLE, reports
+    FROM fa
+)"""
+_NO_AGGREGATES = """
+fa AS (
+    SELECT NULL::VARCHAR AS batch_id, NULL::VARCHAR AS region, NULL::VARCHAR AS policy_hash,
+           NULL::TIMESTAMPTZ AS window_start, NULL::TIMESTAMPTZ AS window_end,
+           NULL::VARCHAR AS signal, NULL::VARCHAR AS kind, NULL::JSON AS attributes,
+           NULL::INTEGER AS bucket_index, NULL::DOUBLE AS bucket_upper,
+           NULL::DOUBLE AS value, NULL::VARCHAR AS mechanism, NULL::DOUBLE AS scale,
+           NULL::INTEGER AS draws, NULL::DOUBLE AS resolution, NULL::DOUBLE AS epsilon,
+           NULL::BIGINT AS reports
+    LIMIT 0
+)"""
+_WITH_AGGREGATES = "fa AS (SELECT * FROM fleet_aggregates)"
+
+
+def has_aggregates(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the warehouse has the `fleet_aggregates` table (older files do not)."""
+    rows = conn.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND table_name = 'fleet_aggregates'"
+    ).fetchall()
+    return bool(rows[0][0])
+
+
+def _prelude(conn: duckdb.DuckDBPyConnection) -> str:
+    fa = _WITH_AGGREGATES if has_aggregates(conn) else _NO_AGGREGATES
+    return f"WITH {fa}, {_UNION}"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which stored rows a query reads: (model, kind) -> the part of the answer it is."""
+
+    parts: Mapping[tuple[str, str], str]
+
+    def __post_init__(self) -> None:
+        for (model, kind), part in self.parts.items():
+            if model not in ("local", "aggregate"):
+                raise ValueError(f"unknown privacy model {model!r}")
+            if not (_NAME.match(kind) and _NAME.match(part)):
+                raise ValueError(f"bad kind or part {kind!r} -> {part!r}")
+
+    @staticmethod
+    def same(kinds: Sequence[str], models: Sequence[str] = ("local", "aggregate")) -> Selection:
+        """Each kind is its own part, under every model."""
+        return Selection({(m, k): k for m in models for k in kinds})
+
+    @property
+    def part_sql(self) -> str:
+        """SQL for the part a row `r` of the union is (internal constants only)."""
+        whens = " ".join(
+            f"WHEN r.model = '{m}' AND r.kind = '{k}' THEN '{p}'"
+            for (m, k), p in sorted(self.parts.items())
+        )
+        return f"(CASE {whens} END)"
+
+    def local_kind_of(self, part: str) -> str | None:
+        """The local model's kind that makes `part`, if one does."""
+        kinds = [k for (m, k), p in self.parts.items() if m == "local" and p == part]
+        return kinds[0] if kinds else None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which released figures a query reads."""
+
+    signal: str | None
+    since: datetime | None
+    until: datetime | None
+    selection: Selection
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses = ["(r.model || ':' || r.kind) IN (SELECT unnest(?::VARCHAR[]))"]
+        params: list[Any] = [[f"{m}:{k}" for m, k in self.selection.parts]]
+        if self.signal is not None:
+            clauses.append("r.signal = ?")
+            params.append(self.signal)
+        if self.since is not None:
+            clauses.append("r.window_start >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("r.window_end <= ?")
+            params.append(self.until)
+        return " AND ".join(clauses), params
+
+
+def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> str:
+    """Register a (mechanism, scale) -> (variance, fourth cumulant) table; return its name.
+
+    The moments are computed in Python, once per distinct pair, so `_noise` stays the
+    single definition of every mechanism's law. They are per draw, in the mechanism's
+    units; `component_sums` scales them by draws and resolution.
+    """
+    where, params = scope.where()
+    pairs = conn.execute(
+        f"{_prelude(conn)} SELECT DISTINCT r.mechanism, r.scale FROM u r WHERE {where}", params
+    ).fetchall()
+    mechs: list[str] = []
+    scales: list[float] = []
+    variances: list[float] = []
+    k4s: list[float] = []
+    for mech, scale in pairs:
+        try:
+            m = Mechanism(mech)
+        except ValueError:
+            raise InvalidQueryError(f"warehouse holds an unknown mechanism {mech!r}") from None
+        mechs.append(m.value)
+        scales.append(float(scale))
+        variances.append(noise_variance(m, float(scale)))
+        k4s.append(noise_fourth_cumulant(m, float(scale)))
+    name = f"_qw_noise_{uuid.uuid4().hex}"
+    table = pa.table(
+        {"mechanism": mechs, "scale": scales, "var": variances, "k4": k4s},
+        schema=pa.schema(
+            [
+                ("mechanism", pa.string()),
+                ("scale", pa.float64()),
+                ("var", pa.float64()),
+                ("k4", pa.float64()),
+            ]
+        ),
+    )
+    conn.register(name, table)
+    return name
+
+
+def _pair_filter(selection: Selection) -> str:
+    """Keep only cells whose count and sum come from the same releases.
+
+    A mean needs both from one set of devices: a local release with counts but no sum
+    would bias the count upwards. Locally that is the same envelope; under the
+    aggregate model the same batch key (signal, window, region, policy, cell) must have
+    both its `count` and its `sum` entry.
+    """
+    local_sum = selection.local_kind_of("sum") or "sum"
+    return f"""AND CASE WHEN r.model = 'local' THEN EXISTS (
+            SELECT 1 FROM released_values s WHERE s.kind = '{local_sum}'
+            AND s.envelope_id = r.envelope_id AND s.signal = r.signal
+            AND s.attributes::VARCHAR = r.attributes::VARCHAR)
+        ELSE EXISTS (
+            SELECT 1 FROM fa s
+            WHERE s.kind = (CASE r.kind WHEN 'sum' THEN 'count' ELSE 'sum' END)
+            AND s.signal = r.signal AND s.window_start = r.window_start
+            AND s.region = r.region AND s.policy_hash = r.policy_hash
+            AND s.attributes::VARCHAR = r.attributes::VARCHAR) END"""
+
+
+def component_sums(
+    conn: duckdb.DuckDBPyConnection,
+    scope: Scope,
+    keys: Sequence[tuple[str, str]],
+    *,
+    paired: bool = False,
+) -> pl.DataFrame:
+    """Per group of `keys` ((sql over the union row `r`, alias) pairs): estimate,
+    variance, k4 (fourth cumulant), devices, epsilon, rho, privacy_model, mechanism and the
+    noise terms (model, mechanism, scale, resolution, n draws).
+
+    `devices` adds the local rows' distinct devices and, for aggregate rows, the reports
+    of the group's batches in a window (summed over regions), the largest over windows:
+    batches do not say which devices they hold, so devices that report in several
+    windows cannot be told apart. `privacy_model` is local, aggregate or mixed; `mechanism`
+    lists the distinct mechanisms, joined by '+'. `epsilon`/`rho` are the largest
+    per-release losses. `paired` keeps only cells with both a count and a sum
+    (`_pair_filter`). The key `part` is available as `{part}` in key SQL.
+    """
+    where, params = scope.where()
+    noise = _register_noise(conn, scope)
+    part_sql = scope.selection.part_sql
+    key_sql = ", ".join(f"{sql.replace('{part}', part_sql)} AS {alias}" for sql, alias in keys)
+    aliases = [alias for _, alias in keys]
+    key_list = ", ".join(aliases)
+    on = " AND ".join(f"a.{k} IS NOT DISTINCT FROM {{t}}.{k}" for k in aliases)
+    sql = f"""
+    {_prelude(conn)},
+    v AS (
+        SELECT {key_sql}, r.model, r.value, r.mechanism, r.scale, r.draws, r.resolution,
+               r.device_id, r.batch_id, r.reports, r.window_start AS w_start,
+               r.epsilon, r.rho, n.var, n.k4
+        FROM u r JOIN {noise} n USING (mechanism, scale)
+        WHERE {where} {_pair_filter(scope.selection) if paired else ""}
+    ),
+    a AS (
+        SELECT {key_list}, sum(value) AS estimate,
+               sum(draws * resolution * resolution * var) AS variance,
+               sum(draws * resolution ** 4 * k4) AS k4,
+               count(DISTINCT device_id) AS local_devices,
+               max(epsilon) AS epsilon, max(rho) AS rho,
+               CASE WHEN count(DISTINCT model) > 1 THEN 'mixed' ELSE any_value(model) END
+                   AS privacy_model,
+               string_agg(DISTINCT mechanism, '+' ORDER BY mechanism) AS mechanism
+        FROM v GROUP BY {key_list}
+    ),
+    b AS (
+        SELECT {key_list}, max(w_reports) AS batch_devices FROM (
+            SELECT {key_list}, w_start, sum(reports)::BIGINT AS w_reports FROM (
+                SELECT DISTINCT {key_list}, w_start, batch_id, reports FROM v
+                WHERE model = 'aggregate')
+            GROUP BY {key_list}, w_start)
+        GROUP BY {key_list}
+    ),
+    t AS (
+        SELECT {key_list},
+               list(struct_pack(model := model, mechanism := mechanism, scale := scale,
+                                resolution := resolution, n := n)) AS terms
+        FROM (SELECT {key_list}, model, mechanism, scale, resolution, sum(draws)::BIGINT AS n FROM v
+              GROUP BY {key_list}, model, mechanism, scale, resolution)
+        GROUP BY {key_list}
+    )
+    SELECT a.* EXCLUDE (local_devices),
+           (a.local_devices + coalesce(b.batch_devices, 0))::BIGINT AS devices, t.terms
+    FROM a JOIN t ON {on.format(t="t")} LEFT JOIN b ON {on.format(t="b")}
+    ORDER BY {", ".join(f"a.{k}" for k in aliases)}
+    """
+    try:
+        rel = conn.sql(sql, params=params)
+        if rel is None:  # pragma: no cover - a SELECT always gives a relation
+            raise AssertionError("query returned no relation")
+        frame: pl.DataFrame = rel.pl()
+        return frame
+    finally:
+        conn.unregister(noise)
+
+
+def figure_sources(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    signal: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """What produced each signal's figures: one row per signal, model and kind.
+
+    Columns: signal, privacy_model, kind, mechanism, draws (per figure: 1 locally, one per
+    aggregator), scale_min/scale_max (in the mechanism's units), resolution (value of
+    one unit), epsilon (largest per release), windows, releases (device releases, or
+    batches), reports_min/reports_max (devices per batch; null locally), devices
+    (distinct devices; null for batches, which do not say).
+    """
+    clauses: list[str] = ["TRUE"]
+    params: list[Any] = []
+    if signal is not None:
+        clauses.append("r.signal = ?")
+        params.append(signal)
+    if since is not None:
+        clauses.append("r.window_start >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("r.window_end <= ?")
+        params.append(until)
+    sql = f"""
+    {_prelude(conn)}
+    SELECT r.signal, r.model AS privacy_model, r.kind,
+           string_agg(DISTINCT r.mechanism, '+' ORDER BY r.mechanism) AS mechanism,
+           max(r.draws) AS draws, min(r.scale) AS scale_min, max(r.scale) AS scale_max,
+           max(r.resolution) AS resolution, max(r.epsilon) AS epsilon,
+           count(DISTINCT r.window_start) AS windows,
+           count(DISTINCT coalesce(r.envelope_id::VARCHAR, r.batch_id)) AS releases,
+           min(r.reports) AS reports_min, max(r.reports) AS reports_max,
+           CASE WHEN r.model = 'local' THEN count(DISTINCT r.device_id) END AS devices
+    FROM u r WHERE {" AND ".join(clauses)}
+    GROUP BY r.signal, r.model, r.kind
+    ORDER BY r.signal, r.model, r.kind
+    """
+    rel = conn.sql(sql, params=params)
+    if rel is None:  # pragma: no cover - a SELECT always gives a relation
+        raise AssertionError("query returned no relation")
+    frame: pl.DataFrame = rel.pl()
+    return frame
