@@ -1,13 +1,15 @@
 """The fleet report: JSON records, a terminal table, a self-contained HTML page with plots.
 
-Plots are drawn with matplotlib's object API (`Figure`, no pyplot global state, no GUI
-backend) and embedded as inline SVG, so the HTML file needs no network to view.
+Fleet totals come first (the figures a small fleet can read), then per signal: means
+(histograms) or totals (counters) per label set with their intervals, histograms per
+cell from the buckets, and where every figure came from (privacy model, mechanism,
+noise draws, devices or reports per batch). Plots (`analytics._plots`) are inline SVG,
+so the HTML file needs no network to view.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -17,16 +19,26 @@ from typing import Any
 
 import duckdb
 import polars as pl
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
 from analytics._intervals import check_level
+from analytics._plots import (
+    buckets_figure,
+    cell_label,
+    cells_figure,
+    fleet_figure,
+    grouped_figure,
+    window_figure,
+)
+from analytics._sources import figure_sources, has_aggregates
 from analytics._totals import (
+    RESULT_COLUMNS,
     cell_summary,
     fleet_mean,
     fleet_totals,
     grand_totals,
+    histogram_buckets,
     mean_by_labels,
     signal_totals,
 )
@@ -34,6 +46,7 @@ from analytics._totals import (
 __all__ = [
     "FleetReport",
     "FleetTruth",
+    "SignalView",
     "build_report",
     "render_fleet_table",
     "render_html",
@@ -42,17 +55,23 @@ __all__ = [
 ]
 
 _PRIMARY_LABEL = "route"
+_SERIES_LABEL = "model"
 
 
 @dataclass(frozen=True, slots=True)
 class SignalView:
-    """Plot data for one signal: totals (or means) per window for each primary label."""
+    """Plot data for one signal."""
 
     signal: str
     kind: str  # counter | histogram
-    label: str | None
-    per_window: pl.DataFrame
-    means: pl.DataFrame | None  # histogram: mean per (route, model) over the whole range
+    unit: str
+    label: str | None  # the primary label (route) per-window lines are drawn for
+    labels: tuple[str, ...]  # every label of its cells
+    windows: int
+    per_window: pl.DataFrame  # totals (counter) or means (histogram) per window and label
+    cells: pl.DataFrame  # the same per cell (all labels) over the whole range
+    buckets: pl.DataFrame | None  # histogram: events per bucket and cell over the range
+    origin: str  # which privacy model and mechanism produced its figures, in words
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +81,53 @@ class FleetReport:
     level: float
     generated_at: datetime
     source: str
-    totals: pl.DataFrame
-    summary: pl.DataFrame
+    totals: pl.DataFrame  # fleet_totals: every released cell per window
+    summary: pl.DataFrame  # cell_summary over the range
     views: tuple[SignalView, ...]
     fleet: pl.DataFrame  # per signal and window: the fleet total (and mean) of all cells
+    sources: pl.DataFrame  # figure_sources: model, mechanism, draws, reports per signal
 
 
 def _labels_of(totals: pl.DataFrame, signal: str) -> list[str]:
     keys: set[str] = set()
     for attrs in totals.filter(pl.col("signal") == signal)["attributes"].unique().to_list():
         keys.update(json.loads(attrs))
-    return sorted(keys)
+    # A label named like a result column cannot be grouped by (it would be overwritten).
+    return sorted(k for k in keys if k not in RESULT_COLUMNS)
+
+
+def _count(n: Any) -> str:
+    return f"{int(n):,}" if n is not None else "?"
+
+
+def describe_origin(sources: pl.DataFrame, signal: str) -> str:
+    """One line per privacy model of `signal`: mechanism, draws, devices or reports."""
+    parts = []
+    rows = sources.filter(pl.col("signal") == signal)
+    for (model,), part in rows.group_by("privacy_model", maintain_order=True):
+        mechs = sorted({m for ms in part["mechanism"].to_list() for m in ms.split("+")})
+        mech = " + ".join(m.replace("_", " ") for m in mechs)
+        eps = part["epsilon"].drop_nulls()
+        eps_txt = ""
+        if eps.len():
+            lo, hi = float(eps.min()), float(eps.max())  # type: ignore[arg-type]
+            eps_txt = f", ε {lo:.3g} per release" if lo == hi else f", ε {lo:.3g}-{hi:.3g}"
+        if model == "aggregate":
+            draws = int(part["draws"].max())  # type: ignore[arg-type]
+            r_lo, r_hi = part["reports_min"].min(), part["reports_max"].max()
+            reports = _count(r_lo) if r_lo == r_hi else f"{_count(r_lo)}-{_count(r_hi)}"
+            parts.append(
+                f"aggregate model (Prio3 secure aggregation, central DP): {mech}, "
+                f"{draws} draws per figure (one per aggregator){eps_txt}; "
+                f"{reports} reports (devices) per batch"
+            )
+        else:
+            devices = part["devices"].max()
+            parts.append(
+                f"local model (each device adds its own noise): {mech}, one draw per "
+                f"device and figure{eps_txt}; {_count(devices)} devices"
+            )
+    return "; ".join(parts) or "no released figures"
 
 
 def build_report(
@@ -86,28 +141,76 @@ def build_report(
 ) -> FleetReport:
     """Run every query the report needs."""
     level = check_level(level)
-    totals = fleet_totals(conn, level=level, signal=signal, since=since, until=until)
-    summary = cell_summary(conn, level=level, signal=signal, since=since, until=until)
+    q: dict[str, Any] = {"level": level, "since": since, "until": until}
+    totals = fleet_totals(conn, signal=signal, **q)
+    summary = cell_summary(conn, signal=signal, **q)
+    sources = figure_sources(conn, signal=signal, since=since, until=until)
     views: list[SignalView] = []
     for name in sorted(totals["signal"].unique().to_list()):
-        kinds = set(totals.filter(pl.col("signal") == name)["kind"].unique().to_list())
+        rows = totals.filter(pl.col("signal") == name)
+        kinds = set(rows["kind"].unique().to_list())
         labels = _labels_of(totals, name)
         label = _PRIMARY_LABEL if _PRIMARY_LABEL in labels else (labels[0] if labels else None)
         by = (label,) if label else ()
+        windows = rows["window_start"].n_unique()
+        origin = describe_origin(sources, name)
         if "counter" in kinds:
-            per = signal_totals(conn, name, by=by, level=level, since=since, until=until)
-            views.append(SignalView(name, "counter", label, per, None))
-        elif "sum" in kinds:
-            per = mean_by_labels(conn, name, by=by, level=level, since=since, until=until)
-            means = mean_by_labels(
-                conn, name, by=labels, per_window=False, level=level, since=since, until=until
+            per = signal_totals(conn, name, by=by, **q)
+            cells = signal_totals(conn, name, by=labels, per_window=False, **q)
+            views.append(
+                SignalView(
+                    name, "counter", "", label, tuple(labels), windows, per, cells, None, origin
+                )
             )
-            views.append(SignalView(name, "histogram", label, per, means))
+        elif "sum" in kinds:
+            per = mean_by_labels(conn, name, by=by, **q)
+            cells = mean_by_labels(conn, name, by=labels, per_window=False, **q)
+            buckets = histogram_buckets(conn, name, by=labels, **q) if "bucket" in kinds else None
+            unit = _unit(conn, name)
+            views.append(
+                SignalView(
+                    name,
+                    "histogram",
+                    unit,
+                    label,
+                    tuple(labels),
+                    windows,
+                    per,
+                    cells,
+                    buckets,
+                    origin,
+                )
+            )
     fleet = _fleet(conn, totals, level=level, since=since, until=until)
-    return FleetReport(level, datetime.now(UTC), source, totals, summary, tuple(views), fleet)
+    return FleetReport(
+        level, datetime.now(UTC), source, totals, summary, tuple(views), fleet, sources
+    )
 
 
-_FLEET_COLS = ["signal", "measure", "window_start", "window_end", "estimate", "ci_low", "ci_high"]
+def _unit(conn: duckdb.DuckDBPyConnection, signal: str) -> str:
+    rows = conn.execute(
+        "SELECT unit FROM released_values WHERE signal = ? AND kind = 'sum' LIMIT 1", [signal]
+    ).fetchall()
+    if not rows and has_aggregates(conn):
+        rows = conn.execute(
+            "SELECT unit FROM fleet_aggregates WHERE signal = ? AND kind = 'sum' LIMIT 1",
+            [signal],
+        ).fetchall()
+    return str(rows[0][0]) if rows else ""
+
+
+_FLEET_COLS = [
+    "signal",
+    "measure",
+    "window_start",
+    "window_end",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "interval",
+    "devices",
+    "privacy_model",
+]
 
 
 def _fleet(
@@ -118,13 +221,20 @@ def _fleet(
     since: datetime | None,
     until: datetime | None,
 ) -> pl.DataFrame:
-    """Fleet totals per window from each signal's scalar totals: one noise draw per
-    device instead of one per cell, so these are the figures a small fleet can read."""
+    """Fleet totals per window: from each signal's scalar totals under the local model
+    (one noise draw per device instead of one per cell), from its cells added under the
+    aggregate model (two central draws per cell, whatever the fleet's size)."""
+    has_total = (pl.col("kind") == "total") | (
+        (pl.col("privacy_model") == "aggregate") & pl.col("kind").is_in(["counter", "count"])
+    )
+    has_sum = pl.col("kind").is_in(["total_sum"]) | (
+        (pl.col("privacy_model") == "aggregate") & (pl.col("kind") == "sum")
+    )
     frames = []
-    for name in sorted(totals.filter(pl.col("kind") == "total")["signal"].unique().to_list()):
+    for name in sorted(totals.filter(has_total)["signal"].unique().to_list()):
         tot = grand_totals(conn, name, level=level, since=since, until=until)
         frames.append(tot.with_columns(signal=pl.lit(name), measure=pl.lit("total")))
-        if totals.filter((pl.col("signal") == name) & (pl.col("kind") == "total_sum")).height:
+        if totals.filter((pl.col("signal") == name) & has_sum).height:
             mean = fleet_mean(conn, name, level=level, since=since, until=until)
             mean = mean.rename({"mean": "estimate"})
             frames.append(mean.with_columns(signal=pl.lit(name), measure=pl.lit("mean")))
@@ -149,17 +259,25 @@ def render_json(report: FleetReport) -> str:
     return json.dumps(records, indent=2)
 
 
-def _cell_label(attributes: str) -> str:
-    attrs = json.loads(attributes)
-    return " ".join(f"{k}={v}" for k, v in sorted(attrs.items())) or "(all)"
-
-
-def _fmt(value: float | None, measure: str) -> str:
+def _fmt(value: float | None, measure: str, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "—"
     if measure == "mean":
-        return f"{value:.3g}"
+        return f"{value:.{digits}g}"
     return f"{value:,.0f}"
+
+
+def _figures(est: float | None, lo: float | None, hi: float | None, measure: str) -> list[str]:
+    """[estimate, '[low, high]'] with enough digits to tell the bounds apart."""
+    digits = 3
+    if measure == "mean" and est is not None and lo is not None and hi is not None:
+        width, size = hi - lo, max(abs(est), abs(lo), abs(hi))
+        if width > 0.0 and math.isfinite(size):
+            digits = min(8, max(3, math.ceil(math.log10(size / width)) + 2))
+    return [
+        _fmt(est, measure, digits),
+        f"[{_fmt(lo, measure, digits)}, {_fmt(hi, measure, digits)}]",
+    ]
 
 
 FleetTruth = dict[tuple[str, str, datetime], float]
@@ -175,8 +293,9 @@ def render_fleet_table(
         return
     pct = f"{report.level * 100:g}%"
     table = Table(title=f"Fleet totals per window ({pct} intervals)", title_justify="left")
-    for col in ("signal", "measure", "window (UTC)", "estimate", f"{pct} interval"):
-        table.add_column(col, no_wrap=True, justify="right" if col != "signal" else "left")
+    for col in ("signal", "measure", "window (UTC)", "estimate", f"{pct} interval", "devices"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "signal" else "right")
+    table.add_column("model")
     if truth is not None:
         table.add_column("truth", justify="right")
     for row in report.fleet.to_dicts():
@@ -185,8 +304,9 @@ def render_fleet_table(
             row["signal"],
             m,
             f"{row['window_start']:%m-%d %H:%M}",
-            _fmt(row["estimate"], m),
-            f"[{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}]",
+            *_figures(row["estimate"], row["ci_low"], row["ci_high"], m),
+            _count(row["devices"]),
+            row["privacy_model"],
         ]
         if truth is not None:
             t = truth.get((row["signal"], m, row["window_start"]))
@@ -197,21 +317,33 @@ def render_fleet_table(
                 cells.append(f"{_fmt(t, m)} (no interval)")
             else:
                 mark = "[green]inside[/]" if lo <= t <= hi else "[red]outside[/]"
-                cells.append(f"{_fmt(t, m)} {mark}")
+                cells.append(f"{_figures(t, lo, hi, m)[0]} {mark}")
         table.add_row(*cells)
     console.print(table)
 
 
+_METHODS = (
+    "method: normal = normal approximation (many draws); exact = the noise's own law "
+    "(secure aggregates); bound = conservative bound (few devices, or mixed models)"
+)
+
+
 def render_table(report: FleetReport, console: Console) -> None:
     """A compact per-cell summary over the whole range, one table per signal: counter
-    totals, histogram event counts and means, each with its interval."""
+    totals, histogram event counts and means, each with its interval; each table's
+    caption says which privacy model and mechanism produced it."""
     pct = f"{report.level * 100:g}%"
     if not report.summary.height:
         console.print("No released values in the selected range.")
         return
     console.print(f"[bold]Quietwire fleet summary[/bold] ({pct} confidence intervals)")
     for (name,), rows in report.summary.group_by("signal", maintain_order=True):
-        table = Table(title=str(name), title_justify="left")
+        table = Table(
+            title=str(name),
+            title_justify="left",
+            caption=describe_origin(report.sources, str(name)),
+            caption_justify="left",
+        )
         table.add_column("cell", no_wrap=True)
         table.add_column("measure")
         table.add_column("estimate", justify="right", no_wrap=True)
@@ -221,205 +353,282 @@ def render_table(report: FleetReport, console: Console) -> None:
         for row in rows.to_dicts():
             m = row["measure"]
             table.add_row(
-                _cell_label(row["attributes"]),
+                cell_label(row["attributes"]),
                 m,
-                _fmt(row["estimate"], m),
-                f"[{_fmt(row['ci_low'], m)}, {_fmt(row['ci_high'], m)}]",
-                str(row["devices"]),
+                *_figures(row["estimate"], row["ci_low"], row["ci_high"], m),
+                _count(row["devices"]),
                 row["interval"],
             )
         console.print(table)
-    console.print("method: normal = normal approximation; bound = conservative bound (few devices)")
+    console.print(_METHODS)
 
-
-def _svg(fig: Figure) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
-
-
-def _errorbars(
-    ax: Any, x: list[Any], y: list[float], lo: list[Any], hi: list[Any], **kw: Any
-) -> None:
-    # A point without bounds (a mean whose count is not clearly above zero) is noise
-    # alone: drawing it would invite reading it, so it is left out.
-    keep = [i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if None not in (a, b)]
-    xs = [x[i] for i in keep]
-    ys = [y[i] for i in keep]
-    below = [y[i] - lo[i] for i in keep]
-    above = [hi[i] - y[i] for i in keep]
-    ax.errorbar(xs, ys, yerr=[below, above], capsize=3, marker="o", markersize=3, **kw)
-
-
-_NOT_ESTIMABLE = (
-    "<p class='note'>{what}: no cell is estimable at this noise level (every count's "
-    "interval includes zero). Per-cell breakdowns need a larger fleet or budget; the fleet "
-    "totals above use one draw per device instead.</p>"
-)
-
-
-def _per_window_figure(view: SignalView, level: float) -> str:
-    value = "estimate" if view.kind == "counter" else "mean"
-    what = "total per window" if view.kind == "counter" else "mean per window"
-    estimable = view.per_window.filter(
-        pl.col("ci_low").is_not_null() & pl.col("ci_high").is_not_null()
-    )
-    if not estimable.height:
-        return _NOT_ESTIMABLE.format(what=html.escape(f"{view.signal}: {what}"))
-    fig = Figure(figsize=(8.0, 3.4))
-    ax = fig.add_subplot()
-    label = view.label
-    groups = view.per_window[label].unique().sort().to_list() if label else [None]
-    for i, g in enumerate(groups):
-        part = view.per_window if label is None else view.per_window.filter(pl.col(label) == g)
-        part = part.sort("window_start")
-        # Dodge the groups sideways by a few percent of a window so error bars don't overlap.
-        shift = (i - (len(groups) - 1) / 2) * 0.06
-        xs = [
-            start + (end - start) * shift
-            for start, end in part.select("window_start", "window_end").iter_rows()
-        ]
-        _errorbars(
-            ax,
-            xs,
-            part[value].to_list(),
-            part["ci_low"].to_list(),
-            part["ci_high"].to_list(),
-            label=f"{view.label}={g}" if g is not None else view.signal,
-        )
-    # Span every window even when only a few points are estimable.
-    first: Any = view.per_window["window_start"].min()
-    last: Any = view.per_window["window_end"].max()
-    ax.set_xlim(first, last)
-    ax.set_title(f"{view.signal}: {what}, {level * 100:g}% intervals")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.autofmt_xdate()
-    return _svg(fig)
-
-
-_MAX_LINES = 6
-
-
-def _range_totals_figure(report: FleetReport, signal: str) -> str:
-    rows = report.summary.filter(
-        (pl.col("signal") == signal) & (pl.col("measure") == "total")
-    ).sort("estimate")
-    names = [_cell_label(a) for a in rows["attributes"].to_list()]
-    fig = Figure(figsize=(8.0, 0.3 * max(len(names), 3) + 1.0))
-    ax = fig.add_subplot()
-    y = list(range(len(names)))
-    est = rows["estimate"].to_list()
-    lo = [e - v for e, v in zip(est, rows["ci_low"].to_list(), strict=True)]
-    hi = [v - e for e, v in zip(est, rows["ci_high"].to_list(), strict=True)]
-    ax.errorbar(est, y, xerr=[lo, hi], fmt="o", capsize=3)
-    ax.axvline(0.0, color="#999", linewidth=0.8)
-    ax.set_yticks(y, names, fontsize="small")
-    ax.set_title(f"{signal}: total over the range, {report.level * 100:g}% intervals")
-    ax.grid(alpha=0.3, axis="x")
-    return _svg(fig)
-
-
-def _fleet_figure(report: FleetReport) -> str:
-    fleet = report.fleet
-    panels = fleet.select("signal", "measure").unique(maintain_order=True).rows()
-    cols = 2
-    rows = (len(panels) + cols - 1) // cols
-    fig = Figure(figsize=(9.0, 2.6 * rows))
-    for i, (name, measure) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        part = fleet.filter((pl.col("signal") == name) & (pl.col("measure") == measure))
-        _errorbars(
-            ax,
-            part["window_start"].to_list(),
-            part["estimate"].to_list(),
-            part["ci_low"].to_list(),
-            part["ci_high"].to_list(),
-        )
-        ax.set_title(f"{name}: {measure}", fontsize="small")
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize="x-small")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return _svg(fig)
-
-
-def _means_figure(view: SignalView, level: float) -> str:
-    assert view.means is not None
-    means = view.means.filter(
-        pl.col("mean").is_not_null()
-        & pl.col("ci_low").is_not_null()
-        & pl.col("ci_high").is_not_null()
-    ).sort("mean")
-    omitted = view.means.height - means.height
-    if not means.height:
-        return _NOT_ESTIMABLE.format(what=html.escape(f"{view.signal}: mean over the range"))
-    labels = [c for c in means.columns if c not in _MEAN_COLS]
-    names = [" ".join(f"{k}={r[k]}" for k in labels) or view.signal for r in means.to_dicts()]
-    fig = Figure(figsize=(8.0, 0.35 * max(len(names), 3) + 1.0))
-    ax = fig.add_subplot()
-    y = list(range(len(names)))
-    mean = means["mean"].to_list()
-    lo = [
-        m - v if v is not None else 0.0
-        for m, v in zip(mean, means["ci_low"].to_list(), strict=True)
-    ]
-    hi = [
-        v - m if v is not None else 0.0
-        for m, v in zip(mean, means["ci_high"].to_list(), strict=True)
-    ]
-    ax.errorbar(mean, y, xerr=[lo, hi], fmt="o", capsize=3)
-    ax.set_yticks(y, names, fontsize="small")
-    title = f"{view.signal}: mean over the range, {level * 100:g}% intervals"
-    if omitted:
-        title += f"\n({omitted} cells not estimable: their count is not clearly above zero)"
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="x")
-    return _svg(fig)
-
-
-_MEAN_COLS = {
-    "mean",
-    "std_error",
-    "ci_low",
-    "ci_high",
-    "interval",
-    "count_estimate",
-    "sum_estimate",
-    "devices",
-}
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }
-h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
-table { border-collapse: collapse; font-size: 0.85rem; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 66rem; color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2.2rem; }
+h3 { font-size: 1rem; margin-top: 1.4rem; }
+table { border-collapse: collapse; font-size: 0.82rem; margin: 0.6rem 0; }
 th, td { padding: 0.2rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
-th:nth-child(-n+3), td:nth-child(-n+3) { text-align: left; }
-.note { color: #555; font-size: 0.9rem; } svg { max-width: 100%; height: auto; }
+td { white-space: nowrap; } th { vertical-align: bottom; }
+th.l, td.l { text-align: left; }
+.note { color: #555; font-size: 0.9rem; } .origin { color: #335; font-size: 0.85rem; }
+svg { max-width: 100%; height: auto; }
 """
+
+
+def _table_html(head: list[tuple[str, bool]], rows: list[list[str]]) -> str:
+    """A table; `head` is (title, left-aligned) per column."""
+    th = "".join(f"<th class='{'l' if left else ''}'>{html.escape(h)}</th>" for h, left in head)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='{'l' if left else ''}'>{html.escape(c)}</td>"
+            for c, (_, left) in zip(r, head, strict=True)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fleet_html(report: FleetReport) -> list[str]:
+    pct = f"{report.level * 100:g}%"
+    out = ["<h2>Fleet totals per window</h2>"]
+    out.append(
+        "<p class='note'>Each signal over all its cells. Local model: from each device's one "
+        "noisy total per window. Aggregate model: the cells' secure aggregates added (two "
+        "central noise draws per cell, however large the fleet).</p>"
+    )
+    rows = [
+        [
+            r["signal"],
+            r["measure"],
+            f"{r['window_start']:%Y-%m-%d %H:%M}",
+            *_figures(r["estimate"], r["ci_low"], r["ci_high"], r["measure"]),
+            _count(r["devices"]),
+            r["privacy_model"],
+            r["interval"],
+        ]
+        for r in report.fleet.to_dicts()
+    ]
+    head = [
+        ("signal", True),
+        ("measure", True),
+        ("window (UTC)", True),
+        ("estimate", False),
+        (f"{pct} interval", False),
+        ("devices", False),
+        ("privacy", True),
+        ("method", True),
+    ]
+    out.append(_table_html(head, rows))
+    if report.fleet["window_start"].n_unique() > 1:
+        out.append(fleet_figure(report.fleet))
+    return out
+
+
+def _omitted(frame: pl.DataFrame, value: str, labels: tuple[str, ...]) -> str:
+    bad = frame.filter(
+        pl.col("ci_low").is_null() | pl.col("ci_high").is_null() | pl.col(value).is_nan()
+    )
+    if not bad.height:
+        return ""
+    names = [" ".join(f"{k}={r[k]}" for k in labels) or "(all)" for r in bad.to_dicts()]
+    return (
+        f"<p class='note'>Not estimable at this noise level (the count's interval includes "
+        f"zero), left out: {html.escape(', '.join(names))}.</p>"
+    )
+
+
+def _names(frame: pl.DataFrame, labels: tuple[str, ...]) -> list[str]:
+    return [" ".join(f"{k}={r[k]}" for k in labels) or "(all)" for r in frame.to_dicts()]
+
+
+def _cells_html(view: SignalView, level: float) -> list[str]:
+    """The per-cell figure over the range: means (histogram) or totals (counter)."""
+    pct = f"{level * 100:g}%"
+    value = "mean" if view.kind == "histogram" else "estimate"
+    what = f"mean ({view.unit})" if view.kind == "histogram" else "total"
+    bounded = view.cells.filter(pl.col("ci_low").is_not_null() & pl.col(value).is_not_nan())
+    if not bounded.height:
+        return [
+            f"<p class='note'>{html.escape(view.signal)}: no cell is estimable at this noise "
+            "level (every count's interval includes zero).</p>"
+        ]
+    grouped = set(view.labels) == {_PRIMARY_LABEL, _SERIES_LABEL}
+    span = "over the range" if view.windows > 1 else "in the window"
+    if grouped:
+        title = f"{view.signal}: {what} per {_PRIMARY_LABEL} and {_SERIES_LABEL} {span}"
+        out = [
+            f"<h3>{html.escape(what.capitalize())} per ({_SERIES_LABEL} x {_PRIMARY_LABEL})</h3>"
+        ]
+        out.append(
+            grouped_figure(
+                view.cells,
+                value,
+                _PRIMARY_LABEL,
+                _SERIES_LABEL,
+                f"{title}, {pct} intervals",
+                what,
+                floor=view.kind == "counter",
+                label_format="{:.3g}" if view.kind == "histogram" else "{:,.0f}",
+            )
+        )
+    else:
+        out = [f"<h3>{html.escape(what.capitalize())} per cell</h3>"]
+        out.append(
+            cells_figure(
+                view.cells,
+                value,
+                _names(view.cells, view.labels),
+                f"{view.signal}: {what} per cell {span}, {pct} intervals",
+                what,
+                floor=view.kind == "counter",
+            )
+        )
+    out.append(_omitted(view.cells, value, view.labels) if view.kind == "histogram" else "")
+    return out
+
+
+def _buckets_html(view: SignalView, report: FleetReport) -> list[str]:
+    buckets = view.buckets
+    if buckets is None or not buckets.height:
+        return []
+    counts = report.summary.filter(
+        (pl.col("signal") == view.signal) & (pl.col("measure") == "count")
+    )
+    events = {
+        tuple(json.loads(r["attributes"]).get(k, "") for k in view.labels): r
+        for r in counts.to_dicts()
+    }
+    cells = []
+    skipped = []
+    for key, part in buckets.group_by(list(view.labels), maintain_order=True):
+        name = " ".join(f"{k}={v}" for k, v in zip(view.labels, key, strict=True)) or "(all)"
+        count = events.get(tuple(key))
+        # A cell whose event count may be zero is noise only: its buckets are not drawn.
+        if count is None or count["ci_low"] is None or count["ci_low"] <= 0.0:
+            skipped.append(name)
+            continue
+        cells.append((name, part.sort("bucket_index"), float(count["estimate"])))
+    out = [f"<h3>Distribution per cell ({html.escape(view.signal)} buckets)</h3>"]
+    if cells:
+        cells.sort(key=lambda c: c[0])
+        out.append(
+            buckets_figure(
+                cells,
+                f"{view.signal}: events per bucket ({view.unit}), "
+                f"{report.level * 100:g}% intervals",
+            )
+        )
+    if skipped:
+        out.append(
+            "<p class='note'>Cells whose event count is not clearly above zero, not drawn: "
+            f"{html.escape(', '.join(sorted(skipped)))}.</p>"
+        )
+    return out
+
+
+def _signal_html(view: SignalView, report: FleetReport) -> list[str]:
+    pct = f"{report.level * 100:g}%"
+    out = [
+        f"<h2>{html.escape(view.signal)}</h2>",
+        f"<p class='origin'>{html.escape(view.origin)}</p>",
+    ]
+    out += _cells_html(view, report.level)
+    if view.windows > 1:
+        value = "mean" if view.kind == "histogram" else "estimate"
+        what = "mean per window" if view.kind == "histogram" else "total per window"
+        fig = window_figure(
+            view.per_window,
+            value,
+            view.label,
+            f"{view.signal}: {what}, {pct} intervals",
+            view.unit if view.kind == "histogram" else "total",
+        )
+        if fig is not None:
+            out += [f"<h3>{what.capitalize()}</h3>", fig]
+    if view.kind == "histogram":
+        out += _buckets_html(view, report)
+    return out
+
+
+def _sources_html(report: FleetReport) -> list[str]:
+    head = [
+        ("signal", True),
+        ("figure", True),
+        ("privacy", True),
+        ("mechanism", True),
+        ("draws", False),
+        ("scale (units)", False),
+        ("unit", False),
+        ("ε", False),
+        ("windows", False),
+        ("releases", False),
+        ("devices", False),
+    ]
+    rows = []
+    for r in report.sources.to_dicts():
+        lo, hi = r["scale_min"], r["scale_max"]
+        scale = f"{lo:,.6g}" if lo == hi else f"{lo:,.6g}-{hi:,.6g}"
+        if r["privacy_model"] == "aggregate":
+            a, b = r["reports_min"], r["reports_max"]
+            who = f"{_count(a)} per batch" if a == b else f"{_count(a)}-{_count(b)} per batch"
+        else:
+            who = f"{_count(r['devices'])} devices"
+        rows.append(
+            [
+                r["signal"],
+                r["kind"],
+                r["privacy_model"],
+                r["mechanism"],
+                str(r["draws"]),
+                scale,
+                f"{r['resolution']:.4g}",
+                "—" if r["epsilon"] is None else f"{r['epsilon']:.3g}",
+                str(r["windows"]),
+                _count(r["releases"]),
+                who,
+            ]
+        )
+    return [
+        "<h2>Where the figures come from</h2>",
+        "<p class='note'>Per signal and kind of figure: the privacy model, the noise "
+        "mechanism, its draws per figure (one per aggregator for secure aggregates), its "
+        "scale in units, the value of one unit (secure aggregates of sums are integers in "
+        "units), the ε of one release, and how many devices contributed (local) or "
+        "reports each batch summed (aggregate; releases are then batches).</p>",
+        _table_html(head, rows),
+    ]
 
 
 def _summary_html(report: FleetReport) -> str:
     pct = f"{report.level * 100:g}%"
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("signal", "cell", "measure", "estimate", f"{pct} interval", "devices", "interval")
-    )
+    head = [
+        ("signal", True),
+        ("cell", True),
+        ("measure", True),
+        ("estimate", False),
+        (f"{pct} interval", False),
+        ("devices", False),
+        ("privacy", True),
+        ("method", True),
+    ]
     rows = []
     for r in report.summary.to_dicts():
         m = r["measure"]
-        cells = (
-            r["signal"],
-            _cell_label(r["attributes"]),
-            m,
-            _fmt(r["estimate"], m),
-            f"[{_fmt(r['ci_low'], m)}, {_fmt(r['ci_high'], m)}]",
-            str(r["devices"]),
-            r["interval"],
+        rows.append(
+            [
+                r["signal"],
+                cell_label(r["attributes"]),
+                m,
+                *_figures(r["estimate"], r["ci_low"], r["ci_high"], m),
+                _count(r["devices"]),
+                r["privacy_model"],
+                r["interval"],
+            ]
         )
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return _table_html(head, rows)
 
 
 def render_html(report: FleetReport, path: Path | str) -> Path:
@@ -441,33 +650,26 @@ def render_html(report: FleetReport, path: Path | str) -> Path:
         f"<p class='note'>Source {html.escape(report.source or '(connection)')} · "
         f"{html.escape(span)} · {windows} window(s) · generated "
         f"{report.generated_at:%Y-%m-%d %H:%M} UTC</p>",
-        f"<p class='note'>Every figure is a sum of the devices' differentially private "
-        f"releases. Error bars are {pct} confidence intervals for the fleet's true value, "
-        "derived from each release's noise mechanism and scale (normal approximation when "
-        "many devices contribute, a conservative bound when few do). Values are unbiased "
-        "for the truth after each device's contribution bounds.</p>",
+        "<p class='note'>Every figure is differentially private. Under the <b>aggregate</b> "
+        "model it is a secure aggregate: the devices' bounded contributions summed by two "
+        "aggregators (Prio3), each adding one discrete Laplace draw. Under the <b>local</b> "
+        "model it is the sum of the devices' own noisy releases. Bars are "
+        f"{pct} confidence intervals for the fleet's true value, derived from each "
+        "figure's noise mechanism and scale (method: normal approximation for many draws, "
+        "exact quantiles of the noise for secure aggregates, a conservative bound for few "
+        "devices). Values are unbiased for the truth after the contribution bounds.</p>",
     ]
+    if not totals.height:
+        parts.append("<p class='note'>No released values in the selected range.</p>")
     if report.fleet.height:
-        parts.append("<h2>Fleet totals per window</h2>")
-        parts.append(
-            "<p class='note'>From each device's one noisy total per signal and window: the "
-            "tightest figures. Per-cell breakdowns below carry one noise draw per cell and "
-            "device, and need far larger fleets to read.</p>"
-        )
-        parts.append(_fleet_figure(report))
+        parts += _fleet_html(report)
     for view in report.views:
-        parts.append(f"<h2>{html.escape(view.signal)}</h2>")
-        groups = view.per_window[view.label].n_unique() if view.label else 1
-        if groups > _MAX_LINES:
-            # Too many lines to read per window: the cells' totals over the range instead.
-            parts.append(_range_totals_figure(report, view.signal))
-        else:
-            parts.append(_per_window_figure(view, report.level))
-        if view.means is not None and view.means.height:
-            parts.append(_means_figure(view, report.level))
+        parts += _signal_html(view, report)
+    if report.sources.height:
+        parts += _sources_html(report)
     parts.append("<h2>Summary over the range</h2>")
     parts.append(_summary_html(report))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
+    out.write_text("\n".join(p for p in parts if p), encoding="utf-8")
     return out
