@@ -222,10 +222,19 @@ def component_sums(
     where, params = scope.where()
     noise = _register_noise(conn, scope)
     part_sql = scope.selection.part_sql
-    key_sql = ", ".join(f"{sql.replace('{part}', part_sql)} AS {alias}" for sql, alias in keys)
-    aliases = [alias for _, alias in keys]
-    key_list = ", ".join(aliases)
-    on = " AND ".join(f"a.{k} IS NOT DISTINCT FROM {{t}}.{k}" for k in aliases)
+    # Keys get internal names (_k0, _k1, ...) until the last SELECT: an alias may be any
+    # attribute label, and a label named like a column of the union (model, value,
+    # scale, ...) must not capture it.
+    names = [f"_k{i}" for i in range(len(keys))]
+    key_sql = ", ".join(
+        f"{sql.replace('{part}', part_sql)} AS {name}"
+        for (sql, _), name in zip(keys, names, strict=True)
+    )
+    key_list = ", ".join(names)
+    on = " AND ".join(f"a.{k} IS NOT DISTINCT FROM {{t}}.{k}" for k in names)
+    renamed = ", ".join(
+        f'a.{name} AS "{alias}"' for (_, alias), name in zip(keys, names, strict=True)
+    )
     sql = f"""
     {_prelude(conn)},
     v AS (
@@ -258,14 +267,15 @@ def component_sums(
         SELECT {key_list},
                list(struct_pack(model := model, mechanism := mechanism, scale := scale,
                                 resolution := resolution, n := n)) AS terms
-        FROM (SELECT {key_list}, model, mechanism, scale, resolution, sum(draws)::BIGINT AS n FROM v
-              GROUP BY {key_list}, model, mechanism, scale, resolution)
+        FROM (SELECT {key_list}, model, mechanism, scale, resolution,
+                     sum(draws)::BIGINT AS n
+              FROM v GROUP BY {key_list}, model, mechanism, scale, resolution)
         GROUP BY {key_list}
     )
-    SELECT a.* EXCLUDE (local_devices),
+    SELECT {renamed}, a.* EXCLUDE ({key_list}, local_devices),
            (a.local_devices + coalesce(b.batch_devices, 0))::BIGINT AS devices, t.terms
     FROM a JOIN t ON {on.format(t="t")} LEFT JOIN b ON {on.format(t="b")}
-    ORDER BY {", ".join(f"a.{k}" for k in aliases)}
+    ORDER BY {", ".join(f"a.{k}" for k in names)}
     """
     try:
         rel = conn.sql(sql, params=params)

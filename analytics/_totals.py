@@ -71,6 +71,10 @@ RESULT_COLUMNS = frozenset(
         "mean",
         "count_estimate",
         "sum_estimate",
+        "variance",
+        "k4",
+        "terms",
+        "half_b",
     }
 )
 # What each model stores per window: local releases per cell (counter, bucket, sum) and

@@ -266,3 +266,32 @@ def test_a_warehouse_without_the_aggregates_table_still_answers(tmp_path) -> Non
     assert df.height == 1
     assert df["privacy_model"][0] == "local"
     assert grand_totals(conn, "test.requests").is_empty()
+
+
+def test_labels_named_like_internal_columns_group_correctly() -> None:
+    # `model` (a model version) and `scale` are plausible labels, and also names of the
+    # warehouse's own columns: grouping by them must not read the wrong one.
+    conn = duckdb.connect()
+    apply_schema(conn)
+    cells = [{"model": m, "scale": s} for m in ("v1", "v2") for s in ("s", "l")]
+    rng = np.random.default_rng(2)
+    insert_batches(
+        conn,
+        [
+            counter_batch("x.requests", 0, cells, rng, scale=40.0, reports=321),
+            *histogram_batches("x.latency", 0, cells, rng, reports=321),
+        ],
+        AggregateTruth(),
+    )
+    means = mean_by_labels(conn, "x.latency", by=("model", "scale"))
+    assert sorted(zip(means["model"], means["scale"], strict=True)) == [
+        ("v1", "l"),
+        ("v1", "s"),
+        ("v2", "l"),
+        ("v2", "s"),
+    ]
+    assert set(means["devices"]) == {321}
+    assert set(means["interval"]) == {"exact"}
+    totals = signal_totals(conn, "x.requests", by=("model",))
+    assert sorted(totals["model"]) == ["v1", "v2"]
+    assert set(totals["devices"]) == {321}

@@ -104,6 +104,8 @@ def test_canary_mean_is_outside_the_stable_interval(report: FleetReport) -> None
         0, named=True
     )
     assert canary["ci_low"] > stable["ci_high"]
+    assert set(cells["interval"]) == {"exact"}
+    assert set(cells["devices"]) == {3000}
     assert "aggregate model" in view.origin
     assert "3,000 reports (devices) per batch" in view.origin
 
