@@ -324,7 +324,7 @@ def render_fleet_table(
 
 _METHODS = (
     "method: normal = normal approximation (many draws); exact = the noise's own law "
-    "(secure aggregates); bound = conservative bound (few devices, or mixed models)"
+    "(secure aggregates); bound = conservative bound (few devices)"
 )
 
 
