@@ -8,6 +8,13 @@ embedded default) or produces them to Kafka, from where the sink's consumer grou
 writes them. The simulator also keeps the clamped truth behind every release, so the
 caller can check that reported intervals cover it.
 
+Signals under the aggregate model leave the devices as Prio3 reports: the run starts a
+helper (a second operator's service, its own key and state, real HTTP on loopback),
+puts its key into the policy the devices and the ingest use, and once the fleet has
+sent (and, with Kafka, the sink has drained the topic) runs the leader's aggregation
+job and collector against the warehouse: proofs verified with the helper, each side's
+noise added, fleet aggregates of at least `min_batch_size` devices revealed.
+
 Every device consents to the health and performance tiers; failed requests are
 reported as exceptions, counted by error fingerprint. No simulated device opts in to the
 content tier: their keys are software keys, and the default attestation policy requires
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import shutil
 import socket
 import tempfile
@@ -38,8 +46,11 @@ from client import HttpTransport, Telemetry, TelemetryConfig
 from client._release import TrueCounter, TrueHistogram, TrueTotal
 from client._telemetry import CollectedWindow
 from ingest import DuckDBSink, IngestSettings, KafkaSinkConsumer, create_app
+from ingest._audit import AuditLog
+from ingest._keys import write_private_key
 from ingest._topics import ensure_topics
-from policies import Policy, load_policy
+from ingest.aggregation import HelperClient, HelperSettings, RunStats, aggregate_all, serve_helper
+from policies import HelperEndpoint, Policy, dump_policy, load_policy
 from schemas import AppInfo, Tier
 
 __all__ = ["FleetRun", "TruthKey", "run_fleet"]
@@ -77,6 +88,8 @@ class FleetRun:
     envelopes_stored: int = 0
     truth: dict[TruthKey, float] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    aggregation: RunStats | None = None
+    """What the leader's aggregation job and collector did (aggregate-model signals)."""
 
 
 class _SimClock:
@@ -159,6 +172,9 @@ def _add_truth(truth: dict[TruthKey, float], start: datetime, item: object) -> N
             truth[k] = truth.get(k, 0.0) + count
         k = (item.signal, start, attrs, "sum", None)
         truth[k] = truth.get(k, 0.0) + item.sum
+        # The per-cell event count an aggregate-model histogram shares as its own task.
+        k = (item.signal, start, attrs, "count", None)
+        truth[k] = truth.get(k, 0.0) + sum(item.counts)
 
 
 async def _drain_kafka(db: Path, bootstrap: str, topic: str, expected: int) -> int:
@@ -171,6 +187,57 @@ async def _drain_kafka(db: Path, bootstrap: str, topic: str, expected: int) -> i
         return sink.envelope_count()
     finally:
         sink.close()
+
+
+@dataclass(frozen=True)
+class _HelperRun:
+    """The run's helper: its settings, and the policy that names its key."""
+
+    settings: HelperSettings
+    policy: Policy
+    port: int
+    verify_key: bytes
+    token: str
+
+    @classmethod
+    def make(cls, state_dir: Path, policy: Policy) -> _HelperRun:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key = write_private_key(state_dir / "helper.key")
+        port = _free_port()
+        verify_key, token = secrets.token_bytes(32), secrets.token_urlsafe(24)
+        endpoint = HelperEndpoint(
+            url=f"http://127.0.0.1:{port}",
+            public_key=base64.b64encode(bytes(key.public_key)).decode("ascii"),
+        )
+        aggregation = policy.aggregation.model_copy(update={"helper": endpoint})
+        return cls(
+            HelperSettings(
+                private_key_path=state_dir / "helper.key",
+                state_dir=state_dir,
+                verify_key=verify_key.hex(),
+                leader_token=token,
+            ),
+            policy.model_copy(update={"aggregation": aggregation}),
+            port,
+            verify_key,
+            token,
+        )
+
+    def aggregate(self, sink: DuckDBSink, ingest_state: Path, now: datetime) -> RunStats | None:
+        """Every batch through the leader and this helper over HTTP, then collected."""
+        if not self.policy.aggregate_signals:
+            return None
+        with (
+            serve_helper(self.settings, policies=[self.policy], port=self.port) as url,
+            HelperClient(url, token=self.token) as client,
+        ):
+            audit = AuditLog(ingest_state / "audit.sqlite3")
+            try:
+                return aggregate_all(
+                    sink, client, [self.policy], now, verify_key=self.verify_key, audit=audit
+                )
+            finally:
+                audit.close()
 
 
 def run_fleet(
@@ -193,6 +260,8 @@ def run_fleet(
     for stale in (db, db.with_name(db.name + ".wal")):
         stale.unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="quietwire-fleet-"))
+    helper = _HelperRun.make(work / "helper", policy)
+    policy = helper.policy
     window = timedelta(seconds=policy.window_seconds)
     # Whole windows ending at the last aligned boundary before now: realistic timestamps.
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -206,6 +275,7 @@ def run_fleet(
         warehouse_path=db,
         kafka_bootstrap=kafka,
         known_policy_hashes=frozenset({policy.content_hash}),
+        policy_paths=(dump_policy(policy, work / "policy.yaml"),),
     )
     if kafka is not None:
         asyncio.run(ensure_topics(kafka, [settings.topic]))
@@ -250,7 +320,7 @@ def run_fleet(
                     start = first_start + w * window
                     clock.now = start + window / 2
                     for profile, tel in zip(profiles, fleet, strict=True):
-                        _record(tel, simulate_window(profile, w, spec.seed))
+                        _record(tel, simulate_window(profile, w, spec.seed, policy.window_seconds))
                     clock.now = start + window
                     for result in senders.map(lambda t: close_window(t, clock.now), fleet):
                         for collected in result:
@@ -268,12 +338,13 @@ def run_fleet(
             run.envelopes_stored = asyncio.run(
                 _drain_kafka(db, kafka, settings.topic, run.envelopes_sent)
             )
-        else:
-            sink = DuckDBSink(db)
-            try:
-                run.envelopes_stored = sink.envelope_count()
-            finally:
-                sink.close()
+        sink = DuckDBSink(db)
+        try:
+            run.envelopes_stored = sink.envelope_count()
+            # The ingest has stopped: the leader's job is the warehouse's one writer now.
+            run.aggregation = helper.aggregate(sink, settings.state_dir, clock.now)
+        finally:
+            sink.close()
     finally:
         http.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,7 @@ __all__ = [
     "MODEL_CANARY",
     "MODEL_STABLE",
     "ROUTES",
+    "SIX_HOURS",
     "DeviceProfile",
     "FleetSpec",
     "InferenceEvent",
@@ -26,6 +27,8 @@ __all__ = [
     "simulate_window",
 ]
 
+SIX_HOURS = 21_600
+"""The period `DeviceProfile.requests_per_window` counts requests over."""
 ROUTES = ("local", "edge", "cloud")
 MODEL_STABLE = "qwen2.5-7b@1.0"
 MODEL_CANARY = "qwen2.5-7b@1.1"
@@ -54,6 +57,7 @@ class DeviceProfile:
     model: str
     route_mix: tuple[float, float, float]
     requests_per_window: float
+    """Mean requests per six hours (`SIX_HOURS`); a window of another length scales it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +88,13 @@ def device_profiles(spec: FleetSpec) -> list[DeviceProfile]:
     return profiles
 
 
-def simulate_window(profile: DeviceProfile, window: int, seed: int) -> list[InferenceEvent]:
-    """The inference events of one device in one window (deterministic per seed)."""
+def simulate_window(
+    profile: DeviceProfile, window: int, seed: int, window_seconds: int = SIX_HOURS
+) -> list[InferenceEvent]:
+    """The inference events of one device in one window of `window_seconds` (deterministic
+    per seed): `requests_per_window` is the device's rate per six hours, scaled."""
     rng = np.random.default_rng((seed, profile.index, window))
-    n = int(rng.poisson(profile.requests_per_window))
+    n = int(rng.poisson(profile.requests_per_window * window_seconds / SIX_HOURS))
     events = []
     for route_idx in rng.choice(3, size=n, p=profile.route_mix):
         route = ROUTES[int(route_idx)]
