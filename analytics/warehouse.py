@@ -240,6 +240,44 @@ _VALUE_TYPES = [
 ]
 
 
+_REPORT_TYPES = [
+    pa.string(),
+    pa.binary(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.binary(),
+    pa.binary(),
+    pa.binary(),
+    pa.string(),
+    pa.string(),
+]
+
+
+def _insert_arrow(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Sequence[tuple[Any, ...]],
+    types: Sequence[pa.DataType],
+) -> None:
+    """Insert `rows` (tuples in the table's column order) as one Arrow batch."""
+    batch = pa.Table.from_arrays(
+        [pa.array(col, type=typ) for col, typ in zip(zip(*rows, strict=True), types, strict=True)],
+        names=[f"c{i}" for i in range(len(types))],
+    )
+    name = f"_qw_insert_{table}"
+    conn.register(name, batch)
+    try:
+        conn.execute(f"INSERT INTO {table} SELECT * FROM {name}")
+    finally:
+        conn.unregister(name)
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionOffset:
     """The next Kafka offset to read for one partition, stored with the rows."""
@@ -410,11 +448,13 @@ def _store_reports(
             [tasks, [bytes(r.report_id) for i in items for r in i.envelope.reports]],
         ).fetchall()
     }
+    batches = sorted({i.batch_start for i in items if i.batch_start is not None})
     seen_contributions = set(
         conn.execute(
             "SELECT task, policy_hash, region, batch_start, device_id FROM prio_reports "
-            "WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
-            [devices],
+            "WHERE device_id IN (SELECT unnest(?::VARCHAR[])) "
+            "AND batch_start IN (SELECT unnest(?::TIMESTAMPTZ[]))",
+            [devices, batches],
         ).fetchall()
     )
     kept: list[tuple[Any, ...]] = []
@@ -469,9 +509,8 @@ def _store_reports(
                 )
             )
     if kept:
-        conn.executemany(
-            "INSERT INTO prio_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", kept
-        )
+        # One columnar insert: executemany costs a round trip per row.
+        _insert_arrow(conn, "prio_reports", kept, _REPORT_TYPES)
     if refused:
         conn.executemany(
             "INSERT OR IGNORE INTO prio_report_rejections VALUES (?, ?, ?, ?, ?, ?, ?)", refused
@@ -554,18 +593,7 @@ def write_envelopes(
                 conn.executemany("INSERT INTO suppressions VALUES (?, ?, ?, ?, ?, ?)", suppressed)
             if values:
                 # One columnar insert: executemany costs a round trip per row.
-                batch = pa.Table.from_arrays(
-                    [
-                        pa.array(col, type=typ)
-                        for col, typ in zip(zip(*values, strict=True), _VALUE_TYPES, strict=True)
-                    ],
-                    names=[f"c{i}" for i in range(len(_VALUE_TYPES))],
-                )
-                conn.register("_qw_values", batch)
-                try:
-                    conn.execute("INSERT INTO released_values SELECT * FROM _qw_values")
-                finally:
-                    conn.unregister("_qw_values")
+                _insert_arrow(conn, "released_values", values, _VALUE_TYPES)
         if offsets:
             if group is None:
                 raise ValueError("offsets need a consumer group")
