@@ -270,8 +270,12 @@ def fleet_figure(fleet: pl.DataFrame) -> str:
             fleet.filter((pl.col("signal") == name) & (pl.col("measure") == measure)), "estimate"
         ).sort("window_start")
         est = part["estimate"].to_list()
+        middles: list[Any] = [
+            start + (end - start) / 2
+            for start, end in part.select("window_start", "window_end").iter_rows()
+        ]
         ax.errorbar(
-            part["window_start"].to_list(),
+            middles,
             est,
             yerr=[
                 [e - lo for e, lo in zip(est, part["ci_low"].to_list(), strict=True)],

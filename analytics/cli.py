@@ -51,7 +51,8 @@ def report(
         typer.Option(
             "--format",
             help="table: a per-cell summary over all windows; "
-            "json: every released cell per window (buckets included) as a list of records.",
+            "json: every released cell per window (buckets included) as a list of records, "
+            "with its privacy model and mechanism.",
         ),
     ] = OutputFormat.TABLE,
     html: Annotated[
@@ -82,7 +83,11 @@ def report(
     if output is OutputFormat.JSON:
         typer.echo(render_json(rep))
     else:
-        render_table(rep, Console())
+        console = Console()
+        if not console.is_terminal:
+            # Piped: rich would assume 80 columns and cut the cells' columns.
+            console = Console(width=140)
+        render_table(rep, console)
     if html is not None:
         try:
             written = render_html(rep, html)
