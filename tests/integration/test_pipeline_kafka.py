@@ -30,25 +30,36 @@ TOPIC = f"quietwire.envelopes.{REGION}"
 def fleet_run(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> FleetRun:
     kafka_broker.create_topics([TOPIC], partitions=3)
     db = tmp_path_factory.mktemp("pipeline") / "warehouse.duckdb"
-    return run_fleet(FleetSpec(devices=60, windows=3, seed=11), db, kafka=kafka_broker.bootstrap)
+    # Above the default policy's minimum batch of 100 devices: every batch is revealed.
+    return run_fleet(
+        FleetSpec(devices=DEVICES, windows=2, seed=11), db, kafka=kafka_broker.bootstrap
+    )
 
 
-def _counts(db: Path) -> tuple[int, int]:
+DEVICES = 120
+
+
+def _counts(db: Path) -> tuple[int, ...]:
     conn = duckdb.connect(str(db), read_only=True)
     try:
-        envelopes = conn.execute("SELECT count(*) FROM envelopes").fetchone()
-        values = conn.execute("SELECT count(*) FROM released_values").fetchone()
+        counts = [
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            for table in ("envelopes", "released_values", "prio_reports", "fleet_aggregates")
+        ]
     finally:
         conn.close()
-    assert envelopes is not None
-    assert values is not None
-    return int(envelopes[0]), int(values[0])
+    return tuple(int(c[0]) for c in counts if c is not None)
 
 
 def test_every_sent_envelope_is_stored_once(fleet_run: FleetRun) -> None:
-    assert fleet_run.envelopes_sent == 60 * 3
+    assert fleet_run.envelopes_sent == DEVICES * 2
     assert fleet_run.envelopes_stored == fleet_run.envelopes_sent
     assert not fleet_run.dropped
+    stats = fleet_run.aggregation
+    assert stats is not None
+    assert stats.reports_aggregated == DEVICES * 2 * 9  # nine tasks a day
+    assert not stats.reports_rejected
+    assert stats.batches_collected == 2 * 9
 
 
 def test_intervals_cover_the_truth_at_their_stated_rate(fleet_run: FleetRun) -> None:
@@ -58,7 +69,7 @@ def test_intervals_cover_the_truth_at_their_stated_rate(fleet_run: FleetRun) -> 
     finally:
         conn.close()
     inside, compared = coverage(fleet_run, totals)
-    # Every released cell (counters, histogram buckets, sums) of every window.
+    # Every revealed cell (counters, histogram buckets, counts, sums) of every day.
     assert compared == len(fleet_run.truth)
     assert compared > 500
     rate = inside / compared
