@@ -21,6 +21,7 @@ from analytics._demo import coverage
 from analytics._pipeline import REGION, FleetRun, run_fleet
 from analytics._simulation import FleetSpec
 from ingest import DuckDBSink, KafkaSinkConsumer
+from schemas import IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
 
 TOPIC = f"quietwire.envelopes.{REGION}"
@@ -132,3 +133,54 @@ def test_a_re_produced_message_adds_nothing(fleet_run: FleetRun, kafka_broker: K
     asyncio.run(reproduce())
     asyncio.run(_drain(fleet_run.db, kafka_broker.bootstrap, "quietwire-sink"))
     assert _counts(fleet_run.db) == before
+
+
+def _zero_byte_share(data: bytes) -> float:
+    return data.count(0) / len(data)
+
+
+def test_no_plaintext_measurement_in_kafka_or_the_warehouse(
+    fleet_run: FleetRun, kafka_broker: KafkaBroker
+) -> None:
+    """What the leader holds of an aggregate signal is a secret share: uniformly random
+    field elements, never the measurement. An unshared Prio3 encoding of these small
+    counts (bits of each entry, as 16-byte field elements) would be mostly zero bytes; a
+    share has about 1 in 256. The helper's share is a sealed box the leader cannot open."""
+
+    async def read_topic() -> list[bytes]:
+        reader = AIOKafkaConsumer(
+            TOPIC,
+            bootstrap_servers=kafka_broker.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await reader.start()
+        try:
+            out: list[bytes] = []
+            while True:
+                batch = await reader.getmany(timeout_ms=3000, max_records=500)
+                if not batch:
+                    return out
+                out += [m.value for ms in batch.values() for m in ms if m.value is not None]
+        finally:
+            await reader.stop()
+
+    messages = [IngestedEnvelope.model_validate_json(v) for v in asyncio.run(read_topic())]
+    assert len(messages) >= DEVICES * 2
+    aggregate_signals = {"inference.requests", "inference.errors", "app.exceptions"}
+    for item in messages:
+        env = item.envelope
+        # No aggregate-model signal travels as a released value.
+        assert not {a.signal for a in env.aggregates} & aggregate_signals
+        assert len(env.reports) == 9
+        for report in env.reports:
+            assert _zero_byte_share(report.leader_share) < 0.05, report.task
+    conn = duckdb.connect(str(fleet_run.db), read_only=True)
+    try:
+        rows = conn.execute("SELECT task, leader_share, helper_share FROM prio_reports").fetchall()
+    finally:
+        conn.close()
+    assert len(rows) == DEVICES * 2 * 9
+    for task, leader, helper in rows:
+        assert _zero_byte_share(bytes(leader)) < 0.05, task
+        assert _zero_byte_share(bytes(helper)) < 0.05, task  # sealed: random too
