@@ -10,17 +10,16 @@ the interval method, the privacy model and the mechanism.
 """
 
 from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
+from analytics._html import render_html
 from analytics._intervals import NORMAL_MAX_EXCESS_KURTOSIS
+from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._noise import noise_fourth_cumulant, noise_variance
 from analytics._reader import open_warehouse
-from analytics._report import FleetReport, build_report, render_html, render_json, render_table
+from analytics._report import FleetReport, build_report, render_json, render_table
 from analytics._totals import (
-    cell_summary,
-    fleet_mean,
     fleet_totals,
     grand_totals,
     histogram_buckets,
-    mean_by_labels,
     requests_by_route,
     signal_totals,
 )

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from analytics._html import render_html
 from analytics._pipeline import FleetRun, TruthKey, run_fleet
 from analytics._reader import open_warehouse
 from analytics._report import (
@@ -22,7 +23,6 @@ from analytics._report import (
     FleetTruth,
     build_report,
     render_fleet_table,
-    render_html,
     render_table,
 )
 from analytics._simulation import MODEL_CANARY, MODEL_STABLE, FleetSpec

@@ -25,25 +25,22 @@ import duckdb
 import polars as pl
 
 from analytics._errors import InvalidQueryError
-from analytics._exact import exact_half_width, exact_ratio_interval
+from analytics._exact import exact_half_width
 from analytics._intervals import (
     NoiseTerm,
     bound_half_width,
     check_level,
     normal_is_adequate,
-    ratio_interval,
     z_value,
 )
 from analytics._sources import Scope, Selection, component_sums
 from schemas import Mechanism
 
 __all__ = [
-    "cell_summary",
-    "fleet_mean",
+    "RESULT_COLUMNS",
     "fleet_totals",
     "grand_totals",
     "histogram_buckets",
-    "mean_by_labels",
     "requests_by_route",
     "signal_totals",
 ]
@@ -89,16 +86,6 @@ _EVERY_FIGURE = Selection(
         **{("aggregate", k): k for k in _AGGREGATE_KINDS},
     }
 )
-# A histogram's mean per cell: sum / events. Events are the buckets added locally, and
-# the cell's own count entry under the aggregate model (two draws, not two per bucket).
-_CELL_MEAN = Selection(
-    {
-        ("local", "bucket"): "count",
-        ("local", "sum"): "sum",
-        ("aggregate", "count"): "count",
-        ("aggregate", "sum"): "sum",
-    }
-)
 # Over all cells: the scalar totals locally; the cells added under the aggregate model,
 # which releases no separate total.
 _FLEET_TOTAL = Selection(
@@ -108,25 +95,9 @@ _FLEET_TOTAL = Selection(
         ("aggregate", "count"): "total",
     }
 )
-_FLEET_MEAN = Selection(
-    {
-        ("local", "total"): "count",
-        ("local", "total_sum"): "sum",
-        ("aggregate", "count"): "count",
-        ("aggregate", "sum"): "sum",
-    }
-)
-_CELL_TOTALS = Selection(
-    {
-        ("local", "counter"): "total",
-        ("aggregate", "counter"): "total",
-        ("local", "bucket"): "count",
-        ("aggregate", "count"): "count",
-    }
-)
 
 
-def _check_labels(labels: Sequence[str]) -> list[str]:
+def check_labels(labels: Sequence[str]) -> list[str]:
     out = list(labels)
     for label in out:
         if not _LABEL.match(label):
@@ -138,7 +109,7 @@ def _check_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
-def _terms(terms: list[dict[str, Any]]) -> list[NoiseTerm]:
+def noise_terms(terms: list[dict[str, Any]]) -> list[NoiseTerm]:
     return [
         NoiseTerm(Mechanism(t["mechanism"]), t["scale"], t["n"], t["resolution"]) for t in terms
     ]
@@ -156,7 +127,7 @@ def _interval(
     """
     if normal_is_adequate(variance, k4):
         return z_value(level) * math.sqrt(max(variance, 0.0)), "normal"
-    parsed = _terms(terms)
+    parsed = noise_terms(terms)
     models = {t["model"] for t in terms}
     if models == {"aggregate"}:
         half = exact_half_width(parsed, level)
@@ -170,7 +141,7 @@ def _interval(
     return bound, "bound"
 
 
-def _half_widths(df: pl.DataFrame, level: float) -> tuple[list[float], list[str]]:
+def half_widths(df: pl.DataFrame, level: float) -> tuple[list[float], list[str]]:
     """Interval half-width and method of each row of a sums frame."""
     halves: list[float] = []
     methods: list[str] = []
@@ -181,8 +152,8 @@ def _half_widths(df: pl.DataFrame, level: float) -> tuple[list[float], list[str]
     return halves, methods
 
 
-def _with_intervals(df: pl.DataFrame, level: float) -> pl.DataFrame:
-    halves, methods = _half_widths(df, level)
+def with_intervals(df: pl.DataFrame, level: float) -> pl.DataFrame:
+    halves, methods = half_widths(df, level)
     return df.with_columns(
         std_error=pl.col("variance").clip(lower_bound=0.0).sqrt(),
         ci_low=pl.col("estimate") - pl.Series(halves, dtype=pl.Float64),
@@ -203,10 +174,10 @@ _OUT = [
     "privacy_model",
     "mechanism",
 ]
-_WINDOW = [("r.window_start", "window_start"), ("r.window_end", "window_end")]
+WINDOW_KEYS = [("r.window_start", "window_start"), ("r.window_end", "window_end")]
 
 
-def _utc(df: pl.DataFrame) -> pl.DataFrame:
+def to_utc(df: pl.DataFrame) -> pl.DataFrame:
     cols = [c for c in ("window_start", "window_end") if c in df.columns]
     return df.with_columns(pl.col(c).dt.convert_time_zone("UTC") for c in cols)
 
@@ -215,8 +186,8 @@ def _totals(
     conn: duckdb.DuckDBPyConnection, scope: Scope, keys: Sequence[tuple[str, str]], level: float
 ) -> pl.DataFrame:
     sums = component_sums(conn, scope, keys)
-    out = _with_intervals(sums, level)
-    return _utc(out.select(*(alias for _, alias in keys), *_OUT))
+    out = with_intervals(sums, level)
+    return to_utc(out.select(*(alias for _, alias in keys), *_OUT))
 
 
 def fleet_totals(
@@ -243,7 +214,7 @@ def fleet_totals(
     keys = [
         ("r.signal", "signal"),
         ("r.kind", "kind"),
-        *_WINDOW,
+        *WINDOW_KEYS,
         ("r.attributes::VARCHAR", "attributes"),
         ("r.bucket_index", "bucket_index"),
         ("r.bucket_upper", "bucket_upper"),
@@ -251,7 +222,7 @@ def fleet_totals(
     return _totals(conn, Scope(signal, since, until, _EVERY_FIGURE), keys, level)
 
 
-def _label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
+def label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
     return [(f"coalesce(r.attributes->>'{label}', '')", label) for label in labels]
 
 
@@ -277,8 +248,8 @@ def signal_totals(
     level = check_level(level)
     if kind not in _KINDS:
         raise InvalidQueryError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-    labels = _check_labels(by)
-    keys = [*(_WINDOW if per_window else []), *_label_keys(labels)] or [("r.signal", "signal")]
+    labels = check_labels(by)
+    keys = [*(WINDOW_KEYS if per_window else []), *label_keys(labels)] or [("r.signal", "signal")]
     selection = Selection(
         {
             (model, kind): kind
@@ -328,186 +299,14 @@ def histogram_buckets(
     columns of `fleet_totals`. Both models release bucket counts per cell.
     """
     level = check_level(level)
-    labels = _check_labels(by)
+    labels = check_labels(by)
     keys = [
-        *(_WINDOW if per_window else []),
-        *_label_keys(labels),
+        *(WINDOW_KEYS if per_window else []),
+        *label_keys(labels),
         ("r.bucket_index", "bucket_index"),
         ("r.bucket_upper", "bucket_upper"),
     ]
     return _totals(conn, Scope(signal, since, until, Selection.same(["bucket"])), keys, level)
-
-
-def _ratio_row(
-    s: dict[str, Any], c: dict[str, Any], level: float, bound: tuple[float, float]
-) -> tuple[float, float, float, str]:
-    """(mean, ci_low, ci_high, method) of sum/count for one cell."""
-    num, den = s["estimate"], c["estimate"]
-    mean = num / den if den > 0.0 else math.nan
-    if s["interval"] == "normal" and c["interval"] == "normal":
-        lo, hi = ratio_interval(num, s["variance"], den, c["variance"], z_value(level))
-        return mean, lo, hi, "normal"
-    if any(t["model"] == "aggregate" for t in [*s["terms"], *c["terms"]]):
-        # Fieller's construction with the exact laws of the secure aggregates' noise
-        # (and of local draws next to them: `exact_half_width` takes any Laplace term).
-        exact = exact_ratio_interval(num, _terms(s["terms"]), den, _terms(c["terms"]), level)
-        if exact is not None:
-            return mean, exact[0], exact[1], "exact"
-    # Bonferroni: sum and count each hold at 1 - alpha/2, so both together at
-    # >= 1 - alpha, and the ratio lies between the corners of their box.
-    s_lo, s_hi = num - bound[0], num + bound[0]
-    c_lo, c_hi = den - bound[1], den + bound[1]
-    if c_lo <= 0.0:
-        return mean, math.nan, math.nan, "bound"
-    corners = [s_lo / c_lo, s_lo / c_hi, s_hi / c_lo, s_hi / c_hi]
-    return mean, min(corners), max(corners), "bound"
-
-
-def mean_by_labels(
-    conn: duckdb.DuckDBPyConnection,
-    signal: str = "gen_ai.client.operation.duration",
-    *,
-    by: Sequence[str] = ("route", "model"),
-    per_window: bool = True,
-    level: float = 0.95,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> pl.DataFrame:
-    """A histogram's mean (noisy sum / noisy count) per window and label set `by`.
-
-    The count is the buckets added under the local model and the cell's own count
-    entry under the aggregate model. std_error is the delta-method one,
-    sqrt(V_s/C² + S²·V_c/C⁴). The interval is Fieller's: for normal noise sums (it
-    matches the delta method when the count is precise and stays honest when it is
-    not), with the exact noise laws when secure aggregates are involved (method
-    'exact'), or a conservative box for local cells of few devices (see `_ratio_row`).
-    It is null when the count is not clearly above zero at this level. Only releases
-    that carry both a count and a sum are used.
-    """
-    level = check_level(level)
-    labels = _check_labels(by)
-    keys = [*(_WINDOW if per_window else []), *_label_keys(labels)] or [("r.signal", "signal")]
-    return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
-
-
-_MEAN_SCHEMA: dict[str, Any] = {
-    "mean": pl.Float64,
-    "std_error": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "interval": pl.String,
-    "count_estimate": pl.Float64,
-    "sum_estimate": pl.Float64,
-    "devices": pl.Int64,
-    "privacy_model": pl.String,
-    "mechanism": pl.String,
-}
-
-
-def _means(
-    conn: duckdb.DuckDBPyConnection,
-    scope: Scope,
-    keys: Sequence[tuple[str, str]],
-    level: float,
-) -> pl.DataFrame:
-    """sum/count per group of `keys`, with the intervals `mean_by_labels` documents.
-
-    `scope.selection` maps each read (model, kind) to the part 'count' or 'sum'.
-    """
-    keys_all = [*keys, ("{part}", "part")]
-    sums = component_sums(conn, scope, keys_all, paired=True)
-    names = [alias for _, alias in keys]
-    half_level = 1.0 - (1.0 - level) / 2.0
-    # Whether a part is near-normal does not depend on the level, so one pass at the
-    # Bonferroni level gives both the method and the box half-widths.
-    halves_b, methods = _half_widths(sums, half_level)
-    rows = sums.with_columns(
-        interval=pl.Series(methods, dtype=pl.String),
-        half_b=pl.Series(halves_b, dtype=pl.Float64),
-    ).to_dicts()
-    cells: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        cells.setdefault(tuple(row[n] for n in names), {})[row["part"]] = row
-    records: list[dict[str, Any]] = []
-    for key, parts in cells.items():
-        if "sum" not in parts or "count" not in parts:
-            continue
-        s, c = parts["sum"], parts["count"]
-        mean, lo, hi, method = _ratio_row(s, c, level, (s["half_b"], c["half_b"]))
-        den = c["estimate"]
-        se = (
-            math.sqrt(s["variance"] / den**2 + s["estimate"] ** 2 * c["variance"] / den**4)
-            if den > 0.0
-            else math.nan
-        )
-        mechanisms = sorted({*s["mechanism"].split("+"), *c["mechanism"].split("+")})
-        records.append(
-            {
-                **dict(zip(names, key, strict=True)),
-                "mean": mean,
-                "std_error": se,
-                "ci_low": None if math.isnan(lo) else lo,
-                "ci_high": None if math.isnan(hi) else hi,
-                "interval": method,
-                "count_estimate": den,
-                "sum_estimate": s["estimate"],
-                "devices": c["devices"],
-                "privacy_model": (
-                    s["privacy_model"] if s["privacy_model"] == c["privacy_model"] else "mixed"
-                ),
-                "mechanism": "+".join(mechanisms),
-            }
-        )
-    schema: dict[str, Any] = {n: sums.schema[n] for n in names}
-    schema.update(_MEAN_SCHEMA)
-    return _utc(pl.DataFrame(records, schema=schema))
-
-
-_SUMMARY_COLS = [
-    "signal",
-    "attributes",
-    "measure",
-    "estimate",
-    "std_error",
-    "ci_low",
-    "ci_high",
-    "interval",
-    "devices",
-    "privacy_model",
-    "mechanism",
-]
-
-
-def cell_summary(
-    conn: duckdb.DuckDBPyConnection,
-    *,
-    level: float = 0.95,
-    signal: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> pl.DataFrame:
-    """One row per signal, cell and measure, over all windows in [since, until].
-
-    measure is 'total' for a counter, 'count' (events: its buckets added, or a secure
-    aggregate's count) and 'mean' (sum / count) for a histogram. Columns: signal,
-    attributes, measure, estimate, std_error, ci_low, ci_high, interval, devices,
-    privacy_model, mechanism. The compact view the terminal shows.
-    """
-    level = check_level(level)
-    cell = [("r.signal", "signal"), ("r.attributes::VARCHAR", "attributes")]
-    totals = _with_intervals(
-        component_sums(
-            conn, Scope(signal, since, until, _CELL_TOTALS), [*cell, ("{part}", "measure")]
-        ),
-        level,
-    ).select(_SUMMARY_COLS)
-    means = (
-        _means(conn, Scope(signal, since, until, _CELL_MEAN), cell, level)
-        .rename({"mean": "estimate"})
-        .with_columns(measure=pl.lit("mean"))
-        .select(_SUMMARY_COLS)
-    )
-    return pl.concat([totals, means]).sort("signal", "attributes", "measure")
 
 
 def grand_totals(
@@ -528,25 +327,5 @@ def grand_totals(
     cells, a histogram's per-cell counts (two central draws per cell).
     """
     level = check_level(level)
-    keys = _WINDOW if per_window else [("r.signal", "signal")]
+    keys = WINDOW_KEYS if per_window else [("r.signal", "signal")]
     return _totals(conn, Scope(signal, since, until, _FLEET_TOTAL), keys, level)
-
-
-def fleet_mean(
-    conn: duckdb.DuckDBPyConnection,
-    signal: str = "gen_ai.client.operation.duration",
-    *,
-    per_window: bool = True,
-    level: float = 0.95,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> pl.DataFrame:
-    """A histogram's fleet-wide mean, total sum / total count.
-
-    Same columns and intervals as `mean_by_labels`, without labels: from the scalar
-    totals under the local model (two draws per device), from every cell's count and
-    sum under the aggregate model.
-    """
-    level = check_level(level)
-    keys = _WINDOW if per_window else [("r.signal", "signal")]
-    return _means(conn, Scope(signal, since, until, _FLEET_MEAN), keys, level)

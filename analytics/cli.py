@@ -12,9 +12,10 @@ from rich.console import Console
 
 from analytics._audit_cli import audit_app
 from analytics._errors import AnalyticsError
+from analytics._html import render_html
 from analytics._intervals import check_level
 from analytics._reader import open_warehouse
-from analytics._report import build_report, render_html, render_json, render_table
+from analytics._report import build_report, render_json, render_table
 from analytics._retention_cli import RETENTION_HELP, retention
 from policies import PILOT_POLICY_PATH, PolicyError, load_policy
 
