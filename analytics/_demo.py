@@ -27,7 +27,7 @@ from analytics._report import (
 )
 from analytics._simulation import MODEL_CANARY, MODEL_STABLE, FleetSpec
 from analytics._totals import fleet_totals
-from policies import PILOT_POLICY_PATH, Policy, load_policy
+from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, Policy, load_policy
 
 __all__ = [
     "canary_verdict",
@@ -206,7 +206,7 @@ def run_demo(
     kafka: str | None,
     html: Path,
     seed: int | None,
-    policy: Path = PILOT_POLICY_PATH,
+    policy: Path = DEFAULT_POLICY_PATH,
     console: Console | None = None,
 ) -> FleetRun:
     """Simulate `devices` devices for `windows` windows into `db`, then write the report.
@@ -310,5 +310,5 @@ def _explain_budget(console: Console, rules: Policy, path: Path, devices: int) -
             f"[yellow]This is the pilot budget ({ratio:g}x the default), every signal "
             f"under the local model, for small opted-in fleets: {devices} devices need it "
             "to see more than noise.[/] policies/default.yaml uses secure aggregation for "
-            "the health and performance tiers: try --policy with it."
+            "the health and performance tiers (the demo's default)."
         )

@@ -17,7 +17,7 @@ from analytics._intervals import check_level
 from analytics._reader import open_warehouse
 from analytics._report import build_report, render_json, render_table
 from analytics._retention_cli import RETENTION_HELP, retention
-from policies import PILOT_POLICY_PATH, PolicyError, load_policy
+from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
 
 __all__ = ["app", "main"]
 
@@ -99,13 +99,20 @@ def report(
 
 @app.command()
 def demo(
-    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 200,
+    devices: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Simulated devices (aggregate batches of fewer than the policy's "
+            "min_batch_size, 100 by default, are never revealed).",
+        ),
+    ] = 2000,
     windows: Annotated[
         int,
         typer.Option(
-            min=1, help="Windows per device (window length from the policy; default 6 h)."
+            min=1, help="Windows per device (window length from the policy; default one day)."
         ),
-    ] = 4,
+    ] = 1,
     db: Annotated[Path, typer.Option(help="Warehouse file to write.")] = Path(
         "quietwire-demo.duckdb"
     ),
@@ -126,12 +133,11 @@ def demo(
     policy: Annotated[
         Path,
         typer.Option(
-            help="Policy the fleet runs under. Default: the pilot policy (8x the default "
-            "budget), because local DP needs large fleets; policies/default.yaml is the "
-            "production default.",
-            show_default="the packaged policies/pilot.yaml",
+            help="Policy the fleet runs under. policies/pilot.yaml runs the same signals "
+            "under local DP (no helper) with four times the budget, for comparison.",
+            show_default="the packaged policies/default.yaml",
         ),
-    ] = PILOT_POLICY_PATH,
+    ] = DEFAULT_POLICY_PATH,
 ) -> None:
     """Simulate a fleet through client, ingest, sink and DuckDB, then write the report."""
     from analytics._demo import run_demo  # lazy: the demo pulls in client and ingest
