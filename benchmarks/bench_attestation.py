@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from nacl.public import PrivateKey, SealedBox
+from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey
 
 from client._tpm_keystore import TpmKeyStore
@@ -99,7 +99,9 @@ def _envelope(device_id: str) -> bytes:
     ).encode()
 
 
-def _item(box: SealedBox, alg: str, public_key: bytes, payload: bytes, sig: bytes) -> str:
+def _item(
+    box: SealedBox[PublicKey], alg: str, public_key: bytes, payload: bytes, sig: bytes
+) -> str:
     signed = json.dumps(
         {
             "v": 1,

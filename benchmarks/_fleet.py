@@ -1,0 +1,376 @@
+"""A simulated fleet's days in bulk: `analytics._simulation`'s distributions, vectorised.
+
+The simulator draws a device's window event by event in Python, far too slow for
+100,000 devices over hundreds of days. Here the same distributions are drawn with numpy
+for a whole fleet at once, from the simulator's own device profiles and parameters:
+
+- a day is the policy's window (one day in the default), and a device's requests in it
+  are Poisson(requests_per_window x window / six hours), as `simulate_window` scales
+  its six-hour rate: about 84 requests, the day the default policy's bounds are tuned
+  for;
+- routes Multinomial(requests, route_mix); per request a latency LogNormal(log median,
+  0.5) with the route's median (x 1.3 for the canary cohort on the local route), tokens
+  int(LogNormal(log 300, 0.9)) + 1; failures Binomial(requests on the route, its rate);
+- each failed request is also one exception (the demo records one per failure), all of
+  one fingerprint, so one `app.exceptions` cell (which one does not matter to a total).
+
+Clamping. A device whose day is within every bound is released as it is: clamping is an
+identity there (counts exactly; a sum up to the one float rounding of the client's
+`sum * kept / raw`). Devices over a counter's bound go through the client's own
+`counter_measurement` (few: about 4 in 10,000 days exceed 511 requests). Histograms
+differ: a fifth of the days exceed 127 events or the sum cap, too many for the client's
+pure-Python functions: they go through `benchmarks._clamping`'s numpy ports of the
+client's clamping, checked against the client's functions by `benchmarks._client_check`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# The simulator's own parameters (private to it), so the two cannot drift apart.
+from analytics._simulation import (
+    _CANARY_LOCAL_FAILURE,
+    _CANARY_LOCAL_SLOWDOWN,
+    _FAILURE_RATE,
+    _LATENCY_MEDIAN,
+    MODEL_CANARY,
+    MODEL_STABLE,
+    ROUTES,
+    SIX_HOURS,
+    DeviceProfile,
+    FleetSpec,
+    device_profiles,
+)
+from benchmarks._clamping import cell_counts, clamp_aggregate, clamp_local, quantize
+from benchmarks._types import FloatArray, IntArray
+from client._domain import CellDomain
+from client._shares import counter_measurement
+from policies import (
+    AggregationTask,
+    CounterSignal,
+    HistogramSignal,
+    Policy,
+    aggregation_tasks,
+    load_policy,
+)
+
+__all__ = [
+    "ERRORS",
+    "EXCEPTIONS",
+    "LATENCY",
+    "MODELS",
+    "REQUESTS",
+    "ROUTES",
+    "SLOWDOWN",
+    "TOKENS",
+    "Day",
+    "Fleet",
+    "HistogramDay",
+    "Layout",
+    "day_sums",
+    "draw_day",
+    "fleet_of",
+    "simulate_days",
+]
+
+# As in `analytics._simulation.simulate_window`.
+_LATENCY_SIGMA = 0.5
+_TOKENS_MEDIAN, _TOKENS_SIGMA = 300.0, 0.9
+
+REQUESTS = "inference.requests"
+ERRORS = "inference.errors"
+EXCEPTIONS = "app.exceptions"
+LATENCY = "gen_ai.client.operation.duration"
+TOKENS = "gen_ai.client.token.usage"
+MODELS = (MODEL_STABLE, MODEL_CANARY)
+SLOWDOWN = _CANARY_LOCAL_SLOWDOWN
+_LOCAL = ROUTES.index("local")
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Per-device traits of a simulated fleet (from `device_profiles`)."""
+
+    rate: FloatArray  # requests per window
+    mix: FloatArray  # (devices, 3) route probabilities
+    canary: npt.NDArray[np.bool_]
+
+    @classmethod
+    def from_profiles(cls, profiles: Sequence[DeviceProfile], window_seconds: int) -> Fleet:
+        scale = window_seconds / SIX_HOURS  # as `simulate_window` scales its rate
+        return cls(
+            rate=np.array([p.requests_per_window * scale for p in profiles]),
+            mix=np.array([p.route_mix for p in profiles]),
+            canary=np.array([p.model == MODEL_CANARY for p in profiles]),
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """One day of every device. Events are stored in (device, route) groups, in order."""
+
+    requests: IntArray  # (devices, 3) per route
+    failures: IntArray  # (devices, 3)
+    starts: IntArray  # (3 devices + 1,) offset of each group's first event
+    latency: FloatArray  # (events,) latency / the group's median: LogNormal(0, 0.5)
+    tokens: FloatArray  # (events,)
+
+
+def draw_day(fleet: Fleet, rng: np.random.Generator) -> Day:
+    """Draw one day of every device of `fleet`."""
+    n = rng.poisson(fleet.rate)
+    m = rng.multinomial(n, fleet.mix).astype(np.int64)
+    p = np.broadcast_to(np.array([_FAILURE_RATE[r] for r in ROUTES]), m.shape).copy()
+    p[fleet.canary, _LOCAL] = _CANARY_LOCAL_FAILURE
+    events = int(m.sum())
+    return Day(
+        requests=m,
+        failures=rng.binomial(m, p).astype(np.int64),
+        starts=np.concatenate([[0], np.cumsum(m.ravel())]).astype(np.int64),
+        latency=np.exp(_LATENCY_SIGMA * rng.standard_normal(events)),
+        tokens=np.floor(
+            np.exp(math.log(_TOKENS_MEDIAN) + _TOKENS_SIGMA * rng.standard_normal(events))
+        )
+        + 1.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramDay:
+    """One histogram signal's day: each event's value is `scale[group] * base[event]`."""
+
+    signal: HistogramSignal
+    cell: IntArray  # (devices, 3) the cell of each (device, route) group
+    scale: FloatArray  # (devices, 3)
+    counts: IntArray  # (devices, 3)
+    starts: IntArray
+    base: FloatArray
+
+    @property
+    def cells(self) -> int:
+        return int(CellDomain(self.signal.attributes).size)
+
+    def per_cell(self) -> tuple[IntArray, FloatArray, FloatArray]:
+        """Per device and cell: events, sum of values clamped to `value_range` (what the
+        client's table holds), and sum of the unclamped values (the truth)."""
+        lo, hi = self.signal.value_range
+        if lo > 0.0:
+            raise ValueError("values are positive: a value_range starting above 0 is not modelled")
+        flat_counts = self.counts.ravel()
+        nonempty = np.flatnonzero(flat_counts)
+        group_sum = np.zeros(flat_counts.size)
+        group_max = np.zeros(flat_counts.size)
+        if self.base.size:
+            group_sum[nonempty] = np.add.reduceat(self.base, self.starts[nonempty])
+            group_max[nonempty] = np.maximum.reduceat(self.base, self.starts[nonempty])
+        scale = self.scale.ravel()
+        raw = scale * group_sum
+        clamped = raw.copy()
+        for g in np.flatnonzero(scale * group_max > hi):  # rare: a value above the range
+            values = scale[g] * self.base[self.starts[g] : self.starts[g + 1]]
+            clamped[g] = float(np.minimum(values, hi).sum())
+        devices = self.counts.shape[0]
+        rows = np.arange(devices)[:, None]
+        events = np.zeros((devices, self.cells), dtype=np.int64)
+        sums = np.zeros((devices, self.cells))
+        totals = np.zeros((devices, self.cells))
+        # A device's three routes are three different cells: plain assignment suffices.
+        events[rows, self.cell] = self.counts
+        sums[rows, self.cell] = clamped.reshape(self.counts.shape)
+        totals[rows, self.cell] = raw.reshape(self.counts.shape)
+        return events, sums, totals
+
+    def buckets(self, rows: IntArray) -> IntArray:
+        """Bucket counts of devices `rows`, flattened cell-major as the client's tasks are."""
+        n_buckets = len(self.signal.buckets) + 1
+        width = self.cells * n_buckets
+        groups = (rows[:, None] * 3 + np.arange(3)).ravel()
+        m = self.counts.ravel()[groups]
+        offsets = np.concatenate([[0], np.cumsum(m)[:-1]])
+        pos = np.arange(int(m.sum())) - np.repeat(offsets, m) + np.repeat(self.starts[groups], m)
+        values = np.repeat(self.scale.ravel()[groups], m) * self.base[pos]
+        # bisect_left, as the client's `Histogram.record`: a value on a bound is in its bucket.
+        bucket = np.searchsorted(np.asarray(self.signal.buckets), values, side="left")
+        cell = np.repeat(self.cell.ravel()[groups], m)
+        row = np.repeat(np.arange(len(rows)).repeat(3), m)
+        index = row * width + cell * n_buckets + bucket
+        return np.bincount(index, minlength=len(rows) * width).reshape(len(rows), width)
+
+
+class Layout:
+    """The policy's signals, their cells for the simulated routes and models, and tasks."""
+
+    def __init__(self, policy: Policy) -> None:
+        s = policy.signals
+        self.requests, self.errors, self.exceptions = (
+            _counter(s[n]) for n in (REQUESTS, ERRORS, EXCEPTIONS)
+        )
+        self.latency, self.tokens = _histogram(s[LATENCY]), _histogram(s[TOKENS])
+        tasks = aggregation_tasks(policy)  # units of the sums: the same at any epsilon
+        self.latency_sums = tasks[f"{LATENCY}/sums"]
+        self.tokens_sums = tasks[f"{TOKENS}/sums"]
+
+        def by_route_model(signal: CounterSignal | HistogramSignal) -> IntArray:
+            domain = CellDomain(signal.attributes)
+            return np.array(
+                [[domain.resolve({"route": r, "model": m})[0] for m in MODELS] for r in ROUTES]
+            )
+
+        def by_route(signal: CounterSignal | HistogramSignal) -> IntArray:
+            domain = CellDomain(signal.attributes)
+            return np.array([domain.resolve({"route": r})[0] for r in ROUTES])
+
+        self.request_cell = by_route_model(self.requests)  # (route, model)
+        self.latency_cell = by_route_model(self.latency)
+        self.error_cell = by_route(self.errors)
+        self.token_cell = by_route(self.tokens)
+
+    def latency_day(self, fleet: Fleet, day: Day, slowdown: float) -> HistogramDay:
+        model = fleet.canary.astype(np.int64)
+        median = np.array([_LATENCY_MEDIAN[r] for r in ROUTES])
+        scale = np.broadcast_to(median, day.requests.shape).copy()
+        scale[fleet.canary, _LOCAL] *= slowdown
+        cell = self.latency_cell[np.arange(3)[None, :], model[:, None]]
+        return HistogramDay(self.latency, cell, scale, day.requests, day.starts, day.latency)
+
+    def tokens_day(self, day: Day) -> HistogramDay:
+        shape = day.requests.shape
+        cell = np.broadcast_to(self.token_cell, shape).copy()
+        return HistogramDay(self.tokens, cell, np.ones(shape), day.requests, day.starts, day.tokens)
+
+    def counter_rows(self, fleet: Fleet, day: Day) -> dict[str, IntArray]:
+        """Each counter's raw window per device: (devices, cells)."""
+        devices = fleet.size
+        rows = np.arange(devices)[:, None]
+        requests = np.zeros((devices, CellDomain(self.requests.attributes).size), np.int64)
+        requests[
+            rows, self.request_cell[np.arange(3)[None, :], fleet.canary.astype(np.int64)[:, None]]
+        ] = day.requests
+        errors = np.zeros((devices, CellDomain(self.errors.attributes).size), np.int64)
+        errors[:, self.error_cell] = day.failures
+        exceptions = np.zeros((devices, CellDomain(self.exceptions.attributes).size), np.int64)
+        exceptions[:, 0] = day.failures.sum(axis=1)
+        return {REQUESTS: requests, ERRORS: errors, EXCEPTIONS: exceptions}
+
+    def counter_signal(self, name: str) -> CounterSignal:
+        return {REQUESTS: self.requests, ERRORS: self.errors, EXCEPTIONS: self.exceptions}[name]
+
+
+def _counter(signal: object) -> CounterSignal:
+    if not isinstance(signal, CounterSignal):
+        raise TypeError(f"expected a counter, got {type(signal).__name__}")
+    return signal
+
+
+def _histogram(signal: object) -> HistogramSignal:
+    if not isinstance(signal, HistogramSignal):
+        raise TypeError(f"expected a histogram, got {type(signal).__name__}")
+    return signal
+
+
+@dataclass(frozen=True, slots=True)
+class _Clamped:
+    """Each model's clamped histogram per device and cell."""
+
+    agg_events: IntArray
+    agg_sums: FloatArray
+    local_events: IntArray
+    local_sums: FloatArray
+
+
+def _histogram_sums(
+    h: HistogramDay,
+    task: AggregationTask,
+    rng: np.random.Generator,
+    prefix: str,
+    same: tuple[_Clamped, npt.NDArray[np.bool_]] | None = None,
+) -> tuple[dict[str, FloatArray], _Clamped]:
+    """The fleet sums of one histogram's day. `same`: an earlier result on the same day,
+    and which devices it holds the same data for (their clamping is not redone)."""
+    signal = h.signal
+    events, sums, totals = h.per_cell()
+    n, s = events.sum(axis=1), sums.sum(axis=1)
+    # The devices for which clamping is not the identity (sums: with room for rounding).
+    over = (n > signal.max_events_per_window) | (s > signal.sum_cap * (1 - 1e-9))
+    exceeding = float(over.sum())
+    c = _Clamped(events.copy(), sums.copy(), events.copy(), sums.copy())
+    if same is not None:
+        earlier, unchanged = same
+        c.agg_events[unchanged], c.agg_sums[unchanged] = (
+            earlier.agg_events[unchanged],
+            earlier.agg_sums[unchanged],
+        )
+        c.local_events[unchanged], c.local_sums[unchanged] = (
+            earlier.local_events[unchanged],
+            earlier.local_sums[unchanged],
+        )
+        over &= ~unchanged
+    rows = np.flatnonzero(over)
+    if rows.size:
+        flat = h.buckets(rows)
+        counts, clamped = clamp_aggregate(signal, flat, sums[rows])
+        c.agg_events[rows], c.agg_sums[rows] = cell_counts(counts, h.cells), clamped
+        counts, clamped = clamp_local(signal, flat, sums[rows])
+        c.local_events[rows], c.local_sums[rows] = cell_counts(counts, h.cells), clamped
+    out = {
+        f"{prefix}.events": events.sum(axis=0).astype(float),
+        f"{prefix}.total": totals.sum(axis=0),
+        f"{prefix}.agg_events": c.agg_events.sum(axis=0).astype(float),
+        f"{prefix}.agg_units": quantize(c.agg_sums, task, rng).sum(axis=0).astype(float),
+        f"{prefix}.local_events": c.local_events.sum(axis=0).astype(float),
+        f"{prefix}.local_total": c.local_sums.sum(axis=0),
+        f"{prefix}.clamped_devices": np.array([exceeding]),
+    }
+    return out, c
+
+
+def day_sums(layout: Layout, fleet: Fleet, rng: np.random.Generator) -> dict[str, FloatArray]:
+    """One day summed over the fleet, per cell: the unclamped truth and each model's
+    clamped input. Keys: `<counter>.truth`, `<counter>.clamped` (both models clamp
+    counters alike), and per histogram `events`, `total` (truth), `agg_events`,
+    `agg_units`, `local_events`, `local_total`; `latency_h0.*` is the same day with a
+    canary that is not slower."""
+    day = draw_day(fleet, rng)
+    out: dict[str, FloatArray] = {}
+    for name, raw in layout.counter_rows(fleet, day).items():
+        signal = layout.counter_signal(name)
+        clamped = raw.sum(axis=0).astype(float)
+        for r in np.flatnonzero(raw.sum(axis=1) > signal.max_per_window):
+            clamped += np.asarray(counter_measurement(signal, raw[r].tolist())) - raw[r]
+        out[f"{name}.truth"] = raw.sum(axis=0).astype(float)
+        out[f"{name}.clamped"] = clamped
+    task = layout.latency_sums
+    h1, c1 = _histogram_sums(layout.latency_day(fleet, day, SLOWDOWN), task, rng, "latency")
+    # Without the slowdown only the canary devices' latencies differ.
+    h0, _ = _histogram_sums(
+        layout.latency_day(fleet, day, 1.0), task, rng, "latency_h0", (c1, ~fleet.canary)
+    )
+    tokens, _ = _histogram_sums(layout.tokens_day(day), layout.tokens_sums, rng, "tokens")
+    return out | h1 | h0 | tokens
+
+
+def fleet_of(devices: int, window_seconds: int) -> Fleet:
+    """The simulated fleet of `devices` devices (the demo's profiles and seed)."""
+    return Fleet.from_profiles(device_profiles(FleetSpec(devices=devices)), window_seconds)
+
+
+def simulate_days(devices: int, first: int, count: int, seed: int) -> dict[str, FloatArray]:
+    """Days `first` to `first + count - 1` of the fleet of `devices`, each key stacked
+    (days, cells): a job for a worker process (each day has its own generator, so the
+    result does not depend on how days are split between jobs)."""
+    policy = load_policy()
+    layout, fleet = Layout(policy), fleet_of(devices, policy.window_seconds)
+    days = [
+        day_sums(layout, fleet, np.random.default_rng((seed, devices, d)))
+        for d in range(first, first + count)
+    ]
+    return {key: np.stack([d[key] for d in days]) for key in days[0]}
