@@ -28,7 +28,7 @@ from quietwire_prio import Prio3
 
 from client._aggregation import HistogramSnapshot
 from client._domain import CellDomain
-from client._release import Release, TrueCounter, TrueHistogram, Truth, apportion
+from client._release import Release, TrueCounter, TrueHistogram, TrueTotal, Truth, apportion
 from policies import AggregationTask, CounterSignal, HistogramSignal, task_context
 from schemas import REPORT_ID_BYTES, HelperShareV1, PrioReport
 
@@ -38,6 +38,7 @@ __all__ = [
     "clamp_histogram",
     "counter_measurement",
     "histogram_measurements",
+    "histogram_totals",
     "quantize_sums",
     "share_counter",
     "share_histogram",
@@ -60,20 +61,22 @@ class ClampedHistogram:
 
 
 def clamp_histogram(signal: HistogramSignal, raw: Sequence[HistogramSnapshot]) -> ClampedHistogram:
-    """Scale a window down to the signal's event and sum caps, keeping every cell's mean.
+    """Scale a window down to the per-cell parts' caps, keeping every cell's mean.
 
-    The kept share is f = min(1, max_events / events, sum_cap / sum): the events are
-    apportioned to floor(f x events) and each cell's sum is scaled by the share of its
-    own events kept, so sum / count per cell is unchanged (up to one event's rounding).
+    The kept share is f = min(1, cell_events_cap / events, cell_sum_cap / sum): the
+    events are apportioned to floor(f x events) and each cell's sum is scaled by the
+    share of its own events kept, so sum / count per cell is unchanged (up to one
+    event's rounding).
     """
     flat = [c for snap in raw for c in snap.counts]
     events = sum(flat)
     total = math.fsum(max(snap.total, 0.0) for snap in raw)
+    events_cap, sum_cap = signal.cell_events_cap, signal.cell_sum_cap
     keep = 1.0
-    if events > signal.max_events_per_window:
-        keep = signal.max_events_per_window / events
-    if total > signal.sum_cap:
-        keep = min(keep, signal.sum_cap / total)
+    if events > events_cap:
+        keep = events_cap / events
+    if total > sum_cap:
+        keep = min(keep, sum_cap / total)
     n_buckets = len(signal.buckets) + 1
     kept_flat = apportion(flat, math.floor(events * keep)) if keep < 1.0 else flat
     counts = [kept_flat[i * n_buckets : (i + 1) * n_buckets] for i in range(len(raw))]
@@ -82,9 +85,19 @@ def clamp_histogram(signal: HistogramSignal, raw: Sequence[HistogramSnapshot]) -
         n_raw, n_kept = sum(snap.counts), sum(kept)
         sums.append(max(snap.total, 0.0) * n_kept / n_raw if n_raw else 0.0)
     magnitude = math.fsum(sums)
-    if magnitude > signal.sum_cap:  # float drift or a cell that kept its events whole
-        sums = [x * signal.sum_cap / magnitude for x in sums]
+    if magnitude > sum_cap:  # float drift or a cell that kept its events whole
+        sums = [x * sum_cap / magnitude for x in sums]
     return ClampedHistogram(counts, sums)
+
+
+def histogram_totals(
+    signal: HistogramSignal, raw: Sequence[HistogramSnapshot]
+) -> tuple[int, float]:
+    """The window's events and sum of values over all cells, each clamped to the
+    totals' bound (max_events_per_window, the sum cap), not scaled down."""
+    events = sum(sum(snap.counts) for snap in raw)
+    total = math.fsum(max(snap.total, 0.0) for snap in raw)
+    return min(events, signal.max_events_per_window), min(total, signal.sum_cap)
 
 
 def quantize_sums(sums: Sequence[float], resolution: float, bound: int) -> list[int]:
@@ -111,9 +124,10 @@ def counter_measurement(signal: CounterSignal, raw: Sequence[int]) -> list[int]:
 
 
 def histogram_measurements(
-    tasks: Sequence[AggregationTask], clamped: ClampedHistogram
+    tasks: Sequence[AggregationTask], clamped: ClampedHistogram, totals: tuple[int, float]
 ) -> dict[str, list[int]]:
-    """The vector of each of a histogram's tasks (buckets, counts, sums) by task id."""
+    """The vector of each of a histogram's tasks by task id: buckets, counts and sums
+    from the scaled-down cells, total_events and total_sum from `histogram_totals`."""
     out: dict[str, list[int]] = {}
     for task in tasks:
         if task.part == "buckets":
@@ -122,6 +136,10 @@ def histogram_measurements(
             out[task.id] = [sum(cell) for cell in clamped.counts]
         elif task.part == "sums":
             out[task.id] = quantize_sums(clamped.sums, task.resolution, task.bound)
+        elif task.part == "total_events":
+            out[task.id] = [totals[0]]
+        elif task.part == "total_sum":
+            out[task.id] = quantize_sums([totals[1]], task.resolution, task.bound)
     return out
 
 
@@ -172,14 +190,17 @@ def share_counter(
     sharer: ReportSharer,
     batch_start: datetime,
 ) -> Release:
-    """One counter window as a Prio3 report (its `cells` task), with its clamped truth."""
-    (task,) = tasks
+    """One counter window as Prio3 reports (cells, total), with its clamped truth."""
     clamped = counter_measurement(signal, raw)
+    vectors = {"cells": clamped, "total": [sum(clamped)]}
     truth: list[Truth] = [
         TrueCounter(signal=name, attributes=attrs, value=value)
         for attrs, value in zip(domain.cells(), clamped, strict=True)
     ]
-    return Release([], truth, [sharer.report(task, clamped, batch_start)])
+    if any(t.part == "total" for t in tasks):
+        truth.append(TrueTotal(signal=name, measure="count", value=float(sum(clamped))))
+    reports = [sharer.report(t, vectors[t.part], batch_start) for t in tasks]
+    return Release([], truth, reports)
 
 
 def share_histogram(
@@ -191,12 +212,18 @@ def share_histogram(
     sharer: ReportSharer,
     batch_start: datetime,
 ) -> Release:
-    """One histogram window as Prio3 reports (buckets, counts, sums), with its truth."""
+    """One histogram window as Prio3 reports (its parts), with its clamped truth."""
     clamped = clamp_histogram(signal, raw)
-    vectors = histogram_measurements(tasks, clamped)
+    totals = histogram_totals(signal, raw)
+    vectors = histogram_measurements(tasks, clamped, totals)
     truth: list[Truth] = [
         TrueHistogram(signal=name, attributes=attrs, counts=counts, sum=total)
         for attrs, counts, total in zip(domain.cells(), clamped.counts, clamped.sums, strict=True)
     ]
+    parts = {t.part for t in tasks}
+    if "total_events" in parts:
+        truth.append(TrueTotal(signal=name, measure="count", value=float(totals[0])))
+    if "total_sum" in parts:
+        truth.append(TrueTotal(signal=name, measure="sum", value=totals[1]))
     reports = [sharer.report(task, vectors[task.id], batch_start) for task in tasks]
     return Release([], truth, reports)

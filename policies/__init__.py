@@ -26,7 +26,14 @@ from policies._model import (
     TierConsent,
     fingerprint_bucket_name,
 )
-from policies._tasks import AggregationTask, TaskPart, aggregation_tasks, cell_labels, task_context
+from policies._tasks import (
+    SCALAR_PARTS,
+    AggregationTask,
+    TaskPart,
+    aggregation_tasks,
+    cell_labels,
+    task_context,
+)
 
 __all__ = [
     "DEFAULT_ATTESTATION_POLICY_PATH",
@@ -34,6 +41,7 @@ __all__ = [
     "FINGERPRINT_DIGITS",
     "OTHER",
     "PILOT_POLICY_PATH",
+    "SCALAR_PARTS",
     "AggregationPolicy",
     "AggregationTask",
     "AttestationPolicy",

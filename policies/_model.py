@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -100,6 +101,13 @@ class _SignalBase(BaseModel):
     description: str = ""
     attributes: AttributeDomain = Field(default_factory=dict)
     epsilon: float = Field(gt=0.0, le=10.0, description="pure-DP loss charged per window")
+    parts: dict[str, Annotated[float, Field(gt=0.0, le=10.0)]] | None = Field(
+        default=None,
+        description="aggregate model: the epsilon of each Prio3 task part (counter: cells, "
+        "total; histogram: buckets, counts, sums, total_events, total_sum); they add up to "
+        "epsilon, and a part not listed is not released. Unset: every epsilon to cells "
+        "(counter), a third each to buckets, counts and sums (histogram)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +119,23 @@ class _SignalBase(BaseModel):
             if tier in (Tier.CONTENT, Tier.CONTENT.value):
                 return {**data, "privacy_model": "local"}
         return data
+
+    def _check_parts(self, allowed: tuple[str, ...]) -> None:
+        if self.parts is None:
+            return
+        if self.privacy_model != "aggregate":
+            raise PolicyKeyError("parts", "parts split an aggregate signal's epsilon only")
+        unknown = sorted(set(self.parts) - set(allowed))
+        if unknown:
+            raise PolicyKeyError(
+                "parts", f"unknown part(s) {unknown}; this kind has {list(allowed)}"
+            )
+        total = math.fsum(self.parts.values())
+        if not math.isclose(total, self.epsilon, rel_tol=1e-9, abs_tol=1e-12):
+            raise PolicyKeyError(
+                "parts",
+                f"the parts add up to {total:g}, not to the signal's epsilon {self.epsilon:g}",
+            )
 
     @model_validator(mode="after")
     def _check_domains(self) -> _SignalBase:
@@ -146,9 +171,13 @@ def _check_no_total(total_share: float) -> None:
     if total_share != 0.0:
         raise PolicyKeyError(
             "total_share",
-            "an aggregate signal releases no separate total: the fleet total is the sum "
-            "of its cells, with one central noise draw per cell (remove total_share)",
+            "total_share splits a local release; an aggregate signal's total is a task "
+            "part of its own (parts: total, or total_events and total_sum)",
         )
+
+
+COUNTER_PARTS = ("cells", "total")
+HISTOGRAM_PARTS = ("buckets", "counts", "sums", "total_events", "total_sum")
 
 
 class CounterSignal(_SignalBase):
@@ -163,7 +192,12 @@ class CounterSignal(_SignalBase):
         if self.privacy_model == "aggregate":
             _check_aggregate_bound("max_per_window", self.max_per_window)
             _check_no_total(self.total_share)
+        self._check_parts(COUNTER_PARTS)
         return self
+
+    def part_epsilons(self) -> dict[str, float]:
+        """The epsilon of each released Prio3 part (aggregate model)."""
+        return dict(self.parts) if self.parts is not None else {"cells": self.epsilon}
 
 
 class HistogramSignal(_SignalBase):
@@ -184,6 +218,22 @@ class HistogramSignal(_SignalBase):
         description="cap on one device's sum of values per window (all cells); unset: "
         "max_events_per_window x max|value|. A cap near a heavy user's sum, far below "
         "that product, cuts the sums' noise by the same factor",
+    )
+    cell_max_events: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="aggregate model: a window with more events is scaled down as a whole "
+        "(events and sums alike, so each cell's mean is kept) before its per-cell parts "
+        "(buckets, counts, sums) are shared; the totals keep max_events_per_window. "
+        "Unset: max_events_per_window",
+    )
+    cell_max_sum: float | None = Field(
+        default=None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="aggregate model: as cell_max_events, for the window's sum of values. "
+        "Unset: the sum cap",
     )
 
     @model_validator(mode="after")
@@ -206,7 +256,40 @@ class HistogramSignal(_SignalBase):
                     "an aggregate histogram's values must be >= 0 (its sums are shared as "
                     "bounded non-negative integers)",
                 )
+            if self.cell_max_events is not None:
+                _check_aggregate_bound("cell_max_events", self.cell_max_events)
+                if self.cell_max_events > self.max_events_per_window:
+                    raise PolicyKeyError("cell_max_events", "must not exceed max_events_per_window")
+            if self.cell_max_sum is not None and self.cell_max_sum > self.sum_cap:
+                raise PolicyKeyError(
+                    "cell_max_sum", f"must not exceed the sum cap {self.sum_cap:g}"
+                )
+        elif self.cell_max_events is not None or self.cell_max_sum is not None:
+            raise PolicyKeyError(
+                "cell_max_events" if self.cell_max_events is not None else "cell_max_sum",
+                "cell caps apply to the aggregate model only",
+            )
+        self._check_parts(HISTOGRAM_PARTS)
         return self
+
+    def part_epsilons(self) -> dict[str, float]:
+        """The epsilon of each released Prio3 part (aggregate model)."""
+        if self.parts is not None:
+            return dict(self.parts)
+        third = self.epsilon / 3.0
+        while 3.0 * third > self.epsilon:  # never more than epsilon in floating point
+            third = math.nextafter(third, 0.0)
+        return {"buckets": third, "counts": third, "sums": third}
+
+    @property
+    def cell_events_cap(self) -> int:
+        """Events a window keeps for its per-cell parts (aggregate model)."""
+        return self.cell_max_events or self.max_events_per_window
+
+    @property
+    def cell_sum_cap(self) -> float:
+        """Sum of values a window keeps for its per-cell parts (aggregate model)."""
+        return self.cell_max_sum if self.cell_max_sum is not None else self.sum_cap
 
     @property
     def sum_cap(self) -> float:

@@ -5,18 +5,26 @@ Pure functions on the policy. Every `aggregate` signal becomes one or more *task
 to at most `bound` = 2**bits - 1, which the report's validity proof enforces exactly.
 
 - counter `cells`: one entry per attribute cell, the window's count (L1 <= max_per_window);
-- histogram `buckets`: one entry per (cell, bucket), cell-major (L1 <= max_events);
-- histogram `counts`: one entry per cell, its number of events (L1 <= max_events): the
-  denominator of a mean, with two noise draws instead of one per bucket;
+- counter `total`: one entry, the window's clamped count over all cells (<= max_per_window):
+  a fleet total with two noise draws instead of two per cell;
+- histogram `buckets`: one entry per (cell, bucket), cell-major (L1 <= cell_max_events);
+- histogram `counts`: one entry per cell, its number of events (L1 <= cell_max_events):
+  the denominator of a mean, with two noise draws instead of one per bucket;
 - histogram `sums`: one entry per cell, its sum of values in units of `resolution`
-  (L1 <= 2**sum_bits - 1 units = the signal's sum cap).
+  (L1 <= 2**sum_bits - 1 units = the signal's cell sum cap);
+- histogram `total_events` and `total_sum`: one entry each, the window's events (<=
+  max_events_per_window) and sum of values (<= the sum cap) over all cells, clamped but
+  not scaled down: the fleet totals, unbiased for any device under those bounds.
+
+The per-cell parts scale a heavy window down as a whole (keeping each cell's mean), so
+their bounds can sit near a typical window; the totals' bounds sit above a heavy one.
 
 Privacy unit: one device's report for one window (replace-one neighbours, so the
 number of reports in a batch is public). Two vectors with L1 <= bound differ by at most
 2 x bound in L1: each aggregator adds discrete Laplace noise at that sensitivity and the
 part's epsilon, so the revealed sum is epsilon-DP even if the other aggregator adds
-none. A signal's epsilon is split between its parts (basic composition): a histogram's
-`sum_share` to the sums, the rest halved between buckets and counts.
+none. A signal's epsilon is split between its parts (basic composition) as its `parts`
+say (`CounterSignal.part_epsilons`, `HistogramSignal.part_epsilons`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from policies._model import OTHER, CounterSignal, HistogramSignal, Policy
 from schemas import Tier
 
 __all__ = [
+    "SCALAR_PARTS",
     "AggregationTask",
     "TaskPart",
     "aggregation_tasks",
@@ -38,7 +47,9 @@ __all__ = [
     "task_context",
 ]
 
-TaskPart = Literal["cells", "buckets", "counts", "sums"]
+TaskPart = Literal["cells", "total", "buckets", "counts", "sums", "total_events", "total_sum"]
+SCALAR_PARTS: frozenset[str] = frozenset({"total", "total_events", "total_sum"})
+"""Parts whose vector is one entry over all cells (no attributes)."""
 
 _CTX_PREFIX = b"quietwire/prio3/v1/"
 
@@ -95,22 +106,13 @@ def task_context(policy_hash: str, task_id: str) -> bytes:
     return _CTX_PREFIX + policy_hash.encode("ascii") + b"/" + task_id.encode("ascii")
 
 
-def _split(epsilon: float, share: float) -> tuple[float, float]:
-    """(epsilon - part, part) with part = epsilon * share; their float sum <= epsilon."""
-    part = epsilon * share
-    rest = epsilon - part
-    while rest + part > epsilon:
-        rest = math.nextafter(rest, 0.0)
-    return rest, part
-
-
 def _signal_tasks(
     name: str, signal: CounterSignal | HistogramSignal, policy: Policy
 ) -> list[AggregationTask]:
     cells = len(cell_labels(signal.attributes))
 
     def task(
-        part: TaskPart, unit: str, length: int, bits: int, resolution: float, epsilon: float
+        part: TaskPart, unit: str, length: int, bits: int, resolution: float
     ) -> AggregationTask:
         return AggregationTask(
             signal=name,
@@ -120,24 +122,36 @@ def _signal_tasks(
             length=length,
             bits=bits,
             resolution=resolution,
-            epsilon=epsilon,
+            epsilon=epsilons[part],
             min_batch_size=policy.aggregation.min_batch_size,
         )
 
+    epsilons = signal.part_epsilons()
     if isinstance(signal, CounterSignal):
         bits = signal.max_per_window.bit_length()
-        return [task("cells", signal.unit, cells, bits, 1.0, signal.epsilon)]
-    counts_eps, sums_eps = _split(signal.epsilon, signal.sum_share)
-    buckets_eps, counts_eps = _split(counts_eps, 0.5)
-    events_bits = signal.max_events_per_window.bit_length()
-    sum_bits = policy.aggregation.sum_bits
-    n_buckets = len(signal.buckets) + 1
-    resolution = signal.sum_cap / ((1 << sum_bits) - 1)
-    return [
-        task("buckets", "1", cells * n_buckets, events_bits, 1.0, buckets_eps),
-        task("counts", "1", cells, events_bits, 1.0, counts_eps),
-        task("sums", signal.unit, cells, sum_bits, resolution, sums_eps),
-    ]
+        shapes: dict[str, tuple[TaskPart, str, int, int, float]] = {
+            "cells": ("cells", signal.unit, cells, bits, 1.0),
+            "total": ("total", signal.unit, 1, bits, 1.0),
+        }
+    else:
+        sum_bits = policy.aggregation.sum_bits
+        units = (1 << sum_bits) - 1
+        cell_bits = signal.cell_events_cap.bit_length()
+        n_buckets = len(signal.buckets) + 1
+        shapes = {
+            "buckets": ("buckets", "1", cells * n_buckets, cell_bits, 1.0),
+            "counts": ("counts", "1", cells, cell_bits, 1.0),
+            "sums": ("sums", signal.unit, cells, sum_bits, signal.cell_sum_cap / units),
+            "total_events": (
+                "total_events",
+                "1",
+                1,
+                signal.max_events_per_window.bit_length(),
+                1.0,
+            ),
+            "total_sum": ("total_sum", signal.unit, 1, sum_bits, signal.sum_cap / units),
+        }
+    return [task(*shapes[part]) for part in shapes if part in epsilons]
 
 
 def aggregation_tasks(policy: Policy) -> dict[str, AggregationTask]:

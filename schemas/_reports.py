@@ -39,7 +39,7 @@ TaskId = Annotated[
     Field(
         min_length=3,
         max_length=160,
-        pattern=r"^[a-z][a-z0-9_.]*/(cells|buckets|counts|sums)$",
+        pattern=r"^[a-z][a-z0-9_.]*/(cells|total|buckets|counts|sums|total_events|total_sum)$",
         description="`signal/part` of the policy's aggregation task",
     ),
 ]

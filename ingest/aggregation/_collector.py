@@ -44,13 +44,23 @@ from ingest.aggregation._leader_store import (
 from ingest.aggregation._noise import NoiseSource, add_noise
 from ingest.aggregation._vdaf import task_vdaf
 from ingest.aggregation._wire import CollectionRequest
-from policies import AggregationTask, HistogramSignal, Policy, cell_labels
+from policies import SCALAR_PARTS, AggregationTask, HistogramSignal, Policy, cell_labels
 
 __all__ = ["BatchCollector", "fleet_rows"]
 
 log = logging.getLogger("quietwire.ingest.aggregation")
 
-_KINDS = {"cells": "counter", "buckets": "bucket", "counts": "count", "sums": "sum"}
+# The warehouse's kinds, as local releases name them: a scalar total over all cells is
+# `total` (a count) or `total_sum` (a histogram's sum of values).
+_KINDS = {
+    "cells": "counter",
+    "total": "total",
+    "buckets": "bucket",
+    "counts": "count",
+    "sums": "sum",
+    "total_events": "total",
+    "total_sum": "total_sum",
+}
 DRAWS = 2
 """Independent noise draws in each revealed entry: one per aggregator."""
 
@@ -71,7 +81,8 @@ def fleet_rows(
     """
     key = batch.key
     signal = policy.signals[task.signal]
-    cells = cell_labels(signal.attributes)
+    # A scalar part is over all cells: it carries no attributes.
+    cells = [{}] if task.part in SCALAR_PARTS else cell_labels(signal.attributes)
     uppers: list[float | None] = []
     if task.part == "buckets":
         assert isinstance(signal, HistogramSignal)

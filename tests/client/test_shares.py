@@ -279,3 +279,65 @@ def test_a_backlog_of_large_envelopes_goes_out_in_bounded_requests(
 
 def _sealed_sizes(tel: Telemetry) -> list[str]:
     return [tel._sealer.seal(e) for e in list(tel._outbox._items)]
+
+
+TOTALS_POLICY: Policy = POLICY.model_copy(
+    update={
+        "signals": {
+            "requests": CounterSignal(
+                tier=Tier.PERFORMANCE,
+                attributes={"route": ROUTES},
+                max_per_window=15,
+                epsilon=1.0,
+                parts={"cells": 0.7, "total": 0.3},
+            ),
+            "latency": LATENCY.model_copy(
+                update={
+                    "max_events_per_window": 15,
+                    "max_sum_per_window": 30.0,
+                    "cell_max_events": 7,
+                    "cell_max_sum": 8.0,
+                    "parts": {
+                        "buckets": 0.2,
+                        "counts": 0.2,
+                        "sums": 0.2,
+                        "total_events": 0.2,
+                        "total_sum": 0.2,
+                    },
+                }
+            ),
+        }
+    }
+)
+
+
+def test_totals_are_clamped_to_their_own_bounds_not_scaled_down(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    tasks = aggregation_tasks(TOTALS_POLICY)
+    tel = _telemetry(tmp_path, ingest, clock, policy=TOTALS_POLICY)
+    tel.counter("requests").add(20, route="local")  # over 15: the total keeps 15
+    for _ in range(10):  # 10 events, 20 s: over the cells' caps (7, 8 s), under the totals'
+        tel.histogram("latency").record(2.0, route="cloud")
+    (window,) = tel.collect_with_truth(clock.advance(hours=24))
+    assert tel.flush()
+    (envelope,) = ingest.envelopes
+    h = TOTALS_POLICY.content_hash
+
+    def revealed(task: str) -> list[int]:
+        return _aggregate(tasks[task], _reports(envelope, task), h)
+
+    assert revealed("requests/total") == [15]
+    assert revealed("latency/total_events") == [10]
+    total_sum = tasks["latency/total_sum"]
+    assert revealed("latency/total_sum")[0] * total_sum.resolution == pytest.approx(
+        20.0, abs=total_sum.resolution
+    )
+    # The cells were scaled down as a whole: 4 events (8 s cap / 2 s), mean kept.
+    assert revealed("latency/counts") == [0, 4, 0]
+    totals = {(t.signal, t.measure): t.value for t in window.truth if hasattr(t, "measure")}
+    assert totals == {
+        ("requests", "count"): 15.0,
+        ("latency", "count"): 10.0,
+        ("latency", "sum"): 20.0,
+    }

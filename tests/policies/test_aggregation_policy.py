@@ -51,7 +51,9 @@ def test_an_aggregate_bound_must_be_one_less_than_a_power_of_two(tmp_path: Path)
 
 def test_the_same_bound_is_fine_under_the_local_model(tmp_path: Path) -> None:
     data = _data()
-    data["signals"]["inference.requests"].update(max_per_window=500, privacy_model="local")
+    spec = data["signals"]["inference.requests"]
+    del spec["parts"]
+    spec.update(max_per_window=500, privacy_model="local")
     assert _load(tmp_path, data).signals["inference.requests"].max_per_window == 500
 
 
@@ -101,11 +103,16 @@ def test_default_policy_tasks() -> None:
     assert requests.sensitivity == 1022
     latency = "gen_ai.client.operation.duration"
     parts = {t.part for t in tasks.values() if t.signal == latency}
-    assert parts == {"buckets", "counts", "sums"}
+    assert parts == {"buckets", "counts", "sums", "total_events", "total_sum"}
     assert tasks[f"{latency}/buckets"].length == 12 * 15
+    assert tasks[f"{latency}/total_events"].length == 1
+    assert tasks[f"{latency}/total_events"].bound == 511  # the totals' bound
+    assert tasks[f"{latency}/counts"].bound == 127  # the per-cell parts' bound
     sums = tasks[f"{latency}/sums"]
-    # the sum cap is exactly the proven bound in units
+    # each sum cap is exactly the proven bound in units
     assert sums.bound * sums.resolution == pytest.approx(128.0)
+    total_sum = tasks[f"{latency}/total_sum"]
+    assert total_sum.bound * total_sum.resolution == pytest.approx(1024.0)
     # a histogram's parts never spend more than the signal's epsilon together
     spent = sum(t.epsilon for t in tasks.values() if t.signal == latency)
     assert spent <= policy.signals[latency].epsilon
@@ -124,3 +131,37 @@ def test_cell_labels_match_the_client_cell_order() -> None:
 
     attributes = {"route": ["local", "edge"], "model": ["m1"]}
     assert cell_labels(attributes) == CellDomain(attributes).cells()
+
+
+def test_parts_must_add_up_to_the_signals_epsilon(tmp_path: Path) -> None:
+    data = _data()
+    data["signals"]["inference.errors"]["parts"] = {"cells": 0.2, "total": 0.2}
+    with pytest.raises(PolicyError) as info:
+        _load(tmp_path, data)
+    assert info.value.key == "signals.inference.errors.parts"
+    assert "add up to 0.4" in info.value.reason
+
+
+def test_a_counter_has_no_histogram_parts(tmp_path: Path) -> None:
+    data = _data()
+    data["signals"]["inference.errors"]["parts"] = {"cells": 0.2, "sums": 0.3}
+    with pytest.raises(PolicyError) as info:
+        _load(tmp_path, data)
+    assert "unknown part(s) ['sums']" in info.value.reason
+
+
+def test_cell_caps_must_not_exceed_the_totals_bounds(tmp_path: Path) -> None:
+    data = _data()
+    data["signals"]["gen_ai.client.operation.duration"]["cell_max_events"] = 1023
+    with pytest.raises(PolicyError) as info:
+        _load(tmp_path, data)
+    assert info.value.key == "signals.gen_ai.client.operation.duration.cell_max_events"
+
+
+def test_without_parts_a_histogram_splits_in_thirds(tmp_path: Path) -> None:
+    data = _data()
+    del data["signals"]["gen_ai.client.operation.duration"]["parts"]
+    policy = _load(tmp_path, data)
+    eps = policy.signals["gen_ai.client.operation.duration"].part_epsilons()
+    assert set(eps) == {"buckets", "counts", "sums"}
+    assert sum(eps.values()) <= 1.35

@@ -16,7 +16,8 @@ def test_pilot_differs_from_default_only_in_budget_and_model() -> None:
     for name, spec in default.signals.items():
         assert pilot.signals[name].epsilon == BUDGET_FACTOR * spec.epsilon, name
         assert pilot.signals[name].privacy_model == "local", name
-        rest = {"epsilon", "privacy_model"}
+        # The aggregate model's own knobs (parts, cell caps) do not apply locally.
+        rest = {"epsilon", "privacy_model", "parts", "cell_max_events", "cell_max_sum"}
         assert pilot.signals[name].model_dump(exclude=rest) == spec.model_dump(exclude=rest)
     rest_top = {"signals", "privacy", "aggregation"}
     assert pilot.model_dump(exclude=rest_top) == default.model_dump(exclude=rest_top)

@@ -44,6 +44,7 @@ def test_public_names_are_pinned() -> None:
         "DEFAULT_POLICY_PATH",
         "PILOT_POLICY_PATH",
         "AggregationPolicy",
+        "SCALAR_PARTS",
         "AggregationTask",
         "HelperEndpoint",
         "PrivacyModel",
