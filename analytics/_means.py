@@ -41,15 +41,20 @@ _CELL_MEAN = Selection(
         ("aggregate", "sum"): "sum",
     }
 )
-# Over all cells: the scalar totals locally; every cell's count and sum under the
-# aggregate model.
+# Over all cells: the scalar totals locally; under the aggregate model the totals' tasks
+# where the signal has them, else every cell's count and sum.
 _FLEET_MEAN = Selection(
     {
         ("local", "total"): "count",
         ("local", "total_sum"): "sum",
+        ("aggregate", "total"): "count",
+        ("aggregate", "total_sum"): "sum",
         ("aggregate", "count"): "count",
         ("aggregate", "sum"): "sum",
-    }
+    },
+    # The totals' tasks (not scaled down) where the signal has them: every device
+    # weighs by its own events, as in the fleet.
+    unless={"count": "total", "sum": "total_sum"},
 )
 _CELL_TOTALS = Selection(
     {

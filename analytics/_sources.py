@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -87,6 +87,10 @@ class Selection:
     """Which stored rows a query reads: (model, kind) -> the part of the answer it is."""
 
     parts: Mapping[tuple[str, str], str]
+    unless: Mapping[str, str] = field(default_factory=dict)
+    """Aggregate kind -> a preferred aggregate kind: rows of the first are read only for a
+    batch (signal, window, region, policy) that has no row of the second, e.g. a fleet
+    total from a signal's `total` task where it has one, from its cells added where not."""
 
     def __post_init__(self) -> None:
         for (model, kind), part in self.parts.items():
@@ -94,6 +98,20 @@ class Selection:
                 raise ValueError(f"unknown privacy model {model!r}")
             if not (_NAME.match(kind) and _NAME.match(part)):
                 raise ValueError(f"bad kind or part {kind!r} -> {part!r}")
+        for kind, preferred in self.unless.items():
+            if not (_NAME.match(kind) and _NAME.match(preferred)):
+                raise ValueError(f"bad kind {kind!r} or {preferred!r}")
+
+    @property
+    def unless_sql(self) -> str:
+        """SQL dropping the aggregate rows that `unless` says a preferred kind replaces."""
+        return "".join(
+            f""" AND NOT (r.model = 'aggregate' AND r.kind = '{kind}' AND EXISTS (
+                SELECT 1 FROM fa t WHERE t.kind = '{preferred}' AND t.signal = r.signal
+                AND t.window_start = r.window_start AND t.region = r.region
+                AND t.policy_hash = r.policy_hash))"""
+            for kind, preferred in sorted(self.unless.items())
+        )
 
     @staticmethod
     def same(kinds: Sequence[str], models: Sequence[str] = ("local", "aggregate")) -> Selection:
@@ -136,7 +154,7 @@ class Scope:
         if self.until is not None:
             clauses.append("r.window_end <= ?")
             params.append(self.until)
-        return " AND ".join(clauses), params
+        return " AND ".join(clauses) + self.selection.unless_sql, params
 
 
 def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> str:
@@ -185,7 +203,7 @@ def _pair_filter(selection: Selection) -> str:
     A mean needs both from one set of devices: a local release with counts but no sum
     would bias the count upwards. Locally that is the same envelope; under the
     aggregate model the same batch key (signal, window, region, policy, cell) must have
-    both its `count` and its `sum` entry.
+    both its `count` and its `sum` entry (or both its `total` and its `total_sum`).
     """
     local_sum = selection.local_kind_of("sum") or "sum"
     return f"""AND CASE WHEN r.model = 'local' THEN EXISTS (
@@ -194,7 +212,8 @@ def _pair_filter(selection: Selection) -> str:
             AND s.attributes::VARCHAR = r.attributes::VARCHAR)
         ELSE EXISTS (
             SELECT 1 FROM fa s
-            WHERE s.kind = (CASE r.kind WHEN 'sum' THEN 'count' ELSE 'sum' END)
+            WHERE s.kind = (CASE r.kind WHEN 'sum' THEN 'count' WHEN 'count' THEN 'sum'
+                            WHEN 'total_sum' THEN 'total' ELSE 'total_sum' END)
             AND s.signal = r.signal AND s.window_start = r.window_start
             AND s.region = r.region AND s.policy_hash = r.policy_hash
             AND s.attributes::VARCHAR = r.attributes::VARCHAR) END"""

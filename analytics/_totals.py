@@ -78,7 +78,7 @@ RESULT_COLUMNS = frozenset(
 # scalar totals over all cells (total, total_sum); secure aggregates per cell (counter,
 # bucket, and a histogram's count and sum).
 _LOCAL_KINDS = ("counter", "bucket", "sum", "total", "total_sum")
-_AGGREGATE_KINDS = ("counter", "bucket", "count", "sum")
+_AGGREGATE_KINDS = ("counter", "bucket", "count", "sum", "total", "total_sum")
 _KINDS = ("counter", "bucket", "count", "sum", "total", "total_sum")
 _EVERY_FIGURE = Selection(
     {
@@ -86,14 +86,16 @@ _EVERY_FIGURE = Selection(
         **{("aggregate", k): k for k in _AGGREGATE_KINDS},
     }
 )
-# Over all cells: the scalar totals locally; the cells added under the aggregate model,
-# which releases no separate total.
+# Over all cells: the scalar totals; under the aggregate model a signal's `total` task
+# where it has one (two draws), else its cells added (two draws per cell).
 _FLEET_TOTAL = Selection(
     {
         ("local", "total"): "total",
+        ("aggregate", "total"): "total",
         ("aggregate", "counter"): "total",
         ("aggregate", "count"): "total",
-    }
+    },
+    unless={"counter": "total", "count": "total"},
 )
 
 

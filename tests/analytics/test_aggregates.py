@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -29,10 +30,12 @@ from analytics import (
     signal_totals,
 )
 from analytics._noise import noise_variance
-from analytics.warehouse import apply_schema, write_envelopes
+from analytics.warehouse import apply_schema, connect, write_envelopes
 from schemas import Mechanism
 from tests.analytics._aggregates import (
     AggregateTruth,
+    Batch,
+    Entry,
     attrs_json,
     counter_batch,
     histogram_batches,
@@ -295,3 +298,31 @@ def test_labels_named_like_internal_columns_group_correctly() -> None:
     totals = signal_totals(conn, "x.requests", by=("model",))
     assert sorted(totals["model"]) == ["v1", "v2"]
     assert set(totals["devices"]) == {321}
+
+
+def test_a_signals_total_tasks_give_its_fleet_total_and_mean(tmp_path: Path) -> None:
+    """Where a signal has `total` / `total_sum` tasks, grand totals and fleet means read
+    them (two draws each), not its scaled-down cells."""
+    conn = connect(tmp_path / "totals.duckdb")
+    truth = AggregateTruth()
+    cells = [Entry("count", {"route": r}, 100) for r in ("a", "b")]
+    sums = [Entry("sum", {"route": r}, 50) for r in ("a", "b")]
+    insert_batches(
+        conn,
+        [
+            Batch("lat", "counts", 0, cells, scale=4.0),
+            Batch("lat", "sums", 0, sums, scale=4.0),
+            Batch("lat", "total_events", 0, [Entry("total", {}, 10_000)], scale=4.0),
+            Batch("lat", "total_sum", 0, [Entry("total_sum", {}, 30_000)], scale=4.0),
+        ],
+        truth,
+    )
+    total = grand_totals(conn, "lat")
+    assert total.height == 1
+    assert total["estimate"][0] == pytest.approx(10_000, abs=200)  # not the cells' 200
+    mean = fleet_mean(conn, "lat")
+    assert mean["mean"][0] == pytest.approx(3.0, rel=0.05)  # not the cells' 0.5
+    # Per-cell means still come from the cells.
+    by_route = mean_by_labels(conn, "lat", by=("route",), per_window=False)
+    assert by_route["mean"].to_list() == pytest.approx([0.5, 0.5], abs=0.2)
+    conn.close()
