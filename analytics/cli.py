@@ -106,7 +106,7 @@ def demo(
             help="Simulated devices (aggregate batches of fewer than the policy's "
             "min_batch_size, 100 by default, are never revealed).",
         ),
-    ] = 2000,
+    ] = 4000,
     windows: Annotated[
         int,
         typer.Option(

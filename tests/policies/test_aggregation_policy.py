@@ -164,4 +164,4 @@ def test_without_parts_a_histogram_splits_in_thirds(tmp_path: Path) -> None:
     policy = _load(tmp_path, data)
     eps = policy.signals["gen_ai.client.operation.duration"].part_epsilons()
     assert set(eps) == {"buckets", "counts", "sums"}
-    assert sum(eps.values()) <= 1.35
+    assert sum(eps.values()) <= 1.45
