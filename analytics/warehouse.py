@@ -146,6 +146,7 @@ CREATE TABLE IF NOT EXISTS prio_report_rejections (
     batch_start  TIMESTAMPTZ NOT NULL,
     reason       VARCHAR NOT NULL,
     recorded_at  TIMESTAMPTZ NOT NULL,
+    audited      BOOLEAN NOT NULL DEFAULT FALSE,
     PRIMARY KEY (envelope_id, task)
 );
 -- Fleet aggregates revealed by the collector: one row per entry of a task's vector.
@@ -513,7 +514,9 @@ def _store_reports(
         _insert_arrow(conn, "prio_reports", kept, _REPORT_TYPES)
     if refused:
         conn.executemany(
-            "INSERT OR IGNORE INTO prio_report_rejections VALUES (?, ?, ?, ?, ?, ?, ?)", refused
+            "INSERT OR IGNORE INTO prio_report_rejections (envelope_id, task, report_id, "
+            "device_id, batch_start, reason, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            refused,
         )
     return len(refused)
 

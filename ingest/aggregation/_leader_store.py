@@ -21,11 +21,13 @@ from ingest.aggregation._batches import BatchKey
 __all__ = [
     "LeaderBatch",
     "PendingReport",
+    "SinkRejection",
     "assign_job",
     "batches_to_collect",
     "insert_fleet_rows",
     "leader_batch",
     "mark_collected",
+    "mark_rejections_audited",
     "pending_batches",
     "pending_count",
     "pending_reports",
@@ -35,6 +37,7 @@ __all__ = [
     "set_batch_status",
     "set_outcomes",
     "transaction",
+    "unaudited_rejections",
 ]
 
 _ROWS_PER_INSERT = 256
@@ -259,4 +262,35 @@ def mark_collected(conn: duckdb.DuckDBPyConnection, key: BatchKey, at: datetime)
     conn.execute(
         f"UPDATE prio_batches SET status = 'collected', collected_at = ? WHERE {_KEY_WHERE}",
         [at, *_key_args(key)],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SinkRejection:
+    """A report the sink refused to keep, not yet in the audit log."""
+
+    envelope_id: str
+    task: str
+    device_id: str
+    batch_start: str
+    reason: str
+
+
+def unaudited_rejections(
+    conn: duckdb.DuckDBPyConnection, limit: int = 10_000
+) -> list[SinkRejection]:
+    """Reports the sink refused that the audit log does not hold yet (oldest first)."""
+    rows = conn.execute(
+        "SELECT CAST(envelope_id AS VARCHAR), task, device_id, CAST(batch_start AS VARCHAR), "
+        "reason FROM prio_report_rejections WHERE NOT audited ORDER BY recorded_at LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [SinkRejection(*row) for row in rows]
+
+
+def mark_rejections_audited(conn: duckdb.DuckDBPyConnection, rows: Sequence[SinkRejection]) -> None:
+    """Record that `rows` are in the audit log."""
+    conn.executemany(
+        "UPDATE prio_report_rejections SET audited = TRUE WHERE envelope_id = ? AND task = ?",
+        [(r.envelope_id, r.task) for r in rows],
     )

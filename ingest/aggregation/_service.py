@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from ingest._audit import AuditLog
+from ingest._audit import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._collector import BatchCollector
 from ingest.aggregation._errors import HelperUnavailable
 from ingest.aggregation._helper_client import HelperClient
 from ingest.aggregation._leader import LeaderAggregator, RunStats
+from ingest.aggregation._leader_store import mark_rejections_audited, unaudited_rejections
 from ingest.aggregation._noise import DiscreteLaplaceNoise, NoiseSource
 from policies import Policy
 
@@ -54,6 +56,8 @@ class AggregationService:
         max_job_reports: int = 500,
         grace: timedelta = timedelta(hours=1),
     ) -> None:
+        self._sink = sink
+        self._audit = audit
         self._aggregator = LeaderAggregator(
             sink, helper, catalog, verify_key, audit=audit, max_job_reports=max_job_reports
         )
@@ -70,6 +74,7 @@ class AggregationService:
         """Aggregate pending reports, then collect closed batches (`final`: all are
         closed). A helper that does not answer ends the run early; nothing is lost."""
         stats = RunStats()
+        self._audit_sink_refusals()
         try:
             self._aggregator.run(stats)
             self._collector.run(now, stats, final=final)
@@ -77,6 +82,33 @@ class AggregationService:
             stats.helper_unavailable += 1
             log.warning("helper unavailable; reports stay pending until the next run: %s", exc)
         return stats
+
+    def _audit_sink_refusals(self) -> None:
+        """Put the reports the sink refused (replays, second contributions) in the audit
+        log, once each: the sink writes the warehouse, the leader owns the audit log."""
+        if self._audit is None:
+            return
+        with self._sink.locked() as conn:
+            rows = unaudited_rejections(conn)
+        if not rows:
+            return
+        self._audit.append_many(
+            [
+                AuditRecord(
+                    "prio_report",
+                    "rejected",
+                    device_id=r.device_id,
+                    reason=r.reason,
+                    detail=json.dumps(
+                        {"task": r.task, "envelope": r.envelope_id, "batch": r.batch_start},
+                        sort_keys=True,
+                    ),
+                )
+                for r in rows
+            ]
+        )
+        with self._sink.locked() as conn:
+            mark_rejections_audited(conn, rows)
 
     async def run_forever(
         self,

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from ingest import DuckDBSink
+from ingest._audit import AuditLog
 from ingest.aggregation import (
     AggregationService,
     BatchKey,
@@ -34,7 +35,7 @@ AFTER = BATCH + timedelta(hours=3)
 
 
 def test_a_replayed_report_is_refused_by_the_sink_and_counted_once(
-    fleet: Fleet, leader: AggregationService
+    fleet: Fleet, leader: AggregationService, audit: AuditLog
 ) -> None:
     for _ in range(4):
         fleet.send({CELLS: [1, 0, 0]})
@@ -53,6 +54,11 @@ def test_a_replayed_report_is_refused_by_the_sink_and_counted_once(
         [CELLS],
     ).fetchall()
     assert values[0] == (4.0, 4)
+    # The refusal is in the leader's audit log, once, with its reason and device.
+    leader.run_once(AFTER)
+    (entry,) = [e for e in audit.entries(action="prio_report") if e.decision == "rejected"]
+    assert (entry.reason, entry.device_id) == ("report_replayed", replay.envelope.device_id)
+    assert audit.verify_chain().ok
 
 
 def test_the_helper_refuses_a_report_it_has_seen(
