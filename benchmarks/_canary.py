@@ -60,7 +60,7 @@ def canary_test(
     it gave 0.2% false alarms for 0.5% designed, and less power). It rejects when P(noise > T) <
     alpha under the noise's exact law at the estimated weights: a sum of a few discrete
     Laplace draws, far heavier-tailed than a normal with its variance."""
-    s, c = parts[f"{prefix}.total"], parts[f"{prefix}.events"]
+    s, c = parts[f"{prefix}.sums"], parts[f"{prefix}.counts"]
     local = ROUTES.index("local")
     canary, stable = int(layout.latency_cell[local, 1]), int(layout.latency_cell[local, 0])
 

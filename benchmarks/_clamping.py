@@ -1,10 +1,13 @@
 """The client's clamping of a histogram window, ported to numpy for many devices at once.
 
-`clamp_aggregate` is `client._shares.clamp_histogram`, `clamp_local` the clamping in
-`client._release.release_histogram`, `quantize` `client._shares.quantize_sums`, operation
-for operation on each row (one device's window), so that a bulk simulation can clamp
-the fifth of a fleet's days that exceed a bound. `benchmarks._client_check` compares
-them with the client's functions on every device of a 1,000-device day.
+`clamp_aggregate` is `client._shares.clamp_histogram` (the per-cell parts, scaled down
+as a whole at the cell caps), `clamp_totals` `client._shares.histogram_totals` (the
+total_events and total_sum parts, clamped at the totals' bounds, not scaled down),
+`clamp_local` the clamping in `client._release.release_histogram`, `quantize`
+`client._shares.quantize_sums`, operation for operation on each row (one device's
+window), so that a bulk simulation can clamp the fifth of a fleet's days that exceed a
+bound. `benchmarks._client_check` compares them with the client's functions on every
+device of a 1,000-device day.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import numpy as np
 from benchmarks._types import FloatArray, IntArray
 from policies import AggregationTask, HistogramSignal
 
-__all__ = ["apportion_rows", "cell_counts", "clamp_aggregate", "clamp_local", "quantize"]
+__all__ = [
+    "apportion_rows",
+    "cell_counts",
+    "clamp_aggregate",
+    "clamp_local",
+    "clamp_totals",
+    "quantize",
+]
 
 
 def apportion_rows(values: IntArray, caps: IntArray) -> IntArray:
@@ -49,13 +59,14 @@ def cell_counts(flat: IntArray, cells: int) -> IntArray:
 def clamp_aggregate(
     signal: HistogramSignal, flat: IntArray, totals: FloatArray
 ) -> tuple[IntArray, FloatArray]:
-    """`client._shares.clamp_histogram` on each row: (bucket counts, per-cell sums)."""
-    cells, cap = totals.shape[1], signal.sum_cap
+    """`client._shares.clamp_histogram` on each row: (bucket counts, per-cell sums),
+    scaled down as a whole to the cell caps (`cell_events_cap`, `cell_sum_cap`)."""
+    cells, events_cap, cap = totals.shape[1], signal.cell_events_cap, signal.cell_sum_cap
     events = flat.sum(axis=1)
     total = _row_fsum(np.maximum(totals, 0.0))
     keep = np.ones(len(flat))
-    over_n = events > signal.max_events_per_window
-    keep[over_n] = signal.max_events_per_window / events[over_n]
+    over_n = events > events_cap
+    keep[over_n] = events_cap / events[over_n]
     over_s = total > cap
     keep[over_s] = np.minimum(keep[over_s], cap / total[over_s])
     scaled = keep < 1.0
@@ -69,6 +80,17 @@ def clamp_aggregate(
     big = magnitude > cap
     sums[big] = sums[big] * cap / magnitude[big][:, None]
     return counts, sums
+
+
+def clamp_totals(
+    signal: HistogramSignal, events: IntArray, sums: FloatArray
+) -> tuple[IntArray, FloatArray]:
+    """`client._shares.histogram_totals` on each row of per-cell events and sums: (the
+    window's events, its sum of values), each clamped at the totals' bound
+    (`max_events_per_window`, `sum_cap`), not scaled down."""
+    n: IntArray = np.minimum(events.sum(axis=1), signal.max_events_per_window)
+    total: FloatArray = np.minimum(_row_fsum(np.maximum(sums, 0.0)), signal.sum_cap)
+    return n, total
 
 
 def clamp_local(

@@ -14,13 +14,7 @@ for a whole fleet at once, from the simulator's own device profiles and paramete
 - each failed request is also one exception (the demo records one per failure), all of
   one fingerprint, so one `app.exceptions` cell (which one does not matter to a total).
 
-Clamping. A device whose day is within every bound is released as it is: clamping is an
-identity there (counts exactly; a sum up to the one float rounding of the client's
-`sum * kept / raw`). Devices over a counter's bound go through the client's own
-`counter_measurement` (few: about 4 in 10,000 days exceed 511 requests). Histograms
-differ: a fifth of the days exceed 127 events or the sum cap, too many for the client's
-pure-Python functions: they go through `benchmarks._clamping`'s numpy ports of the
-client's clamping, checked against the client's functions by `benchmarks._client_check`.
+Clamping each model's day: `benchmarks._day_sums`.
 """
 
 from __future__ import annotations
@@ -46,17 +40,14 @@ from analytics._simulation import (
     FleetSpec,
     device_profiles,
 )
-from benchmarks._clamping import cell_counts, clamp_aggregate, clamp_local, quantize
 from benchmarks._types import FloatArray, IntArray
+from benchmarks._variants import local_variant
 from client._domain import CellDomain
-from client._shares import counter_measurement
 from policies import (
-    AggregationTask,
     CounterSignal,
     HistogramSignal,
     Policy,
     aggregation_tasks,
-    load_policy,
 )
 
 __all__ = [
@@ -72,10 +63,8 @@ __all__ = [
     "Fleet",
     "HistogramDay",
     "Layout",
-    "day_sums",
     "draw_day",
     "fleet_of",
-    "simulate_days",
 ]
 
 # As in `analytics._simulation.simulate_window`.
@@ -149,6 +138,7 @@ class HistogramDay:
     """One histogram signal's day: each event's value is `scale[group] * base[event]`."""
 
     signal: HistogramSignal
+    signal_name: str
     cell: IntArray  # (devices, 3) the cell of each (device, route) group
     scale: FloatArray  # (devices, 3)
     counts: IntArray  # (devices, 3)
@@ -215,9 +205,10 @@ class Layout:
             _counter(s[n]) for n in (REQUESTS, ERRORS, EXCEPTIONS)
         )
         self.latency, self.tokens = _histogram(s[LATENCY]), _histogram(s[TOKENS])
-        tasks = aggregation_tasks(policy)  # units of the sums: the same at any epsilon
-        self.latency_sums = tasks[f"{LATENCY}/sums"]
-        self.tokens_sums = tasks[f"{TOKENS}/sums"]
+        local = local_variant(policy).signals  # the same bounds under the local model
+        self.local_histograms = {n: _histogram(local[n]) for n in (LATENCY, TOKENS)}
+        # The sums' units (a task's resolution) are the same at any epsilon.
+        self.tasks = aggregation_tasks(policy)
 
         def by_route_model(signal: CounterSignal | HistogramSignal) -> IntArray:
             domain = CellDomain(signal.attributes)
@@ -240,12 +231,16 @@ class Layout:
         scale = np.broadcast_to(median, day.requests.shape).copy()
         scale[fleet.canary, _LOCAL] *= slowdown
         cell = self.latency_cell[np.arange(3)[None, :], model[:, None]]
-        return HistogramDay(self.latency, cell, scale, day.requests, day.starts, day.latency)
+        return HistogramDay(
+            self.latency, LATENCY, cell, scale, day.requests, day.starts, day.latency
+        )
 
     def tokens_day(self, day: Day) -> HistogramDay:
         shape = day.requests.shape
         cell = np.broadcast_to(self.token_cell, shape).copy()
-        return HistogramDay(self.tokens, cell, np.ones(shape), day.requests, day.starts, day.tokens)
+        return HistogramDay(
+            self.tokens, TOKENS, cell, np.ones(shape), day.requests, day.starts, day.tokens
+        )
 
     def counter_rows(self, fleet: Fleet, day: Day) -> dict[str, IntArray]:
         """Each counter's raw window per device: (devices, cells)."""
@@ -277,100 +272,6 @@ def _histogram(signal: object) -> HistogramSignal:
     return signal
 
 
-@dataclass(frozen=True, slots=True)
-class _Clamped:
-    """Each model's clamped histogram per device and cell."""
-
-    agg_events: IntArray
-    agg_sums: FloatArray
-    local_events: IntArray
-    local_sums: FloatArray
-
-
-def _histogram_sums(
-    h: HistogramDay,
-    task: AggregationTask,
-    rng: np.random.Generator,
-    prefix: str,
-    same: tuple[_Clamped, npt.NDArray[np.bool_]] | None = None,
-) -> tuple[dict[str, FloatArray], _Clamped]:
-    """The fleet sums of one histogram's day. `same`: an earlier result on the same day,
-    and which devices it holds the same data for (their clamping is not redone)."""
-    signal = h.signal
-    events, sums, totals = h.per_cell()
-    n, s = events.sum(axis=1), sums.sum(axis=1)
-    # The devices for which clamping is not the identity (sums: with room for rounding).
-    over = (n > signal.max_events_per_window) | (s > signal.sum_cap * (1 - 1e-9))
-    exceeding = float(over.sum())
-    c = _Clamped(events.copy(), sums.copy(), events.copy(), sums.copy())
-    if same is not None:
-        earlier, unchanged = same
-        c.agg_events[unchanged], c.agg_sums[unchanged] = (
-            earlier.agg_events[unchanged],
-            earlier.agg_sums[unchanged],
-        )
-        c.local_events[unchanged], c.local_sums[unchanged] = (
-            earlier.local_events[unchanged],
-            earlier.local_sums[unchanged],
-        )
-        over &= ~unchanged
-    rows = np.flatnonzero(over)
-    if rows.size:
-        flat = h.buckets(rows)
-        counts, clamped = clamp_aggregate(signal, flat, sums[rows])
-        c.agg_events[rows], c.agg_sums[rows] = cell_counts(counts, h.cells), clamped
-        counts, clamped = clamp_local(signal, flat, sums[rows])
-        c.local_events[rows], c.local_sums[rows] = cell_counts(counts, h.cells), clamped
-    out = {
-        f"{prefix}.events": events.sum(axis=0).astype(float),
-        f"{prefix}.total": totals.sum(axis=0),
-        f"{prefix}.agg_events": c.agg_events.sum(axis=0).astype(float),
-        f"{prefix}.agg_units": quantize(c.agg_sums, task, rng).sum(axis=0).astype(float),
-        f"{prefix}.local_events": c.local_events.sum(axis=0).astype(float),
-        f"{prefix}.local_total": c.local_sums.sum(axis=0),
-        f"{prefix}.clamped_devices": np.array([exceeding]),
-    }
-    return out, c
-
-
-def day_sums(layout: Layout, fleet: Fleet, rng: np.random.Generator) -> dict[str, FloatArray]:
-    """One day summed over the fleet, per cell: the unclamped truth and each model's
-    clamped input. Keys: `<counter>.truth`, `<counter>.clamped` (both models clamp
-    counters alike), and per histogram `events`, `total` (truth), `agg_events`,
-    `agg_units`, `local_events`, `local_total`; `latency_h0.*` is the same day with a
-    canary that is not slower."""
-    day = draw_day(fleet, rng)
-    out: dict[str, FloatArray] = {}
-    for name, raw in layout.counter_rows(fleet, day).items():
-        signal = layout.counter_signal(name)
-        clamped = raw.sum(axis=0).astype(float)
-        for r in np.flatnonzero(raw.sum(axis=1) > signal.max_per_window):
-            clamped += np.asarray(counter_measurement(signal, raw[r].tolist())) - raw[r]
-        out[f"{name}.truth"] = raw.sum(axis=0).astype(float)
-        out[f"{name}.clamped"] = clamped
-    task = layout.latency_sums
-    h1, c1 = _histogram_sums(layout.latency_day(fleet, day, SLOWDOWN), task, rng, "latency")
-    # Without the slowdown only the canary devices' latencies differ.
-    h0, _ = _histogram_sums(
-        layout.latency_day(fleet, day, 1.0), task, rng, "latency_h0", (c1, ~fleet.canary)
-    )
-    tokens, _ = _histogram_sums(layout.tokens_day(day), layout.tokens_sums, rng, "tokens")
-    return out | h1 | h0 | tokens
-
-
 def fleet_of(devices: int, window_seconds: int) -> Fleet:
     """The simulated fleet of `devices` devices (the demo's profiles and seed)."""
     return Fleet.from_profiles(device_profiles(FleetSpec(devices=devices)), window_seconds)
-
-
-def simulate_days(devices: int, first: int, count: int, seed: int) -> dict[str, FloatArray]:
-    """Days `first` to `first + count - 1` of the fleet of `devices`, each key stacked
-    (days, cells): a job for a worker process (each day has its own generator, so the
-    result does not depend on how days are split between jobs)."""
-    policy = load_policy()
-    layout, fleet = Layout(policy), fleet_of(devices, policy.window_seconds)
-    days = [
-        day_sums(layout, fleet, np.random.default_rng((seed, devices, d)))
-        for d in range(first, first + count)
-    ]
-    return {key: np.stack([d[key] for d in days]) for key in days[0]}

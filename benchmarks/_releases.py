@@ -1,9 +1,14 @@
 """Each model's release of a simulated fleet's day, and the law of its noise.
 
-- aggregate: the fleet sum of the clamped measurements plus two discrete Laplace draws
-  per vector entry (leader and helper) at the task's scale, from OpenDP with the
-  aggregators' construction (`make_laplace` on an i64 vector, the smallest scale whose
-  map at d_in = the task's sensitivity is at most its epsilon);
+- aggregate: per task of the policy (`policies.aggregation_tasks`: its part's epsilon,
+  its bits, its resolution), the fleet sum of the clamped measurements plus two discrete
+  Laplace draws per vector entry (leader and helper) at the task's scale, from OpenDP
+  with the aggregators' construction (`make_laplace` on an i64 vector, the smallest
+  scale whose map at d_in = the task's sensitivity, 2 x its bound, is at most its
+  epsilon). Parts: a counter's `cells` and scalar `total`; a histogram's per-cell
+  `counts` and `sums` (at the cell caps; a policy without `counts` gets them from its
+  `buckets`, one cell's count the sum of its buckets) and scalar `total_events` and
+  `total_sum` (at the totals' bounds). A part the policy does not release is absent;
 - local: the client's `release_counter` / `release_histogram` are the mechanism: each
   device adds discrete Laplace noise to every count (a histogram: every bucket) and
   Laplace noise to every cell's sum. An OpenDP draw costs 6 to 19 us, so the sum of a
@@ -34,9 +39,9 @@ from policies import AggregationTask, CounterSignal, HistogramSignal, Policy, ag
 from schemas import CounterAggregate, HistogramAggregate, Mechanism, NoiseSpec
 
 __all__ = [
-    "ALL_PARTS",
     "CANARY_PARTS",
     "COUNTERS",
+    "FIGURE_PARTS",
     "HISTOGRAMS",
     "Part",
     "aggregate_parts",
@@ -51,11 +56,22 @@ COUNTERS = {REQUESTS: "requests", ERRORS: "errors", EXCEPTIONS: "exceptions"}
 
 HISTOGRAMS = {"latency": LATENCY, "latency_h0": LATENCY, "tokens": TOKENS}
 
-ALL_PARTS = frozenset(
-    [*COUNTERS.values(), *(f"{h}.{m}" for h in HISTOGRAMS for m in ("events", "total"))]
+# Part names: a counter's short name (its cells) and `<short>.total`; per histogram
+# prefix `<prefix>.counts` and `<prefix>.sums` (per cell), `<prefix>.total_events` and
+# `<prefix>.total_sum` (one entry).
+FIGURE_PARTS = frozenset(
+    [
+        *COUNTERS.values(),
+        *(f"{short}.total" for short in COUNTERS.values()),
+        *(
+            f"{h}.{m}"
+            for h in ("latency", "tokens")
+            for m in ("counts", "sums", "total_events", "total_sum")
+        ),
+    ]
 )
 
-CANARY_PARTS = frozenset(f"{h}.{m}" for h in ("latency", "latency_h0") for m in ("events", "total"))
+CANARY_PARTS = frozenset(f"{h}.{m}" for h in ("latency", "latency_h0") for m in ("counts", "sums"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,27 +174,50 @@ def _fleet_laplace(
 
 
 def aggregate_parts(
-    policy: Policy, sums: dict[str, FloatArray], wanted: Collection[str] = ALL_PARTS
+    policy: Policy, sums: dict[str, FloatArray], wanted: Collection[str] = FIGURE_PARTS
 ) -> dict[str, Part]:
-    """Aggregate-model releases of each trial in `sums` (rows), the parts `wanted`."""
+    """Aggregate-model releases of each trial in `sums` (rows): of the parts `wanted`,
+    those the policy's tasks release, each at its task's epsilon and sensitivity."""
     tasks = aggregation_tasks(policy)
     trials = len(sums["latency.events"])
+    # A counter's total task: the clamped count over all cells (counter_measurement's sum).
+    inputs = sums | {
+        f"{name}.clamped_total": sums[f"{name}.clamped"].sum(axis=1, keepdims=True)
+        for name in COUNTERS
+    }
     out: dict[str, Part] = {}
 
-    def add(part: str, clamped: FloatArray, task: AggregationTask, unit: float) -> None:
-        if part not in wanted:
-            return
+    def add(part: str, key: str, task_id: str, unit: float | None = None, summed: int = 1) -> bool:
+        """`part` from the input `inputs[key]` and the task `task_id`, if the policy has
+        it. unit: of one entry (default: the task's resolution); summed > 1: one entry
+        of the part is the sum of `summed` consecutive entries of the task's vector."""
+        task = tasks.get(task_id)
+        if part not in wanted or task is None:
+            return False
+        clamped = inputs[key]
+        if clamped.shape[1] * summed != task.length:
+            raise AssertionError(f"{task_id}: {task.length} entries, its input {clamped.shape}")
         scale = _task_scale(task.length, task.sensitivity, task.epsilon)
         noise = _aggregator_noise(task, scale, trials)
+        if summed > 1:
+            noise = noise.reshape(trials, -1, summed).sum(axis=2)
+        u = task.resolution if unit is None else unit
         dl = Mechanism.DISCRETE_LAPLACE
-        out[part] = Part((clamped + noise) * unit, clamped * unit, dl, scale, 2, unit)
+        out[part] = Part((clamped + noise) * u, clamped * u, dl, scale, 2 * summed, u)
+        return True
 
     for name, short in COUNTERS.items():
-        add(short, sums[f"{name}.clamped"], tasks[f"{name}/cells"], 1.0)
+        add(short, f"{name}.clamped", f"{name}/cells")
+        add(f"{short}.total", f"{name}.clamped_total", f"{name}/total")
     for prefix, name in HISTOGRAMS.items():
-        add(f"{prefix}.events", sums[f"{prefix}.agg_events"], tasks[f"{name}/counts"], 1.0)
-        task = tasks[f"{name}/sums"]
-        add(f"{prefix}.total", sums[f"{prefix}.agg_units"], task, task.resolution)
+        if not add(f"{prefix}.counts", f"{prefix}.agg_counts", f"{name}/counts"):
+            signal = policy.signals[name]
+            assert isinstance(signal, HistogramSignal)
+            buckets = len(signal.buckets) + 1
+            add(f"{prefix}.counts", f"{prefix}.agg_counts", f"{name}/buckets", 1.0, buckets)
+        add(f"{prefix}.sums", f"{prefix}.agg_units", f"{name}/sums")
+        add(f"{prefix}.total_events", f"{prefix}.agg_total_events", f"{name}/total_events")
+        add(f"{prefix}.total_sum", f"{prefix}.agg_total_units", f"{name}/total_sum")
     return out
 
 
@@ -187,29 +226,37 @@ def local_parts(
     sums: dict[str, FloatArray],
     devices: int,
     rng: np.random.Generator,
-    wanted: Collection[str] = ALL_PARTS,
+    wanted: Collection[str] = FIGURE_PARTS,
 ) -> dict[str, Part]:
     """Local-model releases of each trial in `sums` (rows): the fleet's sum of per-device
-    releases, the parts `wanted`."""
+    releases, of the parts `wanted` the per-cell ones (cells; counts and sums), as the
+    local policy releases no scalar total (`total_share` 0: a fleet total is its cells
+    added)."""
     scales = local_scales(local)
     dl, lap = Mechanism.DISCRETE_LAPLACE, Mechanism.LAPLACE
     out: dict[str, Part] = {}
     for name, short in COUNTERS.items():
+        counter = local.signals[name]
+        assert isinstance(counter, CounterSignal)
+        if counter.total_share:
+            raise AssertionError(f"{name}: a local total release is not modelled")
         if short not in wanted:
             continue
         clamped, t = sums[f"{name}.clamped"], scales[name]
         noise = _fleet_discrete_laplace(rng, devices, t, clamped.shape)
         out[short] = Part(clamped + noise, clamped, dl, t, devices)
     for prefix, name in HISTOGRAMS.items():
-        if f"{prefix}.events" not in wanted:
-            continue
         signal = local.signals[name]
         assert isinstance(signal, HistogramSignal)
-        draws = devices * (len(signal.buckets) + 1)  # a cell's count: the sum of its buckets
-        events, t = sums[f"{prefix}.local_events"], scales[f"{name}/counts"]
-        noise = _fleet_discrete_laplace(rng, draws, t, events.shape)
-        out[f"{prefix}.events"] = Part(events + noise, events, dl, t, draws)
-        total, b = sums[f"{prefix}.local_total"], scales[f"{name}/sums"]
-        noise = _fleet_laplace(rng, devices, b, total.shape)
-        out[f"{prefix}.total"] = Part(total + noise, total, lap, b, devices)
+        if signal.total_share:
+            raise AssertionError(f"{name}: a local total release is not modelled")
+        if f"{prefix}.counts" in wanted:
+            draws = devices * (len(signal.buckets) + 1)  # a cell's count: its buckets' sum
+            events, t = sums[f"{prefix}.local_counts"], scales[f"{name}/counts"]
+            noise = _fleet_discrete_laplace(rng, draws, t, events.shape)
+            out[f"{prefix}.counts"] = Part(events + noise, events, dl, t, draws)
+        if f"{prefix}.sums" in wanted:
+            total, b = sums[f"{prefix}.local_sums"], scales[f"{name}/sums"]
+            noise = _fleet_laplace(rng, devices, b, total.shape)
+            out[f"{prefix}.sums"] = Part(total + noise, total, lap, b, devices)
     return out

@@ -11,8 +11,8 @@ the share and the report's identity).
 The floor: what the ingest does for every envelope whatever it carries (see
 `ingest._verify`): open the sealed box and verify the Ed25519 signature, on a typical
 envelope, a simulated device's day under the default policy with the health and
-performance tiers consented (the nine reports below), built and sealed by the real
-client. Every figure is the median of `REPORTS` timed calls (time.perf_counter_ns)
+performance tiers consented (one report per task below: checked), built and sealed by
+the real client. Every figure is the median of `REPORTS` timed calls (time.perf_counter_ns)
 after `WARMUP` untimed ones, in the same run.
 """
 
@@ -36,7 +36,7 @@ from benchmarks._fleet import ERRORS, LATENCY, REQUESTS, TOKENS
 from client import MemoryTransport, Telemetry, TelemetryConfig
 from client._shares import ReportSharer, task_vdaf
 from policies import AggregationTask, Policy, aggregation_tasks, load_policy, task_context
-from schemas import AppInfo, BatchResult, EnvelopeBatch, SignedEnvelope, Tier
+from schemas import AppInfo, BatchResult, EnvelopeBatch, EnvelopeV1, SignedEnvelope, Tier
 
 REPORTS = 300
 WARMUP = 30
@@ -133,11 +133,16 @@ def _typical_envelope(policy: Policy, work: Path) -> tuple[str, PrivateKey]:
     return items[0], ingest_key
 
 
-def _floor(item: str, ingest_key: PrivateKey) -> tuple[dict[str, float], int, int]:
+def _floor(
+    item: str, ingest_key: PrivateKey, tasks: dict[str, AggregationTask]
+) -> tuple[dict[str, float], int, int]:
     """Median µs of the sealed-box open and the Ed25519 verify; sealed and payload bytes."""
     sealed = base64.b64decode(item)
     box = SealedBox(ingest_key)
     signed = SignedEnvelope.model_validate_json(box.decrypt(sealed))
+    reports = sorted(r.task for r in EnvelopeV1.model_validate_json(signed.payload).reports)
+    if reports != sorted(tasks):
+        raise AssertionError(f"the envelope's reports {reports} are not the policy's tasks")
     verify_key = VerifyKey(signed.public_key)
     steps: dict[str, list[int]] = {"open": [], "verify": []}
     for _ in range(WARMUP + REPORTS * 3):
@@ -152,7 +157,7 @@ def main() -> int:
     tasks = aggregation_tasks(policy)
     with tempfile.TemporaryDirectory() as tmp:
         item, ingest_key = _typical_envelope(policy, Path(tmp))
-    floor, sealed_bytes, payload_bytes = _floor(item, ingest_key)
+    floor, sealed_bytes, payload_bytes = _floor(item, ingest_key, tasks)
     per_envelope = floor["open"] + floor["verify"]
     helper_key = policy.aggregation.helper
     if helper_key is None:
@@ -160,22 +165,24 @@ def main() -> int:
     sharer = ReportSharer(policy.content_hash, helper_key.public_key_bytes)
     costs = {task_id: _task_costs(task, policy, sharer) for task_id, task in tasks.items()}
     print(
-        f"floor per envelope (a device's day, {sealed_bytes:,} bytes sealed, {payload_bytes:,} "
-        f"signed): sealed-box open {floor['open']:.1f} µs + Ed25519 verify "
+        f"floor per envelope (a device's day, {len(tasks)} reports, {sealed_bytes:,} bytes sealed, "
+        f"{payload_bytes:,} signed): sealed-box open {floor['open']:.1f} µs + Ed25519 verify "
         f"{floor['verify']:.1f} µs = {per_envelope:.1f} µs"
     )
     print(
         f"per report, median of {REPORTS} (µs; x = / the floor): shard on the client; "
         "leader verify_init; helper verify_init + message; verify_next"
     )
+    width = max(len(t) for t in tasks) + 1
     print(
-        f"{'task':<42}{'len':>4}{'bits':>5} |{'shard':>8}{'leader':>8}{'x':>6}{'helper':>8}"
+        f"{'task':<{width}}{'len':>4}{'bits':>5} |{'shard':>8}{'leader':>8}{'x':>6}{'helper':>8}"
         f"{'x':>6}{'next':>7}{'x':>6} |{'public':>7}{'leader':>8}{'sealed':>8}"
     )
     for task_id, c in costs.items():
         task = tasks[task_id]
         print(
-            f"{task_id:<42}{task.length:>4}{task.bits:>5} |{c['shard']:>8.1f}{c['leader']:>8.1f}"
+            f"{task_id:<{width}}{task.length:>4}{task.bits:>5} |"
+            f"{c['shard']:>8.1f}{c['leader']:>8.1f}"
             f"{c['leader'] / per_envelope:>6.2f}{c['helper']:>8.1f}"
             f"{c['helper'] / per_envelope:>6.2f}{c['next']:>7.1f}"
             f"{c['next'] / per_envelope:>6.2f} |{c['public']:>7,.0f}{c['leader share']:>8,.0f}"
@@ -183,7 +190,7 @@ def main() -> int:
         )
     total = {k: sum(c[k] for c in costs.values()) for k in next(iter(costs.values()))}
     print(
-        f"{f'all {len(costs)} tasks (one device-day)':<51} |{total['shard']:>8.1f}"
+        f"{f'all {len(costs)} tasks (one device-day)':<{width + 9}} |{total['shard']:>8.1f}"
         f"{total['leader']:>8.1f}{total['leader'] / per_envelope:>6.2f}{total['helper']:>8.1f}"
         f"{total['helper'] / per_envelope:>6.2f}{total['next']:>7.1f}"
         f"{total['next'] / per_envelope:>6.2f} |{total['public']:>7,.0f}"

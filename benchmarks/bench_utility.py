@@ -2,19 +2,23 @@
 
 Policy: the default (`policies/default.yaml`: one-day windows, 4 epsilon per device per
 day) against its local variant (`privacy_model: local` on every signal: the same bounds
-and epsilons). Every figure is printed again with every signal's epsilon scaled by 1/4
-(1 per device per day), without targets.
+and epsilons; the aggregate model's task parts and cell caps dropped, see
+`benchmarks._variants`). Every figure is printed again with every signal's epsilon (and
+its parts) scaled by 1/4 (1 per device per day), without targets.
 
 Data: the demo's simulated fleet drawn in bulk (`benchmarks._fleet`), `DAYS` one-day
 windows per fleet size, each device's day clamped as the client clamps it under each
-model.
+model: aggregate, a histogram's per-cell parts scaled down as a whole at the cell caps
+and its totals clamped at the totals' bounds; local, at the totals' bounds.
 
 Noise, per trial:
-- aggregate: the fleet sum of the clamped measurements plus two discrete Laplace draws
-  per vector entry (leader and helper) at the task's scale, from OpenDP with the
-  aggregators' construction (`make_laplace` on an i64 vector, the smallest scale whose
-  map at d_in = the task's sensitivity is at most its epsilon). That the fleet sum is
-  what Prio3 reveals is checked once, at 1,000 devices, through the binding.
+- aggregate: per task of the policy (`policies.aggregation_tasks`: its part's epsilon,
+  bits and resolution), the fleet sum of the clamped measurements plus two discrete
+  Laplace draws per vector entry (leader and helper) at the task's scale, from OpenDP
+  with the aggregators' construction (`make_laplace` on an i64 vector, the smallest scale
+  whose map at d_in = the task's sensitivity, 2 x its bound, is at most its epsilon).
+  That the fleet sum is what Prio3 reveals is checked once, at 1,000 devices, through
+  the binding, for every task.
 - local: the client's `release_counter` / `release_histogram` are the mechanism: each
   device adds discrete Laplace noise to every count (a histogram: every bucket) and
   Laplace noise to every cell's sum. An OpenDP draw costs 6 to 19 us, so the sum of a
@@ -23,15 +27,24 @@ Noise, per trial:
   Laplace, of two gammas) at the scales the client's functions report. Those functions
   are run on every device of a 1,000-device day: scales, noise variance and clamping.
 
-Figures: relative errors of a day's figure over the trials (a trial: a simulated day
-with one noise draw). Per model: `error`, RMS against the unclamped truth (clamping bias
-counts: the targets use it); `noise`, RMS of the noise alone (against the clamped input);
+Figures, as analytics reads them: a fleet total from the signal's total task (a
+counter's `total`, a histogram's `total_events` and `total_sum`: one entry, two draws)
+where the policy has one, else from its cells added (two draws per cell); a (model x
+route) cell's count from the requests counter's cells; a cell's mean latency from the
+duration's per-cell `sums` / `counts` (at the cell caps, which keep every cell's mean).
+Under the local model every figure adds cells (the local policy releases no total).
+Relative errors of a day's figure over the trials (a trial: a simulated day with one
+noise draw). Per model: `error`, RMS against the unclamped truth (clamping bias counts:
+the targets use it); `noise`, RMS of the noise alone (against the clamped input);
 `analytic`, the noise model's (delta method for means); `bias`, the mean clamping bias.
-`ratio`: local noise / aggregate noise, measured and analytic, near sqrt(devices/2)
-where both models add noise at the same scale per cell (counters, sums; a histogram's
-event count differs: local, 15 buckets per cell at 2/3 of the epsilon; aggregate, one
-count per cell at 1/3). Where a mean's count is about as noisy as it is large (local
-model), the ratio's errors are unbounded and the delta method does not hold.
+`ratio`: local noise / aggregate noise, measured and analytic. Near sqrt(devices/2)
+where both models add noise at the same scale per cell (a counter's cells, at the same
+epsilon); elsewhere the two release different things: a total task spends its own part
+of the epsilon on one entry at the totals' bound, the per-cell parts theirs at the cell
+caps, while a local histogram releases 15 buckets per cell at half its epsilon (its
+`sum_share`) and its sums at the other half, at the totals' bounds. Where a mean's
+count is about as noisy as it is large (local model), the ratio's errors are unbounded
+and the delta method does not hold.
 
 Canary: is the canary (@1.1) slower than the stable model on the local route? A
 one-sided test at ALPHA on the difference of the two cells' means (in Fieller's form,
@@ -49,30 +62,18 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from benchmarks._canary import canary_test, clopper_pearson
 from benchmarks._client_check import check_clients
-from benchmarks._fleet import (
-    ERRORS,
-    EXCEPTIONS,
-    MODELS,
-    REQUESTS,
-    Layout,
-    simulate_days,
-)
-from benchmarks._releases import (
-    CANARY_PARTS,
-    COUNTERS,
-    HISTOGRAMS,
-    Part,
-    aggregate_parts,
-    local_parts,
-)
+from benchmarks._day_sums import simulate_days
+from benchmarks._figures import MEAN_MIN_SHARE, error, figures, series
+from benchmarks._fleet import LATENCY, TOKENS, Layout
+from benchmarks._releases import CANARY_PARTS, HISTOGRAMS, Part, aggregate_parts, local_parts
 from benchmarks._types import FloatArray
-from policies import Policy, PrivacyModel, load_policy
+from benchmarks._variants import local_variant, scaled
+from policies import AggregationTask, HistogramSignal, Policy, aggregation_tasks, load_policy
 
 DAYS = {1_000: 400, 10_000: 300, 100_000: 16}
 TARGET_DEVICES = 10_000
@@ -81,7 +82,7 @@ EPSILON_SCALES = (1.0, 0.25)  # 4, then 1 epsilon per device per day
 SEED = 2026
 CHECK_DEVICES = 1_000
 # Targets: at TARGET_DEVICES, default policy, aggregate model.
-TOTAL_TARGET, COUNT_TARGET, MEAN_TARGET, MEAN_MIN_SHARE = 0.02, 0.10, 0.10, 0.10
+# (TOTAL_TARGET, COUNT_TARGET, MEAN_TARGET, MEAN_MIN_SHARE: in `benchmarks._figures`.)
 DETECT_TARGET, ALARM_TARGET = 0.95, 0.01
 # The test's false-alarm rate by design: half the target, so that the rate measured over
 # the canary trials meets the target unless the noise model is wrong.
@@ -98,101 +99,6 @@ LINEAR_MAX_NOISE = 0.2
 _JOB_DEVICE_DAYS = 800_000
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    """A figure an analyst reads off a day's release, and its target (None: none)."""
-
-    name: str
-    part: str  # a counter's short name, or `latency` / `tokens` (+ `.events`, `.total`)
-    cells: tuple[int, ...]
-    mean: bool = False  # the part's total / events in one cell
-    target: float | None = None
-    share: float = 1.0  # of the day's events (mean figures)
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    """Relative errors of a day's figure over the trials (RMS; bias: mean)."""
-
-    rms: float  # against the unclamped truth
-    se: float  # Monte Carlo standard error of `rms`
-    noise: float  # against the clamped input: the noise's part alone
-    analytic: float  # the noise model's
-    bias: float  # clamping's
-
-
-def _figures(layout: Layout, sums: dict[str, FloatArray]) -> list[Figure]:
-    """Each signal's day total, and per (model x route) cell its count (from the requests
-    counter) and its mean latency (a target where the cell holds MEAN_MIN_SHARE of the
-    events in `sums`)."""
-    n_cells = {
-        "requests": len(sums[f"{REQUESTS}.truth"][0]),
-        "errors": len(sums[f"{ERRORS}.truth"][0]),
-        "exceptions": len(sums[f"{EXCEPTIONS}.truth"][0]),
-        "latency": len(sums["latency.events"][0]),
-        "tokens": len(sums["tokens.events"][0]),
-    }
-
-    def every(part: str) -> tuple[int, ...]:
-        return tuple(range(n_cells[part.split(".")[0]]))
-
-    out = [
-        Figure(f"total {name}", short, every(short), target=TOTAL_TARGET)
-        for name, short in COUNTERS.items()
-    ]
-    for prefix, label in (("latency", "duration"), ("tokens", "token.usage")):
-        unit = "seconds" if prefix == "latency" else "tokens"
-        out += [
-            Figure(f"total {label} events", f"{prefix}.events", every(prefix), target=TOTAL_TARGET),
-            Figure(f"total {label} {unit}", f"{prefix}.total", every(prefix), target=TOTAL_TARGET),
-        ]
-    events = sums["latency.events"]
-    share = events.sum(axis=0) / events.sum()
-    for r, route in enumerate(("local", "edge", "cloud")):
-        for m, model in enumerate(MODELS):
-            cell, at = int(layout.request_cell[r, m]), int(layout.latency_cell[r, m])
-            label = f"{model.split('@')[1]} {route}"
-            out.append(Figure(f"count {label}", "requests", (cell,), target=COUNT_TARGET))
-            target = MEAN_TARGET if share[at] >= MEAN_MIN_SHARE else None
-            out.append(
-                Figure(f"mean latency {label}", "latency", (at,), True, target, float(share[at]))
-            )
-    return out
-
-
-def _series(
-    figure: Figure, parts: dict[str, Part], sums: dict[str, FloatArray]
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """(estimate, clamped input, unclamped truth, noise variance) per trial."""
-    cells = list(figure.cells)
-    if figure.mean:
-        s, c = parts[f"{figure.part}.total"], parts[f"{figure.part}.events"]
-        truth = (
-            sums[f"{figure.part}.total"][:, cells[0]] / sums[f"{figure.part}.events"][:, cells[0]]
-        )
-        s_in, c_in = s.clamped[:, cells[0]], c.clamped[:, cells[0]]
-        variance = (s.variance + (s_in / c_in) ** 2 * c.variance) / c_in**2
-        return s.values[:, cells[0]] / c.values[:, cells[0]], s_in / c_in, truth, variance
-    part = parts[figure.part]
-    key = {v: f"{k}.truth" for k, v in COUNTERS.items()}.get(figure.part, figure.part)
-    truth = sums[key][:, cells].sum(axis=1)
-    variance = np.full(len(truth), len(cells) * part.variance)
-    return part.values[:, cells].sum(axis=1), part.clamped[:, cells].sum(axis=1), truth, variance
-
-
-def _error(est: FloatArray, clamped: FloatArray, truth: FloatArray, var: FloatArray) -> Error:
-    squares = ((est - truth) / truth) ** 2
-    rms = math.sqrt(float(squares.mean()))
-    se = math.sqrt(float(squares.var()) / len(squares)) / (2 * rms) if rms > 0 else 0.0
-    return Error(
-        rms=rms,
-        se=se,
-        noise=math.sqrt(float((((est - clamped) / truth) ** 2).mean())),
-        analytic=math.sqrt(float((var / truth**2).mean())),
-        bias=float(((clamped - truth) / truth).mean()),
-    )
-
-
 def _submit(pool: ProcessPoolExecutor) -> dict[int, list[Future[dict[str, FloatArray]]]]:
     jobs: dict[int, list[Future[dict[str, FloatArray]]]] = {}
     for devices, days in sorted(DAYS.items(), key=lambda kv: -kv[0] * kv[1]):
@@ -207,17 +113,6 @@ def _submit(pool: ProcessPoolExecutor) -> dict[int, list[Future[dict[str, FloatA
 def _gather(futures: list[Future[dict[str, FloatArray]]]) -> dict[str, FloatArray]:
     parts = [f.result() for f in futures]
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _variant(policy: Policy, factor: float, model: PrivacyModel | None) -> Policy:
-    """`policy` with every signal's epsilon times `factor` and, if given, `model`."""
-    signals = {}
-    for name, signal in policy.signals.items():
-        update: dict[str, object] = {"epsilon": signal.epsilon * factor}
-        if model is not None:
-            update["privacy_model"] = model
-        signals[name] = signal.model_dump() | update
-    return Policy.model_validate(policy.model_dump() | {"signals": signals})
 
 
 def _pct(x: float) -> str:
@@ -254,8 +149,8 @@ class _Level:
     day with one noise draw), for the figures and for the canary test."""
 
     def __init__(self, policy: Policy, factor: float, results: dict[int, dict[str, FloatArray]]):
-        self.aggregate = _variant(policy, factor, None)
-        self.local = _variant(policy, factor, "local")
+        self.aggregate = scaled(policy, factor)
+        self.local = local_variant(self.aggregate)
         rng = np.random.default_rng((SEED, round(factor * 1000)))
         self.sums: dict[int, dict[str, FloatArray]] = {}
         self.parts: dict[int, tuple[dict[str, Part], dict[str, Part]]] = {}
@@ -277,10 +172,19 @@ class _Level:
 def _print_level(level: _Level, layout: Layout, judged: bool) -> list[tuple[str, bool]]:
     """Print one epsilon level's tables; return its (target, met) at TARGET_DEVICES."""
     verdicts: list[tuple[str, bool]] = []
+    every = figures(layout, level.sums[TARGET_DEVICES])
+    released = level.parts[TARGET_DEVICES][0]
+    totals = [f for f in every if f.name.startswith("total ")]
+    tasks = [f.name[6:] for f in totals if f.total in released]
+    cells = [f.name[6:] for f in totals if f.total not in released]
+    print(
+        f"aggregate fleet totals from the total tasks: {', '.join(tasks) or 'none'}; from the "
+        f"cells added: {', '.join(cells) or 'none'} (local: every total from the cells added)"
+    )
     print(_HEADER)
-    for figure in _figures(layout, level.sums[TARGET_DEVICES]):
+    for figure in every:
         for devices, sums in level.sums.items():
-            agg, loc = (_error(*_series(figure, p, sums)) for p in level.parts[devices])
+            agg, loc = (error(*series(figure, p, sums)) for p in level.parts[devices])
             first = devices == min(level.sums)
             label = figure.name if first else ""
             if figure.mean and first:
@@ -327,21 +231,50 @@ def _print_level(level: _Level, layout: Layout, judged: bool) -> list[tuple[str,
     return verdicts
 
 
-def _print_fleets(results: dict[int, dict[str, FloatArray]]) -> None:
+def _print_fleets(policy: Policy, results: dict[int, dict[str, FloatArray]]) -> None:
     print(
         "simulated fleet: the demo's (analytics._simulation) in the policy's one-day windows "
         "(its six-hour rates x 4); a trial: a simulated day with one noise draw"
     )
+    bounds = []
+    for h, name in (("duration", LATENCY), ("tokens", TOKENS)):
+        signal = policy.signals[name]
+        assert isinstance(signal, HistogramSignal)
+        bounds.append(
+            f"{h}: cell caps {signal.cell_events_cap} events / {signal.cell_sum_cap:g} "
+            f"{signal.unit}, totals' bounds {signal.max_events_per_window} events / "
+            f"{signal.sum_cap:g} {signal.unit}"
+        )
+    print(f"device-days clamped (over a bound's events or sum; {'; '.join(bounds)}):")
     for devices, sums in results.items():
-        clamped = {p: float(sums[f"{p}.clamped_devices"].mean()) / devices for p in HISTOGRAMS}
+        clamped = {h: sums[f"{h}.clamped_devices"].mean(axis=0) / devices for h in HISTOGRAMS}
         requests = float(sums["latency.events"].sum(axis=1).mean()) / devices
         figure_draws, canary_draws = DRAWS[devices]
         print(
             f"  {devices:>7,} devices x {DAYS[devices]} days ({figure_draws} and {canary_draws} "
             f"noise draws a day: figures, canary): {requests:.1f} requests per device-day; "
-            f"device-days clamped (over 127 events or the sum cap): duration "
-            f"{clamped['latency']:.1%}, tokens {clamped['tokens']:.1%}"
+            + ", ".join(
+                f"{h} {clamped[p][0]:.1%} at the cell caps, {clamped[p][1]:.3%} at the totals'"
+                for h, p in (("duration", "latency"), ("tokens", "tokens"))
+            )
         )
+
+
+def _bound(task: AggregationTask) -> str:
+    if task.part in ("sums", "total_sum"):
+        return f"{task.bound * task.resolution:.6g} {task.unit}"
+    return f"{task.bound}"
+
+
+def _print_tasks(policy: Policy) -> None:
+    """The aggregate model's tasks: each part's epsilon and bound (sensitivity 2 x bound)."""
+    by_signal: dict[str, list[AggregationTask]] = {}
+    for task in aggregation_tasks(policy).values():
+        by_signal.setdefault(task.signal, []).append(task)
+    print("aggregate tasks: part epsilon <= bound (noise: two draws per entry at 2 x bound)")
+    for signal, tasks in by_signal.items():
+        parts = ", ".join(f"{t.part} {t.epsilon:.4g} <= {_bound(t)}" for t in tasks)
+        print(f"  {signal}: {parts}")
 
 
 def main() -> int:
@@ -353,11 +286,11 @@ def main() -> int:
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = _submit(pool)  # the checks run while two workers simulate
         check_lines, problems = check_clients(
-            policy, _variant(policy, 1.0, "local"), layout, CHECK_DEVICES, SEED
+            policy, local_variant(policy), layout, CHECK_DEVICES, SEED
         )
         results = {devices: _gather(jobs[devices]) for devices in sorted(DAYS)}
     simulated = time.monotonic() - started
-    _print_fleets(results)
+    _print_fleets(policy, results)
     for line in check_lines:
         print(line)
     for problem in problems:
@@ -376,6 +309,7 @@ def main() -> int:
             f"\n== epsilon {level.aggregate.planned_daily_epsilon:g} per device per day"
             + ("" if judged else " (every signal's epsilon x 1/4; no targets)")
         )
+        _print_tasks(level.aggregate)
         verdicts += _print_level(level, layout, judged)
     print(
         f"\ntargets at {TARGET_DEVICES:,} devices, {planned:g} epsilon per device-day, aggregate:"
