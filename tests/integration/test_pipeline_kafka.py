@@ -21,6 +21,7 @@ from analytics._demo import coverage
 from analytics._pipeline import REGION, FleetRun, run_fleet
 from analytics._simulation import FleetSpec
 from ingest import DuckDBSink, KafkaSinkConsumer
+from policies import aggregation_tasks, load_policy
 from schemas import IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
 
@@ -38,6 +39,7 @@ def fleet_run(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactor
 
 
 DEVICES = 120
+TASKS = len(aggregation_tasks(load_policy()))
 
 
 def _counts(db: Path) -> tuple[int, ...]:
@@ -58,9 +60,9 @@ def test_every_sent_envelope_is_stored_once(fleet_run: FleetRun) -> None:
     assert not fleet_run.dropped
     stats = fleet_run.aggregation
     assert stats is not None
-    assert stats.reports_aggregated == DEVICES * 2 * 9  # nine tasks a day
+    assert stats.reports_aggregated == DEVICES * 2 * TASKS  # one report per task a day
     assert not stats.reports_rejected
-    assert stats.batches_collected == 2 * 9
+    assert stats.batches_collected == 2 * TASKS
 
 
 def test_intervals_cover_the_truth_at_their_stated_rate(fleet_run: FleetRun) -> None:
@@ -172,7 +174,7 @@ def test_no_plaintext_measurement_in_kafka_or_the_warehouse(
         env = item.envelope
         # No aggregate-model signal travels as a released value.
         assert not {a.signal for a in env.aggregates} & aggregate_signals
-        assert len(env.reports) == 9
+        assert len(env.reports) == TASKS
         for report in env.reports:
             assert _zero_byte_share(report.leader_share) < 0.05, report.task
     conn = duckdb.connect(str(fleet_run.db), read_only=True)
@@ -180,7 +182,7 @@ def test_no_plaintext_measurement_in_kafka_or_the_warehouse(
         rows = conn.execute("SELECT task, leader_share, helper_share FROM prio_reports").fetchall()
     finally:
         conn.close()
-    assert len(rows) == DEVICES * 2 * 9
+    assert len(rows) == DEVICES * 2 * TASKS
     for task, leader, helper in rows:
         assert _zero_byte_share(bytes(leader)) < 0.05, task
         assert _zero_byte_share(bytes(helper)) < 0.05, task  # sealed: random too
