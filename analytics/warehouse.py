@@ -621,38 +621,54 @@ def retention_cutoff(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
 
+# What retention covers: (table, its time column). A fleet aggregate is kept as long
+# as its tier's data; a Prio3 report (shares only) no longer than that either, and in
+# practice far shorter (it is useless once its batch is collected).
+_RETAINED = (
+    ("released_values", "window_end"),
+    ("fleet_aggregates", "window_end"),
+    ("prio_reports", "batch_start"),
+)
+
+
+def _past_retention(
+    conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime, verb: str
+) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tier, keep in days.items():
+        cutoff = retention_cutoff(keep, now)
+        total = 0
+        for table, column in _RETAINED:
+            row = conn.execute(
+                f"{verb} FROM {table} WHERE tier = ? AND {column} < ?",
+                [Tier(tier).value, cutoff],
+            ).fetchone()
+            total += int(row[0]) if row else 0
+        out[Tier(tier).value] = total
+    return out
+
+
 def count_past_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
 ) -> dict[str, int]:
     """Rows per tier that `enforce_retention(conn, days, now)` would delete (a dry run)."""
-    counted: dict[str, int] = {}
-    for tier, keep in days.items():
-        row = conn.execute(
-            "SELECT count(*) FROM released_values WHERE tier = ? AND window_end < ?",
-            [Tier(tier).value, retention_cutoff(keep, now)],
-        ).fetchone()
-        counted[Tier(tier).value] = int(row[0]) if row else 0
-    return counted
+    return _past_retention(conn, days, now, "SELECT count(*)")
 
 
 def enforce_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
 ) -> dict[str, int]:
-    """Delete released values whose window ended more than their tier's days before `now`.
+    """Delete each tier's data past its retention: released values and fleet aggregates
+    whose window ended, and Prio3 reports whose batch started, more than the tier's days
+    before `now`.
 
     `days` is the policy's `retention.days`; returns rows deleted per tier, in one
     transaction. The sink never calls this (a consumer that deletes would make a replay
     or a clock error destroy data): operators run `quietwire retention` daily.
     """
-    deleted: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
     try:
-        for tier, keep in days.items():
-            row = conn.execute(
-                "DELETE FROM released_values WHERE tier = ? AND window_end < ?",
-                [Tier(tier).value, retention_cutoff(keep, now)],
-            ).fetchone()
-            deleted[Tier(tier).value] = int(row[0]) if row else 0
+        deleted = _past_retention(conn, days, now, "DELETE")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

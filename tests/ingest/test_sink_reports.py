@@ -132,3 +132,24 @@ def test_a_deletion_request_removes_pending_reports_and_refuses_late_ones(
     sink.write([late])
     assert _statuses(sink) == []
     assert _refusals(sink) == ["deleted_by_request"]
+
+
+def test_retention_removes_reports_and_fleet_aggregates_of_a_tier(sink: DuckDBSink) -> None:
+    from analytics.warehouse import count_past_retention, enforce_retention
+
+    sink.write([_ingested(Device(), _report())])
+    conn = sink.connection
+    conn.execute(
+        "INSERT INTO fleet_aggregates VALUES ('b', 0, ?, 'h', 'eu', ?, ?, 'inference.errors', "
+        "'health', '1', 'counter', '{}', NULL, NULL, 3.0, 120, 'discrete_laplace', 60.0, 2, "
+        "1.0, 0.2, 0.0, 15.0, ?)",
+        [TASK.id, DAY, DAY + timedelta(days=1), DAY + timedelta(days=1)],
+    )
+    days = {Tier.HEALTH: 30, Tier.PERFORMANCE: 30, Tier.CONTENT: 7}
+    # A day after the window: nothing is past 30 days.
+    assert count_past_retention(conn, days, DAY + timedelta(days=2))["health"] == 0
+    later = DAY + timedelta(days=40)
+    assert count_past_retention(conn, days, later)["health"] == 2  # one report, one figure
+    assert enforce_retention(conn, days, later)["health"] == 2
+    assert conn.execute("SELECT count(*) FROM prio_reports").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM fleet_aggregates").fetchone() == (0,)
