@@ -21,7 +21,12 @@ from rich.table import Table
 from analytics._cli_support import fail
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
-from analytics.warehouse import count_past_retention, enforce_retention, retention_cutoff
+from analytics.warehouse import (
+    count_past_retention,
+    enforce_retention,
+    retention_cutoff,
+    rows_by_tier,
+)
 from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from schemas import Tier
 
@@ -58,8 +63,7 @@ def _utc_text(at: datetime) -> str:
 
 
 def _kept(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    rows = conn.execute("SELECT tier, count(*) FROM released_values GROUP BY tier").fetchall()
-    return {str(tier): int(n) for tier, n in rows}
+    return rows_by_tier(conn)
 
 
 def retention(

@@ -45,6 +45,7 @@ __all__ = [
     "count_past_retention",
     "enforce_retention",
     "retention_cutoff",
+    "rows_by_tier",
     "stored_offsets",
     "write_envelopes",
 ]
@@ -645,6 +646,15 @@ def _past_retention(
             ).fetchone()
             total += int(row[0]) if row else 0
         out[Tier(tier).value] = total
+    return out
+
+
+def rows_by_tier(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows per tier of everything retention covers (values, aggregates, reports)."""
+    out: dict[str, int] = {}
+    for table, _ in _RETAINED:
+        for tier, n in conn.execute(f"SELECT tier, count(*) FROM {table} GROUP BY tier").fetchall():
+            out[str(tier)] = out.get(str(tier), 0) + int(n)
     return out
 
 
