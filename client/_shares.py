@@ -159,7 +159,19 @@ class ReportSharer:
         vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
         report_id = secrets.token_bytes(REPORT_ID_BYTES)
         ctx = task_context(self._policy_hash, task.id)
-        public, leader, helper = vdaf.shard(ctx, list(measurement), report_id)
+        shares = vdaf.shard(ctx, list(measurement), report_id)
+        return self.wrap(task, report_id, shares, batch_start)
+
+    def wrap(
+        self,
+        task: AggregationTask,
+        report_id: bytes,
+        shares: tuple[bytes, bytes, bytes],
+        batch_start: datetime,
+    ) -> PrioReport:
+        """The report of sharded (public, leader, helper) shares: the helper's share
+        sealed to the helper with the report's identity."""
+        public, leader, helper = shares
         sealed = self._box.encrypt(
             HelperShareV1(
                 policy_hash=self._policy_hash,

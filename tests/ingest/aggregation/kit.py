@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.public import PrivateKey
 
 from client._shares import ReportSharer, task_vdaf
 from ingest import DuckDBSink
@@ -23,7 +23,6 @@ from schemas import (
     REPORT_ID_BYTES,
     AppInfo,
     EnvelopeV1,
-    HelperShareV1,
     IngestedEnvelope,
     PrioReport,
 )
@@ -79,26 +78,9 @@ def forged_report(
     report_id = uuid.uuid4().bytes[:REPORT_ID_BYTES]
     vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
     ctx = task_context(policy.content_hash, task.id)
-    public, leader, helper = vdaf.shard_unchecked_for_tests(ctx, list(encoded), report_id)
-    sealed = SealedBox(PublicKey(bytes(helper_key.public_key))).encrypt(
-        HelperShareV1(
-            policy_hash=policy.content_hash,
-            task=task.id,
-            report_id=report_id,
-            window_start=BATCH,
-            share=helper,
-        )
-        .model_dump_json()
-        .encode()
-    )
-    return PrioReport(
-        task=task.id,
-        tier=task.tier,
-        report_id=report_id,
-        public_share=public,
-        leader_share=leader,
-        helper_share=bytes(sealed),
-    )
+    shares = vdaf.shard_unchecked_for_tests(ctx, list(encoded), report_id)
+    sharer = ReportSharer(policy.content_hash, bytes(helper_key.public_key))
+    return sharer.wrap(task, report_id, shares, BATCH)
 
 
 def small_policy(helper_key: PrivateKey, *, min_batch_size: int = 4) -> Policy:
