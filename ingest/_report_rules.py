@@ -99,8 +99,14 @@ class ReportRules:
                 "reports need its policy file",
             )
         window = self._window[env.policy_hash]
-        batch = report_batch_start(env.window_start, window)
-        if env.window_end > batch + timedelta(seconds=window):
+        try:
+            batch = report_batch_start(env.window_start, window)
+            batch_end = batch + timedelta(seconds=window)
+        except OverflowError:
+            return ReportProblem(
+                RejectReason.REPORT_INVALID, "the window is at the edge of the calendar"
+            )
+        if env.window_end > batch_end:
             return ReportProblem(
                 RejectReason.REPORT_INVALID,
                 f"the window [{env.window_start.isoformat()}, {env.window_end.isoformat()}) "

@@ -223,7 +223,11 @@ class EnvelopeVerifier:
             )
         if (missing := consent_problem(env)) is not None:
             return Rejected(RejectReason.CONSENT_MISSING, missing, env.envelope_id, env.device_id)
-        if (skew := self._clock_problem(env, received_at)) is not None:
+        try:
+            skew = self._clock_problem(env, received_at)
+        except OverflowError:  # a time at the very edge of the calendar (year 1 or 9999)
+            skew = "window or send time at the edge of the calendar"
+        if skew is not None:
             return Rejected(RejectReason.CLOCK_SKEW, skew, env.envelope_id, env.device_id)
         if env.region != self._region:
             return Rejected(

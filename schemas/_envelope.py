@@ -41,7 +41,9 @@ class EnvelopeV1(BaseModel):
     schema_version: Literal[1] = 1
     envelope_id: UUID
     device_id: _ID
-    sequence: int = Field(ge=0, description="per-device counter, strictly increasing")
+    # Bounds the warehouse can store (BIGINT, INTEGER): a value past them would be
+    # acknowledged and then refused by the sink, stalling everyone's batch behind it.
+    sequence: int = Field(ge=0, le=2**63 - 1, description="per-device counter, strictly increasing")
     sent_at: AwareDatetime
     window_start: AwareDatetime
     window_end: AwareDatetime
@@ -64,7 +66,7 @@ class EnvelopeV1(BaseModel):
         description="tiers whose consent was granted at release; the ingest refuses "
         "aggregates of any other tier",
     )
-    suppressed: dict[_SIGNAL, Annotated[int, Field(ge=1)]] = Field(
+    suppressed: dict[_SIGNAL, Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
         default_factory=dict,
         max_length=256,
         description="releases of this window withheld by the privacy ledger's caps, by signal",

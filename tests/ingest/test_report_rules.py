@@ -165,3 +165,51 @@ def test_report_model_round_trips_bytes_as_base64() -> None:
     report = PrioReport.model_validate(data)
     assert len(report.report_id) == 16
     assert PrioReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_a_window_at_the_edge_of_the_calendar_is_refused_not_a_crash(
+    key: PrivateKey,
+) -> None:
+    # A seven-hour policy window: the aligned batch of year 1 starts before year 1.
+    odd = POLICY.model_copy(update={"window_seconds": 7 * 3600})
+    verifier = EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[odd.content_hash],
+        report_rules=ReportRules([odd]),
+    )
+    start = datetime(1, 1, 1, tzinfo=UTC)
+    env = _envelope(
+        Device(),
+        [_report()],
+        policy_hash=odd.content_hash,
+        window_start=start.isoformat(),
+        window_end=(start + timedelta(hours=1)).isoformat(),
+        sent_at=(start + timedelta(hours=1)).isoformat(),
+    )
+    verdict = _verify(verifier, key, env)
+    assert _reason(verdict) is RejectReason.REPORT_INVALID
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("sequence", 2**63), ("suppressed", {"inference.errors": 2**31})]
+)
+def test_integers_the_warehouse_cannot_store_are_a_schema_error(
+    verifier: EnvelopeVerifier, key: PrivateKey, field: str, value: object
+) -> None:
+    env = _envelope(Device(), [_report()], **{field: value})
+    assert _reason(_verify(verifier, key, env)) is RejectReason.SCHEMA_INVALID
+
+
+def test_a_send_time_in_the_first_minutes_of_year_one_is_refused_not_a_crash(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    start = datetime(1, 1, 1, tzinfo=UTC)
+    env = _envelope(
+        Device(),
+        [],
+        window_start=start.isoformat(),
+        window_end=(start + timedelta(minutes=1)).isoformat(),
+        sent_at=(start + timedelta(minutes=2)).isoformat(),
+    )
+    assert _reason(_verify(verifier, key, env)) is RejectReason.CLOCK_SKEW
