@@ -50,9 +50,9 @@ def fleet_truth(run: FleetRun) -> FleetTruth:
 def fleet_truth_of(truth: Mapping[TruthKey, float]) -> FleetTruth:
     """The fleet totals and means behind `truth` (keyed as `FleetRun.truth`).
 
-    Under the local model a signal's total is its scalar `total` (and `total_sum`);
-    under the aggregate model, which releases none, its cells added: counter cells, or
-    a histogram's per-cell `count` and `sum`. The report's fleet rows follow the same
+    A signal's total is its scalar `total` (and `total_sum`), under either model; under
+    the aggregate model a signal without total tasks has its cells added: counter cells,
+    or a histogram's per-cell `count` and `sum`. The report's fleet rows follow the same
     rule, so each truth here is the quantity its interval is for.
     """
     scalar: dict[tuple[str, str, datetime], float] = {}

@@ -67,8 +67,9 @@ def _fleet_html(report: FleetReport) -> list[str]:
     out = ["<h2>Fleet totals per window</h2>"]
     out.append(
         "<p class='note'>Each signal over all its cells. Local model: from each device's one "
-        "noisy total per window. Aggregate model: the cells' secure aggregates added (two "
-        "central noise draws per cell, however large the fleet).</p>"
+        "noisy total per window. Aggregate model: the secure aggregate of the signal's "
+        "total task (two central noise draws, however large the fleet), or its cells' "
+        "added where it has none.</p>"
     )
     rows = [
         [

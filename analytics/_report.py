@@ -216,9 +216,10 @@ def _fleet(
     since: datetime | None,
     until: datetime | None,
 ) -> pl.DataFrame:
-    """Fleet totals per window: from each signal's scalar totals under the local model
-    (one noise draw per device instead of one per cell), from its cells added under the
-    aggregate model (two central draws per cell, whatever the fleet's size)."""
+    """Fleet totals per window: from each signal's scalar totals (under the local model
+    one noise draw per device instead of one per cell; under the aggregate model its total
+    tasks, two central draws whatever the fleet's size), from its cells added under the
+    aggregate model where it has no total task."""
     has_total = (pl.col("kind") == "total") | (
         (pl.col("privacy_model") == "aggregate") & pl.col("kind").is_in(["counter", "count"])
     )

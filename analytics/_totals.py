@@ -325,8 +325,9 @@ def grand_totals(
     Under the local model, from its scalar `total` releases: each device releases one
     noisy total per window at scale bound/epsilon_total, one draw per device instead of
     one per cell (devices whose policy releases no total are not counted). Under the
-    aggregate model, which releases no separate total, its cells added: a counter's
-    cells, a histogram's per-cell counts (two central draws per cell).
+    aggregate model, its `total` / `total_events` task (two central draws); for a signal
+    without one, its cells added: a counter's cells, a histogram's per-cell counts (two
+    central draws per cell).
     """
     level = check_level(level)
     keys = WINDOW_KEYS if per_window else [("r.signal", "signal")]
