@@ -78,6 +78,14 @@ class CounterTable:
         """Every cell's value (zeros for cells never used), resetting them."""
         return [0 if c is None else c.take() for c in self._cells]
 
+    def add(self, values: list[int]) -> None:
+        """Add `values` (one per cell) into the cells: carried over from a restart."""
+        for index, value in enumerate(values):
+            if value:
+                cell = self.cell(index)
+                with cell.lock:
+                    cell.value += value
+
     def reset_locks_after_fork(self) -> None:
         """Fresh locks in a forked child: a thread of the parent may have held one."""
         self._lock = threading.Lock()
@@ -113,6 +121,15 @@ class HistogramTable:
                 if cell is None:
                     cell = self._cells[index] = HistogramCell(self._n_buckets)
         return cell
+
+    def add(self, snapshots: list[HistogramSnapshot]) -> None:
+        """Add `snapshots` (one per cell) into the cells: carried over from a restart."""
+        for index, snap in enumerate(snapshots):
+            if any(snap.counts):
+                cell = self.cell(index)
+                with cell.lock:
+                    cell.counts = [a + b for a, b in zip(cell.counts, snap.counts, strict=True)]
+                    cell.total += snap.total
 
     def take(self) -> list[HistogramSnapshot]:
         """Every cell's content (empty for cells never used), resetting them."""

@@ -33,10 +33,13 @@ class DropReason(StrEnum):
     TIER_REQUIRES_TPM = "tier_requires_tpm"
     """A release of a tier the attestation policy refuses from software keys, withheld
     (never charged) because the device signs with a software key."""
+    CARRIED_DISCARDED = "carried_discarded"
+    """Cells carried from the last run's open window that no longer fit: the policy
+    changed in between, or a signal's shape did."""
     BATCH_ALREADY_REPORTED = "batch_already_reported"
-    """An aggregate-model signal's window continuing a batch (the policy's aligned
-    window) this device already reported, after a restart: one contribution per batch,
-    so it is not sent (never charged)."""
+    """An aggregate-model signal's window of a batch (the policy's aligned window) this
+    device already sent reports for: one contribution per batch, so it is not sent
+    (never charged)."""
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

@@ -92,8 +92,14 @@ class DeviceState:
         raw = self._read().get("last_window_end")
         return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
-    def next_sequence(self, window_end: datetime) -> int:
-        """Hand out the next sequence number and record `window_end` as released.
+    def reported_batch(self) -> datetime | None:
+        """Start of the last batch this device sent Prio3 reports for, if any."""
+        raw = self._read().get("reported_batch")
+        return datetime.fromisoformat(raw) if isinstance(raw, str) else None
+
+    def next_sequence(self, window_end: datetime, reported_batch: datetime | None = None) -> int:
+        """Hand out the next sequence number and record `window_end` as released (and
+        `reported_batch`, when the envelope carries Prio3 reports of that batch).
 
         Persisted (fsync, atomic rename) before it is returned: a crash may skip a
         number, never repeat one.
@@ -109,7 +115,18 @@ class DeviceState:
                 if isinstance(previous, str):
                     # Never move the release horizon backwards.
                     end = max(end, datetime.fromisoformat(previous))
-                self._write({"sequence": seq, "last_window_end": end.isoformat()})
+                update: dict[str, object] = {
+                    **state,
+                    "sequence": seq,
+                    "last_window_end": end.isoformat(),
+                }
+                if reported_batch is not None:
+                    old = state.get("reported_batch")
+                    batch = reported_batch.astimezone(UTC)
+                    if isinstance(old, str):
+                        batch = max(batch, datetime.fromisoformat(old))
+                    update["reported_batch"] = batch.isoformat()
+                self._write(update)
                 return seq
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -247,6 +247,25 @@ class Spool:
         """A fresh lock in a forked child."""
         self._lock = threading.Lock()
 
+    # -- the carried open window (client._carry) ---------------------------------------
+
+    CARRIED_FILE = "open_window.sealed"
+
+    def put_carried(self, plain: bytes) -> None:
+        """Store the open window's carried cells, encrypted like the envelopes."""
+        self._write(self._dir / self.CARRIED_FILE, plain)
+
+    def take_carried(self) -> bytes | None:
+        """The carried cells stored by the last run (then removed), or None."""
+        path = self._dir / self.CARRIED_FILE
+        if not path.exists():
+            return None
+        plain = self._read(path)
+        path.unlink(missing_ok=True)
+        if plain is None:
+            self._drops.add(DropReason.SPOOL_CORRUPT)
+        return plain
+
     # -- storage -----------------------------------------------------------------------
 
     def _envelope_path(self, envelope: EnvelopeV1) -> Path:

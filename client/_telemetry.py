@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
+from client._carry import CarriedWindow, decode_carried, encode_carried
 from client._config import TelemetryConfig
 from client._deletion import sign_deletion_request
 from client._domain import CellDomain
@@ -131,6 +132,7 @@ class Telemetry:
             ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
         )
         self._outbox = Spool(config.state_dir, config.max_pending, self._drops)
+        self._restore_carried()
         # Last: it takes the ledger's lock, which only `shutdown` gives back.
         self._gate = PrivacyGate(
             config.state_dir, self._policy, key_store, config.clock, self._drops, software_tiers
@@ -316,12 +318,14 @@ class Telemetry:
             windows = self._windows.close_until(now)
             return self._release_windows(windows, now)
 
-    def _release_windows(self, windows: list[Window], now: datetime) -> list[CollectedWindow]:
+    def _release_windows(
+        self, windows: list[Window], now: datetime, carry: Window | None = None
+    ) -> list[CollectedWindow]:
         out = []
         for i, window in enumerate(windows):
             # What was recorded belongs to the window that was open: the oldest one.
             # Later windows in the list saw no recording at all, and release zeros.
-            collected = self._collect_window(window, now, take=(i == 0))
+            collected = self._collect_window(window, now, take=(i == 0), carry=window is carry)
             if collected is not None:
                 out.append(collected)
         if windows:
@@ -329,7 +333,7 @@ class Telemetry:
         return out
 
     def _collect_window(
-        self, window: Window, now: datetime, *, take: bool
+        self, window: Window, now: datetime, *, take: bool, carry: bool = False
     ) -> CollectedWindow | None:
         consented = self._gate.consented()
         # Read without I/O: a fallback store that lost its TPM signs in software now.
@@ -338,11 +342,16 @@ class Telemetry:
         # discarded here, never released and never charged.
         taken = [(signal, _take(signal) if take else None) for signal in self._signals.values()]
         candidates = [(signal, raw) for signal, raw in taken if signal.spec.tier in consented]
-        # Aggregate-model signals contribute once per batch (the policy's aligned window):
-        # a window that continues a batch already reported (a restart within the day)
-        # sends none, uncharged and counted; the ingest would refuse a second one.
+        # Aggregate-model signals contribute once per batch (the policy's aligned window).
+        # A window cut short at shutdown carries their cells to the next run instead
+        # (client._carry), uncharged; a window of a batch already reported sends none,
+        # uncharged and counted (the ingest would refuse a second contribution).
         batch_start = report_batch_start(window.start, self._policy.window_seconds)
-        if batch_start != window.start:
+        if carry:
+            self._carry(candidates)
+            candidates = [(s, raw) for s, raw in candidates if not s.tasks]
+        reported = self._state.reported_batch()
+        if reported is not None and reported >= batch_start:
             for signal, _ in candidates:
                 if signal.tasks:
                     self._drops.add(DropReason.BATCH_ALREADY_REPORTED)
@@ -372,7 +381,9 @@ class Telemetry:
             return None
         envelope = build_envelope(
             device_id=self._device_id,
-            sequence=self._state.next_sequence(window.end),
+            sequence=self._state.next_sequence(
+                window.end, reported_batch=batch_start if reports else None
+            ),
             window_start=window.start,
             window_end=window.end,
             sent_at=now,
@@ -404,6 +415,55 @@ class Telemetry:
             # Skipped, not sent raw: a signal whose release fails is suppressed.
             self._drops.add(DropReason.RELEASE_FAILED)
             return None
+
+    def _carry(
+        self, candidates: list[tuple[_Signal, list[int] | list[HistogramSnapshot] | None]]
+    ) -> None:
+        """Store the aggregate signals' cells of a window cut short, for the next run."""
+        counters: dict[str, list[int]] = {}
+        histograms: dict[str, list[HistogramSnapshot]] = {}
+        for signal, raw in candidates:
+            if not signal.tasks or raw is None:
+                continue
+            if isinstance(signal.table, CounterTable):
+                counters[signal.name] = raw  # type: ignore[assignment]
+            else:
+                histograms[signal.name] = raw  # type: ignore[assignment]
+        carried = CarriedWindow(self._policy.content_hash, counters, histograms)
+        if carried:
+            self._outbox.put_carried(encode_carried(carried))
+
+    def _restore_carried(self) -> None:
+        """Add the cells the last run carried back into this run's open window."""
+        data = self._outbox.take_carried()
+        carried = decode_carried(data) if data is not None else None
+        if carried is None:
+            return
+        if carried.policy_hash != self._policy.content_hash:
+            self._drops.add(DropReason.CARRIED_DISCARDED)
+            return
+        for name, values in carried.counters.items():
+            signal = self._signals.get(name)
+            if (
+                signal is not None
+                and isinstance(signal.table, CounterTable)
+                and len(values) == signal.domain.size
+            ):
+                signal.table.add(values)
+            else:
+                self._drops.add(DropReason.CARRIED_DISCARDED)
+        for name, snaps in carried.histograms.items():
+            signal = self._signals.get(name)
+            if (
+                signal is not None
+                and isinstance(signal.table, HistogramTable)
+                and isinstance(signal.spec, HistogramSignal)
+                and len(snaps) == signal.domain.size
+                and all(len(snap.counts) == len(signal.spec.buckets) + 1 for snap in snaps)
+            ):
+                signal.table.add(snaps)
+            else:
+                self._drops.add(DropReason.CARRIED_DISCARDED)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -498,9 +558,10 @@ class Telemetry:
             now = self._config.clock()
             with self._collect_lock:
                 windows = self._windows.close_until(now)
-                if release_open_window and (early := self._windows.close_open(now)) is not None:
+                early = self._windows.close_open(now) if release_open_window else None
+                if early is not None:
                     windows.append(early)
-                self._release_windows(windows, now)
+                self._release_windows(windows, now, carry=early)
         except Exception:
             _log.exception("releasing the last window at shutdown failed")
         finally:

@@ -173,22 +173,58 @@ def test_no_plaintext_measurement_leaves_the_device(
     assert encoded_13 not in raw
 
 
-def test_a_window_continuing_a_reported_batch_sends_no_reports_and_charges_nothing(
+def test_a_restart_within_a_day_carries_the_open_window_into_one_report(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    tasks = aggregation_tasks(POLICY)
+    clock.now = T0.replace(hour=8)
+    first = _telemetry(tmp_path, ingest, clock)
+    first.counter("requests").add(2, route="local")
+    first.histogram("latency").record(0.7, route="cloud")
+    first.shutdown()  # [00:00, 08:00) cut short: its aggregate cells are carried
+    assert all(not e.reports for e in ingest.envelopes)  # nothing shared yet...
+    assert first.privacy_spent(T0)[0] == 0.0  # ...and nothing charged
+    carried = (tmp_path / "state" / "spool" / "open_window.sealed").read_bytes()
+    assert b"requests" not in carried  # encrypted at rest, like the spool
+
+    clock.advance(hours=2)
+    again = _telemetry(tmp_path, ingest, clock)
+    again.counter("requests").add(3, route="local")
+    (window,) = again.collect(clock.advance(hours=24))
+    assert window.window_start == T0.replace(hour=8)
+    h = POLICY.content_hash
+    assert _aggregate(tasks["requests/cells"], _reports(window, "requests/cells"), h) == [5, 0, 0]
+    assert _aggregate(tasks["latency/counts"], _reports(window, "latency/counts"), h) == [0, 1, 0]
+    spent = sum(s.epsilon for s in POLICY.signals.values())
+    assert again.privacy_spent(T0)[0] == pytest.approx(spent)  # charged once, that day
+
+
+def test_carried_cells_of_another_policy_are_discarded_and_counted(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
     clock.now = T0.replace(hour=8)
+    first = _telemetry(tmp_path, ingest, clock)
+    first.counter("requests").add(2, route="local")
+    first.shutdown()
+    changed = POLICY.model_copy(
+        update={"aggregation": POLICY.aggregation.model_copy(update={"min_batch_size": 50})}
+    )
+    again = _telemetry(tmp_path, ingest, clock, policy=changed)
+    assert again.dropped()["carried_discarded"] == 1
+
+
+def test_a_batch_already_reported_gets_no_second_report_and_no_charge(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
     tel = _telemetry(tmp_path, ingest, clock)
+    day = T0.replace(hour=0)
+    # As if an earlier run had sent this day's reports already.
+    tel._state.next_sequence(day, reported_batch=day)
     tel.counter("requests").add(2, route="local")
-    tel.shutdown()  # releases [00:00, 08:00) early: this batch's one contribution
-    spent = tel.privacy_spent(clock.now)[0]
-    clock.advance(hours=2)
-    again = _telemetry(tmp_path, ingest, clock)
-    again.counter("requests").add(2, route="local")
-    collected = again.collect(clock.advance(hours=24))
-    assert collected[0].window_start == T0.replace(hour=8)
-    assert collected[0].reports == []
-    assert again.dropped()["batch_already_reported"] == len(POLICY.signals)
-    assert again.privacy_spent(T0)[0] == spent
+    (window,) = tel.collect(clock.advance(hours=24))
+    assert window.reports == []
+    assert tel.dropped()["batch_already_reported"] == len(POLICY.signals)
+    assert tel.privacy_spent(T0)[0] == 0.0
 
 
 def test_revoking_a_tier_strips_its_spooled_reports(tmp_path: Path, clock: FakeClock) -> None:
