@@ -20,7 +20,7 @@ from nacl.public import PrivateKey, SealedBox
 from quietwire_prio import Prio3, Prio3Error
 
 from policies import AggregationTask, Policy, aggregation_tasks, task_context
-from schemas import EnvelopeV1, HelperShareV1, RejectReason, report_batch_start
+from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier, report_batch_start
 
 __all__ = ["ReportProblem", "ReportRules", "TaskShape"]
 
@@ -70,12 +70,17 @@ def _shape(policy: Policy, task: AggregationTask) -> TaskShape:
 class ReportRules:
     """The report checks for every policy the ingest serves (by content hash)."""
 
-    __slots__ = ("_shapes", "_window")
+    __slots__ = ("_local", "_shapes", "_window")
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._shapes: dict[str, dict[str, TaskShape]] = {}
         self._window: dict[str, int] = {}
+        # signal -> (privacy model, tier) per policy, for the envelope's local releases.
+        self._local: dict[str, dict[str, tuple[str, Tier]]] = {}
         for policy in policies:
+            self._local[policy.content_hash] = {
+                name: (spec.privacy_model, spec.tier) for name, spec in policy.signals.items()
+            }
             try:
                 shapes = {t.id: _shape(policy, t) for t in aggregation_tasks(policy).values()}
             except Prio3Error as exc:  # a policy whose task Prio3 cannot build
@@ -88,7 +93,15 @@ class ReportRules:
         return policy_hash in self._shapes
 
     def check(self, env: EnvelopeV1) -> datetime | ReportProblem | None:
-        """The reports' batch start if they pass, a problem if not, None if none."""
+        """The reports' batch start if they pass, a problem if not, None if none.
+
+        A policy served in full also has its local releases checked: each must be of a
+        signal it declares, under the local model, in that signal's tier. A local
+        release of an aggregate-model signal would bypass secure aggregation (and mix
+        a device's own noise claims into the fleet aggregates), so it is refused.
+        """
+        if (problem := self._local_problem(env)) is not None:
+            return problem
         if not env.reports:
             return None
         shapes = self._shapes.get(env.policy_hash)
@@ -136,3 +149,28 @@ class ReportRules:
                     f"{shape.leader_bytes}/at most {shape.helper_max_bytes}",
                 )
         return batch
+
+    def _local_problem(self, env: EnvelopeV1) -> ReportProblem | None:
+        signals = self._local.get(env.policy_hash)
+        if signals is None:
+            return None
+        for aggregate in env.aggregates:
+            declared = signals.get(aggregate.signal)
+            if declared is None:
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID,
+                    f"signal {aggregate.signal!r} is not declared by the policy",
+                )
+            model, tier = declared
+            if model != "local":
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID,
+                    f"signal {aggregate.signal!r} is under the aggregate model: it is sent "
+                    "as Prio3 reports, never as a local release",
+                )
+            if aggregate.tier is not tier:
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID,
+                    f"signal {aggregate.signal!r} is tier {tier.value}, not {aggregate.tier.value}",
+                )
+        return None

@@ -79,6 +79,7 @@ class RejectReason(StrEnum):
     # Prio3 reports (secure aggregation, issue 7)
     UNKNOWN_TASK = "unknown_task"
     REPORT_INVALID = "report_invalid"
+    SIGNAL_INVALID = "signal_invalid"
 
 
 class ItemResult(BaseModel):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from analytics.cli import app
 from ingest import AuditLog, IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
-from tests.ingest.kit import Device, asgi_client, counter_aggregate
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
 
 REGION = "eu-test"
 
@@ -32,7 +32,10 @@ def ingest_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def _write_log(root: Path) -> None:
     key = write_private_key(root / "ingest.key")
     settings = IngestSettings(
-        region=REGION, private_key_path=root / "ingest.key", state_dir=root / "state"
+        policy_paths=SERVED_POLICIES,
+        region=REGION,
+        private_key_path=root / "ingest.key",
+        state_dir=root / "state",
     )
     device = Device(REGION)
     content = {**counter_aggregate(), "signal": "prompt.personal_data", "tier": "content"}

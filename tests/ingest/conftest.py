@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from nacl.public import PrivateKey
 
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
 REGION = "eu-test"
 
@@ -24,6 +24,7 @@ def ingest_key(tmp_path: Path) -> PrivateKey:
 @pytest.fixture
 def settings(tmp_path: Path, ingest_key: PrivateKey) -> IngestSettings:
     return IngestSettings(
+        policy_paths=SERVED_POLICIES,
         region=REGION,
         private_key_path=tmp_path / "ingest.key",
         state_dir=tmp_path / "state",

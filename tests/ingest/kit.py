@@ -17,15 +17,20 @@ import httpx
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from policies import load_policy
+from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, load_policy
 from schemas import device_id_for
 
-__all__ = ["Device", "asgi_client", "counter_aggregate", "policy_hash", "seal"]
+__all__ = ["SERVED_POLICIES", "Device", "asgi_client", "counter_aggregate", "policy_hash", "seal"]
+
+
+SERVED_POLICIES = (DEFAULT_POLICY_PATH, PILOT_POLICY_PATH)
+"""The policy files a test ingest serves: the kit's envelopes are made under the pilot
+policy (local model: its counter is a local release the ingest accepts)."""
 
 
 def policy_hash() -> str:
-    """The default policy's hash, which a default-configured ingest accepts."""
-    return load_policy().content_hash
+    """The pilot policy's hash: an ingest serving `SERVED_POLICIES` accepts it."""
+    return load_policy(PILOT_POLICY_PATH).content_hash
 
 
 def counter_aggregate(value: float = 3.0) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from nacl.public import PrivateKey, PublicKey
 
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
 from schemas import BatchResult, RejectReason
-from tests.ingest.kit import Device, asgi_client, seal
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, seal
 
 
 async def _post(client: httpx.AsyncClient, items: list[str]) -> httpx.Response:
@@ -210,7 +210,10 @@ async def test_large_batch_is_verified_off_the_event_loop_with_the_same_results(
     tmp_path: Any, ingest_key: PrivateKey, device: Device
 ) -> None:
     settings = IngestSettings(
-        region="eu-test", private_key_path=tmp_path / "ingest.key", state_dir=tmp_path
+        policy_paths=SERVED_POLICIES,
+        region="eu-test",
+        private_key_path=tmp_path / "ingest.key",
+        state_dir=tmp_path,
     )
     bus = InMemoryEnvelopeBus()
     big = [device.item(ingest_key.public_key) for _ in range(120)]  # > 64 KiB of base64

@@ -14,7 +14,7 @@ from ingest import Accepted, EnvelopeVerifier, Rejected
 from ingest._report_rules import ReportRules
 from policies import aggregation_tasks, load_policy
 from schemas import PrioReport, RejectReason
-from tests.ingest.kit import Device
+from tests.ingest.kit import Device, counter_aggregate
 
 POLICY = load_policy()
 TASKS = aggregation_tasks(POLICY)
@@ -54,6 +54,7 @@ def _envelope(device: Device, reports: list[dict[str, Any]], **overrides: Any) -
         "sent_at": (DAY + timedelta(days=1, seconds=5)).isoformat(),
         "aggregates": [],
         "reports": reports,
+        "policy_hash": POLICY.content_hash,
     }
     return device.envelope(**(fields | overrides))
 
@@ -213,3 +214,24 @@ def test_a_send_time_in_the_first_minutes_of_year_one_is_refused_not_a_crash(
         sent_at=(start + timedelta(minutes=2)).isoformat(),
     )
     assert _reason(_verify(verifier, key, env)) is RejectReason.CLOCK_SKEW
+
+
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [
+        ({}, "under the aggregate model"),  # inference.requests: shared, never local
+        ({"signal": "made.up"}, "not declared"),
+        (
+            {"signal": "prompt.personal_data", "tier": "performance"},
+            "is tier content",
+        ),
+    ],
+)
+def test_local_releases_are_checked_against_a_served_policy(
+    verifier: EnvelopeVerifier, key: PrivateKey, changes: dict[str, str], detail: str
+) -> None:
+    release = counter_aggregate() | changes
+    env = _envelope(Device(), [], aggregates=[release])
+    verdict = _verify(verifier, key, env)
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert detail in verdict.detail  # type: ignore[union-attr]

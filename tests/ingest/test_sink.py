@@ -14,7 +14,7 @@ from nacl.public import PublicKey
 from analytics.warehouse import PartitionOffset, connect
 from ingest import DeadLetter, DuckDBSink, IngestSettings, create_app
 from schemas import EnvelopeV1, IngestedEnvelope
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
 
 def _ingested(device: Device) -> IngestedEnvelope:
@@ -79,7 +79,9 @@ def test_dead_letters_are_recorded_once(sink: DuckDBSink) -> None:
 
 
 async def test_embedded_mode_stores_accepted_envelopes_before_answering(tmp_path: Path) -> None:
-    settings = IngestSettings(region="eu-test", state_dir=tmp_path / "state")
+    settings = IngestSettings(
+        policy_paths=SERVED_POLICIES, region="eu-test", state_dir=tmp_path / "state"
+    )
     app = create_app(settings)
     device = Device("eu-test")
     async with asgi_client(app) as client:

@@ -13,12 +13,13 @@ from nacl.public import PublicKey
 from ingest import DuckDBSink, IngestSettings, KafkaEnvelopeBus, KafkaSinkConsumer, create_app
 from schemas import BatchResult
 from tests.harness.kafka import KafkaBroker
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
 
 def _settings(tmp_path: Path, broker: KafkaBroker) -> IngestSettings:
     # A fresh region (so a fresh topic) per test: the broker is shared by the session.
     return IngestSettings(
+        policy_paths=SERVED_POLICIES,
         region=f"it-{uuid.uuid4().hex[:8]}",
         state_dir=tmp_path / "state",
         kafka_bootstrap=broker.bootstrap,

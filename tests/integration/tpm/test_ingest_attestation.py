@@ -18,7 +18,7 @@ from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_privat
 from ingest._audit import AuditEntry, AuditLog
 from schemas import BatchResult
 from tests.harness.swtpm import SwtpmInstance
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 from tests.integration.tpm._device import certify_foreign_key, extend_pcr
 from tests.integration.tpm._ingest_kit import (
     OPERATOR_TOKEN,
@@ -60,6 +60,7 @@ class Ingest:
 
     def settings(self) -> IngestSettings:
         return IngestSettings(
+            policy_paths=SERVED_POLICIES,
             region=REGION,
             private_key_path=self.tmp_path / "ingest.key",
             state_dir=self.state_dir,
