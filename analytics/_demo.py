@@ -252,6 +252,20 @@ def run_demo(
         f"{run.envelopes_sent} envelopes sent, {run.envelopes_stored} stored in {db} "
         f"({elapsed:.1f} s)" + (f"; client drops: {run.dropped}" if run.dropped else "")
     )
+    stats = run.aggregation
+    if stats is not None:
+        console.print(
+            f"Secure aggregation: {stats.reports_aggregated} reports verified with the helper, "
+            f"{stats.batches_collected} batches revealed"
+            + (
+                f", {stats.batches_below_minimum} below the minimum of "
+                f"{rules.aggregation.min_batch_size} devices and never revealed"
+                if stats.batches_below_minimum
+                else ""
+            )
+            + (f"; refused: {dict(stats.reports_rejected)}" if stats.reports_rejected else "")
+            + "."
+        )
     report_run(run, html, console)
     return run
 
