@@ -33,6 +33,8 @@ class DropReason(StrEnum):
     TIER_REQUIRES_TPM = "tier_requires_tpm"
     """A release of a tier the attestation policy refuses from software keys, withheld
     (never charged) because the device signs with a software key."""
+    PROMPT_TOO_LONG = "prompt_too_long"
+    """A prompt longer than `client._redaction.MAX_PROMPT_CHARS`, not redacted nor counted."""
     CARRIED_DISCARDED = "carried_discarded"
     """Cells carried from the last run's open window that no longer fit: the policy
     changed in between, or a signal's shape did."""

@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["FINDING_KINDS", "redact", "redact_findings"]
+__all__ = ["FINDING_KINDS", "MAX_PROMPT_CHARS", "redact", "redact_findings"]
 
 _Replace = str | Callable[[re.Match[str]], str]
 
@@ -95,7 +95,7 @@ def _looks_secret(value: str, min_length: int = 8) -> bool:
 _PASSWORD_KEY = re.compile(r"(?:.*[_-])?(?:password|passwd|pwd|passphrase)", re.IGNORECASE)
 
 _SECRET_KEYS = (
-    r"(?:[A-Za-z0-9]+[_-])*"  # prefixes such as aws_secret_access_, client_, x-api-
+    r"[_-]*(?:[A-Za-z0-9]+[_-]+)*"  # prefixes such as aws_secret_access_, client_, x-api-
     r"(?:api[_-]?key|apikey|key|token|secret|password|passwd|pwd|passphrase|"
     r"credentials?|auth)"
 )
@@ -130,14 +130,18 @@ _RULES: Final[tuple[tuple[re.Pattern[str], _Replace], ...]] = (
         lambda m: f"{m.group('scheme')} <TOKEN>" if _looks_secret(m.group("value")) else m.group(0),
     ),
     (
-        re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),
+        # The lookbehind starts a scheme only where a word starts: without it every
+        # position of a long run of letters would rescan the run (quadratic time).
+        re.compile(r"(?<![A-Za-z0-9+.-])(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),
         lambda m: f"{m.group('head')}<USER>:<SECRET>@",
     ),
     (
         # key=value, key: value, "key": "value". Passwords may be short; other keys need
         # a long value so that `sort key=name` or `max_tokens=256` stay as they are.
         re.compile(
-            r"(?<![A-Za-z0-9])(?P<key>" + _SECRET_KEYS + r")(?P<sep>[\"']?\s*[:=]\s*[\"']?)"
+            # A key starts where a word starts (not after `_` or `-`): one attempt per
+            # word, so a long `a_a_a_...` run is scanned once, not once per part.
+            r"(?<![A-Za-z0-9_-])(?P<key>" + _SECRET_KEYS + r")(?P<sep>[\"']?\s*[:=]\s*[\"']?)"
             r"(?P<value>[^\s\"'&,;]+)",
             re.IGNORECASE,
         ),
@@ -225,6 +229,12 @@ FINDING_KINDS: Final = ("email", "phone", "home_path", "credential", "card", "ne
 
 if len(_RULE_KINDS) != len(_RULES):  # pragma: no cover - a rule added without its kind
     raise AssertionError("every redaction rule needs a kind")
+
+
+MAX_PROMPT_CHARS: Final = 65_536
+"""The longest prompt `Telemetry.record_prompt` redacts. Every pattern runs in time
+linear in the text (a few tens of milliseconds per 64 KiB on a laptop core); the cap
+keeps the caller's thread from holding longer on a pasted document."""
 
 
 def redact_findings(text: str) -> tuple[str, dict[str, int]]:

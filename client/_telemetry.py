@@ -41,7 +41,7 @@ from client._keys import KeyStore, SoftwareKeyStore
 from client._keystore_fallback import FallbackKeyStore, current_assurance, device_id_of
 from client._outbox import send_deletions, send_one_batch
 from client._privacy import Admission, PrivacyGate
-from client._redaction import redact_findings
+from client._redaction import MAX_PROMPT_CHARS, redact_findings
 from client._release import (
     Release,
     Truth,
@@ -284,8 +284,13 @@ class Telemetry:
         prompt. It is released only with the `content` tier's own consent, and only
         while the device's key may send that tier (the default attestation policy needs
         a TPM key for it: see `TelemetryConfig.software_tiers`). Never raises: a
-        non-string or an unknown signal is dropped and counted.
+        non-string or an unknown signal is dropped and counted. A prompt longer than
+        `MAX_PROMPT_CHARS` is dropped (`prompt_too_long`) and "" returned: redaction
+        runs on the caller's thread, and its time must stay bounded.
         """
+        if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+            self._drops.add(DropReason.PROMPT_TOO_LONG)
+            return ""
         try:
             redacted, found = redact_findings(text)
         except Exception:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+
 import pytest
 
-from client._redaction import redact
+from client._redaction import MAX_PROMPT_CHARS, redact
+from tests.client.conftest import MakeTelemetry
 
 # Test fixtures only: none of these credentials is real.
 _GH = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -151,3 +156,43 @@ def test_empty_and_unicode_text() -> None:
     assert redact("") == ""
     assert redact("héllo wörld → ✓") == "héllo wörld → ✓"
     assert redact("mail: jürgen@exämple.de") == "mail: <EMAIL>"
+
+
+# Inputs that made a pattern rescan a long run once per position (quadratic time): a
+# 40,000-character `a_a_...` took 33 s before, about 30 ms now.
+_ADVERSARIAL = {
+    "letters": "a" * 40_000,
+    "underscores": "a_" * 20_000,
+    "hyphens": "a-" * 20_000,
+    "dots": "a." * 20_000,
+    "plus": "a+" * 20_000,
+    "schemes": "a://b:" * 7_000,
+    "mail": "a@" * 20_000,
+    "keys": "key=" * 10_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ADVERSARIAL))
+def test_redaction_runs_in_linear_time_on_adversarial_text(name: str) -> None:
+    """Timed against a plain regex scan of the same text, in the same process: only the
+    ratio matters (the machine's speed cancels), and a quadratic pattern is thousands
+    of times slower than linear at this length, far past the bound."""
+    text = _ADVERSARIAL[name]
+    scan = re.compile(r"\w+")
+
+    def best(run: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    baseline = best(lambda: scan.findall(text))
+    assert best(lambda: redact(text)) < 400 * baseline + 0.05
+
+
+def test_a_prompt_over_the_limit_is_dropped_and_counted(make_telemetry: MakeTelemetry) -> None:
+    qw = make_telemetry()
+    assert qw.record_prompt("x" * (MAX_PROMPT_CHARS + 1)) == ""
+    assert qw.dropped() == {"prompt_too_long": 1}
