@@ -33,6 +33,9 @@ class DropReason(StrEnum):
     TIER_REQUIRES_TPM = "tier_requires_tpm"
     """A release of a tier the attestation policy refuses from software keys, withheld
     (never charged) because the device signs with a software key."""
+    CONSENT_REVOKED = "consent_revoked"
+    """A spooled envelope left with nothing to report once a revoked tier was stripped
+    from it: deleted, never sent."""
     PROMPT_TOO_LONG = "prompt_too_long"
     """A prompt longer than `client._redaction.MAX_PROMPT_CHARS`, not redacted nor counted."""
     CARRIED_DISCARDED = "carried_discarded"

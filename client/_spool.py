@@ -162,11 +162,18 @@ class Spool:
                 }
             )
 
+        # With no tier consented any more, nothing may leave: every envelope is emptied
+        # and dropped (an empty one would still say when the app ran).
         return self._rewrite(
             lambda e: (
-                any(a.tier is tier for a in e.aggregates) or any(r.tier is tier for r in e.reports)
+                not consented_tiers
+                or any(a.tier is tier for a in e.aggregates)
+                or any(r.tier is tier for r in e.reports)
             ),
-            strip,
+            (lambda e: strip(e).model_copy(update={"suppressed": {}}))
+            if not consented_tiers
+            else strip,
+            drop_empty=DropReason.CONSENT_REVOKED,
         )
 
     def expire(self, now: datetime, retention_days: Callable[[Tier], int]) -> int:
@@ -190,15 +197,18 @@ class Spool:
             reports = [r for r in envelope.reports if r.tier not in gone]
             return envelope.model_copy(update={"aggregates": kept, "reports": reports})
 
-        return self._rewrite(lambda e: bool(expired(e)), strip, drop_empty=True)
+        return self._rewrite(lambda e: bool(expired(e)), strip, drop_empty=DropReason.EXPIRED)
 
     def _rewrite(
         self,
         select: Callable[[EnvelopeV1], bool],
         change: Callable[[EnvelopeV1], EnvelopeV1],
         *,
-        drop_empty: bool = False,
+        drop_empty: DropReason | None = None,
     ) -> int:
+        """Apply `change` to the envelopes `select` picks; with `drop_empty`, one left
+        with nothing to report (no aggregates, reports or suppression counts) is
+        deleted and counted under that reason."""
         changed = 0
         with self._lock:
             items: list[EnvelopeV1] = []
@@ -206,9 +216,11 @@ class Spool:
                 if select(envelope):
                     changed += 1
                     envelope = change(envelope)
-                    if drop_empty and not envelope.aggregates and not envelope.reports:
+                    if drop_empty is not None and not (
+                        envelope.aggregates or envelope.reports or envelope.suppressed
+                    ):
                         self._envelope_path(envelope).unlink(missing_ok=True)
-                        self._drops.add(DropReason.EXPIRED)
+                        self._drops.add(drop_empty)
                         continue
                     self._write(self._envelope_path(envelope), envelope.model_dump_json().encode())
                 items.append(envelope)

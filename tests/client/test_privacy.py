@@ -319,3 +319,24 @@ def _telemetry(
             **kw,  # type: ignore[arg-type]
         )
     )
+
+
+def test_with_no_tier_consented_no_envelope_leaves_spooled_ones_included(
+    tmp_path: Path, clock
+) -> None:
+    ingest = MemoryIngest()
+    transport = MemoryTransport(ingest.handle, lambda _request: None)
+    qw = _telemetry(tmp_path, ingest, clock, POLICY, transport=transport)
+    qw.grant_consent(Tier.HEALTH)
+    qw.grant_consent(Tier.PERFORMANCE)
+    qw.counter("inference.requests").add(2, route="local", model="a@1")
+    qw.collect(clock.advance(hours=1))
+    qw.collect(clock.advance(hours=1))
+    assert qw.pending == 2  # spooled, not sent yet (manual mode)
+    qw.revoke_consent(Tier.PERFORMANCE)
+    assert qw.pending == 2  # app.starts (health) still there
+    qw.revoke_consent(Tier.HEALTH)
+    assert qw.pending == 0
+    assert qw.dropped()["consent_revoked"] == 2
+    assert qw.flush()
+    assert ingest.envelopes == []  # deletion requests only, no envelope
