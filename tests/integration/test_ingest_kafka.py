@@ -69,7 +69,9 @@ async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
         commit_to_kafka=False,
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
-    assert (stats.inserted, stats.duplicates, stats.dead_letters) == (20, 0, 0)
+    # Delivery is at least once (a rebalance may hand a batch over twice): count what
+    # was stored, never the messages read.
+    assert (stats.inserted, stats.dead_letters) == (20, 0)
     assert _stored_ids(sink) == sent
     values = sink.connection.execute("SELECT count(*) FROM released_values").fetchone()
     assert values == (20,)
@@ -83,7 +85,8 @@ async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
         commit_to_kafka=False,
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
-    assert stats.messages == 0
+    assert stats.inserted == 0
+    assert sink.envelope_count() == 20
     sink.close()
 
     # A brand-new group on the same warehouse replays the topic from the beginning:
@@ -93,7 +96,8 @@ async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
         replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
-    assert (stats.messages, stats.inserted, stats.duplicates) == (20, 0, 20)
+    assert stats.messages >= 20
+    assert (stats.inserted, stats.duplicates) == (0, stats.messages)
     assert replay.envelope_count() == 20
     assert replay.connection.execute("SELECT count(*) FROM released_values").fetchone() == (20,)
     replay.close()
@@ -133,8 +137,8 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_stop_the_sink(
         replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
-    assert stats.messages == 6
-    assert stats.dead_letters == 0  # read again, but already recorded by the first group
+    assert stats.messages >= 6
+    assert (stats.inserted, stats.dead_letters) == (0, 0)  # read again, but already recorded by the first group
     assert replay.dead_letter_count() == 1
     assert replay.envelope_count() == 5
     replay.close()
