@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from nacl.public import PrivateKey, SealedBox
 from quietwire_prio import Prio3, Prio3Error
 
+from ingest._release_rules import ReleaseShape, release_problem, release_shapes
 from policies import AggregationTask, Policy, aggregation_tasks, task_context
 from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier, report_batch_start
 
@@ -70,14 +71,16 @@ def _shape(policy: Policy, task: AggregationTask) -> TaskShape:
 class ReportRules:
     """The report checks for every policy the ingest serves (by content hash)."""
 
-    __slots__ = ("_local", "_shapes", "_window")
+    __slots__ = ("_local", "_releases", "_shapes", "_window")
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._shapes: dict[str, dict[str, TaskShape]] = {}
         self._window: dict[str, int] = {}
         # signal -> (privacy model, tier) per policy, for the envelope's local releases.
         self._local: dict[str, dict[str, tuple[str, Tier]]] = {}
+        self._releases: dict[str, dict[str, ReleaseShape]] = {}
         for policy in policies:
+            self._releases[policy.content_hash] = release_shapes(policy)
             self._local[policy.content_hash] = {
                 name: (spec.privacy_model, spec.tier) for name, spec in policy.signals.items()
             }
@@ -172,5 +175,10 @@ class ReportRules:
                 return ReportProblem(
                     RejectReason.SIGNAL_INVALID,
                     f"signal {aggregate.signal!r} is tier {tier.value}, not {aggregate.tier.value}",
+                )
+            shape = self._releases[env.policy_hash][aggregate.signal]
+            if (problem := release_problem(shape, aggregate)) is not None:
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID, f"signal {aggregate.signal!r}: {problem}"
                 )
         return None

@@ -1,5 +1,6 @@
 """Test kit: build sealed, signed envelope items with PyNaCl directly, and run an ASGI
-app's lifespan around an httpx client (no client/ import: the wire format is the contract).
+app's lifespan around an httpx client. The wire format is the contract; the one thing
+taken from client/ is a release's noise, which the ingest checks against the policy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import httpx
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, load_policy
+from client._domain import CellDomain
+from client._release import release_counter
+from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, CounterSignal, load_policy
 from schemas import device_id_for
 
 __all__ = ["SERVED_POLICIES", "Device", "asgi_client", "counter_aggregate", "policy_hash", "seal"]
@@ -28,28 +31,27 @@ SERVED_POLICIES = (DEFAULT_POLICY_PATH, PILOT_POLICY_PATH)
 policy (local model: its counter is a local release the ingest accepts)."""
 
 
+_PILOT = load_policy(PILOT_POLICY_PATH)
+_MECHANISM = _PILOT.privacy.mechanisms.counter
+_CELLS = CellDomain(_PILOT.signals["inference.requests"].attributes).size
+
+
 def policy_hash() -> str:
     """The pilot policy's hash: an ingest serving `SERVED_POLICIES` accepts it."""
-    return load_policy(PILOT_POLICY_PATH).content_hash
+    return _PILOT.content_hash
 
 
 def counter_aggregate(value: float = 3.0) -> dict[str, Any]:
-    """One released counter, as the client would send it."""
-    return {
-        "kind": "counter",
-        "signal": "inference.requests",
-        "tier": "performance",
-        "unit": "{request}",
-        "attributes": {"route": "local"},
-        "value": value,
-        "noise": {
-            "mechanism": "discrete_laplace",
-            "scale": 4.0,
-            "epsilon": 0.25,
-            "lower": 0.0,
-            "upper": 60.0,
-        },
-    }
+    """One released counter cell as the client would send it under the pilot policy
+    (local model): its noise is what the client's release path makes."""
+    spec = _PILOT.signals["inference.requests"]
+    assert isinstance(spec, CounterSignal)
+    release = release_counter(
+        "inference.requests", spec, CellDomain(spec.attributes), [0] * _CELLS, _MECHANISM
+    )
+    aggregate = release.aggregates[0].model_dump(mode="json")
+    aggregate["value"] = value
+    return aggregate
 
 
 def seal(ingest_key: PublicKey, plaintext: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ from nacl.public import PrivateKey
 from client._shares import ReportSharer
 from ingest import Accepted, EnvelopeVerifier, Rejected
 from ingest._report_rules import ReportRules
-from policies import aggregation_tasks, load_policy
+from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import PrioReport, RejectReason
 from tests.ingest.kit import Device, counter_aggregate
 
@@ -235,3 +236,81 @@ def test_local_releases_are_checked_against_a_served_policy(
     verdict = _verify(verifier, key, env)
     assert _reason(verdict) is RejectReason.SIGNAL_INVALID
     assert detail in verdict.detail  # type: ignore[union-attr]
+
+
+PILOT = load_policy(PILOT_POLICY_PATH)  # the same signals under the local model
+
+
+@pytest.fixture
+def pilot_verifier(key: PrivateKey) -> EnvelopeVerifier:
+    return EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[PILOT.content_hash],
+        report_rules=ReportRules([PILOT]),
+    )
+
+
+def _local(release: dict[str, object]) -> dict[str, object]:
+    env = Device().envelope(aggregates=[release])
+    env["policy_hash"] = PILOT.content_hash
+    return env
+
+
+def test_a_release_as_the_client_makes_it_is_accepted(
+    pilot_verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    verdict = _verify(pilot_verifier, key, _local(counter_aggregate(-120.0)))
+    assert isinstance(verdict, Accepted), verdict
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        (lambda a: a["noise"].update(scale=0.0), "is not the policy's"),
+        (lambda a: a["noise"].update(epsilon=9.0), "is not the policy's"),
+        (lambda a: a["noise"].update(upper=1e9), "is not the policy's"),
+        (lambda a: a["noise"].update(mechanism="laplace"), "mechanism laplace"),
+        (lambda a: a.update(value=1e12), "is not one noise makes"),
+        (lambda a: a["attributes"].update(model="gpt-9"), "outside its declared domain"),
+        (lambda a: a["attributes"].pop("model"), "the policy declares"),
+        (lambda a: a["attributes"].update(user="ann"), "the policy declares"),
+    ],
+)
+def test_a_release_the_policy_would_not_make_is_refused(
+    pilot_verifier: EnvelopeVerifier,
+    key: PrivateKey,
+    change: Callable[[dict[str, Any]], object],
+    detail: str,
+) -> None:
+    release = counter_aggregate()
+    change(release)
+    verdict = _verify(pilot_verifier, key, _local(release))
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert detail in verdict.detail  # type: ignore[union-attr]
+
+
+def _histogram_release() -> dict[str, Any]:
+    from client._aggregation import HistogramSnapshot
+    from client._domain import CellDomain
+    from client._release import release_histogram
+
+    name = "gen_ai.client.operation.duration"
+    spec = PILOT.signals[name]
+    domain = CellDomain(spec.attributes)
+    empty = [HistogramSnapshot([0] * (len(spec.buckets) + 1), 0.0)] * domain.size  # type: ignore[union-attr]
+    release = release_histogram(name, spec, domain, empty)  # type: ignore[arg-type]
+    out: dict[str, Any] = release.aggregates[0].model_dump(mode="json")
+    return out
+
+
+def test_a_histogram_release_is_checked_too(
+    pilot_verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    good = _histogram_release()
+    assert isinstance(_verify(pilot_verifier, key, _local(good)), Accepted)
+    bad = _histogram_release()
+    bad["sum_noise"]["scale"] = 1e-9
+    verdict = _verify(pilot_verifier, key, _local(bad))
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert "sum: noise" in verdict.detail  # type: ignore[union-attr]
