@@ -138,7 +138,8 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_stop_the_sink(
     ) as consumer:
         stats = await consumer.run_until(caught_up=True)
     assert stats.messages >= 6
-    assert (stats.inserted, stats.dead_letters) == (0, 0)  # read again, but already recorded by the first group
+    # Read again, but already recorded by the first group.
+    assert (stats.inserted, stats.dead_letters) == (0, 0)
     assert replay.dead_letter_count() == 1
     assert replay.envelope_count() == 5
     replay.close()
