@@ -208,7 +208,8 @@ def _pair_filter(selection: Selection) -> str:
     local_sum = selection.local_kind_of("sum") or "sum"
     return f"""AND CASE WHEN r.model = 'local' THEN EXISTS (
             SELECT 1 FROM released_values s WHERE s.kind = '{local_sum}'
-            AND s.envelope_id = r.envelope_id AND s.signal = r.signal
+            AND s.envelope_id = r.envelope_id AND s.device_id = r.device_id
+            AND s.signal = r.signal
             AND s.attributes::VARCHAR = r.attributes::VARCHAR)
         ELSE EXISTS (
             SELECT 1 FROM fa s
@@ -339,7 +340,8 @@ def figure_sources(
            max(r.draws) AS draws, min(r.scale) AS scale_min, max(r.scale) AS scale_max,
            max(r.resolution) AS resolution, max(r.epsilon) AS epsilon,
            count(DISTINCT r.window_start) AS windows,
-           count(DISTINCT coalesce(r.envelope_id::VARCHAR, r.batch_id)) AS releases,
+           count(DISTINCT coalesce(r.device_id || '/' || r.envelope_id::VARCHAR, r.batch_id))
+               AS releases,
            min(r.reports) AS reports_min, max(r.reports) AS reports_max,
            CASE WHEN r.model = 'local' THEN count(DISTINCT r.device_id) END AS devices
     FROM u r WHERE {" AND ".join(clauses)}

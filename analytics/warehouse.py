@@ -2,8 +2,8 @@
 
 Exactly-once: the sink writes a batch's rows and the Kafka offsets that batch advances
 in one DuckDB transaction, and on (re)start seeks to the stored offsets. Rows are also
-keyed by envelope id, so a message produced twice (a client retry after a lost 202)
-adds nothing either.
+keyed by (device id, envelope id), so a message produced twice (a client retry after a
+lost 202) adds nothing either.
 
 Deletion requests (a device revoked consent for a tier) are applied in the same
 transaction: recorded in `deletion_requests` (keyed by request id, so a replay is a
@@ -50,12 +50,14 @@ __all__ = [
     "write_envelopes",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: envelope ids are unique per device, not across devices (a device that learned
+another's envelope id could otherwise pre-empt it); version-1 files are migrated."""
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_meta (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS envelopes (
-    envelope_id     UUID PRIMARY KEY,
+    envelope_id     UUID NOT NULL,
     device_id       VARCHAR NOT NULL,
     sequence        BIGINT NOT NULL,
     region          VARCHAR NOT NULL,
@@ -67,7 +69,8 @@ CREATE TABLE IF NOT EXISTS envelopes (
     sent_at         TIMESTAMPTZ NOT NULL,
     received_at     TIMESTAMPTZ NOT NULL,
     assurance       VARCHAR NOT NULL,
-    key_fingerprint VARCHAR NOT NULL
+    key_fingerprint VARCHAR NOT NULL,
+    PRIMARY KEY (device_id, envelope_id)
 );
 -- One row per released number. kind: counter | bucket | sum (per attribute cell), or
 -- total | total_sum (one scalar over all cells: a count or a histogram's sum).
@@ -148,7 +151,7 @@ CREATE TABLE IF NOT EXISTS prio_report_rejections (
     reason       VARCHAR NOT NULL,
     recorded_at  TIMESTAMPTZ NOT NULL,
     audited      BOOLEAN NOT NULL DEFAULT FALSE,
-    PRIMARY KEY (envelope_id, task)
+    PRIMARY KEY (device_id, envelope_id, task)
 );
 -- Fleet aggregates revealed by the collector: one row per entry of a task's vector.
 -- value is in the signal's unit (units x resolution); the noise is `draws` independent
@@ -300,11 +303,39 @@ class WriteResult:
     """Prio3 reports of new envelopes refused (replayed, or a second contribution)."""
 
 
+# Tables whose primary key changed in version 2: rebuilt with the new key, rows kept.
+_REKEYED = ("envelopes", "prio_report_rejections")
+
+
+def _migrate_v1(conn: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 keyed envelopes by envelope id alone: rebuild with (device, envelope)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for table in _REKEYED:
+            exists = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+            ).fetchone()
+            if exists == (0,):
+                continue
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+            conn.execute(_DDL)  # creates the table anew, with the version-2 key
+            conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_v1")
+            conn.execute(f"DROP TABLE {table}_v1")
+        conn.execute("UPDATE schema_meta SET version = ?", [SCHEMA_VERSION])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create the warehouse tables if absent (idempotent)."""
+    """Create the warehouse tables if absent, and migrate an older file (idempotent)."""
     conn.execute(_DDL)
-    if conn.execute("SELECT count(*) FROM schema_meta").fetchone() == (0,):
+    version = conn.execute("SELECT max(version) FROM schema_meta").fetchone()
+    if version is None or version[0] is None:
         conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])
+    elif version[0] == 1:
+        _migrate_v1(conn)
 
 
 def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -541,20 +572,21 @@ def write_envelopes(
     try:
         applied = _record_deletions(conn, requests)
         items = envelopes
-        ids = [str(i.envelope.envelope_id) for i in items]
-        seen: set[str] = set()
-        if ids:
+        # Unique per device: another device's envelope with the same id is its own.
+        keys = [(i.envelope.device_id, str(i.envelope.envelope_id)) for i in items]
+        seen: set[tuple[str, str]] = set()
+        if keys:
             rows = conn.execute(
-                "SELECT CAST(envelope_id AS VARCHAR) FROM envelopes "
+                "SELECT device_id, CAST(envelope_id AS VARCHAR) FROM envelopes "
                 "WHERE envelope_id IN (SELECT unnest(?::UUID[]))",
-                [ids],
+                [[k[1] for k in keys]],
             ).fetchall()
-            seen = {r[0] for r in rows}
+            seen = {(d, e) for d, e in rows}
         fresh: list[IngestedEnvelope] = []
         reports_refused = 0
-        for item, env_id in zip(items, ids, strict=True):
-            if env_id not in seen:
-                seen.add(env_id)
+        for item, key in zip(items, keys, strict=True):
+            if key not in seen:
+                seen.add(key)
                 fresh.append(item)
         if fresh:
             conn.executemany(

@@ -59,12 +59,15 @@ class EnvelopeIntake:
 
         results: list[ItemResult] = []
         to_publish: list[IngestedEnvelope] = []
-        in_batch: set[UUID] = set()
+        # Envelope ids are unique per device, not across devices: a device that learns
+        # another's envelope id (the audit log shows them) must not pre-empt it.
+        in_batch: set[tuple[str, UUID]] = set()
         rejected = 0
         for index, verdict in enumerate(verdicts):
             if isinstance(verdict, Accepted):
                 env_id = verdict.envelope_id
-                if env_id in in_batch or env_id in self.recent:
+                key = (verdict.item.envelope.device_id, env_id)
+                if key in in_batch or key in self.recent:
                     results.append(
                         ItemResult(
                             index=index,
@@ -75,7 +78,7 @@ class EnvelopeIntake:
                         )
                     )
                     continue
-                in_batch.add(env_id)
+                in_batch.add(key)
                 to_publish.append(verdict.item)
                 results.append(ItemResult(index=index, status="accepted", envelope_id=env_id))
             else:

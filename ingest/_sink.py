@@ -3,10 +3,10 @@
 `DuckDBSink` is the one writer; both the embedded mode (`InProcessEnvelopeBus`) and the
 Kafka consumer group (`KafkaSinkConsumer`) go through it, so the two modes store the same
 rows. It calls `analytics.warehouse.write_envelopes`, which inserts a batch's rows and
-the Kafka offsets that batch advances in one transaction and skips envelope ids already
-stored. Deletion requests (`IngestedDeletionRequest`, on the same topics) go through
-the same transaction: recorded in `deletion_requests`, and the device's rows of that
-tier deleted.
+the Kafka offsets that batch advances in one transaction and skips (device, envelope
+id) pairs already stored. Deletion requests (`IngestedDeletionRequest`, on the same
+topics) go through the same transaction: recorded in `deletion_requests`, and the
+device's rows of that tier deleted.
 
 Poison messages (a Kafka value that is not an `IngestedEnvelope`, which only a bug or a
 foreign producer can cause) are logged, counted and recorded in the `dead_letters` table

@@ -334,7 +334,7 @@ def _check_tpm_signed(
 
 
 class RecentlyAccepted:
-    """Bounded LRU of envelope ids this replica recently made durable.
+    """Bounded LRU of (device id, envelope id) this replica recently made durable.
 
     A fast path only: a client retrying after a lost 202 would otherwise re-publish
     envelopes the bus already holds. A hit is answered as *accepted* (with reason
@@ -348,7 +348,7 @@ class RecentlyAccepted:
     __slots__ = ("_ids", "_max")
 
     def __init__(self, max_size: int) -> None:
-        self._ids: OrderedDict[UUID, None] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, UUID], None] = OrderedDict()
         self._max = max_size
 
     def __contains__(self, envelope_id: object) -> bool:
@@ -357,8 +357,9 @@ class RecentlyAccepted:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add_all(self, envelope_ids: Iterable[UUID]) -> None:
-        """Remember ids the bus acknowledged, evicting the least recently added."""
+    def add_all(self, envelope_ids: Iterable[tuple[str, UUID]]) -> None:
+        """Remember (device id, envelope id) pairs the bus acknowledged, evicting the
+        least recently added."""
         if self._max == 0:
             return
         ids = self._ids

@@ -291,6 +291,7 @@ def unaudited_rejections(
 def mark_rejections_audited(conn: duckdb.DuckDBPyConnection, rows: Sequence[SinkRejection]) -> None:
     """Record that `rows` are in the audit log."""
     conn.executemany(
-        "UPDATE prio_report_rejections SET audited = TRUE WHERE envelope_id = ? AND task = ?",
-        [(r.envelope_id, r.task) for r in rows],
+        "UPDATE prio_report_rejections SET audited = TRUE "
+        "WHERE device_id = ? AND envelope_id = ? AND task = ?",
+        [(r.device_id, r.envelope_id, r.task) for r in rows],
     )

@@ -132,6 +132,22 @@ async def test_same_envelope_twice_in_one_batch_is_published_once(
     assert len(bus.published) == 1
 
 
+async def test_another_devices_envelope_id_does_not_pre_empt_the_owner(
+    client: httpx.AsyncClient, bus: InMemoryEnvelopeBus, device: Device, ingest_key: PrivateKey
+) -> None:
+    victim = device.envelope()
+    attacker = Device(device.region)
+    squat = attacker.envelope(envelope_id=victim["envelope_id"])
+    assert (await _post(client, [attacker.item(ingest_key.public_key, squat)])).status_code == 202
+    resp = await _post(client, [device.item(ingest_key.public_key, victim)])
+    result = BatchResult.model_validate_json(resp.content)
+    assert [r.reason for r in result.results] == [None]  # published, not a "duplicate"
+    assert [p.envelope.device_id for p in bus.published] == [
+        attacker.device_id,
+        device.device_id,
+    ]
+
+
 async def test_bus_failure_is_503_and_the_retry_is_published(
     client: httpx.AsyncClient, bus: InMemoryEnvelopeBus, device: Device, ingest_key: PrivateKey
 ) -> None:

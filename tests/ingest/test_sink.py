@@ -103,3 +103,55 @@ async def test_embedded_mode_stores_accepted_envelopes_before_answering(tmp_path
         conn.close()
     assert ids == {e["envelope_id"] for e in envs}
     assert settings.key_path.exists()  # development: generated into the state dir
+
+
+def test_an_envelope_id_is_unique_per_device_not_across_devices(sink: DuckDBSink) -> None:
+    """A device that learned another's envelope id (the audit log shows them) cannot
+    pre-empt it: the victim's envelope with that id is still stored."""
+    attacker, victim = Device(), Device()
+    victims = _ingested(victim)
+    stolen = victims.envelope.envelope_id
+    squat = _ingested(attacker)
+    squat = squat.model_copy(
+        update={"envelope": squat.envelope.model_copy(update={"envelope_id": stolen})}
+    )
+    sink.write([squat])
+    result = sink.write([victims])
+    assert (result.inserted, result.duplicates) == (1, 0)
+    rows = sink.connection.execute(
+        "SELECT device_id FROM envelopes WHERE envelope_id = ? ORDER BY device_id", [str(stolen)]
+    ).fetchall()
+    assert sorted(r[0] for r in rows) == sorted([attacker.device_id, victim.device_id])
+    # The same device sending the same id again is still a duplicate.
+    assert sink.write([victims]).duplicates == 1
+
+
+def test_a_version_1_warehouse_is_migrated_to_per_device_envelope_ids(tmp_path: Path) -> None:
+    import duckdb
+
+    path = tmp_path / "v1.duckdb"
+    old = duckdb.connect(str(path))
+    old.execute("CREATE TABLE schema_meta (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_meta VALUES (1)")
+    old.execute(
+        "CREATE TABLE envelopes (envelope_id UUID PRIMARY KEY, device_id VARCHAR NOT NULL, "
+        "sequence BIGINT NOT NULL, region VARCHAR NOT NULL, policy_hash VARCHAR NOT NULL, "
+        "app_name VARCHAR NOT NULL, app_version VARCHAR NOT NULL, "
+        "window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL, "
+        "sent_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, "
+        "assurance VARCHAR NOT NULL, key_fingerprint VARCHAR NOT NULL)"
+    )
+    old.close()
+    first = DuckDBSink(path)
+    item = _ingested(Device())
+    first.write([item])
+    first.close()
+    # Migrated once (version 2), rows kept, and the new key in force.
+    again = DuckDBSink(path)
+    assert again.connection.execute("SELECT version FROM schema_meta").fetchall() == [(2,)]
+    assert again.envelope_count() == 1
+    other = item.model_copy(
+        update={"envelope": item.envelope.model_copy(update={"device_id": "dev-someone-else"})}
+    )
+    assert again.write([other]).inserted == 1
+    again.close()

@@ -147,7 +147,7 @@ def test_wrong_region(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
 
 def test_recently_accepted_forgets_the_oldest_beyond_its_bound() -> None:
     recent = RecentlyAccepted(2)
-    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    a, b, c = (("dev-a", uuid.uuid4()) for _ in range(3))
     recent.add_all([a, b])
     recent.add_all([c])
     assert a not in recent
@@ -158,7 +158,7 @@ def test_recently_accepted_forgets_the_oldest_beyond_its_bound() -> None:
 
 def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
     recent = RecentlyAccepted(0)
-    a = uuid.uuid4()
+    a = ("dev-a", uuid.uuid4())
     recent.add_all([a])
     assert a not in recent
 
