@@ -307,24 +307,25 @@ def test_a_signals_total_tasks_give_its_fleet_total_and_mean(tmp_path: Path) -> 
     them (two draws each), not its scaled-down cells."""
     conn = connect(tmp_path / "totals.duckdb")
     truth = AggregateTruth()
-    cells = [Entry("count", {"route": r}, 100) for r in ("a", "b")]
-    sums = [Entry("sum", {"route": r}, 50) for r in ("a", "b")]
+    # Noise sd about 8 units per entry: cells far larger, so the means are near 0.5.
+    cells = [Entry("count", {"route": r}, 5_000) for r in ("a", "b")]
+    sums = [Entry("sum", {"route": r}, 2_500) for r in ("a", "b")]
     insert_batches(
         conn,
         [
             Batch("lat", "counts", 0, cells, scale=4.0),
             Batch("lat", "sums", 0, sums, scale=4.0),
-            Batch("lat", "total_events", 0, [Entry("total", {}, 10_000)], scale=4.0),
-            Batch("lat", "total_sum", 0, [Entry("total_sum", {}, 30_000)], scale=4.0),
+            Batch("lat", "total_events", 0, [Entry("total", {}, 20_000)], scale=4.0),
+            Batch("lat", "total_sum", 0, [Entry("total_sum", {}, 60_000)], scale=4.0),
         ],
         truth,
     )
     total = grand_totals(conn, "lat")
     assert total.height == 1
-    assert total["estimate"][0] == pytest.approx(10_000, abs=200)  # not the cells' 200
+    assert total["estimate"][0] == pytest.approx(20_000, abs=200)  # not the cells' 10,000
     mean = fleet_mean(conn, "lat")
     assert mean["mean"][0] == pytest.approx(3.0, rel=0.05)  # not the cells' 0.5
     # Per-cell means still come from the cells.
     by_route = mean_by_labels(conn, "lat", by=("route",), per_window=False)
-    assert by_route["mean"].to_list() == pytest.approx([0.5, 0.5], abs=0.2)
+    assert by_route["mean"].to_list() == pytest.approx([0.5, 0.5], abs=0.05)
     conn.close()
