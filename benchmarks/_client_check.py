@@ -81,7 +81,7 @@ _BATCH_START = datetime(2026, 1, 5, tzinfo=UTC)
 def _prio3_sum(task: AggregationTask, policy_hash: str, vectors: Sequence[list[int]]) -> list[int]:
     """Every vector through the binding (shard, both verify_init, the verifier message,
     both verify_next, aggregate, unshard): what the collector would see without noise."""
-    vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+    vdaf = task_vdaf(task)
     ctx, key = task_context(policy_hash, task.id), secrets.token_bytes(vdaf.verify_key_size)
     leader, helper = [], []
     for vector in vectors:

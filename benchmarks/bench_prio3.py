@@ -57,7 +57,7 @@ def _us(samples: list[int]) -> float:
 
 def _task_costs(task: AggregationTask, policy: Policy, sharer: ReportSharer) -> dict[str, float]:
     """Median µs per report of each role's step, and the report's sizes in bytes."""
-    vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+    vdaf = task_vdaf(task)
     ctx, key = task_context(policy.content_hash, task.id), os.urandom(vdaf.verify_key_size)
     measurement = [0] * task.length
     measurement[0], measurement[-1] = task.bound - 1, 1  # at the bound

@@ -47,9 +47,14 @@ __all__ = [
 
 
 @functools.lru_cache(maxsize=256)
-def task_vdaf(length: int, bits: int, chunk_length: int) -> Prio3:
-    """The Prio3L1BoundSum instance of a task's shape (cached: built once per shape)."""
+def _vdaf(length: int, bits: int, chunk_length: int) -> Prio3:
     return Prio3.l1_bound_sum(length, bits, chunk_length)
+
+
+def task_vdaf(task: AggregationTask) -> Prio3:
+    """The Prio3L1BoundSum of `task`'s shape, built once per shape. The one place a
+    task's VDAF is made: devices, leader, helper and the ingest's checks share it."""
+    return _vdaf(task.length, task.bits, task.chunk_length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,7 @@ class ReportSharer:
         self, task: AggregationTask, measurement: Sequence[int], batch_start: datetime
     ) -> PrioReport:
         """One report of `measurement` (a vector within `task`'s bound) for a batch."""
-        vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+        vdaf = task_vdaf(task)
         report_id = secrets.token_bytes(REPORT_ID_BYTES)
         ctx = task_context(self._policy_hash, task.id)
         shares = vdaf.shard(ctx, list(measurement), report_id)

@@ -674,7 +674,7 @@ class Telemetry:
         for signal in self._signals.values():
             if signal.tasks:
                 for task in signal.tasks:
-                    task_vdaf(task.length, task.bits, task.chunk_length)
+                    task_vdaf(task)
             elif isinstance(signal.spec, CounterSignal):
                 self._release_counter(signal, [0] * signal.domain.size, _EPOCH)
             else:

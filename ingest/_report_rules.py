@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nacl.public import PrivateKey, SealedBox
-from quietwire_prio import Prio3, Prio3Error
+from quietwire_prio import Prio3Error
 
+from client._shares import task_vdaf
 from ingest._release_rules import ReleaseShape, release_problem, release_shapes
 from policies import AggregationTask, Policy, aggregation_tasks, task_context
 from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier, report_batch_start
@@ -50,7 +51,7 @@ class ReportProblem:
 
 def _shape(policy: Policy, task: AggregationTask) -> TaskShape:
     """Measure the sizes by sharding an all-zero measurement once, at startup."""
-    vdaf = Prio3.l1_bound_sum(task.length, task.bits, task.chunk_length)
+    vdaf = task_vdaf(task)
     nonce = secrets.token_bytes(16)
     public, leader, helper = vdaf.shard(
         task_context(policy.content_hash, task.id), [0] * task.length, nonce

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 
-from quietwire_prio import Prio3
-
-from policies import AggregationTask, task_context
+from client._shares import task_vdaf
+from policies import task_context
 
 __all__ = ["VERIFY_KEY_BYTES", "parse_verify_key", "task_vdaf", "task_verify_key"]
 
 VERIFY_KEY_BYTES = 32
-
-
-@functools.lru_cache(maxsize=256)
-def _vdaf(length: int, bits: int, chunk_length: int) -> Prio3:
-    return Prio3.l1_bound_sum(length, bits, chunk_length)
-
-
-def task_vdaf(task: AggregationTask) -> Prio3:
-    """The Prio3L1BoundSum of `task`'s shape (built once per shape)."""
-    return _vdaf(task.length, task.bits, task.chunk_length)
 
 
 def task_verify_key(verify_key: bytes, policy_hash: str, task_id: str) -> bytes:

@@ -86,7 +86,7 @@ def _telemetry(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, **kw: obj
 
 def _aggregate(task: AggregationTask, reports: list[PrioReport], policy_hash: str) -> list[int]:
     """Both aggregators' work on `reports` (no noise): the sum they reveal."""
-    vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+    vdaf = task_vdaf(task)
     ctx = task_context(policy_hash, task.id)
     leader_out, helper_out = [], []
     for r in reports:

@@ -76,7 +76,7 @@ def forged_report(
 ) -> PrioReport:
     """A report of a raw encoding, sharded without range checks, sealed like a device's."""
     report_id = uuid.uuid4().bytes[:REPORT_ID_BYTES]
-    vdaf = task_vdaf(task.length, task.bits, task.chunk_length)
+    vdaf = task_vdaf(task)
     ctx = task_context(policy.content_hash, task.id)
     shares = vdaf.shard_unchecked_for_tests(ctx, list(encoded), report_id)
     sharer = ReportSharer(policy.content_hash, bytes(helper_key.public_key))
