@@ -26,6 +26,7 @@ lint: deps
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) lint-imports
 	cargo fmt $(PRIO3) --check
 	cargo clippy $(PRIO3) --locked --all-targets -- -D warnings
 

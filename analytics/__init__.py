@@ -15,7 +15,14 @@ from analytics._intervals import NORMAL_MAX_EXCESS_KURTOSIS
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._noise import noise_fourth_cumulant, noise_variance
 from analytics._reader import open_warehouse
-from analytics._report import FleetReport, build_report, render_json, render_table
+from analytics._report import (
+    FleetReport,
+    FleetTruth,
+    build_report,
+    render_fleet_table,
+    render_json,
+    render_table,
+)
 from analytics._totals import (
     fleet_totals,
     grand_totals,
@@ -28,6 +35,7 @@ __all__ = [
     "NORMAL_MAX_EXCESS_KURTOSIS",
     "AnalyticsError",
     "FleetReport",
+    "FleetTruth",
     "InvalidQueryError",
     "WarehouseError",
     "build_report",
@@ -40,6 +48,7 @@ __all__ = [
     "noise_fourth_cumulant",
     "noise_variance",
     "open_warehouse",
+    "render_fleet_table",
     "render_html",
     "render_json",
     "render_table",

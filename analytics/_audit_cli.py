@@ -26,7 +26,7 @@ from rich.table import Table
 from analytics._cli_support import fail
 
 if TYPE_CHECKING:  # the ingest package is imported only when an audit command runs
-    from ingest import AuditEntry, AuditLog
+    from auditlog import AuditEntry, AuditLog
 
 __all__ = ["audit_app"]
 
@@ -62,7 +62,7 @@ class ListFormat(StrEnum):
 
 
 def _open(path: Path) -> AuditLog:
-    from ingest import AuditLog, AuditLogError
+    from auditlog import AuditLog, AuditLogError
 
     try:
         return AuditLog(path, read_only=True)

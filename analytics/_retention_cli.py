@@ -21,14 +21,14 @@ from rich.table import Table
 from analytics._cli_support import fail
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
-from analytics.warehouse import (
+from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from schemas import Tier
+from warehouse import (
     count_past_retention,
     enforce_retention,
     retention_cutoff,
     rows_by_tier,
 )
-from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from schemas import Tier
 
 __all__ = ["RETENTION_HELP", "parse_now", "retention"]
 

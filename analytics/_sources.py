@@ -1,6 +1,6 @@
 """What the queries read: every stored figure with its noise, under either privacy model.
 
-Two tables hold released figures (`analytics.warehouse`):
+Two tables hold released figures (`warehouse`):
 
 - `released_values` (the **local** model): one row per device release; its value is the
   device's clamped truth plus one OpenDP draw of `mechanism` at `scale`.

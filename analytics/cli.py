@@ -1,5 +1,8 @@
-"""The `quietwire` command line: fleet reports from a warehouse file, the demo, retention
-(`_retention_cli`) and the auditor's view of the ingest's audit log (`_audit_cli`)."""
+"""The analytics commands of the `quietwire` command line: fleet reports from a warehouse
+file, retention (`_retention_cli`) and the auditor's view of the audit log (`_audit_cli`).
+
+The `quietwire` entry point (`quietwire.cli`) adds the demo, which drives client and ingest
+and so cannot live here (analytics only reads stored data)."""
 
 from __future__ import annotations
 
@@ -17,9 +20,8 @@ from analytics._intervals import check_level
 from analytics._reader import open_warehouse
 from analytics._report import build_report, render_json, render_table
 from analytics._retention_cli import RETENTION_HELP, retention
-from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
 
-__all__ = ["app", "main"]
+__all__ = ["app", "fail"]
 
 app = typer.Typer(
     name="quietwire",
@@ -38,7 +40,7 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     # One line on stderr and exit code 2 (bad input), never a traceback.
     typer.echo(f"quietwire: error: {message}", err=True)
     return typer.Exit(code=2)
@@ -72,15 +74,15 @@ def report(
         level = check_level(level)
         conn = open_warehouse(db)
     except AnalyticsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         rep = build_report(conn, level=level, signal=signal, source=str(db))
     except AnalyticsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     finally:
         conn.close()
     if signal is not None and rep.totals.is_empty():
-        raise _fail(f"no released values for signal {signal!r} in {db}")
+        raise fail(f"no released values for signal {signal!r} in {db}")
     if output is OutputFormat.JSON:
         typer.echo(render_json(rep))
     else:
@@ -93,83 +95,9 @@ def report(
         try:
             written = render_html(rep, html)
         except OSError as exc:
-            raise _fail(f"cannot write {html}: {exc.strerror or exc}") from None
+            raise fail(f"cannot write {html}: {exc.strerror or exc}") from None
         typer.echo(f"HTML report written to {written}", err=True)
-
-
-@app.command()
-def demo(
-    devices: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Simulated devices (aggregate batches of fewer than the policy's "
-            "min_batch_size, 100 by default, are never revealed).",
-        ),
-    ] = 4000,
-    windows: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Windows per device (window length from the policy; default one day)."
-        ),
-    ] = 1,
-    db: Annotated[Path, typer.Option(help="Warehouse file to write.")] = Path(
-        "quietwire-demo.duckdb"
-    ),
-    kafka: Annotated[
-        str | None,
-        typer.Option(
-            metavar="BOOTSTRAP",
-            help="Kafka bootstrap address; without it the ingest hands envelopes "
-            "to the sink in-process.",
-        ),
-    ] = None,
-    html: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
-        "reports/demo.html"
-    ),
-    seed: Annotated[
-        int | None, typer.Option(help="Seed for the simulated usage (noise stays random).")
-    ] = None,
-    policy: Annotated[
-        Path,
-        typer.Option(
-            help="Policy the fleet runs under. policies/pilot.yaml runs the same signals "
-            "under local DP (no helper) with four times the budget, for comparison.",
-            show_default="the packaged policies/default.yaml",
-        ),
-    ] = DEFAULT_POLICY_PATH,
-) -> None:
-    """Simulate a fleet through client, ingest, sink and DuckDB, then write the report."""
-    from analytics._demo import run_demo  # lazy: the demo pulls in client and ingest
-    from ingest import IngestError, check_bootstrap
-
-    try:
-        load_policy(policy)
-        if kafka is not None:
-            check_bootstrap(kafka)
-    except (PolicyError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    try:
-        run_demo(
-            devices=devices,
-            windows=windows,
-            db=db,
-            kafka=kafka,
-            html=html,
-            seed=seed,
-            policy=policy,
-        )
-    except IngestError as exc:  # Kafka unreachable, say
-        raise _fail(exc.detail) from None
-    except OSError as exc:  # the warehouse or report path cannot be written
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise _fail(f"{where}{exc.strerror or exc}") from None
 
 
 app.command(help=RETENTION_HELP)(retention)
 app.add_typer(audit_app, name="audit")
-
-
-def main() -> None:
-    """Console entry point (`quietwire`)."""
-    app()

@@ -1,4 +1,4 @@
-"""A simulated fleet's days in bulk: `analytics._simulation`'s distributions, vectorised.
+"""A simulated fleet's days in bulk: `fleetsim._simulation`'s distributions, vectorised.
 
 The simulator draws a device's window event by event in Python, far too slow for
 100,000 devices over hundreds of days. Here the same distributions are drawn with numpy
@@ -26,8 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks._types import FloatArray, IntArray
+from benchmarks._variants import local_variant
+from client._domain import CellDomain
+
 # The simulator's own parameters (private to it), so the two cannot drift apart.
-from analytics._simulation import (
+from fleetsim._simulation import (
     _CANARY_LOCAL_FAILURE,
     _CANARY_LOCAL_SLOWDOWN,
     _FAILURE_RATE,
@@ -40,9 +44,6 @@ from analytics._simulation import (
     FleetSpec,
     device_profiles,
 )
-from benchmarks._types import FloatArray, IntArray
-from benchmarks._variants import local_variant
-from client._domain import CellDomain
 from policies import (
     CounterSignal,
     HistogramSignal,
@@ -67,7 +68,7 @@ __all__ = [
     "fleet_of",
 ]
 
-# As in `analytics._simulation.simulate_window`.
+# As in `fleetsim._simulation.simulate_window`.
 _LATENCY_SIGMA = 0.5
 _TOKENS_MEDIAN, _TOKENS_SIGMA = 300.0, 0.9
 

@@ -31,10 +31,10 @@ from typing import TypeVar
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import VerifyKey
 
-from analytics._simulation import FleetSpec, device_profiles, simulate_window
 from benchmarks._fleet import ERRORS, LATENCY, REQUESTS, TOKENS
 from client import MemoryTransport, Telemetry, TelemetryConfig
 from client._shares import ReportSharer, task_vdaf
+from fleetsim._simulation import FleetSpec, device_profiles, simulate_window
 from policies import AggregationTask, Policy, aggregation_tasks, load_policy, task_context
 from schemas import AppInfo, BatchResult, EnvelopeBatch, EnvelopeV1, SignedEnvelope, Tier
 

@@ -233,7 +233,7 @@ def _print_level(level: _Level, layout: Layout, judged: bool) -> list[tuple[str,
 
 def _print_fleets(policy: Policy, results: dict[int, dict[str, FloatArray]]) -> None:
     print(
-        "simulated fleet: the demo's (analytics._simulation) in the policy's one-day windows "
+        "simulated fleet: the demo's (fleetsim._simulation) in the policy's one-day windows "
         "(its six-hour rates x 4); a trial: a simulated day with one noise draw"
     )
     bounds = []

@@ -6,11 +6,10 @@ sink that stores them in DuckDB exactly once.
     python -m ingest serve | python -m ingest sink | python -m ingest keygen PATH
 """
 
+from auditlog import AuditEntry, AuditLog, AuditRecord, ChainReport
 from ingest._app import create_app, default_bus
-from ingest._audit import AuditEntry, AuditLog, AuditRecord, ChainReport
 from ingest._bus import EnvelopeBus, InMemoryEnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._errors import (
-    AuditLogError,
     BodyTooLarge,
     BusUnavailable,
     ConfigurationError,
@@ -31,7 +30,6 @@ __all__ = [
     "Accepted",
     "AuditEntry",
     "AuditLog",
-    "AuditLogError",
     "AuditRecord",
     "BodyTooLarge",
     "BusUnavailable",

@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from auditlog import AuditLog
 from ingest._attestation_routes import AttestationState, attestation_router
 from ingest._attestation_service import AttestationService
 from ingest._attested_keys import AttestedKeys
-from ingest._audit import AuditLog
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._intake import EnvelopeIntake

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from auditlog import AuditLog, AuditRecord
 from ingest._attested_keys import AttestedKeys
-from ingest._audit import AuditLog, AuditRecord
 from ingest._registry import DeviceRecord, DeviceRegistry
 from ingest.attestation import (
     AttestationError,

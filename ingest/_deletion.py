@@ -5,7 +5,7 @@ standing, the signature over the exact payload bytes, schema, device id bound to
 key, region. Only the device itself can ask to delete its data. An accepted request is
 published on the envelope bus, keyed by device id like the device's envelopes, and
 answered 202 only once the bus made it durable: that is what "recorded" means. The
-warehouse then deletes the device's rows of the tier (`analytics.warehouse`).
+warehouse then deletes the device's rows of the tier (`warehouse`).
 
 Keys, as for envelopes:
 

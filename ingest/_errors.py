@@ -2,7 +2,6 @@
 
     IngestError                     root; carries a machine-readable `reason` and an HTTP status
     ├── ConfigurationError          settings refused at start-up (never an HTTP answer)
-    ├── AuditLogError               an audit log file cannot be read (auditor tools; never HTTP)
     ├── RequestRejected             the client's mistake: always a 4xx
     │   ├── BodyTooLarge            413 batch_too_large: the body exceeds the byte limit
     │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
@@ -21,7 +20,6 @@ from schemas import RejectReason
 
 __all__ = [
     "BUS_UNAVAILABLE",
-    "AuditLogError",
     "BodyTooLarge",
     "BusUnavailable",
     "ConfigurationError",
@@ -51,13 +49,6 @@ class ConfigurationError(IngestError):
     """Settings that the ingest refuses to run with (insecure or inconsistent)."""
 
     reason = "configuration_error"
-
-
-class AuditLogError(IngestError):
-    """An audit log file is missing, not SQLite, not an audit log, or opened read-only
-    and written to."""
-
-    reason = "audit_log_error"
 
 
 class RequestRejected(IngestError):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from ingest._audit import AuditLog, AuditRecord
+from auditlog import AuditLog, AuditRecord
 from ingest._bus import EnvelopeBus
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Verdict
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason

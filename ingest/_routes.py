@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from auditlog import AuditRecord
 from ingest._attested_keys import AttestedKeys
-from ingest._audit import AuditRecord
 from ingest._deletion import MAX_DELETION_BYTES, verify_deletion_request
 from ingest._errors import BodyTooLarge, DeletionRejected, MalformedBody, TooManyItems
 from ingest._intake import EnvelopeIntake

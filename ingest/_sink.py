@@ -2,7 +2,7 @@
 
 `DuckDBSink` is the one writer; both the embedded mode (`InProcessEnvelopeBus`) and the
 Kafka consumer group (`KafkaSinkConsumer`) go through it, so the two modes store the same
-rows. It calls `analytics.warehouse.write_envelopes`, which inserts a batch's rows and
+rows. It calls `warehouse.write_envelopes`, which inserts a batch's rows and
 the Kafka offsets that batch advances in one transaction and skips (device, envelope
 id) pairs already stored. Deletion requests (`IngestedDeletionRequest`, on the same
 topics) go through the same transaction: recorded in `deletion_requests`, and the
@@ -36,15 +36,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
-from analytics.warehouse import (
+from ingest._errors import BusUnavailable
+from schemas import IngestedDeletionRequest, IngestedEnvelope
+from warehouse import (
     PartitionOffset,
     WriteResult,
     connect,
     stored_offsets,
     write_envelopes,
 )
-from ingest._errors import BusUnavailable
-from schemas import IngestedDeletionRequest, IngestedEnvelope
 
 __all__ = ["DEFAULT_SINK_GROUP", "DeadLetter", "DuckDBSink", "KafkaSinkConsumer", "SinkStats"]
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from ingest._audit import AuditLog
+from auditlog import AuditLog
 from ingest._errors import ConfigurationError
 from ingest._sink import DuckDBSink
 from ingest.aggregation._catalog import TaskCatalog

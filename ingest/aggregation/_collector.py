@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ingest._audit import AuditLog, AuditRecord
+from auditlog import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._errors import AggregationRefused, HelperUnavailable

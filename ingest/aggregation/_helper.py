@@ -33,7 +33,7 @@ from nacl.public import PrivateKey, SealedBox
 from pydantic import ValidationError
 from quietwire_prio import Prio3, Prio3Error, VerifyError
 
-from ingest._audit import AuditLog, AuditRecord
+from auditlog import AuditLog, AuditRecord
 from ingest.aggregation._batches import EMPTY_CHECKSUM, BatchKey, batch_checksum
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._errors import AggregationRefused

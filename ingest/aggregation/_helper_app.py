@@ -30,7 +30,7 @@ from nacl.public import PrivateKey
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest._audit import AuditLog
+from auditlog import AuditLog
 from ingest._errors import (
     BodyTooLarge,
     ConfigurationError,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from quietwire_prio import Prio3, Prio3Error
 
-from ingest._audit import AuditLog, AuditRecord
+from auditlog import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._batches import EMPTY_CHECKSUM, BatchKey, batch_checksum, job_id_for
 from ingest.aggregation._catalog import TaskCatalog

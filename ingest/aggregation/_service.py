@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from ingest._audit import AuditLog, AuditRecord
+from auditlog import AuditLog, AuditRecord
 from ingest._sink import DuckDBSink
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._collector import BatchCollector

@@ -30,7 +30,6 @@ from analytics import (
     signal_totals,
 )
 from analytics._noise import noise_variance
-from analytics.warehouse import apply_schema, connect, write_envelopes
 from schemas import Mechanism
 from tests.analytics._aggregates import (
     AggregateTruth,
@@ -42,6 +41,7 @@ from tests.analytics._aggregates import (
     insert_batches,
 )
 from tests.analytics._fleet import build_fleet
+from warehouse import apply_schema, connect, write_envelopes
 
 _SMALL = 1000  # counter cells at scale 40: the lattice path
 _LARGE = 600  # counter cells at scale 2e5: the continuous path

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from analytics.cli import app
 from ingest import AuditLog, IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
+from quietwire.cli import app
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
 
 REGION = "eu-test"

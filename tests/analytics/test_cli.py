@@ -9,9 +9,9 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from analytics.cli import app
-from analytics.warehouse import connect, write_envelopes
+from quietwire.cli import app
 from tests.analytics._fleet import build_fleet
+from warehouse import connect, write_envelopes
 
 _ROUTES = ("local", "edge", "cloud")
 

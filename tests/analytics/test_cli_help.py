@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from analytics.cli import app
+from quietwire.cli import app
 
 
 def _help(*command: str) -> str:

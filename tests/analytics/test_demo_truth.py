@@ -12,16 +12,15 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from analytics._demo import (
+from fleetsim._demo import (
     canary_verdict,
     cell_means_truth,
     coverage,
     fleet_truth_of,
     report_run,
 )
-from analytics._pipeline import FleetRun, TruthKey
-from analytics._simulation import MODEL_CANARY, MODEL_STABLE
-from analytics.warehouse import connect
+from fleetsim._pipeline import FleetRun, TruthKey
+from fleetsim._simulation import MODEL_CANARY, MODEL_STABLE
 from tests.analytics._aggregates import (
     DAY,
     T0,
@@ -30,6 +29,7 @@ from tests.analytics._aggregates import (
     histogram_batches,
     insert_batches,
 )
+from warehouse import connect
 
 W = datetime(2026, 3, 2, tzinfo=UTC)
 _LATENCY = "gen_ai.client.operation.duration"

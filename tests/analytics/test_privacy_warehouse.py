@@ -10,7 +10,6 @@ import duckdb
 import pytest
 
 from analytics import fleet_mean, grand_totals
-from analytics.warehouse import connect, enforce_retention, write_envelopes
 from schemas import (
     AppInfo,
     CounterAggregate,
@@ -23,6 +22,7 @@ from schemas import (
     Tier,
     TotalAggregate,
 )
+from warehouse import connect, enforce_retention, write_envelopes
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from analytics import build_report, render_html, render_json, render_table
 from analytics._report import FleetReport
-from analytics.warehouse import apply_schema, write_envelopes
 from tests.analytics._aggregates import (
     AggregateTruth,
     counter_batch,
@@ -22,6 +21,7 @@ from tests.analytics._aggregates import (
     insert_batches,
 )
 from tests.analytics._fleet import build_fleet
+from warehouse import apply_schema, write_envelopes
 
 _CELLS = [{"route": r, "model": m} for r in ("local", "edge", "cloud") for m in ("v1.0", "v1.1")]
 # The canary (v1.1) is 30% slower on the local route.

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from analytics.cli import app
-from analytics.warehouse import connect, write_envelopes
 from policies import DEFAULT_POLICY_PATH
+from quietwire.cli import app
 from tests.analytics.test_privacy_warehouse import T0, _envelope
+from warehouse import connect, write_envelopes
 
 # Windows of the three envelopes end at T0 + 1h, 2h, 3h; each carries one health, one
 # content and two performance values. Default retention: content 7 days.

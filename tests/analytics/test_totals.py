@@ -15,8 +15,8 @@ import duckdb
 import pytest
 
 from analytics import cell_summary, fleet_totals, mean_by_labels, signal_totals
-from analytics.warehouse import apply_schema, write_envelopes
 from tests.analytics._fleet import HOUR, T0, FleetTruth, build_fleet
+from warehouse import apply_schema, write_envelopes
 
 _COUNTER_CELLS = 1000
 _HIST_CELLS = 400

@@ -6,7 +6,7 @@ import itertools
 import sqlite3
 from pathlib import Path
 
-from ingest._audit import GENESIS_HASH, AuditLog, AuditRecord
+from auditlog import GENESIS_HASH, AuditLog, AuditRecord
 
 
 def _log(tmp_path: Path) -> AuditLog:

@@ -9,7 +9,6 @@ def test_exported_names() -> None:
         "Accepted",
         "AuditEntry",
         "AuditLog",
-        "AuditLogError",
         "AuditRecord",
         "BodyTooLarge",
         "BusUnavailable",
@@ -48,7 +47,6 @@ def test_exported_names() -> None:
 
 def test_every_error_is_an_ingest_error() -> None:
     for name in (
-        "AuditLogError",
         "BodyTooLarge",
         "BusUnavailable",
         "ConfigurationError",

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from nacl.public import PublicKey
 
-from analytics.warehouse import PartitionOffset, connect
 from ingest import DeadLetter, DuckDBSink, IngestSettings, create_app
 from schemas import EnvelopeV1, IngestedEnvelope
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
+from warehouse import PartitionOffset, connect
 
 
 def _ingested(device: Device) -> IngestedEnvelope:

@@ -135,7 +135,7 @@ def test_a_deletion_request_removes_pending_reports_and_refuses_late_ones(
 
 
 def test_retention_removes_reports_and_fleet_aggregates_of_a_tier(sink: DuckDBSink) -> None:
-    from analytics.warehouse import count_past_retention, enforce_retention
+    from warehouse import count_past_retention, enforce_retention
 
     sink.write([_ingested(Device(), _report())])
     conn = sink.connection

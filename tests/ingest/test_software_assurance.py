@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 from nacl.public import PrivateKey
 
+from auditlog import AuditLog
 from ingest import InMemoryEnvelopeBus
-from ingest._audit import AuditLog
 from tests.ingest.kit import Device, counter_aggregate
 
 

@@ -17,9 +17,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from analytics import fleet_totals, open_warehouse
-from analytics._demo import coverage
-from analytics._pipeline import REGION, FleetRun, run_fleet
-from analytics._simulation import FleetSpec
+from fleetsim._demo import coverage
+from fleetsim._pipeline import REGION, FleetRun, run_fleet
+from fleetsim._simulation import FleetSpec
 from ingest import DuckDBSink, KafkaSinkConsumer
 from policies import aggregation_tasks, load_policy
 from schemas import IngestedEnvelope

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from auditlog import AuditLog
 from ingest import DuckDBSink
-from ingest._audit import AuditLog
 from ingest.aggregation import (
     AggregationService,
     BatchKey,

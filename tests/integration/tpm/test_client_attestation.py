@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from auditlog import AuditLog
 from client import DeviceAttestor, FallbackKeyStore, SoftwareKeyStore, Telemetry, TelemetryConfig
 from client._tpm_keystore import TpmKeyStore
 from ingest import (
@@ -23,7 +24,6 @@ from ingest import (
     read_private_key,
     write_private_key,
 )
-from ingest._audit import AuditLog
 from schemas import AppInfo, IngestedDeletionRequest, Tier
 from tests.harness.swtpm import SwtpmInstance
 from tests.integration.tpm._ingest_kit import write_policy

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from tpm2_pytss.constants import TPMA_OBJECT
 
+from auditlog import AuditEntry, AuditLog
 from client._tpm_keystore import SIGNING_KEY_ATTRIBUTES, TpmKeyStore
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
-from ingest._audit import AuditEntry, AuditLog
 from schemas import BatchResult
 from tests.harness.swtpm import SwtpmInstance
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client

@@ -41,12 +41,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from analytics._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
+from auditlog import AuditLog
 from client import HttpTransport, Telemetry, TelemetryConfig
 from client._release import TrueCounter, TrueHistogram, TrueTotal
 from client._telemetry import CollectedWindow
+from fleetsim._simulation import FleetSpec, InferenceEvent, device_profiles, simulate_window
 from ingest import DuckDBSink, IngestSettings, KafkaSinkConsumer, create_app
-from ingest._audit import AuditLog
 from ingest._keys import write_private_key
 from ingest._topics import ensure_topics
 from ingest.aggregation import HelperClient, HelperSettings, RunStats, aggregate_all, serve_helper

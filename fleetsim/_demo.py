@@ -15,18 +15,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from analytics._html import render_html
-from analytics._pipeline import FleetRun, TruthKey, run_fleet
-from analytics._reader import open_warehouse
-from analytics._report import (
+from analytics import (
     FleetReport,
     FleetTruth,
     build_report,
+    fleet_totals,
+    open_warehouse,
     render_fleet_table,
+    render_html,
     render_table,
 )
-from analytics._simulation import MODEL_CANARY, MODEL_STABLE, FleetSpec
-from analytics._totals import fleet_totals
+from fleetsim._pipeline import FleetRun, TruthKey, run_fleet
+from fleetsim._simulation import MODEL_CANARY, MODEL_STABLE, FleetSpec
 from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, Policy, load_policy
 
 __all__ = [

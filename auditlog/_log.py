@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ingest._errors import AuditLogError
+from auditlog._errors import AuditLogError
 
 __all__ = [
     "GENESIS_HASH",

@@ -1,0 +1,1 @@
+"""The `quietwire` command line: analytics' commands plus the demo (`quietwire.cli`)."""

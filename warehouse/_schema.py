@@ -1,0 +1,225 @@
+"""The warehouse's tables (DuckDB): the contract between the ingest's sink, which writes
+them, and analytics, which reads them. Neither owns it; both import it from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+__all__ = ["SCHEMA_VERSION", "apply_schema", "connect"]
+
+SCHEMA_VERSION = 2
+"""2: envelope ids are unique per device, not across devices (a device that learned
+another's envelope id could otherwise pre-empt it); version-1 files are migrated."""
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS schema_meta (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS envelopes (
+    envelope_id     UUID NOT NULL,
+    device_id       VARCHAR NOT NULL,
+    sequence        BIGINT NOT NULL,
+    region          VARCHAR NOT NULL,
+    policy_hash     VARCHAR NOT NULL,
+    app_name        VARCHAR NOT NULL,
+    app_version     VARCHAR NOT NULL,
+    window_start    TIMESTAMPTZ NOT NULL,
+    window_end      TIMESTAMPTZ NOT NULL,
+    sent_at         TIMESTAMPTZ NOT NULL,
+    received_at     TIMESTAMPTZ NOT NULL,
+    assurance       VARCHAR NOT NULL,
+    key_fingerprint VARCHAR NOT NULL,
+    PRIMARY KEY (device_id, envelope_id)
+);
+-- One row per released number. kind: counter | bucket | sum (per attribute cell), or
+-- total | total_sum (one scalar over all cells: a count or a histogram's sum).
+-- bucket_upper is NULL for the overflow bucket (+inf) and for non-bucket rows.
+CREATE TABLE IF NOT EXISTS released_values (
+    envelope_id  UUID NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    tier         VARCHAR NOT NULL,
+    unit         VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,
+    attributes   JSON NOT NULL,
+    bucket_index INTEGER,
+    bucket_upper DOUBLE,
+    value        DOUBLE NOT NULL,
+    mechanism    VARCHAR NOT NULL,
+    scale        DOUBLE NOT NULL,
+    epsilon      DOUBLE,
+    rho          DOUBLE,
+    lower_bound  DOUBLE NOT NULL,
+    upper_bound  DOUBLE NOT NULL
+);
+-- Releases the device's privacy ledger withheld (a cap was reached), per envelope.
+CREATE TABLE IF NOT EXISTS suppressions (
+    envelope_id  UUID NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    releases     INTEGER NOT NULL
+);
+-- Consent revocations the ingest recorded, and what they deleted.
+CREATE TABLE IF NOT EXISTS deletion_requests (
+    request_id      UUID PRIMARY KEY,
+    device_id       VARCHAR NOT NULL,
+    region          VARCHAR NOT NULL,
+    tier            VARCHAR NOT NULL,
+    requested_at    TIMESTAMPTZ NOT NULL,
+    received_at     TIMESTAMPTZ NOT NULL,
+    consent_hash    VARCHAR NOT NULL,
+    key_fingerprint VARCHAR NOT NULL,
+    rows_deleted    BIGINT NOT NULL
+);
+-- Prio3 reports of aggregate-model signals, as the leader (the ingest) keeps them until
+-- they are aggregated: the public share, the leader's input share and the helper's
+-- share sealed to the helper. None of them reveals a device's values. One report per
+-- (task, report_id) and one per (task, policy, region, batch, device): a device
+-- contributes once to a batch. status: pending | aggregated | rejected (with reason).
+CREATE TABLE IF NOT EXISTS prio_reports (
+    task         VARCHAR NOT NULL,
+    report_id    BLOB NOT NULL,
+    policy_hash  VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    batch_start  TIMESTAMPTZ NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    envelope_id  UUID NOT NULL,
+    tier         VARCHAR NOT NULL,
+    assurance    VARCHAR NOT NULL,
+    received_at  TIMESTAMPTZ NOT NULL,
+    public_share BLOB NOT NULL,
+    leader_share BLOB NOT NULL,
+    helper_share BLOB NOT NULL,
+    status       VARCHAR NOT NULL,
+    reason       VARCHAR,
+    PRIMARY KEY (task, report_id)
+);
+-- Reports the sink refused to keep: report_replayed (a report id seen before) or
+-- duplicate_contribution (a second report of one device for one task and batch).
+CREATE TABLE IF NOT EXISTS prio_report_rejections (
+    envelope_id  UUID NOT NULL,
+    task         VARCHAR NOT NULL,
+    report_id    BLOB NOT NULL,
+    device_id    VARCHAR NOT NULL,
+    batch_start  TIMESTAMPTZ NOT NULL,
+    reason       VARCHAR NOT NULL,
+    recorded_at  TIMESTAMPTZ NOT NULL,
+    audited      BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (device_id, envelope_id, task)
+);
+-- Fleet aggregates revealed by the collector: one row per entry of a task's vector.
+-- value is in the signal's unit (units x resolution); the noise is `draws` independent
+-- draws of `mechanism` at `scale` (in units), one per aggregator; reports is how many
+-- devices' reports the batch summed (at least the policy's min_batch_size).
+-- kind: counter (a counter's cell) | bucket | count | sum (a histogram's cell).
+CREATE TABLE IF NOT EXISTS fleet_aggregates (
+    batch_id     VARCHAR NOT NULL,
+    vector_index INTEGER NOT NULL,
+    task         VARCHAR NOT NULL,
+    policy_hash  VARCHAR NOT NULL,
+    region       VARCHAR NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    signal       VARCHAR NOT NULL,
+    tier         VARCHAR NOT NULL,
+    unit         VARCHAR NOT NULL,
+    kind         VARCHAR NOT NULL,
+    attributes   JSON NOT NULL,
+    bucket_index INTEGER,
+    bucket_upper DOUBLE,
+    value        DOUBLE NOT NULL,
+    reports      BIGINT NOT NULL,
+    mechanism    VARCHAR NOT NULL,
+    scale        DOUBLE NOT NULL,
+    draws        INTEGER NOT NULL,
+    resolution   DOUBLE NOT NULL,
+    epsilon      DOUBLE NOT NULL,
+    lower_bound  DOUBLE NOT NULL,
+    upper_bound  DOUBLE NOT NULL,
+    collected_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (batch_id, vector_index)
+);
+-- The leader's side of each batch (ingest.aggregation): its running aggregate share and
+-- report count, the checksum over the aggregated report ids it shows the helper, and
+-- its noisy share, stored before use so it is never redrawn.
+-- status: open | below_minimum | collecting | collected.
+CREATE TABLE IF NOT EXISTS prio_batches (
+    task            VARCHAR NOT NULL,
+    policy_hash     VARCHAR NOT NULL,
+    region          VARCHAR NOT NULL,
+    batch_start     TIMESTAMPTZ NOT NULL,
+    batch_id        VARCHAR NOT NULL,
+    aggregate_share BLOB NOT NULL,
+    reports         BIGINT NOT NULL,
+    checksum        BLOB NOT NULL,
+    status          VARCHAR NOT NULL,
+    noisy_share     BLOB,
+    noise_scale     DOUBLE,
+    collected_at    TIMESTAMPTZ,
+    PRIMARY KEY (task, policy_hash, region, batch_start)
+);
+-- Which aggregation job a pending report was sent in, stored before sending: a retry
+-- resends the same job (same id), which the helper answers again without double counting.
+CREATE TABLE IF NOT EXISTS prio_job_reports (
+    task      VARCHAR NOT NULL,
+    report_id BLOB NOT NULL,
+    job_id    VARCHAR NOT NULL,
+    PRIMARY KEY (task, report_id)
+);
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    consumer_group VARCHAR NOT NULL,
+    topic          VARCHAR NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    next_offset    BIGINT NOT NULL,
+    PRIMARY KEY (consumer_group, topic, kafka_partition)
+);
+"""
+
+
+# Tables whose primary key changed in version 2: rebuilt with the new key, rows kept.
+_REKEYED = ("envelopes", "prio_report_rejections")
+
+
+def _migrate_v1(conn: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 keyed envelopes by envelope id alone: rebuild with (device, envelope)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for table in _REKEYED:
+            exists = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+            ).fetchone()
+            if exists == (0,):
+                continue
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+            conn.execute(_DDL)  # creates the table anew, with the version-2 key
+            conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_v1")
+            conn.execute(f"DROP TABLE {table}_v1")
+        conn.execute("UPDATE schema_meta SET version = ?", [SCHEMA_VERSION])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the warehouse tables if absent, and migrate an older file (idempotent)."""
+    conn.execute(_DDL)
+    version = conn.execute("SELECT max(version) FROM schema_meta").fetchone()
+    if version is None or version[0] is None:
+        conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])
+    elif version[0] == 1:
+        _migrate_v1(conn)
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) a warehouse file with the schema applied."""
+    conn = duckdb.connect(str(path), read_only=read_only)
+    if not read_only:
+        apply_schema(conn)
+    return conn
