@@ -6,6 +6,7 @@ from policies._attestation import (
     PcrRule,
     load_attestation_policy,
 )
+from policies._cost import ChargePeriod, CloudPrice, CostPolicy, EdgePrice, LocalPrice
 from policies._errors import PolicyError
 from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, dump_policy, load_policy
 from policies._model import (
@@ -45,11 +46,16 @@ __all__ = [
     "AggregationPolicy",
     "AggregationTask",
     "AttestationPolicy",
+    "ChargePeriod",
+    "CloudPrice",
     "ConsentPolicy",
+    "CostPolicy",
     "CounterSignal",
+    "EdgePrice",
     "FingerprintPolicy",
     "HelperEndpoint",
     "HistogramSignal",
+    "LocalPrice",
     "MechanismChoice",
     "PcrRule",
     "Policy",

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies._cost import CostPolicy, cost_reference_problem
 from schemas import Mechanism, Tier
 
 __all__ = [
@@ -555,6 +556,15 @@ class Policy(BaseModel):
     retention: RetentionPolicy = Field(default_factory=_default_retention)
     fingerprints: FingerprintPolicy | None = None
     aggregation: AggregationPolicy = Field(default_factory=AggregationPolicy)
+    cost: CostPolicy | None = None
+
+    @model_validator(mode="after")
+    def _check_cost(self) -> Policy:
+        if self.cost is not None:
+            problem = cost_reference_problem(self.cost, self.signals)
+            if problem is not None:
+                raise PolicyKeyError(f"cost.{problem[0]}", problem[1])
+        return self
 
     @model_validator(mode="after")
     def _check_caps(self) -> Policy:
@@ -594,7 +604,10 @@ class Policy(BaseModel):
         """SHA-256 of the canonical JSON of the validated policy (formatting-independent).
 
         Covers every section (signals, privacy caps, consent defaults, retention), so a
-        change to any of them is a different policy.
+        change to any of them is a different policy; except `cost`, which only analytics
+        reads: a price change must not make devices' envelopes and Prio3 tasks (keyed by
+        this hash) those of another policy.
         """
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", exclude={"cost"})
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
