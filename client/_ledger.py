@@ -38,18 +38,18 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Context, Decimal
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from client._errors import ClientError
-from policies import PrivacyCaps
+from policies import EXACT_EPSILON, PrivacyCaps, budget_day, epsilon_decimal
 
 __all__ = ["LedgerError", "PrivacyLedger", "write_atomically"]
 
-_EXACT = Context(prec=60)  # wide enough that sums of float reprs are exact
+_EXACT = EXACT_EPSILON  # shared with the ingest's ledger (policies._budget)
 # Windows opens low-level files in text mode unless told otherwise; checksums need bytes.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
 
@@ -236,7 +236,7 @@ class PrivacyLedger:
             records: list[dict[str, Any]] = []
             granted: list[bool] = []
             for signal, epsilon in charges:
-                eps = Decimal(repr(float(epsilon)))
+                eps = epsilon_decimal(epsilon)
                 t, life = _EXACT.add(today, eps), _EXACT.add(lifetime, eps)
                 ok = t <= self._daily_cap and life <= self._lifetime_cap
                 if ok:
@@ -417,6 +417,4 @@ class PrivacyLedger:
 
 
 def _utc_day(at: datetime) -> str:
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise ValueError("`at` must be timezone-aware (the ledger counts UTC days)")
-    return at.astimezone(UTC).date().isoformat()
+    return budget_day(at)

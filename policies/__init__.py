@@ -6,6 +6,7 @@ from policies._attestation import (
     PcrRule,
     load_attestation_policy,
 )
+from policies._budget import EXACT_EPSILON, budget_day, epsilon_decimal, window_charge
 from policies._cost import ChargePeriod, CloudPrice, CostPolicy, EdgePrice, LocalPrice
 from policies._errors import PolicyError
 from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, dump_policy, load_policy
@@ -39,6 +40,7 @@ from policies._tasks import (
 __all__ = [
     "DEFAULT_ATTESTATION_POLICY_PATH",
     "DEFAULT_POLICY_PATH",
+    "EXACT_EPSILON",
     "FINGERPRINT_DIGITS",
     "OTHER",
     "PILOT_POLICY_PATH",
@@ -67,10 +69,13 @@ __all__ = [
     "TaskPart",
     "TierConsent",
     "aggregation_tasks",
+    "budget_day",
     "cell_labels",
     "dump_policy",
+    "epsilon_decimal",
     "fingerprint_bucket_name",
     "load_attestation_policy",
     "load_policy",
     "task_context",
+    "window_charge",
 ]

@@ -80,6 +80,12 @@ class RejectReason(StrEnum):
     UNKNOWN_TASK = "unknown_task"
     REPORT_INVALID = "report_invalid"
     SIGNAL_INVALID = "signal_invalid"
+    # per-device admission (issue 8): window, order, one contribution, epsilon budget
+    WINDOW_MISALIGNED = "window_misaligned"
+    SEQUENCE_NOT_INCREASING = "sequence_not_increasing"
+    DUPLICATE_WINDOW = "duplicate_window"
+    POLICY_NOT_SERVED = "policy_not_served"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class ItemResult(BaseModel):

@@ -73,6 +73,10 @@ def test_public_names_are_pinned() -> None:
         "FingerprintPolicy",
         "fingerprint_bucket_name",
         "load_policy",
+        "EXACT_EPSILON",
+        "budget_day",
+        "epsilon_decimal",
+        "window_charge",
     }
 
 
