@@ -4,9 +4,10 @@ Pure logic on the policies the ingest serves. A report is input, not truth: its 
 must be one of the named policy's aggregation tasks, its tier the one the policy gives
 that signal (a device cannot relabel a signal to dodge a tier rule), its shares exactly
 the sizes that task's Prio3 encoding has (nothing else decodes, and an oversized share
-would only cost the aggregators work), and the envelope's window must lie inside one
-aligned policy window, the report's batch. The proof itself is checked later, by the
-leader and the helper together; the shares reveal nothing here.
+would only cost the aggregators work); the envelope's window must lie inside one
+aligned policy window (every envelope's, reports or not), the reports' batch. The proof
+itself is checked later, by the leader and the helper together; the shares reveal
+nothing here.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from nacl.public import PrivateKey, SealedBox
 from quietwire_prio import Prio3Error
 
 from client._shares import task_vdaf
 from ingest._release_rules import ReleaseShape, release_problem, release_shapes
+from ingest._windows import AlignedWindow, aligned_window
 from policies import AggregationTask, Policy, aggregation_tasks, task_context
-from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier, report_batch_start
+from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier
 
 __all__ = ["ReportProblem", "ReportRules", "TaskShape"]
 
@@ -99,35 +101,29 @@ class ReportRules:
     def check(self, env: EnvelopeV1) -> datetime | ReportProblem | None:
         """The reports' batch start if they pass, a problem if not, None if none.
 
-        A policy served in full also has its local releases checked: each must be of a
+        A policy served in full also has the envelope's window checked (inside one
+        aligned policy window, `ingest._windows`) and its local releases: each must be of a
         signal it declares, under the local model, in that signal's tier. A local
         release of an aggregate-model signal would bypass secure aggregation (and mix
         a device's own noise claims into the fleet aggregates), so it is refused.
         """
+        seconds = self._window.get(env.policy_hash)
+        window: AlignedWindow | None = None
+        if seconds is not None:
+            aligned = aligned_window(env.window_start, env.window_end, seconds)
+            if isinstance(aligned, str):
+                return ReportProblem(RejectReason.WINDOW_MISALIGNED, aligned)
+            window = aligned
         if (problem := self._local_problem(env)) is not None:
             return problem
         if not env.reports:
             return None
         shapes = self._shapes.get(env.policy_hash)
-        if shapes is None:
+        if shapes is None or window is None:
             return ReportProblem(
                 RejectReason.UNKNOWN_TASK,
                 f"policy {env.policy_hash[:12]}… is known to this ingest by hash only: "
                 "reports need its policy file",
-            )
-        window = self._window[env.policy_hash]
-        try:
-            batch = report_batch_start(env.window_start, window)
-            batch_end = batch + timedelta(seconds=window)
-        except OverflowError:
-            return ReportProblem(
-                RejectReason.REPORT_INVALID, "the window is at the edge of the calendar"
-            )
-        if env.window_end > batch_end:
-            return ReportProblem(
-                RejectReason.REPORT_INVALID,
-                f"the window [{env.window_start.isoformat()}, {env.window_end.isoformat()}) "
-                f"crosses a {window} s policy window: reports belong to one batch",
             )
         for report in env.reports:
             shape = shapes.get(report.task)
@@ -152,7 +148,7 @@ class ReportRules:
                     f"{len(report.helper_share)} bytes; the task's are {shape.public_bytes}/"
                     f"{shape.leader_bytes}/at most {shape.helper_max_bytes}",
                 )
-        return batch
+        return window.start
 
     def _local_problem(self, env: EnvelopeV1) -> ReportProblem | None:
         signals = self._local.get(env.policy_hash)

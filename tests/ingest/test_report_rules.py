@@ -128,8 +128,8 @@ def test_a_window_crossing_two_batches_is_refused(
         sent_at=(DAY + timedelta(hours=36, seconds=1)).isoformat(),
     )
     verdict = _verify(verifier, key, env, at=DAY + timedelta(hours=37))
-    assert _reason(verdict) is RejectReason.REPORT_INVALID
-    assert "crosses" in verdict.detail  # type: ignore[union-attr]
+    assert _reason(verdict) is RejectReason.WINDOW_MISALIGNED
+    assert "not inside one aligned" in verdict.detail  # type: ignore[union-attr]
 
 
 def test_reports_need_the_policy_file_not_only_its_hash(key: PrivateKey) -> None:
@@ -190,7 +190,7 @@ def test_a_window_at_the_edge_of_the_calendar_is_refused_not_a_crash(
         sent_at=(start + timedelta(hours=1)).isoformat(),
     )
     verdict = _verify(verifier, key, env)
-    assert _reason(verdict) is RejectReason.REPORT_INVALID
+    assert _reason(verdict) is RejectReason.WINDOW_MISALIGNED
 
 
 @pytest.mark.parametrize(
