@@ -39,6 +39,9 @@ from pydantic import TypeAdapter, ValidationError
 from ingest._errors import BusUnavailable
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 from warehouse import (
+    Compaction,
+    CompactionError,
+    ErasureCompactor,
     PartitionOffset,
     WriteResult,
     connect,
@@ -90,6 +93,11 @@ class DuckDBSink:
 
     `target` is a path (opened, schema applied, closed by `close()`) or an open
     connection (the caller keeps ownership). Thread-safe: writes are serialised.
+
+    With a path, the sink also makes deleted values physically absent: after applying
+    deletion requests it rewrites the file (`warehouse.ErasureCompactor`), at most once
+    per `compact_interval` seconds (later ones wait for the next write, idle poll or
+    `close()`). With a connection, its owner must call `warehouse.compact`.
     """
 
     def __init__(
@@ -97,16 +105,20 @@ class DuckDBSink:
         target: Path | str | duckdb.DuckDBPyConnection,
         *,
         group: str = DEFAULT_SINK_GROUP,
+        compact_interval: float = 300.0,
     ) -> None:
+        self._compactor: ErasureCompactor | None = None
         if isinstance(target, duckdb.DuckDBPyConnection):
             self._conn = target
             self._owned = False
         else:
             self._conn = connect(target)
             self._owned = True
+            self._compactor = ErasureCompactor(target, min_interval=compact_interval)
         self._conn.execute(_DEAD_LETTERS_DDL)
         self._lock = threading.Lock()
         self.group = group
+        self._erase()  # deletions a crash left in the file
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -128,9 +140,38 @@ class DuckDBSink:
         """Store new envelopes, apply deletion requests and advance `offsets` (for this
         sink's group), atomically."""
         with self._lock:
-            return write_envelopes(
+            result = write_envelopes(
                 self._conn, items, group=self.group if offsets else None, offsets=offsets
             )
+            self._erase()
+            return result
+
+    def compact_if_due(self) -> Compaction | None:
+        """Rewrite the file if deletions are pending and the interval has passed."""
+        with self._lock:
+            return self._erase()
+
+    def _erase(self, *, force: bool = False) -> Compaction | None:
+        # Under the lock (or in __init__). A failed rewrite is logged, not raised: the
+        # rows are stored, and the erasure stays pending (visible to auditors) until
+        # the next try.
+        if self._compactor is None:
+            return None
+        try:
+            self._conn, done = self._compactor.maybe_compact(self._conn, force=force)
+        except CompactionError as exc:
+            log.error("rewrite after deletions failed, will retry: %s", exc)
+            if exc.connection_closed:
+                self._conn = connect(self._compactor.path)
+            return None
+        if done is not None:
+            log.info(
+                "warehouse rewritten: %d erasures done, %d -> %d bytes",
+                done.erasures,
+                done.bytes_before,
+                done.bytes_after,
+            )
+        return done
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
         """Record unparseable messages; returns how many were new (a message re-read
@@ -173,6 +214,7 @@ class DuckDBSink:
         """Close the connection if this sink opened it."""
         if self._owned:
             with self._lock:
+                self._erase(force=True)
                 self._conn.close()
 
 
@@ -296,6 +338,7 @@ class KafkaSinkConsumer:
         count = sum(len(records) for records in batches.values())
         if count == 0:
             self.stats.empty_polls_in_a_row += 1
+            await asyncio.to_thread(self._sink.compact_if_due)
             return 0
         self.stats.empty_polls_in_a_row = 0
         await self._store(batches)

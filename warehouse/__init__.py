@@ -1,10 +1,20 @@
-"""The Quietwire warehouse (DuckDB): its schema, the sink's write path and retention.
+"""The Quietwire warehouse (DuckDB): its schema, the sink's write path, retention, and
+the rewrite that makes deleted values physically absent (`compact`).
 
 A contract package: the ingest's sink writes through it and analytics reads the tables it
 defines; it imports neither (see `make lint`'s import contracts).
 """
 
+from warehouse._compact import (
+    Compaction,
+    CompactionError,
+    ErasureCompactor,
+    compact,
+    pending_erasures,
+)
 from warehouse._retention import (
+    RetentionRun,
+    apply_retention,
     count_past_retention,
     enforce_retention,
     retention_cutoff,
@@ -15,12 +25,19 @@ from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Compaction",
+    "CompactionError",
+    "ErasureCompactor",
     "PartitionOffset",
+    "RetentionRun",
     "WriteResult",
+    "apply_retention",
     "apply_schema",
+    "compact",
     "connect",
     "count_past_retention",
     "enforce_retention",
+    "pending_erasures",
     "retention_cutoff",
     "rows_by_tier",
     "stored_offsets",

@@ -1,15 +1,30 @@
-"""Retention: each tier's data past its days is deleted (operators run it daily)."""
+"""Retention: each tier's data past its days is deleted (operators run it daily).
+
+Every run that deletes is recorded in the same transaction: per tier and table in
+`retention_runs` (rows, cutoff, when) and, if it deleted rows, as a pending erasure
+(`erasures`) that the next rewrite of the file (`warehouse.compact`) completes.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
 from schemas import Tier
+from warehouse._compact import record_erasure
 
-__all__ = ["count_past_retention", "enforce_retention", "retention_cutoff", "rows_by_tier"]
+__all__ = [
+    "RetentionRun",
+    "apply_retention",
+    "count_past_retention",
+    "enforce_retention",
+    "retention_cutoff",
+    "rows_by_tier",
+]
 
 
 def retention_cutoff(days: int, now: datetime) -> datetime:
@@ -27,20 +42,44 @@ _RETAINED = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionRun:
+    """What one `apply_retention` deleted, as recorded in `retention_runs`."""
+
+    run_id: str
+    ran_at: datetime
+    as_of: datetime
+    """The reference time cutoffs count back from (`--now`)."""
+    days: dict[str, int]
+    """Days kept per tier."""
+    deleted: dict[str, dict[str, int]]
+    """tier -> table -> rows deleted."""
+
+    @property
+    def by_tier(self) -> dict[str, int]:
+        """Rows deleted per tier, over every table."""
+        return {tier: sum(tables.values()) for tier, tables in self.deleted.items()}
+
+    @property
+    def total(self) -> int:
+        """Rows deleted in all."""
+        return sum(self.by_tier.values())
+
+
 def _past_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime, verb: str
-) -> dict[str, int]:
-    out: dict[str, int] = {}
+) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
     for tier, keep in days.items():
         cutoff = retention_cutoff(keep, now)
-        total = 0
+        per_table: dict[str, int] = {}
         for table, column in _RETAINED:
             row = conn.execute(
                 f"{verb} FROM {table} WHERE tier = ? AND {column} < ?",
                 [Tier(tier).value, cutoff],
             ).fetchone()
-            total += int(row[0]) if row else 0
-        out[Tier(tier).value] = total
+            per_table[table] = int(row[0]) if row else 0
+        out[Tier(tier).value] = per_table
     return out
 
 
@@ -57,25 +96,51 @@ def count_past_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
 ) -> dict[str, int]:
     """Rows per tier that `enforce_retention(conn, days, now)` would delete (a dry run)."""
-    return _past_retention(conn, days, now, "SELECT count(*)")
+    counts = _past_retention(conn, days, now, "SELECT count(*)")
+    return {tier: sum(tables.values()) for tier, tables in counts.items()}
+
+
+def apply_retention(
+    conn: duckdb.DuckDBPyConnection,
+    days: Mapping[Tier, int],
+    now: datetime,
+    *,
+    ran_at: datetime | None = None,
+) -> RetentionRun:
+    """Delete each tier's data past its retention: released values and fleet aggregates
+    whose window ended, and Prio3 reports whose batch started, more than the tier's days
+    before `now`; record the run (`retention_runs`, `erasures`) in the same transaction.
+
+    `days` is the policy's `retention.days`. The deleted bytes leave the file only when
+    it is rewritten: call `warehouse.compact` after a run that deleted rows. The sink
+    never calls this (a consumer that deletes would make a replay or a clock error
+    destroy data): operators run `quietwire retention` daily.
+    """
+    run_id = str(uuid.uuid4())
+    ran = ran_at or datetime.now(UTC)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        deleted = _past_retention(conn, days, now, "DELETE")
+        conn.executemany(
+            "INSERT INTO retention_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, ran, now, tier.value, keep, retention_cutoff(keep, now), table, n)
+                for tier, keep in ((Tier(t), k) for t, k in days.items())
+                for table, n in deleted[tier.value].items()
+            ],
+        )
+        total = sum(n for tables in deleted.values() for n in tables.values())
+        if total:
+            record_erasure(conn, "retention", run_id, total, ran)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return RetentionRun(run_id, ran, now, {Tier(t).value: k for t, k in days.items()}, deleted)
 
 
 def enforce_retention(
     conn: duckdb.DuckDBPyConnection, days: Mapping[Tier, int], now: datetime
 ) -> dict[str, int]:
-    """Delete each tier's data past its retention: released values and fleet aggregates
-    whose window ended, and Prio3 reports whose batch started, more than the tier's days
-    before `now`.
-
-    `days` is the policy's `retention.days`; returns rows deleted per tier, in one
-    transaction. The sink never calls this (a consumer that deletes would make a replay
-    or a clock error destroy data): operators run `quietwire retention` daily.
-    """
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        deleted = _past_retention(conn, days, now, "DELETE")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return deleted
+    """`apply_retention`, returning the rows deleted per tier."""
+    return apply_retention(conn, days, now).by_tier

@@ -179,6 +179,32 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     next_offset    BIGINT NOT NULL,
     PRIMARY KEY (consumer_group, topic, kafka_partition)
 );
+-- What each retention run deleted (`warehouse.apply_retention`, `quietwire retention`),
+-- per tier and table, written in the deletion's own transaction. as_of is the reference
+-- time the cutoffs count back from; ran_at the wall-clock time of the run.
+CREATE TABLE IF NOT EXISTS retention_runs (
+    run_id       UUID NOT NULL,
+    ran_at       TIMESTAMPTZ NOT NULL,
+    as_of        TIMESTAMPTZ NOT NULL,
+    tier         VARCHAR NOT NULL,
+    keep_days    INTEGER NOT NULL,
+    cutoff       TIMESTAMPTZ NOT NULL,
+    table_name   VARCHAR NOT NULL,
+    rows_deleted BIGINT NOT NULL,
+    PRIMARY KEY (run_id, tier, table_name)
+);
+-- Deletions whose bytes must leave the file: one row per deletion request or retention
+-- run that deleted rows, written in its transaction. erased_at is set by the rewrite
+-- into a fresh file that no longer holds them (warehouse/_compact.py); NULL: pending.
+-- source: deletion_request (source_id = request_id) | retention (source_id = run_id).
+CREATE TABLE IF NOT EXISTS erasures (
+    source       VARCHAR NOT NULL,
+    source_id    UUID NOT NULL,
+    deleted_at   TIMESTAMPTZ NOT NULL,
+    rows_deleted BIGINT NOT NULL,
+    erased_at    TIMESTAMPTZ,
+    PRIMARY KEY (source, source_id)
+);
 """
 
 

@@ -33,6 +33,7 @@ from schemas import (
     NoiseSpec,
     TotalAggregate,
 )
+from warehouse._compact import record_erasure
 
 __all__ = ["PartitionOffset", "WriteResult", "stored_offsets", "write_envelopes"]
 
@@ -179,6 +180,7 @@ def _record_deletions(
             "WHERE j.task = prio_reports.task AND j.report_id = prio_reports.report_id)",
             [d.device_id, d.tier.value],
         ).fetchone()
+        rows = (int(deleted[0]) if deleted else 0) + (int(reports[0]) if reports else 0)
         conn.execute(
             "INSERT INTO deletion_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -190,9 +192,12 @@ def _record_deletions(
                 item.received_at,
                 d.consent_hash,
                 item.key_fingerprint,
-                (int(deleted[0]) if deleted else 0) + (int(reports[0]) if reports else 0),
+                rows,
             ],
         )
+        if rows:
+            # The deleted bytes stay in the file until it is rewritten (warehouse._compact).
+            record_erasure(conn, "deletion_request", str(d.request_id), rows)
         applied += 1
     return applied
 
