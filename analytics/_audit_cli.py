@@ -39,11 +39,12 @@ audit_app = typer.Typer(
 )
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DECISIONS: dict[str, Literal["accepted", "rejected"]] = {
+_DECISIONS: dict[str, Literal["accepted", "rejected", "applied"]] = {
     "accept": "accepted",
     "accepted": "accepted",
     "reject": "rejected",
     "rejected": "rejected",
+    "applied": "applied",
 }
 
 LogOption = Annotated[
@@ -139,15 +140,16 @@ def list_entries(
         typer.Option(
             "--action",
             metavar="A",
-            help="Only this action: enroll, activate, nonce, attest, revoke, envelope, deletion.",
+            help="Only this action: enroll, activate, nonce, attest, revoke, envelope, "
+            "deletion, retention.",
         ),
     ] = None,
     decision: Annotated[
         str | None,
         typer.Option(
             "--decision",
-            metavar="accept|reject",
-            help="Only accepted or only rejected decisions.",
+            metavar="accept|reject|applied",
+            help="Only accepted, rejected or applied (retention runs) decisions.",
         ),
     ] = None,
     reason: Annotated[
@@ -172,7 +174,7 @@ def list_entries(
     if decision is not None:
         wanted = _DECISIONS.get(decision.strip().lower())
         if wanted is None:
-            raise fail(f"--decision must be accept or reject, got {decision!r}")
+            raise fail(f"--decision must be accept or reject (or applied), got {decision!r}")
     audit = _open(log)
     try:
         entries = audit.entries(device_id=device, action=action, decision=wanted, reason=reason)

@@ -45,7 +45,8 @@ __all__ = [
 GENESIS_HASH = "0" * 64
 """The `prev_hash` of the first entry."""
 
-AuditDecision = Literal["accepted", "rejected"]
+AuditDecision = Literal["accepted", "rejected", "applied"]
+"""`applied`: an operation the operator ran rather than a request decided on (retention)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -68,7 +69,7 @@ class AuditRecord:
     """A decision to append: what was decided, about which device, and why."""
 
     action: str
-    """enroll, activate, attest, revoke, envelope."""
+    """enroll, activate, attest, revoke, envelope, deletion, retention."""
     decision: AuditDecision
     device_id: str | None = None
     reason: str | None = None
