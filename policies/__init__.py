@@ -7,6 +7,7 @@ from policies._attestation import (
     load_attestation_policy,
 )
 from policies._budget import EXACT_EPSILON, budget_day, epsilon_decimal, window_charge
+from policies._canary import CanaryMetric, CanaryPolicy, CanaryUnavailable
 from policies._cost import ChargePeriod, CloudPrice, CostPolicy, EdgePrice, LocalPrice
 from policies._errors import PolicyError
 from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, dump_policy, load_policy
@@ -48,6 +49,9 @@ __all__ = [
     "AggregationPolicy",
     "AggregationTask",
     "AttestationPolicy",
+    "CanaryMetric",
+    "CanaryPolicy",
+    "CanaryUnavailable",
     "ChargePeriod",
     "CloudPrice",
     "ConsentPolicy",

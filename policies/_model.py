@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from policies._canary import CanaryPolicy, canary_reference_problem
 from policies._cost import CostPolicy, cost_reference_problem
 from schemas import Mechanism, Tier
 
@@ -557,6 +558,15 @@ class Policy(BaseModel):
     fingerprints: FingerprintPolicy | None = None
     aggregation: AggregationPolicy = Field(default_factory=AggregationPolicy)
     cost: CostPolicy | None = None
+    canary: CanaryPolicy | None = None
+
+    @model_validator(mode="after")
+    def _check_canary(self) -> Policy:
+        if self.canary is not None:
+            problem = canary_reference_problem(self.canary, self.signals)
+            if problem is not None:
+                raise PolicyKeyError(f"canary.{problem[0]}", problem[1])
+        return self
 
     @model_validator(mode="after")
     def _check_cost(self) -> Policy:
@@ -604,10 +614,10 @@ class Policy(BaseModel):
         """SHA-256 of the canonical JSON of the validated policy (formatting-independent).
 
         Covers every section (signals, privacy caps, consent defaults, retention), so a
-        change to any of them is a different policy; except `cost`, which only analytics
-        reads: a price change must not make devices' envelopes and Prio3 tasks (keyed by
-        this hash) those of another policy.
+        change to any of them is a different policy; except `cost` and `canary`, which
+        only analytics reads: a price or threshold change must not make devices'
+        envelopes and Prio3 tasks (keyed by this hash) those of another policy.
         """
-        data = self.model_dump(mode="json", exclude={"cost"})
+        data = self.model_dump(mode="json", exclude={"cost", "canary"})
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

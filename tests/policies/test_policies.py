@@ -39,6 +39,9 @@ def test_public_names_are_pinned() -> None:
     assert set(policies.__all__) == {
         "DEFAULT_ATTESTATION_POLICY_PATH",
         "AttestationPolicy",
+        "CanaryMetric",
+        "CanaryPolicy",
+        "CanaryUnavailable",
         "PcrRule",
         "load_attestation_policy",
         "DEFAULT_POLICY_PATH",
