@@ -29,7 +29,7 @@ from analytics._totals import (
     with_intervals,
 )
 
-__all__ = ["cell_summary", "fleet_mean", "mean_by_labels"]
+__all__ = ["cell_summary", "fleet_mean", "mean_by_keys", "mean_by_labels"]
 
 # A histogram's mean per cell: sum / events. Events are the buckets added locally, and
 # the cell's own count entry under the aggregate model (two draws, not two per bucket).
@@ -117,6 +117,21 @@ def mean_by_labels(
     level = check_level(level)
     labels = check_labels(by)
     keys = [*(WINDOW_KEYS if per_window else []), *label_keys(labels)] or [("r.signal", "signal")]
+    return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
+
+
+def mean_by_keys(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str,
+    keys: Sequence[tuple[str, str]],
+    *,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """`mean_by_labels` grouped by any keys: (SQL over the union row `r`, alias) pairs,
+    e.g. a row's region or its window's charge period next to labels (`label_keys`)."""
+    level = check_level(level)
     return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
 
 
