@@ -54,6 +54,7 @@ COST_SCHEMA: dict[str, Any] = {
     "consumed_quantity": pl.Float64,
     "consumed_quantity_low": pl.Float64,
     "consumed_quantity_high": pl.Float64,
+    "consumed_quantity_std_error": pl.Float64,
     "pricing_unit": pl.String,
     "unit_price": pl.Float64,
     "cost": pl.Float64,
@@ -198,7 +199,9 @@ def _price_row(cost: CostPolicy, row: dict[str, Any], level: float) -> dict[str,
     out["consumed_quantity"] = quantity
     out["cost"] = p * quantity
     v_n, se_use = row["requests_var"], meter.use_se(row)
-    out["cost_std_error"] = p * math.sqrt(use_box.estimate**2 * v_n + n * n * se_use**2)
+    q_se = math.sqrt(use_box.estimate**2 * v_n + n * n * se_use**2)
+    out["consumed_quantity_std_error"] = q_se
+    out["cost_std_error"] = p * q_se
     out["consumed_per_inference"] = use_level.estimate
     out["cost_per_inference"] = p * use_level.estimate
     if use_level.low is not None and use_level.high is not None and use_level.bounded:
