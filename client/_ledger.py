@@ -1,26 +1,48 @@
-"""The per-device privacy ledger: every release is charged before it is sent.
+"""The per-device privacy ledger: every release is charged before it is made.
 
 Accounting is pure differential privacy with basic composition (losses add up), as the
-policy states (`PrivacyCaps.accounting == "pure_dp"`). A charge is granted only if the
-device's total for that UTC day and its lifetime total both stay within the caps;
-otherwise the release is suppressed and the suppression counted per signal.
+policy states (`PrivacyCaps.accounting == "pure_dp"`). A charge is granted only if all
+three of these stay within their caps:
 
-Durability, because an undercounting ledger is a privacy bug:
+* **the UTC day** the release describes (the window's start): its cap is the
+  *strictest* daily cap of every policy the device charged under that day, so a policy
+  change never raises what a day may still spend (each charge records its policy's
+  hash and daily cap);
+* **the last 24 real hours**: charges within 24 hours of real time (measured on the
+  monotonic clock of one boot, `client._clock`; across boots on the wall clock, which
+  may then not run behind the latest charge) add up to at most the strictest daily cap
+  among them and the current policy's. Moving the wall clock forward or back opens no
+  budget: the cap holds in any 24 real hours, not twice the cap;
+* **the lifetime** total.
 
-* Every charge and suppression is one line appended to a journal and fsynced before
-  `try_charge` returns: `<crc32 hex> <json>\\n`. `try_charge_many` decides a window's
-  charges in order and appends their lines in one write and one fsync. A crash
-  mid-write leaves at most one torn last line, which fails its checksum (or lacks its
-  newline) and is cut off at the next open; earlier lines are never rewritten, so
-  earlier charges survive. (A torn batch keeps its complete leading lines: those
-  charges stand, though their releases were never made. Charging more than was
-  released is the safe direction.)
+Otherwise the release is suppressed and the suppression counted per signal.
+
+Integrity, because an undercounting ledger is a privacy bug:
+
+* Every record is one line `<mac> <json>\\n`, the MAC a keyed BLAKE2b of the JSON
+  under a key the device already keeps secret (`client._privacy` derives it from the
+  spool key). Records are appended and fsynced before `try_charge(_many)` returns; a
+  window's records go in one write and one fsync. A crash mid-write leaves a torn last
+  line without its newline, which is cut off at the next open (a torn batch keeps its
+  complete leading lines: charging more than was released is the safe direction). A
+  *complete* line that fails its MAC or does not parse is never skipped: the ledger
+  refuses every charge (`problem`), as it does for a corrupt snapshot or header.
+* It cannot be rolled back by the device's own files. `LedgerEvidence` (the device
+  state's sequence number and the lifetime spend recorded with each envelope,
+  `client._envelope.DeviceState`) says whether the device has released before and how
+  much it had spent: a missing or empty journal for a device that has released, or a
+  journal that holds less than was recorded (charge lines deleted, even with the
+  header kept), refuses every charge.
+* Refusal lasts until an operator acknowledges the loss with `reset` (wired as
+  `Telemetry.reset_ledger`): the damaged files are kept aside, and the new ledger
+  starts conservatively, with the current day and the last 24 real hours fully spent
+  and at least the lifetime spend the evidence shows.
 * Every `compact_every` records the state is written to a snapshot (temp file, fsync,
   atomic rename) and the journal restarted with the next generation number. A crash
   between the two steps leaves a journal one generation behind the snapshot, which is
   recognised and discarded (its charges are already in the snapshot).
-* Sums are kept as exact decimals of the policy's epsilons, so 0.1 charged ten times
-  reaches a cap of 1.0 exactly, neither early nor late.
+* Sums are exact decimals of the epsilons, so 0.1 charged ten times reaches a cap of
+  1.0 exactly, neither early nor late.
 
 One process owns a ledger file at a time (an exclusive advisory lock on `<path>.lock`).
 A forked child inherits the lock but not an up-to-date view of the parent's charges, so
@@ -30,12 +52,14 @@ twice, on data it shares with its parent.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import os
 import sys
 import threading
-import zlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,18 +68,55 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from client._clock import ClockReading
 from client._errors import ClientError
 from policies import EXACT_EPSILON, PrivacyCaps, budget_day, epsilon_decimal
 
-__all__ = ["LedgerError", "PrivacyLedger", "write_atomically"]
+__all__ = ["DAY_SECONDS", "LedgerError", "LedgerEvidence", "PrivacyLedger", "write_atomically"]
+
+DAY_SECONDS = 86_400.0
+"""The real-time window the daily cap holds over."""
 
 _EXACT = EXACT_EPSILON  # shared with the ingest's ledger (policies._budget)
-# Windows opens low-level files in text mode unless told otherwise; checksums need bytes.
+# Windows opens low-level files in text mode unless told otherwise; MACs need bytes.
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
+_UNKEYED = b"quietwire-ledger-unkeyed"  # a checksum only: for ledgers opened without a key
+_MAC_HEX = 32
 
 
 class LedgerError(ClientError):
-    """The ledger cannot be opened, read or written; no charge is granted while it lasts."""
+    """The ledger cannot be opened, read, trusted or written; no charge is granted."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvidence:
+    """What the device's other persisted state says about its past releases."""
+
+    sequence: int | None = None
+    """The last envelope sequence number handed out (None: the device never released)."""
+    spent: Decimal | None = None
+    """The ledger's lifetime spend recorded with the latest envelope."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """A charge as the real-time rule sees it."""
+
+    eps: Decimal
+    cap: Decimal
+    at: ClockReading
+
+    def to_json(self) -> list[Any]:
+        return [str(self.eps), str(self.cap), self.at.wall, self.at.boot, self.at.mono]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> _Stamp:
+        eps, cap, wall, boot, mono = data
+        return cls(Decimal(eps), Decimal(cap), ClockReading(float(wall), str(boot), float(mono)))
+
+
+def _reading(record: dict[str, Any]) -> ClockReading:
+    return ClockReading(float(record["w"]), str(record["b"]), float(record["m"]))
 
 
 @dataclass
@@ -63,22 +124,54 @@ class _State:
     gen: int = 0
     lifetime: Decimal = Decimal(0)
     days: dict[str, Decimal] = field(default_factory=dict)
+    day_caps: dict[str, Decimal] = field(default_factory=dict)
     by_signal: dict[str, Decimal] = field(default_factory=dict)
     suppressed: dict[str, int] = field(default_factory=dict)
+    recent: list[_Stamp] = field(default_factory=list)
+    max_wall: float = -math.inf
+    charges: int = 0
 
     def apply(self, record: dict[str, Any]) -> None:
         kind = record["k"]
-        if kind == "c":
-            eps = Decimal(record["e"])
-            day, signal = record["d"], record["s"]
+        if kind in ("c", "r"):
+            eps, day, cap = Decimal(record["e"]), record["d"], Decimal(record["cap"])
+            if kind == "r":
+                self.lifetime = max(self.lifetime, Decimal(record["floor"]))
+            else:
+                signal = record["s"]
+                self.by_signal[signal] = _EXACT.add(self.by_signal.get(signal, Decimal(0)), eps)
             self.lifetime = _EXACT.add(self.lifetime, eps)
             self.days[day] = _EXACT.add(self.days.get(day, Decimal(0)), eps)
-            self.by_signal[signal] = _EXACT.add(self.by_signal.get(signal, Decimal(0)), eps)
+            self.day_caps[day] = min(self.day_caps.get(day, cap), cap)
+            stamp = _Stamp(eps, cap, _reading(record))
+            self.recent.append(stamp)
+            self.max_wall = max(self.max_wall, stamp.at.wall)
+            self.charges += 1
         elif kind == "s":
             signal = record["s"]
             self.suppressed[signal] = self.suppressed.get(signal, 0) + 1
         else:
             raise ValueError(f"unknown record kind {kind!r}")
+
+    def is_old(self, stamp: _Stamp, now: ClockReading) -> bool:
+        """Whether `stamp` is provably more than 24 real hours before `now`."""
+        elapsed = now.seconds_since(stamp.at)
+        if elapsed is not None:
+            return elapsed >= DAY_SECONDS
+        # Another boot: only the wall clock can tell, and only while it has not been
+        # set back behind a charge already made.
+        return now.wall >= self.max_wall and now.wall - stamp.at.wall >= DAY_SECONDS
+
+    def expires_in(self, stamp: _Stamp, now: ClockReading) -> float:
+        """Seconds until `stamp` leaves the real-time window (inf: cannot tell)."""
+        elapsed = now.seconds_since(stamp.at)
+        if elapsed is None:
+            elapsed = now.wall - stamp.at.wall if now.wall >= self.max_wall else -math.inf
+        return max(DAY_SECONDS - elapsed, 0.0)
+
+    def prune(self, now: ClockReading) -> None:
+        # A charge provably a day older than a reading stays so for every later reading.
+        self.recent = [s for s in self.recent if not self.is_old(s, now)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,38 +179,66 @@ class _State:
             "g": self.gen,
             "lifetime": str(self.lifetime),
             "days": {d: str(v) for d, v in self.days.items()},
+            "day_caps": {d: str(v) for d, v in self.day_caps.items()},
             "by_signal": {s: str(v) for s, v in self.by_signal.items()},
             "suppressed": dict(self.suppressed),
+            "recent": [s.to_json() for s in self.recent],
+            "max_wall": self.max_wall if math.isfinite(self.max_wall) else None,
+            "charges": self.charges,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _State:
+        max_wall = data["max_wall"]
         return cls(
             gen=int(data["g"]),
             lifetime=Decimal(data["lifetime"]),
             days={d: Decimal(v) for d, v in data["days"].items()},
+            day_caps={d: Decimal(v) for d, v in data["day_caps"].items()},
             by_signal={s: Decimal(v) for s, v in data["by_signal"].items()},
             suppressed={s: int(n) for s, n in data["suppressed"].items()},
+            recent=[_Stamp.from_json(s) for s in data["recent"]],
+            max_wall=-math.inf if max_wall is None else float(max_wall),
+            charges=int(data["charges"]),
+        )
+
+    def copy(self, gen: int) -> _State:
+        return _State(
+            gen=gen,
+            lifetime=self.lifetime,
+            days=dict(self.days),
+            day_caps=dict(self.day_caps),
+            by_signal=dict(self.by_signal),
+            suppressed=dict(self.suppressed),
+            recent=list(self.recent),
+            max_wall=self.max_wall,
+            charges=self.charges,
         )
 
 
-def _frame(record: dict[str, Any]) -> bytes:
-    payload = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+class _Framing:
+    """`<mac> <json>\\n` lines, the MAC keyed BLAKE2b-128 of the JSON bytes."""
 
+    def __init__(self, key: bytes | None) -> None:
+        self._key = hashlib.blake2b(key or _UNKEYED, digest_size=32, person=b"qw-ledger").digest()
 
-def _unframe(line: bytes) -> dict[str, Any] | None:
-    """The record in one journal line, or None if the line is torn or corrupt."""
-    crc, sep, payload = line.partition(b" ")
-    if not sep or len(crc) != 8:
-        return None
-    try:
-        if int(crc, 16) != zlib.crc32(payload):
+    def _mac(self, payload: bytes) -> bytes:
+        return hashlib.blake2b(payload, key=self._key, digest_size=16).hexdigest().encode()
+
+    def frame(self, record: dict[str, Any]) -> bytes:
+        payload = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+        return b"%s %s\n" % (self._mac(payload), payload)
+
+    def unframe(self, line: bytes) -> dict[str, Any] | None:
+        """The record in one line, or None if it fails its MAC or does not parse."""
+        mac, sep, payload = line.partition(b" ")
+        if not sep or len(mac) != _MAC_HEX or not hmac.compare_digest(mac, self._mac(payload)):
             return None
-        record = json.loads(payload)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+        try:
+            record = json.loads(payload)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -160,27 +281,49 @@ def _lock(fd: int) -> bool:
     return True
 
 
-class PrivacyLedger:
-    """A device's privacy spend, persisted and crash-safe; see the module docstring.
+class _Untrusted(Exception):
+    """The files cannot be trusted; the message says why (becomes `problem`)."""
 
-    `path` is the journal file; `<path>.snapshot` and `<path>.lock` sit next to it.
-    Thread-safe. Each call to `try_charge(_many)` costs one small append and one fsync.
+
+class PrivacyLedger:
+    """A device's privacy spend, persisted, crash-safe and tamper-evident; see the
+    module docstring.
+
+    `path` is the journal; `<path>.snapshot` and `<path>.lock` sit next to it. `key`
+    keys the lines' MACs (None: a plain checksum). `policy_hash` names the policy the
+    charges are made under. `evidence` is what the device's other state says about its
+    past releases. Files that cannot be trusted do not raise here: the ledger opens
+    refusing every charge (`problem`) until `reset`. Raises `LedgerError` only when the
+    files cannot be opened or another ledger holds them. Thread-safe.
     """
 
-    def __init__(self, path: Path | str, caps: PrivacyCaps, *, compact_every: int = 4096) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        caps: PrivacyCaps,
+        *,
+        key: bytes | None = None,
+        policy_hash: str = "",
+        evidence: LedgerEvidence = LedgerEvidence(),
+        compact_every: int = 4096,
+    ) -> None:
         if caps.accounting != "pure_dp":
             raise LedgerError(f"unsupported accounting {caps.accounting!r}")
         if compact_every < 1:
             raise ValueError("compact_every must be at least 1")
         self._path = Path(path)
         self._snapshot_path = self._path.with_name(self._path.name + ".snapshot")
-        self._daily_cap = Decimal(repr(caps.daily_epsilon))
-        self._lifetime_cap = Decimal(repr(caps.lifetime_epsilon))
+        self._framing = _Framing(key)
+        self._policy = policy_hash[:16]
+        self._daily_cap = epsilon_decimal(caps.daily_epsilon)
+        self._lifetime_cap = epsilon_decimal(caps.lifetime_epsilon)
+        self._evidence = evidence
         self._compact_every = compact_every
         self._mutex = threading.Lock()
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._broken: str | None = None
+        self._problem: LedgerError | None = None
         self._pid = os.getpid()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,61 +339,100 @@ class PrivacyLedger:
             self._state, self._records = self._recover()
             self._fd = os.open(self._path, _APPEND_FLAGS)
             self._size = os.fstat(self._fd).st_size
+        except _Untrusted as exc:
+            self._problem = LedgerError(f"{self._path}: {exc}; {_OPERATOR_ACTION}")
         except OSError as exc:
             os.close(lock_fd)
             raise LedgerError(f"{self._path}: cannot open: {exc.strerror or exc}") from exc
-        except LedgerError:
-            os.close(lock_fd)
-            raise
         self._lock_fd = lock_fd
 
     # -- queries -------------------------------------------------------------------
 
-    def try_charge(self, signal: str, epsilon: float, at: datetime) -> bool:
-        """Charge `epsilon` to `signal` at `at` if both caps allow; else count a suppression.
+    @property
+    def problem(self) -> LedgerError | None:
+        """Why every charge is refused until `reset`, or None if the ledger is sound."""
+        return self._problem
 
-        Returns True if the release may go ahead (the charge is durable by then), False
-        if it must be suppressed. Raises `LedgerError` if the ledger cannot be written,
-        in which case nothing is charged and nothing may be released.
-        """
-        (granted,) = self.try_charge_many([(signal, epsilon)], at)
+    def try_charge(
+        self, signal: str, epsilon: float, at: datetime, *, now: ClockReading | None = None
+    ) -> bool:
+        """Charge `epsilon` to `signal` for the day of `at` if every cap allows; else
+        count a suppression. See `try_charge_many`."""
+        (granted,) = self.try_charge_many([(signal, epsilon)], at, now=now)
         return granted
 
-    def try_charge_many(self, charges: Sequence[tuple[str, float]], at: datetime) -> list[bool]:
+    def try_charge_many(
+        self,
+        charges: Sequence[tuple[str, float]],
+        at: datetime,
+        *,
+        now: ClockReading | None = None,
+    ) -> list[bool]:
         """`try_charge` for each `(signal, epsilon)` in order, made durable with one fsync.
 
-        Each charge is decided against the caps as left by the ones before it. Raises
-        `LedgerError` (nothing charged, nothing may be released) if the journal cannot
-        be written.
+        `at` is the time the releases describe (the window's start: its UTC day is
+        charged); `now` is the real time of the charge (without it, `at` stands for it:
+        a simulator's clock). Each charge is decided against the caps as left by the
+        ones before it. True: the release may go ahead (the charge is durable). Raises
+        `LedgerError` (nothing charged, nothing may be released) if the ledger refuses
+        (`problem`) or cannot be written.
         """
         for signal, epsilon in charges:
             if not signal:
                 raise ValueError("signal name is empty")
             if not (math.isfinite(epsilon) and epsilon > 0):
                 raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-        day = _utc_day(at)
+        day = budget_day(at)
+        now = now if now is not None else _reading_of(at)
         if os.getpid() != self._pid:
             raise LedgerError(f"{self._path}: owned by the parent process; a fork cannot charge")
+        if self._problem is not None:
+            raise self._problem
         with self._mutex:
-            today, lifetime = self._state.days.get(day, Decimal(0)), self._state.lifetime
+            state = self._state
+            today, lifetime = state.days.get(day, Decimal(0)), state.lifetime
+            day_cap = min(self._daily_cap, state.day_caps.get(day, self._daily_cap))
+            recent = [s for s in state.recent if not state.is_old(s, now)]
+            window = _EXACT.add(Decimal(0), sum((s.eps for s in recent), Decimal(0)))
+            window_cap = min([self._daily_cap, *(s.cap for s in recent)])
             records: list[dict[str, Any]] = []
             granted: list[bool] = []
             for signal, epsilon in charges:
                 eps = epsilon_decimal(epsilon)
-                t, life = _EXACT.add(today, eps), _EXACT.add(lifetime, eps)
-                ok = t <= self._daily_cap and life <= self._lifetime_cap
+                t, w, life = (_EXACT.add(x, eps) for x in (today, window, lifetime))
+                ok = t <= day_cap and w <= window_cap and life <= self._lifetime_cap
                 if ok:
-                    today, lifetime = t, life
-                    records.append({"k": "c", "s": signal, "e": str(eps), "d": day})
+                    today, window, lifetime = t, w, life
+                    records.append(self._charge_record(signal, eps, day, now))
                 else:
                     records.append({"k": "s", "s": signal, "d": day})
                 granted.append(ok)
+            state.prune(now)
             self._append(records)
             return granted
 
+    def seconds_until_room(self, epsilon: float, now: ClockReading) -> float | None:
+        """How long until the last 24 real hours have room for `epsilon` (0: now);
+        None if they never will on their own (a cap below it, or a wall clock behind)."""
+        eps = epsilon_decimal(epsilon)
+        with self._mutex:
+            state = self._state
+            recent = sorted(
+                ((state.expires_in(s, now), s) for s in state.recent if not state.is_old(s, now)),
+                key=lambda pair: pair[0],
+            )
+            for i in range(len(recent) + 1):
+                left = recent[i:]
+                spent = sum((s.eps for _, s in left), Decimal(0))
+                cap = min([self._daily_cap, *(s.cap for _, s in left)])
+                if _EXACT.add(spent, eps) <= cap:
+                    wait = recent[i - 1][0] if i else 0.0
+                    return wait if math.isfinite(wait) else None
+            return None
+
     def spent_today(self, at: datetime) -> float:
-        """Epsilon spent during the UTC day that contains `at`."""
-        day = _utc_day(at)
+        """Epsilon spent on the UTC day that contains `at`."""
+        day = budget_day(at)
         with self._mutex:
             return float(self._state.days.get(day, Decimal(0)))
 
@@ -259,12 +441,26 @@ class PrivacyLedger:
         with self._mutex:
             return float(self._state.lifetime)
 
-    def remaining(self, at: datetime) -> float:
-        """The largest charge that would still be granted at `at`."""
-        day = _utc_day(at)
+    def lifetime_mark(self) -> Decimal:
+        """The exact lifetime spend: the evidence the device state keeps with each envelope."""
         with self._mutex:
-            today = self._daily_cap - self._state.days.get(day, Decimal(0))
-            return float(max(Decimal(0), min(today, self._lifetime_cap - self._state.lifetime)))
+            return self._state.lifetime
+
+    def remaining(self, at: datetime, *, now: ClockReading | None = None) -> float:
+        """The largest charge that would still be granted for the day of `at`, `now`."""
+        day = budget_day(at)
+        now = now if now is not None else _reading_of(at)
+        with self._mutex:
+            state = self._state
+            day_cap = min(self._daily_cap, state.day_caps.get(day, self._daily_cap))
+            recent = [s for s in state.recent if not state.is_old(s, now)]
+            window_cap = min([self._daily_cap, *(s.cap for s in recent)])
+            left = min(
+                day_cap - state.days.get(day, Decimal(0)),
+                window_cap - sum((s.eps for s in recent), Decimal(0)),
+                self._lifetime_cap - state.lifetime,
+            )
+            return float(max(Decimal(0), left))
 
     def spent_by_signal(self) -> dict[str, float]:
         """Lifetime epsilon spent per signal (for a privacy reviewer)."""
@@ -275,6 +471,58 @@ class PrivacyLedger:
         """How many releases of each signal were suppressed by a cap, ever."""
         with self._mutex:
             return dict(self._state.suppressed)
+
+    # -- operator action -------------------------------------------------------------
+
+    def reset(self, at: datetime, *, now: ClockReading | None = None, reason: str) -> None:
+        """Acknowledge a lost or damaged ledger and start again, conservatively.
+
+        The damaged journal and snapshot are renamed aside (`.damaged-<time>`), never
+        deleted. The new ledger keeps whatever could be read, takes at least the
+        lifetime spend the evidence shows, and charges the whole daily cap to the day of
+        `at` and to `now` (without it, `at`): nothing is released for that day, nor for
+        24 real hours. `reason` is recorded. Raises `LedgerError` if it cannot write.
+        """
+        if not reason.strip():
+            raise ValueError("say why the ledger is reset (it is recorded)")
+        now = now if now is not None else _reading_of(at)
+        with self._mutex:
+            if self._lock_fd is None:
+                raise LedgerError(f"{self._path}: ledger is closed")
+            floor = max(self._state.lifetime, self._evidence.spent or Decimal(0))
+            cap = min(self._daily_cap, self._state.day_caps.get(budget_day(at), self._daily_cap))
+            fresh = self._state.copy(gen=self._state.gen + 1)
+            fresh.apply(
+                {
+                    "k": "r",
+                    "e": str(cap),
+                    "cap": str(cap),
+                    "floor": str(floor),
+                    "d": budget_day(at),
+                    "why": reason[:200],
+                    "w": now.wall,
+                    "b": now.boot,
+                    "m": now.mono,
+                }
+            )
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            try:
+                for damaged in (self._path, self._snapshot_path):
+                    if damaged.exists():
+                        os.replace(damaged, damaged.with_name(f"{damaged.name}.damaged-{stamp}"))
+                write_atomically(self._snapshot_path, self._framing.frame(fresh.to_json()))
+                write_atomically(self._path, self._framing.frame({"k": "h", "g": fresh.gen}))
+                self._fd = os.open(self._path, _APPEND_FLAGS)
+                self._size = os.fstat(self._fd).st_size
+            except OSError as exc:
+                self._broken = f"reset failed: {exc}"
+                raise LedgerError(f"{self._path}: cannot reset: {exc}") from exc
+            self._state, self._records = fresh, 0
+            self._problem = None
+            self._broken = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -309,13 +557,28 @@ class PrivacyLedger:
 
     # -- storage -------------------------------------------------------------------
 
+    def _charge_record(
+        self, signal: str, eps: Decimal, day: str, now: ClockReading
+    ) -> dict[str, Any]:
+        return {
+            "k": "c",
+            "s": signal,
+            "e": str(eps),
+            "d": day,
+            "p": self._policy,
+            "cap": str(self._daily_cap),
+            "w": now.wall,
+            "b": now.boot,
+            "m": now.mono,
+        }
+
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
         """Make `records` durable (one write, one fsync), then apply them. Mutex held."""
         if not records:
             return
         if self._broken is not None or self._fd is None:
             raise LedgerError(f"{self._path}: ledger unusable ({self._broken})")
-        line = b"".join(_frame(record) for record in records)
+        line = b"".join(self._framing.frame(record) for record in records)
         try:
             view = memoryview(line)
             while view:
@@ -336,20 +599,14 @@ class PrivacyLedger:
             self._compact()
 
     def _compact(self) -> None:
-        nxt = _State(
-            gen=self._state.gen + 1,
-            lifetime=self._state.lifetime,
-            days=dict(self._state.days),
-            by_signal=dict(self._state.by_signal),
-            suppressed=dict(self._state.suppressed),
-        )
+        nxt = self._state.copy(gen=self._state.gen + 1)
         try:
-            write_atomically(self._snapshot_path, _frame(nxt.to_json()))
+            write_atomically(self._snapshot_path, self._framing.frame(nxt.to_json()))
         except OSError:
             # The journal still holds everything; try again after the next record.
             return
         try:
-            header = _frame({"k": "h", "g": nxt.gen})
+            header = self._framing.frame({"k": "h", "g": nxt.gen})
             write_atomically(self._path, header)
             if self._fd is not None:
                 os.close(self._fd)
@@ -365,34 +622,52 @@ class PrivacyLedger:
         self._records = 0
 
     def _recover(self) -> tuple[_State, int]:
+        """The state the files hold; `_Untrusted` if they cannot be trusted (files are
+        then left exactly as found, for the operator)."""
+        self._state, self._records = _State(), 0  # what queries show if refused early
         state = self._read_snapshot()
+        self._state = state
         try:
-            data = self._path.read_bytes()
+            data: bytes | None = self._path.read_bytes()
         except FileNotFoundError:
             data = None
-        if data is None or (not data and state.gen == 0):
-            write_atomically(self._path, _frame({"k": "h", "g": state.gen}))
+        evidence = self._evidence
+        if not data:
+            if state.gen > 0:
+                raise _Untrusted("the journal is missing or empty, but a snapshot exists")
+            if evidence.sequence is not None:
+                raise _Untrusted(
+                    "the journal is missing or empty, but this device has released "
+                    f"envelopes (sequence {evidence.sequence})"
+                )
+            write_atomically(self._path, self._framing.frame({"k": "h", "g": state.gen}))
             return state, 0
         *lines, tail = data.split(b"\n")
-        records = [r for r in (_unframe(line) for line in lines) if r is not None]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            record = self._framing.unframe(line)
+            if record is None:
+                raise _Untrusted(f"line {number} fails its integrity check (corrupt or edited)")
+            records.append(record)
         if not records or records[0].get("k") != "h":
-            raise LedgerError(f"{self._path}: journal header is unreadable; refusing to guess")
+            raise _Untrusted("the journal header is unreadable")
         gen = records[0].get("g")
         if gen == state.gen - 1:
             # Crash between writing a snapshot and restarting the journal: every record
             # here is already in the snapshot.
-            write_atomically(self._path, _frame({"k": "h", "g": state.gen}))
+            write_atomically(self._path, self._framing.frame({"k": "h", "g": state.gen}))
+            self._check_evidence(state)
             return state, 0
         if gen != state.gen:
-            raise LedgerError(
-                f"{self._path}: journal generation {gen} does not follow snapshot "
-                f"generation {state.gen}"
+            raise _Untrusted(
+                f"journal generation {gen} does not follow snapshot generation {state.gen}"
             )
-        for record in records[1:]:
+        for number, record in enumerate(records[1:], start=2):
             try:
                 state.apply(record)
-            except (KeyError, ValueError, ArithmeticError) as exc:
-                raise LedgerError(f"{self._path}: malformed record {record!r}") from exc
+            except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
+                raise _Untrusted(f"line {number} is malformed") from exc
+        self._check_evidence(state)
         if tail:
             # A torn last record (crash mid-append): cut it off before appending again.
             with open(self._path, "r+b") as fh:
@@ -401,20 +676,36 @@ class PrivacyLedger:
                 os.fsync(fh.fileno())
         return state, len(records) - 1
 
+    def _check_evidence(self, state: _State) -> None:
+        spent = self._evidence.spent
+        if spent is not None and state.lifetime < spent:
+            raise _Untrusted(
+                f"the ledger holds {state.lifetime} epsilon spent, but the device recorded "
+                f"{spent} with its envelopes (charges were removed)"
+            )
+
     def _read_snapshot(self) -> _State:
         try:
             data = self._snapshot_path.read_bytes()
         except FileNotFoundError:
             return _State()
         # Snapshots are renamed into place whole, so a bad one is real corruption.
-        record = _unframe(data.rstrip(b"\n"))
+        record = self._framing.unframe(data.rstrip(b"\n"))
         if record is None or record.get("k") != "snapshot":
-            raise LedgerError(f"{self._snapshot_path}: snapshot is corrupt; refusing to guess")
+            raise _Untrusted("the snapshot is corrupt")
         try:
             return _State.from_json(record)
         except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
-            raise LedgerError(f"{self._snapshot_path}: snapshot is malformed") from exc
+            raise _Untrusted("the snapshot is malformed") from exc
 
 
-def _utc_day(at: datetime) -> str:
-    return budget_day(at)
+_OPERATOR_ACTION = (
+    "no release is made until an operator acknowledges the loss "
+    "(Telemetry.reset_ledger, which treats the current day as fully spent)"
+)
+
+
+def _reading_of(at: datetime) -> ClockReading:
+    """`at` as the real time of a charge (a simulator's clock, or a test's)."""
+    budget_day(at)  # refuses a naive time
+    return ClockReading(at.timestamp(), "simulated", at.timestamp())

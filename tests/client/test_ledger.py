@@ -120,14 +120,17 @@ def test_a_torn_last_record_is_ignored_at_every_cut_point(tmp_path: Path) -> Non
             assert ledger.spent_today(NOON) == 1.0, cut
 
 
-def test_a_garbled_last_line_is_ignored(tmp_path: Path) -> None:
+def test_a_garbled_complete_line_is_refused_never_skipped(tmp_path: Path) -> None:
     path = tmp_path / "ledger"
     with PrivacyLedger(path, CAPS) as ledger:
         ledger.try_charge("a", 0.5, NOON)
     with path.open("ab") as fh:
         fh.write(b'0000dead {"k":"c","s":"a","e":"0.5"}\n\x00\x00\x00')
     with PrivacyLedger(path, CAPS) as ledger:
-        assert ledger.spent_lifetime() == 0.5
+        assert ledger.problem is not None
+        assert "line 3 fails its integrity check" in str(ledger.problem)
+        with pytest.raises(LedgerError, match="operator"):
+            ledger.try_charge("a", 0.1, NOON)
 
 
 def test_compaction_keeps_every_charge(tmp_path: Path) -> None:
@@ -170,12 +173,16 @@ def test_corrupt_snapshot_or_header_is_refused(tmp_path: Path) -> None:
     snapshot = path.with_name("ledger.snapshot")
     good = snapshot.read_bytes()
     snapshot.write_bytes(good.replace(b"0.5", b"0.0"))
-    with pytest.raises(LedgerError, match="snapshot is corrupt"):
-        PrivacyLedger(path, CAPS)
+    with PrivacyLedger(path, CAPS) as ledger:
+        assert "snapshot is corrupt" in str(ledger.problem)
+        with pytest.raises(LedgerError, match="snapshot is corrupt"):
+            ledger.try_charge("a", 0.1, NOON)
     snapshot.write_bytes(good)
     path.write_bytes(b"garbage\n")
-    with pytest.raises(LedgerError, match="header is unreadable"):
-        PrivacyLedger(path, CAPS)
+    with PrivacyLedger(path, CAPS) as ledger:
+        assert "line 1 fails" in str(ledger.problem)
+        with pytest.raises(LedgerError):
+            ledger.try_charge("a", 0.1, NOON)
 
 
 def test_one_owner_per_file(tmp_path: Path) -> None:

@@ -1,0 +1,119 @@
+"""The budget's clock: real elapsed time, whatever the device's wall clock says.
+
+The privacy ledger's daily cap must hold in real time: moving the wall clock forward
+must not open a fresh day's budget. `BudgetClock.read` stamps each charge with three
+readings (`ClockReading`): the best estimate of the time of day, the identity of the
+boot, and the system's monotonic clock. Two readings of one boot are compared by their
+monotonic values, which no user can move (`time.monotonic` counts from boot on Linux,
+macOS and Windows, so restarting the app does not reset it); readings of different
+boots by their wall times, with the ledger refusing a wall clock that runs behind the
+latest one it has seen (`client._ledger`).
+
+The time of day (`now`) follows the wall clock while it agrees with the last server
+time learned (the `Date` header of an ingest answer, advanced by the monotonic clock);
+when they disagree by more than `tolerance`, the server's time wins. So once the
+device has heard from its ingest, a window is neither closed nor stamped ahead of the
+ingest's clock, and nothing leaves that the ingest's skew rule would refuse.
+
+A simulator in manual mode passes no monotonic clock: its own clock is real time there
+(`read(at)` then stamps the simulated time itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+__all__ = ["BudgetClock", "ClockReading", "boot_id"]
+
+_BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+_PROCESS_BOOT = f"process-{uuid.uuid4()}"
+_SIMULATED = "simulated"
+
+
+def boot_id() -> str:
+    """The identity of this boot (Linux), or of this process where the OS has none.
+
+    A per-process identity is the conservative fallback: readings of two processes are
+    then compared by wall time, under the ledger's wall-clock rules.
+    """
+    try:
+        return "boot-" + _BOOT_ID_FILE.read_text(encoding="ascii").strip()
+    except OSError:
+        return _PROCESS_BOOT
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """One instant, as the ledger stamps a charge with it."""
+
+    wall: float
+    """Seconds since the epoch: the device's best estimate of the time of day."""
+    boot: str
+    """Which monotonic clock `mono` is read on (one boot, or the simulator's clock)."""
+    mono: float
+    """Seconds on that monotonic clock."""
+
+    def seconds_since(self, earlier: ClockReading) -> float | None:
+        """Real seconds from `earlier` to this reading, if the monotonic clock knows it."""
+        if earlier.boot != self.boot:
+            return None
+        return self.mono - earlier.mono
+
+
+class BudgetClock:
+    """Time for the budget and for windows: see the module docstring. Thread-safe."""
+
+    def __init__(
+        self,
+        wall: Callable[[], datetime],
+        monotonic: Callable[[], float] | None = time.monotonic,
+        *,
+        boot: str | None = None,
+        tolerance: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._boot = boot or (boot_id() if monotonic is time.monotonic else "configured")
+        self._tolerance = tolerance.total_seconds()
+        self._server: tuple[float, float] | None = None
+        self._lock = threading.Lock()
+
+    def learn_server_time(self, server_time: datetime, sent_at_monotonic: float) -> None:
+        """Record the ingest's time (`Date` of an answer to a request sent at
+        `sent_at_monotonic`). The request's start is used, so the estimate never runs
+        ahead of the ingest's clock by more than the header's one-second resolution."""
+        if self._monotonic is None or server_time.tzinfo is None:
+            return
+        with self._lock:
+            self._server = (server_time.timestamp(), sent_at_monotonic)
+
+    def monotonic(self) -> float | None:
+        """The monotonic reading now (None for a simulator's clock)."""
+        return self._monotonic() if self._monotonic is not None else None
+
+    def now(self) -> datetime:
+        """The time of day: the wall clock, unless it strays from the ingest's time."""
+        wall = self._wall()
+        if self._monotonic is None:
+            return wall
+        with self._lock:
+            server = self._server
+        if server is None:
+            return wall
+        estimate = server[0] + (self._monotonic() - server[1])
+        if abs(wall.timestamp() - estimate) <= self._tolerance:
+            return wall
+        return datetime.fromtimestamp(estimate, UTC)
+
+    def read(self, at: datetime | None = None) -> ClockReading:
+        """A reading for a charge made now (`at`: the caller's time, for a simulator)."""
+        if self._monotonic is None:
+            when = at if at is not None else self._wall()
+            return ClockReading(when.timestamp(), _SIMULATED, when.timestamp())
+        return ClockReading(self.now().timestamp(), self._boot, self._monotonic())
