@@ -104,12 +104,20 @@ _SECRET_KEYS = (
 _RULES: Final[tuple[tuple[re.Pattern[str], _Replace], ...]] = (
     (
         re.compile(
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
+            # The body may not run past another BEGIN: without that, every BEGIN left
+            # without an END rescanned the rest of the text (quadratic time).
+            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[^-]|-(?!----BEGIN ))*?"
+            r"-----END [A-Z0-9 ]*PRIVATE KEY-----",
             re.DOTALL,
         ),
         "<PRIVATE_KEY>",
     ),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"), "<JWT>"),
+    (
+        # A token starts where a run of base64url starts: after `\b` alone, every `eyJ`
+        # of an `eyJ-eyJ-...` run rescanned the rest of the run (quadratic time).
+        re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"),
+        "<JWT>",
+    ),
     (re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"), "<AWS_KEY>"),
     (
         re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b"),
@@ -227,8 +235,36 @@ _RULE_KINDS: Final = (
 FINDING_KINDS: Final = ("email", "phone", "home_path", "credential", "card", "network_address")
 """Every kind `redact_findings` reports."""
 
-if len(_RULE_KINDS) != len(_RULES):  # pragma: no cover - a rule added without its kind
-    raise AssertionError("every redaction rule needs a kind")
+# Substrings every match of a rule contains, in `_RULES` order: a rule none of whose
+# needles is in the text is skipped (an `in` test runs at memchr speed, a pattern scan
+# tries every position). Empty: always run. Case-insensitive rules have none (their
+# case folding matches more than `str.lower` finds).
+_DIGITS: Final = tuple("0123456789")
+_RULE_NEEDLES: Final[tuple[tuple[str, ...], ...]] = (
+    ("-----BEGIN ",),
+    ("eyJ",),
+    ("AKIA", "ASIA", "ABIA", "ACCA"),
+    ("gh", "github_pat_"),
+    ("sk-", "k_live_", "k_test_", "AIza"),
+    ("xox",),
+    (),  # Bearer/Basic/Token, case-insensitive
+    ("://",),
+    (":", "="),  # key=value: the separator
+    ("@",),
+    ("/home/", "Users"),
+    tuple("23456"),  # cards start with 2 to 6
+    (":",),  # IPv6
+    (":", "-"),  # MAC
+    (".",),  # IPv4
+    _DIGITS,  # phone
+)
+
+if not len(_RULE_KINDS) == len(_RULE_NEEDLES) == len(_RULES):  # pragma: no cover
+    raise AssertionError("every redaction rule needs a kind and its needles")
+
+
+def _may_match(needles: tuple[str, ...], text: str) -> bool:
+    return not needles or any(needle in text for needle in needles)
 
 
 MAX_PROMPT_CHARS: Final = 65_536
@@ -240,7 +276,9 @@ keeps the caller's thread from holding longer on a pasted document."""
 def redact_findings(text: str) -> tuple[str, dict[str, int]]:
     """`redact(text)`, and how many findings of each kind (`FINDING_KINDS`) it replaced."""
     found: dict[str, int] = {}
-    for (pattern, replace), kind in zip(_RULES, _RULE_KINDS, strict=True):
+    for (pattern, replace), kind, needles in zip(_RULES, _RULE_KINDS, _RULE_NEEDLES, strict=True):
+        if not _may_match(needles, text):
+            continue
 
         def substitute(match: re.Match[str], replace: _Replace = replace, kind: str = kind) -> str:
             out = replace if isinstance(replace, str) else replace(match)
@@ -254,6 +292,7 @@ def redact_findings(text: str) -> tuple[str, dict[str, int]]:
 
 def redact(text: str) -> str:
     """`text` with personal data replaced by typed placeholders (see the module docstring)."""
-    for pattern, replace in _RULES:
-        text = pattern.sub(replace, text)
+    for (pattern, replace), needles in zip(_RULES, _RULE_NEEDLES, strict=True):
+        if _may_match(needles, text):
+            text = pattern.sub(replace, text)
     return text

@@ -34,6 +34,9 @@ POLICY = _DEFAULT.model_copy(
         "window_seconds": 3600,
         "privacy": _DEFAULT.privacy.model_copy(update={"daily_epsilon": 8.0}),
         "fingerprints": None,
+        # Their rules name signals of the full catalogue.
+        "canary": None,
+        "cost": None,
         "signals": {
             "inference.requests": CounterSignal(
                 privacy_model="local",
