@@ -4,11 +4,15 @@ Read a warehouse with `open_warehouse`, then query it: `fleet_totals` (every rel
 cell per window), `signal_totals` / `requests_by_route` (totals rolled up by labels),
 `grand_totals` / `fleet_mean` (over all cells), `mean_by_labels` (histogram means),
 `histogram_buckets` (events per bucket), `cell_summary` (one row per cell over a range).
+`canary_verdict` judges a canary model version against its baseline (promote, hold or
+rollback, with the evidence per route and metric).
 Figures of both privacy models are read alike: devices' local releases and secure
 aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
 the interval method, the privacy model and the mechanism.
 """
 
+from analytics._canary import CanaryResult, canary_verdict
+from analytics._canary_verdict import CanaryVerdict
 from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
 from analytics._html import render_html
 from analytics._intervals import NORMAL_MAX_EXCESS_KURTOSIS
@@ -34,11 +38,14 @@ from analytics._totals import (
 __all__ = [
     "NORMAL_MAX_EXCESS_KURTOSIS",
     "AnalyticsError",
+    "CanaryResult",
+    "CanaryVerdict",
     "FleetReport",
     "FleetTruth",
     "InvalidQueryError",
     "WarehouseError",
     "build_report",
+    "canary_verdict",
     "cell_summary",
     "fleet_mean",
     "fleet_totals",

@@ -1,0 +1,313 @@
+"""Canary verdicts: a canary cohort against its baseline, per route, from the warehouse.
+
+The cohorts are values of one attribute label (the policy's `canary.cohort_label`, by
+default `model`): by default the newest model version found is the canary and the one
+before it the baseline. For each metric of the policy's `canary.metrics` and each route
+this reads the stored figures of both cohorts (secure aggregates and local releases
+alike, `analytics._sources`), computes the effect size with its interval
+(`analytics._canary_effects`) and judges it against the metric's threshold and minimum
+evidence (`analytics._canary_verdict`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from analytics._canary_effects import Effect, Figure, difference_effect, ratio_effect
+from analytics._canary_verdict import (
+    CanaryVerdict,
+    CohortEvidence,
+    MetricEvidence,
+    MetricStatus,
+    RouteVerdict,
+    evidence_frame,
+    metric_status,
+    overall_verdict,
+    route_verdict,
+)
+from analytics._errors import InvalidQueryError
+from analytics._intervals import check_level
+from analytics._sources import Scope, Selection, component_sums, has_aggregates
+from analytics._totals import check_labels, label_keys, noise_terms
+from policies import OTHER, CanaryMetric, CanaryPolicy
+
+__all__ = ["CanaryResult", "canary_verdict", "cohort_values"]
+
+# A histogram's mean per cell: its buckets added (local) or its own count entry
+# (aggregate) over its sum, as `analytics._means` reads them.
+_MEAN_PARTS = Selection(
+    {
+        ("local", "bucket"): "count",
+        ("local", "sum"): "sum",
+        ("aggregate", "count"): "count",
+        ("aggregate", "sum"): "sum",
+    }
+)
+_COUNTER = Selection.same(["counter"])
+_NO_VALUE = ("", OTHER)
+
+# (route, cohort) -> part -> (figure, devices)
+_Cells = dict[tuple[str, str], dict[str, tuple[Figure, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryResult:
+    """The verdict (pydantic, for JSON) and its evidence as a Polars DataFrame."""
+
+    verdict: CanaryVerdict
+    evidence: pl.DataFrame
+
+
+def _version_key(value: str) -> list[tuple[int, int | str]]:
+    # Natural order: "m@1.10" after "m@1.9"; digit runs compare as numbers.
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", value) if p]
+
+
+def _cells(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str,
+    selection: Selection,
+    labels: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    paired: bool,
+) -> _Cells:
+    """(route, cohort) -> part -> (figure, devices) of one signal; `paired` keeps only
+    cells whose count and sum come from the same releases (a mean's)."""
+    keys = [*label_keys(labels), ("{part}", "part")]
+    sums = component_sums(conn, Scope(signal, since, until, selection), keys, paired=paired)
+    out: _Cells = {}
+    for row in sums.iter_rows(named=True):
+        figure = Figure(float(row["estimate"]), tuple(noise_terms(row["terms"])))
+        cell = out.setdefault((row[labels[0]], row[labels[1]]), {})
+        cell[row["part"]] = (figure, int(row["devices"]))
+    return out
+
+
+def cohort_values(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str = "gen_ai.client.operation.duration",
+    *,
+    label: str = "model",
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[str]:
+    """The values of `label` among `signal`'s stored cells, oldest version first."""
+    (label,) = check_labels([label])
+    sums = component_sums(conn, Scope(signal, since, until, _MEAN_PARTS), [*label_keys([label])])
+    values = {v for v in sums[label].to_list() if v not in _NO_VALUE} if sums.height else set()
+    return sorted(values, key=_version_key)
+
+
+def _pick_cohorts(
+    conn: duckdb.DuckDBPyConnection,
+    rules: CanaryPolicy,
+    canary: str | None,
+    baseline: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[str, str]:
+    if canary is not None and baseline is not None:
+        if canary == baseline:
+            raise InvalidQueryError(f"canary and baseline are the same cohort {canary!r}")
+        return canary, baseline
+    first = next(iter(rules.metrics.values()))
+    found = cohort_values(conn, first.signal, label=rules.cohort_label, since=since, until=until)
+    if canary is None:
+        rest = [v for v in found if v != baseline]
+        if not rest:
+            raise InvalidQueryError(
+                f"no {rules.cohort_label!r} cohort to compare in {first.signal} "
+                f"(found {found or 'none'})"
+            )
+        canary = rest[-1]
+    if baseline is None:
+        older = [v for v in found if v != canary]
+        if not older:
+            raise InvalidQueryError(
+                f"no baseline {rules.cohort_label!r} cohort besides {canary!r} in "
+                f"{first.signal} (found {found or 'none'})"
+            )
+        baseline = older[-1]
+    if canary == baseline:
+        raise InvalidQueryError(f"canary and baseline are the same cohort {canary!r}")
+    return canary, baseline
+
+
+def _parts_of(metric: CanaryMetric) -> tuple[str, str]:
+    """The (numerator, denominator) parts of a metric's cells."""
+    return ("sum", "count") if metric.effect == "ratio" else ("events", "requests")
+
+
+def _metric_cells(
+    conn: duckdb.DuckDBPyConnection,
+    metric: CanaryMetric,
+    labels: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> _Cells:
+    if metric.effect == "ratio":
+        return _cells(conn, metric.signal, _MEAN_PARTS, labels, since, until, paired=True)
+    assert metric.per_request is not None  # the policy model guarantees it
+    events = _cells(conn, metric.signal, _COUNTER, labels, since, until, paired=False)
+    requests = _cells(conn, metric.per_request, _COUNTER, labels, since, until, paired=False)
+    out: _Cells = {}
+    for key, parts in events.items():
+        if key in requests:
+            out[key] = {"events": parts["counter"], "requests": requests[key]["counter"]}
+    return out
+
+
+def _evidence(
+    name: str,
+    metric: CanaryMetric,
+    cells: _Cells,
+    route: str,
+    cohorts: tuple[str, str],
+    level: float,
+    label: str,
+) -> MetricEvidence:
+    num, den = _parts_of(metric)
+    sides = [cells.get((route, cohort), {}) for cohort in cohorts]
+    common: dict[str, Any] = {
+        "metric": name,
+        "signal": metric.signal,
+        "effect": metric.effect,
+        "threshold": metric.max_increase,
+    }
+    if not all(num in s and den in s for s in sides):
+        labelled = any(cohort not in _NO_VALUE for _, cohort in cells)
+        why = (
+            f"no figures of {route!r} for both cohorts"
+            if labelled
+            else f"{metric.signal} carries no {label!r} label to split by"
+        )
+        empty = CohortEvidence(value=None, events=None, devices=None)
+        return MetricEvidence(
+            **common,
+            estimate=None,
+            ci_low=None,
+            ci_high=None,
+            interval=None,
+            canary=empty,
+            baseline=empty,
+            status=MetricStatus.UNAVAILABLE,
+            reason=why,
+        )
+    (c_num, c_dev), (c_den, _) = sides[0][num], sides[0][den]
+    (b_num, b_dev), (b_den, _) = sides[1][num], sides[1][den]
+    compute = ratio_effect if metric.effect == "ratio" else difference_effect
+    effect: Effect | None = compute(c_num, c_den, b_num, b_den, level)
+
+    def side(n: Figure, d: Figure, devices: int) -> CohortEvidence:
+        value = n.estimate / d.estimate if d.estimate > 0.0 else None
+        return CohortEvidence(value=value, events=d.estimate, devices=devices)
+
+    devices = min(c_dev, b_dev)
+    est, lo, hi = (
+        (None, None, None) if effect is None else (effect.estimate, effect.ci_low, effect.ci_high)
+    )
+    status, reason = metric_status(metric, est, lo, hi, (c_den.estimate, b_den.estimate), devices)
+    return MetricEvidence(
+        **common,
+        estimate=est,
+        ci_low=lo,
+        ci_high=hi,
+        interval=None if effect is None else effect.method,
+        canary=side(c_num, c_den, c_dev),
+        baseline=side(b_num, b_den, b_dev),
+        status=status,
+        reason=reason,
+    )
+
+
+def _window_range(
+    conn: duckdb.DuckDBPyConnection,
+    signals: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[datetime | None, datetime | None]:
+    tables = ["released_values", *(["fleet_aggregates"] if has_aggregates(conn) else [])]
+    union = " UNION ALL ".join(
+        f"SELECT window_start, window_end FROM {t} WHERE signal IN (SELECT unnest(?))"
+        " AND (?::TIMESTAMPTZ IS NULL OR window_start >= ?)"
+        " AND (?::TIMESTAMPTZ IS NULL OR window_end <= ?)"
+        for t in tables
+    )
+    params: list[Any] = [list(signals), since, since, until, until] * len(tables)
+    row = conn.execute(
+        f"SELECT min(window_start), max(window_end) FROM ({union})", params
+    ).fetchone()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
+def canary_verdict(
+    conn: duckdb.DuckDBPyConnection,
+    rules: CanaryPolicy | None = None,
+    *,
+    canary: str | None = None,
+    baseline: str | None = None,
+    level: float | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> CanaryResult:
+    """Promote, hold or rollback: the canary cohort against the baseline, per route.
+
+    `rules` is a policy's `canary` section (default: `CanaryPolicy()`, latency only).
+    `canary`/`baseline` are values of its `cohort_label` (default: the newest version
+    found in the first metric's signal, and the one before it). `level` overrides the
+    policy's interval level. Windows in [since, until] are added up.
+    """
+    rules = rules or CanaryPolicy()
+    level = check_level(rules.level if level is None else level)
+    labels = check_labels([rules.route_label, rules.cohort_label])
+    cohorts = _pick_cohorts(conn, rules, canary, baseline, since, until)
+    cells = {
+        name: _metric_cells(conn, metric, labels, since, until)
+        for name, metric in rules.metrics.items()
+    }
+    routes = sorted(
+        {r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts}
+    )
+    if not routes:
+        raise InvalidQueryError(
+            f"no figures of {cohorts[0]!r} or {cohorts[1]!r} on any {rules.route_label!r}"
+        )
+    ignore = rules.unavailable == "ignore"
+    verdicts: list[RouteVerdict] = []
+    reasons: list[str] = []
+    for route in routes:
+        metrics = [
+            _evidence(name, metric, cells[name], route, cohorts, level, rules.cohort_label)
+            for name, metric in rules.metrics.items()
+        ]
+        verdict = route_verdict(metrics, ignore_unavailable=ignore)
+        verdicts.append(RouteVerdict(route=route, verdict=verdict, metrics=metrics))
+        reasons.extend(
+            f"{route}: {m.metric} {m.status.value}: {m.reason}"
+            for m in metrics
+            if m.status is not MetricStatus.PASS
+        )
+    start, end = _window_range(
+        conn, sorted({m.signal for m in rules.metrics.values()}), since, until
+    )
+    result = CanaryVerdict(
+        verdict=overall_verdict(verdicts),
+        cohort_label=rules.cohort_label,
+        canary=cohorts[0],
+        baseline=cohorts[1],
+        level=level,
+        window_start=start,
+        window_end=end,
+        routes=verdicts,
+        reasons=reasons,
+    )
+    return CanaryResult(result, evidence_frame(result))
