@@ -19,6 +19,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from analytics._cube import local_cube
 from analytics._intervals import check_level
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._plots import cell_label
@@ -134,8 +135,20 @@ def build_report(
     until: datetime | None = None,
     source: str = "",
 ) -> FleetReport:
-    """Run every query the report needs."""
+    """Run every query the report needs (over one pre-added copy of the local rows)."""
     level = check_level(level)
+    with local_cube(conn):
+        return _build_report(conn, level, signal, since, until, source)
+
+
+def _build_report(
+    conn: duckdb.DuckDBPyConnection,
+    level: float,
+    signal: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    source: str,
+) -> FleetReport:
     q: dict[str, Any] = {"level": level, "since": since, "until": until}
     totals = fleet_totals(conn, signal=signal, **q)
     summary = cell_summary(conn, signal=signal, **q)

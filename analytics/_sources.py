@@ -31,6 +31,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from analytics._cube import local_cube
 from analytics._errors import InvalidQueryError
 from analytics._noise import noise_fourth_cumulant, noise_variance
 from schemas import Mechanism
@@ -39,19 +40,24 @@ __all__ = ["Scope", "Selection", "component_sums", "figure_sources", "has_aggreg
 
 _NAME = re.compile(r"^[a-z_]+$")
 
-# Both tables in one shape. `fa` is the aggregates table, or an empty stand-in for a
-# warehouse written before it existed.
+# Both tables in one shape. The local model's rows come pre-added per group
+# (`analytics._cube`): `draws` device releases added into one value, `releases` the
+# same count (devices that released the group's cell), `paired` whether they came with
+# their cell's sum. `fa` is the aggregates table, or an empty stand-in for a warehouse
+# written before it existed.
 _UNION = """
 u AS (
-    SELECT 'local' AS model, envelope_id, NULL::VARCHAR AS batch_id, device_id, region,
+    SELECT 'local' AS model, NULL::VARCHAR AS batch_id, region,
            NULL::VARCHAR AS policy_hash, window_start, window_end, signal, kind,
            attributes, bucket_index, bucket_upper, value, mechanism, scale,
-           1 AS draws, 1.0::DOUBLE AS resolution, epsilon, rho, NULL::BIGINT AS reports
-    FROM released_values
+           draws, 1.0::DOUBLE AS resolution, epsilon, rho, NULL::BIGINT AS reports,
+           paired, draws AS releases
+    FROM {cube}
     UNION ALL
-    SELECT 'aggregate', NULL::UUID, batch_id, NULL::VARCHAR, region, policy_hash,
+    SELECT 'aggregate', batch_id, region, policy_hash,
            window_start, window_end, signal, kind, attributes, bucket_index, bucket_upper,
-           value, mechanism, scale, draws, resolution, epsilon, NULL::DOUBLE, reports
+           value, mechanism, scale, draws, resolution, epsilon, NULL::DOUBLE, reports,
+           NULL::BOOLEAN, NULL::BIGINT
     FROM fa
 )"""
 _NO_AGGREGATES = """
@@ -77,9 +83,9 @@ def has_aggregates(conn: duckdb.DuckDBPyConnection) -> bool:
     return bool(rows[0][0])
 
 
-def _prelude(conn: duckdb.DuckDBPyConnection) -> str:
+def _prelude(conn: duckdb.DuckDBPyConnection, cube: str) -> str:
     fa = _WITH_AGGREGATES if has_aggregates(conn) else _NO_AGGREGATES
-    return f"WITH {fa}, {_UNION}"
+    return f"WITH {fa}, {_UNION.format(cube=cube)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +163,7 @@ class Scope:
         return " AND ".join(clauses) + self.selection.unless_sql, params
 
 
-def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> str:
+def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope, cube: str) -> str:
     """Register a (mechanism, scale) -> (variance, fourth cumulant) table; return its name.
 
     The moments are computed in Python, once per distinct pair, so `_noise` stays the
@@ -166,7 +172,8 @@ def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope) -> str:
     """
     where, params = scope.where()
     pairs = conn.execute(
-        f"{_prelude(conn)} SELECT DISTINCT r.mechanism, r.scale FROM u r WHERE {where}", params
+        f"{_prelude(conn, cube)} SELECT DISTINCT r.mechanism, r.scale FROM u r WHERE {where}",
+        params,
     ).fetchall()
     mechs: list[str] = []
     scales: list[float] = []
@@ -201,16 +208,15 @@ def _pair_filter(selection: Selection) -> str:
     """Keep only cells whose count and sum come from the same releases.
 
     A mean needs both from one set of devices: a local release with counts but no sum
-    would bias the count upwards. Locally that is the same envelope; under the
+    would bias the count upwards. Locally that is the same envelope (the cube's `paired`:
+    a bucket's envelope released the cell's sum, a total's its total_sum); under the
     aggregate model the same batch key (signal, window, region, policy, cell) must have
     both its `count` and its `sum` entry (or both its `total` and its `total_sum`).
     """
     local_sum = selection.local_kind_of("sum") or "sum"
-    return f"""AND CASE WHEN r.model = 'local' THEN EXISTS (
-            SELECT 1 FROM released_values s WHERE s.kind = '{local_sum}'
-            AND s.envelope_id = r.envelope_id AND s.device_id = r.device_id
-            AND s.signal = r.signal
-            AND s.attributes::VARCHAR = r.attributes::VARCHAR)
+    if local_sum not in ("sum", "total_sum"):
+        raise ValueError(f"a local mean pairs with sum or total_sum, not {local_sum!r}")
+    return """AND CASE WHEN r.model = 'local' THEN r.paired
         ELSE EXISTS (
             SELECT 1 FROM fa s
             WHERE s.kind = (CASE r.kind WHEN 'sum' THEN 'count' WHEN 'count' THEN 'sum'
@@ -231,16 +237,29 @@ def component_sums(
     variance, k4 (fourth cumulant), devices, epsilon, rho, privacy_model, mechanism and the
     noise terms (model, mechanism, scale, resolution, n draws).
 
-    `devices` adds the local rows' distinct devices and, for aggregate rows, the reports
-    of the group's batches in a window (summed over regions), the largest over windows:
-    batches do not say which devices they hold, so devices that report in several
-    windows cannot be told apart. `privacy_model` is local, aggregate or mixed; `mechanism`
+    `devices` is the most devices behind the group in one window: locally the releases of
+    its busiest cell (summed over regions; a device releases every cell of a signal
+    each window), under the aggregate model the reports of its batches (summed over
+    regions); both added when a group has both. Batches do not say which devices they
+    hold, so devices that report in several windows cannot be told apart, and the local
+    figure is counted the same way. `privacy_model` is local, aggregate or mixed; `mechanism`
     lists the distinct mechanisms, joined by '+'. `epsilon`/`rho` are the largest
     per-release losses. `paired` keeps only cells with both a count and a sum
     (`_pair_filter`). The key `part` is available as `{part}` in key SQL.
     """
+    with local_cube(conn) as cube:
+        return _component_sums(conn, scope, keys, paired, cube)
+
+
+def _component_sums(
+    conn: duckdb.DuckDBPyConnection,
+    scope: Scope,
+    keys: Sequence[tuple[str, str]],
+    paired: bool,
+    cube: str,
+) -> pl.DataFrame:
     where, params = scope.where()
-    noise = _register_noise(conn, scope)
+    noise = _register_noise(conn, scope, cube)
     part_sql = scope.selection.part_sql
     # Keys get internal names (_k0, _k1, ...) until the last SELECT: an alias may be any
     # attribute label, and a label named like a column of the union (model, value,
@@ -256,11 +275,12 @@ def component_sums(
         f'a.{name} AS "{alias}"' for (_, alias), name in zip(keys, names, strict=True)
     )
     sql = f"""
-    {_prelude(conn)},
+    {_prelude(conn, cube)},
     v AS (
         SELECT {key_sql}, r.model, r.value, r.mechanism, r.scale, r.draws, r.resolution,
-               r.device_id, r.batch_id, r.reports, r.window_start AS w_start,
-               r.epsilon, r.rho, n.var, n.k4
+               r.batch_id, r.reports, r.window_start AS w_start, r.releases,
+               r.signal AS c_signal, r.kind AS c_kind, r.attributes::VARCHAR AS c_cell,
+               r.bucket_index AS c_bucket, r.epsilon, r.rho, n.var, n.k4
         FROM u r JOIN {noise} n USING (mechanism, scale)
         WHERE {where} {_pair_filter(scope.selection) if paired else ""}
     ),
@@ -268,12 +288,21 @@ def component_sums(
         SELECT {key_list}, sum(value) AS estimate,
                sum(draws * resolution * resolution * var) AS variance,
                sum(draws * resolution ** 4 * k4) AS k4,
-               count(DISTINCT device_id) AS local_devices,
                max(epsilon) AS epsilon, max(rho) AS rho,
                CASE WHEN count(DISTINCT model) > 1 THEN 'mixed' ELSE any_value(model) END
                    AS privacy_model,
                string_agg(DISTINCT mechanism, '+' ORDER BY mechanism) AS mechanism
         FROM v GROUP BY {key_list}
+    ),
+    d AS (
+        SELECT {key_list}, max(w_devices) AS local_devices FROM (
+            SELECT {key_list}, w_start, max(n) AS w_devices FROM (
+                SELECT {key_list}, w_start, c_signal, c_kind, c_cell, c_bucket,
+                       sum(releases) AS n
+                FROM v WHERE model = 'local'
+                GROUP BY {key_list}, w_start, c_signal, c_kind, c_cell, c_bucket)
+            GROUP BY {key_list}, w_start)
+        GROUP BY {key_list}
     ),
     b AS (
         SELECT {key_list}, max(w_reports) AS batch_devices FROM (
@@ -292,9 +321,11 @@ def component_sums(
               FROM v GROUP BY {key_list}, model, mechanism, scale, resolution)
         GROUP BY {key_list}
     )
-    SELECT {renamed}, a.* EXCLUDE ({key_list}, local_devices),
-           (a.local_devices + coalesce(b.batch_devices, 0))::BIGINT AS devices, t.terms
+    SELECT {renamed}, a.* EXCLUDE ({key_list}),
+           (coalesce(d.local_devices, 0) + coalesce(b.batch_devices, 0))::BIGINT AS devices,
+           t.terms
     FROM a JOIN t ON {on.format(t="t")} LEFT JOIN b ON {on.format(t="b")}
+    LEFT JOIN d ON {on.format(t="d")}
     ORDER BY {", ".join(f"a.{k}" for k in names)}
     """
     try:
@@ -320,8 +351,20 @@ def figure_sources(
     aggregator), scale_min/scale_max (in the mechanism's units), resolution (value of
     one unit), epsilon (largest per release), windows, releases (device releases, or
     batches), reports_min/reports_max (devices per batch; null locally), devices
-    (distinct devices; null for batches, which do not say).
+    (locally, the most devices that released the signal in one window; null for
+    batches, which do not say).
     """
+    with local_cube(conn) as cube:
+        return _figure_sources(conn, cube, signal, since, until)
+
+
+def _figure_sources(
+    conn: duckdb.DuckDBPyConnection,
+    cube: str,
+    signal: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> pl.DataFrame:
     clauses: list[str] = ["TRUE"]
     params: list[Any] = []
     if signal is not None:
@@ -333,20 +376,44 @@ def figure_sources(
     if until is not None:
         clauses.append("r.window_end <= ?")
         params.append(until)
+    # Per window, a local kind's releases are those of its busiest cell and bucket
+    # (every device releases every cell of a signal); a batch is one release.
     sql = f"""
-    {_prelude(conn)}
+    {_prelude(conn, cube)},
+    f AS (SELECT * FROM u r WHERE {" AND ".join(clauses)}),
+    w AS (
+        SELECT signal, model, kind, window_start, max(n) AS n FROM (
+            SELECT signal, model, kind, window_start, attributes::VARCHAR,
+                   bucket_index, sum(releases) AS n
+            FROM f WHERE model = 'local' GROUP BY ALL)
+        GROUP BY ALL
+    ),
+    lr AS (
+        SELECT signal, model, kind, sum(n)::BIGINT AS releases, max(n)::BIGINT AS devices
+        FROM w GROUP BY ALL
+    ),
+    s AS (
     SELECT r.signal, r.model AS privacy_model, r.kind,
            string_agg(DISTINCT r.mechanism, '+' ORDER BY r.mechanism) AS mechanism,
-           max(r.draws) AS draws, min(r.scale) AS scale_min, max(r.scale) AS scale_max,
+           max(r.draws) FILTER (WHERE r.model = 'aggregate') AS agg_draws,
+           min(r.scale) AS scale_min, max(r.scale) AS scale_max,
            max(r.resolution) AS resolution, max(r.epsilon) AS epsilon,
            count(DISTINCT r.window_start) AS windows,
-           count(DISTINCT coalesce(r.device_id || '/' || r.envelope_id::VARCHAR, r.batch_id))
-               AS releases,
-           min(r.reports) AS reports_min, max(r.reports) AS reports_max,
-           CASE WHEN r.model = 'local' THEN count(DISTINCT r.device_id) END AS devices
-    FROM u r WHERE {" AND ".join(clauses)}
+           count(DISTINCT r.batch_id) AS batches,
+           min(r.reports) AS reports_min, max(r.reports) AS reports_max
+    FROM f r
     GROUP BY r.signal, r.model, r.kind
-    ORDER BY r.signal, r.model, r.kind
+    )
+    SELECT s.signal, s.privacy_model, s.kind, s.mechanism,
+           coalesce(s.agg_draws, 1) AS draws, s.scale_min, s.scale_max, s.resolution,
+           s.epsilon, s.windows,
+           CASE WHEN s.privacy_model = 'local' THEN lr.releases ELSE s.batches END
+               AS releases,
+           s.reports_min, s.reports_max,
+           CASE WHEN s.privacy_model = 'local' THEN lr.devices END AS devices
+    FROM s LEFT JOIN lr ON lr.signal = s.signal AND lr.model = s.privacy_model
+        AND lr.kind = s.kind
+    ORDER BY s.signal, s.privacy_model, s.kind
     """
     rel = conn.sql(sql, params=params)
     if rel is None:  # pragma: no cover - a SELECT always gives a relation
