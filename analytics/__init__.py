@@ -13,6 +13,8 @@ the interval method, the privacy model and the mechanism.
 
 from analytics._canary import CanaryResult, canary_verdict
 from analytics._canary_verdict import CanaryVerdict
+from analytics._drift import DriftResult, DriftSide, drift_test
+from analytics._drift_plot import drift_plot
 from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
 from analytics._html import render_html
 from analytics._intervals import NORMAL_MAX_EXCESS_KURTOSIS
@@ -40,6 +42,8 @@ __all__ = [
     "AnalyticsError",
     "CanaryResult",
     "CanaryVerdict",
+    "DriftResult",
+    "DriftSide",
     "FleetReport",
     "FleetTruth",
     "InvalidQueryError",
@@ -47,6 +51,8 @@ __all__ = [
     "build_report",
     "canary_verdict",
     "cell_summary",
+    "drift_plot",
+    "drift_test",
     "fleet_mean",
     "fleet_totals",
     "grand_totals",
