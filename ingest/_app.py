@@ -6,7 +6,7 @@ import base64
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -20,6 +20,7 @@ from ingest._attestation_routes import AttestationState, attestation_router
 from ingest._attestation_service import AttestationService
 from ingest._attested_keys import AttestedKeys
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
+from ingest._device_ledger import DeviceLedger
 from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key
@@ -88,6 +89,7 @@ def create_app(
     *,
     bus: EnvelopeBus | None = None,
     attestation_clock: Callable[[], float] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     """Build the ingest app for one region.
 
@@ -97,6 +99,9 @@ def create_app(
     last request. The device registry and the audit log are SQLite files in
     `state_dir` (`devices.sqlite3`, `audit.sqlite3`). `attestation_clock` (Unix
     seconds) stamps nonces, challenges and attestation expiries (tests move it).
+    `clock` is the envelope intake's (receipt time: `received_at`, clock skew, the
+    device ledger's budget day; default the system clock): tests and the fleet
+    simulator move it. The device ledger is `state_dir/ledger.sqlite3`.
     """
     settings = settings or IngestSettings()
     private_key = load_ingest_key(settings)
@@ -116,6 +121,7 @@ def create_app(
     )
     operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
     served = _load_policies(settings)
+    ledger = DeviceLedger(settings.state_dir / DeviceLedger.FILE_NAME, served)
     verifier = EnvelopeVerifier(
         private_key,
         region=settings.region,
@@ -134,7 +140,7 @@ def create_app(
         the_bus = bus if bus is not None else default_bus(settings)
         await the_bus.start()
         try:
-            intake = EnvelopeIntake(verifier, the_bus, recent, audit)
+            intake = EnvelopeIntake(verifier, the_bus, recent, audit, ledger=ledger, clock=clock)
             yield {
                 "ingest": IngestState(settings, intake, public_key_b64, attested_keys),
                 "attestation": AttestationState(service, operator_token),
@@ -143,6 +149,7 @@ def create_app(
             await the_bus.stop()
             registry.close()
             audit.close()
+            ledger.close()
 
     app = FastAPI(
         title="Quietwire ingest",

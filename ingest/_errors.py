@@ -7,7 +7,8 @@
     │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
     │   ├── MalformedBody           400/422 malformed_body: not JSON, or not an EnvelopeBatch
     │   └── DeletionRejected        422 <RejectReason>: a deletion request failed verification
-    └── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
+    ├── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
+    └── LedgerUnavailable           503 ledger_unavailable: the device ledger did not commit
 
 Third-party errors (aiokafka, DuckDB, PyNaCl) are converted at the boundary with
 ``raise ... from exc``; one handler in `ingest._app` turns any `IngestError` into
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "DeletionRejected",
     "IngestError",
+    "LedgerUnavailable",
     "MalformedBody",
     "RequestRejected",
     "TooManyItems",
@@ -101,3 +103,11 @@ class BusUnavailable(IngestError):
 
     status_code = 503
     reason = BUS_UNAVAILABLE
+
+
+class LedgerUnavailable(IngestError):
+    """The device ledger (admission state, epsilon spend) could not be written: nothing
+    of the batch was admitted or charged; the device retries later."""
+
+    status_code = 503
+    reason = "ledger_unavailable"

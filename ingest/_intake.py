@@ -1,4 +1,5 @@
-"""One batch, top to bottom: verify every item, drop recent duplicates, publish, answer.
+"""One batch, top to bottom: verify every item, drop recent duplicates, admit the rest
+against their devices' ledger, publish, answer.
 
 Kept apart from HTTP so the processing order reads in one method and can be tested
 without a server.
@@ -7,13 +8,15 @@ without a server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import cast
 from uuid import UUID
 
 from auditlog import AuditLog, AuditRecord
 from ingest._bus import EnvelopeBus
-from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Verdict
+from ingest._device_ledger import DeviceLedger, Refused
+from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
 
 __all__ = ["EnvelopeIntake"]
@@ -27,8 +30,13 @@ _INLINE_VERIFY_CHARS = 64 * 1024
 _DUPLICATE_DETAIL = "already accepted by this ingest; not published again"
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class EnvelopeIntake:
-    """Verifies a batch, publishes the accepted envelopes, and builds the `BatchResult`."""
+    """Verifies a batch, admits it against each device's ledger, publishes the admitted
+    envelopes, and builds the `BatchResult`."""
 
     def __init__(
         self,
@@ -36,11 +44,18 @@ class EnvelopeIntake:
         bus: EnvelopeBus,
         recent: RecentlyAccepted,
         audit: AuditLog | None = None,
+        *,
+        ledger: DeviceLedger,
+        clock: Callable[[], datetime] | None = None,
     ):
+        """`clock`: the ingest's clock (receipt time: stamps `received_at`, judges
+        clock skew and dates budget charges); tests and the fleet simulator move it."""
         self.verifier = verifier
         self.bus = bus
         self.recent = recent
         self.audit = audit
+        self.ledger = ledger
+        self._clock = clock or _utc_now
 
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
@@ -49,61 +64,62 @@ class EnvelopeIntake:
     async def submit(self, items: Sequence[str]) -> BatchResult:
         """Process one batch; returns only after every accepted envelope is durable.
 
-        Raises `BusUnavailable` (nothing is reported accepted) if the bus fails.
+        In order: verify each item (stateless), answer recent duplicates, admit the
+        rest against their devices' ledger (order, one contribution per window, daily
+        epsilon: stateful, durable, charged in one transaction), publish, audit.
+        Raises `BusUnavailable` or `LedgerUnavailable` (nothing is reported accepted).
         """
-        received_at = datetime.now(UTC)
+        received_at = self._clock()
         if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
             verdicts = self._verify_all(items, received_at)
         else:
             verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
 
-        results: list[ItemResult] = []
-        to_publish: list[IngestedEnvelope] = []
         # Envelope ids are unique per device, not across devices: a device that learns
         # another's envelope id (the audit log shows them) must not pre-empt it.
         in_batch: set[tuple[str, UUID]] = set()
-        rejected = 0
+        duplicates: set[int] = set()
+        fresh: list[int] = []
         for index, verdict in enumerate(verdicts):
             if isinstance(verdict, Accepted):
-                env_id = verdict.envelope_id
-                key = (verdict.item.envelope.device_id, env_id)
+                key = (verdict.item.envelope.device_id, verdict.envelope_id)
                 if key in in_batch or key in self.recent:
-                    results.append(
-                        ItemResult(
-                            index=index,
-                            status="accepted",
-                            envelope_id=env_id,
-                            reason=RejectReason.DUPLICATE,
-                            detail=_DUPLICATE_DETAIL,
-                        )
-                    )
-                    continue
-                in_batch.add(key)
-                to_publish.append(verdict.item)
-                results.append(ItemResult(index=index, status="accepted", envelope_id=env_id))
-            else:
-                rejected += 1
-                results.append(
-                    ItemResult(
-                        index=index,
-                        status="rejected",
-                        envelope_id=verdict.envelope_id,
-                        reason=verdict.reason,
-                        detail=verdict.detail,
-                    )
+                    duplicates.add(index)
+                else:
+                    in_batch.add(key)
+                    fresh.append(index)
+        try:
+            decisions = await self.ledger.admit(
+                [cast(Accepted, verdicts[i]).item for i in fresh], received_at
+            )
+        except BaseException:
+            await self._audit(verdicts, rejected_only=True)
+            raise
+        to_publish: list[IngestedEnvelope] = []
+        for index, decision in zip(fresh, decisions, strict=True):
+            accepted = cast(Accepted, verdicts[index])
+            if isinstance(decision, Refused):
+                env = accepted.item.envelope
+                verdicts[index] = Rejected(
+                    decision.reason, decision.detail, env.envelope_id, env.device_id
                 )
+            else:
+                to_publish.append(accepted.item)
 
         if to_publish:
             try:
                 await self.bus.publish(to_publish)
             except BaseException:
-                # Nothing was accepted; the refusals were still decided.
+                # Nothing was accepted; the refusals were still decided. (Admitted
+                # envelopes keep their charge: their retry is published uncharged.)
                 await self._audit(verdicts, rejected_only=True)
                 raise
             # Only now: an id in the cache must mean "durable", or a retry after a 503
             # would be told "already accepted" for an envelope that was lost.
-            self.recent.add_all(in_batch)
+            self.recent.add_all((e.envelope.device_id, e.envelope.envelope_id) for e in to_publish)
         await self._audit(verdicts, rejected_only=False)
+        results = [_result(i, v, duplicate=i in duplicates) for i, v in enumerate(verdicts)]
+        rejected = sum(r.status == "rejected" for r in results)
         return BatchResult(accepted=len(items) - rejected, rejected=rejected, results=results)
 
     async def _audit(self, verdicts: Sequence[Verdict], *, rejected_only: bool) -> None:
@@ -115,6 +131,26 @@ class EnvelopeIntake:
         ]
         if records:
             await asyncio.to_thread(self.audit.append_many, records)
+
+
+def _result(index: int, verdict: Verdict, *, duplicate: bool) -> ItemResult:
+    if isinstance(verdict, Rejected):
+        return ItemResult(
+            index=index,
+            status="rejected",
+            envelope_id=verdict.envelope_id,
+            reason=verdict.reason,
+            detail=verdict.detail,
+        )
+    if duplicate:
+        return ItemResult(
+            index=index,
+            status="accepted",
+            envelope_id=verdict.envelope_id,
+            reason=RejectReason.DUPLICATE,
+            detail=_DUPLICATE_DETAIL,
+        )
+    return ItemResult(index=index, status="accepted", envelope_id=verdict.envelope_id)
 
 
 def _audit_record(verdict: Verdict) -> AuditRecord:

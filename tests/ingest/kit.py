@@ -70,9 +70,13 @@ class Device:
         self._sequence = 0
 
     def envelope(self, **overrides: Any) -> dict[str, Any]:
-        """An EnvelopeV1 as a JSON-ready dict; `overrides` replace fields (even invalidly)."""
+        """An EnvelopeV1 as a JSON-ready dict; `overrides` replace fields (even invalidly).
+
+        Each one is the device's next: its sequence one higher, its window the next
+        hour (the first is 2025-01-01 10:00-11:00), as the ingest's ledger requires.
+        """
         self._sequence += 1
-        start = datetime(2025, 1, 1, 10, tzinfo=UTC)
+        start = datetime(2025, 1, 1, 10, tzinfo=UTC) + timedelta(hours=self._sequence - 1)
         env: dict[str, Any] = {
             "schema_version": 1,
             "envelope_id": str(uuid.uuid4()),
