@@ -38,6 +38,10 @@ class DropReason(StrEnum):
     from it: deleted, never sent."""
     PROMPT_TOO_LONG = "prompt_too_long"
     """A prompt longer than `client._redaction.MAX_PROMPT_CHARS`, not redacted nor counted."""
+    ATTRIBUTES_TOO_LARGE = "attributes_too_large"
+    """A measurement whose attributes exceed `client._instruments`' bounds (more than
+    `MAX_ATTRIBUTES` of them, a key over `MAX_ATTRIBUTE_KEY_CHARS` or a string value
+    over `MAX_ATTRIBUTE_VALUE_CHARS`): no declared label or value is that large."""
     CARRIED_DISCARDED = "carried_discarded"
     """Cells carried from the last run's open window that no longer fit: the policy
     changed in between, or a signal's shape did."""

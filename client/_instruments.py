@@ -24,13 +24,29 @@ from client._aggregation import CounterCell, CounterTable, HistogramCell, Histog
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
 
-__all__ = ["BoundCounter", "BoundHistogram", "Counter", "Histogram"]
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_KEY_CHARS",
+    "MAX_ATTRIBUTE_VALUE_CHARS",
+    "BoundCounter",
+    "BoundHistogram",
+    "Counter",
+    "Histogram",
+]
 
 # Distinct attribute sets (per instrument) whose resolution is remembered. Past this,
 # new sets still resolve correctly, only more slowly, so a caller passing free-form
 # values cannot grow memory without bound.
 _CACHE_LIMIT = 1024
 _INF = math.inf
+
+MAX_ATTRIBUTES = 32
+"""Attributes one measurement may carry; more and it is dropped (`attributes_too_large`)."""
+MAX_ATTRIBUTE_KEY_CHARS = 128
+"""The longest attribute name accepted (policy labels are short identifiers)."""
+MAX_ATTRIBUTE_VALUE_CHARS = 256
+"""The longest string attribute value accepted. A longer one cannot be a declared value;
+refusing it also keeps a pasted document from being held in the cell cache."""
 
 
 class Counter:
@@ -55,7 +71,10 @@ class Counter:
             try:
                 cell = self._cache[tuple(attributes.items())]
             except (KeyError, TypeError):
-                cell = self._cell_for(attributes)
+                found = self._cell_for(attributes)
+                if found is None:
+                    return
+                cell = found
             with cell.lock:
                 cell.value += amount
         else:
@@ -64,11 +83,12 @@ class Counter:
     def bind(self, **attributes: object) -> BoundCounter:
         """A handle fixed to one attribute set: the fastest way to add repeatedly.
 
-        Undeclared labels are counted once, here, not on every add.
+        Undeclared labels are counted once, here, not on every add; so are attributes
+        over the size bounds, whose handle then adds to a cell no window reads.
         """
-        return BoundCounter(self, self._cell_for(attributes))
+        return BoundCounter(self, self._cell_for(attributes) or CounterCell())
 
-    def _cell_for(self, attributes: dict[str, object]) -> CounterCell:
+    def _cell_for(self, attributes: dict[str, object]) -> CounterCell | None:
         return _resolve_cell(attributes, self._domain, self._table, self._drops, self._cache)
 
     def _add_slow(self, amount: object, attributes: dict[str, object]) -> None:
@@ -135,7 +155,10 @@ class Histogram:
             try:
                 cell = self._cache[tuple(attributes.items())]
             except (KeyError, TypeError):
-                cell = self._cell_for(attributes)
+                found = self._cell_for(attributes)
+                if found is None:
+                    return
+                cell = found
             bucket = bisect_left(self._bounds, value)
             clamped = self._lo if value < self._lo else self._hi if value > self._hi else value
             with cell.lock:
@@ -145,10 +168,14 @@ class Histogram:
             self._record_slow(value, attributes)
 
     def bind(self, **attributes: object) -> BoundHistogram:
-        """A handle fixed to one attribute set: the fastest way to record repeatedly."""
-        return BoundHistogram(self, self._cell_for(attributes))
+        """A handle fixed to one attribute set: the fastest way to record repeatedly.
 
-    def _cell_for(self, attributes: dict[str, object]) -> HistogramCell:
+        As for `Counter.bind`, oversized attributes are counted once, here.
+        """
+        cell = self._cell_for(attributes) or HistogramCell(len(self._bounds) + 1)
+        return BoundHistogram(self, cell)
+
+    def _cell_for(self, attributes: dict[str, object]) -> HistogramCell | None:
         return _resolve_cell(attributes, self._domain, self._table, self._drops, self._cache)
 
     def _record_slow(self, value: object, attributes: dict[str, object]) -> None:
@@ -202,8 +229,14 @@ def _resolve_cell(
     table: _Table[_Cell],
     drops: DropCounter,
     cache: dict[tuple[tuple[str, object], ...], _Cell],
-) -> _Cell:
-    """The slow path of both instruments: resolve an attribute set, remember its cell."""
+) -> _Cell | None:
+    """The slow path of both instruments: resolve an attribute set, remember its cell.
+
+    None (counted, never cached) when the attributes exceed the size bounds.
+    """
+    if _too_large(attributes):
+        drops.add(DropReason.ATTRIBUTES_TOO_LARGE)
+        return None
     try:
         index, undeclared = domain.resolve(attributes)
         cell = table.cell(index)
@@ -217,6 +250,17 @@ def _resolve_cell(
         return cell
     except Exception:  # pragma: no cover - defensive: the host app must not see it
         return table.cell(domain.size - 1)
+
+
+def _too_large(attributes: dict[str, object]) -> bool:
+    if len(attributes) > MAX_ATTRIBUTES:
+        return True
+    for key, value in attributes.items():
+        if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+            return True
+        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
+            return True
+    return False
 
 
 def _as_count(amount: object) -> tuple[int, DropReason | None]:
