@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 
 from analytics._audit_cli import audit_app
+from analytics._canary_cli import CANARY_HELP, canary
 from analytics._cost_cli import cost_app
+from analytics._drift_cli import DRIFT_HELP, drift
 from analytics._errors import AnalyticsError
 from analytics._html import render_html
 from analytics._intervals import check_level
@@ -101,5 +103,7 @@ def report(
 
 
 app.command(help=RETENTION_HELP)(retention)
+app.command(help=CANARY_HELP)(canary)
+app.command(help=DRIFT_HELP)(drift)
 app.add_typer(audit_app, name="audit")
 app.add_typer(cost_app, name="cost")
