@@ -22,7 +22,8 @@ from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key, read_private_key, write_private_key
 from ingest._routes import HealthStatus, IngestKeyInfo
 from ingest._settings import IngestSettings, check_bootstrap
-from ingest._sink import DEFAULT_SINK_GROUP, DeadLetter, DuckDBSink, KafkaSinkConsumer, SinkStats
+from ingest._sink import DEFAULT_SINK_GROUP, DeadLetter, DuckDBSink
+from ingest._sink_consumer import KafkaSinkConsumer, SinkStats
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
 
 __all__ = [

@@ -22,6 +22,7 @@ from ingest._attested_keys import AttestedKeys
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._device_ledger import DeviceLedger
 from ingest._errors import ConfigurationError, IngestError, MalformedBody
+from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key
 from ingest._registry import SqliteDeviceRegistry
@@ -142,7 +143,18 @@ def create_app(
         try:
             intake = EnvelopeIntake(verifier, the_bus, recent, audit, ledger=ledger, clock=clock)
             yield {
-                "ingest": IngestState(settings, intake, public_key_b64, attested_keys),
+                "ingest": IngestState(
+                    settings,
+                    intake,
+                    public_key_b64,
+                    attested_keys,
+                    health={
+                        # The bus caches its own check (publish consults it too).
+                        the_bus.dependency: CachedProbe(the_bus.check, ttl=0.0),
+                        "registry": CachedProbe(registry_probe(registry)),
+                        "audit_log": CachedProbe(audit_log_probe(audit)),
+                    },
+                ),
                 "attestation": AttestationState(service, operator_token),
             }
         finally:

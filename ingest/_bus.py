@@ -5,6 +5,10 @@ the embedded sink committed), because the 202 that follows tells the device it m
 forget the envelope. A failure raises `BusUnavailable`, answered 503: the device keeps
 the batch and retries, and the idempotent sink makes a partial publish harmless.
 
+`check` says whether the bus's dependency answers (Kafka, or the embedded warehouse), for
+`/healthz`. The Kafka bus also consults it before publishing, so once Kafka is known to
+be down a request is answered 503 at once instead of after `ack_timeout`.
+
 Deletion requests travel the same way as envelopes (same topic, keyed by device id), so
 a device's deletion stays in order with its envelopes on its partition.
 """
@@ -17,11 +21,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ingest._errors import BusUnavailable
+from ingest._health import CachedProbe, Check
 from ingest._sink import DuckDBSink
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 
@@ -49,6 +53,8 @@ class EnvelopeBus(ABC):
     """Hands verified envelopes on durably. Opened and closed by the app's lifespan."""
 
     name: str = "bus"
+    dependency: str = "bus"
+    """What `check` checks, as `/healthz` names it."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, most buses need none
         """Open connections; raise `BusUnavailable` if that is impossible."""
@@ -59,6 +65,10 @@ class EnvelopeBus(ABC):
     @abstractmethod
     async def publish(self, items: Sequence[BusItem]) -> None:
         """Make `items` durable, or raise `BusUnavailable`."""
+
+    @abstractmethod
+    async def check(self) -> Check:
+        """Whether the bus's dependency answers now (cheap; may be cached briefly)."""
 
 
 class KafkaEnvelopeBus(EnvelopeBus):
@@ -72,9 +82,14 @@ class KafkaEnvelopeBus(EnvelopeBus):
     up to `request_timeout_ms` to enqueue) and then answers `BusUnavailable`. A send
     still retrying after that may land later: the device, told 503, resends, and the
     sink skips the second copy by envelope id.
+
+    Reachability is a metadata request to the brokers, bounded by `probe_timeout` and
+    cached for `health_ttl` seconds; a publish that timed out marks Kafka down for as
+    long. While Kafka is down, `publish` raises `BusUnavailable` without sending.
     """
 
     name = "kafka"
+    dependency = "kafka"
 
     def __init__(
         self,
@@ -84,9 +99,12 @@ class KafkaEnvelopeBus(EnvelopeBus):
         client_id: str = "quietwire-ingest",
         request_timeout_ms: int = 10_000,
         ack_timeout: float = 10.0,
+        health_ttl: float = 1.5,
+        probe_timeout: float = 1.0,
     ) -> None:
         self._topic_prefix = topic_prefix
         self._ack_timeout = ack_timeout
+        self._reachability = CachedProbe(self._probe, ttl=health_ttl, timeout=probe_timeout)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
@@ -116,7 +134,17 @@ class KafkaEnvelopeBus(EnvelopeBus):
             await _abort_pending_sends(self._producer)
         await self._producer.stop()
 
+    async def _probe(self) -> Check:
+        cluster = await self._producer.client.fetch_all_metadata()
+        return Check(True, f"{len(cluster.brokers())} broker(s) answer")
+
+    async def check(self) -> Check:
+        return await self._reachability.check()
+
     async def publish(self, items: Sequence[BusItem]) -> None:
+        reachable = await self._reachability.check()
+        if not reachable.ok:
+            raise BusUnavailable(f"Kafka is unreachable: {reachable.detail}")
         futures: list[asyncio.Future[object]] = []
         try:
             for item in items:
@@ -136,10 +164,12 @@ class KafkaEnvelopeBus(EnvelopeBus):
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
         _observe(futures)
         if pending:
-            raise BusUnavailable(
+            detail = (
                 f"Kafka did not acknowledge {len(pending)} of {len(futures)} envelopes "
                 f"within {self._ack_timeout:g}s"
             )
+            self._reachability.mark_down(detail)
+            raise BusUnavailable(detail)
         errors = [e for f in done if (e := f.exception()) is not None]
         if errors:
             raise BusUnavailable(
@@ -188,15 +218,23 @@ class InProcessEnvelopeBus(EnvelopeBus):
     in flight are written together in the next transaction (one fsync for all of them),
     so concurrent clients do not queue behind one commit each. The blocking write runs
     in a worker thread so the event loop keeps serving meanwhile.
+
+    An item whose rows the warehouse refuses is dead-lettered by the sink and the rest
+    of the group is stored: every publisher of the group is answered as durable (the
+    refused item is kept, in `dead_letters`, as the Kafka sink would keep it). Only a
+    failing warehouse fails the group (503 to each of its requests).
     """
 
     name = "in-process"
+    dependency = "warehouse"
 
     def __init__(self, sink: DuckDBSink, *, close_sink: bool = True) -> None:
         self.sink = sink
         self._close_sink = close_sink
         self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # A long group commit holds the sink's lock: give the check time to wait for it.
+        self._warehouse = CachedProbe(self._ping, ttl=1.5, timeout=5.0)
 
     async def stop(self) -> None:
         if self._writer is not None:
@@ -213,6 +251,13 @@ class InProcessEnvelopeBus(EnvelopeBus):
         # Shielded: a client that disconnects must not cancel a commit others wait on.
         await asyncio.shield(done)
 
+    async def check(self) -> Check:
+        return await self._warehouse.check()
+
+    async def _ping(self) -> Check:
+        await asyncio.to_thread(self.sink.ping)  # waits for a write in flight
+        return Check(True, "open")
+
     async def _write_waiting(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting, []
@@ -220,7 +265,8 @@ class InProcessEnvelopeBus(EnvelopeBus):
             failure: str | None = None
             try:
                 await asyncio.to_thread(self.sink.write, items)
-            except duckdb.Error as exc:
+            except Exception as exc:
+                # Whatever it is, every waiting request gets an answer: none may hang.
                 log.exception("embedded sink write failed")
                 failure = f"the warehouse did not commit the batch: {exc}"
             for _, done in group:
@@ -246,3 +292,8 @@ class InMemoryEnvelopeBus(EnvelopeBus):
         if self.fail_with is not None:
             raise BusUnavailable(self.fail_with)
         self.published.extend(items)
+
+    async def check(self) -> Check:
+        if self.fail_with is not None:
+            return Check(False, self.fail_with)
+        return Check(True, "in memory")

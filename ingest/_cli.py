@@ -1,7 +1,7 @@
 """`python -m ingest`: run the service, the Kafka sink, or make a key.
 
     python -m ingest [serve] [--host H] [--port P]
-    python -m ingest sink [--region R ...] [--aggregate]
+    python -m ingest sink [--region R ...] [--aggregate] [--health-port P]
     python -m ingest aggregate [--once] [--final]
     python -m ingest helper [--host H] [--port P]
     python -m ingest keygen PATH
@@ -25,13 +25,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
 from pydantic import ValidationError
 
 from ingest._app import create_app
 from ingest._errors import IngestError
+from ingest._health_server import HealthServer
 from ingest._keys import write_private_key
 from ingest._settings import IngestSettings
-from ingest._sink import DuckDBSink, KafkaSinkConsumer
+from ingest._sink import DuckDBSink
+from ingest._sink_consumer import KafkaSinkConsumer
+from ingest._sink_service import Companion, SinkService
 from ingest.aggregation._cli import aggregation_service, run_aggregation, run_helper
 from ingest.aggregation._settings import LeaderSettings
 
@@ -41,10 +45,17 @@ log = logging.getLogger("quietwire.ingest")
 
 
 async def run_sink(
-    settings: IngestSettings, regions: Sequence[str], *, aggregate: bool = False
-) -> None:
-    """Drain the regions' topics into the warehouse until SIGINT/SIGTERM; with
-    `aggregate`, run the leader's aggregation job on the same warehouse too."""
+    settings: IngestSettings,
+    regions: Sequence[str],
+    *,
+    aggregate: bool = False,
+    health_host: str = "127.0.0.1",
+    health_port: int | None = None,
+) -> int:
+    """Drain the regions' topics into the warehouse until SIGINT/SIGTERM (returns 0) or
+    a failure the sink cannot handle (logged, returns 1); see `ingest._sink_service`.
+    With `aggregate`, the leader's aggregation job runs on the same warehouse too; with
+    `health_port`, `GET /healthz` answers there."""
     if settings.kafka_bootstrap is None:
         raise IngestError(
             "the Kafka sink needs QUIETWIRE_INGEST_KAFKA_BOOTSTRAP; without Kafka the "
@@ -52,33 +63,34 @@ async def run_sink(
         )
     path = settings.resolved_warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    sink = DuckDBSink(path, group=settings.sink_group)
-    consumer = KafkaSinkConsumer(
-        sink,
-        bootstrap_servers=settings.kafka_bootstrap,
-        topics=[settings.topic_for(r) for r in regions],
-    )
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    leader = aggregation_service(LeaderSettings(), sink) if aggregate else None
     try:
-        await consumer.start()
-        run = asyncio.create_task(consumer.run_until())
-        jobs = None
+        sink = DuckDBSink(path, group=settings.sink_group)
+    except duckdb.Error as exc:
+        raise IngestError(f"cannot open the warehouse {path}: {exc}") from exc
+    leader = aggregation_service(LeaderSettings(), sink) if aggregate else None
+    health: HealthServer | None = None
+    try:
+        consumer = KafkaSinkConsumer(
+            sink,
+            bootstrap_servers=settings.kafka_bootstrap,
+            topics=[settings.topic_for(r) for r in regions],
+        )
+        companions: list[Companion] = []
         if leader is not None:
-            jobs = asyncio.create_task(
-                leader.service.run_forever(stopping, interval=leader.interval)
-            )
-        await stopping.wait()
-        await consumer.stop()  # lets the current batch finish, then leaves the group
-        stats = await run
-        if jobs is not None:
-            await jobs
-        log.info("sink stopped: %s", stats)
+            service, interval = leader.service, leader.interval
+            companions.append(lambda stop: service.run_forever(stop, interval=interval))
+        runner = SinkService(sink, consumer, companions=companions)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        if health_port is not None:
+            health = HealthServer(runner.health, loop, host=health_host, port=health_port)
+            log.info("sink health at http://%s:%d/healthz", health_host, health.port)
+        return await runner.run(stopping)
     finally:
-        await consumer.stop()
+        if health is not None:
+            health.close()
         if leader is not None:
             leader.close()
         sink.close()
@@ -93,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
     sink.add_argument("--region", action="append", help="region topic(s); default: settings")
+    sink.add_argument(
+        "--health-port",
+        type=_port,
+        help="serve GET /healthz on this port (kafka, warehouse, lag); default: none",
+    )
+    sink.add_argument("--health-host", default="127.0.0.1", help="(default: 127.0.0.1)")
     sink.add_argument(
         "--aggregate",
         action="store_true",
@@ -126,8 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = IngestSettings()
         if args.command == "sink":
             regions = args.region or [settings.region]
-            asyncio.run(run_sink(settings, regions, aggregate=args.aggregate))
-            return 0
+            return asyncio.run(
+                run_sink(
+                    settings,
+                    regions,
+                    aggregate=args.aggregate,
+                    health_host=args.health_host,
+                    health_port=args.health_port,
+                )
+            )
         import uvicorn  # only the service needs it
 
         host = getattr(args, "host", None) or settings.host

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -15,6 +16,7 @@ from auditlog import AuditRecord
 from ingest._attested_keys import AttestedKeys
 from ingest._deletion import MAX_DELETION_BYTES, verify_deletion_request
 from ingest._errors import BodyTooLarge, DeletionRejected, MalformedBody, TooManyItems
+from ingest._health import CachedProbe, DependencyHealth, check_all
 from ingest._intake import EnvelopeIntake
 from ingest._settings import IngestSettings
 from ingest._verify import summarize_validation_error
@@ -34,6 +36,8 @@ class IngestState:
     public_key_b64: str
     attested_keys: AttestedKeys | None = None
     """Standing of TPM keys, for deletion requests signed `ecdsa-p256`."""
+    health: Mapping[str, CachedProbe] = field(default_factory=dict)
+    """What `/healthz` checks: dependency name -> its probe."""
 
 
 def _state(request: Request) -> IngestState:
@@ -52,11 +56,15 @@ class IngestKeyInfo(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    """Liveness: the replica is up and its bus is open."""
+    """The replica and what it depends on: 200 with status ok when every dependency
+    answers, else 503 with status unavailable and the failing ones named."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "unavailable"] = "ok"
     region: str
     bus: str
+    dependencies: dict[str, DependencyHealth] = {}
+    """kafka (or warehouse, embedded), registry, audit_log: each `{ok, detail}`."""
+    failing: list[str] = []
 
 
 class ErrorBody(BaseModel):
@@ -195,7 +203,21 @@ async def get_ingest_key(state: StateDep) -> IngestKeyInfo:
     return IngestKeyInfo(region=state.settings.region, public_key=state.public_key_b64)
 
 
-@router.get("/healthz", response_model=HealthStatus)
-async def healthz(state: StateDep) -> HealthStatus:
-    """Liveness."""
-    return HealthStatus(region=state.settings.region, bus=state.intake.bus.name)
+@router.get(
+    "/healthz",
+    response_model=HealthStatus,
+    responses={503: {"model": HealthStatus, "description": "a dependency is down (failing)"}},
+)
+async def healthz(state: StateDep) -> JSONResponse:
+    """Readiness: 200 when every dependency answers, 503 naming those that do not.
+    Checks are cached for a second or two, so polling costs little."""
+    dependencies = await check_all(state.health)
+    failing = [name for name, d in dependencies.items() if not d.ok]
+    body = HealthStatus(
+        status="unavailable" if failing else "ok",
+        region=state.settings.region,
+        bus=state.intake.bus.name,
+        dependencies=dependencies,
+        failing=failing,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=503 if failing else 200)

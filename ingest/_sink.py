@@ -1,4 +1,4 @@
-"""The sink: verified envelopes into DuckDB, exactly once.
+"""The sink: verified envelopes into DuckDB, exactly once, and nothing stops it.
 
 `DuckDBSink` is the one writer; both the embedded mode (`InProcessEnvelopeBus`) and the
 Kafka consumer group (`KafkaSinkConsumer`) go through it, so the two modes store the same
@@ -8,12 +8,16 @@ id) pairs already stored. Deletion requests (`IngestedDeletionRequest`, on the s
 topics) go through the same transaction: recorded in `deletion_requests`, and the
 device's rows of that tier deleted.
 
-Poison messages (a Kafka value that is not an `IngestedEnvelope`, which only a bug or a
-foreign producer can cause) are logged, counted and recorded in the `dead_letters` table
-of the same DuckDB file, keyed by (topic, partition, offset), before the batch's offsets
-advance past them. That insert is its own idempotent transaction (INSERT OR IGNORE):
-`write_envelopes` owns its transaction, and a crash between the two re-reads the message
-and records it again as a no-op, so nothing vanishes and nothing doubles.
+Nothing a client sends can stop it. A Kafka message that does not decode, and an item
+whose rows DuckDB refuses (`warehouse.UNSTORABLE`: a value out of a column's range, say),
+becomes a dead letter (`warehouse.DeadLetter`, table `dead_letters`) with its bytes and
+reason, and the rest of its batch is stored: a refused batch is split in halves until
+each refusal is one item (`ingest._salvage`), the good halves committed as they go, then
+the dead letters and the batch's offsets in one last transaction. Every write is
+idempotent (rows by device and envelope id, deletions by request id, letters by
+Kafka coordinates or content hash), so a crash in between replays the batch to the same
+end. Any other warehouse error (I/O, a closed connection) propagates: the warehouse is
+failing, not a row.
 
 DuckDB calls block, so the consumer runs them in a worker thread (`asyncio.to_thread`);
 a lock serialises them because one DuckDB connection must not run two transactions.
@@ -21,71 +25,126 @@ a lock serialises them because one DuckDB connection must not run two transactio
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
-from ingest._errors import BusUnavailable
+from ingest._salvage import salvage
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 from warehouse import (
+    UNSTORABLE,
     Compaction,
     CompactionError,
+    DeadLetter,
+    DeadLetterStage,
     ErasureCompactor,
     PartitionOffset,
     WriteResult,
     connect,
+    describe_error,
     stored_offsets,
     write_envelopes,
 )
 
-__all__ = ["DEFAULT_SINK_GROUP", "DeadLetter", "DuckDBSink", "KafkaSinkConsumer", "SinkStats"]
+__all__ = ["DEFAULT_SINK_GROUP", "DeadLetter", "DuckDBSink", "SinkItem", "SinkMessage"]
 
 log = logging.getLogger("quietwire.ingest.sink")
 
 DEFAULT_SINK_GROUP = "quietwire-sink"
 
+SinkItem = IngestedEnvelope | IngestedDeletionRequest
+Stage = DeadLetterStage
+
 # Both models forbid extra keys, and one has `envelope` where the other has `deletion`,
 # so a message parses as exactly one of them.
-_MESSAGE: TypeAdapter[IngestedEnvelope | IngestedDeletionRequest] = TypeAdapter(
-    IngestedEnvelope | IngestedDeletionRequest
-)
-
-_DEAD_LETTERS_DDL = """
-CREATE TABLE IF NOT EXISTS dead_letters (
-    topic           VARCHAR NOT NULL,
-    kafka_partition INTEGER NOT NULL,
-    kafka_offset    BIGINT NOT NULL,
-    consumer_group  VARCHAR NOT NULL,
-    message_key     BLOB,
-    message_value   BLOB,
-    error           VARCHAR NOT NULL,
-    recorded_at     TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (topic, kafka_partition, kafka_offset)
-);
-"""
+_MESSAGE: TypeAdapter[SinkItem] = TypeAdapter(SinkItem)
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A Kafka message the sink could not parse, kept verbatim with the reason."""
+class SinkMessage:
+    """A Kafka record as the sink reads it: where it is, and its bytes."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A decoded item, and the message it came in (None: handed over in-process)."""
+
+    item: SinkItem
+    message: SinkMessage | None
+
+
+def _ids_in(value: bytes | None) -> tuple[str | None, str | None]:
+    """(envelope id, device id) of a message that does not decode, if its JSON names them."""
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return None, None
+    head = doc.get("envelope", doc.get("deletion")) if isinstance(doc, dict) else None
+    if not isinstance(head, dict):
+        return None, None
+    ids = (head.get("envelope_id"), head.get("device_id"))
+    return tuple(i if isinstance(i, str) and len(i) <= 128 else None for i in ids)  # type: ignore[return-value]
+
+
+def _letter(
+    stage: Stage, exc: BaseException, message: SinkMessage | None, item: SinkItem | None
+) -> DeadLetter:
+    """A dead letter for `item` (None: it did not decode) from `message` (None: handed
+    over in-process, so kept as the JSON it would have travelled as on Kafka)."""
+    error_class, error = describe_error(exc)
+    if item is None:
+        envelope_id, device_id = _ids_in(message.value if message is not None else None)
+    elif isinstance(item, IngestedEnvelope):
+        envelope_id, device_id = str(item.envelope.envelope_id), item.envelope.device_id
+    else:
+        envelope_id, device_id = None, item.deletion.device_id
+    if message is None:
+        assert item is not None
+        assert device_id is not None
+        return DeadLetter(
+            stage,
+            error_class,
+            error,
+            item.model_dump_json().encode(),
+            key=device_id.encode(),
+            envelope_id=envelope_id,
+            device_id=device_id,
+        )
+    return DeadLetter(
+        stage,
+        error_class,
+        error,
+        message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        envelope_id=envelope_id,
+        device_id=device_id,
+    )
+
+
+def _sum(results: Sequence[WriteResult]) -> WriteResult:
+    return WriteResult(
+        inserted=sum(r.inserted for r in results),
+        duplicates=sum(r.duplicates for r in results),
+        deletions=sum(r.deletions for r in results),
+        reports_refused=sum(r.reports_refused for r in results),
+        dead_letters=sum(r.dead_letters for r in results),
+    )
 
 
 class DuckDBSink:
@@ -115,8 +174,8 @@ class DuckDBSink:
             self._conn = connect(target)
             self._owned = True
             self._compactor = ErasureCompactor(target, min_interval=compact_interval)
-        self._conn.execute(_DEAD_LETTERS_DDL)
         self._lock = threading.Lock()
+        self._closed = False
         self.group = group
         self._erase()  # deletions a crash left in the file
 
@@ -133,18 +192,74 @@ class DuckDBSink:
             yield self._conn
 
     def write(
-        self,
-        items: Sequence[IngestedEnvelope | IngestedDeletionRequest],
-        offsets: Sequence[PartitionOffset] = (),
+        self, items: Sequence[SinkItem], offsets: Sequence[PartitionOffset] = ()
     ) -> WriteResult:
         """Store new envelopes, apply deletion requests and advance `offsets` (for this
-        sink's group), atomically."""
+        sink's group); an item whose rows the warehouse refuses is dead-lettered and the
+        others are stored. Raises only if the warehouse itself fails."""
+        return self._write([_Entry(i, None) for i in items], offsets, [])
+
+    def store(
+        self, messages: Sequence[SinkMessage], offsets: Sequence[PartitionOffset]
+    ) -> WriteResult:
+        """Decode Kafka messages and `write` them with `offsets`; a message that does not
+        decode is dead-lettered in the same transaction."""
+        entries: list[_Entry] = []
+        letters: list[DeadLetter] = []
+        for message in messages:
+            try:
+                if message.value is None:
+                    raise ValueError("message has no value")
+                entries.append(_Entry(_MESSAGE.validate_json(message.value), message))
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                letters.append(_letter("decode", exc, message, None))
+        return self._write(entries, offsets, letters)
+
+    def _write(
+        self,
+        entries: Sequence[_Entry],
+        offsets: Sequence[PartitionOffset],
+        letters: Sequence[DeadLetter],
+    ) -> WriteResult:
+        group = self.group if offsets else None
         with self._lock:
-            result = write_envelopes(
-                self._conn, items, group=self.group if offsets else None, offsets=offsets
-            )
+            try:
+                result = write_envelopes(
+                    self._conn,
+                    [e.item for e in entries],
+                    group=group,
+                    offsets=offsets,
+                    dead_letters=letters,
+                )
+            except UNSTORABLE as exc:
+                if not entries:
+                    raise  # the letters or offsets themselves: not a row's fault
+                log.warning(
+                    "the warehouse refused a batch of %d (%s: %s): salvaging",
+                    len(entries),
+                    *describe_error(exc),
+                )
+                saved = salvage(entries, exc, self._write_part, UNSTORABLE)
+                letters = [
+                    *letters,
+                    *(_letter("store", err, e.message, e.item) for e, err in saved.failed),
+                ]
+                last = write_envelopes(
+                    self._conn, [], group=group, offsets=offsets, dead_letters=letters
+                )
+                result = _sum([*saved.written, last])
             self._erase()
-            return result
+        for d in letters:
+            where = d.letter_id if d.topic is not None else f"device {d.device_id}"
+            log.error(
+                "dead letter (%s) %s envelope %s: %s: %s",
+                d.stage,
+                where,
+                d.envelope_id,
+                d.error_class,
+                d.error,
+            )
+        return result
 
     def compact_if_due(self) -> Compaction | None:
         """Rewrite the file if deletions are pending and the interval has passed."""
@@ -173,26 +288,15 @@ class DuckDBSink:
             )
         return done
 
-    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
-        """Record unparseable messages; returns how many were new (a message re-read
-        after a rebalance, before its offset was stored, is recorded once)."""
-        if not letters:
-            return 0
-        now = datetime.now(UTC)
-        with self._lock:
-            before = self._dead_letter_rows()
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (d.topic, d.partition, d.offset, self.group, d.key, d.value, d.error, now)
-                    for d in letters
-                ],
-            )
-            return self._dead_letter_rows() - before
+    def _write_part(self, part: Sequence[_Entry]) -> WriteResult:
+        # Under self._lock (called from _write): no offsets, so a crash before the last
+        # transaction replays the batch, and these rows are then duplicates.
+        return write_envelopes(self._conn, [e.item for e in part])
 
-    def _dead_letter_rows(self) -> int:
-        row = self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return int(row[0]) if row else 0
+    def ping(self) -> None:
+        """Raise unless the warehouse answers a query (for health checks)."""
+        with self._lock:
+            self._conn.execute("SELECT count(*) FROM consumer_offsets").fetchone()
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> next offset to read, as committed with this group's rows."""
@@ -206,216 +310,19 @@ class DuckDBSink:
         return int(row[0]) if row else 0
 
     def dead_letter_count(self) -> int:
-        """How many poison messages have been recorded."""
+        """How many dead letters the warehouse holds."""
         with self._lock:
-            return self._dead_letter_rows()
+            row = self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
-        """Close the connection if this sink opened it."""
+        """Close the connection if this sink opened it; safe to call twice."""
         if self._owned:
             with self._lock:
-                self._erase(force=True)
-                self._conn.close()
-
-
-@dataclass(slots=True)
-class SinkStats:
-    """What a `KafkaSinkConsumer` has done so far; `run_until` predicates read it."""
-
-    polls: int = 0
-    messages: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    empty_polls_in_a_row: int = 0
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
-
-
-class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On assignment, resume each partition where the warehouse says, else from the start.
-
-    The warehouse, not Kafka's committed offsets, is the source of truth: its offsets
-    were written in the same transaction as the rows.
-    """
-
-    def __init__(self, consumer: AIOKafkaConsumer, sink: DuckDBSink) -> None:
-        self._consumer = consumer
-        self._sink = sink
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Nothing to save: every processed batch already committed its offsets with its rows.
-        return None
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        stored = await asyncio.to_thread(self._sink.stored_offsets)
-        fresh = []
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                fresh.append(tp)
-            else:
-                self._consumer.seek(tp, offset)
-        if fresh:
-            await self._consumer.seek_to_beginning(*fresh)
-        log.info("sink assigned %s (resumed %d from the warehouse)", assigned, len(stored))
-
-
-class KafkaSinkConsumer:
-    """A consumer-group member that drains envelope topics into a `DuckDBSink`.
-
-    Auto-commit is off: offsets live in DuckDB with the rows. With `commit_to_kafka`
-    the same offsets are also committed to Kafka after each batch, for lag monitoring
-    only (a failed monitoring commit is logged, never fatal).
-    """
-
-    def __init__(
-        self,
-        sink: DuckDBSink,
-        *,
-        bootstrap_servers: str,
-        topics: Sequence[str],
-        max_records: int = 500,
-        poll_timeout_ms: int = 1000,
-        commit_to_kafka: bool = True,
-        client_id: str = "quietwire-sink",
-    ) -> None:
-        if not topics:
-            raise ValueError("the sink needs at least one topic")
-        self._sink = sink
-        self._topics = list(topics)
-        self._max_records = max_records
-        self._poll_timeout_ms = poll_timeout_ms
-        self._commit_to_kafka = commit_to_kafka
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=sink.group,
-            client_id=client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        self._stop_requested = asyncio.Event()
-        self._loop_idle = asyncio.Event()
-        self._loop_idle.set()
-        self._started = False
-        self.stats = SinkStats()
-
-    async def start(self) -> None:
-        """Connect and join the group (assignment completes on the first poll)."""
-        self._stop_requested.clear()
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self._consumer.stop()  # a half-started consumer holds connections
-            raise BusUnavailable(f"cannot connect the sink consumer: {exc}") from exc
-        self._consumer.subscribe(
-            self._topics, listener=_SeekToStoredOffsets(self._consumer, self._sink)
-        )
-        self._started = True
-
-    async def stop(self) -> None:
-        """Ask a running loop to finish its current batch, then leave the group."""
-        self._stop_requested.set()
-        # Let a running loop finish its batch (at most one poll timeout away): stopping
-        # the consumer under an in-flight getmany would lose the batch's bookkeeping.
-        await self._loop_idle.wait()
-        if self._started:
-            self._started = False
-            await self._consumer.stop()
-
-    async def __aenter__(self) -> KafkaSinkConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def poll_once(self) -> int:
-        """Fetch one batch and store it (rows + offsets in one transaction); returns its size."""
-        batches = await self._consumer.getmany(
-            timeout_ms=self._poll_timeout_ms, max_records=self._max_records
-        )
-        self.stats.polls += 1
-        count = sum(len(records) for records in batches.values())
-        if count == 0:
-            self.stats.empty_polls_in_a_row += 1
-            await asyncio.to_thread(self._sink.compact_if_due)
-            return 0
-        self.stats.empty_polls_in_a_row = 0
-        await self._store(batches)
-        return count
-
-    async def _store(self, batches: Mapping[TopicPartition, Sequence[Any]]) -> None:
-        items: list[IngestedEnvelope | IngestedDeletionRequest] = []
-        dead: list[DeadLetter] = []
-        offsets: list[PartitionOffset] = []
-        for tp, records in batches.items():
-            for rec in records:
+                if self._closed:
+                    return
+                self._closed = True
                 try:
-                    if rec.value is None:
-                        raise ValueError("message has no value")
-                    items.append(_MESSAGE.validate_json(rec.value))
-                except (ValidationError, ValueError) as exc:
-                    dead.append(
-                        DeadLetter(tp.topic, tp.partition, rec.offset, rec.key, rec.value, str(exc))
-                    )
-            offsets.append(PartitionOffset(tp.topic, tp.partition, records[-1].offset + 1))
-        for d in dead:
-            log.error(
-                "dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error.splitlines()[0]
-            )
-        # Dead letters first: once the offsets below commit, the message is never re-read.
-        new_dead = await asyncio.to_thread(self._sink.write_dead_letters, dead)
-        result = await asyncio.to_thread(self._sink.write, items, offsets)
-        self.stats.messages += len(items) + len(dead)
-        self.stats.inserted += result.inserted
-        self.stats.duplicates += result.duplicates
-        # Delivery is at least once (a rebalance can hand back a batch whose offsets were
-        # not stored yet); the tables are idempotent, and so are these counts.
-        self.stats.dead_letters += new_dead
-        for o in offsets:
-            self.stats.positions[(o.topic, o.partition)] = o.next_offset
-        if self._commit_to_kafka:
-            try:
-                await self._consumer.commit(
-                    {TopicPartition(o.topic, o.partition): o.next_offset for o in offsets}
-                )
-            except KafkaError as exc:
-                log.warning("monitoring commit to Kafka failed (warehouse is unaffected): %s", exc)
-
-    async def caught_up(self) -> bool:
-        """True once partitions are assigned and every one is read to its end offset."""
-        assigned = list(self._consumer.assignment())
-        if not assigned:
-            return False
-        ends = await self._consumer.end_offsets(assigned)
-        for tp in assigned:
-            if await self._consumer.position(tp) < ends[tp]:
-                return False
-        return True
-
-    async def run_until(
-        self,
-        predicate: Callable[[SinkStats], bool] | None = None,
-        *,
-        idle_polls: int | None = None,
-        caught_up: bool = False,
-    ) -> SinkStats:
-        """Poll and store until a condition holds, or until `stop()` is called.
-
-        Conditions (any one ends the run): `predicate(stats)` is true; `idle_polls`
-        empty polls in a row; with `caught_up`, every assigned partition is read to its
-        end. With none given, runs until `stop()`.
-        """
-        self._loop_idle.clear()
-        try:
-            while not self._stop_requested.is_set():
-                await self.poll_once()
-                if predicate is not None and predicate(self.stats):
-                    break
-                if idle_polls is not None and self.stats.empty_polls_in_a_row >= idle_polls:
-                    break
-                if caught_up and await self.caught_up():
-                    break
-        finally:
-            self._loop_idle.set()
-        return self.stats
+                    self._erase(force=True)
+                finally:
+                    self._conn.close()

@@ -12,6 +12,7 @@ from warehouse._compact import (
     compact,
     pending_erasures,
 )
+from warehouse._dead_letters import UNSTORABLE, DeadLetter, DeadLetterStage, describe_error
 from warehouse._retention import (
     RetentionRun,
     apply_retention,
@@ -25,8 +26,11 @@ from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write
 
 __all__ = [
     "SCHEMA_VERSION",
+    "UNSTORABLE",
     "Compaction",
     "CompactionError",
+    "DeadLetter",
+    "DeadLetterStage",
     "ErasureCompactor",
     "PartitionOffset",
     "RetentionRun",
@@ -36,6 +40,7 @@ __all__ = [
     "compact",
     "connect",
     "count_past_retention",
+    "describe_error",
     "enforce_retention",
     "pending_erasures",
     "retention_cutoff",

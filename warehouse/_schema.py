@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 
+from warehouse._dead_letters import upgrade_dead_letters
+
 __all__ = ["SCHEMA_VERSION", "apply_schema", "connect"]
 
 SCHEMA_VERSION = 2
@@ -172,6 +174,26 @@ CREATE TABLE IF NOT EXISTS prio_job_reports (
     job_id    VARCHAR NOT NULL,
     PRIMARY KEY (task, report_id)
 );
+-- Messages the sink could not store (warehouse._dead_letters): stage decode (not a
+-- message) or store (DuckDB refused its rows). Kafka coordinates when it came from
+-- Kafka (letter_id kafka:<topic>:<partition>:<offset>), else NULL (embedded mode,
+-- letter_id sha256:<hex of message_value>). message_value is the message as read (or,
+-- embedded, its JSON as it would travel on Kafka); envelope_id and device_id when known.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    letter_id       VARCHAR PRIMARY KEY,
+    stage           VARCHAR NOT NULL,
+    topic           VARCHAR,
+    kafka_partition INTEGER,
+    kafka_offset    BIGINT,
+    consumer_group  VARCHAR,
+    message_key     BLOB,
+    message_value   BLOB,
+    envelope_id     VARCHAR,
+    device_id       VARCHAR,
+    error_class     VARCHAR NOT NULL,
+    error           VARCHAR NOT NULL,
+    recorded_at     TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer_group VARCHAR NOT NULL,
     topic          VARCHAR NOT NULL,
@@ -236,6 +258,7 @@ def _migrate_v1(conn: duckdb.DuckDBPyConnection) -> None:
 def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the warehouse tables if absent, and migrate an older file (idempotent)."""
     conn.execute(_DDL)
+    upgrade_dead_letters(conn, _DDL)
     version = conn.execute("SELECT max(version) FROM schema_meta").fetchone()
     if version is None or version[0] is None:
         conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -34,6 +34,7 @@ from schemas import (
     TotalAggregate,
 )
 from warehouse._compact import record_erasure
+from warehouse._dead_letters import DeadLetter, insert_dead_letters
 
 __all__ = ["PartitionOffset", "WriteResult", "stored_offsets", "write_envelopes"]
 
@@ -116,6 +117,8 @@ class WriteResult:
     deletions: int = 0
     reports_refused: int = 0
     """Prio3 reports of new envelopes refused (replayed, or a second contribution)."""
+    dead_letters: int = 0
+    """Dead letters newly recorded (one recorded before, e.g. by a redelivery, is not)."""
 
 
 def stored_offsets(conn: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[str, int], int]:
@@ -335,12 +338,15 @@ def write_envelopes(
     *,
     group: str | None = None,
     offsets: Sequence[PartitionOffset] = (),
+    dead_letters: Sequence[DeadLetter] = (),
 ) -> WriteResult:
-    """Insert envelopes not seen before, apply deletion requests, and advance `offsets`,
-    in one transaction.
+    """Insert envelopes not seen before, apply deletion requests, record `dead_letters`
+    (messages of the same batch that cannot be stored) and advance `offsets`, in one
+    transaction.
 
     Duplicates (same envelope id, already stored or twice in `items`) are skipped; a
-    deletion request already recorded is a no-op.
+    deletion request or dead letter already recorded is a no-op. A row DuckDB refuses
+    raises one of `warehouse.UNSTORABLE` and nothing is written.
     """
     requests = [i for i in items if isinstance(i, IngestedDeletionRequest)]
     envelopes = [i for i in items if isinstance(i, IngestedEnvelope)]
@@ -406,6 +412,9 @@ def write_envelopes(
             if values:
                 # One columnar insert: executemany costs a round trip per row.
                 _insert_arrow(conn, "released_values", values, _VALUE_TYPES)
+        letters = insert_dead_letters(
+            conn, dead_letters, group=group, recorded_at=datetime.now(UTC)
+        )
         if offsets:
             if group is None:
                 raise ValueError("offsets need a consumer group")
@@ -422,4 +431,5 @@ def write_envelopes(
         duplicates=len(items) - len(fresh),
         deletions=applied,
         reports_refused=reports_refused,
+        dead_letters=letters,
     )

@@ -44,11 +44,6 @@ async def test_ingest_key_endpoint_gives_the_key_to_seal_to(
     assert len(bus.published) == 1
 
 
-async def test_healthz(client: httpx.AsyncClient) -> None:
-    resp = await client.get("/healthz")
-    assert resp.json() == {"status": "ok", "region": "eu-test", "bus": "in-memory"}
-
-
 def _tampered(device: Device, key: PublicKey) -> str:
     """Signed, then changed in transit: the signature covers the original bytes."""
     payload = json.dumps(device.envelope()).encode()

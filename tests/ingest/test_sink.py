@@ -14,7 +14,7 @@ from nacl.public import PublicKey
 from ingest import DeadLetter, DuckDBSink, IngestSettings, create_app
 from schemas import EnvelopeV1, IngestedEnvelope
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
-from warehouse import PartitionOffset, connect
+from warehouse import PartitionOffset, WriteResult, connect, write_envelopes
 
 
 def _ingested(device: Device) -> IngestedEnvelope:
@@ -68,14 +68,19 @@ def test_offsets_are_kept_per_group(tmp_path: Path) -> None:
 
 
 def test_dead_letters_are_recorded_once(sink: DuckDBSink) -> None:
-    letter = DeadLetter("t", 0, 7, b"k", b"not json", "invalid JSON")
-    sink.write_dead_letters([letter])
-    sink.write_dead_letters([letter])
+    letter = DeadLetter(
+        "decode", "ValueError", "invalid JSON", b"not json", topic="t", partition=0, offset=7
+    )
+    offsets = [PartitionOffset("t", 0, 8)]
+    assert sink.write([], offsets) == WriteResult(0, 0)
+    first = sink.connection
+    for _ in range(2):  # a redelivery records nothing new
+        write_envelopes(first, [], group="g1", offsets=offsets, dead_letters=[letter])
     assert sink.dead_letter_count() == 1
     row = sink.connection.execute(
-        "SELECT message_value, error, consumer_group FROM dead_letters"
+        "SELECT message_value, error_class, error, consumer_group FROM dead_letters"
     ).fetchone()
-    assert row == (b"not json", "invalid JSON", "g1")
+    assert row == (b"not json", "ValueError", "invalid JSON", "g1")
 
 
 async def test_embedded_mode_stores_accepted_envelopes_before_answering(tmp_path: Path) -> None:
