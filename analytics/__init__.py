@@ -9,8 +9,13 @@ rollback, with the evidence per route and metric).
 Figures of both privacy models are read alike: devices' local releases and secure
 aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
 the interval method, the privacy model and the mechanism.
+
+For auditors: `build_auditor_report` (data held by tier and region, retention runs,
+deletion requests and their erasure, the audit log's chain) gives an `AuditorReport`
+of Polars frames.
 """
 
+from analytics._auditor import AuditorReport, ChainStatus, build_auditor_report
 from analytics._canary import CanaryResult, canary_verdict
 from analytics._canary_verdict import CanaryVerdict
 from analytics._drift import DriftResult, DriftSide, drift_test
@@ -40,14 +45,17 @@ from analytics._totals import (
 __all__ = [
     "NORMAL_MAX_EXCESS_KURTOSIS",
     "AnalyticsError",
+    "AuditorReport",
     "CanaryResult",
     "CanaryVerdict",
+    "ChainStatus",
     "DriftResult",
     "DriftSide",
     "FleetReport",
     "FleetTruth",
     "InvalidQueryError",
     "WarehouseError",
+    "build_auditor_report",
     "build_report",
     "canary_verdict",
     "cell_summary",

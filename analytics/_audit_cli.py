@@ -1,6 +1,7 @@
 """`quietwire audit`: an auditor's read-only view of the ingest's hash-chained audit log.
 
     quietwire audit verify --log PATH [--head HEX]
+    quietwire audit report --db WAREHOUSE [--log PATH] ...   (analytics._auditor_cli)
     quietwire audit list --log PATH [--device ID] [--action A] [--decision accept|reject]
                          [--reason R] [--format table|json]
 
@@ -23,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from analytics._auditor_cli import AUDIT_REPORT_HELP, audit_report
 from analytics._cli_support import fail
 
 if TYPE_CHECKING:  # the ingest package is imported only when an audit command runs
@@ -32,7 +34,8 @@ __all__ = ["audit_app"]
 
 audit_app = typer.Typer(
     name="audit",
-    help="Read the ingest's hash-chained audit log: verify the chain, list decisions.",
+    help="Read the ingest's hash-chained audit log: verify the chain, list decisions; "
+    "the auditor's report over the warehouse and the log.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -218,3 +221,6 @@ def _record(entry: AuditEntry) -> dict[str, object]:
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
     }
+
+
+audit_app.command("report", help=AUDIT_REPORT_HELP)(audit_report)

@@ -14,6 +14,7 @@ from warehouse._compact import (
 )
 from warehouse._dead_letters import UNSTORABLE, DeadLetter, DeadLetterStage, describe_error
 from warehouse._retention import (
+    RETENTION_TABLES,
     RetentionRun,
     apply_retention,
     count_past_retention,
@@ -25,6 +26,7 @@ from warehouse._schema import SCHEMA_VERSION, apply_schema, connect
 from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write_envelopes
 
 __all__ = [
+    "RETENTION_TABLES",
     "SCHEMA_VERSION",
     "UNSTORABLE",
     "Compaction",

@@ -18,6 +18,7 @@ from schemas import Tier
 from warehouse._compact import record_erasure
 
 __all__ = [
+    "RETENTION_TABLES",
     "RetentionRun",
     "apply_retention",
     "count_past_retention",
@@ -32,14 +33,15 @@ def retention_cutoff(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
 
-# What retention covers: (table, its time column). A fleet aggregate is kept as long
+# What retention covers: (table, the time column its cutoff applies to). A fleet aggregate is kept as long
 # as its tier's data; a Prio3 report (shares only) no longer than that either, and in
 # practice far shorter (it is useless once its batch is collected).
-_RETAINED = (
+RETENTION_TABLES: tuple[tuple[str, str], ...] = (
     ("released_values", "window_end"),
     ("fleet_aggregates", "window_end"),
     ("prio_reports", "batch_start"),
 )
+_RETAINED = RETENTION_TABLES
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ def test_public_names_are_pinned() -> None:
         [
             "NORMAL_MAX_EXCESS_KURTOSIS",
             "AnalyticsError",
+            "AuditorReport",
+            "ChainStatus",
             "CanaryResult",
             "CanaryVerdict",
             "DriftResult",
@@ -18,6 +20,7 @@ def test_public_names_are_pinned() -> None:
             "FleetTruth",
             "InvalidQueryError",
             "WarehouseError",
+            "build_auditor_report",
             "build_report",
             "canary_verdict",
             "cell_summary",

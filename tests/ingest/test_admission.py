@@ -1,0 +1,228 @@
+"""Per-device admission at the intake: sequence numbers increase, one envelope per
+device and window (one Prio3 contribution per policy window), retries are not
+violations, and the ledger is charged atomically with the decision."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.public import PrivateKey
+
+from auditlog import AuditLog
+from client._shares import ReportSharer
+from ingest import EnvelopeVerifier, InMemoryEnvelopeBus, RecentlyAccepted
+from ingest._admission import Candidate, DaySpend, DeviceMark, Refused, decide
+from ingest._device_ledger import DeviceLedger
+from ingest._errors import BusUnavailable, LedgerUnavailable
+from ingest._intake import EnvelopeIntake
+from ingest._pricing import EnvelopePrice
+from ingest._report_rules import ReportRules
+from ingest._windows import AlignedWindow
+from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
+from schemas import BatchResult, EnvelopeV1, RejectReason
+from tests.ingest.kit import Device
+
+PILOT = load_policy(PILOT_POLICY_PATH)
+DEFAULT = load_policy()
+NOW = datetime(2025, 1, 5, tzinfo=UTC)
+TODAY = NOW.date().isoformat()
+
+
+@pytest.fixture
+def key() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[DeviceLedger]:
+    ledger = DeviceLedger(tmp_path / "ledger.sqlite3", [PILOT, DEFAULT])
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def audit(tmp_path: Path) -> Iterator[AuditLog]:
+    log = AuditLog(tmp_path / "audit.sqlite3")
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def bus() -> InMemoryEnvelopeBus:
+    return InMemoryEnvelopeBus()
+
+
+@pytest.fixture
+def intake(
+    key: PrivateKey, bus: InMemoryEnvelopeBus, ledger: DeviceLedger, audit: AuditLog
+) -> EnvelopeIntake:
+    verifier = EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[PILOT.content_hash, DEFAULT.content_hash],
+        report_rules=ReportRules([PILOT, DEFAULT]),
+    )
+    # No duplicate cache: every retry reaches the ledger, as on another replica.
+    return EnvelopeIntake(
+        verifier, bus, RecentlyAccepted(0), audit, ledger=ledger, clock=lambda: NOW
+    )
+
+
+def _reasons(result: BatchResult) -> list[str | None]:
+    return [r.reason.value if r.reason else None for r in result.results]
+
+
+async def test_a_lower_or_equal_sequence_is_refused(
+    intake: EnvelopeIntake, key: PrivateKey, audit: AuditLog
+) -> None:
+    device = Device("eu-test")
+    first, second = device.envelope(), device.envelope()
+    assert (await intake.submit([device.item(key.public_key, second)])).accepted == 1
+    # Reordered (an older one arriving late) or replayed under a new id: both refused.
+    late = device.item(key.public_key, first)
+    replay = device.item(key.public_key, second | {"envelope_id": str(uuid.uuid4())})
+    result = await intake.submit([late, replay])
+    assert _reasons(result) == ["sequence_not_increasing"] * 2
+    entries = audit.entries(device_id=device.device_id, reason="sequence_not_increasing")
+    assert [e.decision for e in entries] == ["rejected", "rejected"]
+    assert "is not above 2" in (entries[0].detail or "")
+
+
+async def test_a_second_envelope_for_the_same_window_is_refused(
+    intake: EnvelopeIntake, key: PrivateKey, bus: InMemoryEnvelopeBus
+) -> None:
+    device = Device("eu-test")
+    env = device.envelope()
+    overlapping = device.envelope(window_start=env["window_start"], window_end=env["window_end"])
+    result = await intake.submit(
+        [device.item(key.public_key, env), device.item(key.public_key, overlapping)]
+    )
+    assert _reasons(result) == [None, "duplicate_window"]
+    assert len(bus.published) == 1
+
+
+def _reports(start: datetime) -> list[dict[str, Any]]:
+    sharer = ReportSharer(DEFAULT.content_hash, bytes(PrivateKey.generate().public_key))
+    return [
+        sharer.report(t, [0] * t.length, start).model_dump(mode="json")
+        for t in aggregation_tasks(DEFAULT).values()
+        if t.signal == "inference.errors"
+    ]
+
+
+async def test_one_prio3_contribution_per_device_and_policy_window(
+    intake: EnvelopeIntake, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    day = datetime(2025, 1, 2, tzinfo=UTC)
+
+    def part(start: datetime, end: datetime) -> str:
+        env = device.envelope(
+            policy_hash=DEFAULT.content_hash,
+            aggregates=[],
+            reports=_reports(day),
+            window_start=start.isoformat(),
+            window_end=end.isoformat(),
+            sent_at=(end + timedelta(seconds=1)).isoformat(),
+        )
+        return device.item(key.public_key, env)
+
+    # Two windows of one day (not overlapping), each with reports: one batch, twice.
+    morning = part(day, day + timedelta(hours=6))
+    evening = part(day + timedelta(hours=6), day + timedelta(days=1))
+    next_day = part(day + timedelta(days=1), day + timedelta(days=2))
+    result = await intake.submit([morning, evening, next_day])
+    assert _reasons(result) == [None, "duplicate_window", None]
+    assert "one contribution per device" in (result.results[1].detail or "")
+
+
+async def test_a_retry_of_the_same_envelope_is_published_again_not_charged_again(
+    intake: EnvelopeIntake, key: PrivateKey, bus: InMemoryEnvelopeBus, ledger: DeviceLedger
+) -> None:
+    device = Device("eu-test")
+    items = [device.item(key.public_key) for _ in range(3)]
+    assert (await intake.submit(items)).accepted == 3
+    # The 202 was lost: the device sends the same batch again, plus a new envelope.
+    retry = await intake.submit([*items, device.item(key.public_key)])
+    assert _reasons(retry) == [None] * 4
+    assert len(bus.published) == 7  # republished: the sink keeps one row per id
+    assert ledger.spent(device.device_id, TODAY) == 4 * Decimal("2.6")
+
+
+async def test_a_retry_after_a_503_is_accepted_and_charged_once(
+    intake: EnvelopeIntake, key: PrivateKey, bus: InMemoryEnvelopeBus, ledger: DeviceLedger
+) -> None:
+    device = Device("eu-test")
+    items = [device.item(key.public_key) for _ in range(2)]
+    bus.fail_with = "kafka down"
+    with pytest.raises(BusUnavailable):
+        await intake.submit(items)
+    bus.fail_with = None
+    assert _reasons(await intake.submit(items)) == [None, None]
+    assert len(bus.published) == 2
+    assert ledger.spent(device.device_id, TODAY) == 2 * Decimal("2.6")
+
+
+async def test_concurrent_requests_of_one_device_never_overspend(
+    intake: EnvelopeIntake, key: PrivateKey, ledger: DeviceLedger
+) -> None:
+    device = Device("eu-test")
+    items = [device.item(key.public_key) for _ in range(10)]
+    results = await asyncio.gather(*(intake.submit([item]) for item in items))
+    assert sum(r.accepted for r in results) == 6  # 6 x 2.6 <= 16 < 7 x 2.6
+    assert ledger.spent(device.device_id, TODAY) == Decimal("15.6")
+
+
+async def test_a_ledger_that_cannot_commit_is_a_503_and_nothing_is_published(
+    intake: EnvelopeIntake, key: PrivateKey, bus: InMemoryEnvelopeBus, ledger: DeviceLedger
+) -> None:
+    device = Device("eu-test")
+    ledger.close()
+    with pytest.raises(LedgerUnavailable):
+        await intake.submit([device.item(key.public_key)])
+    assert bus.published == []
+
+
+def _candidate(sequence: int, start: datetime, hours: int = 1) -> Candidate:
+    device = Device("eu-test")
+    env = EnvelopeV1.model_validate(
+        device.envelope(
+            sequence=sequence,
+            window_start=start.isoformat(),
+            window_end=(start + timedelta(hours=hours)).isoformat(),
+        )
+    )
+    return Candidate(env, EnvelopePrice(Decimal("1.5"), Decimal(4)), None)
+
+
+def test_the_rules_on_their_own() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    mark = DeviceMark(5, start + timedelta(hours=2), None, frozenset())
+    for candidate, reason in [
+        (_candidate(5, start + timedelta(hours=3)), RejectReason.SEQUENCE_NOT_INCREASING),
+        (_candidate(6, start + timedelta(hours=1)), RejectReason.DUPLICATE_WINDOW),
+    ]:
+        decision = decide(mark, DaySpend(), candidate, recent=frozenset())
+        assert isinstance(decision, Refused)
+        assert decision.reason is reason
+    ok = _candidate(6, start + timedelta(hours=2))
+    admitted = decide(mark, DaySpend(Decimal("2.5"), Decimal(8)), ok, recent=frozenset())
+    assert not isinstance(admitted, Refused)
+    # The day's cap tightens to the envelope's policy's (4): 2.5 + 1.5 is exactly 4.
+    assert admitted.spend == DaySpend(Decimal("4.0"), Decimal(4))  # type: ignore[union-attr]
+    over = decide(mark, DaySpend(Decimal("2.6"), None), ok, recent=frozenset())
+    assert isinstance(over, Refused)
+    assert over.reason is RejectReason.BUDGET_EXCEEDED
+    batch = AlignedWindow(start, start + timedelta(days=1))
+    reported = DeviceMark(5, start + timedelta(hours=2), batch.end, frozenset())
+    again = Candidate(ok.envelope, ok.price, batch)
+    refused = decide(reported, DaySpend(), again, recent=frozenset())
+    assert isinstance(refused, Refused)
+    assert refused.reason is RejectReason.DUPLICATE_WINDOW
