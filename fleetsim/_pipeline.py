@@ -110,9 +110,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(settings: IngestSettings) -> Iterator[str]:
-    """The ingest app under uvicorn on a loopback port, in a thread; yields its base URL."""
-    app = create_app(settings)
+def _serve(settings: IngestSettings, clock: Callable[[], datetime]) -> Iterator[str]:
+    """The ingest app under uvicorn on a loopback port, in a thread; yields its base URL.
+
+    The ingest runs on the simulated clock too: its device ledger counts epsilon per
+    ingest day, and would refuse days of simulated windows sent in one real day.
+    """
+    app = create_app(settings, clock=clock)
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -283,7 +287,7 @@ def run_fleet(
     # but thousands of TLS contexts would only measure this machine's setup cost.
     http = httpx.Client(timeout=30.0)
     try:
-        with _serve(settings) as base:
+        with _serve(settings, clock) as base:
             key_b64 = httpx.get(f"{base}/v1/ingest-key", timeout=10).json()["public_key"]
             ingest_key = base64.b64decode(key_b64)
             profiles = device_profiles(spec)
