@@ -16,6 +16,7 @@ of Polars frames.
 """
 
 from analytics._auditor import AuditorReport, ChainStatus, build_auditor_report
+from analytics._basis import FleetBasis, fleet_basis
 from analytics._canary import CanaryResult, canary_verdict
 from analytics._canary_verdict import CanaryVerdict
 from analytics._drift import DriftResult, DriftSide, drift_test
@@ -51,6 +52,7 @@ __all__ = [
     "ChainStatus",
     "DriftResult",
     "DriftSide",
+    "FleetBasis",
     "FleetReport",
     "FleetTruth",
     "InvalidQueryError",
@@ -61,6 +63,7 @@ __all__ = [
     "cell_summary",
     "drift_plot",
     "drift_test",
+    "fleet_basis",
     "fleet_mean",
     "fleet_totals",
     "grand_totals",

@@ -115,8 +115,8 @@ def _build(conn: duckdb.DuckDBPyConnection, name: str) -> None:
         conn.execute(_WHOLE.format(name=whole))
         conn.execute(_STATE.format(name=state, whole=whole))
         conn.execute(_CUBE.format(name=name, whole=whole, state=state))
-        some = conn.execute(f"SELECT count(*) FROM {state} WHERE pairing = 'some'").fetchone()
-        if some and some[0]:
+        some = conn.execute(f"SELECT count(*) FROM {state} WHERE pairing = 'some'").fetchall()
+        if some[0][0]:
             conn.execute(_MIXED.format(name=name, state=state))
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {whole}")

@@ -305,6 +305,49 @@ def _summary_html(report: FleetReport) -> str:
     return _table_html(head, rows)
 
 
+def _basis_html(report: FleetReport) -> list[str]:
+    """Devices by key anchoring, releases withheld, and what the intervals cover."""
+    basis = report.basis
+    out = ["<h2 id='basis'>What the figures rest on</h2>"]
+    out.append(f"<p class='note'>{html.escape(basis.statement)}</p>")
+    if basis.devices.height:
+        rows = [
+            [
+                f"{r['window_start']:%Y-%m-%d %H:%M}",
+                format_count(r["devices"]),
+                format_count(r["attested"]),
+                format_count(r["software"]),
+            ]
+            for r in basis.devices.to_dicts()
+        ]
+        head = [
+            ("window (UTC)", True),
+            ("devices", False),
+            ("attested (TPM key)", False),
+            ("software key", False),
+        ]
+        out.append(_table_html(head, rows))
+    if basis.suppressed.height:
+        out.append(
+            "<h3>Releases withheld</h3><p class='note'>A device whose privacy budget was "
+            "spent withholds the release and says so; its usage is in no total above.</p>"
+        )
+        rows = [
+            [
+                r["signal"],
+                format_count(r["releases"]),
+                format_count(r["devices"]),
+                format_count(r["windows"]),
+            ]
+            for r in basis.suppressed.to_dicts()
+        ]
+        head = [("signal", True), ("releases", False), ("devices", False), ("windows", False)]
+        out.append(_table_html(head, rows))
+    else:
+        out.append("<p class='note'>Releases withheld (privacy budget spent): none.</p>")
+    return out
+
+
 def render_html(report: FleetReport, path: Path | str) -> Path:
     """Write the report as one self-contained HTML file (inline SVG plots); return its path."""
     out = Path(path)
@@ -337,6 +380,7 @@ def render_html(report: FleetReport, path: Path | str) -> Path:
         parts.append("<p class='note'>No released values in the selected range.</p>")
     if report.fleet.height:
         parts += _fleet_html(report)
+    parts += _basis_html(report)
     for view in report.views:
         parts += _signal_html(view, report)
     if report.sources.height:

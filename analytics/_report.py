@@ -19,6 +19,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from analytics._basis import FleetBasis, fleet_basis
 from analytics._cube import local_cube
 from analytics._intervals import check_level
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
@@ -43,6 +44,7 @@ __all__ = [
     "format_count",
     "format_figure",
     "format_interval",
+    "render_basis",
     "render_fleet_table",
     "render_json",
     "render_table",
@@ -80,6 +82,7 @@ class FleetReport:
     views: tuple[SignalView, ...]
     fleet: pl.DataFrame  # per signal and window: the fleet total (and mean) of all cells
     sources: pl.DataFrame  # figure_sources: model, mechanism, draws, reports per signal
+    basis: FleetBasis  # devices by key anchoring, releases withheld, what intervals cover
 
 
 def _labels_of(totals: pl.DataFrame, signal: str) -> list[str]:
@@ -190,8 +193,9 @@ def _build_report(
                 )
             )
     fleet = _fleet(conn, totals, level=level, since=since, until=until)
+    basis = fleet_basis(conn, signal=signal, since=since, until=until)
     return FleetReport(
-        level, datetime.now(UTC), source, totals, summary, tuple(views), fleet, sources
+        level, datetime.now(UTC), source, totals, summary, tuple(views), fleet, sources, basis
     )
 
 
@@ -262,10 +266,30 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dicts()]
+
+
 def render_json(report: FleetReport) -> str:
-    """Every released cell (fleet_totals rows) as a JSON list of records."""
-    records = [{k: _jsonable(v) for k, v in row.items()} for row in report.totals.to_dicts()]
-    return json.dumps(records, indent=2)
+    """The report as one JSON object: `cells` (every released cell per window, the
+    fleet_totals rows), `fleet` (each signal's total and mean per window), `basis`
+    (devices by key anchoring per window, releases withheld per signal, what the
+    intervals cover), the confidence level and where the figures come from."""
+    doc = {
+        "level": report.level,
+        "generated_at": report.generated_at.isoformat(),
+        "source": report.source,
+        "coverage": report.basis.statement,
+        "cells": _records(report.totals),
+        "fleet": _records(report.fleet),
+        "basis": {
+            "devices": _records(report.basis.devices),
+            "suppressed": _records(report.basis.suppressed),
+            "suppressed_total": report.basis.suppressed_total,
+        },
+        "sources": _records(report.sources),
+    }
+    return json.dumps(doc, indent=2)
 
 
 def format_figure(value: float | None, measure: str, digits: int = 3) -> str:
@@ -372,3 +396,39 @@ def render_table(report: FleetReport, console: Console) -> None:
             )
         console.print(table)
     console.print(_METHODS)
+    render_basis(report, console)
+
+
+def render_basis(report: FleetReport, console: Console) -> None:
+    """Which devices the figures rest on, how their keys are anchored, what they withheld."""
+    basis = report.basis
+    if basis.devices.height:
+        table = Table(title="Devices per window", title_justify="left")
+        for col in ("window (UTC)", "devices", "attested (TPM)", "software key"):
+            table.add_column(col, justify="right")
+        for row in basis.devices.to_dicts():
+            table.add_row(
+                f"{row['window_start']:%Y-%m-%d %H:%M}",
+                format_count(row["devices"]),
+                format_count(row["attested"]),
+                format_count(row["software"]),
+            )
+        console.print(table)
+    if basis.suppressed.height:
+        table = Table(
+            title="Releases withheld (privacy budget spent; not in any total)",
+            title_justify="left",
+        )
+        for col in ("signal", "releases", "devices", "windows"):
+            table.add_column(col, justify="left" if col == "signal" else "right")
+        for row in basis.suppressed.to_dicts():
+            table.add_row(
+                row["signal"],
+                format_count(row["releases"]),
+                format_count(row["devices"]),
+                format_count(row["windows"]),
+            )
+        console.print(table)
+    else:
+        console.print("Releases withheld (privacy budget spent): none.")
+    console.print(basis.statement)

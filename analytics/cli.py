@@ -56,9 +56,10 @@ def report(
         OutputFormat,
         typer.Option(
             "--format",
-            help="table: a per-cell summary over all windows; "
-            "json: every released cell per window (buckets included) as a list of records, "
-            "with its privacy model and mechanism.",
+            help="table: a per-cell summary over all windows, then devices per window (TPM "
+            "or software key) and releases withheld; json: one object with `cells` (every "
+            "released cell per window, buckets included, with its privacy model and "
+            "mechanism), `fleet`, `basis` (devices, releases withheld) and `coverage`.",
         ),
     ] = OutputFormat.TABLE,
     html: Annotated[

@@ -56,7 +56,8 @@ def report() -> Iterator[FleetReport]:
 
 
 def test_json_records_say_model_and_mechanism(report: FleetReport) -> None:
-    records = json.loads(render_json(report))
+    doc = json.loads(render_json(report))
+    records = doc["cells"]
     keys = {
         "signal",
         "kind",

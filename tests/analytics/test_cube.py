@@ -1,0 +1,130 @@
+"""The local rows added per cell: sums, draws and pairing match the raw rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from analytics._cube import local_cube
+from schemas import (
+    AppInfo,
+    EnvelopeV1,
+    HistogramAggregate,
+    IngestedEnvelope,
+    Mechanism,
+    NoiseSpec,
+    Tier,
+    TotalAggregate,
+)
+from warehouse import connect, write_envelopes
+
+T0 = datetime(2026, 5, 4, tzinfo=UTC)
+DAY = timedelta(days=1)
+COUNTS = NoiseSpec(mechanism=Mechanism.DISCRETE_LAPLACE, scale=4.0, epsilon=0.5, lower=0, upper=15)
+SUMS = NoiseSpec(mechanism=Mechanism.LAPLACE, scale=9.0, epsilon=0.5, lower=0, upper=90)
+
+
+def _hist(cell: str, with_sum: bool) -> HistogramAggregate:
+    return HistogramAggregate(
+        signal="lat",
+        tier=Tier.PERFORMANCE,
+        unit="s",
+        attributes={"route": cell},
+        bounds=[1.0],
+        counts=[3.0, 1.0],
+        count_noise=COUNTS,
+        sum=5.0 if with_sum else None,
+        sum_noise=SUMS if with_sum else None,
+    )
+
+
+def _total(measure: str) -> TotalAggregate:
+    noise = COUNTS if measure == "count" else SUMS
+    return TotalAggregate(
+        signal="lat", tier=Tier.PERFORMANCE, unit="s", measure=measure, value=4.0, noise=noise
+    )
+
+
+def _item(device: int, aggregates: list[object]) -> IngestedEnvelope:
+    env = EnvelopeV1.model_validate(
+        {
+            "envelope_id": uuid.uuid4(),
+            "device_id": f"dev-{device}",
+            "sequence": 1,
+            "sent_at": T0 + DAY,
+            "window_start": T0,
+            "window_end": T0 + DAY,
+            "region": "eu",
+            "policy_hash": "ab" * 32,
+            "app": AppInfo(name="t", version="1"),
+            "aggregates": aggregates,
+        }
+    )
+    return IngestedEnvelope(
+        envelope=env, received_at=T0 + DAY, key_fingerprint="0" * 64, assurance="software"
+    )
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    c = connect(tmp_path / "w.duckdb")
+    write_envelopes(
+        c,
+        [
+            # "all": every release has its sum; "none": none has; "some": two of three.
+            # Totals: devices 0 and 1 release both; device 2 only the count.
+            _item(0, [_hist("all", True), _hist("none", False), _hist("some", True)]),
+            _item(1, [_hist("all", True), _hist("none", False), _hist("some", True)]),
+            _item(2, [_hist("all", True), _hist("none", False), _hist("some", False)]),
+            _item(0, [_total("count"), _total("sum")]),
+            _item(1, [_total("count"), _total("sum")]),
+            _item(2, [_total("count")]),
+        ],
+    )
+    yield c
+    c.close()
+
+
+def _rows(conn: duckdb.DuckDBPyConnection, cube: str) -> dict[tuple[str, str, int | None], dict]:
+    out: dict[tuple[str, str, int | None], dict] = {}
+    for kind, attrs, bucket, value, draws, paired in conn.execute(
+        f"SELECT kind, attributes::VARCHAR, bucket_index, value, draws, paired FROM {cube}"
+    ).fetchall():
+        cell = attrs.split('"')[3] if "route" in attrs else "-"
+        out.setdefault((kind, cell, bucket), {})[paired] = (value, draws)
+    return out
+
+
+def test_pairing_all_none_and_some(conn: duckdb.DuckDBPyConnection) -> None:
+    with local_cube(conn) as cube:
+        rows = _rows(conn, cube)
+    assert rows[("bucket", "all", 0)] == {True: (9.0, 3)}
+    assert rows[("bucket", "none", 1)] == {False: (3.0, 3)}
+    # Two releases with their sum, one without: split, each with its own flag.
+    assert rows[("bucket", "some", 0)] == {True: (6.0, 2), False: (3.0, 1)}
+    assert rows[("sum", "some", None)] == {True: (10.0, 2)}
+    assert rows[("total", "-", None)] == {True: (8.0, 2), False: (4.0, 1)}
+    assert rows[("total_sum", "-", None)] == {True: (8.0, 2)}
+
+
+def test_every_row_is_added_once(conn: duckdb.DuckDBPyConnection) -> None:
+    raw = conn.execute("SELECT count(*), sum(value) FROM released_values").fetchall()[0]
+    with local_cube(conn) as cube:
+        added = conn.execute(f"SELECT sum(draws), sum(value) FROM {cube}").fetchall()[0]
+    assert added == raw
+
+
+def test_nested_blocks_share_one_table(conn: duckdb.DuckDBPyConnection) -> None:
+    with local_cube(conn) as outer:
+        with local_cube(conn) as inner:
+            assert inner == outer
+        conn.execute(f"SELECT count(*) FROM {outer}").fetchall()  # still there
+    tables = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_qw_cube_%'"
+    ).fetchall()
+    assert tables == [(0,)]
