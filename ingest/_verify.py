@@ -5,8 +5,11 @@ trusting first: size, base64, unseal, signed-envelope shape, the key's standing 
 `ecdsa-p256` key must be currently attested by a non-revoked TPM device), the signature
 over the exact payload bytes, envelope schema, device id bound to the key, software
 assurance allowed for every tier in the envelope, known policy, consent covering every
-tier it carries, region, and the Prio3 reports' tasks, tiers, sizes and batch.
-Nothing from the payload is parsed before its signature has been checked.
+tier it carries, region, the window (inside one aligned policy window), the local
+releases and the Prio3 reports' tasks, tiers, sizes and batch. Nothing from the payload
+is parsed before its signature has been checked. What depends on the device's history
+(sequence order, one envelope per window, the daily epsilon budget) is decided after
+this, by `ingest._device_ledger`.
 
 `RecentlyAccepted` is the per-replica duplicate fast path (see its docstring).
 """
@@ -140,8 +143,8 @@ class EnvelopeVerifier:
 
     def _clock_problem(self, env: EnvelopeV1, received_at: datetime) -> str | None:
         """A device clock running ahead: data would land in windows that have not
-        happened yet. (Sequence replays are harmless: the envelope id is signed and the
-        sink keeps one row per id.)"""
+        happened yet. (Sequence order and overlapping windows are the device ledger's
+        to judge: `ingest._admission`.)"""
         horizon = received_at + self._skew
         if env.window_end > horizon:
             ahead = (env.window_end - received_at).total_seconds()
