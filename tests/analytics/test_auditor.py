@@ -130,7 +130,7 @@ def test_a_policy_counts_what_is_past_retention(files: tuple[Path, Path, str, st
 
 
 def test_a_broken_chain_is_exit_1_and_says_where(files: tuple[Path, Path, str, str]) -> None:
-    db, log, applied, _ = files
+    db, log, _, _ = files
     with sqlite3.connect(log) as raw:  # an operator hides that a request was accepted
         raw.execute("UPDATE audit SET detail = 'nothing' WHERE seq = 2")
     code, out, _ = _run("audit", "report", "--db", str(db), "--log", str(log))
@@ -176,7 +176,7 @@ def test_the_table_format_shows_each_section(files: tuple[Path, Path, str, str])
     db, log, applied, _ = files
     code, out, err = _run("audit", "report", "--db", str(db), "--log", str(log))
     assert code == 0, err
-    assert "audit log" in out and "OK, 3 entries" in out
+    assert f"audit log {log}: OK, 3 entries" in out
     assert "deleted but not yet erased from the file: 1 deletion" in out
     for title in ("data held, by table, tier and region", "retention runs (0)"):
         assert title in out
