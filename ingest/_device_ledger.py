@@ -131,6 +131,8 @@ class DeviceLedger:
             return []
         request = _Request([self._candidate(i) for i in items], budget_day(received_at))
         done: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
+        # Its requester may be gone (client disconnect) by the time it fails: observe it.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._waiting.append((request, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
@@ -142,10 +144,15 @@ class DeviceLedger:
             group, self._waiting = self._waiting, []
             try:
                 outcomes = await asyncio.to_thread(self._admit_all, [r for r, _ in group])
-            except LedgerUnavailable as exc:
+            except Exception as exc:
+                # Every waiter hears of it (a bug too, rather than waiting forever).
                 for _, done in group:
                     if not done.done():
-                        done.set_exception(LedgerUnavailable(exc.detail))
+                        done.set_exception(
+                            LedgerUnavailable(exc.detail)
+                            if isinstance(exc, LedgerUnavailable)
+                            else exc
+                        )
                 continue
             for (_, done), decisions in zip(group, outcomes, strict=True):
                 if not done.done():
