@@ -76,9 +76,14 @@ class BudgetClock:
         *,
         boot: str | None = None,
         tolerance: timedelta = timedelta(seconds=60),
+        server_time: Callable[[], tuple[datetime, float] | None] | None = None,
     ) -> None:
+        """`server_time` (a transport's) is asked for the ingest's latest time on every
+        `now()`; its monotonic readings must be `time.monotonic`'s, so it is used only
+        with that clock."""
         self._wall = wall
         self._monotonic = monotonic
+        self._server_source = server_time if monotonic is time.monotonic else None
         self._boot = boot or (boot_id() if monotonic is time.monotonic else "configured")
         self._tolerance = tolerance.total_seconds()
         self._server: tuple[float, float] | None = None
@@ -102,6 +107,9 @@ class BudgetClock:
         wall = self._wall()
         if self._monotonic is None:
             return wall
+        learned = self._server_source() if self._server_source is not None else None
+        if learned is not None:
+            self.learn_server_time(*learned)
         with self._lock:
             server = self._server
         if server is None:

@@ -52,6 +52,12 @@ class TelemetryConfig(BaseModel):
     state_dir: Path
     key_store: SkipValidation[KeyStore | None] = None
     clock: SkipValidation[Callable[[], datetime]] = _utcnow
+    monotonic: SkipValidation[Callable[[], float] | None] = Field(
+        default=None,
+        description="the privacy budget's real-time clock, in seconds, never set back "
+        "(client._clock). None: time.monotonic in background mode; in manual mode the "
+        "`clock` itself (a simulator's time is its real time)",
+    )
     mode: Literal["background", "manual"] = "background"
     max_pending: int = Field(default=1024, ge=1, description="envelopes held while offline")
     max_attempts: int = Field(default=5, ge=1, description="sends per batch per flush")

@@ -1,8 +1,9 @@
 """Building envelopes, and the per-device state that must survive restarts.
 
 `build_envelope` is pure: data in, `EnvelopeV1` out. `DeviceState` persists the last
-sequence number used and the end of the last window released, in a small JSON file of
-the state directory, so a restarted client never reuses a sequence number nor
+sequence number used, the end of the last window released and the privacy ledger's
+lifetime spend at that release (evidence the ledger checks its journal against), in a
+small JSON file of the state directory, so a restarted client never reuses a sequence number nor
 releases a window that overlaps one it already released. Each update is read, bumped
 and replaced atomically under an advisory file lock, so two processes sharing a state
 directory (a forked child, say) still never hand out the same number.
@@ -17,9 +18,11 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 from client._errors import ClientError
+from client._ledger import LedgerEvidence
 from schemas import (
     AppInfo,
     CounterAggregate,
@@ -97,9 +100,26 @@ class DeviceState:
         raw = self._read().get("reported_batch")
         return datetime.fromisoformat(raw) if isinstance(raw, str) else None
 
-    def next_sequence(self, window_end: datetime, reported_batch: datetime | None = None) -> int:
+    def ledger_evidence(self) -> LedgerEvidence:
+        """What this state says about past releases, for the privacy ledger to check
+        its journal against: the last sequence number and the ledger's spend then."""
+        state = self._read()
+        sequence, spent = state.get("sequence"), state.get("ledger_spent")
+        return LedgerEvidence(
+            sequence=sequence if isinstance(sequence, int) else None,
+            spent=Decimal(spent) if isinstance(spent, str) else None,
+        )
+
+    def next_sequence(
+        self,
+        window_end: datetime,
+        reported_batch: datetime | None = None,
+        *,
+        ledger_spent: Decimal | None = None,
+    ) -> int:
         """Hand out the next sequence number and record `window_end` as released (and
-        `reported_batch`, when the envelope carries Prio3 reports of that batch).
+        `reported_batch`, when the envelope carries Prio3 reports of that batch, and
+        `ledger_spent`, the privacy ledger's lifetime spend the envelope was made at).
 
         Persisted (fsync, atomic rename) before it is returned: a crash may skip a
         number, never repeat one.
@@ -126,6 +146,11 @@ class DeviceState:
                     if isinstance(old, str):
                         batch = max(batch, datetime.fromisoformat(old))
                     update["reported_batch"] = batch.isoformat()
+                if ledger_spent is not None:
+                    old_spent = state.get("ledger_spent")
+                    if isinstance(old_spent, str):
+                        ledger_spent = max(ledger_spent, Decimal(old_spent))
+                    update["ledger_spent"] = str(ledger_spent)
                 self._write(update)
                 return seq
             finally:

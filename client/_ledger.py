@@ -304,7 +304,7 @@ class PrivacyLedger:
         *,
         key: bytes | None = None,
         policy_hash: str = "",
-        evidence: LedgerEvidence = LedgerEvidence(),
+        evidence: LedgerEvidence | None = None,
         compact_every: int = 4096,
     ) -> None:
         if caps.accounting != "pure_dp":
@@ -317,7 +317,7 @@ class PrivacyLedger:
         self._policy = policy_hash[:16]
         self._daily_cap = epsilon_decimal(caps.daily_epsilon)
         self._lifetime_cap = epsilon_decimal(caps.lifetime_epsilon)
-        self._evidence = evidence
+        self._evidence = evidence or LedgerEvidence()
         self._compact_every = compact_every
         self._mutex = threading.Lock()
         self._fd: int | None = None

@@ -12,12 +12,19 @@ Per signal and window, `admit_window` answers, in this order:
   so nothing is released and, above all, nothing is charged; counted locally as
   `tier_requires_tpm`. This check comes before the charge on purpose: budget spent on a
   release that is never sent would be lost to the user for nothing.
-- `SUPPRESSED`: the charge would cross the daily or lifetime cap (or the ledger cannot
-  be written): nothing is released and the suppression is reported as a count.
+- `SUPPRESSED`: the charge would cross a cap (the day's, the last 24 real hours', the
+  lifetime's), or the ledger refuses or cannot be written: nothing is released and the
+  suppression is reported as a count.
 - `RELEASE`: the charge is durable; the release may be made.
 
-A release is charged to the UTC day its window starts in: the day whose data it
-describes. The ledger's state depends only on which windows were released and when
+A release is charged its worst-case privacy loss (`policies.release_epsilon`, the price
+the ingest's ledger uses too; checked at start-up against OpenDP's composed privacy
+maps, `client._loss`), to the UTC day its window starts in (the day whose data it
+describes) and at the real time of the charge (`client._clock`). The ledger's MACs are
+keyed with a key derived from the spool key (`<state_dir>/spool.key`), so an edited
+line is told from a sound one.
+
+The ledger's state depends only on which windows were released and when
 (every consented signal is released every window, data or not), never on the values
 recorded, so a suppression count is a function of envelope metadata the ingest sees
 anyway (window times, consented tiers) and costs no privacy budget.
@@ -25,20 +32,35 @@ anyway (window times, consented tiers) and costs no privacy budget.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Literal
 
+from client._clock import BudgetClock, ClockReading
 from client._consent import ConsentStore, SignedConsentRecord
 from client._drops import DropCounter, DropReason
 from client._keys import KeyStore
-from client._ledger import LedgerError, PrivacyLedger
-from policies import Policy
+from client._ledger import LedgerError, LedgerEvidence, PrivacyLedger
+from client._loss import check_charge
+from client._spool import Spool, _load_or_create_key
+from policies import Policy, release_epsilon
 from schemas import Tier
 
-__all__ = ["Admission", "PrivacyGate"]
+__all__ = ["MAX_HOLD_SECONDS", "Admission", "PrivacyGate"]
+
+_log = logging.getLogger("client")
+
+MAX_HOLD_SECONDS = 900.0
+"""How long a due window may wait for the last 24 real hours to make room for it.
+
+Windows close a few seconds after their end, never at exactly the same offset: a day's
+release may come a little less than 24 hours after the last, and would be suppressed by
+the real-time cap. It waits instead, up to this long; a window further ahead of the
+budget (a wall clock moved forward) is released at once and suppressed by the cap."""
 
 
 class Admission(Enum):
@@ -64,16 +86,32 @@ class PrivacyGate:
         clock: Callable[[], datetime],
         drops: DropCounter,
         software_tiers: Iterable[Tier] = tuple(Tier),
+        *,
+        budget_clock: BudgetClock | None = None,
+        evidence: LedgerEvidence | None = None,
     ) -> None:
         self._drops = drops
         self.software_tiers = frozenset(software_tiers)
+        self._policy = policy
+        self.budget_clock = budget_clock or BudgetClock(clock, None)
         self.consent = ConsentStore(
             state_dir / self.CONSENT_FILE,
             key_store.sign,
             policy,
             clock=clock,
         )
-        self.ledger = PrivacyLedger(state_dir / self.LEDGER_FILE, policy.privacy)
+        self.charges = {name: float(release_epsilon(spec)) for name, spec in policy.signals.items()}
+        for name, spec in policy.signals.items():
+            check_charge(name, spec, policy.privacy.mechanisms, self.charges[name])
+        self.ledger = PrivacyLedger(
+            state_dir / self.LEDGER_FILE,
+            policy.privacy,
+            key=_ledger_key(state_dir),
+            policy_hash=policy.content_hash,
+            evidence=evidence or LedgerEvidence(),
+        )
+        if self.ledger.problem is not None:
+            _log.error("privacy ledger refused: %s", self.ledger.problem)
 
     def consented(self) -> list[Tier]:
         """Tiers with a current grant, in a fixed order."""
@@ -85,20 +123,23 @@ class PrivacyGate:
 
     def admit_window(
         self,
-        signals: Sequence[tuple[str, Tier, float]],
+        signals: Sequence[tuple[str, Tier]],
         window_start: datetime,
         *,
         assurance: Literal["software", "tpm"],
+        now: ClockReading | None = None,
     ) -> list[Admission]:
-        """The admission of each `(signal, tier, epsilon)` for one window, in order.
+        """The admission of each `(signal, tier)` for one window, in order.
 
         Consent first, then the key's assurance (no charge without either), then the
-        ledger: every charge of the window is made durable in one write and one fsync.
+        ledger, at the signal's charge (`charges`), at real time `now` (default: the
+        budget clock's reading for the window's start, as a simulator's clock): every
+        charge of the window is made durable in one write and one fsync.
         """
         allowed = set(self.consented())
         admissions: list[Admission | None] = []
         charges: list[tuple[str, float]] = []
-        for signal, tier, epsilon in signals:
+        for signal, tier in signals:
             if tier not in allowed:
                 admissions.append(Admission.NO_CONSENT)
             elif not self.may_send(tier, assurance):
@@ -106,9 +147,10 @@ class PrivacyGate:
                 admissions.append(Admission.NEEDS_TPM)
             else:
                 admissions.append(None)  # decided by the ledger below
-                charges.append((signal, epsilon))
+                charges.append((signal, self.charges[signal]))
+        reading = now if now is not None else self.budget_clock.read(window_start)
         try:
-            granted = iter(self.ledger.try_charge_many(charges, window_start))
+            granted = iter(self.ledger.try_charge_many(charges, window_start, now=reading))
         except LedgerError:
             # Nothing may be released without a durable charge.
             self._drops.add(DropReason.LEDGER_FAILED, len(charges))
@@ -117,6 +159,25 @@ class PrivacyGate:
             a if a is not None else Admission.RELEASE if next(granted) else Admission.SUPPRESSED
             for a in admissions
         ]
+
+    def hold_seconds(self, now: ClockReading) -> float:
+        """How long due windows should wait for room in the last 24 real hours (0: none).
+
+        The room asked for is one window of every consented signal; a wait longer than
+        `MAX_HOLD_SECONDS` (or one the ledger cannot bound) is not held: the windows are
+        released and the ledger suppresses what does not fit.
+        """
+        tiers = set(self.consented())
+        planned = sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
+        if planned <= 0.0 or self.ledger.problem is not None:
+            return 0.0
+        wait = self.ledger.seconds_until_room(planned, now)
+        return wait if wait is not None and wait <= MAX_HOLD_SECONDS else 0.0
+
+    def reset_ledger(self, at: datetime, *, reason: str) -> None:
+        """Acknowledge a lost or damaged ledger: see `PrivacyLedger.reset`."""
+        self.ledger.reset(at, now=self.budget_clock.read(at), reason=reason)
+        _log.warning("privacy ledger reset by the operator: %s", reason)
 
     def grant(self, tier: Tier) -> bool:
         """Record a grant; True if the tier was not allowed before (a new decision)."""
@@ -138,3 +199,10 @@ class PrivacyGate:
         """Fresh locks in a forked child: a parent thread may have held one at fork time."""
         self.consent.reset_after_fork()
         self.ledger.reset_after_fork()
+
+
+def _ledger_key(state_dir: Path) -> bytes:
+    """The ledger's MAC key: derived from the spool key, which the device keeps secret
+    (mode 0600) and which never leaves it."""
+    spool_key = _load_or_create_key(state_dir / Spool.KEY_FILE)
+    return hashlib.blake2b(b"privacy-ledger", key=spool_key, person=b"qw-ledger-key").digest()

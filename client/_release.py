@@ -41,7 +41,7 @@ import opendp.prelude as dp
 from client._aggregation import HistogramSnapshot
 from client._domain import CellDomain
 from client._errors import ReleaseError
-from policies import CounterSignal, HistogramSignal
+from policies import CounterSignal, HistogramSignal, LocalParts, local_parts
 from schemas import (
     CounterAggregate,
     HistogramAggregate,
@@ -115,38 +115,14 @@ class Release:
     """Prio3 reports, for a signal under the aggregate model (then no aggregates)."""
 
 
-@dataclass(frozen=True, slots=True)
-class EpsilonSplit:
-    """How a signal's per-window epsilon is shared between its releases.
-
-    Counters use `cells` and `total`; histograms `cells` (bucket counts), `sums`,
-    `total` (event count) and `total_sum`. Zero means "not released". The parts never
-    add up (in floating point) to more than the signal's epsilon.
-    """
-
-    cells: float
-    sums: float
-    total: float
-    total_sum: float
-
-
-def _split(epsilon: float, share: float) -> tuple[float, float]:
-    """(epsilon - part, part) with part = epsilon * share; their float sum <= epsilon."""
-    part = epsilon * share
-    rest = epsilon - part
-    while rest + part > epsilon:
-        rest = math.nextafter(rest, 0.0)
-    return rest, part
+EpsilonSplit = LocalParts
+"""How a signal's per-window epsilon is shared between its releases: the policy's
+split (`policies.local_parts`), which also prices the release (`policies._charge`)."""
 
 
 def epsilon_split(signal: CounterSignal | HistogramSignal) -> EpsilonSplit:
     """The policy's split of `signal.epsilon` (`total_share`, then `sum_share`)."""
-    cells, total = _split(signal.epsilon, signal.total_share)
-    if isinstance(signal, CounterSignal):
-        return EpsilonSplit(cells=cells, sums=0.0, total=total, total_sum=0.0)
-    count, sums = _split(cells, signal.sum_share)
-    t_count, t_sum = _split(total, signal.sum_share) if total > 0.0 else (0.0, 0.0)
-    return EpsilonSplit(cells=count, sums=sums, total=t_count, total_sum=t_sum)
+    return local_parts(signal)
 
 
 def apportion(values: list[int], cap: int) -> list[int]:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._carry import CarriedWindow, decode_carried, encode_carried
+from client._clock import BudgetClock
 from client._config import TelemetryConfig
 from client._deletion import sign_deletion_request
 from client._domain import CellDomain
@@ -39,6 +40,7 @@ from client._fingerprint import ErrorFingerprinter, fingerprint_label
 from client._instruments import Counter, Histogram
 from client._keys import KeyStore, SoftwareKeyStore
 from client._keystore_fallback import FallbackKeyStore, current_assurance, device_id_of
+from client._ledger import LedgerError
 from client._outbox import send_deletions, send_one_batch
 from client._privacy import Admission, PrivacyGate
 from client._redaction import MAX_PROMPT_CHARS, redact_findings
@@ -119,6 +121,9 @@ class Telemetry:
         self._transport: Transport = config.transport or HttpTransport(
             str(config.endpoint), timeout=config.timeout
         )
+        # Real time for the privacy budget; the ingest's time, once known, for windows.
+        monotonic = config.monotonic or (time.monotonic if config.mode == "background" else None)
+        self._clock = BudgetClock(config.clock, monotonic, server_time=self._transport.server_time)
         self._tasks = aggregation_tasks(self._policy)
         self._sharer = self._make_sharer()
         self._signals = {name: self._make_signal(name, spec) for name, spec in _sorted(config)}
@@ -135,7 +140,14 @@ class Telemetry:
         self._restore_carried()
         # Last: it takes the ledger's lock, which only `shutdown` gives back.
         self._gate = PrivacyGate(
-            config.state_dir, self._policy, key_store, config.clock, self._drops, software_tiers
+            config.state_dir,
+            self._policy,
+            key_store,
+            config.clock,
+            self._drops,
+            software_tiers,
+            budget_clock=self._clock,
+            evidence=self._state.ledger_evidence(),
         )
         self._failures = 0
         self._retry_at = 0.0
@@ -246,6 +258,22 @@ class Telemetry:
         """Tiers whose data may leave the device now."""
         return self._gate.consented()
 
+    def ledger_problem(self) -> LedgerError | None:
+        """Why the privacy ledger refuses every release (a missing, emptied, rolled back
+        or corrupt journal), or None. It lasts until `reset_ledger`."""
+        return self._gate.ledger.problem
+
+    def reset_ledger(self, reason: str) -> None:
+        """Operator action: acknowledge that the privacy ledger was lost or damaged.
+
+        The damaged files are kept aside; the new ledger treats the current UTC day and
+        the last 24 real hours as fully spent, and keeps at least the lifetime spend the
+        device state shows (docs/privacy.md). `reason` is recorded in the ledger. Raises
+        `LedgerError` if the ledger cannot be written.
+        """
+        with self._collect_lock:
+            self._gate.reset_ledger(self._clock.now(), reason=reason)
+
     def privacy_spent(self, at: datetime | None = None) -> tuple[float, float]:
         """(epsilon spent on the UTC day of `at`, epsilon spent over the device's life)."""
         ledger = self._gate.ledger
@@ -318,8 +346,12 @@ class Telemetry:
 
     def collect_with_truth(self, now: datetime | None = None) -> list[CollectedWindow]:
         """As `collect`, also returning the clamped truth (tests and simulation only)."""
-        now = now if now is not None else self._config.clock()
+        now = now if now is not None else self._clock.now()
         with self._collect_lock:
+            if self._windows.open_window.end <= now and self._gate.hold_seconds(
+                self._clock.read(now)
+            ):
+                return []  # the last 24 real hours make room within minutes: wait for it
             windows = self._windows.close_until(now)
             return self._release_windows(windows, now)
 
@@ -362,9 +394,10 @@ class Telemetry:
                     self._drops.add(DropReason.BATCH_ALREADY_REPORTED)
             candidates = [(s, raw) for s, raw in candidates if not s.tasks]
         admissions = self._gate.admit_window(
-            [(s.name, s.spec.tier, s.spec.epsilon) for s, _ in candidates],
+            [(s.name, s.spec.tier) for s, _ in candidates],
             window.start,
             assurance=assurance,
+            now=self._clock.read(now),
         )
         aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
         reports: list[PrioReport] = []
@@ -387,7 +420,9 @@ class Telemetry:
         envelope = build_envelope(
             device_id=self._device_id,
             sequence=self._state.next_sequence(
-                window.end, reported_batch=batch_start if reports else None
+                window.end,
+                reported_batch=batch_start if reports else None,
+                ledger_spent=self._gate.ledger.lifetime_mark(),
             ),
             window_start=window.start,
             window_end=window.end,
@@ -500,7 +535,7 @@ class Telemetry:
                     deletion_error = exc
                 while self._outbox.waiting:
                     send_one_batch(
-                        self._outbox, self._transport, self._sealer, self._drops, self._config.clock
+                        self._outbox, self._transport, self._sealer, self._drops, self._clock.now
                     )
                 if deletion_error is not None:
                     raise deletion_error
@@ -538,7 +573,9 @@ class Telemetry:
             # its whole timeout; `flush` then reports what is still pending.
             for done in waiters:
                 done.set()
-        until_close = (self._windows.open_window.end - self._config.clock()).total_seconds()
+        until_close = (self._windows.open_window.end - self._clock.now()).total_seconds()
+        if until_close <= 0.0:  # a due window held for the budget (`collect`)
+            until_close = self._gate.hold_seconds(self._clock.read())
         delay = min(until_close, 60.0)  # re-read the wall clock at least every minute
         if self._outbox.unsent():
             delay = min(delay, max(self._retry_at - time.monotonic(), 0.0))
@@ -560,7 +597,7 @@ class Telemetry:
         # Called by the host app (or at exit): a failure here is logged, never raised,
         # and the ledger's lock and the transport are released whatever happens.
         try:
-            now = self._config.clock()
+            now = self._clock.now()
             with self._collect_lock:
                 windows = self._windows.close_until(now)
                 early = self._windows.close_open(now) if release_open_window else None

@@ -9,12 +9,19 @@ would be rejected again.
 `send_deletion` posts one signed deletion request to `/v1/deletion-requests`: it returns
 the ingest's `DeletionReceipt` once the request is recorded, None if the ingest refused
 it (4xx: it would be refused again), and raises `TransportError` to retry later.
+
+`server_time` is the `Date` of the ingest's last answer: the client's budget clock
+(`client._clock`) keeps its windows and send times on the ingest's clock with it.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import time
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 from pydantic import ValidationError
@@ -50,6 +57,11 @@ class Transport(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release resources (connections); the default holds none."""
 
+    def server_time(self) -> tuple[datetime, float] | None:
+        """The ingest's time from its last answer (`Date`), with the `time.monotonic()`
+        reading taken when that request was sent; None if not known (the default)."""
+        return None
+
 
 class HttpTransport(Transport):
     """POSTs batches as JSON to `{base_url}/v1/envelopes`."""
@@ -62,13 +74,26 @@ class HttpTransport(Transport):
         self._owns_client = client is None
         self._client = client if client is not None else httpx.Client(timeout=timeout)
         self._timeout = timeout
+        self._server_time: tuple[datetime, float] | None = None
+
+    def server_time(self) -> tuple[datetime, float] | None:
+        """The `Date` of the ingest's last answer and when its request was sent."""
+        return self._server_time
+
+    def _post(self, url: str, body: object) -> httpx.Response:
+        sent = time.monotonic()
+        response = self._client.post(url, json=body, timeout=self._timeout)
+        # No (valid) Date: the client keeps its last estimate.
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            date = parsedate_to_datetime(response.headers["date"])
+            if date.tzinfo is not None:
+                self._server_time = (date, sent)
+        return response
 
     def send(self, batch: EnvelopeBatch) -> BatchResult:
         """POST the batch; see the module docstring for the status handling."""
         try:
-            response = self._client.post(
-                self._url, json=batch.model_dump(mode="json"), timeout=self._timeout
-            )
+            response = self._post(self._url, batch.model_dump(mode="json"))
         except httpx.HTTPError as exc:
             raise TransportError(f"POST {self._url} failed: {exc!r}") from exc
         status = response.status_code
@@ -88,9 +113,7 @@ class HttpTransport(Transport):
     def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
         """POST the signed request; 202 is recorded, other 4xx refused, 5xx/429 retried."""
         try:
-            response = self._client.post(
-                self._deletion_url, json=request.model_dump(mode="json"), timeout=self._timeout
-            )
+            response = self._post(self._deletion_url, request.model_dump(mode="json"))
         except httpx.HTTPError as exc:
             raise TransportError(f"POST {self._deletion_url} failed: {exc!r}") from exc
         status = response.status_code

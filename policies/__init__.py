@@ -8,6 +8,7 @@ from policies._attestation import (
 )
 from policies._budget import EXACT_EPSILON, budget_day, epsilon_decimal, window_charge
 from policies._canary import CanaryMetric, CanaryPolicy, CanaryUnavailable
+from policies._charge import LocalPart, LocalParts, local_parts, neighbour_profiles, release_epsilon
 from policies._cost import ChargePeriod, CloudPrice, CostPolicy, EdgePrice, LocalPrice
 from policies._errors import PolicyError
 from policies._loader import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, dump_policy, load_policy
@@ -61,6 +62,8 @@ __all__ = [
     "FingerprintPolicy",
     "HelperEndpoint",
     "HistogramSignal",
+    "LocalPart",
+    "LocalParts",
     "LocalPrice",
     "MechanismChoice",
     "PcrRule",
@@ -80,6 +83,9 @@ __all__ = [
     "fingerprint_bucket_name",
     "load_attestation_policy",
     "load_policy",
+    "local_parts",
+    "neighbour_profiles",
+    "release_epsilon",
     "task_context",
     "window_charge",
 ]

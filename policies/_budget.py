@@ -3,8 +3,10 @@
 Shared by the client's ledger (which charges a release before it is made) and the
 ingest's (which charges an envelope before acknowledging it), so the two cannot price
 the same releases differently. Pure DP with basic composition, as `PrivacyCaps` states:
-releasing a signal for one window costs that signal's `epsilon` once (its cells, its
-totals and its Prio3 parts split that epsilon between them), and releases add up.
+releasing a signal for one window costs its worst-case loss once (its cells, its
+totals and its Prio3 parts split its `epsilon` between them; a local release whose
+parts cannot all be at their worst at once costs less: `policies._charge`), and
+releases add up.
 
 Sums are exact decimals of the epsilons' shortest float form, so 0.1 charged ten times
 reaches a cap of 1.0 exactly, neither early nor late, on both sides.
@@ -31,10 +33,14 @@ def epsilon_decimal(epsilon: float) -> Decimal:
 
 def window_charge(policy: Policy, signals: Iterable[str]) -> Decimal:
     """What releasing `signals` for one window costs under `policy`: each distinct
-    signal's epsilon once, summed exactly. KeyError for a signal the policy lacks."""
+    signal's worst-case loss once (`policies._charge.release_epsilon`: its epsilon, or
+    less where its parts cannot all be at their worst for one pair of windows), summed
+    exactly. KeyError for a signal the policy lacks."""
+    from policies._charge import release_epsilon  # _charge builds on this module
+
     total = Decimal(0)
     for name in sorted(set(signals)):
-        total = EXACT_EPSILON.add(total, epsilon_decimal(policy.signals[name].epsilon))
+        total = EXACT_EPSILON.add(total, release_epsilon(policy.signals[name]))
     return total
 
 

@@ -20,7 +20,7 @@ from client import (
 from client._drops import DropCounter
 from client._envelope import build_envelope
 from ingest import Accepted, EnvelopeVerifier, Rejected
-from policies import CounterSignal, load_attestation_policy
+from policies import CounterSignal, load_attestation_policy, release_epsilon
 from schemas import (
     AppInfo,
     BatchResult,
@@ -45,7 +45,8 @@ WITH_CONTENT = POLICY.model_copy(
     update={"signals": {**POLICY.signals, "prompt.personal_data": CONTENT}}
 )
 # Epsilon of one window of the health and performance signals of the test policy.
-NON_CONTENT_EPSILON = sum(s.epsilon for s in POLICY.signals.values())
+# Each release costs its worst-case loss (policies.release_epsilon).
+NON_CONTENT_EPSILON = float(sum(release_epsilon(s) for s in POLICY.signals.values()))
 
 
 def _telemetry(
@@ -169,9 +170,10 @@ def test_a_fallback_store_without_its_tpm_withholds_its_tpm_only_tiers(
         qw.grant_consent(tier)
     (envelope,) = qw.collect(clock.advance(hours=1))
     assert {a.tier for a in envelope.aggregates} == {Tier.HEALTH}
-    # inference.requests, latency (performance) and prompt.personal_data (content).
-    assert qw.dropped() == {"tier_requires_tpm": 3}
-    assert qw.privacy_spent()[0] == POLICY.signals["app.starts"].epsilon
+    # inference.requests, latency (performance) and prompt.personal_data (content);
+    # and why the key is software.
+    assert qw.dropped() == {"tier_requires_tpm": 3, "tpm_unavailable:OSError": 1}
+    assert qw.privacy_spent()[0] == float(release_epsilon(POLICY.signals["app.starts"]))
     qw.shutdown(release_open_window=False)
 
 

@@ -80,6 +80,11 @@ def test_public_names_are_pinned() -> None:
         "budget_day",
         "epsilon_decimal",
         "window_charge",
+        "LocalPart",
+        "LocalParts",
+        "local_parts",
+        "neighbour_profiles",
+        "release_epsilon",
     }
 
 
