@@ -12,6 +12,8 @@ POST /v1/attest. The attestation lasts until the ingest's `expires_at`;
 
 `ensure_attested` never raises: it returns False and keeps `last_error` (the ingest's
 reason code, or the transport or TPM error) and retries no sooner than `retry_seconds`.
+`is_attested()` answers without I/O (for the host app's thread); `invalidate()` forgets
+an attestation the ingest no longer honours (`key_not_attested`).
 TPM failures are re-raised only by `enroll`/`attest`, so a `FallbackKeyStore` can
 switch to software when the TPM dies.
 """
@@ -123,6 +125,18 @@ class DeviceAttestor:
                 self._retry_at = now + self._retry_seconds
                 return self.expires_at is not None and now < self.expires_at
             return True
+
+    def is_attested(self) -> bool:
+        """Whether the last attestation is still current. No I/O, no lock: the host
+        app's thread may ask while the worker attests."""
+        expires = self.expires_at
+        return expires is not None and self._clock() < expires
+
+    def invalidate(self) -> None:
+        """Forget the current attestation (the ingest refused the key): the next
+        `ensure_attested` attests again, no sooner than `retry_seconds` after a failure."""
+        self.expires_at = None
+        self._renew_at = 0.0
 
     def enroll(self) -> str:
         """Enroll this TPM's EK and AK; returns the device id. Raises on refusal."""

@@ -1,38 +1,47 @@
-"""Building the signed deletion request a revocation sends (pure, apart from signing)."""
+"""The deletion request a revocation sends: built at once, signed when it is sent.
+
+`revoke_consent` runs on the host app's thread, and signing may wait on a TPM (or on
+its attestation), so the request is queued unsigned (`deletion_request`) and the
+sending thread signs it (`sign_deletion`) with the key in use then, whose device id it
+carries.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from uuid import UUID
 
 from client._keys import KeyStore
 from client._keystore_fallback import FallbackKeyStore, device_id_of, signed_fields
 from schemas import DeletionRequestV1, SignedDeletionRequest, Tier
 
-__all__ = ["sign_deletion_request"]
+__all__ = ["deletion_request", "sign_deletion"]
 
 
-def sign_deletion_request(
-    key_store: KeyStore,
+def deletion_request(
+    device_id: str,
     *,
     region: str,
     tier: Tier,
     requested_at: datetime,
     consent_hash: str,
     consent_version: int,
-) -> tuple[UUID, SignedDeletionRequest]:
-    """A fresh deletion request for `tier`, signed by the device key: (id, signed form)."""
-    # The key that signs envelopes now (a fallback store may have switched to software).
-    store = key_store.signing_store() if isinstance(key_store, FallbackKeyStore) else key_store
-    request = DeletionRequestV1(
+) -> DeletionRequestV1:
+    """A fresh, unsigned deletion request for `tier` (pure)."""
+    return DeletionRequestV1(
         request_id=uuid.uuid4(),
-        device_id=device_id_of(store),
+        device_id=device_id,
         region=region,
         tier=tier,
         requested_at=requested_at,
         consent_hash=consent_hash,
         consent_version=consent_version,
     )
-    signed = SignedDeletionRequest(**signed_fields(store, request.model_dump_json().encode()))
-    return request.request_id, signed
+
+
+def sign_deletion(key_store: KeyStore, request: DeletionRequestV1) -> SignedDeletionRequest:
+    """`request` signed by the key that signs envelopes now, stamped with its device id."""
+    # A fallback store may have switched to software since the request was built.
+    store = key_store.signing_store() if isinstance(key_store, FallbackKeyStore) else key_store
+    stamped = request.model_copy(update={"device_id": device_id_of(store)})
+    return SignedDeletionRequest(**signed_fields(store, stamped.model_dump_json().encode()))

@@ -2,11 +2,21 @@
 
 `FallbackKeyStore` opens the TPM through a factory; if the TPM is absent, or any TPM
 call fails later (the chip is reset, swtpm dies, the resource manager refuses), it
-switches to its `SoftwareKeyStore` for the rest of the process and counts why. It never
-raises into the host app: the sealer asks it for the store to sign with
-(`signing_store()`), and on a failure reports it (`report_failure`) and signs again
-with the software key. Envelopes signed in software are labelled `software` assurance
-by the ingest, which refuses them for tiers whose policy requires a TPM: such tiers are
+switches to its `SoftwareKeyStore` for the rest of the process and counts why. A TPM
+that works but cannot attest (the ingest trusts no root of its EK, refuses its quote,
+or answers `key_not_attested`) is set aside the same way, for a while: the software key
+signs until an attestation succeeds again, so envelopes of the tiers the policy accepts
+from software keys still leave, and nothing is deleted for an answer a re-signature
+fixes. Each fallback is logged and counted (`failures`, and `dropped()` once a
+`Telemetry` attached its counter: `tpm_unavailable:*`, `tpm_failed:*`,
+`tpm_unattested:<reason>`). It never raises into the host app: the sealer asks it for
+the store to sign with (`signing_store()`, on the sending thread: it may attest over
+the network), and on a failure reports it (`report_failure`) and signs again with the
+software key. Everything else it answers (`current()`, `assurance`, `device_id`,
+`public_key()`) does no I/O: the host app's thread asks those.
+
+Envelopes signed in software are labelled `software` assurance by the ingest, which
+refuses them for tiers whose policy requires a TPM: such tiers are
 not released at all while the key is software (`Telemetry` asks `current_assurance`
 before charging the ledger), and the sealer strips them from envelopes released while
 the TPM still worked (counted as `tier_requires_tpm`) instead of sending envelopes that
@@ -24,6 +34,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Literal, Protocol, TypedDict
 
@@ -47,9 +58,32 @@ SignatureAlg = Literal["ed25519", "ecdsa-p256"]
 class Attestor(Protocol):
     """Keeps the TPM key attested (`client.DeviceAttestor`)."""
 
+    last_error: str | None
+
     def ensure_attested(self) -> bool:
-        """Attest if due; never raises."""
+        """Attest if due (network I/O); never raises."""
         ...
+
+    def is_attested(self) -> bool:
+        """Whether a current attestation is known, without any I/O."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget the current attestation (the ingest no longer knows it)."""
+        ...
+
+
+class DropSink(Protocol):
+    """Where fallbacks are counted (`client._drops.DropCounter`)."""
+
+    def add(self, reason: str, n: int = 1) -> None:
+        """Count `n` under `reason`."""
+        ...
+
+
+UNATTESTED_HOLD_SECONDS = 60.0
+"""After the ingest refused the TPM key, the software key signs at least this long
+before the TPM is tried again (re-attesting first): no refusal loop."""
 
 
 def device_id_of(store: KeyStore) -> str:
@@ -67,7 +101,7 @@ def current_assurance(store: KeyStore) -> Literal["software", "tpm"]:
     asks it, and must not wait on the network.
     """
     if isinstance(store, FallbackKeyStore):
-        return "tpm" if store.tpm is not None else "software"
+        return store.current().assurance
     return store.assurance
 
 
@@ -113,13 +147,20 @@ class FallbackKeyStore:
         software: SoftwareKeyStore,
         *,
         tpm_only_tiers: Iterable[str] = (),
+        hold_seconds: float = UNATTESTED_HOLD_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._software = software
         self._lock = threading.Lock()
         self.tpm_only_tiers = frozenset(str(t) for t in tpm_only_tiers)
         self.failures: dict[str, int] = {}
+        self._drops: DropSink | None = None
         self._attestor: Attestor | None = None
         self._tpm: KeyStore | None = None
+        self._hold_seconds = hold_seconds
+        self._monotonic = monotonic
+        self._software_until = 0.0
+        self._unattested = False
         try:
             self._tpm = open_tpm()
         except Exception as exc:  # any TPM trouble means: no TPM, use the software key
@@ -131,18 +172,76 @@ class FallbackKeyStore:
         """The TPM store while it is in use, else None (absent or failed)."""
         return self._tpm
 
+    @property
+    def software(self) -> SoftwareKeyStore:
+        """The software key (it signs when the TPM cannot, and signs consent records)."""
+        return self._software
+
     def attach_attestor(self, attestor: Attestor) -> None:
-        """Re-attest (when due) before each TPM signature: on the sending thread."""
+        """Re-attest (when due) before each TPM signature: on the sending thread.
+
+        From now on the TPM key signs only while an attestation is current.
+        """
         self._attestor = attestor
+
+    def attach_drops(self, drops: DropSink) -> None:
+        """Count every fallback in `drops` too (`Telemetry.dropped()`), those so far included."""
+        with self._lock:
+            self._drops = drops
+            for reason, n in self.failures.items():
+                drops.add(reason, n)
+
+    def current(self) -> KeyStore:
+        """The store that would sign now, without any I/O (no attestation attempt)."""
+        tpm = self._tpm
+        if tpm is None or self._monotonic() < self._software_until:
+            return self._software
+        if self._attestor is not None and not self._attestor.is_attested():
+            return self._software
+        return tpm
+
+    def refresh(self) -> KeyStore:
+        """Attest if due, then the store to sign with. Network I/O: the worker's thread."""
+        return self.signing_store()
 
     def signing_store(self) -> KeyStore:
         """The store to sign the next envelope with (re-attesting first when due)."""
         tpm = self._tpm
-        if tpm is None:
+        if tpm is None or self._monotonic() < self._software_until:
             return self._software
         if self._attestor is not None:
-            self._attestor.ensure_attested()
+            if not self._attestor.ensure_attested():
+                self._note_unattested(self._attestor.last_error or "attestation_failed")
+                return self._software
+            if self._unattested:
+                self._unattested = False
+                _log.warning("the TPM key is attested again: signing with it")
         return tpm
+
+    def key_refused(self, reason: str) -> bool:
+        """The ingest refused the TPM key (`key_not_attested`, `attestation_expired`).
+
+        Signs with the software key for `hold_seconds` (then re-attests before the TPM
+        signs again); True if that changed the signer, so a re-signature can fix it.
+        """
+        if self._tpm is None or self._monotonic() < self._software_until:
+            return False
+        self._software_until = self._monotonic() + self._hold_seconds
+        if self._attestor is not None:
+            self._attestor.invalidate()
+        self._note_unattested(reason)
+        return True
+
+    def _note_unattested(self, reason: str) -> None:
+        if self._unattested:
+            return  # counted and logged once per spell
+        self._unattested = True
+        self._count(f"tpm_unattested:{reason}")
+        _log.warning(
+            "the TPM key is not attested (%s): signing with the software key, for the "
+            "tiers the attestation policy accepts from it",
+            reason,
+        )
 
     def report_failure(self, store: KeyStore, exc: BaseException) -> None:
         """`store` failed to sign: if it is the TPM, stop using it (and close it)."""
@@ -163,17 +262,17 @@ class FallbackKeyStore:
 
     @property
     def assurance(self) -> Literal["software", "tpm"]:
-        """The assurance of the store currently signing."""
-        return self.signing_store().assurance
+        """The assurance of the store that would sign now (no I/O)."""
+        return self.current().assurance
 
     @property
     def device_id(self) -> str:
-        """The device id of the store currently signing."""
-        return device_id_of(self.signing_store())
+        """The device id of the store that would sign now (no I/O)."""
+        return device_id_of(self.current())
 
     def public_key(self) -> bytes:
-        """The public key of the store currently signing."""
-        return self.signing_store().public_key()
+        """The public key of the store that would sign now (no I/O)."""
+        return self.current().public_key()
 
     def sign(self, data: bytes) -> bytes:
         """Sign with the current store; a TPM failure switches to software and re-signs.
@@ -201,3 +300,5 @@ class FallbackKeyStore:
     def _count(self, reason: str) -> None:
         with self._lock:
             self.failures[reason] = self.failures.get(reason, 0) + 1
+            if self._drops is not None:
+                self._drops.add(reason)

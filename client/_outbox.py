@@ -1,15 +1,32 @@
 """Delivery of pending envelopes and deletion requests from the spool.
 
 Envelopes are signed and sealed only when a batch is sent, so `sent_at` is the real
-send time even after an outage. A batch that fails in a retryable way goes back to the
-front of the spool; items the ingest rejected are counted by reason and forgotten
-(sending the same bytes again would fail the same way). Deletion requests go first: a
-revocation must reach the ingest even if envelopes are queued behind it.
+send time even after an outage, and the key is the one in use then (a TPM key that
+cannot attest is replaced by the software key between two sends).
+
+Nothing whose budget was spent is deleted because of an answer that a retry or a
+fallback could fix:
+
+- a batch that fails in a retryable way (network, 5xx, any whole-batch 4xx but an
+  invalid batch: see `client._transport`) goes back to the front of the spool, and the
+  caller backs off; a 413 splits the batch in halves and sends them in order;
+- an item rejected because its TPM key is not (or no longer) attested
+  (`REFUSED_KEY_REASONS`) makes the key store fall back to its software key; the item
+  goes back to the spool and is signed again (tiers a software key may not carry are
+  withheld then, counted `tier_requires_tpm`). Without a key to fall back to, the
+  item waits, with backoff, for the key to be attested again;
+- other rejections judge the envelope itself (the same bytes would be refused again):
+  counted as `rejected:<reason>` and forgotten.
+
+Consent is checked again at send time: with no tier consented nothing leaves, and an
+envelope carrying a tier no longer consented (a revocation whose purge a crash cut
+short) is deleted, counted `consent_revoked`. Deletion requests go first: a revocation
+must reach the ingest even if envelopes are queued behind it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from client._drops import DropCounter, DropReason
@@ -17,29 +34,56 @@ from client._errors import TransportError
 from client._sealing import EnvelopeSealer
 from client._spool import Spool
 from client._transport import Transport
-from schemas import MAX_SEALED_BYTES, EnvelopeBatch, EnvelopeV1
+from schemas import (
+    MAX_SEALED_BYTES,
+    DeletionRequestV1,
+    EnvelopeBatch,
+    EnvelopeV1,
+    ItemResult,
+    RejectReason,
+    SignedDeletionRequest,
+    Tier,
+)
 
-__all__ = ["MAX_BATCH_BYTES", "send_deletions", "send_one_batch"]
+__all__ = ["MAX_BATCH_BYTES", "REFUSED_KEY_REASONS", "send_deletions", "send_one_batch"]
 
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 """Sealed bytes per request: half the ingest's default body limit (16 MiB). An envelope
 with Prio3 reports is about 100 KB sealed, so a long offline spell's backlog goes out in
 several requests instead of one the ingest would refuse whole (413)."""
 
+REFUSED_KEY_REASONS = frozenset({RejectReason.KEY_NOT_ATTESTED, RejectReason.ATTESTATION_EXPIRED})
+"""Item rejections about the signing key, not the envelope: fixed by another key."""
 
-def send_deletions(spool: Spool, transport: Transport, drops: DropCounter) -> int:
+_TOO_LARGE = 413
+
+
+def send_deletions(
+    spool: Spool,
+    transport: Transport,
+    drops: DropCounter,
+    sign: Callable[[DeletionRequestV1], SignedDeletionRequest] | None = None,
+) -> int:
     """Send every pending deletion request; returns how many the ingest recorded.
 
-    Raises `TransportError` (the rest stay pending) if the ingest cannot be reached.
+    `sign` signs a request queued unsigned (`DeletionRequestV1`) with the key in use
+    now, on this (the sending) thread. Raises `TransportError` (the rest stay pending)
+    if the ingest cannot be reached.
     """
     recorded = 0
-    for request_id, request in spool.deletions():
+    for request_id, pending in spool.deletions():
         try:
+            if isinstance(pending, SignedDeletionRequest):
+                request = pending
+            elif sign is None:
+                raise TransportError("an unsigned deletion request and no key to sign it")
+            else:
+                request = sign(pending)
             receipt = transport.send_deletion(request)
         except TransportError:
             raise
         except Exception as exc:  # a transport bug must not reach the host app (flush)
-            raise TransportError(f"transport failed unexpectedly: {exc!r}") from exc
+            raise TransportError(f"sending a deletion request failed: {exc!r}") from exc
         if receipt is None:
             # Refused for good (a 4xx): the same bytes would be refused again.
             drops.add("rejected:deletion_request")
@@ -55,18 +99,25 @@ def send_one_batch(
     sealer: EnvelopeSealer,
     drops: DropCounter,
     now: Callable[[], datetime],
+    *,
+    consented: Collection[Tier] | None = None,
+    fall_back: Callable[[str], bool] | None = None,
 ) -> int:
-    """Seal and send the oldest batch; returns how many envelopes it carried.
+    """Seal and send the oldest batch; returns how many envelopes it took from the spool.
 
-    Raises `TransportError` after putting the batch back if the send should be retried.
+    `consented`: the tiers consented now (None: not checked). `fall_back(reason)`: asked
+    when the ingest refused the signing key; True if the key store switched keys (the
+    items are then signed again at once). Raises `TransportError` after putting back
+    what should be sent again later.
     """
     envelopes = outbox.take()
     if not envelopes:
         return 0
+    if consented is not None:
+        envelopes = _consented_only(outbox, envelopes, consented, drops)
     sent_at = now()
-    stamped: list[EnvelopeV1] = []
+    pairs: list[tuple[EnvelopeV1, str]] = []
     unsendable: list[EnvelopeV1] = []
-    items: list[str] = []
     size = 0
     for i, envelope in enumerate(envelopes):
         if size >= MAX_BATCH_BYTES:
@@ -83,23 +134,81 @@ def send_one_batch(
             drops.add(DropReason.SEAL_FAILED)
             unsendable.append(envelope)
             continue
-        stamped.append(envelope)
-        items.append(sealed)
+        pairs.append((envelope, sealed))
         size += len(sealed)
     outbox.acknowledge(unsendable)
-    if not items:
-        return len(unsendable)
+    answered, undelivered, error = _deliver(transport, pairs)
+    done: list[EnvelopeV1] = []
+    again: list[EnvelopeV1] = []
+    key_refused: str | None = None
+    for envelope, item in answered:
+        reason = _reason(item)
+        if reason is None:
+            done.append(envelope)
+        elif reason in REFUSED_KEY_REASONS:
+            again.append(envelope)
+            key_refused = reason
+        else:
+            # Answered for good: the same bytes would be refused again.
+            drops.add(f"rejected:{reason}")
+            done.append(envelope)
+    outbox.acknowledge(done)
+    if again or undelivered:
+        outbox.put_back(sorted([*again, *undelivered], key=lambda e: e.sequence))
+    if error is not None:
+        raise error
+    if key_refused is not None and not (fall_back is not None and fall_back(key_refused)):
+        # No other key to sign with: wait (backing off) for the key to be attested.
+        raise TransportError(f"the ingest refused the signing key ({key_refused})")
+    return len(pairs) + len(unsendable)
+
+
+def _deliver(
+    transport: Transport, pairs: list[tuple[EnvelopeV1, str]]
+) -> tuple[list[tuple[EnvelopeV1, ItemResult]], list[EnvelopeV1], TransportError | None]:
+    """Send `pairs` (envelope, sealed item) in order: (answered items, envelopes to send
+    again, the error that stopped delivery). A 413 splits the batch in halves."""
+    if not pairs:
+        return [], [], None
     try:
-        result = transport.send(EnvelopeBatch(envelopes=items))
-    except TransportError:
-        outbox.put_back(stamped)
-        raise
+        result = transport.send(EnvelopeBatch(envelopes=[item for _, item in pairs]))
+    except TransportError as exc:
+        if exc.status_code != _TOO_LARGE or len(pairs) == 1:
+            return [], [e for e, _ in pairs], exc
+        middle = len(pairs) // 2
+        first, undelivered, error = _deliver(transport, pairs[:middle])
+        if error is not None:
+            return first, [*undelivered, *(e for e, _ in pairs[middle:])], error
+        second, undelivered, error = _deliver(transport, pairs[middle:])
+        return [*first, *second], undelivered, error
     except Exception as exc:  # a transport bug must not kill the worker nor lose data
-        outbox.put_back(stamped)
-        raise TransportError(f"transport failed unexpectedly: {exc!r}") from exc
-    # Answered: accepted items are durable at the ingest, rejected ones never retried.
-    outbox.acknowledge(stamped)
-    for item in result.results:
-        if item.status == "rejected":
-            drops.add(f"rejected:{item.reason.value if item.reason else item.detail}")
-    return len(stamped) + len(unsendable)
+        error = TransportError(f"transport failed unexpectedly: {exc!r}")
+        error.__cause__ = exc
+        return [], [e for e, _ in pairs], error
+    by_index = {item.index: item for item in result.results}
+    # An item the answer does not mention was answered as a whole: accepted.
+    accepted = ItemResult(index=-1, status="accepted")
+    return [(e, by_index.get(i, accepted)) for i, (e, _) in enumerate(pairs)], [], None
+
+
+def _reason(item: ItemResult) -> str | None:
+    """None for an accepted item, else its reason code (or the transport's detail)."""
+    if item.status != "rejected":
+        return None
+    return item.reason.value if item.reason is not None else str(item.detail)
+
+
+def _consented_only(
+    outbox: Spool, envelopes: list[EnvelopeV1], consented: Collection[Tier], drops: DropCounter
+) -> list[EnvelopeV1]:
+    """The envelopes the current consent covers; the others are deleted and counted."""
+    allowed = set(consented)
+    keep: list[EnvelopeV1] = []
+    gone: list[EnvelopeV1] = []
+    for envelope in envelopes:
+        tiers = {a.tier for a in envelope.aggregates} | {r.tier for r in envelope.reports}
+        (keep if allowed and tiers <= allowed else gone).append(envelope)
+    if gone:
+        outbox.acknowledge(gone)
+        drops.add(DropReason.CONSENT_REVOKED, len(gone))
+    return keep

@@ -36,12 +36,13 @@ from pydantic import ValidationError
 from client._drops import DropCounter, DropReason
 from client._errors import SpoolError
 from client._ledger import write_atomically
-from schemas import MAX_BATCH, EnvelopeV1, SignedDeletionRequest, Tier
+from schemas import MAX_BATCH, DeletionRequestV1, EnvelopeV1, SignedDeletionRequest, Tier
 
 __all__ = ["Spool"]
 
 _ENVELOPE_SUFFIX = ".env"
 _DELETION_SUFFIX = ".del"
+_UNSIGNED_DELETION_SUFFIX = ".req"
 
 
 def _load_or_create_key(path: Path) -> bytes:
@@ -85,7 +86,7 @@ class Spool:
             raise SpoolError(f"cannot open the spool in {self._dir}: {exc}") from exc
         self._items: deque[EnvelopeV1] = deque()
         self._in_flight: dict[UUID, EnvelopeV1] = {}
-        self._deletions: dict[UUID, SignedDeletionRequest] = {}
+        self._deletions: dict[UUID, DeletionRequestV1 | SignedDeletionRequest] = {}
         self._load()
 
     # -- envelopes -------------------------------------------------------------------
@@ -235,17 +236,28 @@ class Spool:
 
     # -- deletion requests -------------------------------------------------------------
 
-    def put_deletion(self, request: SignedDeletionRequest, request_id: UUID) -> None:
-        """Store a signed deletion request until the ingest has recorded it."""
+    def put_deletion(
+        self, request: DeletionRequestV1 | SignedDeletionRequest, request_id: UUID
+    ) -> None:
+        """Store a deletion request until the ingest has recorded it.
+
+        An unsigned one (`DeletionRequestV1`) is signed when it is sent, on the sending
+        thread: signing may wait on a TPM.
+        """
+        suffix = (
+            _DELETION_SUFFIX
+            if isinstance(request, SignedDeletionRequest)
+            else _UNSIGNED_DELETION_SUFFIX
+        )
         with self._lock:
             try:
-                self._write(self._dir / f"{request_id}{_DELETION_SUFFIX}", _dump(request))
+                self._write(self._dir / f"{request_id}{suffix}", _dump(request))
             except OSError as exc:
                 raise SpoolError(f"cannot store the deletion request: {exc}") from exc
             self._deletions[request_id] = request
 
-    def deletions(self) -> list[tuple[UUID, SignedDeletionRequest]]:
-        """Deletion requests not yet recorded by the ingest."""
+    def deletions(self) -> list[tuple[UUID, DeletionRequestV1 | SignedDeletionRequest]]:
+        """Deletion requests not yet recorded by the ingest (signed or not yet)."""
         with self._lock:
             return list(self._deletions.items())
 
@@ -253,7 +265,8 @@ class Spool:
         """The ingest recorded this deletion request: forget it."""
         with self._lock:
             self._deletions.pop(request_id, None)
-            (self._dir / f"{request_id}{_DELETION_SUFFIX}").unlink(missing_ok=True)
+            for suffix in (_DELETION_SUFFIX, _UNSIGNED_DELETION_SUFFIX):
+                (self._dir / f"{request_id}{suffix}").unlink(missing_ok=True)
 
     def reset_after_fork(self) -> None:
         """A fresh lock in a forked child."""
@@ -308,11 +321,13 @@ class Spool:
                     self._deletions[UUID(path.stem)] = SignedDeletionRequest.model_validate_json(
                         plain
                     )
+                elif path.suffix == _UNSIGNED_DELETION_SUFFIX:
+                    self._deletions[UUID(path.stem)] = DeletionRequestV1.model_validate_json(plain)
             except (ValueError, ValidationError):
                 # Unreadable (another key, or damaged): useless to anyone; count it.
                 self._drops.add(DropReason.SPOOL_CORRUPT)
                 path.unlink(missing_ok=True)
 
 
-def _dump(request: SignedDeletionRequest) -> bytes:
+def _dump(request: DeletionRequestV1 | SignedDeletionRequest) -> bytes:
     return request.model_dump_json().encode()

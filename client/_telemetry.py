@@ -31,7 +31,7 @@ from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._carry import CarriedWindow, decode_carried, encode_carried
 from client._clock import BudgetClock
 from client._config import TelemetryConfig
-from client._deletion import sign_deletion_request
+from client._deletion import deletion_request, sign_deletion
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
 from client._envelope import DeviceState, build_envelope
@@ -108,6 +108,8 @@ class Telemetry:
         self._drops = DropCounter()
         key_store = config.key_store or SoftwareKeyStore(config.state_dir)
         self._key_store: KeyStore = key_store
+        if isinstance(key_store, FallbackKeyStore):
+            key_store.attach_drops(self._drops)
         # Tiers a software key may send: the attestation policy's, minus any a fallback
         # store was told to keep for its TPM.
         tpm_only = key_store.tpm_only_tiers if isinstance(key_store, FallbackKeyStore) else ()
@@ -116,7 +118,7 @@ class Telemetry:
             key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
         )
         # A TPM store names the device after its EK; a software key is self-certifying.
-        self._device_id = device_id_of(key_store)
+        self._device_id = device_id_of(key_store)  # no I/O: see `FallbackKeyStore.current`
         self._state = DeviceState(config.state_dir)
         self._transport: Transport = config.transport or HttpTransport(
             str(config.endpoint), timeout=config.timeout
@@ -142,7 +144,9 @@ class Telemetry:
         self._gate = PrivacyGate(
             config.state_dir,
             self._policy,
-            key_store,
+            # Consent records are signed on the app's thread: never by a TPM, which may
+            # make it wait (they stay on the device; envelopes are signed by the worker).
+            key_store.software if isinstance(key_store, FallbackKeyStore) else key_store,
             config.clock,
             self._drops,
             software_tiers,
@@ -178,8 +182,8 @@ class Telemetry:
 
     @property
     def device_id(self) -> str:
-        """The id envelopes claim, derived from the signing key."""
-        return self._device_id
+        """The id envelopes claim, derived from the key that signs now (no I/O)."""
+        return device_id_of(self._key_store)
 
     def counter(self, name: str) -> Counter:
         """The counter instrument for signal `name` of the policy."""
@@ -242,15 +246,16 @@ class Telemetry:
                 tier, consent_hash=consent_hash, consented_tiers=self._gate.consented()
             )
             if record is not None:
-                request_id, signed = sign_deletion_request(
-                    self._key_store,
+                # Signed by the worker when sent: signing may wait on a TPM.
+                request = deletion_request(
+                    device_id_of(self._key_store),
                     region=self._config.region,
                     tier=tier,
                     requested_at=self._config.clock(),
                     consent_hash=consent_hash,
                     consent_version=record.record.version,
                 )
-                self._outbox.put_deletion(signed, request_id)
+                self._outbox.put_deletion(request, request.request_id)
         if self._worker is not None:
             self._worker.wake()
 
@@ -341,11 +346,22 @@ class Telemetry:
     # -- windows -----------------------------------------------------------------------
 
     def collect(self, now: datetime | None = None) -> list[EnvelopeV1]:
-        """Close and release every window that ended by `now`; queue the envelopes."""
+        """Close and release every window that ended by `now`; queue the envelopes.
+
+        In background mode only the worker closes windows: called from another thread
+        this wakes it and returns [] at once (`flush` waits for the result).
+        """
         return [w.envelope for w in self.collect_with_truth(now)]
 
     def collect_with_truth(self, now: datetime | None = None) -> list[CollectedWindow]:
         """As `collect`, also returning the clamped truth (tests and simulation only)."""
+        if self._worker is not None and not self._worker.on_worker_thread():
+            # Background mode: closing a window writes to disk and may wait on a TPM;
+            # the worker does it, never the app's thread.
+            self._worker.wake()
+            return []
+        if self._worker is None:
+            self._refresh_key()
         now = now if now is not None else self._clock.now()
         with self._collect_lock:
             if self._windows.open_window.end <= now and self._gate.hold_seconds(
@@ -530,12 +546,23 @@ class Telemetry:
                 # they no longer carry the revoked tier.
                 deletion_error: TransportError | None = None
                 try:
-                    send_deletions(self._outbox, self._transport, self._drops)
+                    send_deletions(
+                        self._outbox,
+                        self._transport,
+                        self._drops,
+                        lambda request: sign_deletion(self._key_store, request),
+                    )
                 except TransportError as exc:
                     deletion_error = exc
                 while self._outbox.waiting:
                     send_one_batch(
-                        self._outbox, self._transport, self._sealer, self._drops, self._clock.now
+                        self._outbox,
+                        self._transport,
+                        self._sealer,
+                        self._drops,
+                        self._clock.now,
+                        consented=self._gate.consented(),
+                        fall_back=self._key_refused,
                     )
                 if deletion_error is not None:
                     raise deletion_error
@@ -552,6 +579,19 @@ class Telemetry:
                 time.sleep(delay)
         return True
 
+    def _refresh_key(self) -> None:
+        """Attest the TPM key if due (network I/O: the worker's thread, or manual mode's
+        caller), so the window about to close knows which tiers its key may send."""
+        if isinstance(self._key_store, FallbackKeyStore):
+            try:
+                self._key_store.refresh()
+            except Exception:  # the key store never raises by contract; be sure
+                _log.exception("refreshing the key's attestation failed")
+
+    def _key_refused(self, reason: str) -> bool:
+        """The ingest refused the signing key: True if the store switched keys."""
+        return isinstance(self._key_store, FallbackKeyStore) and self._key_store.key_refused(reason)
+
     def _backoff(self) -> float:
         base: float = self._config.retry_backoff * float(2 ** min(self._failures - 1, 30))
         # Jitter spreads a fleet's retries after an ingest outage.
@@ -565,6 +605,7 @@ class Telemetry:
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
         try:
+            self._refresh_key()
             self.collect()
             if waiters or time.monotonic() >= self._retry_at:
                 self._send_pending(blocking=False)

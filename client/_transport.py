@@ -1,10 +1,13 @@
 """The I/O seam to the ingest: `Transport`, with an HTTP and an in-memory version.
 
 `send` returns the ingest's `BatchResult` when the ingest answered about the items
-(202: all accepted; other 4xx: some or all rejected, with a reason per item). It raises
-`TransportError` when the batch should be sent again later: a network error, a 5xx,
-408 (timeout) or 429 (rate limited). Rejected items are never retried: the same bytes
-would be rejected again.
+(202: all accepted; 422 with a `BatchResult`: some or all rejected, with a reason per
+item; 400 or 422 without one: the batch is invalid, every item rejected). Any other
+answer raises `TransportError`, and the batch is sent again later: a network error, a
+redirect, a 5xx, and every other 4xx (401, 403, 404, 408, 409, 413, 429, ...), which
+come from proxies, gateways and rate limits, not from a judgement of the envelopes;
+413 carries `status_code` 413 so the sender can split the batch. The sender decides
+which per-item rejections a re-signature can fix (`client._outbox`).
 
 `send_deletion` posts one signed deletion request to `/v1/deletion-requests`: it returns
 the ingest's `DeletionReceipt` once the request is recorded, None if the ingest refused
@@ -38,6 +41,8 @@ from schemas import (
 __all__ = ["HttpTransport", "MemoryTransport", "Transport"]
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
+_INVALID_BATCH_4XX = frozenset({400, 422})
+"""The only whole-batch answers that judge the envelopes: sending them again fails."""
 
 
 class Transport(abc.ABC):
@@ -97,7 +102,7 @@ class HttpTransport(Transport):
         except httpx.HTTPError as exc:
             raise TransportError(f"POST {self._url} failed: {exc!r}") from exc
         status = response.status_code
-        if status >= 500 or status in _RETRYABLE_4XX:
+        if status >= 500 or (400 <= status < 500 and status not in _INVALID_BATCH_4XX):
             raise TransportError(f"ingest answered {status}", status_code=status)
         try:
             return BatchResult.model_validate_json(response.content)

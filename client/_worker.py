@@ -44,6 +44,10 @@ class PeriodicWorker:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
+    def on_worker_thread(self) -> bool:
+        """Whether the caller is this worker's thread (inside a tick)."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def wake(self) -> None:
         """Run a tick as soon as the current wait allows."""
         self._wake.set()

@@ -113,14 +113,29 @@ def test_network_errors_and_retryable_statuses_raise_transport_error() -> None:
         assert err.value.status_code == status
 
 
-def test_a_4xx_without_a_batch_result_rejects_every_item() -> None:
+def test_an_invalid_batch_answer_without_a_batch_result_rejects_every_item() -> None:
+    for status in (400, 422):
+        transport = HttpTransport(
+            "https://ingest.test",
+            client=httpx.Client(
+                transport=httpx.MockTransport(lambda r, s=status: httpx.Response(s))
+            ),
+        )
+        result = transport.send(EnvelopeBatch(envelopes=["AAAA", "BBBB"]))
+        assert result.rejected == 2
+        assert {r.detail for r in result.results} == {f"http_{status}"}
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 408, 409, 410, 413, 425, 429, 451])
+def test_any_other_whole_batch_4xx_is_retried_later(status: int) -> None:
+    """Proxies, gateways and rate limits answer these; none judges the envelopes."""
     transport = HttpTransport(
         "https://ingest.test",
-        client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(413))),
+        client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(status))),
     )
-    result = transport.send(EnvelopeBatch(envelopes=["AAAA", "BBBB"]))
-    assert result.rejected == 2
-    assert {r.detail for r in result.results} == {"http_413"}
+    with pytest.raises(TransportError) as err:
+        transport.send(EnvelopeBatch(envelopes=["AAAA", "BBBB"]))
+    assert err.value.status_code == status
 
 
 def test_full_outbox_drops_and_counts(make_telemetry, clock) -> None:
