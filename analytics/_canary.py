@@ -261,7 +261,8 @@ def canary_verdict(
 ) -> CanaryResult:
     """Promote, hold or rollback: the canary cohort against the baseline, per route.
 
-    `rules` is a policy's `canary` section (default: `CanaryPolicy()`, latency only).
+    `rules` is a policy's `canary` section (default: `CanaryPolicy()`, latency only);
+    its `routes` are judged (default: every route either cohort has figures on).
     `canary`/`baseline` are values of its `cohort_label` (default: the newest version
     found in the first metric's signal, and the one before it). `level` overrides the
     policy's interval level. Windows in [since, until] are added up.
@@ -274,10 +275,11 @@ def canary_verdict(
         name: _metric_cells(conn, metric, labels, since, until)
         for name, metric in rules.metrics.items()
     }
-    routes = sorted(
-        {r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts}
-    )
-    if not routes:
+    found = {
+        r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts
+    }
+    routes = list(rules.routes) if rules.routes is not None else sorted(found)
+    if not found:
         raise InvalidQueryError(
             f"no figures of {cohorts[0]!r} or {cohorts[1]!r} on any {rules.route_label!r}"
         )

@@ -16,6 +16,7 @@ baseline) comes with a confidence interval that carries the DP noise
   interval still worth deciding on). Below it the metric is `insufficient` and the
   verdict holds.
 
+The routes judged are `routes` (default: every route either cohort has figures on).
 The rule, per route: rollback when some metric's interval lies wholly above its
 `max_increase` (a regression beyond the threshold, at the policy's `level`); promote when
 every judged metric's interval lies wholly below it; hold otherwise. A metric whose
@@ -132,6 +133,12 @@ class CanaryPolicy(BaseModel):
         description="two-sided level of each effect interval; each one-sided statement "
         "(regression above, or none beyond, the threshold) holds at (1 + level) / 2",
     )
+    routes: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="the routes judged (e.g. only local, for a canary of the on-device "
+        "model); unset: every route either cohort has figures on",
+    )
     unavailable: CanaryUnavailable = "hold"
     metrics: dict[_NAME, CanaryMetric] = Field(default_factory=_default_metrics, min_length=1)
 
@@ -139,6 +146,8 @@ class CanaryPolicy(BaseModel):
     def _check_labels(self) -> CanaryPolicy:
         if self.cohort_label == self.route_label:
             raise ValueError("cohort_label and route_label must differ")
+        if self.routes is not None and len(set(self.routes)) != len(self.routes):
+            raise ValueError("a route is listed twice in routes")
         return self
 
 

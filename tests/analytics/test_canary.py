@@ -233,3 +233,14 @@ def test_local_releases_are_judged_alike(tmp_path: Path) -> None:
             # tolerance below is the interval widened by half its width (>= 1e-6).
             width = row["ci_high"] - row["ci_low"]
             assert row["ci_low"] - width / 2 <= true_effect <= row["ci_high"] + width / 2
+
+
+def test_only_the_policys_routes_are_judged(conn: duckdb.DuckDBPyConnection) -> None:
+    _write(conn, slow=1.3)
+    edge_only = canary_verdict(conn, RULES.model_copy(update={"routes": ["edge"]}))
+    assert [r.route for r in edge_only.verdict.routes] == ["edge"]
+    assert edge_only.verdict.verdict is Verdict.PROMOTE
+    # A route listed without figures cannot be judged: it holds.
+    absent = canary_verdict(conn, RULES.model_copy(update={"routes": ["edge", "cloud"]}))
+    assert absent.verdict.verdict is Verdict.HOLD
+    assert set(_statuses(absent.evidence).items()) >= {(("cloud", "latency"), "unavailable")}

@@ -164,6 +164,8 @@ def test_a_policy_without_the_section_has_none(tmp_path: Path) -> None:
         ({"level": 1.0}, "canary.level", "less than 1"),
         ({"unavailable": "skip"}, "canary.unavailable", "'hold' or 'ignore'"),
         ({"cohort_label": "route"}, "canary", "cohort_label and route_label must differ"),
+        ({"routes": ["local", "local"]}, "canary", "a route is listed twice in routes"),
+        ({"routes": []}, "canary.routes", "at least 1 item"),
         ({"cohort_label": "Model"}, "canary.cohort_label", "should match pattern"),
     ],
 )
