@@ -83,7 +83,8 @@ def fleet_basis(
 ) -> FleetBasis:
     """Devices by key anchoring per window, and releases withheld per signal, over the
     windows in [since, until] (and one signal's suppressions when `signal` is given)."""
-    where, params = ["TRUE"], []
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
     if since is not None:
         where.append("window_start >= ?")
         params.append(since)

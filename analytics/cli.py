@@ -20,6 +20,7 @@ from analytics._drift_cli import DRIFT_HELP, drift
 from analytics._errors import AnalyticsError
 from analytics._html import render_html
 from analytics._intervals import check_level
+from analytics._query_cli import QUERY_HELP, QueryFormat, emit, query_app
 from analytics._reader import open_warehouse
 from analytics._report import build_report, render_json, render_table
 from analytics._retention_cli import RETENTION_HELP, retention
@@ -41,6 +42,7 @@ class OutputFormat(StrEnum):
 
     TABLE = "table"
     JSON = "json"
+    CSV = "csv"
 
 
 def fail(message: str) -> typer.Exit:
@@ -59,7 +61,8 @@ def report(
             help="table: a per-cell summary over all windows, then devices per window (TPM "
             "or software key) and releases withheld; json: one object with `cells` (every "
             "released cell per window, buckets included, with its privacy model and "
-            "mechanism), `fleet`, `basis` (devices, releases withheld) and `coverage`.",
+            "mechanism), `fleet`, `basis` (devices, releases withheld) and `coverage`; "
+            "csv: the cells of the json.",
         ),
     ] = OutputFormat.TABLE,
     html: Annotated[
@@ -89,6 +92,8 @@ def report(
         raise fail(f"no released values for signal {signal!r} in {db}")
     if output is OutputFormat.JSON:
         typer.echo(render_json(rep))
+    elif output is OutputFormat.CSV:
+        emit(rep.totals, QueryFormat.CSV, "cells")
     else:
         console = Console()
         if not console.is_terminal:
@@ -108,3 +113,4 @@ app.command(help=CANARY_HELP)(canary)
 app.command(help=DRIFT_HELP)(drift)
 app.add_typer(audit_app, name="audit")
 app.add_typer(cost_app, name="cost")
+app.add_typer(query_app, name="query", help=QUERY_HELP)

@@ -48,7 +48,7 @@ def test_report_prints_the_table_and_writes_html(warehouse: Path, tmp_path: Path
 def test_report_json_lists_every_cell(warehouse: Path) -> None:
     code, out, _ = _run("report", "--db", str(warehouse), "--format", "json", "--level", "0.9")
     assert code == 0
-    records = json.loads(out)
+    records = json.loads(out)["cells"]
     counters = [r for r in records if r["kind"] == "counter"]
     assert len(counters) == 3 * 6  # windows x cells
     first = counters[0]
@@ -62,7 +62,7 @@ def test_report_filters_by_signal(warehouse: Path) -> None:
         "report", "--db", str(warehouse), "--format", "json", "--signal", "test.latency"
     )
     assert code == 0
-    assert {r["signal"] for r in json.loads(out)} == {"test.latency"}
+    assert {r["signal"] for r in json.loads(out)["cells"]} == {"test.latency"}
     code, _, err = _run("report", "--db", str(warehouse), "--signal", "no.such")
     assert code == 2
     assert "no released values for signal 'no.such'" in err
