@@ -324,5 +324,7 @@ class DuckDBSink:
                 self._closed = True
                 try:
                     self._erase(force=True)
+                except duckdb.Error as exc:  # the file failed already: closing must not
+                    log.error("no rewrite at close: %s", exc)
                 finally:
                     self._conn.close()

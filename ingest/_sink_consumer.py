@@ -88,7 +88,9 @@ class KafkaSinkConsumer:
 
     Auto-commit is off: offsets live in DuckDB with the rows. With `commit_to_kafka`
     the same offsets are also committed to Kafka after each batch, for lag monitoring
-    only (a failed monitoring commit is logged, never fatal).
+    only (a failed monitoring commit is logged, never fatal). `metadata_max_age_ms`
+    bounds how long a subscribed topic that does not exist yet stays unnoticed once
+    it is created.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class KafkaSinkConsumer:
         poll_timeout_ms: int = 1000,
         commit_to_kafka: bool = True,
         client_id: str = "quietwire-sink",
+        metadata_max_age_ms: int = 30_000,
     ) -> None:
         if not topics:
             raise ValueError("the sink needs at least one topic")
@@ -111,8 +114,11 @@ class KafkaSinkConsumer:
         self._max_records = max_records
         self._poll_timeout_ms = poll_timeout_ms
         self._commit_to_kafka = commit_to_kafka
-        self._consumer = self._new_consumer()
-        self._listener = _SeekToStoredOffsets(self._consumer, sink)
+        self._metadata_max_age_ms = metadata_max_age_ms
+        # Made by `start`: an aiokafka consumer that is never started warns when collected,
+        # and one that failed to start cannot start again.
+        self._consumer: AIOKafkaConsumer | None = None
+        self._listener: _SeekToStoredOffsets | None = None
         self._stop_requested = asyncio.Event()
         self._loop_idle = asyncio.Event()
         self._loop_idle.set()
@@ -129,6 +135,12 @@ class KafkaSinkConsumer:
         """Connected and subscribed (a `start` succeeded, no `stop` since)."""
         return self._started
 
+    @property
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None or not self._started:
+            raise RuntimeError("the sink consumer is not started")
+        return self._consumer
+
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -136,21 +148,24 @@ class KafkaSinkConsumer:
             client_id=self._client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # How soon a topic created after the sink subscribed is seen (Kafka's
+            # default, 5 minutes, would leave such a topic unread that long).
+            metadata_max_age_ms=self._metadata_max_age_ms,
         )
 
     async def start(self) -> None:
         """Connect and join the group (assignment completes on the first poll); raises
         `BusUnavailable` if no broker answers."""
         self._stop_requested.clear()
+        consumer = self._new_consumer()
         try:
-            await self._consumer.start()
+            await consumer.start()
         except KafkaError as exc:
-            await self._consumer.stop()  # a half-started consumer holds connections
-            # A stopped aiokafka consumer cannot start again: the next attempt needs a new one.
-            self._consumer = self._new_consumer()
-            self._listener = _SeekToStoredOffsets(self._consumer, self._sink)
+            await consumer.stop()  # a half-started consumer holds connections
             raise BusUnavailable(f"cannot connect the sink consumer: {exc}") from exc
-        self._consumer.subscribe(self._topics, listener=self._listener)
+        self._consumer = consumer
+        self._listener = _SeekToStoredOffsets(consumer, self._sink)
+        consumer.subscribe(self._topics, listener=self._listener)
         self._started = True
 
     async def start_when_reachable(self, stopping: asyncio.Event, backoff: Backoff) -> bool:
@@ -182,7 +197,7 @@ class KafkaSinkConsumer:
         # Let a running loop finish its batch (at most one poll timeout away): stopping
         # the consumer under an in-flight getmany would lose the batch's bookkeeping.
         await self._loop_idle.wait()
-        if self._started:
+        if self._started and self._consumer is not None:
             self._started = False
             await self._consumer.stop()
 
@@ -195,10 +210,10 @@ class KafkaSinkConsumer:
 
     async def poll_once(self) -> int:
         """Fetch one batch and store it (rows + offsets in one transaction); returns its size."""
-        batches = await self._consumer.getmany(
+        batches = await self._live.getmany(
             timeout_ms=self._poll_timeout_ms, max_records=self._max_records
         )
-        if self._listener.failure is not None:
+        if self._listener is not None and self._listener.failure is not None:
             raise self._listener.failure
         self.stats.polls += 1
         count = sum(len(records) for records in batches.values())
@@ -232,7 +247,7 @@ class KafkaSinkConsumer:
             self.stats.positions[(o.topic, o.partition)] = o.next_offset
         if self._commit_to_kafka:
             try:
-                await self._consumer.commit(
+                await self._live.commit(
                     {TopicPartition(o.topic, o.partition): o.next_offset for o in offsets}
                 )
             except KafkaError as exc:
@@ -240,12 +255,13 @@ class KafkaSinkConsumer:
 
     async def caught_up(self) -> bool:
         """True once partitions are assigned and every one is read to its end offset."""
-        assigned = list(self._consumer.assignment())
+        consumer = self._live
+        assigned = list(consumer.assignment())
         if not assigned:
             return False
-        ends = await self._consumer.end_offsets(assigned)
+        ends = await consumer.end_offsets(assigned)
         for tp in assigned:
-            if await self._consumer.position(tp) < ends[tp]:
+            if await consumer.position(tp) < ends[tp]:
                 return False
         return True
 
@@ -253,7 +269,7 @@ class KafkaSinkConsumer:
         """Whether a broker answers a metadata request (a health probe: bound it)."""
         if not self._started:
             return Check(False, f"not connected to {self._bootstrap} yet")
-        topics = await self._consumer.topics()
+        topics = await self._live.topics()
         missing = sorted(set(self._topics) - set(topics))
         if missing:
             return Check(False, f"topics missing on the broker: {', '.join(missing)}")
@@ -262,13 +278,16 @@ class KafkaSinkConsumer:
     async def lag(self) -> dict[tuple[str, int], int] | None:
         """Per assigned partition: the end offset minus the offset the warehouse stored
         (messages not yet stored). None before the group assigned any partition."""
-        assigned = list(self._consumer.assignment()) if self._started else []
+        if not self._started:
+            return None
+        consumer = self._live
+        assigned = list(consumer.assignment())
         if not assigned:
             return None
-        ends = await self._consumer.end_offsets(assigned)
+        ends = await consumer.end_offsets(assigned)
         stored = await asyncio.to_thread(self._sink.stored_offsets)
         unread = [tp for tp in assigned if (tp.topic, tp.partition) not in stored]
-        starts = await self._consumer.beginning_offsets(unread) if unread else {}
+        starts = await consumer.beginning_offsets(unread) if unread else {}
         return {
             (tp.topic, tp.partition): max(
                 0, ends[tp] - stored.get((tp.topic, tp.partition), starts.get(tp, 0))
