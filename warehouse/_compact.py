@@ -189,12 +189,18 @@ def _swap(path: Path, fresh: Path) -> None:
                 f"{path}: another process opened the warehouse during the rewrite",
                 connection_closed=True,
             ) from exc
-        # The WAL was emptied by the checkpoint and the close; one left over must not be
-        # replayed onto the new file.
-        _remove(_wal(path))
-        _fsync(fresh)
-        os.replace(fresh, path)
-        _fsync(path.parent, directory=True)
+        try:
+            # The WAL was emptied by the checkpoint and the close; one left over must not
+            # be replayed onto the new file.
+            _remove(_wal(path))
+            _fsync(fresh)
+            os.replace(fresh, path)
+            _fsync(path.parent, directory=True)
+        except OSError as exc:
+            raise CompactionError(
+                f"{path}: cannot replace the warehouse with its rewrite: {exc}",
+                connection_closed=True,
+            ) from exc
     finally:
         os.close(fd)
 

@@ -33,9 +33,9 @@ def retention_cutoff(days: int, now: datetime) -> datetime:
     return now - timedelta(days=days)
 
 
-# What retention covers: (table, the time column its cutoff applies to). A fleet aggregate is kept as long
-# as its tier's data; a Prio3 report (shares only) no longer than that either, and in
-# practice far shorter (it is useless once its batch is collected).
+# What retention covers: (table, the time column its cutoff applies to). A fleet
+# aggregate is kept as long as its tier's data; a Prio3 report (shares only) no longer
+# than that either, and in practice far shorter (useless once its batch is collected).
 RETENTION_TABLES: tuple[tuple[str, str], ...] = (
     ("released_values", "window_end"),
     ("fleet_aggregates", "window_end"),
