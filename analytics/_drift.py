@@ -159,16 +159,16 @@ def _histogram_side(rows: pl.DataFrame, uppers: tuple[float | None, ...]) -> His
     agg_count = rows.filter((pl.col("part") == "count") & (pl.col("figure_model") == "aggregate"))
     sums = rows.filter(pl.col("part") == "sum")
     # Without count entries the events are the buckets added: they share all their draws.
-    own_model = "aggregate" if agg_count.height else None
+    own = pl.col("figure_model") == "aggregate" if agg_count.height else pl.lit(False)
     estimates = np.zeros(len(uppers))
-    shared: list[tuple[NoiseTerm, ...]] = []
-    own: list[tuple[NoiseTerm, ...]] = []
+    shared_terms: list[tuple[NoiseTerm, ...]] = []
+    own_terms: list[tuple[NoiseTerm, ...]] = []
     for k in range(len(uppers)):
         at = buckets.filter(pl.col("bucket_index") == k)
         estimates[k] = float(at["estimate"].sum())
-        shared.append(_noise(_terms(at.filter(pl.col("figure_model") != own_model))))
-        own.append(_noise(_terms(at.filter(pl.col("figure_model") == own_model))))
-    shared_events = buckets.filter(pl.col("figure_model") != own_model)["estimate"].sum()
+        shared_terms.append(_noise(_terms(at.filter(~own))))
+        own_terms.append(_noise(_terms(at.filter(own))))
+    shared_events = buckets.filter(~own)["estimate"].sum()
     events = float(shared_events) + float(agg_count["estimate"].sum())
     # The same devices release every bucket: the most over buckets, per model.
     devices = 0
@@ -178,8 +178,8 @@ def _histogram_side(rows: pl.DataFrame, uppers: tuple[float | None, ...]) -> His
     return HistogramSide(
         buckets=estimates,
         uppers=uppers,
-        shared_terms=tuple(shared),
-        own_terms=tuple(own),
+        shared_terms=tuple(shared_terms),
+        own_terms=tuple(own_terms),
         events=events,
         events_terms=_noise(_terms(agg_count)),
         total=float(sums["estimate"].sum()) if sums.height else None,

@@ -174,10 +174,16 @@ class _Replicates:
     """Draws one side's buckets, events and sum under H0, `r` replicates at a time."""
 
     def __init__(
-        self, side: HistogramSide, pooled: Array, mean: float, rng: np.random.Generator
+        self,
+        side: HistogramSide,
+        pooled: Array,
+        clear: Array,
+        mean: float,
+        rng: np.random.Generator,
     ) -> None:
         self.side = side
         self.pooled = pooled
+        self.clear = clear
         self.mean = mean
         self.rng = rng
         self.n = max(round(side.events), 0)
@@ -193,8 +199,11 @@ class _Replicates:
         events = self.n + shared.sum(axis=-1) + draw_noise(side.events_terms, r, rng)
         # The sum's sampling noise: which buckets the events fell in (their midpoints)
         # plus their spread within a bucket (uniform).
-        between = (counts - self.n * self.pooled) @ self.mids
-        within_sd = math.sqrt(self.n * float(self.pooled @ (self.widths**2 / 12.0)))
+        # The sum's sampling noise from the clear buckets (independent of the buckets'
+        # draws: at the sizes where it matters at all, DP noise dominates them).
+        clear_counts = rng.multinomial(self.n, self.clear, size=r).astype(np.float64)
+        between = (clear_counts - self.n * self.clear) @ self.mids
+        within_sd = math.sqrt(self.n * float(self.clear @ (self.widths**2 / 12.0)))
         total = (
             self.n * self.mean
             + between
@@ -204,19 +213,23 @@ class _Replicates:
         return buckets, events, total
 
 
-def _pooled_shares(a: HistogramSide, b: HistogramSide, z: float) -> Array:
-    """The shared distribution under H0: the pooled buckets that stand clear of their
-    noise (above z standard deviations), as shares.
+def _pooled_shares(a: HistogramSide, b: HistogramSide, z: float | None) -> Array:
+    """The shared distribution under H0: the pooled buckets as shares.
 
-    Buckets within their noise are read as empty: clipping them at zero instead would
-    keep a positive noise mass in every empty bucket, as if a few events took a minute,
-    and inflate the simulated spread of the sums. With no bucket clear, the clipped
-    buckets; with nothing above zero, uniform.
+    With `z`, only the buckets that stand clear of their noise (above z standard
+    deviations); without, every bucket clipped at zero (the most likely non-negative
+    counts under symmetric noise). The buckets' multinomial draws use the clipped ones:
+    read as empty, a tail bucket that holds events would make the simulated tails
+    emptier than the observed ones. The sums' sampling noise uses the clear ones: a
+    noise mass kept in an empty bucket far out, as if a few events took a minute, would
+    inflate it. With nothing to go on, uniform.
     """
     pooled = a.buckets + b.buckets
-    sd = np.sqrt(a.bucket_sd**2 + b.bucket_sd**2)
-    clear = np.where(pooled > z * sd, pooled, 0.0)
-    for candidate in (clear, pooled):
+    candidates = [pooled]
+    if z is not None:
+        sd = np.sqrt(a.bucket_sd**2 + b.bucket_sd**2)
+        candidates.insert(0, np.where(pooled > z * sd, pooled, 0.0))
+    for candidate in candidates:
         out = shares(candidate)
         if not np.isnan(out).any():
             return out
@@ -253,7 +266,8 @@ def noise_aware_test(
         notes.append("events or sum not clearly above zero on a side: mean not estimable")
     estimable = np.asarray([not any(swamped)] * len(STATISTICS) + [means_ok])
 
-    pooled = _pooled_shares(a, b, z)
+    pooled = _pooled_shares(a, b, None)
+    clear = _pooled_shares(a, b, z)
     mean_a = mean_b = pooled_mean = math.nan
     if means_ok and a.total is not None and b.total is not None:
         mean_a, mean_b = a.total / a.events, b.total / b.events
@@ -272,8 +286,8 @@ def noise_aware_test(
     observed = np.where(estimable, observed, np.nan)
 
     mean = pooled_mean if math.isfinite(pooled_mean) else 0.0
-    buckets_a, events_a, total_a = _Replicates(a, pooled, mean, rng).draw(replicates)
-    buckets_b, events_b, total_b = _Replicates(b, pooled, mean, rng).draw(replicates)
+    buckets_a, events_a, total_a = _Replicates(a, pooled, clear, mean, rng).draw(replicates)
+    buckets_b, events_b, total_b = _Replicates(b, pooled, clear, mean, rng).draw(replicates)
     null = np.concatenate(
         [
             distances(buckets_a, buckets_b, pos),
@@ -284,7 +298,8 @@ def noise_aware_test(
     # A replicate whose histogram has nothing above zero has no distance: it counts as
     # at least as far apart as any observation (conservative).
     null = np.where(np.isnan(null), np.inf, null)
-    thresholds = np.quantile(null, 1.0 - alpha, axis=0)
+    # The replicate at the quantile itself (no interpolation: replicates can be inf).
+    thresholds = np.quantile(null, 1.0 - alpha, axis=0, method="higher")
     p_values = _p_values(observed, null)
     family_p = _family_p(p_values, null, estimable)
     return NullTest(
