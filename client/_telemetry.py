@@ -628,11 +628,14 @@ class Telemetry:
         The partial window is released with `window_end` = now; a restart within the
         same aligned window starts after it, so no two envelopes overlap in time.
         Envelopes still pending afterwards stay in the on-disk spool and are sent by
-        the next `Telemetry` on the same state directory.
+        the next `Telemetry` on the same state directory. Returns within about
+        `timeout` (plus the window's release, local work): sending, which may wait on
+        the network or a TPM, runs on a sender thread this waits for at most that long.
         """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + timeout
         if self._worker is not None:
             self._worker.stop(timeout)
         # Called by the host app (or at exit): a failure here is logged, never raised,
@@ -649,8 +652,18 @@ class Telemetry:
             _log.exception("releasing the last window at shutdown failed")
         finally:
             self._gate.close()
+        sender = threading.Thread(
+            target=self._send_until, args=(deadline,), name="quietwire-shutdown", daemon=True
+        )
+        sender.start()
+        sender.join(max(deadline - time.monotonic(), 0.0))
+        # A send still waiting on the network finishes on that thread (which then
+        # closes the transport), or the process's exit ends it: what it carried stays
+        # in the spool for the next run.
+
+    def _send_until(self, deadline: float) -> None:
+        """The last sends, until `deadline` (the shutdown's sender thread)."""
         try:
-            deadline = time.monotonic() + timeout
             while self._outbox.unsent() and time.monotonic() < deadline:
                 if self._send_pending(blocking=False):
                     break
