@@ -1,17 +1,24 @@
-"""Ingest → Kafka → sink → DuckDB on a real broker, and replays that add nothing."""
+"""Ingest → Kafka → sink → DuckDB on a real broker, and replays that add nothing.
+
+Delivery from Kafka is at least once (a rebalance can hand a batch over again), so these
+tests count what the warehouse holds (distinct envelope ids, letters by Kafka
+coordinates) and run the sink until the warehouse holds what was sent, never until a
+number of messages was read; message counts are only ever bounded from below."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from pathlib import Path
 
+import duckdb
 import httpx
 from aiokafka import AIOKafkaProducer
 from nacl.public import PublicKey
 
 from ingest import DuckDBSink, IngestSettings, KafkaEnvelopeBus, KafkaSinkConsumer, create_app
-from schemas import BatchResult
+from schemas import BatchResult, IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
@@ -70,11 +77,10 @@ async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
         topics=[settings.topic],
         commit_to_kafka=False,
     ) as consumer:
-        stats = await consumer.run_until(caught_up=True)
-    # Delivery is at least once (a rebalance may hand a batch over twice): count what
-    # was stored, never the messages read.
-    assert (stats.inserted, stats.dead_letters) == (20, 0)
+        await asyncio.wait_for(consumer.run_until(lambda _: _stored_ids(sink) >= sent), 120)
+        await consumer.run_until(caught_up=True)
     assert _stored_ids(sink) == sent
+    assert sink.dead_letter_count() == 0
     values = sink.connection.execute("SELECT count(*) FROM released_values").fetchone()
     assert values == (20,)
     assert sum(o for o in sink.stored_offsets().values()) == 20
@@ -97,52 +103,82 @@ async def test_posted_envelopes_reach_duckdb_once_even_when_replayed(
     async with KafkaSinkConsumer(
         replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
-        stats = await consumer.run_until(caught_up=True)
-    assert stats.messages >= 20
+        stats = await asyncio.wait_for(consumer.run_until(lambda s: s.messages >= 20), 120)
     assert (stats.inserted, stats.duplicates) == (0, stats.messages)
     assert replay.envelope_count() == 20
     assert replay.connection.execute("SELECT count(*) FROM released_values").fetchone() == (20,)
     replay.close()
 
 
-async def test_a_poison_message_is_dead_lettered_and_does_not_stop_the_sink(
+async def test_poison_messages_are_dead_lettered_and_do_not_stop_the_sink(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
+    """One message that does not decode, one whose row the warehouse refuses (its file
+    carries a constraint the sink does not know, as a foreign value would break one),
+    between honest ones: both dead-lettered with their coordinates, the rest stored."""
     settings = _settings(tmp_path, kafka_broker)
     await kafka_broker.create_topics_async([settings.topic], partitions=1)
+    warehouse = tmp_path / "warehouse.duckdb"
+    conn = duckdb.connect(str(warehouse))
+    conn.execute(
+        "CREATE TABLE suppressions (envelope_id UUID NOT NULL, device_id VARCHAR NOT NULL, "
+        "window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL, "
+        "signal VARCHAR NOT NULL, releases INTEGER NOT NULL CHECK (releases < 1000))"
+    )
+    conn.close()
+    refused = IngestedEnvelope.model_validate(
+        {
+            "envelope": Device(settings.region).envelope(suppressed={"x.y": 5000}),
+            "received_at": "2025-01-01T11:00:10+00:00",
+            "key_fingerprint": "a" * 64,
+            "assurance": "software",
+        }
+    )
     producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic, b'{"not": "an envelope"}', key=b"rogue")
+        await producer.send_and_wait(settings.topic, refused.model_dump_json().encode())
     finally:
         await producer.stop()
     async with asgi_client(create_app(settings)) as client:
         sent = await _post_batches(client, settings.region, batches=1)
 
-    sink = DuckDBSink(tmp_path / "warehouse.duckdb", group="sink-a")
+    sink = DuckDBSink(warehouse, group="sink-a")
     async with KafkaSinkConsumer(
         sink, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
-        stats = await consumer.run_until(caught_up=True)
-    assert (stats.inserted, stats.dead_letters) == (5, 1)
+        await asyncio.wait_for(
+            consumer.run_until(lambda _: sink.stored_offsets() == {(settings.topic, 0): 7}), 120
+        )
     assert _stored_ids(sink) == sent
-    letter = sink.connection.execute(
-        "SELECT topic, kafka_offset, message_key, message_value FROM dead_letters"
+    letters = sink.connection.execute(
+        "SELECT stage, topic, kafka_offset, message_key, message_value, envelope_id, "
+        "error_class FROM dead_letters ORDER BY kafka_offset"
     ).fetchall()
-    assert letter == [(settings.topic, 0, b"rogue", b'{"not": "an envelope"}')]
-    assert sink.stored_offsets() == {(settings.topic, 0): 6}
+    assert letters == [
+        ("decode", settings.topic, 0, b"rogue", b'{"not": "an envelope"}', None, "ValidationError"),
+        (
+            "store",
+            settings.topic,
+            1,
+            None,
+            refused.model_dump_json().encode(),
+            str(refused.envelope.envelope_id),
+            "ConstraintException",
+        ),
+    ]
     sink.close()
 
-    # Replayed by another group, the poison message is recorded once, not twice.
-    replay = DuckDBSink(tmp_path / "warehouse.duckdb", group="sink-replay")
+    # Replayed by another group, the poison messages are recorded once, not twice.
+    replay = DuckDBSink(warehouse, group="sink-replay")
     async with KafkaSinkConsumer(
         replay, bootstrap_servers=kafka_broker.bootstrap, topics=[settings.topic]
     ) as consumer:
-        stats = await consumer.run_until(caught_up=True)
-    assert stats.messages >= 6
+        stats = await asyncio.wait_for(consumer.run_until(lambda s: s.messages >= 7), 120)
     # Read again, but already recorded by the first group.
     assert (stats.inserted, stats.dead_letters) == (0, 0)
-    assert replay.dead_letter_count() == 1
+    assert replay.dead_letter_count() == 2
     assert replay.envelope_count() == 5
     replay.close()
 
