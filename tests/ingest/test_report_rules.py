@@ -62,7 +62,7 @@ def _envelope(device: Device, reports: list[dict[str, Any]], **overrides: Any) -
 
 def _verify(
     verifier: EnvelopeVerifier, key: PrivateKey, env: dict[str, Any], at: datetime = NOW
-) -> object:
+) -> Accepted | Rejected:
     device = Device("eu-test")
     env["device_id"] = device.device_id
     return verifier.verify(device.item(key.public_key, env), received_at=at)
