@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from nacl.public import PrivateKey, PublicKey
 
 from ingest import (
@@ -40,6 +40,7 @@ from schemas import BatchResult
 from tests.harness.kafka import KafkaBroker
 from tests.ingest.aggregation.kit import VERIFY_KEY, Fleet, small_policy
 from tests.ingest.kit import Device, asgi_client
+from tests.integration.kafka_kit import read_topic
 
 CELLS = "inference.requests/cells"
 DEVICES = 12
@@ -54,15 +55,7 @@ def _discrete_laplace_sd(scale: float) -> float:
 
 async def _redeliver(bootstrap: str, topic: str) -> int:
     """Produce every message of the topic once more (a producer retry, a replay)."""
-    reader = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await reader.start()
-    try:
-        batch = await reader.getmany(timeout_ms=10_000, max_records=1000)
-        messages = [m for ms in batch.values() for m in ms]
-    finally:
-        await reader.stop()
+    messages = await read_topic(bootstrap, topic)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:

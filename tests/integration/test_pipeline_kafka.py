@@ -24,6 +24,7 @@ from ingest import DuckDBSink, KafkaSinkConsumer
 from policies import aggregation_tasks, load_policy
 from schemas import IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
+from tests.integration.kafka_kit import read_topic
 
 TOPIC = f"quietwire.envelopes.{REGION}"
 
@@ -149,25 +150,11 @@ def test_no_plaintext_measurement_in_kafka_or_the_warehouse(
     counts (bits of each entry, as 16-byte field elements) would be mostly zero bytes; a
     share has about 1 in 256. The helper's share is a sealed box the leader cannot open."""
 
-    async def read_topic() -> list[bytes]:
-        reader = AIOKafkaConsumer(
-            TOPIC,
-            bootstrap_servers=kafka_broker.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await reader.start()
-        try:
-            out: list[bytes] = []
-            while True:
-                batch = await reader.getmany(timeout_ms=3000, max_records=500)
-                if not batch:
-                    return out
-                out += [m.value for ms in batch.values() for m in ms if m.value is not None]
-        finally:
-            await reader.stop()
+    async def values() -> list[bytes]:
+        records = await read_topic(kafka_broker.bootstrap, TOPIC)
+        return [r.value for r in records if r.value is not None]
 
-    messages = [IngestedEnvelope.model_validate_json(v) for v in asyncio.run(read_topic())]
+    messages = [IngestedEnvelope.model_validate_json(v) for v in asyncio.run(values())]
     assert len(messages) >= DEVICES * 2
     aggregate_signals = {"inference.requests", "inference.errors", "app.exceptions"}
     for item in messages:
