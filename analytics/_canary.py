@@ -275,14 +275,19 @@ def canary_verdict(
         name: _metric_cells(conn, metric, labels, since, until)
         for name, metric in rules.metrics.items()
     }
+    seen = {c for by_key in cells.values() for _, c in by_key if c not in _NO_VALUE}
+    for cohort in cohorts:
+        if cohort not in seen:
+            raise InvalidQueryError(
+                f"no figures of {rules.cohort_label}={cohort!r} in the metrics' signals "
+                f"(found: {', '.join(sorted(seen, key=_version_key)) or 'none'})"
+            )
     found = {
         r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts
     }
+    if not found and rules.routes is None:
+        raise InvalidQueryError(f"no {rules.route_label!r} label on the cohorts' figures")
     routes = list(rules.routes) if rules.routes is not None else sorted(found)
-    if not found:
-        raise InvalidQueryError(
-            f"no figures of {cohorts[0]!r} or {cohorts[1]!r} on any {rules.route_label!r}"
-        )
     ignore = rules.unavailable == "ignore"
     verdicts: list[RouteVerdict] = []
     reasons: list[str] = []

@@ -3,6 +3,7 @@ writes them (real OpenDP noise), and devices' local releases."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,7 +189,10 @@ def test_cohorts_are_chosen_or_refused(conn: duckdb.DuckDBPyConnection) -> None:
     assert canary_verdict(conn, RULES, baseline=NEW).verdict.canary == OLD
     with pytest.raises(InvalidQueryError, match="same cohort"):
         canary_verdict(conn, RULES, canary=NEW, baseline=NEW)
-    with pytest.raises(InvalidQueryError, match="no figures of 'x' or 'y'"):
+    with pytest.raises(
+        InvalidQueryError,
+        match=re.escape("no figures of model='x' in the metrics' signals (found: m@1.9, m@1.10)"),
+    ):
         canary_verdict(conn, RULES, canary="x", baseline="y")
     with pytest.raises(InvalidQueryError, match="no 'flavour' cohort"):
         canary_verdict(conn, RULES.model_copy(update={"cohort_label": "flavour"}))

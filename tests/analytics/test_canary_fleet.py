@@ -1,0 +1,123 @@
+"""End to end: simulated fleets through the real pipeline (client -> HTTP ingest -> sink ->
+leader and helper -> DuckDB), then the canary verdict read from the warehouse file.
+
+The simulator's canary (`fleetsim._simulation.MODEL_CANARY`) is 30% slower and fails
+more often on the local route. Evidence per route is what decides the fleet size. At the
+default policy's budget one day of the demo's 4,000 devices gives the local route's
+latency ratio a 90% interval of about ±12% (docs/analytics.md), enough to roll back a
+30% regression but not to promote against +10%. To keep these runs to a few hundred
+devices, the test policy gives the latency histogram the largest budget a signal may
+have (epsilon 10, counts and sums 5 each, against 0.45 each by default) and releases
+the other signals under the local model (no Prio3 work for them). A secure aggregate's
+noise does not depend on the fleet's size, so N devices here carry the latency evidence
+of about 11 N devices at the default budget. The verdict's rules are the default
+policy's `canary:` section, unchanged but for the routes judged in the promote case.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import fleetsim._simulation as simulation
+from analytics import CanaryResult, CanaryVerdict, canary_verdict, open_warehouse
+from fleetsim import FleetRun, FleetSpec, run_fleet
+from fleetsim._demo import cell_means_truth
+from fleetsim._simulation import MODEL_CANARY, MODEL_STABLE
+from policies import Policy, load_policy
+
+LATENCY = "gen_ai.client.operation.duration"
+
+
+def _policy(routes: list[str] | None = None) -> Policy:
+    data = load_policy().model_dump(mode="json")
+    for name, signal in data["signals"].items():
+        if name == LATENCY:
+            signal.update(epsilon=10.0, parts={"counts": 5.0, "sums": 5.0})
+        else:
+            signal.update(privacy_model="local", parts=None)
+            signal.pop("cell_max_events", None)
+            signal.pop("cell_max_sum", None)
+    data["privacy"]["daily_epsilon"] = 13.0  # the signals' epsilons add up to 12.55
+    data["canary"]["routes"] = routes
+    return Policy.model_validate(data)
+
+
+def _verdict(run: FleetRun, policy: Policy) -> CanaryResult:
+    conn = open_warehouse(run.db)
+    try:
+        return canary_verdict(conn, policy.canary)
+    finally:
+        conn.close()
+
+
+def _true_effects(run: FleetRun) -> dict[str, float]:
+    means = cell_means_truth(run.truth, LATENCY, ("model", "route"))
+    return {
+        route: means[(MODEL_CANARY, route)] / means[(MODEL_STABLE, route)] - 1.0
+        for route in simulation.ROUTES
+    }
+
+
+@pytest.fixture(scope="module")
+def regressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FleetRun, CanaryResult]:
+    policy = _policy()
+    db = tmp_path_factory.mktemp("canary") / "regressed.duckdb"
+    run = run_fleet(FleetSpec(devices=300, windows=1, canary_share=0.5, seed=11), db, policy=policy)
+    return run, _verdict(run, policy)
+
+
+@pytest.fixture(scope="module")
+def unchanged(tmp_path_factory: pytest.TempPathFactory) -> tuple[FleetRun, CanaryResult]:
+    # The same simulated app with the canary's regression taken out: its local route
+    # as fast and as reliable as the stable version's.
+    policy = _policy(routes=["local", "cloud"])
+    db = tmp_path_factory.mktemp("canary") / "unchanged.duckdb"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(simulation, "_CANARY_LOCAL_SLOWDOWN", 1.0)
+        patch.setattr(simulation, "_CANARY_LOCAL_FAILURE", simulation._FAILURE_RATE["local"])
+        run = run_fleet(
+            FleetSpec(devices=400, windows=1, canary_share=0.5, seed=12), db, policy=policy
+        )
+    return run, _verdict(run, policy)
+
+
+def test_the_demos_canary_is_rolled_back_on_the_local_route(
+    regressed: tuple[FleetRun, CanaryResult],
+) -> None:
+    run, result = regressed
+    verdict = result.verdict
+    assert (verdict.canary, verdict.baseline) == (MODEL_CANARY, MODEL_STABLE)
+    assert verdict.verdict == "rollback"
+    local = next(r for r in verdict.routes if r.route == "local")
+    assert local.verdict == "rollback"
+    latency = next(m for m in local.metrics if m.metric == "latency")
+    assert latency.status == "regression"
+    assert latency.ci_low is not None
+    assert latency.estimate is not None
+    assert latency.ci_low > 0.10
+    # The simulator's truth (its clamped means): about +30%. The interval's half-width
+    # is about 4%; 0.1 is more than five of its standard errors.
+    truth = _true_effects(run)["local"]
+    assert 0.2 < truth < 0.4
+    assert abs(latency.estimate - truth) < 0.1
+    # Error, exception and token figures carry no model label: listed, not judged.
+    statuses = dict(zip(result.evidence["metric"], result.evidence["status"], strict=False))
+    assert statuses["error_rate"] == "unavailable"
+
+
+def test_a_canary_without_regression_is_promoted(
+    unchanged: tuple[FleetRun, CanaryResult],
+) -> None:
+    run, result = unchanged
+    verdict = result.verdict
+    assert verdict.verdict == "promote", verdict.reasons
+    assert [r.route for r in verdict.routes] == ["local", "cloud"]
+    latency = result.evidence.filter(pl.col("metric") == "latency")
+    assert set(latency["status"]) == {"pass"}
+    truth = _true_effects(run)
+    for row in latency.iter_rows(named=True):
+        assert abs(truth[row["route"]]) < 0.05
+        assert row["ci_high"] < 0.10
+    # What a rollout system reads back is the verdict itself.
+    assert CanaryVerdict.model_validate_json(verdict.model_dump_json()) == verdict
