@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from analytics._html_insights import insights_html
 from analytics._plots import (
     buckets_figure,
     cell_label,
@@ -385,7 +386,9 @@ def render_html(report: FleetReport, path: Path | str) -> Path:
         parts += _signal_html(view, report)
     if report.sources.height:
         parts += _sources_html(report)
-    parts.append("<h2>Summary over the range</h2>")
+    if report.insights is not None:
+        parts += insights_html(report.insights)
+    parts.append("<h2 id='summary'>Summary over the range</h2>")
     parts.append(_summary_html(report))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)

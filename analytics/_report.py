@@ -8,6 +8,7 @@ noise draws, devices or reports per batch). The HTML page is `analytics._html`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from rich.table import Table
 
 from analytics._basis import FleetBasis, fleet_basis
 from analytics._cube import local_cube
+from analytics._insights import ReportInsights, build_insights
 from analytics._intervals import check_level
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._plots import cell_label
@@ -32,6 +34,8 @@ from analytics._totals import (
     histogram_buckets,
     signal_totals,
 )
+from auditlog import AuditLog
+from policies import Policy
 
 __all__ = [
     "PRIMARY_LABEL",
@@ -83,6 +87,7 @@ class FleetReport:
     fleet: pl.DataFrame  # per signal and window: the fleet total (and mean) of all cells
     sources: pl.DataFrame  # figure_sources: model, mechanism, draws, reports per signal
     basis: FleetBasis  # devices by key anchoring, releases withheld, what intervals cover
+    insights: ReportInsights | None = None  # drift, canary, cost, audit (with a policy)
 
 
 def _labels_of(totals: pl.DataFrame, signal: str) -> list[str]:
@@ -137,11 +142,24 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     source: str = "",
+    policy: Policy | None = None,
+    audit: AuditLog | None = None,
 ) -> FleetReport:
-    """Run every query the report needs (over one pre-added copy of the local rows)."""
+    """Run every query the report needs (over one pre-added copy of the local rows).
+
+    With `policy`, the report also answers drift, the canary's verdict, cost and the
+    auditor's questions under its rules (`analytics._insights`), verifying `audit` (the
+    ingest's audit log) when given.
+    """
     level = check_level(level)
     with local_cube(conn):
-        return _build_report(conn, level, signal, since, until, source)
+        report = _build_report(conn, level, signal, since, until, source)
+        if policy is None:
+            return report
+        insights = build_insights(
+            conn, policy, audit=audit, level=level, since=since, until=until, source=source
+        )
+        return dataclasses.replace(report, insights=insights)
 
 
 def _build_report(

@@ -24,6 +24,8 @@ from analytics._query_cli import QUERY_HELP, QueryFormat, emit, query_app
 from analytics._reader import open_warehouse
 from analytics._report import build_report, render_json, render_table
 from analytics._retention_cli import RETENTION_HELP, retention
+from auditlog import AuditLog, AuditLogError
+from policies import DEFAULT_POLICY_PATH, PolicyError, load_policy
 
 __all__ = ["app", "fail"]
 
@@ -75,19 +77,48 @@ def report(
     level: Annotated[
         float, typer.Option("--level", help="Confidence level of the intervals, in (0, 1).")
     ] = 0.95,
+    policy: Annotated[
+        Path,
+        typer.Option(
+            "--policy",
+            help="Policy whose canary rules, cost model and retention the HTML report's "
+            "drift, canary, cost and audit sections use.",
+            show_default="the packaged policies/default.yaml",
+        ),
+    ] = DEFAULT_POLICY_PATH,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-log", help="The ingest's audit log, for the HTML report's chain check."
+        ),
+    ] = None,
 ) -> None:
-    """Fleet totals per signal and cell, with confidence intervals from the DP noise."""
+    """Fleet totals per signal and cell, with confidence intervals from the DP noise.
+
+    With --html the page also holds drift between model versions, the canary's verdict,
+    cost per inference with a what-if, and retention and audit status."""
     try:
         level = check_level(level)
-        conn = open_warehouse(db)
-    except AnalyticsError as exc:
+        rules = load_policy(policy) if html is not None else None
+        audit = AuditLog(audit_log, read_only=True) if audit_log is not None else None
+    except (AnalyticsError, PolicyError, AuditLogError) as exc:
         raise fail(str(exc)) from None
     try:
-        rep = build_report(conn, level=level, signal=signal, source=str(db))
+        conn = open_warehouse(db)
+    except AnalyticsError as exc:
+        if audit is not None:
+            audit.close()
+        raise fail(str(exc)) from None
+    try:
+        rep = build_report(
+            conn, level=level, signal=signal, source=str(db), policy=rules, audit=audit
+        )
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
     finally:
         conn.close()
+        if audit is not None:
+            audit.close()
     if signal is not None and rep.totals.is_empty():
         raise fail(f"no released values for signal {signal!r} in {db}")
     if output is OutputFormat.JSON:

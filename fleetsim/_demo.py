@@ -25,6 +25,7 @@ from analytics import (
     render_html,
     render_table,
 )
+from auditlog import AuditLog
 from fleetsim._pipeline import FleetRun, TruthKey, run_fleet
 from fleetsim._simulation import MODEL_CANARY, MODEL_STABLE, FleetSpec
 from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, Policy, load_policy
@@ -275,11 +276,14 @@ def report_run(run: FleetRun, html: Path, console: Console) -> FleetReport:
     the per-cell summary, mean latency per (model x route) with its truth and the
     canary check, the coverage of every released cell per privacy model, the HTML."""
     conn = open_warehouse(run.db)
+    audit = AuditLog(run.audit_log, read_only=True) if run.audit_log is not None else None
     try:
-        report = build_report(conn, source=str(run.db))
+        report = build_report(conn, source=str(run.db), policy=run.policy, audit=audit)
         totals = fleet_totals(conn)
     finally:
         conn.close()
+        if audit is not None:
+            audit.close()
     render_fleet_table(report, console, fleet_truth(run))
     render_table(report, console)
     _render_means(report, run.truth, console)

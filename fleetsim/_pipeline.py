@@ -29,11 +29,12 @@ import json
 import secrets
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +91,10 @@ class FleetRun:
     dropped: dict[str, int] = field(default_factory=dict)
     aggregation: RunStats | None = None
     """What the leader's aggregation job and collector did (aggregate-model signals)."""
+    audit_log: Path | None = None
+    """A copy of the ingest's audit log, kept next to the warehouse (`<db>.audit.sqlite3`)."""
+    policy: Policy | None = None
+    """The policy the fleet ran under."""
 
 
 class _SimClock:
@@ -244,6 +249,17 @@ class _HelperRun:
                 audit.close()
 
 
+def _keep_audit_log(source: Path, db: Path) -> Path | None:
+    """Copy the ingest's audit log (SQLite; every writer closed) next to `db`."""
+    if not source.exists():
+        return None
+    target = db.with_name(db.name + ".audit.sqlite3")
+    target.unlink(missing_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return target
+
+
 def run_fleet(
     spec: FleetSpec,
     db: Path,
@@ -349,6 +365,8 @@ def run_fleet(
             run.aggregation = helper.aggregate(sink, settings.state_dir, clock.now)
         finally:
             sink.close()
+        run.audit_log = _keep_audit_log(settings.state_dir / "audit.sqlite3", db)
+        run.policy = policy
     finally:
         http.close()
         shutil.rmtree(work, ignore_errors=True)
