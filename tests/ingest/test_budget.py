@@ -15,6 +15,7 @@ import httpx
 import pytest
 from nacl.public import PrivateKey
 
+from auditlog import AuditLog
 from client._shares import ReportSharer
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
 from ingest._device_ledger import DeviceLedger
@@ -234,3 +235,33 @@ async def test_releases_under_a_policy_known_by_hash_only_are_refused(
     # The release cannot be priced; an envelope that releases nothing costs nothing.
     assert _reasons(result) == ["policy_not_served", None]
     assert len(bus.published) == 1
+
+
+async def test_every_refusal_is_audited_with_its_reason_and_device(
+    client: httpx.AsyncClient, ingest_key: PrivateKey, device: Device, settings: IngestSettings
+) -> None:
+    envs = [device.envelope() for _ in range(FITS + 1)]
+    overlapping = device.envelope(window_start=envs[0]["window_start"])
+    misaligned = device.envelope(
+        window_start="2025-01-03T12:00:00+00:00",
+        window_end="2025-01-04T12:00:00+00:00",
+        sent_at="2025-01-04T12:00:05+00:00",
+    )
+    replay = envs[0] | {"envelope_id": str(uuid.uuid4())}
+    items = [device.item(ingest_key.public_key, e) for e in [*envs, replay]]
+    items += [device.item(ingest_key.public_key, e) for e in (overlapping, misaligned)]
+    result = await _post(client, items)
+    expected = [
+        "budget_exceeded",
+        "sequence_not_increasing",
+        "duplicate_window",
+        "window_misaligned",
+    ]
+    assert _reasons(result) == [None] * FITS + expected
+    log = AuditLog(settings.state_dir / "audit.sqlite3")
+    try:
+        refused = log.entries(device_id=device.device_id, decision="rejected")
+    finally:
+        log.close()
+    assert [e.reason for e in refused] == expected
+    assert all(e.detail for e in refused)
