@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-__all__ = ["BudgetClock", "ClockReading", "boot_id"]
+__all__ = ["PROBE_INTERVAL", "BudgetClock", "ClockReading", "boot_id"]
+
+PROBE_INTERVAL = 300.0
+"""Seconds between two requests for the ingest's time while it is unknown."""
 
 _BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 _PROCESS_BOOT = f"process-{uuid.uuid4()}"
@@ -87,6 +90,7 @@ class BudgetClock:
         self._boot = boot or (boot_id() if monotonic is time.monotonic else "configured")
         self._tolerance = tolerance.total_seconds()
         self._server: tuple[float, float] | None = None
+        self._probed: float | None = None
         self._lock = threading.Lock()
 
     def learn_server_time(self, server_time: datetime, sent_at_monotonic: float) -> None:
@@ -97,6 +101,22 @@ class BudgetClock:
             return
         with self._lock:
             self._server = (server_time.timestamp(), sent_at_monotonic)
+
+    def wants_ingest_time(self) -> bool:
+        """True if the ingest's time is unknown and was last asked for over
+        `PROBE_INTERVAL` seconds ago (asking is the caller's I/O, off the app's thread)."""
+        if self._server_source is None or self._monotonic is None:
+            return False
+        learned = self._server_source()
+        if learned is not None:
+            self.learn_server_time(*learned)
+            return False
+        now = self._monotonic()
+        with self._lock:
+            if self._probed is not None and now - self._probed < PROBE_INTERVAL:
+                return False
+            self._probed = now
+            return True
 
     def monotonic(self) -> float | None:
         """The monotonic reading now (None for a simulator's clock)."""

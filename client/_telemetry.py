@@ -362,6 +362,8 @@ class Telemetry:
             return []
         if self._worker is None:
             self._refresh_key()
+        if self._clock.wants_ingest_time():
+            self._transport.probe_time()  # so no window closes ahead of the ingest's clock
         now = now if now is not None else self._clock.now()
         with self._collect_lock:
             if self._windows.open_window.end <= now and self._gate.hold_seconds(

@@ -67,6 +67,10 @@ class Transport(abc.ABC):
         reading taken when that request was sent; None if not known (the default)."""
         return None
 
+    def probe_time(self) -> None:  # noqa: B027 - optional hook
+        """Ask the ingest for its time without sending anything (`server_time` then
+        has it); never raises. The default knows no time."""
+
 
 class HttpTransport(Transport):
     """POSTs batches as JSON to `{base_url}/v1/envelopes`."""
@@ -80,20 +84,30 @@ class HttpTransport(Transport):
         self._client = client if client is not None else httpx.Client(timeout=timeout)
         self._timeout = timeout
         self._server_time: tuple[datetime, float] | None = None
+        self._base = base_url.rstrip("/") + "/"
 
     def server_time(self) -> tuple[datetime, float] | None:
         """The `Date` of the ingest's last answer and when its request was sent."""
         return self._server_time
 
+    def probe_time(self) -> None:
+        """HEAD the ingest's base URL: any answer's `Date` is its time."""
+        with contextlib.suppress(httpx.HTTPError):
+            sent = time.monotonic()
+            self._note_date(self._client.head(self._base, timeout=self._timeout), sent)
+
     def _post(self, url: str, body: object) -> httpx.Response:
         sent = time.monotonic()
         response = self._client.post(url, json=body, timeout=self._timeout)
+        self._note_date(response, sent)
+        return response
+
+    def _note_date(self, response: httpx.Response, sent: float) -> None:
         # No (valid) Date: the client keeps its last estimate.
         with contextlib.suppress(KeyError, TypeError, ValueError):
             date = parsedate_to_datetime(response.headers["date"])
             if date.tzinfo is not None:
                 self._server_time = (date, sent)
-        return response
 
     def send(self, batch: EnvelopeBatch) -> BatchResult:
         """POST the batch; see the module docstring for the status handling."""
