@@ -89,9 +89,16 @@ class CachedProbe:
         except TimeoutError:
             result = Check(False, f"no answer within {self._timeout:g}s")
         except Exception as exc:  # a probe's failure is its answer, never the caller's error
-            result = Check(False, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            result = Check(False, _describe(exc))
         self._last, self._at = result, self._clock()
         return result
+
+
+def _describe(exc: Exception) -> str:
+    """ "Class: first line" (aiokafka's errors already start with their class name)."""
+    lines = str(exc).strip().splitlines()
+    text, name = (lines[0] if lines else ""), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class DependencyHealth(BaseModel):

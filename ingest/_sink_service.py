@@ -89,9 +89,16 @@ class SinkService:
     async def run(self, stopping: asyncio.Event) -> int:
         """Consume until `stopping` is set (0) or something fails (1, logged)."""
         self.state = "waiting_for_kafka"
-        if not await self._consumer.start_when_reachable(stopping, self._backoff):
-            self.state = "stopped"
-            return 0
+        try:
+            if not await self._consumer.start_when_reachable(stopping, self._backoff):
+                self.state = "stopped"
+                return 0
+        except Exception as exc:  # not "no broker yet" (that is retried): cannot go on
+            self.state = "failed"
+            log.critical(
+                "sink exiting: cannot start: %s: %s", type(exc).__name__, exc, exc_info=exc
+            )
+            return 1
         self.state = "consuming"
         consume = asyncio.create_task(self._consumer.run_until(), name="sink-consume")
         jobs = [asyncio.create_task(job(stopping)) for job in self._companions]
