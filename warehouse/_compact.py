@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 
@@ -101,10 +101,17 @@ def record_erasure(
     )
 
 
+def _scalars(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    # fetchall, not fetchone: a result left unfinished on the connection makes DuckDB
+    # refuse the next relation (`conn.sql(...)`) a caller of the sink's connection runs.
+    ((*row,),) = conn.execute(sql).fetchall()
+    return tuple(row)
+
+
 def pending_erasures(conn: duckdb.DuckDBPyConnection) -> int:
     """Deletions whose bytes are still in the file (no rewrite since)."""
-    row = conn.execute("SELECT count(*) FROM erasures WHERE erased_at IS NULL").fetchone()
-    return int(row[0]) if row else 0
+    (n,) = _scalars(conn, "SELECT count(*) FROM erasures WHERE erased_at IS NULL")
+    return int(n)
 
 
 def _size(path: Path) -> int:
@@ -130,18 +137,16 @@ def _tables(conn: duckdb.DuckDBPyConnection, database: str) -> list[str]:
 
 def _fingerprint(conn: duckdb.DuckDBPyConnection, qualified: str) -> tuple[int, int]:
     """(rows, sum of row hashes): equal for equal multisets of rows, in any order."""
-    row = conn.execute(
-        f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM {qualified} AS t"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+    rows, digest = _scalars(
+        conn, f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM {qualified} AS t"
+    )
+    return int(rows), int(digest)
 
 
 def _copy_and_check(conn: duckdb.DuckDBPyConnection, target: Path, now: datetime) -> int:
     """Copy the open database into `target`, checked table by table; returns rows copied."""
-    found = conn.execute("SELECT current_database()").fetchone()
-    assert found is not None
-    database = str(found[0])
+    (name,) = _scalars(conn, "SELECT current_database()")
+    database = str(name)
     literal = "'" + str(target).replace("'", "''") + "'"
     conn.execute(f"ATTACH {literal} AS {_ALIAS}")
     try:

@@ -76,11 +76,12 @@ def _past_retention(
         cutoff = retention_cutoff(keep, now)
         per_table: dict[str, int] = {}
         for table, column in _RETAINED:
-            row = conn.execute(
+            # fetchall: an unfinished result would block a caller's next relation.
+            ((n,),) = conn.execute(
                 f"{verb} FROM {table} WHERE tier = ? AND {column} < ?",
                 [Tier(tier).value, cutoff],
-            ).fetchone()
-            per_table[table] = int(row[0]) if row else 0
+            ).fetchall()
+            per_table[table] = int(n)
         out[Tier(tier).value] = per_table
     return out
 

@@ -259,10 +259,12 @@ def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the warehouse tables if absent, and migrate an older file (idempotent)."""
     conn.execute(_DDL)
     upgrade_dead_letters(conn, _DDL)
-    version = conn.execute("SELECT max(version) FROM schema_meta").fetchone()
-    if version is None or version[0] is None:
+    # fetchall: a result left unfinished (fetchone) makes DuckDB refuse the caller's
+    # next relation (`conn.sql(...)`) on the connection this returns.
+    ((version,),) = conn.execute("SELECT max(version) FROM schema_meta").fetchall()
+    if version is None:
         conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])
-    elif version[0] == 1:
+    elif version == 1:
         _migrate_v1(conn)
 
 
