@@ -148,7 +148,7 @@ def test_noise_swamping_the_buckets_is_not_estimable() -> None:
 
 def test_aggregate_model_false_alarms_at_most_one_percent() -> None:
     rates = _rates(
-        local=False, devices=DEMO_DEVICES, slowdown=1.0, trials=300, replicates=1000, seed=101
+        local=False, devices=DEMO_DEVICES, slowdown=1.0, trials=300, replicates=500, seed=101
     )
     assert all(_consistent_with_alpha(r, 300) for r in rates.values()), rates
 
