@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
@@ -22,6 +23,7 @@ __all__ = [
     "buckets_figure",
     "cell_label",
     "cells_figure",
+    "data_marks",
     "fleet_figure",
     "grouped_figure",
     "window_figure",
@@ -52,11 +54,30 @@ def bucket_label(upper: float | None, previous: float | None) -> str:
     return f"{_short(previous)}-{_short(upper)}"
 
 
+def data_marks(fig: Figure) -> int:
+    """How many data artists `fig` draws: lines with a finite point, non-empty
+    collections (markers, bands, error bars) and bars; axes, ticks and text are not data."""
+    marks = 0
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            ys = np.asarray(line.get_ydata(), dtype=float)
+            marks += int(bool(np.isfinite(ys).any()))
+        for coll in ax.collections:
+            offsets = np.asarray(coll.get_offsets())
+            marks += int(len(coll.get_paths()) > 0 or offsets.size > 0)
+        marks += sum(1 for patch in ax.patches if patch.get_visible())
+    return marks
+
+
 def _svg(fig: Figure) -> str:
+    """The figure as inline SVG whose root says how many data artists it draws
+    (`data-marks`), so a page's test can tell a plot with data from an empty frame."""
+    marks = data_marks(fig)
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buf.getvalue()
-    return text[text.index("<svg") :]
+    svg = text[text.index("<svg") :]
+    return svg.replace("<svg", f'<svg class="qw-plot" data-marks="{marks}"', 1)
 
 
 def _bounded(frame: pl.DataFrame, value: str) -> pl.DataFrame:

@@ -2,11 +2,12 @@
 # Install what Quietwire needs from Debian and PyPI, once; a no-op when all is present.
 # Debian packages: a JDK and Maven (to assemble and run Kafka from Maven Central jars);
 # swtpm and swtpm-tools (the software TPM the tests attest against); libtss2-dev,
-# pkg-config and gcc (tpm2-pytss builds from source against the system tpm2-tss).
+# pkg-config and gcc (tpm2-pytss builds from source against the system tpm2-tss);
+# chromium (the HTML report is rendered headless in a test).
 # Rust is checked, never installed: the Prio3 binding (prio3/) builds with the machine's cargo.
 set -euo pipefail
 
-APT_PACKAGES=(openjdk-17-jre-headless maven swtpm swtpm-tools libtss2-dev pkg-config gcc)
+APT_PACKAGES=(openjdk-17-jre-headless maven swtpm swtpm-tools libtss2-dev pkg-config gcc chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
