@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import cast
 from uuid import UUID
 
 from auditlog import AuditLog, AuditRecord
@@ -79,7 +78,7 @@ class EnvelopeIntake:
         # another's envelope id (the audit log shows them) must not pre-empt it.
         in_batch: set[tuple[str, UUID]] = set()
         duplicates: set[int] = set()
-        fresh: list[int] = []
+        fresh: list[tuple[int, Accepted]] = []
         for index, verdict in enumerate(verdicts):
             if isinstance(verdict, Accepted):
                 key = (verdict.item.envelope.device_id, verdict.envelope_id)
@@ -87,17 +86,14 @@ class EnvelopeIntake:
                     duplicates.add(index)
                 else:
                     in_batch.add(key)
-                    fresh.append(index)
+                    fresh.append((index, verdict))
         try:
-            decisions = await self.ledger.admit(
-                [cast(Accepted, verdicts[i]).item for i in fresh], received_at
-            )
+            decisions = await self.ledger.admit([a.item for _, a in fresh], received_at)
         except BaseException:
             await self._audit(verdicts, rejected_only=True)
             raise
         to_publish: list[IngestedEnvelope] = []
-        for index, decision in zip(fresh, decisions, strict=True):
-            accepted = cast(Accepted, verdicts[index])
+        for (index, accepted), decision in zip(fresh, decisions, strict=True):
             if isinstance(decision, Refused):
                 env = accepted.item.envelope
                 verdicts[index] = Rejected(
