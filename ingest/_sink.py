@@ -296,7 +296,8 @@ class DuckDBSink:
     def ping(self) -> None:
         """Raise unless the warehouse answers a query (for health checks)."""
         with self._lock:
-            self._conn.execute("SELECT count(*) FROM consumer_offsets").fetchone()
+            # fetchall, not fetchone: an open result would refuse the next relation.
+            self._conn.execute("SELECT count(*) FROM consumer_offsets").fetchall()
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> next offset to read, as committed with this group's rows."""
@@ -306,14 +307,14 @@ class DuckDBSink:
     def envelope_count(self) -> int:
         """How many envelopes the warehouse holds."""
         with self._lock:
-            row = self._conn.execute("SELECT count(*) FROM envelopes").fetchone()
-        return int(row[0]) if row else 0
+            rows = self._conn.execute("SELECT count(*) FROM envelopes").fetchall()
+        return int(rows[0][0])
 
     def dead_letter_count(self) -> int:
         """How many dead letters the warehouse holds."""
         with self._lock:
-            row = self._conn.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return int(row[0]) if row else 0
+            rows = self._conn.execute("SELECT count(*) FROM dead_letters").fetchall()
+        return int(rows[0][0])
 
     def close(self) -> None:
         """Close the connection if this sink opened it; safe to call twice."""
