@@ -22,6 +22,7 @@ import duckdb
 from ingest import DuckDBSink
 from schemas import DeletionRequestV1, EnvelopeV1, IngestedDeletionRequest, IngestedEnvelope, Tier
 from tests.ingest.kit import Device, counter_aggregate
+from tests.warehouse._bytes import warehouse_bytes
 from warehouse import (
     PartitionOffset,
     apply_retention,
@@ -83,8 +84,7 @@ def _deletion(device: Device, tier: Tier) -> IngestedDeletionRequest:
 def _scan(path: Path, values: Sequence[float], labels: Sequence[str]) -> tuple[int, int]:
     """(values, labels) found as bytes in the warehouse file and every file beside it
     named after it (its WAL, a leftover rewrite)."""
-    files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
-    data = b"".join(p.read_bytes() for p in files)
+    data = warehouse_bytes(path)
     found_values = sum(struct.pack("<d", v) in data for v in values)
     found_labels = sum(label.encode() in data for label in labels)
     return found_values, found_labels

@@ -18,6 +18,7 @@ from analytics import build_auditor_report, open_warehouse
 from auditlog import AuditLog
 from ingest import DuckDBSink, IngestSettings, InProcessEnvelopeBus, create_app
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
+from tests.warehouse._bytes import warehouse_bytes
 
 DEVICES = 4
 
@@ -44,7 +45,7 @@ def _deletion(device: Device, tier: str) -> dict[str, Any]:
 
 
 def _found(path: Path, values: list[float]) -> int:
-    data = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+    data = warehouse_bytes(path)
     return sum(struct.pack("<d", v) in data for v in values)
 
 
