@@ -18,10 +18,12 @@ fallback could fix:
 - other rejections judge the envelope itself (the same bytes would be refused again):
   counted as `rejected:<reason>` and forgotten.
 
-Consent is checked again at send time: with no tier consented nothing leaves, and an
-envelope carrying a tier no longer consented (a revocation whose purge a crash cut
-short) is deleted, counted `consent_revoked`. Deletion requests go first: a revocation
-must reach the ingest even if envelopes are queued behind it.
+The drops counted since the last report ride in the first envelope of a batch
+(`client._client_report`). Consent is checked again at send time: with no tier
+consented nothing leaves, and an envelope carrying a tier no longer consented (a
+revocation whose purge a crash cut short) is deleted, counted `consent_revoked`.
+Deletion requests go first: a revocation must reach the ingest even if envelopes are
+queued behind it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from datetime import datetime
 
+from client._client_report import ClientReporter
 from client._drops import DropCounter, DropReason
 from client._errors import TransportError
 from client._sealing import EnvelopeSealer
@@ -102,13 +105,15 @@ def send_one_batch(
     *,
     consented: Collection[Tier] | None = None,
     fall_back: Callable[[str], bool] | None = None,
+    reporter: ClientReporter | None = None,
 ) -> int:
     """Seal and send the oldest batch; returns how many envelopes it took from the spool.
 
     `consented`: the tiers consented now (None: not checked). `fall_back(reason)`: asked
     when the ingest refused the signing key; True if the key store switched keys (the
-    items are then signed again at once). Raises `TransportError` after putting back
-    what should be sent again later.
+    items are then signed again at once). `reporter`: its pending client report rides
+    in the batch's first envelope (the spool's copy stays without it). Raises
+    `TransportError` after putting back what should be sent again later.
     """
     envelopes = outbox.take()
     if not envelopes:
@@ -116,6 +121,8 @@ def send_one_batch(
     if consented is not None:
         envelopes = _consented_only(outbox, envelopes, consented, drops)
     sent_at = now()
+    report = reporter.pending() if reporter is not None else None
+    carrier: EnvelopeV1 | None = None
     pairs: list[tuple[EnvelopeV1, str]] = []
     unsendable: list[EnvelopeV1] = []
     size = 0
@@ -123,7 +130,10 @@ def send_one_batch(
         if size >= MAX_BATCH_BYTES:
             outbox.put_back(envelopes[i:])  # the next batch; order kept
             break
-        envelope = envelope.model_copy(update={"sent_at": sent_at})
+        update: dict[str, object] = {"sent_at": sent_at}
+        if report is not None and carrier is None:
+            update["client_report"] = report.report
+        envelope = envelope.model_copy(update=update)
         try:
             sealed = sealer.seal(envelope)
         except Exception:
@@ -136,6 +146,8 @@ def send_one_batch(
             continue
         pairs.append((envelope, sealed))
         size += len(sealed)
+        if "client_report" in update:
+            carrier = envelope
     outbox.acknowledge(unsendable)
     answered, undelivered, error = _deliver(transport, pairs)
     done: list[EnvelopeV1] = []
@@ -145,6 +157,8 @@ def send_one_batch(
         reason = _reason(item)
         if reason is None:
             done.append(envelope)
+            if envelope is carrier and reporter is not None and report is not None:
+                reporter.delivered(report)
         elif reason in REFUSED_KEY_REASONS:
             again.append(envelope)
             key_refused = reason

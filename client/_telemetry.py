@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._carry import CarriedWindow, decode_carried, encode_carried
+from client._client_report import ClientReporter
 from client._clock import BudgetClock
 from client._config import TelemetryConfig
 from client._deletion import deletion_request, sign_deletion
@@ -110,6 +111,7 @@ class Telemetry:
         self._key_store: KeyStore = key_store
         if isinstance(key_store, FallbackKeyStore):
             key_store.attach_drops(self._drops)
+        self._reporter = ClientReporter(self._drops, config.clock)
         # Tiers a software key may send: the attestation policy's, minus any a fallback
         # store was told to keep for its TPM.
         tpm_only = key_store.tpm_only_tiers if isinstance(key_store, FallbackKeyStore) else ()
@@ -565,6 +567,7 @@ class Telemetry:
                         self._clock.now,
                         consented=self._gate.consented(),
                         fall_back=self._key_refused,
+                        reporter=self._reporter,
                     )
                 if deletion_error is not None:
                     raise deletion_error
@@ -681,6 +684,7 @@ class Telemetry:
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._drops.reset_after_fork()
+        self._reporter.reset_after_fork()
         self._outbox.reset_after_fork()
         self._state.reset_after_fork()
         self._gate.reset_after_fork()

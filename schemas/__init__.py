@@ -23,6 +23,7 @@ from schemas._attestation import (
     RevocationResult,
     RevokeRequest,
 )
+from schemas._client_report import MAX_CLIENT_REPORT_REASONS, ClientReport
 from schemas._deletion import (
     DeletionReceipt,
     DeletionRequestV1,
@@ -53,6 +54,7 @@ from schemas._wire import (
 __all__ = [
     "JSONSCHEMA_DIR",
     "MAX_BATCH",
+    "MAX_CLIENT_REPORT_REASONS",
     "MAX_REPORT_SHARE_BYTES",
     "MAX_SEALED_BYTES",
     "REPORT_ID_BYTES",
@@ -63,6 +65,7 @@ __all__ = [
     "AttestationResult",
     "BatchResult",
     "CertifyEvidence",
+    "ClientReport",
     "CounterAggregate",
     "DeletionReceipt",
     "DeletionRequestV1",

@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from schemas._aggregates import Aggregate, Tier
+from schemas._client_report import ClientReport
 from schemas._reports import PrioReport
 
 __all__ = ["AppInfo", "EnvelopeV1", "IngestedEnvelope"]
@@ -70,6 +71,11 @@ class EnvelopeV1(BaseModel):
         default_factory=dict,
         max_length=256,
         description="releases of this window withheld by the privacy ledger's caps, by signal",
+    )
+    client_report: ClientReport | None = Field(
+        default=None,
+        description="what the device dropped since its last report (optional; added "
+        "compatibly to version 1: older devices send none)",
     )
 
     @model_validator(mode="after")

@@ -119,4 +119,5 @@ def test_public_names_are_pinned() -> None:
         "TotalAggregate", "DeletionReceipt", "DeletionRequestV1", "IngestedDeletionRequest",
         "SignedDeletionRequest", "HelperShareV1", "PrioReport", "TaskId",
         "MAX_REPORT_SHARE_BYTES", "REPORT_ID_BYTES", "report_batch_start",
+        "ClientReport", "MAX_CLIENT_REPORT_REASONS",
     }  # fmt: skip
