@@ -114,7 +114,8 @@ class DriftResult:
             "mean_b": self.mean_b,
             "notes": list(self.notes),
             "statistics": self.statistics.to_dicts(),
-            "buckets": self.buckets.to_dicts(),
+            # NaN (a side with nothing above zero has no shares) is not JSON: null.
+            "buckets": self.buckets.fill_nan(None).to_dicts(),
         }
 
 

@@ -3,14 +3,17 @@
 Pure functions on arrays. Each side of a comparison is a histogram whose every figure
 is the truth plus noise whose law the warehouse declares (mechanism, scale, draws,
 resolution: `NoiseTerm`s). Under H0 both sides' events follow one distribution; its
-best estimate is the pooled histogram, p = shares(a + b). A replicate draws, per side,
+estimate is the pooled histogram, p = shares(a + b) (clipped at zero). A replicate
+draws, per side,
 
     buckets* = Multinomial(N_side, p)          sampling noise: the events themselves
              + that bucket's own noise draws   every term of the very cells compared
     events*  = N_side + the events' own draws  (locally the buckets' draws, added up)
-    sum*     = N_side mean + sampling + the sum's own draws
+    sum*     = N_side x pooled mean + sampling + the sum's own draws
 
-with N_side the side's estimated events, and recomputes every statistic. The observed
+with N_side the side's estimated events, and recomputes every statistic (the sum's
+sampling spread comes from the pooled buckets that stand clear of their noise:
+`_pooled_shares`). The observed
 value's p-value is (1 + #{replicates >= observed}) / (1 + replicates): a Monte Carlo
 test, exact when the null is. Noise sums are drawn exactly: n discrete Laplace draws at
 scale t are NegBin(n, 1-e^(-1/t)) minus another (a discrete Laplace draw is the
@@ -197,10 +200,9 @@ class _Replicates:
         own = np.stack([draw_noise(t, r, rng) for t in side.own_terms], axis=-1)
         buckets = counts + shared + own
         events = self.n + shared.sum(axis=-1) + draw_noise(side.events_terms, r, rng)
-        # The sum's sampling noise: which buckets the events fell in (their midpoints)
-        # plus their spread within a bucket (uniform).
-        # The sum's sampling noise from the clear buckets (independent of the buckets'
-        # draws: at the sizes where it matters at all, DP noise dominates them).
+        # The sum's sampling noise: which of the clear buckets the events fell in (at
+        # their midpoints) plus their spread within a bucket (uniform). Drawn apart from
+        # the buckets' draws above: where sampling matters at all, DP noise dominates.
         clear_counts = rng.multinomial(self.n, self.clear, size=r).astype(np.float64)
         between = (clear_counts - self.n * self.clear) @ self.mids
         within_sd = math.sqrt(self.n * float(self.clear @ (self.widths**2 / 12.0)))
