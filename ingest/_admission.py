@@ -38,6 +38,7 @@ __all__ = [
     "Admitted",
     "Candidate",
     "DaySpend",
+    "Decision",
     "DeviceMark",
     "Refused",
     "Repeated",

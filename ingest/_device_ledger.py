@@ -46,7 +46,7 @@ from ingest._admission import (
     Repeated,
     decide,
 )
-from ingest._errors import LedgerUnavailable
+from ingest._errors import ConfigurationError, LedgerUnavailable
 from ingest._pricing import EnvelopePricing
 from ingest._windows import AlignedWindow
 from policies import Policy, budget_day
@@ -105,12 +105,15 @@ class DeviceLedger:
         self._waiting: list[tuple[_Request, asyncio.Future[list[Decision]]]] = []
         self._writer: asyncio.Task[None] | None = None
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigurationError(f"device ledger {path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the file (after the last request)."""

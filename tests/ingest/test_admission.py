@@ -20,7 +20,7 @@ from client._shares import ReportSharer
 from ingest import EnvelopeVerifier, InMemoryEnvelopeBus, RecentlyAccepted
 from ingest._admission import Candidate, DaySpend, DeviceMark, Refused, decide
 from ingest._device_ledger import DeviceLedger
-from ingest._errors import BusUnavailable, LedgerUnavailable
+from ingest._errors import BusUnavailable, ConfigurationError, LedgerUnavailable
 from ingest._intake import EnvelopeIntake
 from ingest._pricing import EnvelopePrice
 from ingest._report_rules import ReportRules
@@ -226,3 +226,10 @@ def test_the_rules_on_their_own() -> None:
     refused = decide(reported, DaySpend(), again, recent=frozenset())
     assert isinstance(refused, Refused)
     assert refused.reason is RejectReason.DUPLICATE_WINDOW
+
+
+def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="device ledger"):
+        DeviceLedger(blocker / "ledger.sqlite3", [PILOT])
