@@ -60,7 +60,6 @@ log = logging.getLogger("quietwire.ingest.sink")
 DEFAULT_SINK_GROUP = "quietwire-sink"
 
 SinkItem = IngestedEnvelope | IngestedDeletionRequest
-Stage = DeadLetterStage
 
 # Both models forbid extra keys, and one has `envelope` where the other has `deletion`,
 # so a message parses as exactly one of them.
@@ -95,12 +94,16 @@ def _ids_in(value: bytes | None) -> tuple[str | None, str | None]:
     head = doc.get("envelope", doc.get("deletion")) if isinstance(doc, dict) else None
     if not isinstance(head, dict):
         return None, None
-    ids = (head.get("envelope_id"), head.get("device_id"))
-    return tuple(i if isinstance(i, str) and len(i) <= 128 else None for i in ids)  # type: ignore[return-value]
+    envelope_id, device_id = head.get("envelope_id"), head.get("device_id")
+    return _short_str(envelope_id), _short_str(device_id)
+
+
+def _short_str(value: object) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 128 else None
 
 
 def _letter(
-    stage: Stage, exc: BaseException, message: SinkMessage | None, item: SinkItem | None
+    stage: DeadLetterStage, exc: BaseException, message: SinkMessage | None, item: SinkItem | None
 ) -> DeadLetter:
     """A dead letter for `item` (None: it did not decode) from `message` (None: handed
     over in-process, so kept as the JSON it would have travelled as on Kafka)."""
