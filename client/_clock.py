@@ -82,11 +82,13 @@ class BudgetClock:
         server_time: Callable[[], tuple[datetime, float] | None] | None = None,
     ) -> None:
         """`server_time` (a transport's) is asked for the ingest's latest time on every
-        `now()`; its monotonic readings must be `time.monotonic`'s, so it is used only
-        with that clock."""
+        `now()`. Its monotonic readings are `time.monotonic`'s: with another monotonic
+        clock a new server time is dated by this clock when first seen (later than the
+        request, so the estimate errs behind the ingest's clock, never ahead)."""
         self._wall = wall
         self._monotonic = monotonic
-        self._server_source = server_time if monotonic is time.monotonic else None
+        self._server_source = server_time if monotonic is not None else None
+        self._last_learned: tuple[datetime, float] | None = None
         self._boot = boot or (boot_id() if monotonic is time.monotonic else "configured")
         self._tolerance = tolerance.total_seconds()
         self._server: tuple[float, float] | None = None
@@ -107,9 +109,7 @@ class BudgetClock:
         `PROBE_INTERVAL` seconds ago (asking is the caller's I/O, off the app's thread)."""
         if self._server_source is None or self._monotonic is None:
             return False
-        learned = self._server_source()
-        if learned is not None:
-            self.learn_server_time(*learned)
+        if self._pull_server_time():
             return False
         now = self._monotonic()
         with self._lock:
@@ -117,6 +117,19 @@ class BudgetClock:
                 return False
             self._probed = now
             return True
+
+    def _pull_server_time(self) -> bool:
+        """Take the transport's latest server time, if new; True if one is known."""
+        if self._server_source is None or self._monotonic is None:
+            return False
+        learned = self._server_source()
+        if learned is None:
+            return False
+        if learned != self._last_learned:
+            self._last_learned = learned
+            sent = learned[1] if self._monotonic is time.monotonic else self._monotonic()
+            self.learn_server_time(learned[0], sent)
+        return True
 
     def monotonic(self) -> float | None:
         """The monotonic reading now (None for a simulator's clock)."""
@@ -127,9 +140,7 @@ class BudgetClock:
         wall = self._wall()
         if self._monotonic is None:
             return wall
-        learned = self._server_source() if self._server_source is not None else None
-        if learned is not None:
-            self.learn_server_time(*learned)
+        self._pull_server_time()
         with self._lock:
             server = self._server
         if server is None:

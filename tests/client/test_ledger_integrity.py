@@ -154,7 +154,8 @@ def test_the_operator_reset_keeps_the_damage_and_charges_conservatively(tmp_path
         day = ClockReading(now.wall + 86_400, "boot-a", now.mono + 86_400)
         assert ledger.try_charge("a", 0.1, at + timedelta(days=1), now=day)
     damaged = sorted(p.name for p in tmp_path.iterdir() if ".damaged-" in p.name)
-    assert damaged and damaged[0].startswith("ledger.damaged-")
+    assert damaged
+    assert damaged[0].startswith("ledger.damaged-")
     # The reset ledger survives reopening against the same evidence.
     with _reopen(path, evidence) as ledger:
         assert ledger.problem is None
@@ -179,4 +180,5 @@ def test_a_policy_change_never_raises_what_a_day_may_still_spend(tmp_path: Path)
     with PrivacyLedger(path, _caps(61.0), key=KEY, policy_hash="strict") as ledger:
         assert ledger.remaining(at + timedelta(days=1)) == 1.0
     lines = path.read_bytes().splitlines()
-    assert b'"p":"default"' in lines[1] and b'"cap":"8.0"' in lines[1]
+    assert b'"p":"default"' in lines[1]
+    assert b'"cap":"8.0"' in lines[1]
