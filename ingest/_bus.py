@@ -233,6 +233,8 @@ class InProcessEnvelopeBus(EnvelopeBus):
         self._close_sink = close_sink
         self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self.dead_letters = 0
+        """Items of this process's groups the warehouse refused (dead-lettered)."""
         # A long group commit holds the sink's lock: give the check time to wait for it.
         self._warehouse = CachedProbe(self._ping, ttl=1.5, timeout=5.0)
 
@@ -264,7 +266,8 @@ class InProcessEnvelopeBus(EnvelopeBus):
             items = [item for batch, _ in group for item in batch]
             failure: str | None = None
             try:
-                await asyncio.to_thread(self.sink.write, items)
+                result = await asyncio.to_thread(self.sink.write, items)
+                self.dead_letters += result.dead_letters
             except Exception as exc:
                 # Whatever it is, every waiting request gets an answer: none may hang.
                 log.exception("embedded sink write failed")
