@@ -118,8 +118,13 @@ def measured_means(
     keys = [*period_keys(cost.charge_period), *label_keys(labels)]
     names = {cost.route_label: "route", cost.model_label: "model"}
     out: pl.DataFrame | None = None
+    # Each distinct level once: the exact ratio intervals are the slow part.
+    frames = {
+        level: mean_by_keys(conn, signal, keys, level=level, since=since, until=until)
+        for level in dict.fromkeys(levels)
+    }
     for i, level in enumerate(levels):
-        frame = mean_by_keys(conn, signal, keys, level=level, since=since, until=until)
+        frame = frames[level]
         frame = frame.rename({k: v for k, v in names.items() if k in frame.columns})
         group = [*PERIOD_COLUMNS, "region", *(names.get(label, label) for label in labels)]
         bounds = frame.select(
