@@ -11,16 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from analytics import DriftSide, drift_plot, drift_test, open_warehouse
 from analytics.cli import app
 from schemas import HistogramAggregate, IngestedEnvelope, Mechanism, NoiseSpec, Tier
+from tests.analytics._aggregates import AggregateTruth, histogram_batches, insert_batches
 from tests.analytics._fleet import T0, _envelope, continuous_laplace, discrete_laplace
 from warehouse import connect, write_envelopes
 
@@ -202,3 +205,57 @@ def test_cli_missing_warehouse(tmp_path: Path) -> None:
     code, _, err = _cli("--db", str(tmp_path / "none.duckdb"), "--a", "model=A", "--b", "model=B")
     assert code == 2
     assert "no such warehouse file" in err
+
+
+def test_secure_aggregates_read_their_count_entries(tmp_path: Path) -> None:
+    """`fleet_aggregates` rows (two OpenDP draws per entry): the events come from the
+    cells' count entries, the devices from the batches' reports."""
+    path = tmp_path / "aggregates.duckdb"
+    cells = [{"model": "A"}, {"model": "B"}]
+    rng = np.random.default_rng(23)
+    batches = histogram_batches(
+        _SIGNAL,
+        0,
+        cells,
+        rng,
+        bounds=_BOUNDS,
+        count_scale=20.0,
+        mean=[0.8, 1.6],
+        events=(20_000, 20_001),
+        reports=700,
+    )
+    truth = AggregateTruth()
+    conn = connect(path)
+    try:
+        insert_batches(conn, batches, truth)
+    finally:
+        conn.close()
+    conn = open_warehouse(path)
+    try:
+        result = drift_test(
+            conn, _SIGNAL, DriftSide({"model": "A"}), DriftSide({"model": "B"}), seed=4
+        )
+    finally:
+        conn.close()
+    assert result.verdict == "drift"
+    assert result.statistics["verdict"].to_list() == ["drift"] * 5
+    row = result.statistics.row(0, named=True)
+    assert row["devices_a"] == row["devices_b"] == 700
+    # A count entry is two discrete Laplace draws at scale 20 (sd about 40).
+    assert abs(row["events_a"] - 20_000) < 6 * 40
+    assert abs(row["events_b"] - 20_000) < 6 * 40
+
+
+def test_no_plot_when_a_side_has_nothing_above_zero(
+    warehouse_file: tuple[Path, dict[str, int]],
+) -> None:
+    path, _ = warehouse_file
+    conn = open_warehouse(path)
+    try:
+        result = drift_test(conn, _SIGNAL, DriftSide({"model": "A"}), DriftSide({"model": "B"}))
+    finally:
+        conn.close()
+    empty_b = result.buckets.with_columns(
+        share=pl.when(pl.col("side") == "b").then(float("nan")).otherwise(pl.col("share"))
+    )
+    assert drift_plot(replace(result, buckets=empty_b)) is None
