@@ -14,6 +14,7 @@ from uuid import UUID
 
 from auditlog import AuditLog, AuditRecord
 from ingest._bus import EnvelopeBus
+from ingest._client_reports import client_report_record
 from ingest._device_ledger import DeviceLedger, Refused
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
@@ -125,6 +126,11 @@ class EnvelopeIntake:
         records = [
             _audit_record(v) for v in verdicts if not (rejected_only and isinstance(v, Accepted))
         ]
+        if not rejected_only:
+            reports = (
+                client_report_record(v.item.envelope) for v in verdicts if isinstance(v, Accepted)
+            )
+            records.extend(r for r in reports if r is not None)
         if records:
             await asyncio.to_thread(self.audit.append_many, records)
 
