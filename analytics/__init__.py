@@ -5,7 +5,7 @@ cell per window), `signal_totals` / `requests_by_route` (totals rolled up by lab
 `grand_totals` / `fleet_mean` (over all cells), `mean_by_labels` (histogram means),
 `histogram_buckets` (events per bucket), `cell_summary` (one row per cell over a range).
 `canary_verdict` judges a canary model version against its baseline (promote, hold or
-rollback, with the evidence per route and metric).
+rollback, with the evidence per route and metric; `canary_plot` draws it).
 Figures of both privacy models are read alike: devices' local releases and secure
 aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
 the interval method, the privacy model and the mechanism.
@@ -18,6 +18,7 @@ of Polars frames.
 from analytics._auditor import AuditorReport, ChainStatus, build_auditor_report
 from analytics._basis import FleetBasis, fleet_basis
 from analytics._canary import CanaryResult, canary_verdict
+from analytics._canary_plot import canary_plot
 from analytics._canary_verdict import CanaryVerdict
 from analytics._drift import DriftResult, DriftSide, drift_test
 from analytics._drift_plot import drift_plot
@@ -59,6 +60,7 @@ __all__ = [
     "WarehouseError",
     "build_auditor_report",
     "build_report",
+    "canary_plot",
     "canary_verdict",
     "cell_summary",
     "drift_plot",

@@ -38,7 +38,7 @@ from analytics._sources import Scope, Selection, component_sums, has_aggregates
 from analytics._totals import check_labels, label_keys, noise_terms
 from policies import OTHER, CanaryMetric, CanaryPolicy
 
-__all__ = ["CanaryResult", "canary_verdict", "cohort_values"]
+__all__ = ["CanaryResult", "canary_verdict"]
 
 # A histogram's mean per cell: its buckets added (local) or its own count entry
 # (aggregate) over its sum, as `analytics._means` reads them.
@@ -92,53 +92,34 @@ def _cells(
     return out
 
 
-def cohort_values(
-    conn: duckdb.DuckDBPyConnection,
-    signal: str = "gen_ai.client.operation.duration",
-    *,
-    label: str = "model",
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> list[str]:
-    """The values of `label` among `signal`'s stored cells, oldest version first."""
-    (label,) = check_labels([label])
-    sums = component_sums(conn, Scope(signal, since, until, _MEAN_PARTS), [*label_keys([label])])
-    values = {v for v in sums[label].to_list() if v not in _NO_VALUE} if sums.height else set()
-    return sorted(values, key=_version_key)
-
-
 def _pick_cohorts(
-    conn: duckdb.DuckDBPyConnection,
-    rules: CanaryPolicy,
-    canary: str | None,
-    baseline: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    seen: set[str], label: str, canary: str | None, baseline: str | None
 ) -> tuple[str, str]:
-    if canary is not None and baseline is not None:
-        if canary == baseline:
-            raise InvalidQueryError(f"canary and baseline are the same cohort {canary!r}")
-        return canary, baseline
-    first = next(iter(rules.metrics.values()))
-    found = cohort_values(conn, first.signal, label=rules.cohort_label, since=since, until=until)
+    """(canary, baseline): as given, else the newest version `seen` and the one before."""
+    found = sorted(seen, key=_version_key)
+    listed = ", ".join(found) or "none"
     if canary is None:
         rest = [v for v in found if v != baseline]
         if not rest:
             raise InvalidQueryError(
-                f"no {rules.cohort_label!r} cohort to compare in {first.signal} "
-                f"(found {found or 'none'})"
+                f"no {label!r} cohort to compare in the metrics' signals (found: {listed})"
             )
         canary = rest[-1]
     if baseline is None:
         older = [v for v in found if v != canary]
         if not older:
             raise InvalidQueryError(
-                f"no baseline {rules.cohort_label!r} cohort besides {canary!r} in "
-                f"{first.signal} (found {found or 'none'})"
+                f"no baseline {label!r} cohort besides {canary!r} in the metrics' signals "
+                f"(found: {listed})"
             )
         baseline = older[-1]
     if canary == baseline:
         raise InvalidQueryError(f"canary and baseline are the same cohort {canary!r}")
+    for cohort in (canary, baseline):
+        if cohort not in seen:
+            raise InvalidQueryError(
+                f"no figures of {label}={cohort!r} in the metrics' signals (found: {listed})"
+            )
     return canary, baseline
 
 
@@ -264,24 +245,18 @@ def canary_verdict(
     `rules` is a policy's `canary` section (default: `CanaryPolicy()`, latency only);
     its `routes` are judged (default: every route either cohort has figures on).
     `canary`/`baseline` are values of its `cohort_label` (default: the newest version
-    found in the first metric's signal, and the one before it). `level` overrides the
+    found in the metrics' signals, and the one before it). `level` overrides the
     policy's interval level. Windows in [since, until] are added up.
     """
     rules = rules or CanaryPolicy()
     level = check_level(rules.level if level is None else level)
     labels = check_labels([rules.route_label, rules.cohort_label])
-    cohorts = _pick_cohorts(conn, rules, canary, baseline, since, until)
     cells = {
         name: _metric_cells(conn, metric, labels, since, until)
         for name, metric in rules.metrics.items()
     }
     seen = {c for by_key in cells.values() for _, c in by_key if c not in _NO_VALUE}
-    for cohort in cohorts:
-        if cohort not in seen:
-            raise InvalidQueryError(
-                f"no figures of {rules.cohort_label}={cohort!r} in the metrics' signals "
-                f"(found: {', '.join(sorted(seen, key=_version_key)) or 'none'})"
-            )
+    cohorts = _pick_cohorts(seen, rules.cohort_label, canary, baseline)
     found = {
         r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts
     }

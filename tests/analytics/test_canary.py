@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from analytics import InvalidQueryError, canary_verdict
-from analytics._canary import cohort_values
+from analytics._canary_plot import canary_plot
 from analytics._canary_verdict import MetricStatus, Verdict
 from policies import CanaryMetric, CanaryPolicy
 from tests.analytics._aggregates import (
@@ -180,7 +180,6 @@ def test_a_signal_without_the_cohort_label_is_unavailable(
 
 def test_cohorts_are_chosen_or_refused(conn: duckdb.DuckDBPyConnection) -> None:
     _write(conn, slow=1.3)
-    assert cohort_values(conn, LATENCY) == [OLD, NEW]
     # Swapped: the slow version as the baseline makes the other faster, not slower.
     swapped = canary_verdict(conn, RULES, canary=OLD, baseline=NEW)
     local = next(r for r in swapped.verdict.routes if r.route == "local")
@@ -248,3 +247,19 @@ def test_only_the_policys_routes_are_judged(conn: duckdb.DuckDBPyConnection) -> 
     absent = canary_verdict(conn, RULES.model_copy(update={"routes": ["edge", "cloud"]}))
     assert absent.verdict.verdict is Verdict.HOLD
     assert set(_statuses(absent.evidence).items()) >= {(("cloud", "latency"), "unavailable")}
+
+
+def test_the_plot_draws_each_estimable_effect(conn: duckdb.DuckDBPyConnection) -> None:
+    _write(conn, slow=1.3, errors_labelled=False)
+    svg = canary_plot(canary_verdict(conn, RULES))
+    assert svg is not None
+    assert svg.startswith('<svg class="qw-plot" data-marks="')
+    assert int(svg.split('data-marks="')[1].split('"')[0]) >= 2  # an interval per route
+    assert "rollback" in svg
+    assert "error_rate" not in svg  # unavailable: no panel
+    # Nothing estimable, nothing drawn: the caller says so instead.
+    insufficient = RULES.metrics["latency"].model_copy(update={"min_events": 1e9})
+    unavailable = canary_verdict(conn, RULES.model_copy(update={"routes": ["cloud"]}))
+    assert canary_plot(unavailable) is None
+    held = canary_verdict(conn, RULES.model_copy(update={"metrics": {"latency": insufficient}}))
+    assert canary_plot(held) is not None  # insufficient evidence still has an interval

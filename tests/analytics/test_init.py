@@ -23,6 +23,7 @@ def test_public_names_are_pinned() -> None:
             "WarehouseError",
             "build_auditor_report",
             "build_report",
+            "canary_plot",
             "canary_verdict",
             "cell_summary",
             "drift_plot",
