@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 import warehouse._compact as compact_module
+from ingest import DuckDBSink
 from schemas import Tier
 from tests.analytics.test_privacy_warehouse import HOUR, T0, _deletion, _envelope
 from warehouse import (
@@ -160,3 +161,20 @@ def test_retention_records_its_run_per_tier_and_table(filled: Path) -> None:
         "SELECT count(*) FROM erasures WHERE source_id = ?", [nothing.run_id]
     ).fetchall() == [(0,)]
     conn.close()
+
+
+def test_the_sink_erases_the_first_deletion_at_once_and_the_next_by_closing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.duckdb"
+    sink = DuckDBSink(path, compact_interval=3600)
+    sink.write([_envelope(d, w) for d in ("dev-a", "dev-b") for w in range(3)])
+    sink.write([_deletion("dev-a", Tier.CONTENT, T0 + 5 * HOUR)])
+    assert pending_erasures(sink.connection) == 0  # erased at once
+    sink.write([_deletion("dev-b", Tier.CONTENT, T0 + 5 * HOUR)])
+    assert pending_erasures(sink.connection) == 1  # within the interval: waits
+    assert sink.compact_if_due() is None
+    sink.close()  # erases what is pending before closing
+    with duckdb.connect(str(path), read_only=True) as conn:
+        assert pending_erasures(conn) == 0
+        assert conn.execute("SELECT count(*) FROM erasures").fetchall() == [(2,)]
