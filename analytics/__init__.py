@@ -6,6 +6,8 @@ cell per window), `signal_totals` / `requests_by_route` (totals rolled up by lab
 `histogram_buckets` (events per bucket), `cell_summary` (one row per cell over a range).
 `canary_verdict` judges a canary model version against its baseline (promote, hold or
 rollback, with the evidence per route and metric; `canary_plot` draws it).
+`drift_test` asks whether a histogram signal changed between two sides (`DriftSide`:
+labels and a time range) beyond what its noise explains (`DriftResult`; `drift_plot`).
 Figures of both privacy models are read alike: devices' local releases and secure
 aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
 the interval method, the privacy model and the mechanism.

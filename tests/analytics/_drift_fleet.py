@@ -4,9 +4,12 @@ cell, released under a policy's own noise, as the sides a drift test compares.
 The usage model is fleetsim's (`fleetsim._simulation`): per device a daily rate
 Gamma(1.5, 14) x 4 (per six hours, four per day), a route mix Dirichlet(4, 2, 3), a
 canary model on 25% of devices, and per event a lognormal latency around the route's
-median with sigma 0.5. Drawn here in numpy for whole fleets at once: a cell's events are
-its devices' events after the policy's per-device caps (a heavy day is scaled down), its
-buckets a multinomial draw of those events and its sum their latencies added.
+median with sigma 0.5. Drawn here in numpy for whole fleets at once (up to tens of
+millions of devices): a cell's events are its devices' events after the policy's
+per-device caps (a heavy day is scaled down), drawn as a normal with the fleet's mean
+and variance (per-device moments from 200,000 simulated device-days: the sum over
+thousands of devices is close to normal); its buckets are a multinomial draw of those
+events and its sum their latencies added (a normal with the lognormal's moments).
 
 The noise is the policy's, drawn independently of analytics' own sampler: per secure
 aggregate entry two discrete Laplace draws (each the difference of two geometric ones),

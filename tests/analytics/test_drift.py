@@ -73,7 +73,9 @@ def _rates(
 
 
 def test_the_usage_model_is_fleetsims() -> None:
-    simulation = pytest.importorskip("fleetsim._simulation")
+    # Imported here: fleetsim pulls in the demo's wiring (client, ingest).
+    from fleetsim import _simulation as simulation
+
     assert simulation.ROUTES == ROUTES
     assert (simulation.MODEL_STABLE, simulation.MODEL_CANARY) == MODELS
     assert simulation._LATENCY_MEDIAN == LATENCY_MEDIAN
