@@ -44,6 +44,9 @@ POLICY: Policy = _DEFAULT.model_copy(
     update={
         "window_seconds": 86_400,
         "fingerprints": None,
+        # Their rules name signals of the full catalogue.
+        "canary": None,
+        "cost": None,
         "signals": {
             "requests": CounterSignal(
                 tier=Tier.PERFORMANCE, attributes={"route": ROUTES}, max_per_window=15, epsilon=1.0
