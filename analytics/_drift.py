@@ -35,6 +35,8 @@ __all__ = ["DRIFT", "NOT_ESTIMABLE", "NO_DRIFT", "DriftResult", "DriftSide", "dr
 DRIFT = "drift"
 NO_DRIFT = "no drift"
 NOT_ESTIMABLE = "not estimable"
+MAX_REPLICATES = 200_000
+"""More replicates than this hold gigabytes of simulated histograms for no visible gain."""
 
 # Per side: its buckets, its events (the buckets added locally, the count entries of
 # secure aggregates) and its sums.
@@ -285,6 +287,8 @@ def drift_test(
     """
     if not 0.0 < alpha < 0.5:
         raise InvalidQueryError(f"alpha must be in (0, 0.5), got {alpha!r}")
+    if replicates > MAX_REPLICATES:
+        raise InvalidQueryError(f"replicates must be at most {MAX_REPLICATES:,}, got {replicates}")
     if replicates < math.ceil(1.0 / alpha):
         raise InvalidQueryError(
             f"replicates must be at least 1/alpha = {math.ceil(1.0 / alpha)}, got {replicates}"

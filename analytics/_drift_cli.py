@@ -134,15 +134,23 @@ def drift(
     where: Annotated[
         list[str] | None, typer.Option("--where", help="label=value for both sides (repeatable).")
     ] = None,
-    a: Annotated[list[str] | None, typer.Option("--a", help="label=value of side a.")] = None,
-    b: Annotated[list[str] | None, typer.Option("--b", help="label=value of side b.")] = None,
-    a_since: Annotated[str | None, typer.Option("--a-since", help="Side a's windows from.")] = None,
-    a_until: Annotated[
-        str | None, typer.Option("--a-until", help="Side a's windows until.")
+    a: Annotated[
+        list[str] | None, typer.Option("--a", help="label=value of side a (repeatable).")
     ] = None,
-    b_since: Annotated[str | None, typer.Option("--b-since", help="Side b's windows from.")] = None,
+    b: Annotated[
+        list[str] | None, typer.Option("--b", help="label=value of side b (repeatable).")
+    ] = None,
+    a_since: Annotated[
+        str | None, typer.Option("--a-since", help="Side a's windows from (ISO 8601 with offset).")
+    ] = None,
+    a_until: Annotated[
+        str | None, typer.Option("--a-until", help="Side a's windows until (ISO 8601 with offset).")
+    ] = None,
+    b_since: Annotated[
+        str | None, typer.Option("--b-since", help="Side b's windows from (ISO 8601 with offset).")
+    ] = None,
     b_until: Annotated[
-        str | None, typer.Option("--b-until", help="Side b's windows until.")
+        str | None, typer.Option("--b-until", help="Side b's windows until (ISO 8601 with offset).")
     ] = None,
     alpha: Annotated[
         float, typer.Option("--alpha", help="False-alarm rate of the test, in (0, 0.5).")
