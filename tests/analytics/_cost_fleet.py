@@ -9,9 +9,12 @@ fresh OpenDP noise. The true cost of a cell is price x true requests x true mean
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import numpy as np
+import polars as pl
 
 from analytics._cost import ROUTES
 from policies import CloudPrice, CostPolicy, EdgePrice, LocalPrice
@@ -125,3 +128,78 @@ def _by_region(batches: list[Batch]) -> dict[tuple[str, str], dict[str, float]]:
             route = entry.attributes["route"]
             out.setdefault((batch.region, route), {})[name] = entry.units * batch.resolution
     return out
+
+
+START = datetime(2026, 3, 2, tzinfo=UTC)
+END = datetime(2026, 3, 3, tzinfo=UTC)
+_PERIOD = {"charge_period_start": START, "charge_period_end": END, "region": "eu"}
+
+
+def measured_requests(rows: list[tuple[str, str, float, float, tuple[float, ...]]]) -> pl.DataFrame:
+    """(route, model, requests, variance, (low_0, high_0, low_1, high_1)) rows."""
+    return pl.DataFrame(
+        [
+            {
+                **_PERIOD,
+                "route": route,
+                "model": model,
+                "requests": n,
+                "requests_var": var,
+                "devices": 500,
+                "privacy_model": "aggregate",
+                "interval": "exact",
+                "low_0": b[0],
+                "high_0": b[1],
+                "low_1": b[2],
+                "high_1": b[3],
+            }
+            for route, model, n, var, b in rows
+        ]
+    )
+
+
+def measured_means(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame([{**_PERIOD, "interval": "exact", **r} for r in rows])
+
+
+def measured_mean(mean: float, se: float, bounds: tuple[float | None, ...]) -> dict[str, Any]:
+    return {
+        "mean": mean,
+        "mean_se": se,
+        "low_0": bounds[0],
+        "high_0": bounds[1],
+        "low_1": bounds[2],
+        "high_1": bounds[3],
+    }
+
+
+def hand_measured() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Requests, latency and token frames (`analytics._cost_measure` shapes) given by
+    hand: bounds at the level (index 0) and at 1 - alpha/2 (index 1)."""
+    requests = measured_requests(
+        [
+            ("cloud", MODEL, 1000.0, 400.0, (960.0, 1040.0, 950.0, 1050.0)),
+            ("edge", MODEL, 2000.0, 900.0, (1940.0, 2060.0, 1930.0, 2070.0)),
+            ("local", MODEL, 3000.0, 100.0, (2980.0, 3020.0, 2975.0, 3025.0)),
+            ("cloud", "other", 5.0, 400.0, (-35.0, 45.0, -45.0, 55.0)),
+            ("other", MODEL, 7.0, 400.0, (-33.0, 47.0, -43.0, 57.0)),
+        ]
+    )
+    latency = measured_means(
+        [
+            {"route": "edge", "model": MODEL, **measured_mean(0.4, 0.01, (0.38, 0.42, 0.37, 0.43))},
+            {
+                "route": "cloud",
+                "model": MODEL,
+                **measured_mean(1.2, 0.01, (1.18, 1.22, 1.17, 1.23)),
+            },
+        ]
+    )
+    tokens = measured_means(
+        [
+            {"route": "cloud", **measured_mean(300.0, 5.0, (290.0, 310.0, 288.0, 312.0))},
+            {"route": "edge", **measured_mean(200.0, 4.0, (192.0, 208.0, 190.0, 210.0))},
+            {"route": "local", **measured_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))},
+        ]
+    )
+    return requests, latency, tokens

@@ -4,7 +4,6 @@ Bonferroni box, per inference and per 1,000 tokens, unpriced and unbounded cells
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -18,76 +17,16 @@ from tests.analytics._cost_fleet import (
     EDGE_PER_LATENCY_SECOND,
     LOCAL_PER_INFERENCE,
     MODEL,
+    hand_measured,
+    measured_mean,
+    measured_means,
+    measured_requests,
 )
-
-START = datetime(2026, 3, 2, tzinfo=UTC)
-END = datetime(2026, 3, 3, tzinfo=UTC)
-_PERIOD = {"charge_period_start": START, "charge_period_end": END, "region": "eu"}
-
-
-def _requests(rows: list[tuple[str, str, float, float, tuple[float, ...]]]) -> pl.DataFrame:
-    """(route, model, requests, variance, (low_0, high_0, low_1, high_1)) rows."""
-    return pl.DataFrame(
-        [
-            {
-                **_PERIOD,
-                "route": route,
-                "model": model,
-                "requests": n,
-                "requests_var": var,
-                "devices": 500,
-                "privacy_model": "aggregate",
-                "interval": "exact",
-                "low_0": b[0],
-                "high_0": b[1],
-                "low_1": b[2],
-                "high_1": b[3],
-            }
-            for route, model, n, var, b in rows
-        ]
-    )
-
-
-def _means(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame([{**_PERIOD, "interval": "exact", **r} for r in rows])
-
-
-def _mean(mean: float, se: float, bounds: tuple[float | None, ...]) -> dict[str, Any]:
-    return {
-        "mean": mean,
-        "mean_se": se,
-        "low_0": bounds[0],
-        "high_0": bounds[1],
-        "low_1": bounds[2],
-        "high_1": bounds[3],
-    }
 
 
 @pytest.fixture
 def priced() -> pl.DataFrame:
-    requests = _requests(
-        [
-            ("cloud", MODEL, 1000.0, 400.0, (960.0, 1040.0, 950.0, 1050.0)),
-            ("edge", MODEL, 2000.0, 900.0, (1940.0, 2060.0, 1930.0, 2070.0)),
-            ("local", MODEL, 3000.0, 100.0, (2980.0, 3020.0, 2975.0, 3025.0)),
-            ("cloud", "other", 5.0, 400.0, (-35.0, 45.0, -45.0, 55.0)),
-            ("other", MODEL, 7.0, 400.0, (-33.0, 47.0, -43.0, 57.0)),
-        ]
-    )
-    latency = _means(
-        [
-            {"route": "edge", "model": MODEL, **_mean(0.4, 0.01, (0.38, 0.42, 0.37, 0.43))},
-            {"route": "cloud", "model": MODEL, **_mean(1.2, 0.01, (1.18, 1.22, 1.17, 1.23))},
-        ]
-    )
-    tokens = _means(
-        [
-            {"route": "cloud", **_mean(300.0, 5.0, (290.0, 310.0, 288.0, 312.0))},
-            {"route": "edge", **_mean(200.0, 4.0, (192.0, 208.0, 190.0, 210.0))},
-            {"route": "local", **_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))},
-        ]
-    )
-    return price_cells(COST, requests, latency, tokens, 0.95)
+    return price_cells(COST, *hand_measured(), 0.95)
 
 
 def _row(frame: pl.DataFrame, route: str, model: str = MODEL) -> dict[str, Any]:
@@ -163,11 +102,13 @@ def test_cells_without_a_price_keep_their_requests_and_no_cost(priced: pl.DataFr
 
 
 def test_an_unbounded_mean_gives_an_estimate_without_interval() -> None:
-    requests = _requests([("edge", MODEL, 2000.0, 900.0, (1940.0, 2060.0, 1930.0, 2070.0))])
-    latency = _means(
-        [{"route": "edge", "model": MODEL, **_mean(0.4, 0.3, (None, None, None, None))}]
+    requests = measured_requests([("edge", MODEL, 2000.0, 900.0, (1940.0, 2060.0, 1930.0, 2070.0))])
+    latency = measured_means(
+        [{"route": "edge", "model": MODEL, **measured_mean(0.4, 0.3, (None, None, None, None))}]
     )
-    tokens = _means([{"route": "edge", **_mean(200.0, 4.0, (192.0, 208.0, 190.0, 210.0))}])
+    tokens = measured_means(
+        [{"route": "edge", **measured_mean(200.0, 4.0, (192.0, 208.0, 190.0, 210.0))}]
+    )
     row = price_cells(COST, requests, latency, tokens, 0.95).row(0, named=True)
     assert row["cost"] == pytest.approx(2000.0 * 0.4 * EDGE_PER_LATENCY_SECOND)
     assert row["cost_low"] is None
@@ -176,8 +117,10 @@ def test_an_unbounded_mean_gives_an_estimate_without_interval() -> None:
 
 
 def test_a_negative_lower_bound_is_clipped_at_zero() -> None:
-    requests = _requests([("local", MODEL, 10.0, 900.0, (-50.0, 70.0, -60.0, 80.0))])
-    tokens = _means([{"route": "local", **_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))}])
+    requests = measured_requests([("local", MODEL, 10.0, 900.0, (-50.0, 70.0, -60.0, 80.0))])
+    tokens = measured_means(
+        [{"route": "local", **measured_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))}]
+    )
     empty = pl.DataFrame(
         schema={
             "charge_period_start": pl.Datetime("us", "UTC"),

@@ -24,11 +24,12 @@ from tests.analytics._cost_fleet import COST, CellTruth, build_cost_fleet
 from warehouse import apply_schema
 
 _REGIONS = 40
+Fleet = tuple[duckdb.DuckDBPyConnection, dict[tuple[str, str], CellTruth]]
 _LEVEL = 0.9
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[tuple[str, str], CellTruth]]]:
+def fleet() -> Iterator[Fleet]:
     conn = duckdb.connect()
     apply_schema(conn)
     truth = build_cost_fleet(conn, _REGIONS, seed=5)
@@ -37,7 +38,7 @@ def fleet() -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[tuple[str, str], C
 
 
 @pytest.fixture(scope="module")
-def breakdown(fleet: tuple) -> pl.DataFrame:
+def breakdown(fleet: Fleet) -> pl.DataFrame:
     conn, _ = fleet
     return cost_breakdown(conn, COST, level=_LEVEL)
 
@@ -57,7 +58,7 @@ def test_one_row_per_region_and_route_in_one_day(breakdown: pl.DataFrame) -> Non
 
 
 @pytest.mark.parametrize("measure", ["cost", "cost_per_inference", "cost_per_1k_tokens"])
-def test_intervals_cover_the_true_cost(fleet: tuple, breakdown: pl.DataFrame, measure: str) -> None:
+def test_intervals_cover_the_true_cost(fleet: Fleet, breakdown: pl.DataFrame, measure: str) -> None:
     _, truth = fleet
     hits = 0
     n = 0
@@ -76,7 +77,7 @@ def test_intervals_cover_the_true_cost(fleet: tuple, breakdown: pl.DataFrame, me
 
 
 def test_cost_estimates_are_unbiased_at_their_standard_error(
-    fleet: tuple, breakdown: pl.DataFrame
+    fleet: Fleet, breakdown: pl.DataFrame
 ) -> None:
     _, truth = fleet
     z = [
@@ -122,7 +123,7 @@ def test_the_what_if_moves_cloud_requests_at_the_target_price(
     assert row["change"] == pytest.approx(expected_change)
     assert row["baseline_cost"] == pytest.approx(breakdown["cost"].sum())
     assert row["projected_cost"] == pytest.approx(row["baseline_cost"] + row["change"])
-    assert row["moved_requests"] == pytest.approx(share * cloud["requests"].sum())
+    assert row["moved_requests"] == pytest.approx(share * float(cloud["requests"].sum()))
     assert row["change_low"] <= row["change"] <= row["change_high"]
     # Cloud costs about 0.27 per inference here, local 0.0005: a credible saving.
     assert row["change_high"] < 0.0
