@@ -178,22 +178,25 @@ def _applied(conn: duckdb.DuckDBPyConnection, present: set[str]) -> pl.DataFrame
         if "erasures" in present
         else "NULL::TIMESTAMPTZ"
     )
+    schema: dict[str, pl.DataType] = {
+        "request_id": _STR,
+        "device_id": _STR,
+        "region": _STR,
+        "tier": _STR,
+        "requested_at": _TS,
+        "received_at": _TS,
+        "rows_deleted": _INT,
+        "erased_at": _TS,
+    }
+    if "deletion_requests" not in present:
+        return pl.DataFrame(schema=schema)
     return _frame(
         conn,
         f"""SELECT CAST(d.request_id AS VARCHAR) AS request_id, d.device_id, d.region,
                    d.tier, d.requested_at, d.received_at, d.rows_deleted,
                    {erased} AS erased_at
             FROM deletion_requests d ORDER BY d.received_at, d.request_id""",
-        {
-            "request_id": _STR,
-            "device_id": _STR,
-            "region": _STR,
-            "tier": _STR,
-            "requested_at": _TS,
-            "received_at": _TS,
-            "rows_deleted": _INT,
-            "erased_at": _TS,
-        },
+        schema,
     )
 
 
