@@ -52,16 +52,12 @@ twice, on data it shares with its parent.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -70,18 +66,13 @@ from typing import Any, Self
 
 from client._clock import ClockReading
 from client._errors import ClientError
+from client._journal import APPEND_FLAGS, LineFraming, lock_exclusively, write_atomically
+from client._ledger_state import DAY_SECONDS, LedgerState, reading_of
 from policies import EXACT_EPSILON, PrivacyCaps, budget_day, epsilon_decimal
 
 __all__ = ["DAY_SECONDS", "LedgerError", "LedgerEvidence", "PrivacyLedger", "write_atomically"]
 
-DAY_SECONDS = 86_400.0
-"""The real-time window the daily cap holds over."""
-
 _EXACT = EXACT_EPSILON  # shared with the ingest's ledger (policies._budget)
-# Windows opens low-level files in text mode unless told otherwise; MACs need bytes.
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
-_UNKEYED = b"quietwire-ledger-unkeyed"  # a checksum only: for ledgers opened without a key
-_MAC_HEX = 32
 
 
 class LedgerError(ClientError):
@@ -96,189 +87,6 @@ class LedgerEvidence:
     """The last envelope sequence number handed out (None: the device never released)."""
     spent: Decimal | None = None
     """The ledger's lifetime spend recorded with the latest envelope."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Stamp:
-    """A charge as the real-time rule sees it."""
-
-    eps: Decimal
-    cap: Decimal
-    at: ClockReading
-
-    def to_json(self) -> list[Any]:
-        return [str(self.eps), str(self.cap), self.at.wall, self.at.boot, self.at.mono]
-
-    @classmethod
-    def from_json(cls, data: list[Any]) -> _Stamp:
-        eps, cap, wall, boot, mono = data
-        return cls(Decimal(eps), Decimal(cap), ClockReading(float(wall), str(boot), float(mono)))
-
-
-def _reading(record: dict[str, Any]) -> ClockReading:
-    return ClockReading(float(record["w"]), str(record["b"]), float(record["m"]))
-
-
-@dataclass
-class _State:
-    gen: int = 0
-    lifetime: Decimal = Decimal(0)
-    days: dict[str, Decimal] = field(default_factory=dict)
-    day_caps: dict[str, Decimal] = field(default_factory=dict)
-    by_signal: dict[str, Decimal] = field(default_factory=dict)
-    suppressed: dict[str, int] = field(default_factory=dict)
-    recent: list[_Stamp] = field(default_factory=list)
-    max_wall: float = -math.inf
-    charges: int = 0
-
-    def apply(self, record: dict[str, Any]) -> None:
-        kind = record["k"]
-        if kind in ("c", "r"):
-            eps, day, cap = Decimal(record["e"]), record["d"], Decimal(record["cap"])
-            if kind == "r":
-                self.lifetime = max(self.lifetime, Decimal(record["floor"]))
-            else:
-                signal = record["s"]
-                self.by_signal[signal] = _EXACT.add(self.by_signal.get(signal, Decimal(0)), eps)
-            self.lifetime = _EXACT.add(self.lifetime, eps)
-            self.days[day] = _EXACT.add(self.days.get(day, Decimal(0)), eps)
-            self.day_caps[day] = min(self.day_caps.get(day, cap), cap)
-            stamp = _Stamp(eps, cap, _reading(record))
-            self.recent.append(stamp)
-            self.max_wall = max(self.max_wall, stamp.at.wall)
-            self.charges += 1
-        elif kind == "s":
-            signal = record["s"]
-            self.suppressed[signal] = self.suppressed.get(signal, 0) + 1
-        else:
-            raise ValueError(f"unknown record kind {kind!r}")
-
-    def is_old(self, stamp: _Stamp, now: ClockReading) -> bool:
-        """Whether `stamp` is provably more than 24 real hours before `now`."""
-        elapsed = now.seconds_since(stamp.at)
-        if elapsed is not None:
-            return elapsed >= DAY_SECONDS
-        # Another boot: only the wall clock can tell, and only while it has not been
-        # set back behind a charge already made.
-        return now.wall >= self.max_wall and now.wall - stamp.at.wall >= DAY_SECONDS
-
-    def expires_in(self, stamp: _Stamp, now: ClockReading) -> float:
-        """Seconds until `stamp` leaves the real-time window (inf: cannot tell)."""
-        elapsed = now.seconds_since(stamp.at)
-        if elapsed is None:
-            elapsed = now.wall - stamp.at.wall if now.wall >= self.max_wall else -math.inf
-        return max(DAY_SECONDS - elapsed, 0.0)
-
-    def prune(self, now: ClockReading) -> None:
-        # A charge provably a day older than a reading stays so for every later reading.
-        self.recent = [s for s in self.recent if not self.is_old(s, now)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "k": "snapshot",
-            "g": self.gen,
-            "lifetime": str(self.lifetime),
-            "days": {d: str(v) for d, v in self.days.items()},
-            "day_caps": {d: str(v) for d, v in self.day_caps.items()},
-            "by_signal": {s: str(v) for s, v in self.by_signal.items()},
-            "suppressed": dict(self.suppressed),
-            "recent": [s.to_json() for s in self.recent],
-            "max_wall": self.max_wall if math.isfinite(self.max_wall) else None,
-            "charges": self.charges,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _State:
-        max_wall = data["max_wall"]
-        return cls(
-            gen=int(data["g"]),
-            lifetime=Decimal(data["lifetime"]),
-            days={d: Decimal(v) for d, v in data["days"].items()},
-            day_caps={d: Decimal(v) for d, v in data["day_caps"].items()},
-            by_signal={s: Decimal(v) for s, v in data["by_signal"].items()},
-            suppressed={s: int(n) for s, n in data["suppressed"].items()},
-            recent=[_Stamp.from_json(s) for s in data["recent"]],
-            max_wall=-math.inf if max_wall is None else float(max_wall),
-            charges=int(data["charges"]),
-        )
-
-    def copy(self, gen: int) -> _State:
-        return _State(
-            gen=gen,
-            lifetime=self.lifetime,
-            days=dict(self.days),
-            day_caps=dict(self.day_caps),
-            by_signal=dict(self.by_signal),
-            suppressed=dict(self.suppressed),
-            recent=list(self.recent),
-            max_wall=self.max_wall,
-            charges=self.charges,
-        )
-
-
-class _Framing:
-    """`<mac> <json>\\n` lines, the MAC keyed BLAKE2b-128 of the JSON bytes."""
-
-    def __init__(self, key: bytes | None) -> None:
-        self._key = hashlib.blake2b(key or _UNKEYED, digest_size=32, person=b"qw-ledger").digest()
-
-    def _mac(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(payload, key=self._key, digest_size=16).hexdigest().encode()
-
-    def frame(self, record: dict[str, Any]) -> bytes:
-        payload = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-        return b"%s %s\n" % (self._mac(payload), payload)
-
-    def unframe(self, line: bytes) -> dict[str, Any] | None:
-        """The record in one line, or None if it fails its MAC or does not parse."""
-        mac, sep, payload = line.partition(b" ")
-        if not sep or len(mac) != _MAC_HEX or not hmac.compare_digest(mac, self._mac(payload)):
-            return None
-        try:
-            record = json.loads(payload)
-        except ValueError:
-            return None
-        return record if isinstance(record, dict) else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A rename is durable only once its directory is; Windows has no directory fsync.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new file, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _lock(fd: int) -> bool:
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 class _Untrusted(Exception):
@@ -313,7 +121,7 @@ class PrivacyLedger:
             raise ValueError("compact_every must be at least 1")
         self._path = Path(path)
         self._snapshot_path = self._path.with_name(self._path.name + ".snapshot")
-        self._framing = _Framing(key)
+        self._framing = LineFraming(key)
         self._policy = policy_hash[:16]
         self._daily_cap = epsilon_decimal(caps.daily_epsilon)
         self._lifetime_cap = epsilon_decimal(caps.lifetime_epsilon)
@@ -332,12 +140,12 @@ class PrivacyLedger:
             )
         except OSError as exc:
             raise LedgerError(f"{self._path}: cannot open: {exc.strerror or exc}") from exc
-        if not _lock(lock_fd):
+        if not lock_exclusively(lock_fd):
             os.close(lock_fd)
             raise LedgerError(f"{self._path}: in use by another ledger (process or instance)")
         try:
             self._state, self._records = self._recover()
-            self._fd = os.open(self._path, _APPEND_FLAGS)
+            self._fd = os.open(self._path, APPEND_FLAGS)
             self._size = os.fstat(self._fd).st_size
         except _Untrusted as exc:
             self._problem = LedgerError(f"{self._path}: {exc}; {_OPERATOR_ACTION}")
@@ -383,7 +191,7 @@ class PrivacyLedger:
             if not (math.isfinite(epsilon) and epsilon > 0):
                 raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
         day = budget_day(at)
-        now = now if now is not None else _reading_of(at)
+        now = now if now is not None else reading_of(at)
         if os.getpid() != self._pid:
             raise LedgerError(f"{self._path}: owned by the parent process; a fork cannot charge")
         if self._problem is not None:
@@ -449,7 +257,7 @@ class PrivacyLedger:
     def remaining(self, at: datetime, *, now: ClockReading | None = None) -> float:
         """The largest charge that would still be granted for the day of `at`, `now`."""
         day = budget_day(at)
-        now = now if now is not None else _reading_of(at)
+        now = now if now is not None else reading_of(at)
         with self._mutex:
             state = self._state
             day_cap = min(self._daily_cap, state.day_caps.get(day, self._daily_cap))
@@ -485,7 +293,7 @@ class PrivacyLedger:
         """
         if not reason.strip():
             raise ValueError("say why the ledger is reset (it is recorded)")
-        now = now if now is not None else _reading_of(at)
+        now = now if now is not None else reading_of(at)
         with self._mutex:
             if self._lock_fd is None:
                 raise LedgerError(f"{self._path}: ledger is closed")
@@ -515,7 +323,7 @@ class PrivacyLedger:
                         os.replace(damaged, damaged.with_name(f"{damaged.name}.damaged-{stamp}"))
                 write_atomically(self._snapshot_path, self._framing.frame(fresh.to_json()))
                 write_atomically(self._path, self._framing.frame({"k": "h", "g": fresh.gen}))
-                self._fd = os.open(self._path, _APPEND_FLAGS)
+                self._fd = os.open(self._path, APPEND_FLAGS)
                 self._size = os.fstat(self._fd).st_size
             except OSError as exc:
                 self._broken = f"reset failed: {exc}"
@@ -611,7 +419,7 @@ class PrivacyLedger:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-            self._fd = os.open(self._path, _APPEND_FLAGS)
+            self._fd = os.open(self._path, APPEND_FLAGS)
         except OSError as exc:
             # The snapshot moved on but the old journal would now be read as stale:
             # appending to it would lose charges at the next open, so stop charging.
@@ -621,10 +429,10 @@ class PrivacyLedger:
         self._size = len(header)
         self._records = 0
 
-    def _recover(self) -> tuple[_State, int]:
+    def _recover(self) -> tuple[LedgerState, int]:
         """The state the files hold; `_Untrusted` if they cannot be trusted (files are
         then left exactly as found, for the operator)."""
-        self._state, self._records = _State(), 0  # what queries show if refused early
+        self._state, self._records = LedgerState(), 0  # what queries show if refused early
         state = self._read_snapshot()
         self._state = state
         try:
@@ -676,7 +484,7 @@ class PrivacyLedger:
                 os.fsync(fh.fileno())
         return state, len(records) - 1
 
-    def _check_evidence(self, state: _State) -> None:
+    def _check_evidence(self, state: LedgerState) -> None:
         spent = self._evidence.spent
         if spent is not None and state.lifetime < spent:
             raise _Untrusted(
@@ -684,17 +492,17 @@ class PrivacyLedger:
                 f"{spent} with its envelopes (charges were removed)"
             )
 
-    def _read_snapshot(self) -> _State:
+    def _read_snapshot(self) -> LedgerState:
         try:
             data = self._snapshot_path.read_bytes()
         except FileNotFoundError:
-            return _State()
+            return LedgerState()
         # Snapshots are renamed into place whole, so a bad one is real corruption.
         record = self._framing.unframe(data.rstrip(b"\n"))
         if record is None or record.get("k") != "snapshot":
             raise _Untrusted("the snapshot is corrupt")
         try:
-            return _State.from_json(record)
+            return LedgerState.from_json(record)
         except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
             raise _Untrusted("the snapshot is malformed") from exc
 
@@ -703,9 +511,3 @@ _OPERATOR_ACTION = (
     "no release is made until an operator acknowledges the loss "
     "(Telemetry.reset_ledger, which treats the current day as fully spent)"
 )
-
-
-def _reading_of(at: datetime) -> ClockReading:
-    """`at` as the real time of a charge (a simulator's clock, or a test's)."""
-    budget_day(at)  # refuses a naive time
-    return ClockReading(at.timestamp(), "simulated", at.timestamp())
