@@ -87,7 +87,7 @@ def warehouse_file(
     return path, events
 
 
-def test_a_slower_model_version_drifts_and_an_equal_one_does_not(
+def test_a_slower_model_version_drifts(
     warehouse_file: tuple[Path, dict[str, int]],
 ) -> None:
     path, events = warehouse_file
@@ -120,8 +120,9 @@ def test_a_slower_model_version_drifts_and_an_equal_one_does_not(
     sd = np.sqrt(_DEVICES * 7 * 2 * 2.0**2)
     assert abs(row["events_a"] - events["A"]) < 6 * sd
     assert abs(row["events_b"] - events["B"]) < 6 * sd
-    # Same distribution: the distances sit below their thresholds unless alpha strikes;
-    # the shift's p-value is at the floor, the equal one's is not.
+    # The shift's p-value is at the floor of 2,000 replicates. The window without a shift
+    # is read in full (every statistic estimable); whether it alarms is chance at rate
+    # alpha, measured in test_drift.py, not asserted here.
     assert slower.p_value is not None
     assert slower.p_value <= 1.0 / 1000
     assert before.statistics["value"].null_count() == 1  # only the family row
