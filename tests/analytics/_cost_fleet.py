@@ -73,14 +73,15 @@ def region_name(i: int) -> str:
 
 
 def build_cost_fleet(
-    conn: duckdb.DuckDBPyConnection, regions: int, seed: int
+    conn: duckdb.DuckDBPyConnection, regions: int, seed: int, *, model: str = MODEL
 ) -> dict[tuple[str, str], CellTruth]:
-    """Write `regions` regions' batches; return the truth per (region, route)."""
+    """Write `regions` regions' batches of one model version; return the truth per
+    (region, route)."""
     rng = np.random.default_rng(seed)
     batches: list[Batch] = []
     for i in range(regions):
         region = region_name(i)
-        cells = [{"model": MODEL, "route": r} for r in ROUTES]
+        cells = [{"model": model, "route": r} for r in ROUTES]
         requests = counter_batch(REQUESTS, 0, cells, rng, scale=40.0, low=2000, high=8000)
         latency = histogram_batches(
             LATENCY, 0, cells, rng, mean=[1.2, 0.4, 0.8], events=(1500, 4000)
