@@ -137,6 +137,8 @@ class Telemetry:
         )
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._purges: list[tuple[Tier, str, list[Tier]]] = []
+        """Revocations whose spool purge is still to run (`revoke_consent`)."""
         self._fingerprinter = (
             ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
         )
@@ -237,16 +239,17 @@ class Telemetry:
         Purges the tier's data from the open window and from every envelope still in
         the spool, and queues a signed deletion request (sent before any envelope) that
         the ingest records and the warehouse acts on by deleting this device's rows of
-        the tier. Raises `ConsentError` if the revocation cannot be recorded.
+        the tier. Raises `ConsentError` if the revocation cannot be recorded. In
+        background mode the spool is purged by the worker, before it sends anything
+        (rewriting a long spool takes a while); sending checks consent again anyway.
         """
         tier = _tier(tier)
         with self._collect_lock:
             record = self._gate.revoke(tier)
             self._discard_open_window(tier)
             consent_hash = self._gate.consent.consent_hash()
-            self._outbox.purge_tier(
-                tier, consent_hash=consent_hash, consented_tiers=self._gate.consented()
-            )
+            with self._send_lock:
+                self._purges.append((tier, consent_hash, self._gate.consented()))
             if record is not None:
                 # Signed by the worker when sent: signing may wait on a TPM.
                 request = deletion_request(
@@ -260,6 +263,15 @@ class Telemetry:
                 self._outbox.put_deletion(request, request.request_id)
         if self._worker is not None:
             self._worker.wake()
+        else:
+            self._run_purges()
+
+    def _run_purges(self) -> None:
+        """Strip revoked tiers from the spool, in the order they were revoked."""
+        with self._send_lock:
+            purges, self._purges = self._purges, []
+        for tier, consent_hash, consented in purges:
+            self._outbox.purge_tier(tier, consent_hash=consent_hash, consented_tiers=consented)
 
     def consented_tiers(self) -> list[Tier]:
         """Tiers whose data may leave the device now."""
@@ -543,6 +555,7 @@ class Telemetry:
         return done.wait(timeout) and not self._outbox.unsent()
 
     def _send_pending(self, *, blocking: bool) -> bool:
+        self._run_purges()  # before anything leaves
         attempts = 0
         while self._outbox.unsent():
             try:
@@ -610,6 +623,7 @@ class Telemetry:
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
         try:
+            self._run_purges()
             self._refresh_key()
             self.collect()
             if waiters or time.monotonic() >= self._retry_at:

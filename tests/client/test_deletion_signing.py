@@ -50,7 +50,7 @@ def test_a_deletion_request_queued_offline_is_signed_and_sent_after_a_restart(
     def record(request: SignedDeletionRequest) -> DeletionReceipt:
         received.append(request)
         request_id = DeletionRequestV1.model_validate_json(request.payload).request_id
-        return DeletionReceipt(request_id=request_id, recorded_at=clock())
+        return DeletionReceipt(request_id=request_id)
 
     again = make_telemetry(
         transport=MemoryTransport(ingest.handle, record), state_dir=state, consent=()

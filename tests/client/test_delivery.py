@@ -303,3 +303,28 @@ def test_spooled_envelopes_of_a_revoked_tier_do_not_leave_after_a_restart(
     assert ingest.envelopes == []
     assert again.pending == 0
     assert again.dropped()["consent_revoked"] == 1
+
+
+def test_in_background_mode_the_worker_purges_a_revoked_tier_before_it_sends(
+    make_telemetry: MakeTelemetry, clock: FakeClock, ingest: MemoryIngest
+) -> None:
+    online = False
+
+    def handler(batch: EnvelopeBatch) -> BatchResult:
+        if not online:
+            raise TransportError("offline")
+        return ingest.handle(batch)
+
+    qw = make_telemetry(transport=MemoryTransport(handler, lambda _r: None), mode="background")
+    qw.counter("app.starts").add(1)
+    qw.counter("inference.requests").add(1, route="local", model="a@1")
+    clock.advance(hours=3)
+    assert not qw.flush(timeout=30)  # released, spooled, not sent
+    assert qw.pending == 3
+    qw.revoke_consent(Tier.PERFORMANCE)
+    online = True
+    assert qw.flush(timeout=30)
+    assert len(ingest.envelopes) == 3
+    tiers = {a.tier for e in ingest.envelopes for a in e.aggregates}
+    assert tiers == {Tier.HEALTH}
+    assert all(e.consented_tiers == [Tier.HEALTH] for e in ingest.envelopes)
