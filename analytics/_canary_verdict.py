@@ -3,9 +3,9 @@ that turns each metric's evidence into promote, hold or rollback. Pure.
 
 JSON shape (`CanaryVerdict.model_dump_json()`; field names are a contract, see
 docs/analytics.md): the overall `verdict`, the cohorts compared, the interval `level`,
-the `reasons` behind the verdict, and per route its `verdict` and per metric its
-`evidence` (the effect's estimate and interval, the threshold, each cohort's events
-and devices, the `status` and why).
+the `reasons` behind the verdict, and per route its `verdict` and its `metrics`, each
+with the evidence (the effect's estimate and interval, the threshold, each cohort's
+value, events and devices, the `status` and why).
 """
 
 from __future__ import annotations
