@@ -11,7 +11,8 @@ which per-item rejections a re-signature can fix (`client._outbox`).
 
 `send_deletion` posts one signed deletion request to `/v1/deletion-requests`: it returns
 the ingest's `DeletionReceipt` once the request is recorded, None if the ingest refused
-it (4xx: it would be refused again), and raises `TransportError` to retry later.
+it (400 or 422: it would be refused again), and raises `TransportError` to retry later
+(as for batches, any other answer: a revocation must not be lost to a proxy).
 
 `server_time` is the `Date` of the ingest's last answer: the client's budget clock
 (`client._clock`) keeps its windows and send times on the ingest's clock with it.
@@ -40,9 +41,8 @@ from schemas import (
 
 __all__ = ["HttpTransport", "MemoryTransport", "Transport"]
 
-_RETRYABLE_4XX = frozenset({408, 425, 429})
 _INVALID_BATCH_4XX = frozenset({400, 422})
-"""The only whole-batch answers that judge the envelopes: sending them again fails."""
+"""The only whole-request answers that judge what was sent: sending it again fails."""
 
 
 class Transport(abc.ABC):
@@ -130,13 +130,13 @@ class HttpTransport(Transport):
         return _uniform_result(len(batch.envelopes), accepted=False, detail=f"http_{status}")
 
     def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
-        """POST the signed request; 202 is recorded, other 4xx refused, 5xx/429 retried."""
+        """POST the signed request; 202 is recorded, 400/422 refused, the rest retried."""
         try:
             response = self._post(self._deletion_url, request.model_dump(mode="json"))
         except httpx.HTTPError as exc:
             raise TransportError(f"POST {self._deletion_url} failed: {exc!r}") from exc
         status = response.status_code
-        if status >= 500 or status in _RETRYABLE_4XX or 300 <= status < 400:
+        if status >= 300 and status not in _INVALID_BATCH_4XX:
             raise TransportError(f"ingest answered {status}", status_code=status)
         if 200 <= status < 300:
             try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
 import pytest
 
 from client import HttpTransport, TransportError
-from schemas import BatchResult, EnvelopeBatch, ItemResult, RejectReason
+from schemas import BatchResult, EnvelopeBatch, ItemResult, RejectReason, SignedDeletionRequest
 from tests.client.conftest import MakeTelemetry, MemoryIngest
 
 
@@ -143,3 +144,24 @@ def test_full_outbox_drops_and_counts(make_telemetry, clock) -> None:
     qw.collect(clock.advance(hours=3))
     assert qw.pending == 2
     assert qw.dropped() == {"queue_full": 1}
+
+
+def test_a_deletion_request_is_dropped_only_when_the_ingest_refuses_it() -> None:
+    request = SignedDeletionRequest(
+        public_key=base64.b64encode(bytes(32)),
+        payload=base64.b64encode(b"{}"),
+        signature=base64.b64encode(bytes(64)),
+    )
+
+    def answering(status: int) -> HttpTransport:
+        return HttpTransport(
+            "https://ingest.test",
+            client=httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(status))),
+        )
+
+    for status in (400, 422):  # the ingest judged it: sending it again fails the same way
+        assert answering(status).send_deletion(request) is None
+    for status in (401, 403, 404, 409, 413, 429, 503):  # a proxy, a gateway, a rate limit
+        with pytest.raises(TransportError) as err:
+            answering(status).send_deletion(request)
+        assert err.value.status_code == status
