@@ -17,11 +17,13 @@ import duckdb
 import polars as pl
 import pytest
 
+from analytics import mean_by_labels, requests_by_route
 from analytics._cost import cost_breakdown
 from analytics._cost_whatif import cost_what_if
 from analytics._errors import InvalidQueryError
-from tests.analytics._cost_fleet import COST, CellTruth, build_cost_fleet
-from warehouse import apply_schema
+from tests.analytics._cost_fleet import COST, MODEL, CellTruth, build_cost_fleet
+from tests.analytics._fleet import build_fleet
+from warehouse import apply_schema, write_envelopes
 
 _REGIONS = 40
 Fleet = tuple[duckdb.DuckDBPyConnection, dict[tuple[str, str], CellTruth]]
@@ -151,3 +153,35 @@ def test_bad_what_if_parameters_are_refused(
     with pytest.raises(InvalidQueryError) as info:
         cost_what_if(small, COST, share=share, target=target)
     assert message in str(info.value)
+
+
+def test_local_releases_are_priced_like_secure_aggregates() -> None:
+    # Devices' own releases (the pilot policy's model): hourly windows in one day.
+    cells = [{"route": r, "model": MODEL} for r in ("cloud", "edge", "local")]
+    items, _ = build_fleet(devices=30, windows=3, counter_cells=cells, hist_cells=cells)
+    conn = duckdb.connect()
+    apply_schema(conn)
+    write_envelopes(conn, items)
+    cost = COST.model_copy(
+        update={
+            "requests_signal": "test.requests",
+            "latency_signal": "test.latency",
+            "tokens_signal": "test.latency",
+        }
+    )
+    frame = cost_breakdown(conn, cost, level=_LEVEL)
+    means = mean_by_labels(conn, "test.latency", by=("route", "model"), per_window=False)
+    requests = requests_by_route(
+        conn, signal="test.requests", by=("route", "model"), per_window=False
+    )
+    conn.close()
+    assert frame.height == 3
+    assert set(frame["privacy_model"]) == {"local"}
+    assert set(frame["devices"]) == {30}
+    edge = frame.filter(pl.col("route") == "edge").row(0, named=True)
+    edge_mean = means.filter(pl.col("route") == "edge")["mean"][0]
+    edge_requests = requests.filter(pl.col("route") == "edge")["estimate"][0]
+    price = COST.edge.per_gpu_second * COST.edge.gpu_seconds_per_latency_second
+    assert edge["cost_per_inference"] == pytest.approx(price * edge_mean)
+    assert edge["cost"] == pytest.approx(price * edge_mean * edge_requests)
+    assert edge["requests"] == pytest.approx(edge_requests)
