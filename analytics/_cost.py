@@ -24,6 +24,7 @@ inference / M_tokens.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -91,58 +92,63 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+@dataclass(frozen=True, slots=True)
 class _Meter:
-    """How one route's cell is billed: use per request = factor x mean (or exact)."""
+    """How one route's cell is billed: use per request = factor x a mean (`mean_prefix`:
+    tokens or latency), or the factor alone (local: exact)."""
 
-    def __init__(self, cost: CostPolicy, route: str, model: str) -> None:
-        self.priced = True
-        self.block = 1.0
-        self.mean_prefix: str | None = None
-        self.factor = 1.0
-        if route == "cloud" and model in cost.cloud:
-            price = cost.cloud[model]
-            self.unit, self.pricing_unit = "Tokens", "1000 Tokens"
-            self.unit_price, self.block = price.per_1k_tokens, 1000.0
-            self.mean_prefix = "tok_"
-        elif route == "edge":
-            self.unit = self.pricing_unit = "GPU-Seconds"
-            self.unit_price = cost.edge.per_gpu_second
-            self.factor = cost.edge.gpu_seconds_per_latency_second
-            self.mean_prefix = "lat_"
-        elif route == "local":
-            self.unit = self.pricing_unit = "kWh"
-            self.unit_price = cost.local.price_per_kwh
-            self.factor = cost.local.wh_per_inference / 1000.0
-        else:
-            self.priced = False
-            self.unit = self.pricing_unit = ""
-            self.unit_price = math.nan
+    priced: bool
+    unit: str
+    pricing_unit: str
+    unit_price: float
+    block: float = 1.0
+    factor: float = 1.0
+    mean_prefix: str | None = None
 
-    @property
-    def per_unit(self) -> float:
-        """Price of one consumed unit (a token, a GPU-second, a kWh)."""
-        return self.unit_price / self.block
 
-    def use(self, row: dict[str, Any], i: int) -> Bounded | None:
-        """Use per request at level index i; exact for local."""
-        if self.mean_prefix is None:
-            return Bounded.exact(self.factor)
-        mean = _mean(row, self.mean_prefix, i)
-        if mean is None:
-            return None
-        scale = self.factor
-        lo, hi = mean.low, mean.high
-        return Bounded(
-            mean.estimate * scale,
-            None if lo is None else lo * scale,
-            None if hi is None else hi * scale,
+def _meter(cost: CostPolicy, route: str, model: str) -> _Meter:
+    if route == "cloud" and model in cost.cloud:
+        per_1k = cost.cloud[model].per_1k_tokens
+        return _Meter(True, "Tokens", "1000 Tokens", per_1k, block=1000.0, mean_prefix="tok_")
+    if route == "edge":
+        edge = cost.edge
+        return _Meter(
+            True,
+            "GPU-Seconds",
+            "GPU-Seconds",
+            edge.per_gpu_second,
+            factor=edge.gpu_seconds_per_latency_second,
+            mean_prefix="lat_",
         )
+    if route == "local":
+        local = cost.local
+        return _Meter(True, "kWh", "kWh", local.price_per_kwh, factor=local.wh_per_inference / 1000)
+    return _Meter(False, "", "", math.nan)
 
-    def use_se(self, row: dict[str, Any]) -> float:
-        if self.mean_prefix is None:
-            return 0.0
-        se = _finite(row.get(f"{self.mean_prefix}mean_se"))
-        return math.nan if se is None else se * self.factor
+
+def _per_unit(meter: _Meter) -> float:
+    """Price of one consumed unit (a token, a GPU-second, a kWh)."""
+    return meter.unit_price / meter.block
+
+
+def _use(meter: _Meter, row: dict[str, Any], i: int) -> Bounded | None:
+    """Use per request at level index i; exact for local."""
+    if meter.mean_prefix is None:
+        return Bounded.exact(meter.factor)
+    mean = _mean(row, meter.mean_prefix, i)
+    if mean is None:
+        return None
+    lo, hi, f = mean.low, mean.high, meter.factor
+    return Bounded(
+        mean.estimate * f, None if lo is None else lo * f, None if hi is None else hi * f
+    )
+
+
+def _use_se(meter: _Meter, row: dict[str, Any]) -> float:
+    if meter.mean_prefix is None:
+        return 0.0
+    se = _finite(row.get(f"{meter.mean_prefix}mean_se"))
+    return math.nan if se is None else se * meter.factor
 
 
 def _per_1k_tokens(meter: _Meter, row: dict[str, Any]) -> tuple[float | None, ...]:
@@ -153,10 +159,10 @@ def _per_1k_tokens(meter: _Meter, row: dict[str, Any]) -> tuple[float | None, ..
     # edge: mean latency over mean tokens, two estimates at 1 - alpha/2 each.
     i = 0 if meter.mean_prefix is None else 1
     tokens = _mean(row, "tok_", i)
-    use = meter.use(row, i)
+    use = _use(meter, row, i)
     if tokens is None or use is None or tokens.estimate <= 0.0:
         return None, None, None
-    k = 1000.0 * meter.per_unit
+    k = 1000.0 * _per_unit(meter)
     estimate = k * use.estimate / tokens.estimate
     if tokens.low is None or tokens.low <= 0.0:
         return estimate, None, None
@@ -167,12 +173,12 @@ def _per_1k_tokens(meter: _Meter, row: dict[str, Any]) -> tuple[float | None, ..
 def price_per_unit(cost: CostPolicy, route: str, model: str) -> float | None:
     """The price of one consumed unit (a token, a GPU-second, a kWh) of a route's cell;
     None where the cost model has no price (route `other`, an unpriced cloud model)."""
-    meter = _Meter(cost, route, model)
-    return meter.per_unit if meter.priced else None
+    meter = _meter(cost, route, model)
+    return _per_unit(meter) if meter.priced else None
 
 
 def _price_row(cost: CostPolicy, row: dict[str, Any], level: float) -> dict[str, Any]:
-    meter = _Meter(cost, row["route"], row["model"])
+    meter = _meter(cost, row["route"], row["model"])
     requests = Bounded(row["requests"], row["low_1"], row["high_1"])
     out: dict[str, Any] = {
         **{k: row[k] for k in _KEYS},
@@ -189,16 +195,16 @@ def _price_row(cost: CostPolicy, row: dict[str, Any], level: float) -> dict[str,
         "currency": cost.currency,
         "level": level,
     }
-    use_level = meter.use(row, 0)
-    use_box = meter.use(row, 1)
+    use_level = _use(meter, row, 0)
+    use_box = _use(meter, row, 1)
     if not meter.priced or use_level is None or use_box is None:
         return out
-    p = meter.per_unit
+    p = _per_unit(meter)
     n = row["requests"]
     quantity = n * use_box.estimate
     out["consumed_quantity"] = quantity
     out["cost"] = p * quantity
-    v_n, se_use = row["requests_var"], meter.use_se(row)
+    v_n, se_use = row["requests_var"], _use_se(meter, row)
     q_se = math.sqrt(use_box.estimate**2 * v_n + n * n * se_use**2)
     out["consumed_quantity_std_error"] = q_se
     out["cost_std_error"] = p * q_se
