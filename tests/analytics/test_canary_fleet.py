@@ -6,16 +6,19 @@ more often on the local route. Evidence per route is what decides the fleet size
 default policy's budget one day of the demo's 4,000 devices gives the local route's
 latency ratio a 90% interval of about ±12% (docs/analytics.md), enough to roll back a
 30% regression but not to promote against +10%. To keep these runs
-to a few hundred devices, the test policy gives the latency histogram the largest
-budget a signal may have (epsilon 10, counts and sums 5 each, against 0.45 each by
-default) at half the default's per-device cell bounds, and releases the other signals
-under the local model (no Prio3 work for them). A secure aggregate's noise does not
-depend on the fleet's size, so N devices here carry the latency evidence of about 18 N
-devices at the default policy (11x the budget; half the noise for about a fifth less
-signal, from the heavy days scaled down). The verdict's rules are the default
-policy's `canary:` section, unchanged but for the routes judged in the promote case:
-edge latency (0.4 s a request) is too small against the noise of a sum for a 300-device
-run to bound it within 10% (its 90% interval is about ±10% there).
+to hundreds of devices, the test policy gives the latency histogram the largest budget a
+signal may have (epsilon 10: counts and sums 5 each, against 0.45 each by default) and
+releases the other signals under the local model (no Prio3 work for them). A secure
+aggregate's noise does not depend on the fleet's size, so N devices here carry the
+latency evidence of about 11 N devices at the default budget. The verdict's rules are
+the default policy's `canary:` section, unchanged but for the routes judged in the
+promote case: the edge route's latency (0.4 s a request) is small against the noise of
+a sum, and bounding it within +10% would take several times these fleets.
+
+Measured (90% intervals): at 300 devices the local route's latency ratio has a standard
+error of about 4% (+30% is rolled back with its interval's low end near +20%); at 600
+the local and cloud routes' are about 2%, so a canary without regression passes +10%
+with a margin of three standard errors.
 """
 
 from __future__ import annotations
@@ -37,14 +40,7 @@ def _policy(routes: list[str] | None = None) -> Policy:
     data = load_policy().model_dump(mode="json")
     for name, signal in data["signals"].items():
         if name == LATENCY:
-            # Half the default's per-device cell bounds: noise halves, and a device's
-            # day above them is scaled down as a whole (its means kept).
-            signal.update(
-                epsilon=10.0,
-                parts={"counts": 5.0, "sums": 5.0},
-                cell_max_events=63,
-                cell_max_sum=64.0,
-            )
+            signal.update(epsilon=10.0, parts={"counts": 5.0, "sums": 5.0})
         else:
             signal.update(privacy_model="local", parts=None)
             signal.pop("cell_max_events", None)
@@ -74,7 +70,7 @@ def _true_effects(run: FleetRun) -> dict[str, float]:
 def regressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FleetRun, CanaryResult]:
     policy = _policy()
     db = tmp_path_factory.mktemp("canary") / "regressed.duckdb"
-    run = run_fleet(FleetSpec(devices=200, windows=1, canary_share=0.5, seed=11), db, policy=policy)
+    run = run_fleet(FleetSpec(devices=300, windows=1, canary_share=0.5, seed=11), db, policy=policy)
     return run, _verdict(run, policy)
 
 
@@ -88,7 +84,7 @@ def unchanged(tmp_path_factory: pytest.TempPathFactory) -> tuple[FleetRun, Canar
         patch.setattr(simulation, "_CANARY_LOCAL_SLOWDOWN", 1.0)
         patch.setattr(simulation, "_CANARY_LOCAL_FAILURE", simulation._FAILURE_RATE["local"])
         run = run_fleet(
-            FleetSpec(devices=300, windows=1, canary_share=0.5, seed=12), db, policy=policy
+            FleetSpec(devices=600, windows=1, canary_share=0.5, seed=12), db, policy=policy
         )
     return run, _verdict(run, policy)
 
@@ -108,10 +104,10 @@ def test_the_demos_canary_is_rolled_back_on_the_local_route(
     assert latency.estimate is not None
     assert latency.ci_low > 0.10
     # The simulator's truth (its clamped means): about +30%. The estimate's standard
-    # error is about 3%; 0.1 is more than three of them.
+    # error is about 4%; 0.15 is more than three of them.
     truth = _true_effects(run)["local"]
     assert 0.2 < truth < 0.4
-    assert abs(latency.estimate - truth) < 0.1
+    assert abs(latency.estimate - truth) < 0.15
     # Error, exception and token figures carry no model label: listed, not judged.
     statuses = dict(zip(result.evidence["metric"], result.evidence["status"], strict=False))
     assert statuses["error_rate"] == "unavailable"
