@@ -14,7 +14,9 @@ traffic to edge or local; `focus_rows` / `write_focus` / `read_focus` export Fin
 FOCUS rows (CSV, Parquet); `cost_figure`, `what_if_figure`, `what_if_change_figure`.
 Figures of both privacy models are read alike: devices' local releases and secure
 aggregates. Every result is a Polars DataFrame with estimate, std_error, ci_low/ci_high,
-the interval method, the privacy model and the mechanism.
+the interval method, the privacy model and the mechanism. Each query reads the local
+model's rows added per cell; `with snapshot(conn): ...` makes several queries share one
+such scan (`build_report` does).
 
 For auditors: `build_auditor_report` (data held by tier and region, retention runs,
 deletion requests and their erasure, the audit log's chain) gives an `AuditorReport`
@@ -30,6 +32,7 @@ from analytics._cost import cost_breakdown
 from analytics._cost_focus import focus_rows, read_focus, write_focus
 from analytics._cost_plots import cost_figure, what_if_change_figure, what_if_figure
 from analytics._cost_whatif import cost_what_if
+from analytics._cube import local_cube as snapshot
 from analytics._drift import DriftResult, DriftSide, drift_test
 from analytics._drift_plot import drift_plot
 from analytics._errors import AnalyticsError, InvalidQueryError, WarehouseError
@@ -95,6 +98,7 @@ __all__ = [
     "render_table",
     "requests_by_route",
     "signal_totals",
+    "snapshot",
     "what_if_change_figure",
     "what_if_figure",
     "write_focus",

@@ -26,10 +26,15 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
-__all__ = ["local_cube"]
+from analytics._noise import noise_fourth_cumulant, noise_variance
+from schemas import Mechanism
+
+__all__ = ["Cube", "has_aggregates", "local_cube"]
 
 # Columns of the cube (and of its raw stand-in): see `_sources._UNION`.
 _GROUP = (
@@ -123,19 +128,86 @@ def _build(conn: duckdb.DuckDBPyConnection, name: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {state}")
 
 
+@dataclass(frozen=True, slots=True)
+class Cube:
+    """What one `local_cube` block holds for every query in it."""
+
+    name: str
+    """The table of local rows added per group."""
+    noise: str
+    """A table (mechanism, scale, var, k4): each stored noise law's moments per draw."""
+    has_aggregates: bool
+    """Whether the warehouse has `fleet_aggregates` (files before it do not)."""
+    unknown: frozenset[str]
+    """Stored mechanisms this analytics does not know (a query reading one is refused)."""
+
+
+def has_aggregates(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the warehouse has the `fleet_aggregates` table (older files do not)."""
+    rows = conn.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND table_name = 'fleet_aggregates'"
+    ).fetchall()
+    return bool(rows[0][0])
+
+
+def _noise_table(conn: duckdb.DuckDBPyConnection, cube: str, aggregates: bool) -> frozenset[str]:
+    """Create `{cube}_noise`: per stored (mechanism, scale), the law's variance and fourth
+    cumulant per draw, computed in Python once so `_noise` stays the one definition of
+    every mechanism's law. Returns the mechanisms it does not know."""
+    union = f"SELECT DISTINCT mechanism, scale FROM {cube}"
+    if aggregates:
+        union += " UNION SELECT DISTINCT mechanism, scale FROM fleet_aggregates"
+    pairs = conn.execute(union).fetchall()
+    mechs: list[str] = []
+    scales: list[float] = []
+    variances: list[float] = []
+    k4s: list[float] = []
+    unknown: set[str] = set()
+    for mech, scale in pairs:
+        try:
+            m = Mechanism(mech)
+        except ValueError:
+            unknown.add(str(mech))
+            continue
+        mechs.append(m.value)
+        scales.append(float(scale))
+        variances.append(noise_variance(m, float(scale)))
+        k4s.append(noise_fourth_cumulant(m, float(scale)))
+    table = pa.table(
+        {"mechanism": mechs, "scale": scales, "var": variances, "k4": k4s},
+        schema=pa.schema(
+            [
+                ("mechanism", pa.string()),
+                ("scale", pa.float64()),
+                ("var", pa.float64()),
+                ("k4", pa.float64()),
+            ]
+        ),
+    )
+    view = f"{cube}_moments"
+    conn.register(view, table)
+    try:
+        conn.execute(f"CREATE TEMP TABLE {cube}_noise AS SELECT * FROM {view}")
+    finally:
+        conn.unregister(view)
+    return frozenset(unknown)
+
+
 _lock = threading.Lock()
-_open: dict[int, tuple[str, int]] = {}
+_open: dict[int, tuple[Cube, int]] = {}
 
 
 @contextmanager
-def local_cube(conn: duckdb.DuckDBPyConnection) -> Iterator[str]:
-    """The name of a temporary table holding `released_values` added per group, built on
-    entry to the outermost block on `conn` and dropped when it exits.
+def local_cube(conn: duckdb.DuckDBPyConnection) -> Iterator[Cube]:
+    """A `Cube`: temporary tables holding `released_values` added per group and every
+    stored noise law's moments, built on entry to the outermost block on `conn` and
+    dropped when it exits.
 
-    Columns: signal, kind, attributes, bucket_index,
-    bucket_upper, window_start, window_end, region, mechanism, scale, epsilon, rho,
-    value (sum), draws (rows added), paired. The connection must not be written while a
-    block is open (nothing in analytics writes).
+    The cube's columns: signal, kind, attributes, bucket_index, bucket_upper,
+    window_start, window_end, region, mechanism, scale, epsilon, rho, value (sum),
+    draws (rows added), paired. The connection must not be written while a block is
+    open (nothing in analytics writes).
     """
     key = id(conn)
     with _lock:
@@ -149,22 +221,34 @@ def local_cube(conn: duckdb.DuckDBPyConnection) -> Iterator[str]:
             _release(key)
         return
     name = f"_qw_cube_{uuid.uuid4().hex}"
-    _build(conn, name)
-    with _lock:
-        _open[key] = (name, 1)
     try:
-        yield name
+        _build(conn, name)
+        aggregates = has_aggregates(conn)
+        unknown = _noise_table(conn, name, aggregates)
+    except BaseException:
+        _drop(conn, name)
+        raise
+    cube = Cube(name, f"{name}_noise", aggregates, unknown)
+    with _lock:
+        _open[key] = (cube, 1)
+    try:
+        yield cube
     finally:
         if _release(key):
-            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            _drop(conn, name)
+
+
+def _drop(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(f"DROP TABLE IF EXISTS {name}_noise")
 
 
 def _release(key: int) -> bool:
-    """Leave one block; True when it was the outermost (the table is to be dropped)."""
+    """Leave one block; True when it was the outermost (the tables are to be dropped)."""
     with _lock:
-        name, depth = _open[key]
+        cube, depth = _open[key]
         if depth == 1:
             del _open[key]
             return True
-        _open[key] = (name, depth - 1)
+        _open[key] = (cube, depth - 1)
         return False

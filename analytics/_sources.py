@@ -21,7 +21,6 @@ entry (two draws instead of two per bucket) under the aggregate model.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,12 +28,9 @@ from typing import Any
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 
-from analytics._cube import local_cube
+from analytics._cube import Cube, has_aggregates, local_cube
 from analytics._errors import InvalidQueryError
-from analytics._noise import noise_fourth_cumulant, noise_variance
-from schemas import Mechanism
 
 __all__ = ["Scope", "Selection", "component_sums", "figure_sources", "has_aggregates"]
 
@@ -74,18 +70,9 @@ fa AS (
 _WITH_AGGREGATES = "fa AS (SELECT * FROM fleet_aggregates)"
 
 
-def has_aggregates(conn: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the warehouse has the `fleet_aggregates` table (older files do not)."""
-    rows = conn.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema = 'main' AND table_name = 'fleet_aggregates'"
-    ).fetchall()
-    return bool(rows[0][0])
-
-
-def _prelude(conn: duckdb.DuckDBPyConnection, cube: str) -> str:
-    fa = _WITH_AGGREGATES if has_aggregates(conn) else _NO_AGGREGATES
-    return f"WITH {fa}, {_UNION.format(cube=cube)}"
+def _prelude(cube: Cube) -> str:
+    fa = _WITH_AGGREGATES if cube.has_aggregates else _NO_AGGREGATES
+    return f"WITH {fa}, {_UNION.format(cube=cube.name)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,45 +150,18 @@ class Scope:
         return " AND ".join(clauses) + self.selection.unless_sql, params
 
 
-def _register_noise(conn: duckdb.DuckDBPyConnection, scope: Scope, cube: str) -> str:
-    """Register a (mechanism, scale) -> (variance, fourth cumulant) table; return its name.
-
-    The moments are computed in Python, once per distinct pair, so `_noise` stays the
-    single definition of every mechanism's law. They are per draw, in the mechanism's
-    units; `component_sums` scales them by draws and resolution.
-    """
-    where, params = scope.where()
-    pairs = conn.execute(
-        f"{_prelude(conn, cube)} SELECT DISTINCT r.mechanism, r.scale FROM u r WHERE {where}",
-        params,
-    ).fetchall()
-    mechs: list[str] = []
-    scales: list[float] = []
-    variances: list[float] = []
-    k4s: list[float] = []
-    for mech, scale in pairs:
-        try:
-            m = Mechanism(mech)
-        except ValueError:
-            raise InvalidQueryError(f"warehouse holds an unknown mechanism {mech!r}") from None
-        mechs.append(m.value)
-        scales.append(float(scale))
-        variances.append(noise_variance(m, float(scale)))
-        k4s.append(noise_fourth_cumulant(m, float(scale)))
-    name = f"_qw_noise_{uuid.uuid4().hex}"
-    table = pa.table(
-        {"mechanism": mechs, "scale": scales, "var": variances, "k4": k4s},
-        schema=pa.schema(
-            [
-                ("mechanism", pa.string()),
-                ("scale", pa.float64()),
-                ("var", pa.float64()),
-                ("k4", pa.float64()),
-            ]
-        ),
-    )
-    conn.register(name, table)
-    return name
+def _noise(conn: duckdb.DuckDBPyConnection, scope: Scope, cube: Cube) -> str:
+    """The cube's (mechanism, scale) -> (variance, fourth cumulant) table; a query that
+    reads a mechanism this analytics does not know is refused."""
+    if cube.unknown:
+        where, params = scope.where()
+        rows = conn.execute(
+            f"{_prelude(cube)} SELECT DISTINCT r.mechanism FROM u r WHERE {where}", params
+        ).fetchall()
+        for (mech,) in rows:
+            if mech in cube.unknown:
+                raise InvalidQueryError(f"warehouse holds an unknown mechanism {mech!r}")
+    return cube.noise
 
 
 def _pair_filter(selection: Selection) -> str:
@@ -256,10 +216,10 @@ def _component_sums(
     scope: Scope,
     keys: Sequence[tuple[str, str]],
     paired: bool,
-    cube: str,
+    cube: Cube,
 ) -> pl.DataFrame:
     where, params = scope.where()
-    noise = _register_noise(conn, scope, cube)
+    noise = _noise(conn, scope, cube)
     part_sql = scope.selection.part_sql
     # Keys get internal names (_k0, _k1, ...) until the last SELECT: an alias may be any
     # attribute label, and a label named like a column of the union (model, value,
@@ -275,7 +235,7 @@ def _component_sums(
         f'a.{name} AS "{alias}"' for (_, alias), name in zip(keys, names, strict=True)
     )
     sql = f"""
-    {_prelude(conn, cube)},
+    {_prelude(cube)},
     v AS (
         SELECT {key_sql}, r.model, r.value, r.mechanism, r.scale, r.draws, r.resolution,
                r.batch_id, r.reports, r.window_start AS w_start, r.releases,
@@ -328,14 +288,11 @@ def _component_sums(
     LEFT JOIN d ON {on.format(t="d")}
     ORDER BY {", ".join(f"a.{k}" for k in names)}
     """
-    try:
-        rel = conn.sql(sql, params=params)
-        if rel is None:  # pragma: no cover - a SELECT always gives a relation
-            raise AssertionError("query returned no relation")
-        frame: pl.DataFrame = rel.pl()
-        return frame
-    finally:
-        conn.unregister(noise)
+    rel = conn.sql(sql, params=params)
+    if rel is None:  # pragma: no cover - a SELECT always gives a relation
+        raise AssertionError("query returned no relation")
+    frame: pl.DataFrame = rel.pl()
+    return frame
 
 
 def figure_sources(
@@ -360,7 +317,7 @@ def figure_sources(
 
 def _figure_sources(
     conn: duckdb.DuckDBPyConnection,
-    cube: str,
+    cube: Cube,
     signal: str | None,
     since: datetime | None,
     until: datetime | None,
@@ -379,7 +336,7 @@ def _figure_sources(
     # Per window, a local kind's releases are those of its busiest cell and bucket
     # (every device releases every cell of a signal); a batch is one release.
     sql = f"""
-    {_prelude(conn, cube)},
+    {_prelude(cube)},
     f AS (SELECT * FROM u r WHERE {" AND ".join(clauses)}),
     w AS (
         SELECT signal, model, kind, window_start, max(n) AS n FROM (

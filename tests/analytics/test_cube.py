@@ -102,7 +102,7 @@ def _rows(conn: duckdb.DuckDBPyConnection, cube: str) -> dict[tuple[str, str, in
 
 def test_pairing_all_none_and_some(conn: duckdb.DuckDBPyConnection) -> None:
     with local_cube(conn) as cube:
-        rows = _rows(conn, cube)
+        rows = _rows(conn, cube.name)
     assert rows[("bucket", "all", 0)] == {True: (9.0, 3)}
     assert rows[("bucket", "none", 1)] == {False: (3.0, 3)}
     # Two releases with their sum, one without: split, each with its own flag.
@@ -115,7 +115,7 @@ def test_pairing_all_none_and_some(conn: duckdb.DuckDBPyConnection) -> None:
 def test_every_row_is_added_once(conn: duckdb.DuckDBPyConnection) -> None:
     raw = conn.execute("SELECT count(*), sum(value) FROM released_values").fetchall()[0]
     with local_cube(conn) as cube:
-        added = conn.execute(f"SELECT sum(draws), sum(value) FROM {cube}").fetchall()[0]
+        added = conn.execute(f"SELECT sum(draws), sum(value) FROM {cube.name}").fetchall()[0]
     assert added == raw
 
 
@@ -123,7 +123,7 @@ def test_nested_blocks_share_one_table(conn: duckdb.DuckDBPyConnection) -> None:
     with local_cube(conn) as outer:
         with local_cube(conn) as inner:
             assert inner == outer
-        conn.execute(f"SELECT count(*) FROM {outer}").fetchall()  # still there
+        conn.execute(f"SELECT count(*) FROM {outer.name}").fetchall()  # still there
     tables = conn.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_qw_cube_%'"
     ).fetchall()

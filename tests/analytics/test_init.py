@@ -51,6 +51,7 @@ def test_public_names_are_pinned() -> None:
             "render_table",
             "requests_by_route",
             "signal_totals",
+            "snapshot",
         ]
     )
     for name in analytics.__all__:
