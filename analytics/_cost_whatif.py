@@ -35,7 +35,7 @@ from analytics._errors import InvalidQueryError
 from analytics._intervals import check_level
 from policies import CostPolicy
 
-__all__ = ["WHAT_IF_SCHEMA", "Target", "cost_what_if", "project_move"]
+__all__ = ["WHAT_IF_SCHEMA", "Target", "check_move", "cost_what_if", "project_move"]
 
 Target = Literal["edge", "local"]
 
@@ -86,7 +86,7 @@ class _Cell:
     use: Bounded
 
 
-Figure = tuple[Callable[..., float], list[Bounded]]
+_Figure = tuple[Callable[..., float], list[Bounded]]
 
 
 def _cells(cost: CostPolicy, cells: pl.DataFrame) -> list[_Cell]:
@@ -111,14 +111,14 @@ def _cells(cost: CostPolicy, cells: pl.DataFrame) -> list[_Cell]:
 class _Figures:
     """One period's figures: each a function and the estimates it takes."""
 
-    baseline: list[Figure]
-    projected: list[Figure]
-    change: list[Figure]
-    moved: list[Figure]
+    baseline: list[_Figure]
+    projected: list[_Figure]
+    change: list[_Figure]
+    moved: list[_Figure]
     left_out: int
 
 
-def _cost_of(cell: _Cell) -> Figure:
+def _cost_of(cell: _Cell) -> _Figure:
     return (lambda n, u, p=cell.per_unit: p * n * u, [cell.requests, cell.use])
 
 
@@ -149,7 +149,7 @@ def _period_figures(cells: list[_Cell], share: float, target: Target) -> _Figure
 _Range = tuple[float | None, float | None, float | None]
 
 
-def _total(figures: list[Figure]) -> _Range:
+def _total(figures: list[_Figure]) -> _Range:
     ranges = [box_range(f, args) for f, args in figures]
     if not ranges:
         return 0.0, 0.0, 0.0
