@@ -15,6 +15,11 @@ fallback could fix:
   goes back to the spool and is signed again (tiers a software key may not carry are
   withheld then, counted `tier_requires_tpm`). Without a key to fall back to, the
   item waits, with backoff, for the key to be attested again;
+- an item whose software signature the ingest refuses for tiers it names
+  (`software_key_refused`: its attestation policy is stricter than the client was
+  told) teaches the client those tiers: they are withheld from software signatures
+  from now on (and no longer released, nor charged, while the key is software), and
+  the item is sealed again without them;
 - other rejections judge the envelope itself (the same bytes would be refused again):
   counted as `rejected:<reason>` and forgotten.
 
@@ -28,6 +33,7 @@ queued behind it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from datetime import datetime
 
@@ -57,6 +63,8 @@ several requests instead of one the ingest would refuse whole (413)."""
 
 REFUSED_KEY_REASONS = frozenset({RejectReason.KEY_NOT_ATTESTED, RejectReason.ATTESTATION_EXPIRED})
 """Item rejections about the signing key, not the envelope: fixed by another key."""
+
+_QUOTED = re.compile(r"'([a-z]+)'")
 
 _TOO_LARGE = 413
 
@@ -106,12 +114,16 @@ def send_one_batch(
     consented: Collection[Tier] | None = None,
     fall_back: Callable[[str], bool] | None = None,
     reporter: ClientReporter | None = None,
+    withhold: Callable[[frozenset[Tier]], bool] | None = None,
 ) -> int:
     """Seal and send the oldest batch; returns how many envelopes it took from the spool.
 
     `consented`: the tiers consented now (None: not checked). `fall_back(reason)`: asked
     when the ingest refused the signing key; True if the key store switched keys (the
-    items are then signed again at once). `reporter`: its pending client report rides
+    items are then signed again at once). `withhold(tiers)`: asked when the ingest
+    refused a software signature for tiers it names; True if they are now stripped
+    from what the software key signs (the items are then sealed again without them).
+    `reporter`: its pending client report rides
     in the batch's first envelope (the spool's copy stays without it). Raises
     `TransportError` after putting back what should be sent again later.
     """
@@ -162,6 +174,13 @@ def send_one_batch(
         elif reason in REFUSED_KEY_REASONS:
             again.append(envelope)
             key_refused = reason
+        elif (
+            reason == RejectReason.SOFTWARE_KEY_REFUSED
+            and withhold is not None
+            and (tiers := refused_tiers(item.detail))
+            and withhold(tiers)
+        ):
+            again.append(envelope)  # sealed again without those tiers
         else:
             # Answered for good: the same bytes would be refused again.
             drops.add(f"rejected:{reason}")
@@ -203,6 +222,13 @@ def _deliver(
     # An item the answer does not mention was answered as a whole: accepted.
     accepted = ItemResult(index=-1, status="accepted")
     return [(e, by_index.get(i, accepted)) for i, (e, _) in enumerate(pairs)], [], None
+
+
+def refused_tiers(detail: str | None) -> frozenset[Tier]:
+    """The tiers a `software_key_refused` detail names (the ingest quotes them:
+    "... for tier(s) ['content'] ...", `ingest._verify`); empty if it names none."""
+    names = set(_QUOTED.findall(detail or ""))
+    return frozenset(t for t in Tier if t.value in names)
 
 
 def _reason(item: ItemResult) -> str | None:

@@ -64,6 +64,13 @@ class EnvelopeSealer:
         self._tpm_only = frozenset(refused)
         self._box = SealedBox(PublicKey(ingest_public_key))
 
+    def withhold_from_software(self, tiers: Iterable[Tier]) -> bool:
+        """Strip `tiers` from what a software key signs from now on (the ingest said
+        it refuses them from software keys); True if any was new."""
+        new = {Tier(t).value for t in tiers} - self._tpm_only
+        self._tpm_only = self._tpm_only | new
+        return bool(new)
+
     def seal(self, envelope: EnvelopeV1) -> str:
         """The base64 (standard, padded) sealed form of `envelope`.
 

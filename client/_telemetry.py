@@ -581,6 +581,7 @@ class Telemetry:
                         consented=self._gate.consented(),
                         fall_back=self._key_refused,
                         reporter=self._reporter,
+                        withhold=self._withhold_from_software,
                     )
                 if deletion_error is not None:
                     raise deletion_error
@@ -605,6 +606,18 @@ class Telemetry:
                 self._key_store.refresh()
             except Exception:  # the key store never raises by contract; be sure
                 _log.exception("refreshing the key's attestation failed")
+
+    def _withhold_from_software(self, tiers: frozenset[Tier]) -> bool:
+        """The ingest refuses `tiers` from software keys: stop releasing (and charging)
+        them while the key is software, strip them from what it signs. True if new."""
+        self._gate.software_tiers = self._gate.software_tiers - tiers
+        new = self._sealer.withhold_from_software(tiers)
+        if new:
+            _log.warning(
+                "the ingest refuses tiers %s from software keys: withheld from now on",
+                sorted(t.value for t in tiers),
+            )
+        return new
 
     def _key_refused(self, reason: str) -> bool:
         """The ingest refused the signing key: True if the store switched keys."""

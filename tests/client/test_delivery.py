@@ -26,7 +26,7 @@ from client import (
 from client._consent import ConsentStore
 from client._keystore_fallback import current_assurance
 from ingest import Accepted, EnvelopeVerifier, Rejected
-from policies import CounterSignal, load_attestation_policy
+from policies import CounterSignal, load_attestation_policy, release_epsilon
 from schemas import (
     AppInfo,
     BatchResult,
@@ -149,7 +149,12 @@ class VerifyingIngest:
             if isinstance(verdict, Accepted):
                 results.append(ItemResult(index=i, status="accepted"))
             else:
-                results.append(ItemResult(index=i, status="rejected", reason=verdict.reason))
+                # As the ingest's intake answers: the reason and its detail.
+                results.append(
+                    ItemResult(
+                        index=i, status="rejected", reason=verdict.reason, detail=verdict.detail
+                    )
+                )
         rejected = sum(r.status == "rejected" for r in results)
         return BatchResult(accepted=len(results) - rejected, rejected=rejected, results=results)
 
@@ -328,3 +333,49 @@ def test_in_background_mode_the_worker_purges_a_revoked_tier_before_it_sends(
     tiers = {a.tier for e in ingest.envelopes for a in e.aggregates}
     assert tiers == {Tier.HEALTH}
     assert all(e.consented_tiers == [Tier.HEALTH] for e in ingest.envelopes)
+
+
+def test_a_software_signature_refused_for_a_tier_teaches_the_client_to_withhold_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The client was told software keys may send content; the ingest's policy says no."""
+    ingest = VerifyingIngest(clock)
+    qw = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=WITH_CONTENT,
+            ingest_public_key=bytes(ingest.key.public_key),
+            transport=MemoryTransport(ingest.handle),
+            state_dir=tmp_path / "state",
+            clock=clock,
+            mode="manual",
+            retry_backoff=0.0,
+            software_tiers=list(Tier),
+        )
+    )
+    for tier in Tier:
+        qw.grant_consent(tier)
+    qw.counter("app.starts").add(1)
+    qw.record_prompt("write to ann@example.com")
+    (envelope,) = qw.collect(clock.advance(hours=1))
+    assert Tier.CONTENT in {a.tier for a in envelope.aggregates}
+    assert qw.flush()
+    first, second = ingest.verdicts
+    assert isinstance(first, Rejected)
+    assert first.reason is RejectReason.SOFTWARE_KEY_REFUSED
+    assert isinstance(second, Accepted)
+    assert second.item.envelope.envelope_id == envelope.envelope_id
+    assert {a.tier for a in second.item.envelope.aggregates} == {Tier.HEALTH, Tier.PERFORMANCE}
+    assert not any(k.startswith("rejected:") for k in qw.dropped())
+    spent = qw.privacy_spent()[0]
+    # The next window withholds content before charging it.
+    qw.record_prompt("write to bob@example.com")
+    qw.collect(clock.advance(hours=1))
+    assert qw.flush()
+    assert isinstance(ingest.verdicts[-1], Accepted)
+    assert qw.dropped()["tier_requires_tpm"] == 2  # stripped once, withheld once
+    # Charged for health and performance only: the first window's charge minus content's.
+    content = float(release_epsilon(CONTENT))
+    assert qw.privacy_spent()[0] - spent == pytest.approx(spent - content)
+    qw.shutdown(release_open_window=False)
