@@ -174,3 +174,14 @@ def test_the_window_range_selects_what_is_compared(slower: Path, latency_policy:
     )
     assert code == 2
     assert "no 'model' cohort to compare" in err
+
+
+def test_help_names_the_options_and_the_exit_codes() -> None:
+    result = CliRunner().invoke(app, ["canary", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--db", "--policy", "--canary", "--baseline", "--label", "--level",
+                   "--since", "--until", "--format"):  # fmt: skip
+        assert option in result.stdout
+    assert "0 promote, 3 rollback, 4 hold, 2 bad input" in result.stdout
+    top = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "canary" in top.stdout
