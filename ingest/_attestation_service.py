@@ -1,7 +1,7 @@
 """Enrollment, attestation and revocation: the registry, the nonces, the audit log.
 
 `AttestationService` strings the pure checks of `ingest.attestation` together with
-durable state. Every decision, accepted or refused, is appended to the audit log
+durable state. Every decision, accepted or refused, is recorded in the audit log
 before the caller answers; a refusal is raised as `AttestationError` (a 4xx).
 
     enroll(EnrollRequest) -> EnrollmentChallenge          (MakeCredential to the EK)
@@ -9,6 +9,14 @@ before the caller answers; a refusal is raised as `AttestationError` (a 4xx).
     issue_nonce(NonceRequest) -> NonceGrant
     attest(AttestRequest) -> AttestationResult            (quote + certify)
     revoke(device_id, reason) -> RevocationResult         (operator)
+
+Nothing about a device changes before its TPM has proven it holds the EK: `enroll`
+only issues a pending challenge (an enrolled device keeps its AK, signing key and
+standing), and `activate` registers the new AK as a compare-and-swap on the challenge
+whose answer it checked (`DeviceRegistry.activate`). The decisions of requests that
+prove nothing yet (issuing a challenge or a nonce, and every refusal) go through
+`SampledAudit`, keyed by the caller's `source`; activations, attestations and
+revocations, which change state, are appended one by one.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from cryptography.hazmat.primitives import serialization
 
 from auditlog import AuditLog, AuditRecord
 from ingest._attested_keys import AttestedKeys
-from ingest._registry import DeviceRecord, DeviceRegistry
+from ingest._audit_sampling import SampledAudit
+from ingest._registry import DeviceRecord, DeviceRegistry, PendingEnrollment
 from ingest.attestation import (
     AttestationError,
     AttestationReason,
@@ -90,11 +99,13 @@ class AttestationService:
         audit: AuditLog,
         keys: AttestedKeys,
         *,
+        sampled: SampledAudit | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.registry = registry
         self.audit = audit
+        self.sampled = sampled if sampled is not None else SampledAudit(audit, clock=clock)
         self.keys = keys
         self._clock = clock
         self._anchors = EkTrustAnchors(policy.roots, policy.intermediates)
@@ -104,31 +115,34 @@ class AttestationService:
 
     # --- enrollment -------------------------------------------------------------------
 
-    def enroll(self, request: EnrollRequest) -> EnrollmentChallenge:
-        """Check the EK certificate and the AK, and issue a credential challenge."""
+    def enroll(self, request: EnrollRequest, *, source: str) -> EnrollmentChallenge:
+        """Check the EK certificate and the AK, and issue a credential challenge.
+
+        Only the pending challenge is stored: the device's registration, if any, stays
+        as it is until `activate` receives the TPM's answer."""
         device_id = ek_device_id(request.ek_certificate)
-        with self._audited("enroll", device_id):
+        with self._audited("enroll", device_id, source=source, sampled=True):
             ek = verify_ek_certificate(self._anchors, request.ek_certificate, request.ek_public)
             assert device_id is not None  # the certificate parsed to be verified
-            existing = self.registry.get(device_id)
-            if existing is not None and existing.revoked:
-                raise AttestationError(
-                    AttestationReason.DEVICE_REVOKED, f"device {device_id} is revoked"
-                )
+            self._refuse_revoked(device_id)
             ak_name = request.ak_name
             if ak_name is None:
                 ak_name = tpm_name(parse_public(request.ak_public, "AK public"))
             check_ak_public(request.ak_public, ak_name)
             challenge = make_challenge(ek, ak_name)
-            expires_at = self._clock() + self.policy.challenge_lifetime
-            self.registry.begin_enrollment(
-                device_id=device_id,
-                ek_fingerprint=key_fingerprint(request.ek_certificate),
-                ek_public=request.ek_public,
-                ak_public=request.ak_public,
-                ak_name=ak_name,
-                challenge=challenge.expected,
-                challenge_expires_at=expires_at,
+            now = self._clock()
+            expires_at = now + self.policy.challenge_lifetime
+            self.registry.offer_challenge(
+                PendingEnrollment(
+                    device_id=device_id,
+                    ek_fingerprint=key_fingerprint(request.ek_certificate),
+                    ek_public=request.ek_public,
+                    ak_public=request.ak_public,
+                    ak_name=ak_name,
+                    challenge=challenge.expected,
+                    expires_at=expires_at,
+                ),
+                now=now,
             )
         return EnrollmentChallenge(
             device_id=device_id,
@@ -137,29 +151,40 @@ class AttestationService:
             expires_at=_utc(expires_at),
         )
 
-    def activate(self, request: ActivateRequest) -> EnrollmentResult:
-        """Accept the ActivateCredential proof: the device is enrolled."""
+    def activate(self, request: ActivateRequest, *, source: str) -> EnrollmentResult:
+        """Accept the ActivateCredential proof: the pending AK becomes the device's."""
         device_id = request.device_id
-        with self._audited("activate", device_id):
-            record = self._device(device_id)
-            if record.challenge is None or record.challenge_expires_at is None:
+        with self._audited("activate", device_id, source=source):
+            pending = self.registry.pending(device_id)
+            if pending is None:
                 raise AttestationError(
                     AttestationReason.NO_PENDING_ENROLLMENT,
                     "no enrollment challenge is pending for this device; enroll first",
                 )
-            if self._clock() >= record.challenge_expires_at:
+            if self._clock() >= pending.expires_at:
                 raise AttestationError(
                     AttestationReason.CHALLENGE_EXPIRED, "the challenge expired; enroll again"
                 )
-            check_activation(CredentialChallenge(b"", b"", record.challenge), request.proof)
-            self.registry.complete_enrollment(device_id, now=self._clock())
+            check_activation(CredentialChallenge(b"", b"", pending.challenge), request.proof)
+            self._refuse_revoked(device_id)
+            before = self.registry.get(device_id)
+            if not self.registry.activate(
+                device_id, challenge=pending.challenge, now=self._clock()
+            ):
+                raise AttestationError(
+                    AttestationReason.CHALLENGE_SUPERSEDED,
+                    "a newer enrollment replaced (or this proof already answered) the "
+                    "challenge this proof answers; enroll again",
+                )
+            if before is not None:
+                self.keys.invalidate(before.signing_key_fp)
         return EnrollmentResult(device_id=device_id)
 
     # --- attestation ------------------------------------------------------------------
 
-    def issue_nonce(self, request: NonceRequest) -> NonceGrant:
+    def issue_nonce(self, request: NonceRequest, *, source: str) -> NonceGrant:
         """A single-use nonce for an enrolled, non-revoked device."""
-        with self._audited("nonce", request.device_id):
+        with self._audited("nonce", request.device_id, source=source, sampled=True):
             self._enrolled(request.device_id)
             nonce = self._nonces.issue(request.device_id)
         return NonceGrant(
@@ -168,10 +193,10 @@ class AttestationService:
             pcr_selection=list(self.policy.pcr_selection),
         )
 
-    def attest(self, request: AttestRequest) -> AttestationResult:
+    def attest(self, request: AttestRequest, *, source: str) -> AttestationResult:
         """Verify the quote and the signing key's certification; attest the key."""
         device_id = request.device_id
-        with self._audited("attest", device_id):
+        with self._audited("attest", device_id, source=source):
             record = self._enrolled(device_id)
             self._nonces.consume(device_id, request.nonce)
             last = None
@@ -219,15 +244,18 @@ class AttestationService:
 
     def revoke(self, device_id: str, reason: str) -> RevocationResult:
         """Revoke a device: its next envelope, nonce or enrollment is refused."""
-        with self._audited("revoke", device_id, detail=reason):
+        with self._audited("revoke", device_id, source=None, detail=reason):
             record = self._device(device_id)
             self.registry.revoke(device_id, reason=reason, now=self._clock())
             self.keys.invalidate(record.signing_key_fp)
         return RevocationResult(device_id=device_id)
 
-    def audit_refusal(self, action: str, device_id: str | None, reason: AttestationReason) -> None:
-        """Record a refusal decided outside the service (e.g. operator authentication)."""
-        self.audit.append(AuditRecord(action, "rejected", device_id, reason.value, None))
+    def audit_refusal(
+        self, action: str, device_id: str | None, reason: str, *, source: str
+    ) -> None:
+        """Record a refusal decided outside the service (operator authentication, rate
+        limits), sampled per source like every unauthenticated refusal."""
+        self.sampled.append(source, AuditRecord(action, "rejected", device_id, reason, None))
 
     # --- internals --------------------------------------------------------------------
 
@@ -252,17 +280,39 @@ class AttestationService:
             )
         return record
 
+    def _refuse_revoked(self, device_id: str) -> None:
+        existing = self.registry.get(device_id)
+        if existing is not None and existing.revoked:
+            raise AttestationError(
+                AttestationReason.DEVICE_REVOKED, f"device {device_id} is revoked"
+            )
+
     @contextmanager
     def _audited(
-        self, action: str, device_id: str | None, *, detail: str | None = None
+        self,
+        action: str,
+        device_id: str | None,
+        *,
+        source: str | None,
+        sampled: bool = False,
+        detail: str | None = None,
     ) -> Iterator[None]:
-        """Append the decision: accepted if the block returns, rejected with the reason
-        if it raises `AttestationError` (re-raised after the entry is durable)."""
+        """Record the decision: accepted if the block returns, rejected with the reason
+        if it raises `AttestationError` (re-raised after the entry is durable).
+
+        A refusal with a `source` (an unauthenticated caller), and an acceptance marked
+        `sampled` (it changed no device state), go through `SampledAudit`."""
         try:
             yield
         except AttestationError as exc:
-            self.audit.append(
-                AuditRecord(action, "rejected", device_id, exc.reason, str(exc.detail))
-            )
+            refused = AuditRecord(action, "rejected", device_id, exc.reason, str(exc.detail))
+            if source is None:
+                self.audit.append(refused)
+            else:
+                self.sampled.append(source, refused)
             raise
-        self.audit.append(AuditRecord(action, "accepted", device_id, None, detail))
+        accepted = AuditRecord(action, "accepted", device_id, None, detail)
+        if sampled and source is not None:
+            self.sampled.append(source, accepted)
+        else:
+            self.audit.append(accepted)

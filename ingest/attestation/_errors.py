@@ -51,6 +51,7 @@ class AttestationReason(StrEnum):
     DEVICE_REVOKED = "device_revoked"
     NO_PENDING_ENROLLMENT = "no_pending_enrollment"
     CHALLENGE_EXPIRED = "challenge_expired"
+    CHALLENGE_SUPERSEDED = "challenge_superseded"
     # the operator endpoints
     OPERATOR_UNAUTHORIZED = "operator_unauthorized"
 
@@ -66,6 +67,7 @@ _STATUS: dict[AttestationReason, int] = {
     AttestationReason.DEVICE_NOT_ENROLLED: 409,
     AttestationReason.NO_PENDING_ENROLLMENT: 409,
     AttestationReason.CHALLENGE_EXPIRED: 409,
+    AttestationReason.CHALLENGE_SUPERSEDED: 409,
     AttestationReason.OPERATOR_UNAUTHORIZED: 401,
 }
 

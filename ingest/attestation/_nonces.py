@@ -1,10 +1,16 @@
-"""Single-use server nonces with an expiry, bound to the device they were issued to."""
+"""Single-use server nonces with an expiry, bound to the device they were issued to.
+
+At most `max_per_device` nonces are outstanding per device (a newer one retires the
+oldest), so whoever may ask for nonces (anyone naming an enrolled device) cannot grow
+the store past that many per enrolled device.
+"""
 
 from __future__ import annotations
 
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -33,14 +39,22 @@ class NonceStore:
     """
 
     def __init__(
-        self, ttl_seconds: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_seconds: float = 60.0,
+        *,
+        max_per_device: int = 8,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        if max_per_device < 1:
+            raise ValueError(f"max_per_device must be at least 1, got {max_per_device}")
         self._ttl = ttl_seconds
+        self._max_per_device = max_per_device
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[bytes, _Entry] = {}
+        self._by_device: dict[str, deque[bytes]] = {}
 
     def issue(self, device_id: str) -> bytes:
         """A fresh random nonce for `device_id`, valid for the store's TTL."""
@@ -49,6 +63,10 @@ class NonceStore:
         with self._lock:
             self._purge(now)
             self._entries[nonce] = _Entry(device_id, now + self._ttl)
+            issued = self._by_device.setdefault(device_id, deque())
+            issued.append(nonce)
+            while len(issued) > self._max_per_device:
+                self._entries.pop(issued.popleft(), None)
         return nonce
 
     def consume(self, device_id: str, nonce: bytes) -> None:
@@ -63,7 +81,7 @@ class NonceStore:
             if entry.used:
                 raise AttestationError(AttestationReason.NONCE_REUSED, "this nonce was used")
             if now >= entry.expires_at:
-                del self._entries[nonce]
+                # Left for `_purge`, which keeps the per-device index in step.
                 raise AttestationError(
                     AttestationReason.NONCE_EXPIRED,
                     f"this nonce expired {now - entry.expires_at:.1f} s ago",
@@ -79,4 +97,8 @@ class NonceStore:
         # expired nonce is kept one more TTL so a late answer reads `nonce_expired`.
         expired = [n for n, e in self._entries.items() if now >= e.expires_at + self._ttl]
         for nonce in expired:
-            del self._entries[nonce]
+            device_id = self._entries.pop(nonce).device_id
+            issued = self._by_device[device_id]
+            issued.remove(nonce)
+            if not issued:
+                del self._by_device[device_id]
