@@ -10,7 +10,9 @@ raises: bad input there is dropped and counted (see `client._drops`).
     ├── SignalKindError      the name is declared with another kind (counter/histogram)
     ├── KeyStoreError        the device key cannot be read, created or trusted
     ├── ReleaseError         a DP measurement cannot be built for a signal
-    ├── LedgerError          the privacy ledger cannot be opened or written (client._ledger)
+    ├── LedgerError          the privacy ledger cannot be opened, trusted or written
+    │                        (client._ledger; a damaged journal is not raised but held
+    │                        as `Telemetry.ledger_problem()` until `reset_ledger`)
     ├── ConsentError         the consent history cannot be read or written (client._consent)
     ├── SpoolError           the on-disk spool cannot be opened (client._spool)
     └── TransportError       the ingest could not be reached or failed (retryable)
