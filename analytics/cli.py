@@ -110,9 +110,12 @@ def report(
             audit.close()
         raise fail(str(exc)) from None
     try:
-        rep = build_report(
-            conn, level=level, signal=signal, source=str(db), policy=rules, audit=audit
-        )
+        # On a terminal, a spinner on stderr while the warehouse is read (seconds for
+        # millions of rows, more with the HTML's drift and cost sections).
+        with Console(stderr=True).status(f"Reading {db}..."):
+            rep = build_report(
+                conn, level=level, signal=signal, source=str(db), policy=rules, audit=audit
+            )
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
     finally:
