@@ -19,7 +19,9 @@ from auditlog import AuditLog
 from ingest._attestation_routes import AttestationState, attestation_router
 from ingest._attestation_service import AttestationService
 from ingest._attested_keys import AttestedKeys
+from ingest._body import MAX_REQUEST_BYTES, BodyLimits
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
+from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
 from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
@@ -175,4 +177,13 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(attestation_router)
+    # Every body is bounded while it arrives, before a route or a body parameter reads it.
+    app.add_middleware(
+        BodyLimits,
+        limits={
+            "/v1/envelopes": settings.max_body_bytes,
+            "/v1/deletion-requests": MAX_DELETION_BYTES,
+        },
+        default=MAX_REQUEST_BYTES,
+    )
     return app

@@ -60,6 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"description": "evidence refused: unknown_ek_root, bad_activation_proof, ..."},
     404: {"description": "device_unknown"},
     409: {"description": "nonce_reused, nonce_expired, device_not_enrolled, ..."},
+    413: {"description": "batch_too_large: body over 64 KiB"},
     422: {"description": "malformed_body"},
 }
 

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 from auditlog import AuditRecord
 from ingest._attested_keys import AttestedKeys
-from ingest._deletion import MAX_DELETION_BYTES, verify_deletion_request
-from ingest._errors import BodyTooLarge, DeletionRejected, MalformedBody, TooManyItems
+from ingest._batch_scan import NotABatch, count_batch_items
+from ingest._deletion import verify_deletion_request
+from ingest._errors import DeletionRejected, MalformedBody, TooManyItems
 from ingest._health import CachedProbe, DependencyHealth, check_all
 from ingest._intake import EnvelopeIntake
 from ingest._settings import IngestSettings
@@ -76,6 +77,10 @@ class ErrorBody(BaseModel):
 
 router = APIRouter()
 
+_PRECISE_ERRORS_MAX_BYTES = 64 * 1024
+"""A body not shaped like a batch is handed to the parser for its precise error only up
+to this size: parsing `[1, 1, ...]` costs memory (and one error) per item."""
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "body is not JSON (malformed_body)"},
     413: {"model": ErrorBody, "description": "body or item count over the limit"},
@@ -84,30 +89,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it is known to exceed `limit` (before any parsing)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_batch(body: bytes) -> EnvelopeBatch:
+def _parse_batch(body: bytes, max_items: int) -> EnvelopeBatch:
+    """The batch in `body`, its items counted (`TooManyItems`) before it is parsed."""
     try:
-        return EnvelopeBatch.model_validate_json(body)
+        count = count_batch_items(body, max_items)
+    except NotABatch as exc:
+        # Not the plain shape: a small body gets the parser's precise answer (400 not
+        # JSON, 422 and where); a large one is not parsed at all, whatever it holds.
+        if len(body) > _PRECISE_ERRORS_MAX_BYTES:
+            raise MalformedBody(f"body is not an envelope batch: {exc}", status_code=422) from exc
+        count = 0
+    if count > max_items:
+        raise TooManyItems(f"batch has more than {max_items} items, the limit")
+    try:
+        batch = EnvelopeBatch.model_validate_json(body)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedBody("body is not valid JSON", status_code=400) from exc
         raise MalformedBody(
             f"body is not an envelope batch: {summarize_validation_error(exc)}", status_code=422
         ) from exc
+    if len(batch.envelopes) > max_items:  # a small body the scan could not count
+        raise TooManyItems(f"batch has {len(batch.envelopes)} items; the limit is {max_items}")
+    return batch
 
 
 @router.post(
@@ -128,14 +132,9 @@ async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
     202: every item accepted and durable. 422: at least one item rejected; the body has
     every item's result, and the accepted ones are durable too (do not resend them).
     """
-    settings = state.settings
-    # The body is read by hand (not as a typed parameter) so the size limit applies
-    # before a single byte is parsed.
-    batch = _parse_batch(await _read_body(request, settings.max_body_bytes))
-    if len(batch.envelopes) > settings.max_batch:
-        raise TooManyItems(
-            f"batch has {len(batch.envelopes)} items; the limit is {settings.max_batch}"
-        )
+    # The body is read by hand (not as a typed parameter) so its items are counted
+    # before it is parsed; `BodyLimits` has already bounded its size while it arrived.
+    batch = _parse_batch(await request.body(), state.settings.max_batch)
     result = await state.intake.submit(batch.envelopes)
     return JSONResponse(
         result.model_dump(mode="json", exclude_none=True),
@@ -167,7 +166,7 @@ async def post_deletion_request(request: Request, state: StateDep) -> DeletionRe
     the device's rows of that tier when it consumes it). 422: refused, with the reason;
     not worth resending.
     """
-    body = await _read_body(request, MAX_DELETION_BYTES)
+    body = await request.body()  # at most MAX_DELETION_BYTES: `BodyLimits`
     audit = state.intake.audit
     try:
         # Off the event loop: a TPM key's standing may be read from the registry.
