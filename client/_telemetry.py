@@ -556,6 +556,8 @@ class Telemetry:
 
     def _send_pending(self, *, blocking: bool) -> bool:
         self._run_purges()  # before anything leaves
+        if self._clock.wants_ingest_time():
+            self._transport.probe_time()  # so `sent_at` is on the ingest's clock
         attempts = 0
         while self._outbox.unsent():
             try:
