@@ -250,3 +250,38 @@ def test_the_http_transport_reads_the_ingests_date(ingest: MemoryIngest) -> None
     )
     bare.probe_time()
     assert bare.server_time() is None
+
+
+def test_a_policy_switch_mid_day_never_raises_the_days_cap(
+    make_telemetry: MakeTelemetry, ingest: MemoryIngest, clock: FakeClock, tmp_path: Path
+) -> None:
+    state = tmp_path / "device"
+    qw = make_telemetry(state_dir=state)
+    _spend_the_day(qw, clock)
+    qw.shutdown(release_open_window=False)
+    # The same device, the same day, under a policy with eight times the cap.
+    generous = POLICY.model_copy(
+        update={"privacy": POLICY.privacy.model_copy(update={"daily_epsilon": 64.0})}
+    )
+    assert generous.content_hash != POLICY.content_hash
+    again = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=generous,
+            ingest_public_key=ingest.public_key,
+            transport=MemoryTransport(ingest.handle),
+            state_dir=state,
+            clock=clock,
+            mode="manual",
+        )
+    )
+    for _ in range(6):
+        again.counter("app.starts").add(1)
+        (envelope,) = again.collect(clock.advance(hours=1))
+        assert not envelope.aggregates
+        assert envelope.suppressed == dict.fromkeys(SIGNALS, 1)
+    assert again.privacy_spent()[0] == CAP
+    assert again.flush()
+    assert _loss(ingest.envelopes) == CAP
+    again.shutdown(release_open_window=False)
