@@ -137,7 +137,8 @@ def _metric_cells(
 ) -> _Cells:
     if metric.effect == "ratio":
         return _cells(conn, metric.signal, _MEAN_PARTS, labels, since, until, paired=True)
-    assert metric.per_request is not None  # the policy model guarantees it
+    if metric.per_request is None:  # the policy model refuses this; a built one may not
+        raise InvalidQueryError(f"metric on {metric.signal} is a difference without per_request")
     events = _cells(conn, metric.signal, _COUNTER, labels, since, until, paired=False)
     requests = _cells(conn, metric.per_request, _COUNTER, labels, since, until, paired=False)
     out: _Cells = {}
