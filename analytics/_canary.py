@@ -225,10 +225,12 @@ def _window_range(
         for t in tables
     )
     params: list[Any] = [list(signals), since, since, until, until] * len(tables)
-    row = conn.execute(
+    # fetchall, not fetchone: an unfinished result would make the connection refuse the
+    # next relation query (DuckDB 2).
+    rows = conn.execute(
         f"SELECT min(window_start), max(window_end) FROM ({union})", params
-    ).fetchone()
-    return (row[0], row[1]) if row is not None else (None, None)
+    ).fetchall()
+    return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
 def canary_verdict(
