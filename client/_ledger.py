@@ -67,7 +67,7 @@ from typing import Any, Self
 from client._clock import ClockReading
 from client._errors import ClientError
 from client._journal import APPEND_FLAGS, LineFraming, lock_exclusively, write_atomically
-from client._ledger_state import DAY_SECONDS, LedgerState, reading_of
+from client._ledger_state import DAY_SECONDS, LedgerState, reading_of, total_of
 from policies import EXACT_EPSILON, PrivacyCaps, budget_day, epsilon_decimal
 
 __all__ = ["DAY_SECONDS", "LedgerError", "LedgerEvidence", "PrivacyLedger", "write_atomically"]
@@ -201,7 +201,7 @@ class PrivacyLedger:
             today, lifetime = state.days.get(day, Decimal(0)), state.lifetime
             day_cap = min(self._daily_cap, state.day_caps.get(day, self._daily_cap))
             recent = [s for s in state.recent if not state.is_old(s, now)]
-            window = _EXACT.add(Decimal(0), sum((s.eps for s in recent), Decimal(0)))
+            window = total_of(recent)
             window_cap = min([self._daily_cap, *(s.cap for s in recent)])
             records: list[dict[str, Any]] = []
             granted: list[bool] = []
@@ -231,7 +231,7 @@ class PrivacyLedger:
             )
             for i in range(len(recent) + 1):
                 left = recent[i:]
-                spent = sum((s.eps for _, s in left), Decimal(0))
+                spent = total_of(s for _, s in left)
                 cap = min([self._daily_cap, *(s.cap for _, s in left)])
                 if _EXACT.add(spent, eps) <= cap:
                     wait = recent[i - 1][0] if i else 0.0
@@ -265,7 +265,7 @@ class PrivacyLedger:
             window_cap = min([self._daily_cap, *(s.cap for s in recent)])
             left = min(
                 day_cap - state.days.get(day, Decimal(0)),
-                window_cap - sum((s.eps for s in recent), Decimal(0)),
+                window_cap - total_of(recent),
                 self._lifetime_cap - state.lifetime,
             )
             return float(max(Decimal(0), left))

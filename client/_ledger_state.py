@@ -11,6 +11,7 @@ an earlier boot, the wall clock, while it is not behind the latest charge.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +20,7 @@ from typing import Any
 from client._clock import ClockReading
 from policies import EXACT_EPSILON, budget_day
 
-__all__ = ["DAY_SECONDS", "LedgerState", "Stamp", "reading_of"]
+__all__ = ["DAY_SECONDS", "LedgerState", "Stamp", "reading_of", "total_of"]
 
 DAY_SECONDS = 86_400.0
 """The real-time window the daily cap holds over."""
@@ -149,3 +150,11 @@ def reading_of(at: datetime) -> ClockReading:
     """`at` as the real time of a charge (a simulator's clock, or a test's)."""
     budget_day(at)  # refuses a naive time
     return ClockReading(at.timestamp(), "simulated", at.timestamp())
+
+
+def total_of(stamps: Iterable[Stamp]) -> Decimal:
+    """The exact sum of the stamps' epsilons."""
+    total = Decimal(0)
+    for stamp in stamps:
+        total = _EXACT.add(total, stamp.eps)
+    return total
