@@ -37,10 +37,12 @@ class Stamp:
     at: ClockReading
 
     def to_json(self) -> list[Any]:
+        """The snapshot's form: [eps, cap, wall, boot, mono]."""
         return [str(self.eps), str(self.cap), self.at.wall, self.at.boot, self.at.mono]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Stamp:
+        """The inverse of `to_json`."""
         eps, cap, wall, boot, mono = data
         return cls(Decimal(eps), Decimal(cap), ClockReading(float(wall), str(boot), float(mono)))
 
@@ -51,6 +53,8 @@ def _reading(record: dict[str, Any]) -> ClockReading:
 
 @dataclass
 class LedgerState:
+    """Totals folded from a ledger's records (and its snapshot's): see the module."""
+
     gen: int = 0
     lifetime: Decimal = Decimal(0)
     days: dict[str, Decimal] = field(default_factory=dict)
@@ -62,6 +66,7 @@ class LedgerState:
     charges: int = 0
 
     def apply(self, record: dict[str, Any]) -> None:
+        """Fold one journal record in; KeyError/ValueError/TypeError if malformed."""
         kind = record["k"]
         if kind in ("c", "r"):
             eps, day, cap = Decimal(record["e"]), record["d"], Decimal(record["cap"])
@@ -104,6 +109,7 @@ class LedgerState:
         self.recent = [s for s in self.recent if not self.is_old(s, now)]
 
     def to_json(self) -> dict[str, Any]:
+        """The snapshot record."""
         return {
             "k": "snapshot",
             "g": self.gen,
@@ -119,6 +125,7 @@ class LedgerState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerState:
+        """The inverse of `to_json`; KeyError/ValueError/TypeError if malformed."""
         max_wall = data["max_wall"]
         return cls(
             gen=int(data["g"]),
@@ -133,6 +140,7 @@ class LedgerState:
         )
 
     def copy(self, gen: int) -> LedgerState:
+        """A copy as generation `gen` (compaction, reset)."""
         return LedgerState(
             gen=gen,
             lifetime=self.lifetime,
