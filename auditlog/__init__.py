@@ -2,6 +2,14 @@
 auditors verify it. A contract package: it imports neither the ingest nor analytics.
 """
 
+from auditlog._checkpoints import (
+    AuditReport,
+    checkpoint_message,
+    checkpoint_signer,
+    parse_audit_key,
+    verify_checkpoints,
+    verify_log,
+)
 from auditlog._errors import AuditLogError
 from auditlog._log import (
     GENESIS_HASH,
@@ -10,6 +18,8 @@ from auditlog._log import (
     AuditLog,
     AuditRecord,
     ChainReport,
+    Checkpoint,
+    CheckpointSigner,
     entry_hash,
     verify_entries,
 )
@@ -21,7 +31,15 @@ __all__ = [
     "AuditLog",
     "AuditLogError",
     "AuditRecord",
+    "AuditReport",
     "ChainReport",
+    "Checkpoint",
+    "CheckpointSigner",
+    "checkpoint_message",
+    "checkpoint_signer",
     "entry_hash",
+    "parse_audit_key",
+    "verify_checkpoints",
     "verify_entries",
+    "verify_log",
 ]

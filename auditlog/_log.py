@@ -38,6 +38,8 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "ChainReport",
+    "Checkpoint",
+    "CheckpointSigner",
     "entry_hash",
     "verify_entries",
 ]
@@ -61,6 +63,12 @@ CREATE TABLE IF NOT EXISTS audit (
     hash      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    head      TEXT NOT NULL,
+    at        REAL NOT NULL,
+    signature BLOB NOT NULL
+);
 """
 
 
@@ -90,6 +98,21 @@ class AuditEntry:
     detail: str | None
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement that the chain's entry `seq` had hash `head` at time `at`
+    (`seq` 0 and `GENESIS_HASH`: the log was empty). See `auditlog._checkpoints`."""
+
+    seq: int
+    head: str
+    at: float
+    signature: bytes
+
+
+CheckpointSigner = Callable[[int, str, float], bytes]
+"""Signs (seq, head, at); `auditlog.checkpoint_signer(key)` makes one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +247,40 @@ class AuditLog:
         with self._lock:
             self._seq, self._head = self._stored_head()
             return self._head
+
+    def append_checkpoint(
+        self, sign: CheckpointSigner, *, min_entries: int = 1
+    ) -> Checkpoint | None:
+        """Sign the stored head and keep the checkpoint, unless fewer than `min_entries`
+        entries were appended since the last one (None then). An empty log's first
+        checkpoint is seq 0: from then on the log cannot be swapped for another."""
+        if self.read_only:
+            raise AuditLogError(f"{self.path}: opened read-only; nothing may be appended")
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            seq, head = self._stored_head()
+            row = self._db.execute("SELECT max(seq) FROM checkpoints").fetchone()
+            last = row[0] if row is not None else None
+            if last is not None and seq - int(last) < max(1, min_entries):
+                return None
+            at = self._clock()
+            checkpoint = Checkpoint(seq, head, at, sign(seq, head, at))
+            self._db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                (checkpoint.seq, checkpoint.head, checkpoint.at, checkpoint.signature),
+            )
+            return checkpoint
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first (none in a log from before them)."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
+            ).fetchone()
+            if found is None:  # an older log opened read-only: never migrated
+                return []
+            rows = self._db.execute("SELECT * FROM checkpoints ORDER BY seq").fetchall()
+        return [Checkpoint(int(r[0]), str(r[1]), float(r[2]), bytes(r[3])) for r in rows]
 
     def entries(
         self,

@@ -30,7 +30,7 @@ from nacl.signing import SigningKey
 from client._tpm_keystore import TpmKeyStore
 from ingest import EnvelopeVerifier
 from ingest._attested_keys import AttestedKeys
-from ingest._registry import SqliteDeviceRegistry
+from ingest._registry import PendingEnrollment, SqliteDeviceRegistry
 from ingest.attestation import PcrPolicy, verify_key_certification, verify_quote
 from policies import load_policy
 from schemas import device_id_for, key_fingerprint
@@ -130,15 +130,19 @@ def _envelope_costs(work: Path) -> dict[str, float]:
     p_sig = p256.sign(p_payload, ec.ECDSA(hashes.SHA256()))
 
     registry = SqliteDeviceRegistry(work / "devices.sqlite3")
-    registry.begin_enrollment(
-        device_id=DEVICE,
-        ek_fingerprint="0" * 64,
-        ek_public=b"",
-        ak_public=b"",
-        ak_name=b"",
-        challenge=b"",
-        challenge_expires_at=0,
+    registry.offer_challenge(
+        PendingEnrollment(
+            device_id=DEVICE,
+            ek_fingerprint="0" * 64,
+            ek_public=b"",
+            ak_public=b"",
+            ak_name=b"",
+            challenge=b"c",
+            expires_at=1.0,
+        ),
+        now=0.0,
     )
+    registry.activate(DEVICE, challenge=b"c", now=0.0)
     registry.record_attestation(
         DEVICE,
         signing_key=point,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -19,14 +20,18 @@ from auditlog import AuditLog
 from ingest._attestation_routes import AttestationState, attestation_router
 from ingest._attestation_service import AttestationService
 from ingest._attested_keys import AttestedKeys
+from ingest._audit_routes import AuditKey, audit_router
+from ingest._audit_sampling import SampledAudit
+from ingest._audit_upkeep import AuditCheckpointer, AuditUpkeep
 from ingest._body import MAX_REQUEST_BYTES, BodyLimits
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
-from ingest._errors import ConfigurationError, IngestError, MalformedBody
+from ingest._errors import ConfigurationError, IngestError, MalformedBody, RateLimited
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
-from ingest._keys import load_ingest_key
+from ingest._keys import load_audit_key, load_ingest_key
+from ingest._ratelimit import TokenBucketLimiter
 from ingest._registry import SqliteDeviceRegistry
 from ingest._report_rules import ReportRules
 from ingest._routes import IngestState, router
@@ -62,6 +67,8 @@ def _error(
 async def _ingest_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, IngestError)
     headers = {"Retry-After": _RETRY_AFTER_SECONDS} if exc.status_code == 503 else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return _error(exc.status_code, exc.reason, exc.detail, headers)
 
 
@@ -115,12 +122,27 @@ def create_app(
     registry = SqliteDeviceRegistry(settings.state_dir / "devices.sqlite3")
     audit = AuditLog(settings.state_dir / "audit.sqlite3")
     attested_keys = AttestedKeys(registry, ttl=settings.attested_key_cache_seconds)
+    sampled = SampledAudit(audit, interval=settings.audit_sample_seconds)
     service = AttestationService(
         attestation_policy,
         registry,
         audit,
         attested_keys,
+        sampled=sampled,
         clock=attestation_clock or time.time,
+    )
+    limiter = TokenBucketLimiter(
+        rate=settings.unauthenticated_rate, burst=settings.unauthenticated_burst
+    )
+    audit_key = load_audit_key(settings)
+    checkpointer = AuditCheckpointer(
+        audit,
+        audit_key,
+        every_entries=settings.audit_checkpoint_entries,
+        every_seconds=settings.audit_checkpoint_seconds,
+    )
+    audit_key_info = AuditKey(
+        public_key=base64.b64encode(bytes(audit_key.verify_key)).decode("ascii")
     )
     operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
     served = _load_policies(settings)
@@ -142,6 +164,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         the_bus = bus if bus is not None else default_bus(settings)
         await the_bus.start()
+        upkeep = AuditUpkeep(sampled, checkpointer)
+        await upkeep.start()
         try:
             intake = EnvelopeIntake(verifier, the_bus, recent, audit, ledger=ledger, clock=clock)
             yield {
@@ -157,10 +181,12 @@ def create_app(
                         "audit_log": CachedProbe(audit_log_probe(audit)),
                     },
                 ),
-                "attestation": AttestationState(service, operator_token),
+                "attestation": AttestationState(service, operator_token, limiter),
+                "audit_key": audit_key_info,
             }
         finally:
             await the_bus.stop()
+            await upkeep.close()  # after the last request's entry, before the log closes
             registry.close()
             audit.close()
             ledger.close()
@@ -177,6 +203,7 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(attestation_router)
+    app.include_router(audit_router)
     # Every body is bounded while it arrives, before a route or a body parameter reads it.
     app.add_middleware(
         BodyLimits,

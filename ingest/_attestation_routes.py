@@ -9,6 +9,12 @@
 Refusals are ``{"error": reason, "detail": ...}`` with a 4xx (see `AttestationReason`).
 The revoke endpoint needs ``Authorization: Bearer <QUIETWIRE_INGEST_OPERATOR_TOKEN>``;
 with no token configured it refuses every call.
+
+Anyone may call these endpoints, so each request first takes a token from its source's
+bucket (`TokenBucketLimiter`, keyed by the client's address as the server sees it:
+behind a proxy, have the server trust the proxy's forwarded address); an empty bucket
+is a 429 ``rate_limited`` with ``Retry-After``, recorded through `SampledAudit` so a
+flood adds a bounded number of audit entries.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Request
 
 from ingest._attestation_service import AttestationService
+from ingest._errors import RateLimited
+from ingest._ratelimit import TokenBucketLimiter
 from ingest.attestation import AttestationError, AttestationReason
 from schemas import (
     ActivateRequest,
@@ -44,13 +53,45 @@ class AttestationState:
 
     service: AttestationService
     operator_token: str | None
+    limiter: TokenBucketLimiter
 
 
 def _state(request: Request) -> AttestationState:
     return cast(AttestationState, request.state.attestation)
 
 
+def _source(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def _admitted(request: Request) -> str:
+    """The request's source, once its bucket gave it a token; else 429 (audited)."""
+    state = _state(request)
+    source = _source(request)
+    wait = state.limiter.take(source)
+    if wait > 0:
+        action = _ACTIONS.get(request.url.path, "revoke")
+        # In a thread: the first refusal of an interval is appended (an fsync).
+        await asyncio.to_thread(
+            state.service.audit_refusal, action, None, RateLimited.reason, source=source
+        )
+        raise RateLimited(
+            f"too many requests from {source}; retry in {wait:.1f} s "
+            f"(at most {state.limiter.rate:g}/s, bursts of {state.limiter.burst})",
+            retry_after=wait,
+        )
+    return source
+
+
 AttestationDep = Annotated[AttestationState, Depends(_state)]
+SourceDep = Annotated[str, Depends(_admitted)]
+
+_ACTIONS = {
+    "/v1/enroll": "enroll",
+    "/v1/enroll/activate": "activate",
+    "/v1/attest/nonce": "nonce",
+    "/v1/attest": "attest",
+}
 
 attestation_router = APIRouter(tags=["attestation"])
 
@@ -62,31 +103,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "nonce_reused, nonce_expired, device_not_enrolled, ..."},
     413: {"description": "batch_too_large: body over 64 KiB"},
     422: {"description": "malformed_body"},
+    429: {"description": "rate_limited: too many requests from this source (Retry-After)"},
 }
 
 
 @attestation_router.post("/v1/enroll", response_model=EnrollmentChallenge, responses=_ERRORS)
-async def enroll(body: EnrollRequest, state: AttestationDep) -> EnrollmentChallenge:
+async def enroll(
+    body: EnrollRequest, state: AttestationDep, source: SourceDep
+) -> EnrollmentChallenge:
     """Check the EK certificate against the policy's roots; answer a credential challenge."""
-    return await asyncio.to_thread(state.service.enroll, body)
+    return await asyncio.to_thread(partial(state.service.enroll, body, source=source))
 
 
 @attestation_router.post("/v1/enroll/activate", response_model=EnrollmentResult, responses=_ERRORS)
-async def activate(body: ActivateRequest, state: AttestationDep) -> EnrollmentResult:
+async def activate(
+    body: ActivateRequest, state: AttestationDep, source: SourceDep
+) -> EnrollmentResult:
     """Complete enrollment with the ActivateCredential proof."""
-    return await asyncio.to_thread(state.service.activate, body)
+    return await asyncio.to_thread(partial(state.service.activate, body, source=source))
 
 
 @attestation_router.post("/v1/attest/nonce", response_model=NonceGrant, responses=_ERRORS)
-async def attest_nonce(body: NonceRequest, state: AttestationDep) -> NonceGrant:
+async def attest_nonce(body: NonceRequest, state: AttestationDep, source: SourceDep) -> NonceGrant:
     """A single-use nonce (with expiry) for the next quote and certification."""
-    return await asyncio.to_thread(state.service.issue_nonce, body)
+    return await asyncio.to_thread(partial(state.service.issue_nonce, body, source=source))
 
 
 @attestation_router.post("/v1/attest", response_model=AttestationResult, responses=_ERRORS)
-async def attest(body: AttestRequest, state: AttestationDep) -> AttestationResult:
+async def attest(
+    body: AttestRequest, state: AttestationDep, source: SourceDep
+) -> AttestationResult:
     """Verify a quote and the signing key's certification; attest the key until expiry."""
-    return await asyncio.to_thread(state.service.attest, body)
+    return await asyncio.to_thread(partial(state.service.attest, body, source=source))
 
 
 @attestation_router.post(
@@ -96,16 +144,17 @@ async def revoke(
     device_id: str,
     body: RevokeRequest,
     state: AttestationDep,
+    source: SourceDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> RevocationResult:
     """Revoke a device (operator only): refused from its next envelope on."""
     # In a thread: a refusal is audited, and an audit append fsyncs; an unauthenticated
     # caller must not be able to stall the event loop with it.
-    await asyncio.to_thread(_check_operator, state, authorization)
+    await asyncio.to_thread(_check_operator, state, authorization, source)
     return await asyncio.to_thread(state.service.revoke, device_id, body.reason)
 
 
-def _check_operator(state: AttestationState, authorization: str | None) -> None:
+def _check_operator(state: AttestationState, authorization: str | None, source: str) -> None:
     expected = state.operator_token
     scheme, _, token = (authorization or "").partition(" ")
     if (
@@ -114,7 +163,9 @@ def _check_operator(state: AttestationState, authorization: str | None) -> None:
         or not hmac.compare_digest(token.encode(), expected.encode())
     ):
         # Audited too: an auditor wants to see who tried to revoke without the right.
-        state.service.audit_refusal("revoke", None, AttestationReason.OPERATOR_UNAUTHORIZED)
+        state.service.audit_refusal(
+            "revoke", None, AttestationReason.OPERATOR_UNAUTHORIZED.value, source=source
+        )
         raise AttestationError(
             AttestationReason.OPERATOR_UNAUTHORIZED,
             "revocation needs 'Authorization: Bearer <operator token>'",

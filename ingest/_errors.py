@@ -6,7 +6,8 @@
     │   ├── BodyTooLarge            413 batch_too_large: the body exceeds the byte limit
     │   ├── TooManyItems            413 batch_too_large: more items than MAX_BATCH
     │   ├── MalformedBody           400/422 malformed_body: not JSON, or not an EnvelopeBatch
-    │   └── DeletionRejected        422 <RejectReason>: a deletion request failed verification
+    │   ├── DeletionRejected        422 <RejectReason>: a deletion request failed verification
+    │   └── RateLimited             429 rate_limited: too many requests from this source
     ├── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
     └── LedgerUnavailable           503 ledger_unavailable: the device ledger did not commit
 
@@ -28,6 +29,7 @@ __all__ = [
     "IngestError",
     "LedgerUnavailable",
     "MalformedBody",
+    "RateLimited",
     "RequestRejected",
     "TooManyItems",
 ]
@@ -111,3 +113,15 @@ class LedgerUnavailable(IngestError):
 
     status_code = 503
     reason = "ledger_unavailable"
+
+
+class RateLimited(RequestRejected):
+    """429 rate_limited: this source sent more requests than its budget allows;
+    `retry_after` (seconds) is when its next request would be admitted."""
+
+    status_code = 429
+    reason = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -99,6 +99,34 @@ class IngestSettings(BaseSettings):
         description="how long a replica trusts its cached view of a key's attestation; "
         "bounds how late another replica's revocation is seen here",
     )
+    unauthenticated_rate: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="requests per second each source (client address) may make to the "
+        "enrollment, attestation and revocation endpoints, on average; more is 429",
+    )
+    unauthenticated_burst: int = Field(
+        default=50, ge=1, description="how many of those requests a source may make at once"
+    )
+    audit_sample_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="interval of the audit log's sampling of unauthenticated decisions: "
+        "the first of a kind per source is written, repeats are summarized once per interval",
+    )
+    audit_key_path: Path | None = Field(
+        default=None,
+        description="file holding the Ed25519 key that signs audit checkpoints (base64, mode "
+        "0600); default state_dir/audit-signing.key, generated on first start",
+    )
+    audit_checkpoint_entries: int = Field(
+        default=1000, ge=1, description="sign a checkpoint after this many new audit entries"
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="or after this many seconds with new entries (and always at shutdown)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65_535)
 
@@ -138,6 +166,11 @@ class IngestSettings(BaseSettings):
     def resolved_warehouse_path(self) -> Path:
         """The DuckDB file of the sink, defaulting into the state directory."""
         return self.warehouse_path or self.state_dir / "warehouse.duckdb"
+
+    @property
+    def resolved_audit_key_path(self) -> Path:
+        """The audit checkpoint signing key's file (generated there if absent)."""
+        return self.audit_key_path or self.state_dir / "audit-signing.key"
 
     @property
     def key_path(self) -> Path:
