@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
 from auditlog import AuditLog
 from client._shares import ReportSharer
 from ingest import EnvelopeVerifier, InMemoryEnvelopeBus, RecentlyAccepted
-from ingest._admission import Candidate, DaySpend, DeviceMark, Refused, decide
+from ingest._admission import Admitted, Candidate, DaySpend, DeviceMark, Refused, decide
 from ingest._device_ledger import DeviceLedger
 from ingest._errors import BusUnavailable, ConfigurationError, LedgerUnavailable
 from ingest._intake import EnvelopeIntake
@@ -190,14 +192,18 @@ async def test_a_ledger_that_cannot_commit_is_a_503_and_nothing_is_published(
     assert bus.published == []
 
 
+# The pure rules' envelopes: never signed nor sealed; copied, not rebuilt (fast).
+_BASE = EnvelopeV1.model_validate(Device("eu-test").envelope())
+
+
 def _candidate(sequence: int, start: datetime, hours: int = 1) -> Candidate:
-    device = Device("eu-test")
-    env = EnvelopeV1.model_validate(
-        device.envelope(
-            sequence=sequence,
-            window_start=start.isoformat(),
-            window_end=(start + timedelta(hours=hours)).isoformat(),
-        )
+    env = _BASE.model_copy(
+        update={
+            "envelope_id": uuid.uuid4(),
+            "sequence": sequence,
+            "window_start": start,
+            "window_end": start + timedelta(hours=hours),
+        }
     )
     return Candidate(env, EnvelopePrice(Decimal("1.5"), Decimal(4)), None)
 
@@ -233,3 +239,43 @@ def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path)
     blocker.write_text("not a directory")
     with pytest.raises(ConfigurationError, match="device ledger"):
         DeviceLedger(blocker / "ledger.sqlite3", [PILOT])
+
+
+_EPSILONS = st.sampled_from(
+    [Decimal(0), Decimal("0.1"), Decimal("0.45"), Decimal("2.6"), Decimal(5)]
+)
+_CAPS = st.sampled_from([None, Decimal(4), Decimal(8), Decimal(16)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_EPSILONS, _CAPS), max_size=40))
+def test_no_charge_passes_the_strictest_cap_of_the_day_so_far(
+    releases: list[tuple[Decimal, Decimal | None]],
+) -> None:
+    """Every charge admitted leaves the day within the strictest cap of the policies
+    admitted so far (itself included); every refusal would have crossed it."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    mark: DeviceMark | None = None
+    spend = DaySpend()
+    caps: list[Decimal] = []
+    for n, (epsilon, cap) in enumerate(releases):
+        if epsilon and cap is None:
+            continue  # a policy known by hash only releases nothing priceable
+        env = _candidate(n + 1, start + timedelta(hours=n)).envelope
+        decision = decide(
+            mark, spend, Candidate(env, EnvelopePrice(epsilon, cap), None), recent=frozenset()
+        )
+        strictest = min([*caps, cap] if cap is not None else caps, default=None)
+        if isinstance(decision, Refused):
+            assert decision.reason is RejectReason.BUDGET_EXCEEDED
+            assert strictest is not None
+            assert spend.spent + epsilon > strictest
+            continue
+        assert isinstance(decision, Admitted)
+        assert decision.spend.spent == spend.spent + epsilon
+        assert decision.spend.cap == strictest
+        if epsilon:
+            assert strictest is not None
+            assert decision.spend.spent <= strictest
+        mark, spend = decision.mark, decision.spend
+        caps += [cap] if cap is not None else []
