@@ -30,6 +30,7 @@ from policies._model import (
     TierConsent,
     fingerprint_bucket_name,
 )
+from policies._otel import OtelInstrument, OtelPolicy
 from policies._tasks import (
     SCALAR_PARTS,
     AggregationTask,
@@ -66,6 +67,8 @@ __all__ = [
     "LocalParts",
     "LocalPrice",
     "MechanismChoice",
+    "OtelInstrument",
+    "OtelPolicy",
     "PcrRule",
     "Policy",
     "PolicyError",

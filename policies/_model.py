@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from policies._canary import CanaryPolicy, canary_reference_problem
 from policies._cost import CostPolicy, cost_reference_problem
+from policies._otel import OtelPolicy, otel_reference_problem
 from schemas import Mechanism, Tier
 
 __all__ = [
@@ -559,6 +560,15 @@ class Policy(BaseModel):
     aggregation: AggregationPolicy = Field(default_factory=AggregationPolicy)
     cost: CostPolicy | None = None
     canary: CanaryPolicy | None = None
+    otel: OtelPolicy | None = None
+
+    @model_validator(mode="after")
+    def _check_otel(self) -> Policy:
+        if self.otel is not None:
+            problem = otel_reference_problem(self.otel, self.signals)
+            if problem is not None:
+                raise PolicyKeyError(f"otel.{problem[0]}", problem[1])
+        return self
 
     @model_validator(mode="after")
     def _check_canary(self) -> Policy:
@@ -618,6 +628,10 @@ class Policy(BaseModel):
         only analytics reads: a price or threshold change must not make devices'
         envelopes and Prio3 tasks (keyed by this hash) those of another policy.
         """
-        data = self.model_dump(mode="json", exclude={"cost", "canary"})
+        # `otel` is hashed: it decides what goes into a signal and in which unit, so two
+        # devices with different mappings send different things. Left out when absent,
+        # so a policy without it keeps the hash it had before the section existed.
+        exclude = {"cost", "canary"} if self.otel is not None else {"cost", "canary", "otel"}
+        data = self.model_dump(mode="json", exclude=exclude)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -66,6 +66,8 @@ def test_public_names_are_pinned() -> None:
         "CounterSignal",
         "HistogramSignal",
         "MechanismChoice",
+        "OtelInstrument",
+        "OtelPolicy",
         "Policy",
         "PolicyError",
         "PrivacyCaps",
