@@ -28,7 +28,7 @@ from ingest._pricing import EnvelopePrice
 from ingest._report_rules import ReportRules
 from ingest._windows import AlignedWindow
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
-from schemas import BatchResult, EnvelopeV1, RejectReason
+from schemas import BatchResult, EnvelopeV1, IngestedEnvelope, RejectReason
 from tests.ingest.kit import Device
 
 PILOT = load_policy(PILOT_POLICY_PATH)
@@ -279,3 +279,28 @@ def test_no_charge_passes_the_strictest_cap_of_the_day_so_far(
             assert decision.spend.spent <= strictest
         mark, spend = decision.mark, decision.spend
         caps += [cap] if cap is not None else []
+
+
+async def test_two_processes_sharing_the_ledger_file_share_the_budget(tmp_path: Path) -> None:
+    """Replicas on one host sharing a state directory: one budget per device."""
+    path = tmp_path / "shared" / "ledger.sqlite3"
+    first, second = DeviceLedger(path, [PILOT]), DeviceLedger(path, [PILOT])
+    device = Device("eu-test")
+    items = [
+        IngestedEnvelope(
+            envelope=EnvelopeV1.model_validate(device.envelope()),
+            received_at=NOW,
+            key_fingerprint="a" * 64,
+            assurance="software",
+        )
+        for _ in range(8)
+    ]
+    try:
+        decisions = []
+        for n, item in enumerate(items):  # alternating between the two replicas
+            decisions += await (first if n % 2 else second).admit([item], NOW)
+    finally:
+        first.close()
+        second.close()
+    refused = [d.reason for d in decisions if isinstance(d, Refused)]
+    assert refused == [RejectReason.BUDGET_EXCEEDED] * 2  # 6 x 2.6 fit in 16
