@@ -37,6 +37,7 @@ POLICY = _DEFAULT.model_copy(
         # Their rules name signals of the full catalogue.
         "canary": None,
         "cost": None,
+        "otel": None,
         "signals": {
             "inference.requests": CounterSignal(
                 privacy_model="local",

@@ -47,6 +47,7 @@ POLICY: Policy = _DEFAULT.model_copy(
         # Their rules name signals of the full catalogue.
         "canary": None,
         "cost": None,
+        "otel": None,
         "signals": {
             "requests": CounterSignal(
                 tier=Tier.PERFORMANCE, attributes={"route": ROUTES}, max_per_window=15, epsilon=1.0
