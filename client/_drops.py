@@ -49,6 +49,16 @@ class DropReason(StrEnum):
     """An aggregate-model signal's window of a batch (the policy's aligned window) this
     device already sent reports for: one contribution per batch, so it is not sent
     (never charged)."""
+    OTEL_UNDECLARED_INSTRUMENT = "otel_undeclared_instrument"
+    """A measurement of an OpenTelemetry instrument the policy's `otel` section does not
+    map, or maps to a signal of another kind, or was created with a unit it does not
+    declare (`client.otel`)."""
+    OTEL_UNDECLARED_ATTRIBUTE = "otel_undeclared_attribute"
+    """An OpenTelemetry attribute the instrument's mapping neither maps to a label nor
+    ignores: the attribute is dropped, the measurement kept."""
+    OTEL_CALLBACK_FAILED = "otel_callback_failed"
+    """An observable instrument's callback that raised, returned something other than
+    observations, or had not returned when the window closed."""
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

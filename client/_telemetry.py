@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -57,7 +58,7 @@ from client._spool import Spool
 from client._transport import HttpTransport, Transport
 from client._window import Window, WindowClock
 from client._worker import PeriodicWorker
-from policies import AggregationTask, CounterSignal, HistogramSignal, aggregation_tasks
+from policies import AggregationTask, CounterSignal, HistogramSignal, Policy, aggregation_tasks
 from schemas import (
     CounterAggregate,
     EnvelopeV1,
@@ -157,6 +158,7 @@ class Telemetry:
             budget_clock=self._clock,
             evidence=self._state.ledger_evidence(),
         )
+        self._window_observers: list[Callable[[], None]] = []
         self._failures = 0
         self._retry_at = 0.0
         self._flush_waiters: list[threading.Event] = []
@@ -213,6 +215,23 @@ class Telemetry:
     def dropped(self) -> dict[str, int]:
         """Counts of everything dropped so far, by reason."""
         return self._drops.snapshot()
+
+    @property
+    def policy(self) -> Policy:
+        """The policy this client records under."""
+        return self._policy
+
+    @property
+    def drops(self) -> DropCounter:
+        """The loss counter `dropped()` reads (for adapters such as `client.otel`)."""
+        return self._drops
+
+    def add_window_observer(self, observer: Callable[[], None]) -> None:
+        """Call `observer()` just before a window's cells are read, on the thread that
+        closes windows (the worker in background mode, `collect`'s or `shutdown`'s
+        caller otherwise). `client.otel` polls observable instruments there. It must
+        return quickly and not raise; a failure is logged."""
+        self._window_observers.append(observer)
 
     @property
     def pending(self) -> int:
@@ -391,6 +410,8 @@ class Telemetry:
         self, windows: list[Window], now: datetime, carry: Window | None = None
     ) -> list[CollectedWindow]:
         out = []
+        if windows:
+            self._observe_window_close()
         for i, window in enumerate(windows):
             # What was recorded belongs to the window that was open: the oldest one.
             # Later windows in the list saw no recording at all, and release zeros.
@@ -400,6 +421,13 @@ class Telemetry:
         if windows:
             self._outbox.expire(now, self._policy.retention.for_tier)
         return out
+
+    def _observe_window_close(self) -> None:
+        for observer in self._window_observers:
+            try:
+                observer()
+            except Exception:
+                _log.exception("a window observer failed")
 
     def _collect_window(
         self, window: Window, now: datetime, *, take: bool, carry: bool = False
