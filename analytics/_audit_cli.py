@@ -1,6 +1,6 @@
 """`quietwire audit`: an auditor's read-only view of the ingest's hash-chained audit log.
 
-    quietwire audit verify --log PATH [--head HEX]
+    quietwire audit verify --log PATH [--audit-key FILE|BASE64] [--head HEX]
     quietwire audit report --db WAREHOUSE [--log PATH] ...   (analytics._auditor_cli)
     quietwire audit list --log PATH [--device ID] [--action A] [--decision accept|reject]
                          [--reason R] [--format table|json]
@@ -8,7 +8,9 @@
 The log is the ingest's (`<state_dir>/audit.sqlite3`, `ingest.AuditLog`), opened
 read-only: nothing here creates, migrates or writes it. `verify` exits 1 when the chain
 is broken (an edited, deleted or reordered entry, or a tail cut off before an anchored
-head) and 2 on bad input, like every `quietwire` command.
+head) or, with the ingest's audit key, when a signed checkpoint does not verify or no
+longer matches the chain (the chain rewritten, or cut off before a checkpoint), and 2
+on bad input, like every `quietwire` command.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,8 +29,10 @@ from rich.table import Table
 from analytics._auditor_cli import AUDIT_REPORT_HELP, audit_report
 from analytics._cli_support import fail
 
-if TYPE_CHECKING:  # the ingest package is imported only when an audit command runs
-    from auditlog import AuditEntry, AuditLog
+if TYPE_CHECKING:  # the audit log package is imported only when an audit command runs
+    from nacl.signing import VerifyKey
+
+    from auditlog import AuditEntry, AuditLog, AuditReport, ChainReport
 
 __all__ = ["audit_app"]
 
@@ -79,11 +83,16 @@ def _utc(at: float) -> str:
 
 
 _VERIFY_HELP = (
-    "Recompute every entry's hash and link, and print the head. Exit 1 if broken.\n\n"
+    "Recompute every entry's hash and link, check the signed checkpoints, and print the "
+    "head. Exit 1 if broken.\n\n"
     "A broken chain is reported with its first broken entry: its seq and what is wrong "
     "with it (edited, missing or reordered), or, with --head, that entries were cut off "
-    "the end. Keep the printed head where the ingest's operators cannot change it, and "
-    "pass it as --head next time. Exit 2 on a missing or foreign file or a bad --head."
+    "the end. With --audit-key (the ingest's public audit key, from GET /v1/audit-key or "
+    "`python -m ingest audit-key`, kept where the ingest's operators cannot change it), "
+    "every checkpoint's signature is checked and the chain must still hold each signed "
+    "head: a chain rewritten with recomputed hashes, or cut off before a checkpoint, or a "
+    "checkpoint not made with that key, is broken. Exit 2 on a missing or foreign file, "
+    "a bad --head or a bad --audit-key."
 )
 _LIST_HELP = (
     "List audit entries in order, filtered by device, action, decision and reason.\n\n"
@@ -104,22 +113,66 @@ def verify(
             "cut off the end of the log.",
         ),
     ] = None,
+    audit_key: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-key",
+            metavar="FILE|BASE64",
+            help="The ingest's public audit key (Ed25519, 32 bytes base64), or a file "
+            "holding it: also verify every signed checkpoint against the chain.",
+        ),
+    ] = None,
 ) -> None:
-    """Verify the audit log's hash chain (see `_VERIFY_HELP`)."""
+    """Verify the audit log's hash chain and checkpoints (see `_VERIFY_HELP`)."""
+    from auditlog import verify_log
+
     if head is not None:
         head = head.strip().lower()
         if not _HEX64.match(head):
             raise fail(f"--head must be 64 hex digits (a SHA-256), got {head!r}")
+    key = _audit_key(audit_key) if audit_key is not None else None
     audit = _open(log)
     try:
-        report = audit.verify_chain(expected_head=head)
+        if key is None:
+            report = audit.verify_chain(expected_head=head)
+            checked = None
+        else:
+            checked = verify_log(audit, key, expected_head=head)
+            report = checked.chain
     finally:
         audit.close()
-    if report.ok:
-        anchored = ", ends at the anchored head" if head is not None else ""
-        typer.echo(f"audit log OK: {report.entries} entries{anchored}")
-        typer.echo(f"head: {report.head}")
-        return
+    if not report.ok:
+        _broken_chain(report, head)
+    if checked is not None and checked.problem is not None:
+        typer.echo(f"audit log BROKEN: {checked.problem}")
+        typer.echo(f"({checked.checkpoints} checkpoints before it verify)")
+        raise typer.Exit(code=1)
+    anchored = ", ends at the anchored head" if head is not None else ""
+    typer.echo(f"audit log OK: {report.entries} entries{anchored}")
+    typer.echo(f"head: {report.head}")
+    if checked is None:
+        typer.echo("checkpoints: not verified (pass --audit-key to check their signatures)")
+    else:
+        _checkpoints_ok(checked)
+
+
+def _audit_key(value: str) -> VerifyKey:
+    from auditlog import AuditLogError, parse_audit_key
+
+    text = value
+    path = Path(value)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"--audit-key {value}: cannot read: {exc}") from None
+    try:
+        return parse_audit_key(text)
+    except AuditLogError as exc:
+        raise fail(f"--audit-key: {exc} (give the base64 key or a file holding it)") from None
+
+
+def _broken_chain(report: ChainReport, head: str | None) -> NoReturn:
     if report.broken_at is not None:
         typer.echo(
             f"audit log BROKEN at entry seq {report.broken_at}: {report.problem} "
@@ -130,6 +183,19 @@ def verify(
         typer.echo(f"audit log BROKEN: {report.problem} (entries cut off the end, or replaced)")
         typer.echo(f"head: {report.head} ({report.entries} entries); anchored: {head}")
     raise typer.Exit(code=1)
+
+
+def _checkpoints_ok(checked: AuditReport) -> None:
+    last = checked.last_checkpoint
+    if last is None:
+        typer.echo("checkpoints: none (the log is empty)")
+        return
+    typer.echo(
+        f"checkpoints: {checked.checkpoints} signed by the audit key, all match the chain; "
+        f"the last at seq {last.seq} ({_utc(last.at)}), head {last.head}"
+    )
+    if checked.uncovered:
+        typer.echo(f"{checked.uncovered} entries after it are not yet covered by a signature")
 
 
 @audit_app.command("list", help=_LIST_HELP)

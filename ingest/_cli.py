@@ -5,6 +5,7 @@
     python -m ingest aggregate [--once] [--final]
     python -m ingest helper [--host H] [--port P]
     python -m ingest keygen PATH
+    python -m ingest audit-key        (the audit key's public half, for auditors)
 
 Configuration comes from `QUIETWIRE_INGEST_*` variables (see `IngestSettings`), the
 leader's aggregation from `QUIETWIRE_LEADER_*` (`ingest.aggregation.LeaderSettings`) and
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from ingest._app import create_app
 from ingest._errors import IngestError
 from ingest._health_server import HealthServer
-from ingest._keys import write_private_key
+from ingest._keys import load_audit_key, write_private_key
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
 from ingest._sink_consumer import KafkaSinkConsumer
@@ -128,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     helper.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     keygen = sub.add_parser("keygen", help="write a new ingest private key file (0600)")
     keygen.add_argument("path", type=Path)
+    sub.add_parser(
+        "audit-key",
+        help="print the public audit key (base64) that signs the audit log's checkpoints "
+        "(generated into the state directory if absent), for `quietwire audit verify`",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -142,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "aggregate":
             return run_aggregation(once=args.once, final=args.final)
         settings = IngestSettings()
+        if args.command == "audit-key":
+            audit_key = load_audit_key(settings)
+            print(base64.b64encode(bytes(audit_key.verify_key)).decode("ascii"))
+            return 0
         if args.command == "sink":
             regions = args.region or [settings.region]
             return asyncio.run(
