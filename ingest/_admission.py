@@ -18,16 +18,18 @@ if, against what this ingest already accepted from its device:
   cap of every policy the device's accepted envelopes named that day, so switching
   policy mid-day never raises the day's cap.
 
-A retry of an envelope already admitted (same envelope id, in the device's last
-request) is not judged again: it is published again, uncharged (`Repeated`).
+A retry of an envelope already admitted (in the device's last request) is not judged
+again: it is published again, uncharged (`Repeated`). A retry is recognised by its
+`retry_key`: envelope id, sequence, window, policy and charge, so a device cannot reuse
+an admitted id for an envelope that releases more, or for another window.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from uuid import UUID
 
 from ingest._pricing import EnvelopePrice
 from ingest._windows import AlignedWindow
@@ -43,6 +45,7 @@ __all__ = [
     "Refused",
     "Repeated",
     "decide",
+    "retry_key",
 ]
 
 
@@ -53,8 +56,8 @@ class DeviceMark:
     sequence: int
     window_end: datetime
     report_batch_end: datetime | None
-    recent: frozenset[UUID]
-    """Envelope ids of the device's last request that admitted any: what a retry sends."""
+    recent: frozenset[bytes]
+    """`retry_key`s of the device's last request that admitted any: what a retry sends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +136,32 @@ def _strictest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
     return a if b is None else min(a, b)
 
 
+def retry_key(candidate: Candidate) -> bytes:
+    """16 bytes naming what the ledger decided on: a resend with the same key is the
+    same admission; the same envelope id with anything else changed is not."""
+    env, price = candidate.envelope, candidate.price
+    facts = (
+        env.envelope_id.hex,
+        env.sequence,
+        env.window_start.isoformat(),
+        env.window_end.isoformat(),
+        env.policy_hash,
+        None if price is None else str(price.epsilon),
+        None if candidate.batch is None else candidate.batch.start.isoformat(),
+    )
+    return hashlib.blake2b(repr(facts).encode(), digest_size=16).digest()
+
+
 def decide(
-    mark: DeviceMark | None, spend: DaySpend, candidate: Candidate, *, recent: frozenset[UUID]
+    mark: DeviceMark | None, spend: DaySpend, candidate: Candidate, *, recent: frozenset[bytes]
 ) -> Decision:
     """Admit or refuse `candidate` given its device's state; see the module docstring.
 
-    `recent`: ids that count as already admitted (the device's last request, and the
-    current one so far).
+    `recent`: `retry_key`s that count as already admitted (the device's last request,
+    and the current one so far).
     """
     env = candidate.envelope
-    if env.envelope_id in recent:
+    if retry_key(candidate) in recent:
         return Repeated()
     if mark is not None and (problem := _order_problem(mark, env, candidate.batch)):
         return problem

@@ -4,8 +4,8 @@ One SQLite file (`state_dir/ledger.sqlite3`, stdlib `sqlite3`, WAL,
 ``synchronous=FULL``), two tables:
 
 - `device_marks`, one row per device: its last accepted sequence number, the end of its
-  last window, the end of the policy window of its last Prio3 reports, and the envelope
-  ids of its last request (so a retry is recognised);
+  last window, the end of the policy window of its last Prio3 reports, and the retry
+  keys (`ingest._admission.retry_key`) of its last request (so a retry is recognised);
 - `device_spend`, one row per ingest day and device: epsilon spent and the strictest
   daily cap of the policies it used that day. Only today's and yesterday's rows are
   kept: the day is the ingest's own, so older ones can never be charged again.
@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from uuid import UUID
 
 from ingest._admission import (
     Admitted,
@@ -45,6 +44,7 @@ from ingest._admission import (
     Refused,
     Repeated,
     decide,
+    retry_key,
 )
 from ingest._errors import ConfigurationError, LedgerUnavailable
 from ingest._pricing import EnvelopePricing
@@ -203,7 +203,7 @@ class DeviceLedger:
             ).fetchone()
             if row is not None:
                 seq, end_us, batch_us, recent = row
-                ids = frozenset(UUID(bytes=recent[i : i + 16]) for i in range(0, len(recent), 16))
+                ids = frozenset(recent[i : i + 16] for i in range(0, len(recent), 16))
                 batch_end = None if batch_us is None else _from_us(batch_us)
                 out[device_id] = DeviceMark(seq, _from_us(end_us), batch_end, ids)
         return out
@@ -242,7 +242,7 @@ class DeviceLedger:
                     m.sequence,
                     _to_us(m.window_end),
                     None if m.report_batch_end is None else _to_us(m.report_batch_end),
-                    b"".join(sorted(u.bytes for u in m.recent)),
+                    b"".join(sorted(m.recent)),
                 )
                 for d in sorted(changed)
                 if (m := marks.get(d)) is not None
@@ -283,8 +283,8 @@ def _decide_request(
     spends: dict[tuple[str, str], DaySpend],
 ) -> list[Decision]:
     """Decide one request's candidates in order, updating `marks` and `spends`."""
-    touched: dict[str, set[UUID]] = {}
-    before: dict[str, frozenset[UUID]] = {}  # each device's last request's ids
+    touched: dict[str, set[bytes]] = {}
+    before: dict[str, frozenset[bytes]] = {}  # each device's last request's retry keys
     decisions: list[Decision] = []
     for candidate in request.candidates:
         env = candidate.envelope
@@ -299,7 +299,7 @@ def _decide_request(
             marks[device_id] = decision.mark
             spends[key] = decision.spend
         if not isinstance(decision, Refused):
-            this_request.add(env.envelope_id)
+            this_request.add(retry_key(candidate))
         decisions.append(decision)
     for device_id, ids in touched.items():
         if ids:

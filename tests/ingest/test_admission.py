@@ -29,7 +29,7 @@ from ingest._report_rules import ReportRules
 from ingest._windows import AlignedWindow
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import BatchResult, EnvelopeV1, IngestedEnvelope, RejectReason
-from tests.ingest.kit import Device
+from tests.ingest.kit import Device, counter_aggregate
 
 PILOT = load_policy(PILOT_POLICY_PATH)
 DEFAULT = load_policy()
@@ -304,3 +304,22 @@ async def test_two_processes_sharing_the_ledger_file_share_the_budget(tmp_path: 
         second.close()
     refused = [d.reason for d in decisions if isinstance(d, Refused)]
     assert refused == [RejectReason.BUDGET_EXCEEDED] * 2  # 6 x 2.6 fit in 16
+
+
+async def test_an_admitted_envelope_id_cannot_be_reused_for_another_release(
+    intake: EnvelopeIntake, key: PrivateKey, bus: InMemoryEnvelopeBus, ledger: DeviceLedger
+) -> None:
+    device = Device("eu-test")
+    cheap = device.envelope(aggregates=[])  # releases nothing: costs nothing
+    bus.fail_with = "kafka down"
+    with pytest.raises(BusUnavailable):
+        await intake.submit([device.item(key.public_key, cheap)])
+    bus.fail_with = None
+    # The "retry" keeps the id but releases more: judged afresh, not republished.
+    richer = cheap | {"aggregates": [counter_aggregate()]}
+    result = await intake.submit([device.item(key.public_key, richer)])
+    assert _reasons(result) == ["sequence_not_increasing"]
+    assert bus.published == []
+    # The very same envelope is still a retry.
+    assert (await intake.submit([device.item(key.public_key, cheap)])).accepted == 1
+    assert ledger.spent(device.device_id, TODAY) == 0
