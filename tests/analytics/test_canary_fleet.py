@@ -16,9 +16,11 @@ promote case: the edge route's latency (0.4 s a request) is small against the no
 a sum, and bounding it within +10% would take several times these fleets.
 
 Measured (90% intervals): at 300 devices the local route's latency ratio has a standard
-error of about 4% (+30% is rolled back with its interval's low end near +20%); at 600
-the local and cloud routes' are about 2%, so a canary without regression passes +10%
-with a margin of three standard errors.
+error of about 5% (a +30% regression was rolled back with its interval's low end at
++17%); at 400, about 4%, so the low end falls below +10% with probability about 1e-4.
+At 600 devices the local and cloud routes' are about 2.3% (90% half-widths about 4%),
+so a canary without regression has an interval's high end past +10% on either route
+with probability under 1%.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _true_effects(run: FleetRun) -> dict[str, float]:
 def regressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[FleetRun, CanaryResult]:
     policy = _policy()
     db = tmp_path_factory.mktemp("canary") / "regressed.duckdb"
-    run = run_fleet(FleetSpec(devices=300, windows=1, canary_share=0.5, seed=11), db, policy=policy)
+    run = run_fleet(FleetSpec(devices=400, windows=1, canary_share=0.5, seed=11), db, policy=policy)
     return run, _verdict(run, policy)
 
 
