@@ -29,6 +29,7 @@ from client._instruments import BoundCounter, BoundHistogram, Counter, Histogram
 from client._keys import KeyStore, SoftwareKeyStore
 from client._keystore_fallback import FallbackKeyStore
 from client._ledger import LedgerError
+from client._privacy import reset_device_ledger
 from client._release import TrueCounter, TrueHistogram, TrueTotal
 from client._sealing import EnvelopeSealer
 from client._telemetry import CollectedWindow, Telemetry
@@ -65,4 +66,5 @@ __all__ = [
     "TrueHistogram",
     "TrueTotal",
     "UnknownSignalError",
+    "reset_device_ledger",
 ]

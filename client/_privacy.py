@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -43,6 +43,7 @@ from typing import Literal
 from client._clock import BudgetClock, ClockReading
 from client._consent import ConsentStore, SignedConsentRecord
 from client._drops import DropCounter, DropReason
+from client._envelope import DeviceState
 from client._keys import KeyStore
 from client._ledger import LedgerError, LedgerEvidence, PrivacyLedger
 from client._loss import check_charge
@@ -50,7 +51,7 @@ from client._spool import Spool, _load_or_create_key
 from policies import Policy, release_epsilon
 from schemas import Tier
 
-__all__ = ["MAX_HOLD_SECONDS", "Admission", "PrivacyGate"]
+__all__ = ["MAX_HOLD_SECONDS", "Admission", "PrivacyGate", "reset_device_ledger"]
 
 _log = logging.getLogger("client")
 
@@ -206,3 +207,38 @@ def _ledger_key(state_dir: Path) -> bytes:
     (mode 0600) and which never leaves it."""
     spool_key = _load_or_create_key(state_dir / Spool.KEY_FILE)
     return hashlib.blake2b(b"privacy-ledger", key=spool_key, person=b"qw-ledger-key").digest()
+
+
+def reset_device_ledger(
+    state_dir: Path, policy: Policy, reason: str, *, force: bool = False
+) -> LedgerError | None:
+    """Operator action on a device's state directory, with its app stopped
+    (`quietwire ledger-reset`): acknowledge a lost or damaged ledger, as
+    `Telemetry.reset_ledger` does (`PrivacyLedger.reset`: the day and the last 24 real
+    hours fully spent). Returns the problem acknowledged.
+
+    Raises `ValueError` for a directory that is not a device's or, unless `force`, a
+    ledger that is sound (a reset spends the day's budget); `LedgerError` if the ledger
+    is in use (the app is running) or cannot be written.
+    """
+    known = (state_dir / DeviceState.FILE_NAME, state_dir / PrivacyGate.LEDGER_FILE)
+    if not any(path.is_file() for path in known):
+        raise ValueError(f"{state_dir}: not a device's state directory (no state, no ledger)")
+    clock = BudgetClock(lambda: datetime.now(UTC))
+    with PrivacyLedger(
+        state_dir / PrivacyGate.LEDGER_FILE,
+        policy.privacy,
+        key=_ledger_key(state_dir),
+        policy_hash=policy.content_hash,
+        evidence=DeviceState(state_dir).ledger_evidence(),
+    ) as ledger:
+        problem = ledger.problem
+        if problem is None and not force:
+            raise ValueError(
+                f"{state_dir}: the privacy ledger is sound; a reset would spend today's "
+                "budget (force it to reset anyway)"
+            )
+        at = clock.now()
+        ledger.reset(at, now=clock.read(at), reason=reason)
+    _log.warning("privacy ledger of %s reset by the operator: %s", state_dir, reason)
+    return problem

@@ -1,5 +1,6 @@
-"""The `quietwire` entry point: the analytics commands (`analytics.cli`) and the demo,
-which runs a simulated fleet through client, ingest and warehouse (`fleetsim`)."""
+"""The `quietwire` entry point: the analytics commands (`analytics.cli`), the demo,
+which runs a simulated fleet through client, ingest and warehouse (`fleetsim`), and the
+operator's `ledger-reset` of a device's damaged privacy ledger (`quietwire._ledger_cli`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+import quietwire._ledger_cli  # noqa: F401  (registers `ledger-reset`)
 from analytics.cli import app, fail
 from fleetsim import run_demo
 from ingest import IngestError, check_bootstrap

@@ -15,7 +15,7 @@ import pytest
 from client import HttpTransport, LedgerError, MemoryTransport, Telemetry, TelemetryConfig
 from client._loss import release_loss
 from client._privacy import MAX_HOLD_SECONDS
-from policies import Policy
+from policies import Policy, dump_policy
 from schemas import AppInfo, BatchResult, EnvelopeBatch, EnvelopeV1, Tier
 from tests.client.conftest import POLICY, FakeClock, MakeTelemetry, MemoryIngest
 
@@ -285,3 +285,39 @@ def test_a_policy_switch_mid_day_never_raises_the_days_cap(
     assert again.flush()
     assert _loss(ingest.envelopes) == CAP
     again.shutdown(release_open_window=False)
+
+
+def test_the_operator_resets_a_stopped_devices_ledger_from_the_command_line(
+    make_telemetry: MakeTelemetry, clock: FakeClock, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from quietwire.cli import app
+
+    state = tmp_path / "device"
+    policy_file = dump_policy(POLICY, tmp_path / "policy.yaml")
+    qw = make_telemetry(state_dir=state)
+    _spend_the_day(qw, clock)
+    runner = CliRunner()
+    args = ["ledger-reset", "--state-dir", str(state), "--policy", str(policy_file)]
+    # While the app runs it holds the ledger: refused, one line, exit 2.
+    running = runner.invoke(app, [*args, "--reason", "journal lost"])
+    assert running.exit_code == 2
+    assert "in use" in running.stderr
+    qw.shutdown(release_open_window=False)
+    # A sound ledger is not reset by mistake (it would spend the day's budget).
+    sound = runner.invoke(app, [*args, "--reason", "journal lost"])
+    assert sound.exit_code == 2
+    assert "sound" in sound.stderr
+    _damage(state / "privacy_ledger.journal", "emptied")
+    done = runner.invoke(app, [*args, "--reason", "journal emptied by a cleanup tool"])
+    assert done.exit_code == 0, done.stderr
+    assert "charges were removed" in done.stdout
+    again = make_telemetry(state_dir=state)
+    assert again.ledger_problem() is None
+    (envelope,) = again.collect(clock.advance(hours=1))
+    assert not envelope.aggregates  # the reset spent the rest of the day
+    nowhere = ["ledger-reset", "--state-dir", str(tmp_path / "nope"), "--reason", "x"]
+    missing = runner.invoke(app, nowhere)
+    assert missing.exit_code == 2
+    assert "not a device's state directory" in missing.stderr

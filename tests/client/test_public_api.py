@@ -33,6 +33,7 @@ def test_exported_names_are_pinned() -> None:
         "TrueHistogram",
         "TrueTotal",
         "UnknownSignalError",
+        "reset_device_ledger",
     }
     for name in client.__all__:
         assert getattr(client, name).__doc__, f"{name} has no docstring"
