@@ -268,7 +268,13 @@ class AttestationService:
         return record
 
     def _enrolled(self, device_id: str) -> DeviceRecord:
-        record = self._device(device_id)
+        record = self.registry.get(device_id)
+        if record is None and self.registry.pending(device_id) is not None:
+            raise AttestationError(
+                AttestationReason.DEVICE_NOT_ENROLLED,
+                f"device {device_id} has a challenge pending: answer it (activate)",
+            )
+        record = record or self._device(device_id)
         if record.revoked:
             raise AttestationError(
                 AttestationReason.DEVICE_REVOKED, f"device {device_id} is revoked"
