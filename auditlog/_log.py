@@ -6,7 +6,10 @@ canonical JSON (sorted keys, no spaces, UTF-8) of all its fields and that previo
 Editing an entry breaks its hash; deleting one breaks the sequence and the next entry's
 `prev_hash`. Dropping the *newest* entries leaves a shorter valid chain: to catch that,
 an auditor keeps (or the operator publishes) `head()` and checks it later against the
-chain (`verify_chain(expected_head=...)`).
+chain (`verify_chain(expected_head=...)`). Whoever controls the file can also edit an
+entry and recompute every hash after it; the `checkpoints` table holds the writer's
+signatures over earlier heads (`append_checkpoint`), which such a rewrite no longer
+matches (`auditlog._checkpoints.verify_log`).
 
 Storage is a SQLite table (WAL, ``synchronous=FULL``: an append is durable when it
 returns). Envelope decisions are appended with `append_many`, one transaction per
