@@ -16,7 +16,7 @@ from tpm2_pytss.constants import TPMA_OBJECT
 from auditlog import AuditEntry, AuditLog
 from client._tpm_keystore import SIGNING_KEY_ATTRIBUTES, TpmKeyStore
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
-from schemas import BatchResult
+from schemas import BatchResult, IngestedEnvelope
 from tests.harness.swtpm import SwtpmInstance
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 from tests.integration.tpm._device import certify_foreign_key, extend_pcr
@@ -65,7 +65,7 @@ class Ingest:
             private_key_path=self.tmp_path / "ingest.key",
             state_dir=self.state_dir,
             attestation_policy_path=self.policy,
-            operator_token=OPERATOR_TOKEN,  # type: ignore[arg-type]
+            operator_token=OPERATOR_TOKEN,
         )
 
     def client(self) -> AbstractAsyncContextManager[httpx.AsyncClient]:
@@ -130,8 +130,10 @@ async def test_enroll_attest_and_send_a_tpm_signed_envelope(
     result = await _post_items(client, [item])
 
     assert (result.accepted, result.rejected) == (1, 0)
-    assert [p.assurance for p in ingest.bus.published] == ["tpm"]
-    assert ingest.bus.published[0].envelope.device_id == device_id
+    (published,) = ingest.bus.published
+    assert isinstance(published, IngestedEnvelope)
+    assert published.assurance == "tpm"
+    assert published.envelope.device_id == device_id
     assert device_id.startswith("tpm-")
     actions = [(e.action, e.decision) for e in ingest.audit(device_id=device_id)]
     assert actions == [
@@ -182,7 +184,9 @@ async def test_attestation_survives_an_ingest_restart(
         result = await _post_items(second, [item])
 
     assert result.accepted == 1
-    assert ingest.bus.published[-1].assurance == "tpm"
+    published = ingest.bus.published[-1]
+    assert isinstance(published, IngestedEnvelope)
+    assert published.assurance == "tpm"
 
 
 # --- enrollment refusals ---------------------------------------------------------------
