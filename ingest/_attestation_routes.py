@@ -11,8 +11,9 @@ The revoke endpoint needs ``Authorization: Bearer <QUIETWIRE_INGEST_OPERATOR_TOK
 with no token configured it refuses every call.
 
 Anyone may call these endpoints, so each request first takes a token from its source's
-bucket (`TokenBucketLimiter`, keyed by the client's address as the server sees it:
-behind a proxy, have the server trust the proxy's forwarded address); an empty bucket
+bucket (`TokenBucketLimiter`, keyed by the client's address as the server sees it, an
+IPv6 address by its /64: behind a proxy, have the server trust the proxy's forwarded
+address); an empty bucket
 is a 429 ``rate_limited`` with ``Retry-After``, recorded through `SampledAudit` so a
 flood adds a bounded number of audit entries.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, cast
@@ -61,7 +63,16 @@ def _state(request: Request) -> AttestationState:
 
 
 def _source(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
+    """The client's address; an IPv6 one by its /64, which one subscriber usually holds
+    whole (else every address of it would be a fresh bucket)."""
+    host = request.client.host if request.client is not None else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 async def _admitted(request: Request) -> str:

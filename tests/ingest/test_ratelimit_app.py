@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from starlette.requests import Request
+
 from auditlog import AuditLog
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
+from ingest._attestation_routes import _source
 from tests.ingest.kit import SERVED_POLICIES, asgi_client
 
 UNKNOWN = {"device_id": "tpm-" + "0" * 32}
@@ -61,3 +64,12 @@ async def test_a_flood_is_counted_in_a_bounded_number_of_audit_entries(tmp_path:
     # one written and one summary per kind; together they count every request
     assert len(entries) == 4
     assert by_reason == {"device_unknown": 3, "rate_limited": 57}
+
+
+def test_an_ipv6_source_is_its_slash_64() -> None:
+    def source(host: str) -> str:
+        return _source(Request({"type": "http", "client": (host, 1234), "headers": []}))
+
+    assert source("2001:db8:1:2:aaaa::1") == source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source("2001:db8:1:3::1") != source("2001:db8:1:2::1")
+    assert source("198.51.100.7") == "198.51.100.7"
