@@ -1,0 +1,195 @@
+"""Ingest throughput over HTTP: envelopes/s, latency, and server CPU per envelope against
+the cryptographic floor.
+
+The ingest runs as a real uvicorn server in its own process (`benchmarks._ingest_server`),
+first with the embedded sink (DuckDB in-process), then on a real Kafka broker
+(`tests.harness.kafka.KafkaBroker`, fetching its jars as `make kafka-jars` does; acks=all,
+idempotent producer). `WORKERS` concurrent httpx clients post real sealed, signed
+envelopes (`benchmarks._ingest_load`), one envelope per request (batch 1) and ten
+(batch 10). Every request must be answered 202 with all its envelopes accepted.
+
+Reported per bus and batch size: envelopes/s and p50/p99 request latency (as the
+clients saw them, queueing included), and the server's CPU per envelope: user + system
+time of the server process (all its threads: event loop, ledger, audit log and DuckDB
+commits) read from /proc before and after the run, divided by the envelopes sent. Not
+counted: the clients, and with Kafka the broker (a JVM); no sink consumer runs then.
+
+The floor is what no ingest can skip per envelope: open the sealed box and verify the
+Ed25519 signature (PyNaCl, as the ingest does), on the same envelopes, in this run, timed
+as CPU time of this thread (`time.thread_time`, so other load on the machine does not
+inflate it). Each figure is the best of `ROUNDS` rounds, each with fresh devices.
+
+Targets (issue 8, item 7): server CPU per envelope at most 3x the floor at batch 10 and
+6x at batch 1, on both buses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.public import PrivateKey, SealedBox
+from nacl.signing import VerifyKey
+
+from benchmarks._ingest_load import WORKERS, LoadResult, Workload, make_workload, send
+from benchmarks._ingest_server import REGION, IngestServer
+from ingest._keys import write_private_key
+from tests.harness.kafka import KafkaBroker, KafkaHarnessError
+
+ROUNDS = 3
+GROUPS_PER_WORKER = {1: 6, 10: 2}
+"""Per round: 16 x 6 groups x 6 requests = 576 requests of 1 envelope; 16 x 2 x 6 = 192
+requests of 10."""
+TARGETS = {1: 6.0, 10: 3.0}
+"""Batch size -> the most server CPU per envelope may be, in multiples of the floor."""
+_FLOOR_REPEATS = 5
+_TOPIC = f"quietwire.envelopes.{REGION}"
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One round: what the clients saw and what the server spent."""
+
+    load: LoadResult
+    cpu_seconds: float
+
+    @property
+    def cpu_us_per_envelope(self) -> float:
+        """Server CPU per envelope, in microseconds."""
+        return self.cpu_seconds / self.load.envelopes * 1e6
+
+
+def _best_thread_time(fn: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(_FLOOR_REPEATS):
+        started = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - started)
+    return best
+
+
+def floor_us(private_key: PrivateKey, items: Sequence[str]) -> tuple[float, float]:
+    """(sealed-box open, Ed25519 verify) per envelope in µs, over `items`."""
+    box = SealedBox(private_key)
+    sealed = [base64.b64decode(item) for item in items]
+    signed = [json.loads(box.decrypt(s)) for s in sealed]
+    checks = [
+        (
+            VerifyKey(base64.b64decode(s["public_key"])),
+            base64.b64decode(s["payload"]),
+            base64.b64decode(s["signature"]),
+        )
+        for s in signed
+    ]
+
+    def open_all() -> None:
+        for s in sealed:
+            box.decrypt(s)
+
+    def verify_all() -> None:
+        for key, payload, signature in checks:
+            key.verify(payload, signature)
+
+    n = len(items)
+    return _best_thread_time(open_all) / n * 1e6, _best_thread_time(verify_all) / n * 1e6
+
+
+def _measure(server: IngestServer, workload: Workload) -> Measured:
+    before = server.cpu_seconds()
+    load = send(server.url, workload)
+    return Measured(load, server.cpu_seconds() - before)
+
+
+def _run_bus(
+    state: Path, private_key: PrivateKey, kafka: str | None
+) -> tuple[dict[int, Measured], list[str], list[str]]:
+    """Best round per batch size, the failures seen, and every item sent (for the floor)."""
+    state.mkdir(parents=True)
+    write_private_key(state / f"ingest-{REGION}.key", private_key)
+    key = private_key.public_key
+    best: dict[int, Measured] = {}
+    failures: list[str] = []
+    items: list[str] = []
+    with IngestServer(state, kafka_bootstrap=kafka) as server:
+        for batch in GROUPS_PER_WORKER:  # warm-up: first requests, imports, caches
+            send(server.url, make_workload(key, batch=batch, groups_per_worker=1))
+        for batch, groups in GROUPS_PER_WORKER.items():
+            for _ in range(ROUNDS):
+                workload = make_workload(key, batch=batch, groups_per_worker=groups)
+                items.extend(workload.items)
+                measured = _measure(server, workload)
+                failures.extend(measured.load.failures)
+                if batch not in best or measured.cpu_seconds < best[batch].cpu_seconds:
+                    best[batch] = measured
+    return best, failures, items
+
+
+def _kafka_results(
+    work: Path, private_key: PrivateKey
+) -> tuple[dict[int, Measured], list[str], list[str]] | None:
+    try:
+        broker = KafkaBroker()
+        broker.start()  # fetches the jars first if they are not cached
+    except KafkaHarnessError as exc:
+        print(f"Kafka: SKIPPED, the broker could not start: {exc}")
+        return None
+    try:
+        broker.create_topics([_TOPIC], partitions=3)
+        return _run_bus(work / "kafka", private_key, broker.bootstrap)
+    finally:
+        broker.stop()
+
+
+def _report(bus: str, results: dict[int, Measured], floor: float) -> bool:
+    met = True
+    for batch, m in results.items():
+        ratio = m.cpu_us_per_envelope / floor
+        ok = ratio <= TARGETS[batch]
+        met &= ok
+        print(
+            f"{bus:<9}{batch:>6}{m.load.rate:>9.0f}{m.load.percentile(50) * 1e3:>9.1f}"
+            f"{m.load.percentile(99) * 1e3:>9.1f}{m.cpu_us_per_envelope:>11.0f}{floor:>8.0f}"
+            f"{ratio:>7.1f}x  <= {TARGETS[batch]:g}x {'met' if ok else 'MISSED'}"
+        )
+    return met
+
+
+def main() -> int:
+    """Print the figures; return 1 if a target is missed or a request was not accepted."""
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    private_key = PrivateKey.generate()
+    with tempfile.TemporaryDirectory(prefix="quietwire-bench-ingest-") as tmp:
+        work = Path(tmp)
+        runs = {"embedded": _run_bus(work / "embedded", private_key, None)}
+        kafka = _kafka_results(work, private_key)
+        if kafka is not None:
+            runs["kafka"] = kafka
+    sample = runs["embedded"][2]
+    opened, verified = floor_us(private_key, sample)
+    floor = opened + verified
+    print(
+        f"floor per envelope: {floor:.0f} µs (sealed-box open {opened:.0f} + Ed25519 verify "
+        f"{verified:.0f}, CPU time over {len(sample)} envelopes)"
+    )
+    print(f"{WORKERS} concurrent clients; best of {ROUNDS} rounds; server CPU = its process's")
+    print(
+        f"{'bus':<9}{'batch':>6}{'env/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU µs/env':>11}{'floor':>8}{'ratio':>8}"
+    )
+    met = all([_report(bus, results, floor) for bus, (results, _, _) in runs.items()])
+    failures = [f for _, failed, _ in runs.values() for f in failed]
+    for failure in failures[:5]:
+        print("request not accepted:", failure)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    print("targets:", "met" if met and not failures else "MISSED")
+    return 0 if met and not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
