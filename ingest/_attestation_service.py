@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from auditlog import AuditLog, AuditRecord
@@ -75,7 +76,7 @@ def ek_device_id(ek_certificate: bytes) -> str | None:
         spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # e.g. a key type it cannot load
         return None
     return tpm_device_id_for(spki)
 

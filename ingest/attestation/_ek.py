@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import (
     ExtensionPolicy,
@@ -106,7 +107,13 @@ def verify_ek_certificate(
             f"EK certificate (issuer {cert.issuer.rfc4514_string()}) does not chain to a "
             f"trusted root: {exc}",
         ) from exc
-    if not _same_public_key(cert.public_key(), public_key_of(public)):
+    try:
+        certified = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a key type or curve it cannot load
+        raise AttestationError(
+            AttestationReason.MALFORMED_EVIDENCE, f"EK certificate key cannot be read: {exc}"
+        ) from exc
+    if not _same_public_key(certified, public_key_of(public)):
         raise AttestationError(
             AttestationReason.EK_CERT_MISMATCH, "the EK certificate holds another key"
         )

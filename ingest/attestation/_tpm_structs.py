@@ -81,7 +81,10 @@ def check_attest_header(attest: Any, expected_type: int) -> None:
 
 def tpm_name(public: Any) -> bytes:
     """The TPM name of a public area: nameAlg || H(TPMT_PUBLIC)."""
-    return bytes(public.get_name())
+    try:
+        return bytes(public.get_name())
+    except Exception as exc:  # ValueError for a nameAlg it cannot hash (NULL, unknown)
+        raise _malformed("the public area has no name (its nameAlg is not a hash)", exc) from exc
 
 
 def ecc_p256_point(public: Any) -> bytes | None:
