@@ -295,9 +295,29 @@ def report_run(run: FleetRun, html: Path, console: Console) -> FleetReport:
                 f"Simulator truth inside the 95% interval: {inside} of {compared} released "
                 f"{model}-model cells ({inside / compared:.1%}; {how}); expected about 95%."
             )
+    _render_insights(report, console)
     written = render_html(report, html)
     console.print(f"HTML report: {written}")
     return report
+
+
+def _render_insights(report: FleetReport, console: Console) -> None:
+    """One line each: the canary's verdict per route, drift per route, what the HTML has."""
+    insights = report.insights
+    if insights is None:
+        return
+    if insights.canary is not None:
+        v = insights.canary.verdict
+        routes = ", ".join(f"{r.route}: {r.verdict.value}" for r in v.routes)
+        console.print(
+            f"Canary verdict (analytics, {v.level * 100:g}% intervals): [bold]{v.verdict.value}"
+            f"[/bold] for {v.canary} against {v.baseline} ({routes})."
+        )
+    for result in insights.drift:
+        p = "" if result.p_value is None else f", p = {result.p_value:.3g}"
+        console.print(f"Drift of {result.signal}, {result.b}: {result.verdict}{p}.")
+    for note in insights.notes:
+        console.print(f"[dim]{note}[/dim]")
 
 
 def _explain_budget(console: Console, rules: Policy, path: Path, devices: int) -> None:
