@@ -16,7 +16,9 @@ histogram signal (levels and gauges as one event per cell per window).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -67,7 +69,7 @@ class _Instruments:
         self._made: dict[tuple[str, str, str], metrics.Instrument] = {}
 
     def get(self, kind: str, name: str, unit: str, make: Callable[[], _I]) -> _I:
-        key = (kind, name.lower(), unit)
+        key = (kind, str(name).lower(), str(unit))
         with self._lock:
             made = self._made.get(key)
             if made is None:
@@ -77,12 +79,15 @@ class _Instruments:
     def spec(self, name: str, unit: str, signal_kind: str) -> tuple[OtelInstrument, float] | None:
         """The mapping and unit factor of an instrument, or None (logged) if refused."""
         otel = self._policy.otel
-        spec = otel.instrument(name) if otel is not None else None
+        spec = otel.instrument(str(name)) if otel is not None else None
         why = None
         if spec is None:
             why = "the policy's otel section does not map it"
+        elif (signal := self._policy.signals.get(spec.signal)) is None:
+            # Defensive (`TelemetryConfig` validates the policy's cross-references):
+            # creating an instrument must never raise into the app.
+            why = f"it maps to {spec.signal!r}, which the catalogue lacks"
         else:
-            signal = self._policy.signals[spec.signal]
             factor = spec.factor_for(unit, signal.unit)
             if signal.kind != signal_kind:
                 why = f"it maps to {spec.signal!r}, a {signal.kind}, not a {signal_kind}"
@@ -117,6 +122,9 @@ class _Instruments:
     @property
     def drops(self) -> DropCounter:
         return self._drops
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def poller(self) -> ObservationPoller:
@@ -291,6 +299,14 @@ class QuietwireMeterProvider(metrics.MeterProvider):
         self._meters: dict[tuple[str, str | None, str | None], QuietwireMeter] = {}
         self._lock = threading.Lock()
         telemetry.add_window_observer(self._poller.poll)
+        ref = weakref.ref(self)
+
+        def _after_fork_in_child() -> None:
+            provider = ref()
+            if provider is not None:
+                provider._reset_locks_after_fork()
+
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
     def get_meter(
         self,
@@ -308,6 +324,12 @@ class QuietwireMeterProvider(metrics.MeterProvider):
                     name, version, schema_url, self._instruments
                 )
         return meter
+
+    def _reset_locks_after_fork(self) -> None:
+        # Another thread of the parent may have held any of these at fork time.
+        self._lock = threading.Lock()
+        self._instruments.reset_after_fork()
+        self._poller.reset_after_fork()
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Send every pending envelope; True when none is left (`Telemetry.flush`)."""
