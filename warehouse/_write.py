@@ -61,6 +61,23 @@ _VALUE_TYPES = [
 ]
 
 
+_ENVELOPE_TYPES = [
+    pa.string(),  # envelope_id, cast to UUID by the insert
+    pa.string(),
+    pa.int64(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.timestamp("us", tz="UTC"),
+    pa.timestamp("us", tz="UTC"),
+    pa.timestamp("us", tz="UTC"),
+    pa.string(),
+    pa.string(),
+]
+
+
 _REPORT_TYPES = [
     pa.string(),
     pa.binary(),
@@ -371,11 +388,13 @@ def write_envelopes(
                 seen.add(key)
                 fresh.append(item)
         if fresh:
-            conn.executemany(
-                "INSERT INTO envelopes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # One columnar insert: executemany costs a round trip (about 1 ms) per row.
+            _insert_arrow(
+                conn,
+                "envelopes",
                 [
                     (
-                        e.envelope_id,
+                        str(e.envelope_id),
                         e.device_id,
                         e.sequence,
                         e.region,
@@ -392,6 +411,7 @@ def write_envelopes(
                     for i in fresh
                     for e in (i.envelope,)
                 ],
+                _ENVELOPE_TYPES,
             )
             deletions = _deleted_cells(conn, fresh)
             values = [
