@@ -107,9 +107,12 @@ class SinkService:
         asked_to_stop = stopping.is_set()
         self.state = "stopping"
         stopping.set()  # companions finish their round
-        await self._consumer.stop()  # the current batch finishes, then the group is left
-        stop.cancel()
         failures: list[tuple[str, BaseException]] = []
+        try:
+            await self._consumer.stop()  # the current batch finishes, then the group is left
+        except Exception as exc:
+            failures.append(("consumer's shutdown", exc))
+        stop.cancel()
         for name, task in [("consume loop", consume), *(("companion job", j) for j in jobs)]:
             try:
                 await task
