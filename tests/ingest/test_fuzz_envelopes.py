@@ -105,3 +105,40 @@ def test_the_app_answers_every_batch_without_a_5xx(
     for result in body["results"]:
         # A refusal names its reason; an acceptance names none (or `duplicate`).
         assert (result["status"] == "accepted") == (result.get("reason") in (None, "duplicate"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        # Earlier findings (500s): times at the edges of the calendar, where moving by
+        # the skew or aligning to the policy window leaves the representable range.
+        (
+            {
+                "window_start": "0001-01-01T00:00:00+14:00",
+                "window_end": "0001-01-01T00:05:00+14:00",
+                "sent_at": "0001-01-01T00:06:00+14:00",
+            },
+            "window_misaligned",
+        ),
+        (
+            {
+                "window_start": "9999-12-31T22:00:00-12:00",
+                "window_end": "9999-12-31T23:00:00-12:00",
+                "sent_at": "9999-12-31T23:59:59-12:00",
+            },
+            "clock_skew",
+        ),
+        ({"sent_at": "0001-01-01T00:00:00+14:00"}, "clock_skew"),
+        # A sequence the warehouse cannot store (BIGINT) was acknowledged, then refused.
+        ({"sequence": 2**63}, "schema_invalid"),
+    ],
+)
+def test_calendar_and_integer_edges_are_refused_with_their_reason(
+    http: SyncClient, fields: dict[str, object], reason: str
+) -> None:
+    device = Device(REGION)
+    envelope = {**base_envelope(device), **fields}
+    item = seal(http.ingest_key, device.signed(json.dumps(envelope).encode()))
+    response = http.request("POST", "/v1/envelopes", json={"envelopes": [item]})
+    assert response.status_code == 422
+    assert response.json()["results"][0]["reason"] == reason
