@@ -27,6 +27,7 @@ __all__ = [
     "RECEIVED_AT",
     "WINDOW_START",
     "base_envelope",
+    "deletion_requests",
     "devices",
     "envelopes",
     "items",
@@ -258,3 +259,35 @@ def items(draw: st.DrawFn, device: Device, ingest_public_key: Any) -> str:
     payload = json.dumps(draw(envelopes(device))).encode()
     signed = draw(_signed(device, payload)) if kind == 1 else device.signed(payload)
     return seal(ingest_public_key, signed)
+
+
+_DELETION_VALUES: Final[dict[str, st.SearchStrategy[Any]]] = {
+    "schema_version": st.integers(0, 2),
+    "request_id": st.uuids().map(str),
+    "device_id": _FIELD_VALUES["device_id"],
+    "region": _FIELD_VALUES["region"],
+    "tier": st.sampled_from(_TIERS),
+    "requested_at": _times(RECEIVED_AT),
+    "consent_hash": st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    "consent_version": st.integers(-1, 2**64),
+}
+
+
+@st.composite
+def deletion_requests(draw: st.DrawFn, device: Device) -> dict[str, Any]:
+    """A valid `DeletionRequestV1` of `device` with up to three fields replaced."""
+    request: dict[str, Any] = {
+        "schema_version": 1,
+        "request_id": str(draw(st.uuids())),
+        "device_id": device.device_id,
+        "region": device.region,
+        "tier": "performance",
+        "requested_at": RECEIVED_AT.isoformat(),
+        "consent_hash": "c1" * 32,
+        "consent_version": 2,
+    }
+    names = draw(st.lists(st.sampled_from(sorted(_DELETION_VALUES)), max_size=3, unique=True))
+    for name in names:
+        values = _DELETION_VALUES[name]
+        request[name] = draw(values | json_values if draw(st.booleans()) else values)
+    return request

@@ -1,11 +1,12 @@
 """No envelope a device can send makes the ingest fail: property-based tests.
 
 Generated cases: 2,000 items through `EnvelopeVerifier` (every check from base64 to the
-Prio3 reports' shapes) and 300 batches of one to three items through the whole app
-over HTTP (body limits, verifier, device ledger, bus, audit log): 2,300 here; with
-`test_fuzz_attestation.py` (7,500) and `test_schemathesis.py` (842), 10,642 in
-`make test`. Each one is answered with a verdict naming its reason, never an exception
-or a 5xx. Derandomized, with no example database: every run tries the same cases.
+Prio3 reports' shapes), 300 batches of one to three items through the whole app over
+HTTP (body limits, verifier, device ledger, bus, audit log) and 200 signed deletion
+requests over HTTP: 2,500 here; with `test_fuzz_attestation.py` (7,500) and
+`test_schemathesis.py` (842), 10,842 in `make test`. Each one is answered with a
+verdict naming its reason, never an exception or a 5xx. Derandomized, with no example
+database: every run tries the same cases.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from nacl.public import PrivateKey
 
@@ -26,7 +27,13 @@ from ingest._report_rules import ReportRules
 from ingest._verify import Accepted, EnvelopeVerifier, Rejected
 from policies import load_attestation_policy, load_policy
 from schemas import RejectReason
-from tests.ingest.envelope_strategies import RECEIVED_AT, base_envelope, devices, items
+from tests.ingest.envelope_strategies import (
+    RECEIVED_AT,
+    base_envelope,
+    deletion_requests,
+    devices,
+    items,
+)
 from tests.ingest.kit import SERVED_POLICIES, Device, seal
 from tests.ingest.sync_client import SyncClient, sync_client
 
@@ -64,6 +71,8 @@ def test_the_verifier_answers_every_item_with_a_reason(data: st.DataObject, devi
     item = data.draw(items(device, _KEY.public_key))
     verdict = _VERIFIER.verify(item, received_at=RECEIVED_AT)
     assert isinstance(verdict, Accepted | Rejected)
+    # How deep the cases reach: `pytest --hypothesis-show-statistics` lists the verdicts.
+    event("accepted" if isinstance(verdict, Accepted) else verdict.reason.value)
     if isinstance(verdict, Rejected):
         assert isinstance(verdict.reason, RejectReason)
         assert verdict.detail
@@ -105,6 +114,20 @@ def test_the_app_answers_every_batch_without_a_5xx(
     for result in body["results"]:
         # A refusal names its reason; an acceptance names none (or `duplicate`).
         assert (result["status"] == "accepted") == (result.get("reason") in (None, "duplicate"))
+
+
+@settings(FUZZ, max_examples=200)
+@given(data=st.data(), device=devices(REGION))
+def test_the_app_answers_every_deletion_request_without_a_5xx(
+    http: SyncClient, data: st.DataObject, device: Device
+) -> None:
+    payload = json.dumps(data.draw(deletion_requests(device))).encode()
+    response = http.request("POST", "/v1/deletion-requests", content=device.signed(payload))
+    assert response.status_code in (202, 422), response.text
+    event(response.json().get("error", "recorded"))
+    if response.status_code == 422:
+        assert RejectReason(response.json()["error"])
+        assert response.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ Every operation, with requests that fit its schema (positive) and requests that 
 every refusal names its reason in the `{"error": reason, "detail": ...}` body (or is a
 batch's per-item `BatchResult`). Generated cases: 60 per mode for each of the seven
 POST operations and the one case each GET has, 842 here; with `test_fuzz_envelopes.py`
-(2,300) and `test_fuzz_attestation.py` (7,500), 10,642 in `make test`. Derandomized,
+(2,500) and `test_fuzz_attestation.py` (7,500), 10,842 in `make test`. Derandomized,
 with no example database.
 """
 
