@@ -36,6 +36,7 @@ def retention_cutoff(days: int, now: datetime) -> datetime:
 # What retention covers: (table, the time column its cutoff applies to). A fleet
 # aggregate is kept as long as its tier's data; a Prio3 report (shares only) no longer
 # than that either, and in practice far shorter (useless once its batch is collected).
+# Dead letters (no tier) are kept as long as the shortest-kept tier (`_past_retention`).
 RETENTION_TABLES: tuple[tuple[str, str], ...] = (
     ("released_values", "window_end"),
     ("fleet_aggregates", "window_end"),
@@ -83,6 +84,15 @@ def _past_retention(
             ).fetchall()
             per_table[table] = int(n)
         out[Tier(tier).value] = per_table
+    if days:
+        # Dead letters have no tier (their bytes did not decode or store) and may hold
+        # any tier's data: they are kept no longer than the shortest-kept tier, and
+        # counted under it.
+        tier, keep = min(((Tier(t), k) for t, k in days.items()), key=lambda tk: tk[1])
+        ((n,),) = conn.execute(
+            f"{verb} FROM dead_letters WHERE recorded_at < ?", [retention_cutoff(keep, now)]
+        ).fetchall()
+        out[tier.value]["dead_letters"] = int(n)
     return out
 
 

@@ -199,7 +199,16 @@ def _record_deletions(
             "WHERE j.task = prio_reports.task AND j.report_id = prio_reports.report_id)",
             [d.device_id, d.tier.value],
         ).fetchone()
-        rows = (int(deleted[0]) if deleted else 0) + (int(reports[0]) if reports else 0)
+        # A dead letter's tier is unknown (its bytes did not decode or store): every
+        # dead letter of the device goes, whatever tier the request names.
+        letters = conn.execute(
+            "DELETE FROM dead_letters WHERE device_id = ?", [d.device_id]
+        ).fetchall()
+        rows = (
+            (int(deleted[0]) if deleted else 0)
+            + (int(reports[0]) if reports else 0)
+            + int(letters[0][0])
+        )
         conn.execute(
             "INSERT INTO deletion_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [

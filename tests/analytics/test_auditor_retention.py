@@ -73,7 +73,10 @@ def test_a_run_is_one_audit_entry_per_tier(warehouse: Path, log: Path) -> None:
         ((erased_at,),) = conn.execute("SELECT erased_at FROM erasures").fetchall()
     assert content.startswith(f"retention run {run_id} tier=content keep_days=7 ")
     assert "cutoff=2026-03-02T02:30:00+00:00" in content
-    assert "rows_deleted=2 (released_values=2 fleet_aggregates=0 prio_reports=0)" in content
+    assert (
+        "rows_deleted=2 (released_values=2 fleet_aggregates=0 prio_reports=0 dead_letters=0)"
+        in content
+    )
     assert f"ran_at={ran_at.isoformat()}" in content
     assert f"erased={erased_at.isoformat()}" in content
     assert "rows_deleted=0" in entries["health"]["detail"]

@@ -145,7 +145,11 @@ def test_retention_records_its_run_per_tier_and_table(filled: Path) -> None:
         "WHERE run_id = ? ORDER BY tier, table_name",
         [run.run_id],
     ).fetchall()
-    assert len(rows) == 3 * 3  # every tier and table, zeros included
+    # Every tier and table, zeros included; dead letters (no tier) under the shortest-kept.
+    assert len(rows) == 3 * 3 + 1
+    assert {(t, table) for t, table, *_ in rows if table == "dead_letters"} == {
+        (min(DAYS, key=lambda t: DAYS[t]).value, "dead_letters")
+    }
     deleted = {(t, table): n for t, table, n, _, _ in rows}
     assert deleted[("content", "released_values")] == 3  # dev-b's; dev-a's went by request
     assert deleted[("performance", "released_values")] == 12

@@ -31,6 +31,7 @@ from warehouse import (
     pending_erasures,
     write_envelopes,
 )
+from warehouse._dead_letters import DeadLetter, insert_dead_letters
 
 RECEIVED = datetime(2025, 1, 1, 11, tzinfo=UTC)
 VALUES = 32
@@ -174,3 +175,46 @@ def test_retention_then_rewrite_leaves_no_bytes(tmp_path: Path) -> None:
     assert _scan(path, gone, gone_labels) == (0, 0)
     assert _scan(path, stay, stay_labels) == (VALUES, VALUES)
     assert not (tmp_path / "wh.duckdb.wal").exists()
+
+
+def _letters(device: str, markers: Sequence[str]) -> list[DeadLetter]:
+    return [
+        DeadLetter(
+            stage="store",
+            error_class="ConversionException",
+            error="value out of range",
+            value=json.dumps({"device_id": device, "marker": m}).encode(),
+            key=device.encode(),
+            envelope_id=str(uuid.uuid4()),
+            device_id=device,
+        )
+        for m in markers
+    ]
+
+
+def test_dead_letters_follow_deletion_requests_and_retention(tmp_path: Path) -> None:
+    """A dead letter may hold any tier's data: a device's deletion request (any tier)
+    deletes its letters, retention keeps them no longer than the shortest-kept tier, and
+    after the rewrite their bytes are gone while another device's letter stays."""
+    path = tmp_path / "w.duckdb"
+    revoked, kept = Device(), Device()
+    gone = [_label("letter-revoked", i) for i in range(4)]
+    old = [_label("letter-old", i) for i in range(4)]
+    control = [_label("letter-kept", i) for i in range(4)]
+    conn = connect(path)
+    _uncompressed(conn)
+    conn.execute("BEGIN TRANSACTION")
+    insert_dead_letters(conn, _letters(revoked.device_id, gone), group=None, recorded_at=RECEIVED)
+    insert_dead_letters(
+        conn, _letters(kept.device_id, old), group=None, recorded_at=RECEIVED - timedelta(days=30)
+    )
+    insert_dead_letters(conn, _letters(kept.device_id, control), group=None, recorded_at=RECEIVED)
+    conn.execute("COMMIT")
+    write_envelopes(conn, [_deletion(revoked, Tier.HEALTH)])
+    run = apply_retention(conn, {Tier.HEALTH: 395, Tier.PERFORMANCE: 90, Tier.CONTENT: 7}, RECEIVED)
+    assert run.deleted["content"]["dead_letters"] == 4  # the shortest-kept tier's days
+    compact(conn, path)
+    conn.close()
+    assert _scan(path, [], gone) == (0, 0)
+    assert _scan(path, [], old) == (0, 0)
+    assert _scan(path, [], control) == (0, 4)
