@@ -39,14 +39,17 @@ class BodyLimits:
             return
         limit = self._limits.get(scope["path"], self._default)
         body = await _read_within(scope, receive, limit)
+        if body is None:  # the client went away mid-body: nobody to answer
+            return
         if isinstance(body, BodyTooLarge):
             await _refuse(body, scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
 
 
-async def _read_within(scope: Scope, receive: Receive, limit: int) -> bytes | BodyTooLarge:
-    """The whole body if it stays within `limit`, else the refusal (read no further)."""
+async def _read_within(scope: Scope, receive: Receive, limit: int) -> bytes | BodyTooLarge | None:
+    """The whole body if it stays within `limit`, else the refusal (read no further);
+    None if the client disconnected before its body ended."""
     route = f"{scope['method']} {scope['path']}"
     declared = _content_length(scope)
     if declared is not None and declared > limit:
@@ -55,8 +58,8 @@ async def _read_within(scope: Scope, receive: Receive, limit: int) -> bytes | Bo
     size = 0
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: nothing more will come
-            break
+        if message["type"] != "http.request":  # http.disconnect
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

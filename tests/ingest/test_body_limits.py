@@ -11,13 +11,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from nacl.public import PrivateKey
 
 from ingest._batch_scan import NotABatch, count_batch_items
-from ingest._body import MAX_REQUEST_BYTES
+from ingest._body import MAX_REQUEST_BYTES, BodyLimits
 from tests.ingest.kit import Device
 
 MiB = 1024 * 1024
@@ -146,6 +147,28 @@ async def test_a_batch_within_the_limits_is_still_accepted(
     response = await client.post("/v1/envelopes", json={"envelopes": items})
     assert response.status_code == 202
     assert response.json()["accepted"] == 3
+
+
+async def test_a_client_gone_mid_body_reaches_no_route() -> None:
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"envelopes": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+    called: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(True)
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/envelopes", "headers": []}
+    await BodyLimits(app, limits={}, default=1024)(scope, receive, send)
+    assert (called, sent) == ([], [])
 
 
 # --- memory under a burst, through a real server ---------------------------------------
