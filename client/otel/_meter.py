@@ -299,12 +299,15 @@ class QuietwireMeterProvider(metrics.MeterProvider):
         self._meters: dict[tuple[str, str | None, str | None], QuietwireMeter] = {}
         self._lock = threading.Lock()
         telemetry.add_window_observer(self._poller.poll)
-        ref = weakref.ref(self)
+        # Held weakly, each on its own: the app may keep only its meters and
+        # instruments, whose locks must be replaced in a child all the same.
+        refs = (weakref.ref(self), weakref.ref(self._instruments), weakref.ref(self._poller))
 
         def _after_fork_in_child() -> None:
-            provider = ref()
-            if provider is not None:
-                provider._reset_locks_after_fork()
+            for ref in refs:
+                held = ref()
+                if held is not None:
+                    held.reset_after_fork()
 
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -325,11 +328,9 @@ class QuietwireMeterProvider(metrics.MeterProvider):
                 )
         return meter
 
-    def _reset_locks_after_fork(self) -> None:
-        # Another thread of the parent may have held any of these at fork time.
+    def reset_after_fork(self) -> None:
+        """Give a forked child fresh locks (a parent thread may have held them)."""
         self._lock = threading.Lock()
-        self._instruments.reset_after_fork()
-        self._poller.reset_after_fork()
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Send every pending envelope; True when none is left (`Telemetry.flush`)."""

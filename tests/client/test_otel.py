@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -300,3 +302,40 @@ def test_shutdown_releases_the_open_window(
     provider.shutdown()
     assert ingest.envelopes
     assert ingest.envelopes[-1].window_end - ingest.envelopes[-1].window_start < timedelta(days=1)
+
+
+def test_a_forked_child_records_and_closes_windows(
+    telemetry: Telemetry, meter: metrics.Meter, clock: FakeClock
+) -> None:
+    active = meter.create_up_down_counter("app.requests.active")
+    active.add(2, {"route": "edge"})
+    held = threading.Event()
+    release = threading.Event()
+
+    level = active._cache[(("route", "edge"),)]  # type: ignore[attr-defined]
+
+    def hold_the_level_lock() -> None:  # another thread of the parent, mid-record
+        with level._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_level_lock, daemon=True)
+    holder.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: the lock its parent's thread held must not block it
+        code = 1
+        try:
+            # A child that hangs is killed (pytest-timeout's handler is the parent's).
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(20)
+            active.add(1, {"route": "edge"})
+            # The window close samples the level (the child's releases are refused:
+            # the parent holds the privacy ledger).
+            _close(telemetry, clock)
+            code = 0 if level.read() == 3.0 else 2
+        finally:
+            os._exit(code)
+    release.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
