@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from auditlog import AuditLog, AuditRecord
+from ingest._audit_group import GroupedAudit
 from ingest._bus import EnvelopeBus
 from ingest._client_reports import client_report_record
 from ingest._device_ledger import DeviceLedger, Refused
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
+from ingest._waves import Waves
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
 
 __all__ = ["EnvelopeIntake"]
@@ -54,8 +56,10 @@ class EnvelopeIntake:
         self.bus = bus
         self.recent = recent
         self.audit = audit
+        self._audit_group = GroupedAudit(audit) if audit is not None else None
         self.ledger = ledger
         self._clock = clock or _utc_now
+        self._waves = Waves()
 
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
@@ -68,13 +72,18 @@ class EnvelopeIntake:
         rest against their devices' ledger (order, one contribution per window, daily
         epsilon: stateful, durable, charged in one transaction), publish, audit.
         Raises `BusUnavailable` or `LedgerUnavailable` (nothing is reported accepted).
+        The three commits run in a wave with the other requests verified meanwhile
+        (`ingest._waves`), so each is one transaction for all of them.
         """
         received_at = self._clock()
         if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
             verdicts = self._verify_all(items, received_at)
         else:
             verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
+        return await self._waves.run(lambda: self._commit(verdicts, received_at))
 
+    async def _commit(self, verdicts: list[Verdict], received_at: datetime) -> BatchResult:
+        """Admit, publish and audit verified `verdicts` (replacing refusals in place)."""
         # Envelope ids are unique per device, not across devices: a device that learns
         # another's envelope id (the audit log shows them) must not pre-empt it.
         in_batch: set[tuple[str, UUID]] = set()
@@ -117,11 +126,12 @@ class EnvelopeIntake:
         await self._audit(verdicts, rejected_only=False)
         results = [_result(i, v, duplicate=i in duplicates) for i, v in enumerate(verdicts)]
         rejected = sum(r.status == "rejected" for r in results)
-        return BatchResult(accepted=len(items) - rejected, rejected=rejected, results=results)
+        return BatchResult(accepted=len(results) - rejected, rejected=rejected, results=results)
 
     async def _audit(self, verdicts: Sequence[Verdict], *, rejected_only: bool) -> None:
-        """One audit transaction for the whole batch, off the event loop (it fsyncs)."""
-        if self.audit is None:
+        """The batch's entries, durable when this returns: off the event loop (it fsyncs),
+        in one transaction with those of other requests waiting meanwhile."""
+        if self._audit_group is None:
             return
         records = [
             _audit_record(v) for v in verdicts if not (rejected_only and isinstance(v, Accepted))
@@ -131,8 +141,7 @@ class EnvelopeIntake:
                 client_report_record(v.item.envelope) for v in verdicts if isinstance(v, Accepted)
             )
             records.extend(r for r in reports if r is not None)
-        if records:
-            await asyncio.to_thread(self.audit.append_many, records)
+        await self._audit_group.append(records)
 
 
 def _result(index: int, verdict: Verdict, *, duplicate: bool) -> ItemResult:
