@@ -5,7 +5,7 @@ mutations of valid structures (`tests/ingest/attestation_evidence.py`).
 Generated cases: 1,500 enrollments (EK certificate, EK and AK public areas, AK name),
 1,500 quotes, 1,500 certifications, and 3,000 arbitrary byte strings through each
 parser: 7,500 here; with `test_fuzz_envelopes.py` (2,500) and `test_schemathesis.py`
-(842), 10,842 in `make test`. A mutated quote or certification is signed again by the
+(843), 10,843 in `make test`. A mutated quote or certification is signed again by the
 AK on most draws, so the checks behind the signature see it too. Derandomized, with no
 example database: every run tries the same cases.
 """

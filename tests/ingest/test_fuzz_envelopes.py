@@ -4,7 +4,7 @@ Generated cases: 2,000 items through `EnvelopeVerifier` (every check from base64
 Prio3 reports' shapes), 300 batches of one to three items through the whole app over
 HTTP (body limits, verifier, device ledger, bus, audit log) and 200 signed deletion
 requests over HTTP: 2,500 here; with `test_fuzz_attestation.py` (7,500) and
-`test_schemathesis.py` (842), 10,842 in `make test`. Each one is answered with a
+`test_schemathesis.py` (843), 10,843 in `make test`. Each one is answered with a
 verdict naming its reason, never an exception or a 5xx. Derandomized, with no example
 database: every run tries the same cases.
 """

@@ -4,8 +4,9 @@ Every operation, with requests that fit its schema (positive) and requests that 
 (negative: wrong types, missing fields, bad formats): none may be answered 5xx, and
 every refusal names its reason in the `{"error": reason, "detail": ...}` body (or is a
 batch's per-item `BatchResult`). Generated cases: 60 per mode for each of the seven
-POST operations and the one case each GET has, 842 here; with `test_fuzz_envelopes.py`
-(2,500) and `test_fuzz_attestation.py` (7,500), 10,842 in `make test`. Derandomized,
+POST operations and the one case each of the three GETs has, 843 here; with
+`test_fuzz_envelopes.py` (2,500) and `test_fuzz_attestation.py` (7,500), 10,843 in
+`make test`. Derandomized,
 with no example database.
 """
 
@@ -27,6 +28,7 @@ from schemathesis import Case, GenerationMode
 
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
 from ingest._attestation_routes import attestation_router
+from ingest._audit_routes import audit_router
 from ingest._routes import router
 from tests.ingest.kit import SERVED_POLICIES
 from tests.ingest.sync_client import SyncClient, sync_client
@@ -41,6 +43,7 @@ def _document() -> dict[str, Any]:
     app = FastAPI(title="Quietwire ingest", version="1")
     app.include_router(router)
     app.include_router(attestation_router)
+    app.include_router(audit_router)
     return app.openapi()
 
 
@@ -102,6 +105,11 @@ def _request(case: Case[Any]) -> dict[str, Any]:
     return kwargs
 
 
+def test_the_fuzzed_document_is_the_one_the_ingest_serves(http: SyncClient) -> None:
+    """A route added to the app but not to `_document` fails here, not silently."""
+    assert http.request("GET", "/openapi.json").json() == DOCUMENT
+
+
 def test_every_operation_is_fuzzed() -> None:
     assert sorted(OPERATIONS) == sorted(
         [
@@ -114,6 +122,7 @@ def test_every_operation_is_fuzzed() -> None:
             ("/v1/attest/nonce", "POST"),
             ("/v1/attest", "POST"),
             ("/v1/devices/{device_id}/revoke", "POST"),
+            ("/v1/audit-key", "GET"),
         ]
     )
 
