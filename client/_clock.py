@@ -104,6 +104,10 @@ class BudgetClock:
         with self._lock:
             self._server = (server_time.timestamp(), sent_at_monotonic)
 
+    def follows_ingest(self) -> bool:
+        """Whether this clock uses the ingest's time (not a simulator's own clock)."""
+        return self._server_source is not None
+
     def wants_ingest_time(self) -> bool:
         """True if the ingest's time is unknown and was last asked for over
         `PROBE_INTERVAL` seconds ago (asking is the caller's I/O, off the app's thread)."""
@@ -135,18 +139,28 @@ class BudgetClock:
         """The monotonic reading now (None for a simulator's clock)."""
         return self._monotonic() if self._monotonic is not None else None
 
-    def now(self) -> datetime:
-        """The time of day: the wall clock, unless it strays from the ingest's time."""
-        wall = self._wall()
+    def _estimate(self) -> float | None:
+        """The ingest's time now (Unix seconds), if it was ever learned."""
         if self._monotonic is None:
-            return wall
+            return None
         self._pull_server_time()
         with self._lock:
             server = self._server
         if server is None:
-            return wall
-        estimate = server[0] + (self._monotonic() - server[1])
-        if abs(wall.timestamp() - estimate) <= self._tolerance:
+            return None
+        return server[0] + (self._monotonic() - server[1])
+
+    def ingest_now(self) -> datetime | None:
+        """The ingest's time now (its last `Date`, advanced by the monotonic clock);
+        None until the device has heard from its ingest, and for a simulator's clock."""
+        estimate = self._estimate()
+        return None if estimate is None else datetime.fromtimestamp(estimate, UTC)
+
+    def now(self) -> datetime:
+        """The time of day: the wall clock, unless it strays from the ingest's time."""
+        wall = self._wall()
+        estimate = self._estimate()
+        if estimate is None or abs(wall.timestamp() - estimate) <= self._tolerance:
             return wall
         return datetime.fromtimestamp(estimate, UTC)
 

@@ -59,6 +59,22 @@ class DropReason(StrEnum):
     OTEL_CALLBACK_FAILED = "otel_callback_failed"
     """An observable instrument's callback that raised, returned something other than
     observations, or had not returned when the window closed."""
+    EXPIRED_AHEAD = "expired:clock_ahead"
+    """A spooled envelope deleted because its window ends so far ahead of the ingest's
+    clock that its tiers' retention would end before the ingest's time catches up
+    (`client._send_hold`): it can never be delivered in time."""
+    # Not losses: envelopes kept in the spool and sent later (`client._send_hold`),
+    # counted so the app and the ingest see the delay.
+    DEFERRED_BUDGET = "deferred:budget_exceeded"
+    """An envelope the ingest refused for its device's budget of the ingest's day: kept
+    and sent again after the ingest's next UTC midnight. Counted per refusal."""
+    DEFERRED_CLOCK_SKEW = "deferred:clock_skew"
+    """An envelope the ingest refused as ahead of its clock: kept, and sent again once
+    the ingest's time has caught up (with backoff). Counted per refusal."""
+    HELD_AHEAD = "held:clock_ahead"
+    """An envelope not sent because its window ends ahead of the ingest's clock (built
+    offline with a wall clock ahead): kept until the ingest's time catches up. Counted
+    once per envelope and process."""
     # Items the ingest refused are counted as "rejected:<RejectReason>".
 
 

@@ -20,6 +20,14 @@ fallback could fix:
   told) teaches the client those tiers: they are withheld from software signatures
   from now on (and no longer released, nor charged, while the key is software), and
   the item is sealed again without them;
+- an item refused for its device's budget of the ingest's day (`budget_exceeded`: a
+  backlog after days offline) is kept and sent again after the ingest's next UTC
+  midnight (`client._send_hold`), counted `deferred:budget_exceeded`; nothing more is
+  sent until then. An item refused as ahead of the ingest's clock (`clock_skew`) is
+  kept and sent again, with backoff, once the ingest's time has caught up, counted
+  `deferred:clock_skew`; spooled envelopes still ahead of the ingest's clock are not
+  sent at all (held, counted once `held:clock_ahead`). Retention bounds both waits
+  (`Spool.expire`, `Spool.expire_ahead`);
 - other rejections judge the envelope itself (the same bytes would be refused again):
   counted as `rejected:<reason>` and forgotten.
 
@@ -41,6 +49,7 @@ from client._client_report import ClientReporter
 from client._drops import DropCounter, DropReason
 from client._errors import TransportError
 from client._sealing import EnvelopeSealer
+from client._send_hold import Held, SendHold
 from client._spool import Spool
 from client._transport import Transport
 from schemas import (
@@ -63,6 +72,12 @@ several requests instead of one the ingest would refuse whole (413)."""
 
 REFUSED_KEY_REASONS = frozenset({RejectReason.KEY_NOT_ATTESTED, RejectReason.ATTESTATION_EXPIRED})
 """Item rejections about the signing key, not the envelope: fixed by another key."""
+
+_DEFERRED = {
+    RejectReason.BUDGET_EXCEEDED.value: DropReason.DEFERRED_BUDGET,
+    RejectReason.CLOCK_SKEW.value: DropReason.DEFERRED_CLOCK_SKEW,
+}
+"""Item rejections about when the envelope arrived, not what it is: fixed by time."""
 
 _QUOTED = re.compile(r"'([a-z]+)'")
 
@@ -115,8 +130,10 @@ def send_one_batch(
     fall_back: Callable[[str], bool] | None = None,
     reporter: ClientReporter | None = None,
     withhold: Callable[[frozenset[Tier]], bool] | None = None,
-) -> int:
-    """Seal and send the oldest batch; returns how many envelopes it took from the spool.
+    hold: SendHold | None = None,
+    ingest_now: Callable[[], datetime | None] | None = None,
+) -> Held | None:
+    """Seal and send the oldest batch; returns the hold that stops sending, if any.
 
     `consented`: the tiers consented now (None: not checked). `fall_back(reason)`: asked
     when the ingest refused the signing key; True if the key store switched keys (the
@@ -124,14 +141,22 @@ def send_one_batch(
     refused a software signature for tiers it names; True if they are now stripped
     from what the software key signs (the items are then sealed again without them).
     `reporter`: its pending client report rides
-    in the batch's first envelope (the spool's copy stays without it). Raises
+    in the batch's first envelope (the spool's copy stays without it). `hold` decides
+    what may go now on the ingest's time (`ingest_now`: None while unknown; without a
+    `hold`, a fresh one that remembers nothing). Returns a `Held` (the envelopes stay
+    spooled) when nothing more should be sent before `Held.until`. Raises
     `TransportError` after putting back what should be sent again later.
     """
+    hold = hold if hold is not None else SendHold()
     envelopes = outbox.take()
-    if not envelopes:
-        return 0
-    if consented is not None:
+    if consented is not None and envelopes:
         envelopes = _consented_only(outbox, envelopes, consented, drops)
+    if not envelopes:
+        return None
+    held = _hold_back(outbox, envelopes, hold, drops, now, ingest_now)
+    if isinstance(held, Held):
+        return held
+    envelopes = held
     sent_at = now()
     report = reporter.pending() if reporter is not None else None
     carrier: EnvelopeV1 | None = None
@@ -162,15 +187,24 @@ def send_one_batch(
             carrier = envelope
     outbox.acknowledge(unsendable)
     answered, undelivered, error = _deliver(transport, pairs)
+    # Read now: the answer's `Date` is the ingest's latest time (a budget clock with a
+    # simulator's monotonic clock dates a new one when it first sees it).
+    ingest_after = ingest_now() if ingest_now is not None else None
     done: list[EnvelopeV1] = []
     again: list[EnvelopeV1] = []
     key_refused: str | None = None
+    deferred: set[str] = set()
     for envelope, item in answered:
         reason = _reason(item)
         if reason is None:
             done.append(envelope)
             if envelope is carrier and reporter is not None and report is not None:
                 reporter.delivered(report)
+        elif reason in _DEFERRED:
+            # Budget already spent on the device: kept until the ingest's time allows it.
+            again.append(envelope)
+            deferred.add(reason)
+            drops.add(_DEFERRED[reason])
         elif reason in REFUSED_KEY_REASONS:
             again.append(envelope)
             key_refused = reason
@@ -188,12 +222,43 @@ def send_one_batch(
     outbox.acknowledge(done)
     if again or undelivered:
         outbox.put_back(sorted([*again, *undelivered], key=lambda e: e.sequence))
+    budget_held = (
+        hold.budget_refused(ingest_after, now())
+        if RejectReason.BUDGET_EXCEEDED.value in deferred
+        else None
+    )
     if error is not None:
         raise error
     if key_refused is not None and not (fall_back is not None and fall_back(key_refused)):
         # No other key to sign with: wait (backing off) for the key to be attested.
         raise TransportError(f"the ingest refused the signing key ({key_refused})")
-    return len(pairs) + len(unsendable)
+    if RejectReason.CLOCK_SKEW.value in deferred:
+        # Back off: the ingest's time (learned from this answer) may not have caught up
+        # even where the device's estimate says it has (a stricter skew there).
+        raise TransportError("the ingest refused envelopes as ahead of its clock (clock_skew)")
+    return budget_held
+
+
+def _hold_back(
+    outbox: Spool,
+    envelopes: list[EnvelopeV1],
+    hold: SendHold,
+    drops: DropCounter,
+    now: Callable[[], datetime],
+    ingest_now: Callable[[], datetime | None] | None,
+) -> list[EnvelopeV1] | Held:
+    """The envelopes taken that may go in this request; the rest go back to the spool.
+    A `Held` if none may (all go back)."""
+    ingest = ingest_now() if ingest_now is not None else None
+    held = hold.check(ingest, now())
+    count = hold.sendable(envelopes, ingest) if held is None else 0
+    if held is None and count == 0:
+        held = hold.ahead_until(envelopes[0])
+        fresh = [e for e in envelopes if hold.ahead(e, ingest) and hold.first_hold(e)]
+        if fresh:
+            drops.add(DropReason.HELD_AHEAD, len(fresh))
+    outbox.put_back(envelopes[count:])
+    return held if held is not None else envelopes[:count]
 
 
 def _deliver(

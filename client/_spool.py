@@ -200,6 +200,41 @@ class Spool:
 
         return self._rewrite(lambda e: bool(expired(e)), strip, drop_empty=DropReason.EXPIRED)
 
+    def expire_ahead(
+        self, ingest_now: datetime, skew: timedelta, retention_days: Callable[[Tier], int]
+    ) -> int:
+        """Strip from envelopes held ahead of the ingest's clock the tiers whose
+        retention would end before the ingest's time reaches them (they can never be
+        delivered in time: the data ages in real time while it waits); an envelope whose
+        wait outlasts every tier's retention is deleted whole. Counted `expired:clock_ahead`."""
+        longest = timedelta(days=max(retention_days(t) for t in Tier))
+
+        def wait(envelope: EnvelopeV1) -> timedelta:
+            return envelope.window_end - skew - ingest_now
+
+        def gone(envelope: EnvelopeV1) -> set[Tier]:
+            left = wait(envelope)
+            if left <= timedelta(0):
+                return set()
+            tiers = {a.tier for a in envelope.aggregates} | {r.tier for r in envelope.reports}
+            return {t for t in tiers if left > timedelta(days=retention_days(t))}
+
+        def strip(envelope: EnvelopeV1) -> EnvelopeV1:
+            if wait(envelope) > longest:
+                return envelope.model_copy(
+                    update={"aggregates": [], "reports": [], "suppressed": {}}
+                )
+            out = gone(envelope)
+            kept = [a for a in envelope.aggregates if a.tier not in out]
+            reports = [r for r in envelope.reports if r.tier not in out]
+            return envelope.model_copy(update={"aggregates": kept, "reports": reports})
+
+        return self._rewrite(
+            lambda e: wait(e) > longest or bool(gone(e)),
+            strip,
+            drop_empty=DropReason.EXPIRED_AHEAD,
+        )
+
     def _rewrite(
         self,
         select: Callable[[EnvelopeV1], bool],

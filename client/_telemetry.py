@@ -53,6 +53,7 @@ from client._release import (
     release_histogram,
 )
 from client._sealing import EnvelopeSealer
+from client._send_hold import Held, SendHold
 from client._shares import ReportSharer, share_counter, share_histogram, task_vdaf
 from client._spool import Spool
 from client._transport import HttpTransport, Transport
@@ -161,6 +162,9 @@ class Telemetry:
         self._window_observers: list[Callable[[], None]] = []
         self._failures = 0
         self._retry_at = 0.0
+        self._hold = SendHold()
+        self._held: Held | None = None
+        """Why the last send stopped with envelopes kept for later (`client._send_hold`)."""
         self._flush_waiters: list[threading.Event] = []
         self._closed = False
         self._worker: PeriodicWorker | None = None
@@ -317,13 +321,16 @@ class Telemetry:
         ledger = self._gate.ledger
         return ledger.spent_today(at or self._config.clock()), ledger.spent_lifetime()
 
-    def record_exception(self, exc: BaseException) -> None:
+    def record_exception(self, exc: BaseException, **labels: object) -> None:
         """Count `exc` under its error fingerprint in the policy's fingerprint signal.
 
         The fingerprint (keyed with `fingerprint_key`) is mapped into the signal's
         declared domain: a known fingerprint, its hash bucket, or `other`; the message,
-        arguments and paths never leave. Never raises: without a key or a fingerprint
-        signal in the policy the exception is dropped and counted.
+        arguments and paths never leave. `labels` are the signal's other labels (e.g.
+        `route=`, `model=`), validated as every counter's: an undeclared label is dropped
+        and counted, a value outside its domain counts as `other`; a `fingerprint` label
+        passed here is undeclared (the fingerprint is computed). Never raises: without a
+        key or a fingerprint signal in the policy the exception is dropped and counted.
         """
         try:
             spec = self._policy.fingerprints
@@ -337,7 +344,10 @@ class Telemetry:
             label = fingerprint_label(
                 self._fingerprinter.fingerprint(exc), signal.spec.attributes[spec.label]
             )
-            signal.instrument.add(1, **{spec.label: label})
+            if spec.label in labels:
+                del labels[spec.label]
+                self._drops.add(DropReason.UNDECLARED_LABEL)
+            signal.instrument.add(1, **labels, **{spec.label: label})
         except Exception:  # the host app's exception handler must never fail here
             self._drops.add(DropReason.WRONG_TYPE)
 
@@ -572,7 +582,9 @@ class Telemetry:
 
         Manual mode sends in the calling thread, retrying with backoff up to
         `max_attempts` per batch. Background mode asks the worker and waits up to
-        `timeout` seconds.
+        `timeout` seconds. Envelopes kept for later on purpose (refused for the
+        ingest's budget of its day, or ahead of its clock: `client._send_hold`) stay
+        pending, and the answer is False.
         """
         if self._worker is None or self._closed:
             return self._send_pending(blocking=True)
@@ -584,8 +596,17 @@ class Telemetry:
 
     def _send_pending(self, *, blocking: bool) -> bool:
         self._run_purges()  # before anything leaves
-        if self._clock.wants_ingest_time():
-            self._transport.probe_time()  # so `sent_at` is on the ingest's clock
+        ingest_now = self._clock.ingest_now()
+        if ingest_now is None and self._clock.follows_ingest() and self._outbox.unsent():
+            # Before every send while it is unknown (sending is network I/O anyway): so
+            # `sent_at` is on the ingest's clock and nothing ahead of it leaves.
+            self._transport.probe_time()
+            ingest_now = self._clock.ingest_now()
+        if ingest_now is not None:
+            # Held ahead of the ingest's clock for longer than their retention: never
+            # deliverable in time.
+            self._outbox.expire_ahead(ingest_now, self._hold.skew, self._policy.retention.for_tier)
+        self._held = None
         attempts = 0
         while self._outbox.unsent():
             try:
@@ -601,8 +622,9 @@ class Telemetry:
                     )
                 except TransportError as exc:
                     deletion_error = exc
-                while self._outbox.waiting:
-                    send_one_batch(
+                held: Held | None = None
+                while self._outbox.waiting and held is None:
+                    held = send_one_batch(
                         self._outbox,
                         self._transport,
                         self._sealer,
@@ -612,10 +634,17 @@ class Telemetry:
                         fall_back=self._key_refused,
                         reporter=self._reporter,
                         withhold=self._withhold_from_software,
+                        hold=self._hold,
+                        ingest_now=self._clock.ingest_now,
                     )
                 if deletion_error is not None:
                     raise deletion_error
                 self._failures = 0
+                if held is not None:
+                    # Kept for later on purpose: not a failure, no backoff.
+                    self._held = held
+                    self._retry_at = time.monotonic() + self._seconds_until(held)
+                    return False
             except TransportError:
                 self._failures += 1
                 attempts += 1
@@ -627,6 +656,13 @@ class Telemetry:
                     return False
                 time.sleep(delay)
         return True
+
+    def _seconds_until(self, held: Held) -> float:
+        """Real seconds until `held` ends, on the clock it is stated on (at least one
+        second; at most an hour, so a wall clock moved meanwhile is seen)."""
+        now = self._clock.ingest_now() if held.on_ingest_clock else None
+        left = (held.until - (now or self._clock.now())).total_seconds()
+        return min(max(left, 1.0), 3600.0)
 
     def _refresh_key(self) -> None:
         """Attest the TPM key if due (network I/O: the worker's thread, or manual mode's
@@ -727,8 +763,8 @@ class Telemetry:
         """The last sends, until `deadline` (the shutdown's sender thread)."""
         try:
             while self._outbox.unsent() and time.monotonic() < deadline:
-                if self._send_pending(blocking=False):
-                    break
+                if self._send_pending(blocking=False) or self._held is not None:
+                    break  # sent, or kept for a later run on purpose
                 time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
         except Exception:
             _log.exception("sending pending envelopes at shutdown failed")

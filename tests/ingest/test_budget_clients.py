@@ -155,14 +155,18 @@ def test_a_device_clock_moved_forward_releases_one_days_budget_per_ingest_day(
     ingest_clock.now = T0 + 3 * DAY + timedelta(minutes=5)
     qw = _device(ingest, tmp_path / "device", clock)
     try:
-        for _ in range(3):
+        for day in range(3):
             clock.now += DAY
             qw.collect()
-            assert qw.flush()
+            # Refused for the ingest's day, the later windows are kept for its next day.
+            assert qw.flush() is (day == 0)
             ingest_clock.now += timedelta(minutes=20)
+        assert qw.pending == 2
     finally:
         qw.shutdown(release_open_window=False)
     # The client's ledger granted each window (one per device day); the ingest one.
     assert Decimal(repr(qw.privacy_spent()[1])) == 3 * PER_DAY
-    assert _rejected(qw) == {"rejected:budget_exceeded": 2}
+    assert _rejected(qw) == {}
+    # Counted per refusal: the second window on two ingest answers, the third on one.
+    assert qw.dropped()["deferred:budget_exceeded"] == 3
     assert ingest.spent(qw.device_id) == PER_DAY
