@@ -37,6 +37,10 @@ Integrity, because an undercounting ledger is a privacy bug:
   `Telemetry.reset_ledger`): the damaged files are kept aside, and the new ledger
   starts conservatively, with the current day and the last 24 real hours fully spent
   and at least the lifetime spend the evidence shows.
+* A journal of the previous client release (CRC-32 lines) is migrated once, when it
+  is entirely in that format and every line passes its CRC (`client._legacy_journal`:
+  same charges, written atomically, logged); one that fails a CRC or mixes formats is
+  refused like any corrupt journal.
 * Every `compact_every` records the state is written to a snapshot (temp file, fsync,
   atomic rename) and the journal restarted with the next generation number. A crash
   between the two steps leaves a journal one generation behind the snapshot, which is
@@ -52,6 +56,7 @@ twice, on data it shares with its parent.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -68,11 +73,13 @@ from client._clock import ClockReading
 from client._errors import ClientError
 from client._journal import APPEND_FLAGS, LineFraming, lock_exclusively, write_atomically
 from client._ledger_state import DAY_SECONDS, LedgerState, reading_of, total_of
+from client._legacy_journal import is_legacy, plan_migration
 from policies import EXACT_EPSILON, PrivacyCaps, budget_day, epsilon_decimal
 
 __all__ = ["DAY_SECONDS", "LedgerError", "LedgerEvidence", "PrivacyLedger", "write_atomically"]
 
 _EXACT = EXACT_EPSILON  # shared with the ingest's ledger (policies._budget)
+_log = logging.getLogger("client")
 
 
 class LedgerError(ClientError):
@@ -433,6 +440,7 @@ class PrivacyLedger:
         """The state the files hold; `_Untrusted` if they cannot be trusted (files are
         then left exactly as found, for the operator)."""
         self._state, self._records = LedgerState(), 0  # what queries show if refused early
+        self._migrate_legacy()
         state = self._read_snapshot()
         self._state = state
         try:
@@ -483,6 +491,46 @@ class PrivacyLedger:
                 fh.flush()
                 os.fsync(fh.fileno())
         return state, len(records) - 1
+
+    def _migrate_legacy(self) -> None:
+        """Convert the previous release's journal (CRC-32 lines) once; `_Untrusted` if
+        it is in that format but not one clean old-format ledger. Other files are left
+        to the checks that follow."""
+        try:
+            journal = self._path.read_bytes()
+        except FileNotFoundError:
+            return
+        if not is_legacy(journal):
+            return
+        try:
+            snapshot: bytes | None = self._snapshot_path.read_bytes()
+        except FileNotFoundError:
+            snapshot = None
+        plan = plan_migration(
+            journal,
+            snapshot,
+            self._framing,
+            cap=self._daily_cap,
+            policy=self._policy,
+            # The ledger has no clock of its own; a migrated charge is stamped no later
+            # than now (see client._legacy_journal).
+            now_wall=time.time(),
+        )
+        if plan is None:
+            raise _Untrusted(
+                "the journal is in the previous release's format (CRC-32) but cannot be "
+                "migrated: a line fails its checksum, the formats are mixed, or its "
+                "generation does not follow the snapshot's"
+            )
+        if plan.snapshot is not None:
+            write_atomically(self._snapshot_path, plan.snapshot)
+        write_atomically(self._path, plan.journal)
+        _log.warning(
+            "privacy ledger %s migrated from the previous release's format (CRC-32 lines): "
+            "%d charges carried over",
+            self._path,
+            plan.charges,
+        )
 
     def _check_evidence(self, state: LedgerState) -> None:
         spent = self._evidence.spent
