@@ -26,7 +26,7 @@ from nacl.public import PublicKey
 from benchmarks._ingest_server import REGION
 from tests.ingest.kit import Device
 
-__all__ = ["PER_DEVICE", "WORKERS", "LoadResult", "Workload", "make_workload", "send"]
+__all__ = ["PER_DEVICE", "WORKERS", "LoadResult", "Workload", "get_many", "make_workload", "send"]
 
 PER_DEVICE = 6
 WORKERS = 16
@@ -107,6 +107,23 @@ async def _send(url: str, workload: Workload) -> LoadResult:
         )
         wall = time.perf_counter() - started
     return LoadResult(workload.envelopes, wall, latencies, failures)
+
+
+async def _get_many(url: str, path: str, requests: int) -> None:
+    limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
+
+        async def worker() -> None:
+            for _ in range(requests // WORKERS):
+                (await client.get(path)).raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(WORKERS)))
+
+
+def get_many(url: str, path: str, requests: int) -> None:
+    """GET `path` `requests` times from `WORKERS` concurrent clients (the cost of HTTP
+    alone, next to the envelopes' figures)."""
+    asyncio.run(_get_many(url, path, requests))
 
 
 def send(url: str, workload: Workload) -> LoadResult:

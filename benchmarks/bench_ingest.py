@@ -14,6 +14,10 @@ time of the server process (all its threads: event loop, ledger, audit log and D
 commits) read from /proc before and after the run, divided by the envelopes sent. Not
 counted: the clients, and with Kafka the broker (a JVM); no sink consumer runs then.
 
+For scale, the server CPU of a bare request (`GET /v1/ingest-key`, no body, no
+commit: uvicorn's h11 parser, the middleware, FastAPI's routing) is measured the same
+way: a batch-1 envelope pays it once, a batch-10 envelope a tenth of it.
+
 The floor is what no ingest can skip per envelope: open the sealed box and verify the
 Ed25519 signature (PyNaCl, as the ingest does), on the same envelopes, in this run, timed
 as CPU time of this thread (`time.thread_time`, so other load on the machine does not
@@ -37,7 +41,14 @@ from pathlib import Path
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import VerifyKey
 
-from benchmarks._ingest_load import WORKERS, LoadResult, Workload, make_workload, send
+from benchmarks._ingest_load import (
+    WORKERS,
+    LoadResult,
+    Workload,
+    get_many,
+    make_workload,
+    send,
+)
 from benchmarks._ingest_server import REGION, IngestServer
 from ingest._keys import write_private_key
 from tests.harness.kafka import KafkaBroker, KafkaHarnessError
@@ -49,7 +60,19 @@ requests of 10."""
 TARGETS = {1: 6.0, 10: 3.0}
 """Batch size -> the most server CPU per envelope may be, in multiples of the floor."""
 _FLOOR_REPEATS = 5
+_BARE_REQUESTS = 1_600
 _TOPIC = f"quietwire.envelopes.{REGION}"
+
+
+@dataclass(frozen=True, slots=True)
+class BusRun:
+    """One bus: the best round per batch size, the failures seen, every item sent (for
+    the floor), and a bare request's server CPU in µs."""
+
+    best: dict[int, Measured]
+    failures: list[str]
+    items: list[str]
+    bare_request_us: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +129,15 @@ def _measure(server: IngestServer, workload: Workload) -> Measured:
     return Measured(load, server.cpu_seconds() - before)
 
 
-def _run_bus(
-    state: Path, private_key: PrivateKey, kafka: str | None
-) -> tuple[dict[int, Measured], list[str], list[str]]:
-    """Best round per batch size, the failures seen, and every item sent (for the floor)."""
+def _bare_request_us(server: IngestServer) -> float:
+    get_many(server.url, "/v1/ingest-key", _BARE_REQUESTS // 10)  # warm-up
+    before = server.cpu_seconds()
+    get_many(server.url, "/v1/ingest-key", _BARE_REQUESTS)
+    return (server.cpu_seconds() - before) / _BARE_REQUESTS * 1e6
+
+
+def _run_bus(state: Path, private_key: PrivateKey, kafka: str | None) -> BusRun:
+    """Every round of both batch sizes against one server."""
     state.mkdir(parents=True)
     write_private_key(state / f"ingest-{REGION}.key", private_key)
     key = private_key.public_key
@@ -127,12 +155,11 @@ def _run_bus(
                 failures.extend(measured.load.failures)
                 if batch not in best or measured.cpu_seconds < best[batch].cpu_seconds:
                     best[batch] = measured
-    return best, failures, items
+        bare = _bare_request_us(server)
+    return BusRun(best, failures, items, bare)
 
 
-def _kafka_results(
-    work: Path, private_key: PrivateKey
-) -> tuple[dict[int, Measured], list[str], list[str]] | None:
+def _kafka_results(work: Path, private_key: PrivateKey) -> BusRun | None:
     try:
         broker = KafkaBroker()
         broker.start()  # fetches the jars first if they are not cached
@@ -146,9 +173,9 @@ def _kafka_results(
         broker.stop()
 
 
-def _report(bus: str, results: dict[int, Measured], floor: float) -> bool:
+def _report(bus: str, run: BusRun, floor: float) -> bool:
     met = True
-    for batch, m in results.items():
+    for batch, m in run.best.items():
         ratio = m.cpu_us_per_envelope / floor
         ok = ratio <= TARGETS[batch]
         met &= ok
@@ -170,7 +197,7 @@ def main() -> int:
         kafka = _kafka_results(work, private_key)
         if kafka is not None:
             runs["kafka"] = kafka
-    sample = runs["embedded"][2]
+    sample = runs["embedded"].items
     opened, verified = floor_us(private_key, sample)
     floor = opened + verified
     print(
@@ -182,8 +209,13 @@ def main() -> int:
         f"{'bus':<9}{'batch':>6}{'env/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'CPU µs/env':>11}{'floor':>8}{'ratio':>8}"
     )
-    met = all([_report(bus, results, floor) for bus, (results, _, _) in runs.items()])
-    failures = [f for _, failed, _ in runs.values() for f in failed]
+    met = all([_report(bus, run, floor) for bus, run in runs.items()])
+    for bus, run in runs.items():
+        print(
+            f"{bus}: a bare request (GET /v1/ingest-key) costs {run.bare_request_us:.0f} µs "
+            f"of server CPU ({run.bare_request_us / floor:.1f}x the floor)"
+        )
+    failures = [f for run in runs.values() for f in run.failures]
     for failure in failures[:5]:
         print("request not accepted:", failure)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
