@@ -38,6 +38,9 @@ class DropReason(StrEnum):
     from it: deleted, never sent."""
     PROMPT_TOO_LONG = "prompt_too_long"
     """A prompt longer than `client._redaction.MAX_PROMPT_CHARS`, not redacted nor counted."""
+    PROMPT_QUEUE_FULL = "prompt_queue_full"
+    """A prompt dropped, not redacted nor counted, because `MAX_QUEUED_PROMPTS` prompts
+    were already waiting for the worker (`client._prompt_queue`)."""
     ATTRIBUTES_TOO_LARGE = "attributes_too_large"
     """A measurement whose attributes exceed `client._instruments`' bounds (more than
     `MAX_ATTRIBUTES` of them, a key over `MAX_ATTRIBUTE_KEY_CHARS` or a string value

@@ -45,6 +45,7 @@ from client._keystore_fallback import FallbackKeyStore, current_assurance, devic
 from client._ledger import LedgerError
 from client._outbox import send_deletions, send_one_batch
 from client._privacy import Admission, PrivacyGate
+from client._prompt_queue import PromptQueue
 from client._redaction import MAX_PROMPT_CHARS, redact_findings
 from client._release import (
     Release,
@@ -143,6 +144,11 @@ class Telemetry:
         """Revocations whose spool purge is still to run (`revoke_consent`)."""
         self._fingerprinter = (
             ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
+        )
+        self._prompts = PromptQueue(self._drops)
+        # Chosen once: the worker redacts in background mode, the caller in manual mode.
+        self._take_prompt: Callable[[str, str], str] = (
+            self._queue_prompt if config.mode == "background" else self._count_prompt
         )
         self._outbox = Spool(config.state_dir, config.max_pending, self._drops)
         self._restore_carried()
@@ -352,21 +358,41 @@ class Telemetry:
             self._drops.add(DropReason.WRONG_TYPE)
 
     def record_prompt(self, text: str, signal: str = "prompt.personal_data") -> str:
-        """Redact `text` and count the kinds of personal data found (content tier).
+        """Count the kinds of personal data found in `text` (content tier).
 
-        Returns the redacted text (for the app's own use); neither it nor `text` is
-        stored or sent. `signal` is a counter whose one attribute's domain lists finding
-        kinds (`client._redaction.FINDING_KINDS`); each kind counts at most once per
-        prompt. It is released only with the `content` tier's own consent, and only
-        while the device's key may send that tier (the default attestation policy needs
-        a TPM key for it: see `TelemetryConfig.software_tiers`). Never raises: a
-        non-string or an unknown signal is dropped and counted. A prompt longer than
-        `MAX_PROMPT_CHARS` is dropped (`prompt_too_long`) and "" returned: redaction
-        runs on the caller's thread, and its time must stay bounded.
+        `signal` is a counter whose one attribute's domain lists finding kinds
+        (`client._redaction.FINDING_KINDS`); each kind counts at most once per prompt.
+        It is released only with the `content` tier's own consent, and only while the
+        device's key may send that tier (the default attestation policy needs a TPM key
+        for it: see `TelemetryConfig.software_tiers`). Neither `text` nor its redaction
+        is stored or sent. Never raises: a non-string or an unknown signal is dropped
+        and counted; a prompt longer than `MAX_PROMPT_CHARS` is dropped
+        (`prompt_too_long`) and "" returned.
+
+        Background mode: the prompt is queued (`client._prompt_queue`, bounded: when
+        full it is dropped, `prompt_queue_full`) and redacted and counted by the worker,
+        so the caller's cost does not depend on the text; returns "". Manual mode:
+        redacted and counted now, on the caller's thread; returns the redacted text
+        (for the app's own use).
         """
-        if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+        if not isinstance(text, str):
+            self._drops.add(DropReason.WRONG_TYPE)
+            return ""
+        if len(text) > MAX_PROMPT_CHARS:
             self._drops.add(DropReason.PROMPT_TOO_LONG)
             return ""
+        return self._take_prompt(text, signal)
+
+    def _queue_prompt(self, text: str, signal: str) -> str:
+        """Background mode: hand the prompt to the worker (see `record_prompt`)."""
+        if self._prompts.offer(text, signal) and self._prompts.half_full:
+            worker = self._worker
+            if worker is not None:
+                worker.wake()
+        return ""
+
+    def _count_prompt(self, text: str, signal: str) -> str:
+        """Redact `text` and count its finding kinds; the redacted text. Never raises."""
         try:
             redacted, found = redact_findings(text)
         except Exception:
@@ -380,6 +406,12 @@ class Telemetry:
         for kind in found:
             target.instrument.add(1, **{label: kind})
         return redacted
+
+    def _count_queued_prompts(self) -> None:
+        """The worker's part of `record_prompt`: before windows close, so each prompt
+        counts in the window open when it was recorded."""
+        for text, signal in self._prompts.drain():
+            self._count_prompt(text, signal)
 
     def _discard_open_window(self, tier: Tier) -> None:
         for signal in self._signals.values():
@@ -702,6 +734,7 @@ class Telemetry:
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
         try:
+            self._count_queued_prompts()
             self._run_purges()
             self._refresh_key()
             self.collect()
@@ -739,6 +772,7 @@ class Telemetry:
         # Called by the host app (or at exit): a failure here is logged, never raised,
         # and the ledger's lock and the transport are released whatever happens.
         try:
+            self._count_queued_prompts()  # the worker has stopped: they are this thread's
             now = self._clock.now()
             with self._collect_lock:
                 windows = self._windows.close_until(now)
@@ -777,6 +811,7 @@ class Telemetry:
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._drops.reset_after_fork()
+        self._prompts.reset_after_fork()
         self._reporter.reset_after_fork()
         self._outbox.reset_after_fork()
         self._state.reset_after_fork()
