@@ -6,7 +6,8 @@ region, route and model version, requests N and the mean of the quantity a reque
 billed by, M. Per route:
 
 - cloud: Tokens (FOCUS ConsumedUnit); use per request: mean tokens per request on the
-  route; price: the model's blended price per 1,000 tokens.
+  route for the model version (for every version alike where the token histogram's
+  figures carry no model label); price: the model's blended price per 1,000 tokens.
 - edge: GPU-Seconds; mean latency (route, model) x GPU-seconds per latency-second;
   per GPU-second.
 - local: kWh; Wh per inference / 1000 (declared, exact); per kWh.
@@ -238,6 +239,26 @@ def _prefixed(frame: pl.DataFrame, prefix: str, keys: list[str]) -> pl.DataFrame
     return frame.rename({c: f"{prefix}{c}" for c in frame.columns if c not in keys})
 
 
+def _tokens_by_model(requests: pl.DataFrame, tokens: pl.DataFrame) -> pl.DataFrame:
+    """Token means per period, region, route and model: a version's own where measured,
+    else its route's unlabelled one (model '', or a frame without a model column)."""
+    route_keys = [*PERIOD_COLUMNS, "region", "route"]
+    if "model" in tokens.columns:
+        labelled = tokens.filter(pl.col("model") != "")
+        unlabelled = tokens.filter(pl.col("model") == "").drop("model")
+    else:
+        labelled, unlabelled = tokens.clear().with_columns(model=pl.lit("")), tokens
+    labelled = labelled.select(*_KEYS, *(c for c in labelled.columns if c not in _KEYS))
+    spread = (
+        requests.select(_KEYS)
+        .unique()
+        .join(labelled.select(_KEYS), on=_KEYS, how="anti", nulls_equal=True)
+        .join(unlabelled, on=route_keys, how="inner", nulls_equal=True)
+        .select(labelled.columns)
+    )
+    return pl.concat([labelled, spread], how="vertical_relaxed")
+
+
 def price_cells(
     cost: CostPolicy,
     requests: pl.DataFrame,
@@ -248,15 +269,17 @@ def price_cells(
     """The cost frame from measured use (pure): one row per period, region, route, model.
 
     `requests`, `latency` and `tokens` are `analytics._cost_measure` frames with bounds
-    at [level, 1 - alpha/2]. Rows of a route without a price (`other`) or of a cloud
-    model without one keep their requests with `priced` false and null costs.
+    at [level, 1 - alpha/2]. `tokens` is per route and model version, or per route only
+    (no `model` column); its rows of model '' (figures stored without a model label)
+    stand for every version of their route that has no row of its own. Rows of a route
+    without a price (`other`) or of a cloud model without one keep their requests with
+    `priced` false and null costs.
     """
     level = check_level(level)
     lat = _prefixed(latency, "lat_", _KEYS)
-    tok_keys = [*PERIOD_COLUMNS, "region", "route"]
-    tok = _prefixed(tokens, "tok_", tok_keys)
+    tok = _prefixed(_tokens_by_model(requests, tokens), "tok_", _KEYS)
     joined = requests.join(lat, on=_KEYS, how="left", nulls_equal=True).join(
-        tok, on=tok_keys, how="left", nulls_equal=True
+        tok, on=_KEYS, how="left", nulls_equal=True
     )
     rows = [_price_row(cost, row, level) for row in joined.iter_rows(named=True)]
     return pl.DataFrame(rows, schema=COST_SCHEMA).sort(_KEYS)
@@ -294,6 +317,12 @@ def cost_breakdown(
         until=until,
     )
     tokens = measured_means(
-        conn, cost, cost.tokens_signal, [cost.route_label], levels, since=since, until=until
+        conn,
+        cost,
+        cost.tokens_signal,
+        [cost.route_label, cost.model_label],
+        levels,
+        since=since,
+        until=until,
     )
     return price_cells(cost, requests, latency, tokens, level)

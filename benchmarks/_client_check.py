@@ -282,7 +282,7 @@ def check_clients(
     check = _Check(tasks, sharer, local_scales(local), {t: [] for t in tasks}, _Residuals())
     _check_counters(local, layout, layout.counter_rows(fleet, day), check)
     _check_histogram(LATENCY, local, layout.latency_day(fleet, day, SLOWDOWN), check)
-    _check_histogram(TOKENS, local, layout.tokens_day(day), check)
+    _check_histogram(TOKENS, local, layout.tokens_day(fleet, day), check)
     for task_id, task in tasks.items():
         if len(check.vectors[task_id]) != devices + HEAVY:
             check.problems.append(f"{task_id}: {len(check.vectors[task_id])} vectors")

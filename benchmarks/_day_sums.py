@@ -145,7 +145,7 @@ def day_sums(layout: Layout, fleet: Fleet, rng: np.random.Generator) -> dict[str
         (c1, ~fleet.canary),
         totals=False,
     )
-    tokens, _ = _histogram_sums(layout, layout.tokens_day(day), "tokens", rng)
+    tokens, _ = _histogram_sums(layout, layout.tokens_day(fleet, day), "tokens", rng)
     return out | h1 | h0 | tokens
 
 

@@ -11,8 +11,10 @@ for a whole fleet at once, from the simulator's own device profiles and paramete
 - routes Multinomial(requests, route_mix); per request a latency LogNormal(log median,
   0.5) with the route's median (x 1.3 for the canary cohort on the local route), tokens
   int(LogNormal(log 300, 0.9)) + 1; failures Binomial(requests on the route, its rate);
-- each failed request is also one exception (the demo records one per failure), all of
-  one fingerprint, so one `app.exceptions` cell (which one does not matter to a total).
+- every figure in the cell of its route and model version (a label a signal does not
+  declare is left out); each failed request is also one exception (the demo records one
+  per failure), all of one fingerprint, so one `app.exceptions` cell per route and model
+  (which fingerprint does not matter to a total).
 
 Clamping each model's day: `benchmarks._day_sums`.
 """
@@ -45,6 +47,7 @@ from fleetsim._simulation import (
     device_profiles,
 )
 from policies import (
+    OTHER,
     CounterSignal,
     HistogramSignal,
     Policy,
@@ -211,34 +214,36 @@ class Layout:
         # The sums' units (a task's resolution) are the same at any epsilon.
         self.tasks = aggregation_tasks(policy)
 
-        def by_route_model(signal: CounterSignal | HistogramSignal) -> IntArray:
+        def by_route_model(signal: CounterSignal | HistogramSignal, **fixed: str) -> IntArray:
             domain = CellDomain(signal.attributes)
-            return np.array(
-                [[domain.resolve({"route": r, "model": m})[0] for m in MODELS] for r in ROUTES]
-            )
+            labels = [
+                {k: v for k, v in {"route": r, "model": m}.items() if k in signal.attributes}
+                for r in ROUTES
+                for m in MODELS
+            ]
+            cells = [domain.resolve({**fixed, **attrs})[0] for attrs in labels]
+            return np.array(cells).reshape(len(ROUTES), len(MODELS))
 
-        def by_route(signal: CounterSignal | HistogramSignal) -> IntArray:
-            domain = CellDomain(signal.attributes)
-            return np.array([domain.resolve({"route": r})[0] for r in ROUTES])
-
-        self.request_cell = by_route_model(self.requests)  # (route, model)
+        # (route, model) -> cell; a signal without one of those labels: its `other`.
+        self.request_cell = by_route_model(self.requests)
         self.latency_cell = by_route_model(self.latency)
-        self.error_cell = by_route(self.errors)
-        self.token_cell = by_route(self.tokens)
+        self.error_cell = by_route_model(self.errors)
+        self.token_cell = by_route_model(self.tokens)
+        fingerprint = self.exceptions.attributes.get("fingerprint", [OTHER])[0]
+        self.exception_cell = by_route_model(self.exceptions, fingerprint=fingerprint)
 
     def latency_day(self, fleet: Fleet, day: Day, slowdown: float) -> HistogramDay:
-        model = fleet.canary.astype(np.int64)
         median = np.array([_LATENCY_MEDIAN[r] for r in ROUTES])
         scale = np.broadcast_to(median, day.requests.shape).copy()
         scale[fleet.canary, _LOCAL] *= slowdown
-        cell = self.latency_cell[np.arange(3)[None, :], model[:, None]]
+        cell = _cells_of(self.latency_cell, fleet)
         return HistogramDay(
             self.latency, LATENCY, cell, scale, day.requests, day.starts, day.latency
         )
 
-    def tokens_day(self, day: Day) -> HistogramDay:
+    def tokens_day(self, fleet: Fleet, day: Day) -> HistogramDay:
         shape = day.requests.shape
-        cell = np.broadcast_to(self.token_cell, shape).copy()
+        cell = _cells_of(self.token_cell, fleet)
         return HistogramDay(
             self.tokens, TOKENS, cell, np.ones(shape), day.requests, day.starts, day.tokens
         )
@@ -247,18 +252,26 @@ class Layout:
         """Each counter's raw window per device: (devices, cells)."""
         devices = fleet.size
         rows = np.arange(devices)[:, None]
-        requests = np.zeros((devices, CellDomain(self.requests.attributes).size), np.int64)
-        requests[
-            rows, self.request_cell[np.arange(3)[None, :], fleet.canary.astype(np.int64)[:, None]]
-        ] = day.requests
-        errors = np.zeros((devices, CellDomain(self.errors.attributes).size), np.int64)
-        errors[:, self.error_cell] = day.failures
-        exceptions = np.zeros((devices, CellDomain(self.exceptions.attributes).size), np.int64)
-        exceptions[:, 0] = day.failures.sum(axis=1)
-        return {REQUESTS: requests, ERRORS: errors, EXCEPTIONS: exceptions}
+        out: dict[str, IntArray] = {}
+        for name, signal, cells, counts in (
+            (REQUESTS, self.requests, self.request_cell, day.requests),
+            (ERRORS, self.errors, self.error_cell, day.failures),
+            (EXCEPTIONS, self.exceptions, self.exception_cell, day.failures),
+        ):
+            row = np.zeros((devices, CellDomain(signal.attributes).size), np.int64)
+            # np.add.at: a signal without a route label has one cell for all three.
+            np.add.at(row, (np.broadcast_to(rows, counts.shape), _cells_of(cells, fleet)), counts)
+            out[name] = row
+        return out
 
     def counter_signal(self, name: str) -> CounterSignal:
         return {REQUESTS: self.requests, ERRORS: self.errors, EXCEPTIONS: self.exceptions}[name]
+
+
+def _cells_of(by_route_model: IntArray, fleet: Fleet) -> IntArray:
+    """(devices, 3): each device's cell per route, for its model version."""
+    out: IntArray = by_route_model[np.arange(3)[None, :], fleet.canary.astype(np.int64)[:, None]]
+    return out
 
 
 def _counter(signal: object) -> CounterSignal:

@@ -117,13 +117,13 @@ def _typical_envelope(policy: Policy, work: Path) -> tuple[str, PrivateKey]:
     for e in simulate_window(profile, 0, 7, policy.window_seconds):
         requests.add(1, route=e.route, model=e.model)
         latency.record(e.latency_s, route=e.route, model=e.model)
-        tokens.record(e.tokens, route=e.route)
+        tokens.record(e.tokens, route=e.route, model=e.model)
         if e.failed:
-            errors.add(1, route=e.route)
+            errors.add(1, route=e.route, model=e.model)
             try:
                 raise RuntimeError("inference failed")
             except RuntimeError as exc:
-                telemetry.record_exception(exc)
+                telemetry.record_exception(exc, route=e.route, model=e.model)
     now[0] = start + day + timedelta(minutes=1)
     telemetry.collect()
     telemetry.flush()

@@ -15,10 +15,12 @@ sent (and, with Kafka, the sink has drained the topic) runs the leader's aggrega
 job and collector against the warehouse: proofs verified with the helper, each side's
 noise added, fleet aggregates of at least `min_batch_size` devices revealed.
 
-Every device consents to the health and performance tiers; failed requests are
-reported as exceptions, counted by error fingerprint. No simulated device opts in to the
-content tier: their keys are software keys, and the default attestation policy requires
-a TPM key for content (the ingest would refuse those envelopes).
+Every device consents to the health and performance tiers; every figure is recorded
+with the request's route and model version; failed requests are also reported as
+exceptions, counted by error fingerprint (and route and model version). No simulated
+device opts in to the content tier: their keys are software keys, and the default
+attestation policy requires a TPM key for content (the ingest would refuse those
+envelopes).
 """
 
 from __future__ import annotations
@@ -155,13 +157,13 @@ def _record(tel: Telemetry, events: list[InferenceEvent]) -> None:
     for e in events:
         requests.add(1, route=e.route, model=e.model)
         latency.record(e.latency_s, route=e.route, model=e.model)
-        tokens.record(e.tokens, route=e.route)
+        tokens.record(e.tokens, route=e.route, model=e.model)
         if e.failed:
-            errors.add(1, route=e.route)
+            errors.add(1, route=e.route, model=e.model)
             try:
                 _fail(e.route)
             except InferenceFailed as exc:
-                tel.record_exception(exc)
+                tel.record_exception(exc, route=e.route, model=e.model)
 
 
 def _add_truth(truth: dict[TruthKey, float], start: datetime, item: object) -> None:

@@ -429,7 +429,8 @@ class FingerprintPolicy(BaseModel):
     known fingerprints (their first 16 hex digits, listed after triage) and hash buckets
     `b00`..`bNN` (contiguous). An exception whose fingerprint is listed counts under it;
     any other counts under its bucket (the fingerprint modulo the number of buckets), or
-    `other` if no buckets are declared.
+    `other` if no buckets are declared. The signal may declare other labels too (route,
+    model version): the app passes them to `record_exception`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -447,10 +448,12 @@ def _check_fingerprints(policy_signals: dict[str, Signal], fp: FingerprintPolicy
         raise PolicyKeyError(key, f"signal {fp.signal!r} must be a counter")
     if signal.tier is not Tier.HEALTH:
         raise PolicyKeyError(key, f"signal {fp.signal!r} must be in the health tier")
-    if set(signal.attributes) != {fp.label}:
+    if fp.label not in signal.attributes:
+        declared = ", ".join(repr(a) for a in signal.attributes) or "none"
         raise PolicyKeyError(
             "fingerprints.label",
-            f"signal {fp.signal!r} must have exactly one attribute, {fp.label!r}",
+            f"signal {fp.signal!r} must declare the fingerprint label {fp.label!r} "
+            f"(it declares {declared})",
         )
     values = signal.attributes[fp.label]
     buckets = {v for v in values if _BUCKET.match(v)}

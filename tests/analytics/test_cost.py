@@ -147,3 +147,24 @@ def test_box_ranges_are_the_extremes_over_the_corners() -> None:
     assert union_level(0.95, 4) == pytest.approx(1.0 - 0.05 / 4)
     with pytest.raises(ValueError, match="k must be >= 1"):
         union_level(0.95, 0)
+
+
+def test_token_means_are_per_model_version_where_the_figures_carry_one() -> None:
+    requests, latency, _ = hand_measured()
+    tokens = measured_means(
+        [
+            {"route": "cloud", "model": MODEL, **measured_mean(400.0, 5.0, (390, 410, 388, 412))},
+            {"route": "cloud", "model": "other", **measured_mean(900.0, 9.0, (880, 920, 870, 930))},
+            # Stored without a model label: the route's figure, for every version without one.
+            {"route": "cloud", "model": "", **measured_mean(600.0, 6.0, (590, 610, 588, 612))},
+            {"route": "edge", "model": "", **measured_mean(200.0, 4.0, (192, 208, 190, 210))},
+        ]
+    )
+    priced = price_cells(COST, requests, latency, tokens, 0.95)
+    assert priced.height == requests.height  # one row per requests cell, none doubled
+    cloud = _row(priced, "cloud")
+    assert cloud["tokens_per_inference"] == 400.0
+    assert cloud["cost"] == pytest.approx(1000.0 * 400.0 * CLOUD_PER_1K / 1000.0)
+    assert _row(priced, "cloud", "other")["tokens_per_inference"] == 900.0
+    assert _row(priced, "edge")["tokens_per_inference"] == 200.0
+    assert _row(priced, "local")["tokens_per_inference"] is None

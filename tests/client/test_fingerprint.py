@@ -202,7 +202,7 @@ def _raise_value_error() -> None:
     raise ValueError("secret message about /home/alice/notes.txt")
 
 
-def _fingerprinted_telemetry(tmp_path, ingest, clock, values, key=b"k" * 32):
+def _fingerprinted_telemetry(tmp_path, ingest, clock, values, key=b"k" * 32, labels=None):
     from client import MemoryTransport, Telemetry, TelemetryConfig
     from policies import CounterSignal, FingerprintPolicy
     from schemas import AppInfo, Tier
@@ -214,7 +214,7 @@ def _fingerprinted_telemetry(tmp_path, ingest, clock, values, key=b"k" * 32):
                 "app.exceptions": CounterSignal(
                     privacy_model="local",
                     tier=Tier.HEALTH,
-                    attributes={"fingerprint": values},
+                    attributes={"fingerprint": values, **(labels or {})},
                     max_per_window=4,
                     epsilon=0.5,
                 )
@@ -305,3 +305,22 @@ def test_fingerprint_label_maps_into_the_declared_domain() -> None:
     assert fingerprint_label(fp, ["ffffffffffffffff", "b00"]) == "ffffffffffffffff"
     assert fingerprint_label(fp, ["b00", "b01", "b02"]) == f"b{int(fp, 16) % 3:02d}"
     assert fingerprint_label(fp, ["0123456789abcdef"]) == "other"
+
+
+def test_exceptions_carry_the_labels_the_app_passes(tmp_path, ingest, clock) -> None:
+    models = ["m@1.0", "m@1.1"]
+    qw = _fingerprinted_telemetry(tmp_path, ingest, clock, ["b00"], labels={"model": models})
+    qw.record_exception(_caught(), model="m@1.1")
+    qw.record_exception(_caught(), model="m@2.0")  # outside the domain: `other`
+    qw.record_exception(_caught(), model="m@1.0", session="s1")  # undeclared: dropped
+    qw.record_exception(_caught(), model="m@1.0", fingerprint="b07")  # computed, not given
+    (window,) = qw.collect_with_truth(clock.advance(hours=1))
+    counted = {
+        (t.attributes["fingerprint"], t.attributes["model"]): t.value
+        for t in window.truth
+        if t.value
+    }
+    # Four exceptions: within the test signal's bound (4 a window), so none is clamped.
+    assert counted == {("b00", "m@1.1"): 1, ("b00", "other"): 1, ("b00", "m@1.0"): 2}
+    assert qw.dropped() == {"undeclared_label": 2}
+    qw.shutdown(release_open_window=False)

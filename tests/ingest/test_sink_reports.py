@@ -39,7 +39,8 @@ def sink(tmp_path: Path) -> Iterator[DuckDBSink]:
 
 
 def _report(values: list[int] | None = None) -> PrioReport:
-    return SHARER.report(TASK, values or [1, 0, 2, 0], DAY)
+    # Two errors in the second cell, one in the first; the rest of the cells empty.
+    return SHARER.report(TASK, values or [1, 2] + [0] * (TASK.length - 2), DAY)
 
 
 def _ingested(device: Device, *reports: PrioReport, day: datetime = DAY) -> IngestedEnvelope:

@@ -116,9 +116,9 @@ def test_a_dumped_policy_keeps_its_cost_model(tmp_path: Path) -> None:
             "signal 'no.such.signal' is not in the catalogue",
         ),
         (
-            lambda c: c.update(requests_signal="inference.errors"),
+            lambda c: c.update(requests_signal="prompt.personal_data"),
             "cost.requests_signal",
-            "signal 'inference.errors' has no 'model' attribute",
+            "signal 'prompt.personal_data' has no 'route' attribute",
         ),
         (lambda c: c["edge"].pop("per_gpu_second"), "cost.edge.per_gpu_second", "Field required"),
         (lambda c: c["local"].update(watts=30), "cost.local.watts", "Extra inputs"),

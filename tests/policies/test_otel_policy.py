@@ -67,7 +67,7 @@ def test_a_policy_without_the_section_keeps_its_hash(tmp_path: Path) -> None:
     ("instrument", "reason"),
     [
         ({"signal": "no.such.signal"}, "is not in the catalogue"),
-        ({"signal": "inference.errors", "attributes": {"x": "model"}}, "has no 'model'"),
+        ({"signal": "inference.errors", "attributes": {"x": "kind"}}, "has no 'kind'"),
         (
             {"signal": "inference.errors", "attributes": {"a": "route", "b": "route"}},
             "carried by two attributes",

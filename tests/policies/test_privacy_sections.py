@@ -50,6 +50,21 @@ def test_fingerprint_signal_must_be_a_health_counter(tmp_path: Path) -> None:
     assert "health tier" in _error(tmp_path, data).reason
 
 
+def test_fingerprint_signal_may_carry_other_labels_but_must_carry_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    policy = load_policy()
+    signal = policy.signals["app.exceptions"]
+    assert list(signal.attributes) == ["fingerprint", "route", "model"]
+    data = _default_data()
+    attributes = data["signals"]["app.exceptions"]["attributes"]
+    del attributes["fingerprint"]
+    error = _error(tmp_path, data)
+    assert error.key == "fingerprints.label"
+    assert "must declare the fingerprint label 'fingerprint'" in error.reason
+    assert "(it declares 'model', 'route')" in error.reason  # as written (keys sorted)
+
+
 @pytest.mark.parametrize(
     ("values", "reason"),
     [
