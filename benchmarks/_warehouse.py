@@ -96,9 +96,10 @@ def _template_envelope(
     )
 
 
-def fill_warehouse(path: Path, *, templates: int, copies: int, days: int, seed: int = 11) -> int:
-    """Write `templates * (copies + 1)` device-days into a new warehouse at `path`, spread
-    over `days` days; returns the number of `released_values` rows."""
+def fill_warehouse(path: Path, *, templates: int, rows: int, days: int, seed: int = 11) -> int:
+    """Write about `rows` per-device rows into a new warehouse at `path`: `templates`
+    device-days released through the client, copied as often as it takes, spread over
+    `days` days; returns the number of `released_values` rows."""
     policy = load_policy(PILOT_POLICY_PATH)
     rng = np.random.default_rng(seed)
     items = [_template_envelope(policy, policy.content_hash, d, rng) for d in range(templates)]
@@ -106,6 +107,8 @@ def fill_warehouse(path: Path, *, templates: int, copies: int, days: int, seed: 
     try:
         write_envelopes(conn, items)
         conn.execute("CREATE TEMP TABLE t_values AS SELECT * FROM released_values")
+        ((per_copy,),) = conn.execute("SELECT count(*) FROM t_values").fetchall()
+        copies = max(0, round(rows / max(per_copy, 1)) - 1)
         conn.execute("CREATE TEMP TABLE t_envelopes AS SELECT * FROM envelopes")
         # One copy per (template, c): a new device id, envelope id and day; each value
         # moved by up to two noise scales so copies are not identical.
