@@ -76,7 +76,7 @@ def ek_device_id(ek_certificate: bytes) -> str | None:
         spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    except (ValueError, TypeError, UnsupportedAlgorithm):  # e.g. a key type it cannot load
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
         return None
     return tpm_device_id_for(spki)
 

@@ -81,7 +81,7 @@ def verify_ek_certificate(
     """
     try:
         cert = x509.load_der_x509_certificate(ek_certificate)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise AttestationError(
             AttestationReason.MALFORMED_EVIDENCE, f"EK certificate is not DER X.509: {exc}"
         ) from exc
@@ -101,11 +101,10 @@ def verify_ek_certificate(
         builder = builder.time(now)
     try:
         builder.build_client_verifier().verify(cert, list(anchors.intermediates))
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:  # ValueError: a field that does not parse
         raise AttestationError(
             AttestationReason.UNKNOWN_EK_ROOT,
-            f"EK certificate (issuer {cert.issuer.rfc4514_string()}) does not chain to a "
-            f"trusted root: {exc}",
+            f"EK certificate (issuer {_issuer(cert)}) does not chain to a trusted root: {exc}",
         ) from exc
     try:
         certified = cert.public_key()
@@ -118,6 +117,14 @@ def verify_ek_certificate(
             AttestationReason.EK_CERT_MISMATCH, "the EK certificate holds another key"
         )
     return public
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    # `cryptography` parses fields when they are read: a mangled issuer raises here.
+    try:
+        return cert.issuer.rfc4514_string()
+    except ValueError:
+        return "unreadable"
 
 
 def _same_public_key(a: object, b: object) -> bool:

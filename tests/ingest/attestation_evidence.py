@@ -1,6 +1,10 @@
 """Valid TPM evidence made in software, for property tests to mutate: an EK (RSA 2048
 and ECC P-256) with its certificate under a test root, an AK shaped as a TPM makes one,
-a quote and a certification by that AK, and the certified signing key."""
+a quote and a certification by that AK, and the certified signing key.
+
+Every byte is the same on every run (fixed keys, serials and times, deterministic ECDSA
+as RFC 6979 makes it), so a derandomized property test mutates the same evidence each
+time and its cases are reproducible."""
 
 from __future__ import annotations
 
@@ -34,6 +38,50 @@ NONCE = b"n" * 32
 PCRS = {0: bytes(32), 7: b"\x07" * 32}
 POLICY = PcrPolicy(selection=(0, 7), allowed={0: frozenset({bytes(32)})})
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+_ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+
+# A fixed RSA EK (a test key, nothing else): RSA keys cannot be derived from a seed.
+_RSA_EK = """\
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDJ/KMAbKLm4Ty/
+gRgl9MZff9wjeV+s1I9JGIzf2Lps+gvzsD2kyXqu7LrWrYerJa9U4PNpBHtk3Lov
+8GDh6O4MUHMpf4iC8lMJ42py0IuHvDB+lYDmF3JJypyKa6zOmBsRAQPqrPyzEfGZ
++hAKsmQ+ofopEyQGV1rla/rTemf++5Oz/0KP9ERkB+WJ9eGyAQti4RsCigNp9J88
+yJkFH4TUWQ7sF7O+s8D9h9KLiIbmuMtjVAl0L4MkcZgFn4tbsz8NkM5FO4nsXfWB
+QKLHL6CMYkl1KYWyiHSEF+hP2bMi4Yt/7thWv6SwsPHQnNgsBJEthw4o5zfEO0j+
+RDZRIIvTAgMBAAECggEABVG9pHY38jhs1k9X7nXH3LVAe+KtNs20yKobfF8a3WHW
+ko7J5p75iVE7OJW8x42z4BSirpPIdTWhFCjYVzq0sLhUkYcdR62KNtaK0NfKZ87J
+7w/WgIow/Jf1Gztf98B95rZ2xMKOw0giVBDwc2TBp/w9T3ttSeaNwoaZi/kc0I52
+Q01rxYrwcU8lEmbdmBz8mSKh+VXPG+Vfo9f5GJZPgbHKclKCyqeokvxAUwrII/PQ
+t/4QkmrNYtWZMDhwOuQRicYb8ndlXuMWy6K2N+LrZJ/dk1Ob29H3pD6TwlHb3/1x
+qAAd0wrztp8gm8cm7motnSaugkQAWebVw1/cb3RBkQKBgQDxHpjzTyDTjBg0cDa4
+D1mKkxPEk3gg6Xtb/XBubH6JLaP26gWKSEds4nYL/QJilaHP9BKKfTTC20CsVbKd
+YbcMaqhaN7xVu7R1WX97enlZqh1leNGvAvusTxs5h4MhLrEr1c6RFpk44wt4KNMJ
+63wKnsYByrpeYIZSQc1kIsjreQKBgQDWc8omaiGA9fyUimP+5Kej7w0u5w8Dn2cP
+bAIJlZobB0q/uQ9CaTWMVZOtm4+ifRUMevcj+1+yb/zhmdAIhM1wG5rI1nT3aiiV
+ZLx/AeTdP3KqzBGgDRAGItTnSKF8tiQFRGFMfGCWlbyssbU0TF6qf5uZTOgwm2WC
+iaFIz1LSqwKBgE5I3uPwRvooPBuaa0mrQikpw3tJXfFhnPmq+XwAobysItYh+RaC
+jR4fELCnvsR/TIAWAIcSS7UQNpk9YbaTaTkQ0AQqoG09ekO3gRp4Ezo3bz/o0DuA
+PnIdZPtysfJuFHvk+SJGMg00Oh8TMiHAYQ+ZqTQfvA60TCgc0TC30oARAoGAcS7p
+iT7IcgTiCw/DWPsbU1VOsut2LCZMQYJyzNYtYIiHtgqY+CcJAQkFiUIqG8tCebTI
+jTAVwNqEMBl7B5P3zWx0U/2D/DUGOFrTdYDtZqwe++/6eWuLgoGNtofJ20VSW4lM
+hQ67954N12NvTKvl5ry0xcMmZMkPWUcEXaY2g0MCgYEAgbdqbEiI8C0PTC+YcPgL
+oECmu/akQB67ZQXiUfjyyQVt4JoyfowSl+I5eWzVyGYeldwZ4+K2ngafJlBNavYy
+QttR/WSI2WleNTnVYrdMuGM/LdkwL7BxebqSCouabVB+ccfw7AK9Hb1kGhVWQRZW
+wDt6E++k3ZJnJG7CY3urVR4=
+-----END PRIVATE KEY-----
+"""
+
+
+def _ec_key(scalar: int) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(scalar, ec.SECP256R1())
+
+
+def _rsa_ek() -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(_RSA_EK.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key
+
 
 _AK_ATTRIBUTES = (
     TPMA_OBJECT.FIXEDTPM
@@ -87,7 +135,7 @@ def _pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 def sign_as_ak(ak_key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
     """A TPMT_SIGNATURE (ECDSA, SHA-256) over `message`, as the AK would make it."""
-    r, s = decode_dss_signature(ak_key.sign(message, ec.ECDSA(hashes.SHA256())))
+    r, s = decode_dss_signature(ak_key.sign(message, _ECDSA))
     sig = TPMT_SIGNATURE(sigAlg=TPM2_ALG.ECDSA)
     sig.signature.ecdsa.hash = TPM2_ALG.SHA256
     sig.signature.ecdsa.signatureR = r.to_bytes(32, "big")
@@ -112,7 +160,7 @@ def _certificate(
         .subject_name(_name(subject))
         .issuer_name(_name(issuer))
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(0x51E7 + len(subject))
         .not_valid_before(NOW - dt.timedelta(days=1))
         .not_valid_after(NOW + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
@@ -129,7 +177,7 @@ def _certificate(
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public), critical=False
         )
-    return builder.sign(issuer_key, hashes.SHA256())
+    return builder.sign(issuer_key, hashes.SHA256(), ecdsa_deterministic=True)
 
 
 def _attest(kind: int, attested: TPMU_ATTEST) -> bytes:
@@ -145,12 +193,13 @@ def _attest(kind: int, attested: TPMU_ATTEST) -> bytes:
 
 
 def make_evidence() -> Evidence:
-    """A fresh device's evidence; every piece passes the ingest's checks."""
-    root_key = ec.generate_private_key(ec.SECP256R1())
+    """The device's evidence (the same bytes on every call); every piece passes the
+    ingest's checks."""
+    root_key = _ec_key(0x0123_4567_89AB_CDEF)
     root = _certificate("test EK root", root_key.public_key(), "test EK root", root_key, ca=True)
     eks: list[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey] = [
-        rsa.generate_private_key(65537, 2048),
-        ec.generate_private_key(ec.SECP256R1()),
+        _rsa_ek(),
+        _ec_key(0x2222_3333_4444_5555),
     ]
     ek_publics = tuple(
         bytes(
@@ -167,11 +216,11 @@ def make_evidence() -> Evidence:
         for ek in eks
     )
 
-    ak_key = ec.generate_private_key(ec.SECP256R1())
+    ak_key = _ec_key(0x6666_7777_8888_9999)
     ak = TPM2B_PUBLIC.from_pem(_pem(ak_key), objectAttributes=_AK_ATTRIBUTES)
     ak.publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG.ECDSA
     ak.publicArea.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG.SHA256
-    signing_key = ec.generate_private_key(ec.SECP256R1())
+    signing_key = _ec_key(0xAAAA_BBBB_CCCC_DDDD)
     signing = TPM2B_PUBLIC.from_pem(_pem(signing_key), objectAttributes=_SIGNING_ATTRIBUTES)
     numbers = signing_key.public_key().public_numbers()
 

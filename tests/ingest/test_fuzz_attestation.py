@@ -288,3 +288,25 @@ def test_an_ek_certificate_whose_key_type_is_unknown_is_refused() -> None:
     with pytest.raises(AttestationError) as caught:
         _enroll(cert, EVIDENCE.ek_publics[0], EVIDENCE.ak_public, None)
     assert 400 <= caught.value.status_code < 500
+
+
+def test_an_ek_certificate_of_an_unknown_x509_version_is_malformed_evidence() -> None:
+    """A finding of the mutations above (a 500 with no authentication): `cryptography`
+    refuses a certificate version other than v1 or v3 with an exception of its own."""
+    v3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2
+    cert = EVIDENCE.ek_certificates[0].replace(v3, b"\xa0\x03\x02\x01\x07", 1)
+    assert ek_device_id(cert) is None
+    with pytest.raises(AttestationError) as caught:
+        _enroll(cert, EVIDENCE.ek_publics[0], EVIDENCE.ak_public, None)
+    assert caught.value.attestation_reason is AttestationReason.MALFORMED_EVIDENCE
+
+
+def test_an_ek_certificate_whose_issuer_does_not_parse_is_refused() -> None:
+    """A finding of the mutations above: `cryptography` parses a field when it is read,
+    so a mangled issuer raised (a 500) while the refusal's detail was being written."""
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test EK root")]).public_bytes()
+    cert = EVIDENCE.ek_certificates[0].replace(issuer, b"\x10" + issuer[1:], 1)
+    assert cert != EVIDENCE.ek_certificates[0]
+    with pytest.raises(AttestationError) as caught:
+        _enroll(cert, EVIDENCE.ek_publics[0], EVIDENCE.ak_public, None)
+    assert 400 <= caught.value.status_code < 500
