@@ -8,9 +8,11 @@ effect of consenting to diagnostics. A grant made under an older consent notice
 
 Every decision is a new `ConsentRecord` with the next version number, signed by the
 device key over its canonical bytes, and the whole history is written durably (temp
-file, fsync, atomic rename) before `grant`/`revoke` return. `consent_hash()` summarises
-the current decision per tier; it travels in each envelope so the ingest can refuse a
-tier whose consent the envelope does not carry.
+file, fsync, atomic rename). By default that happens before `grant`/`revoke` return;
+after `defer_writes()` (the client's background mode) a decision takes effect in memory
+at once and `persist()`, called by the worker, makes it durable, in order.
+`consent_hash()` summarises the current decision per tier; it travels in each envelope
+so the ingest can refuse a tier whose consent the envelope does not carry.
 """
 
 from __future__ import annotations
@@ -122,13 +124,44 @@ class ConsentStore:
         self._policy_hash = policy.content_hash
         self._clock = clock
         self._mutex = threading.Lock()
+        self._write_lock = threading.Lock()
+        """Serialises `persist` calls, so an older history never replaces a newer one."""
+        self._write_through = True
         self._history = self._load()
+        self._written = len(self._history)
+        """How many records of `_history` are on disk."""
         self._current = {s.record.tier: s for s in self._history}
         # Asked at every window close and put in every envelope: computed once per change.
         self._hash = consent_hash_of(s.record for s in self._current.values())
 
+    def defer_writes(self) -> None:
+        """From now on a decision takes effect in memory when `grant`/`revoke` return, and
+        is durable only once `persist()` has run (on a thread that may wait on disk)."""
+        with self._mutex:
+            self._write_through = False
+
+    @property
+    def unpersisted(self) -> int:
+        """Decisions in effect but not yet on disk (only after `defer_writes`)."""
+        with self._mutex:
+            return len(self._history) - self._written
+
+    def persist(self) -> None:
+        """Write every decision not yet on disk (fsync, atomic rename). Does file I/O:
+        the worker's job. Raises `ConsentError` if the history cannot be written; the
+        decisions stay in effect and the next call tries again."""
+        with self._write_lock:
+            with self._mutex:
+                if self._written == len(self._history):
+                    return
+                history = list(self._history)
+            self._write(history)
+            with self._mutex:
+                self._written = max(self._written, len(history))
+
     def grant(self, tier: Tier) -> SignedConsentRecord:
-        """Record that the user allows `tier` to be sent; durable when this returns."""
+        """Record that the user allows `tier` to be sent; durable when this returns
+        (unless `defer_writes` was called: then once `persist` has run)."""
         with self._mutex:
             current = self._current.get(tier)
             if current is not None and current.record.granted and self._is_fresh(current):
@@ -136,7 +169,8 @@ class ConsentStore:
             return self._record(tier, granted=True)
 
     def revoke(self, tier: Tier) -> SignedConsentRecord:
-        """Record that the user withdraws `tier`; durable when this returns.
+        """Record that the user withdraws `tier`; durable when this returns (unless
+        `defer_writes` was called: it takes effect at once, durable once `persist` ran).
 
         The caller must then purge the tier's local data and spool, and send the
         returned record as its deletion request.
@@ -171,8 +205,9 @@ class ConsentStore:
             return list(self._history)
 
     def reset_after_fork(self) -> None:
-        """A fresh mutex in a forked child (a parent thread may have held it)."""
+        """Fresh locks in a forked child (a parent thread may have held one)."""
         self._mutex = threading.Lock()
+        self._write_lock = threading.Lock()
 
     # -- internals -----------------------------------------------------------------
 
@@ -194,17 +229,23 @@ class ConsentStore:
             raise ConsentError(f"cannot sign the consent record: {exc}") from exc
         signed = SignedConsentRecord(record=record, signature=signature)
         history = [*self._history, signed]
+        if self._write_through:
+            self._write(history)
+            self._written = len(history)
+        # Written through: only once durable does the decision take effect. Deferred: at
+        # once, in memory (a revocation must stop releases now, not after an fsync).
+        self._history = history
+        self._current[tier] = signed
+        self._hash = consent_hash_of(s.record for s in self._current.values())
+        return signed
+
+    def _write(self, history: list[SignedConsentRecord]) -> None:
         data = _History(records=history).model_dump_json(indent=1).encode()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(self._path, data)
         except OSError as exc:
             raise ConsentError(f"{self._path}: cannot write: {exc.strerror or exc}") from exc
-        # Only once durable does the decision take effect.
-        self._history = history
-        self._current[tier] = signed
-        self._hash = consent_hash_of(s.record for s in self._current.values())
-        return signed
 
     def _load(self) -> list[SignedConsentRecord]:
         try:

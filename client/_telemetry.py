@@ -33,6 +33,7 @@ from client._carry import CarriedWindow, decode_carried, encode_carried
 from client._client_report import ClientReporter
 from client._clock import BudgetClock
 from client._config import TelemetryConfig
+from client._consent import ConsentError, SignedConsentRecord
 from client._deletion import deletion_request, sign_deletion
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
@@ -63,6 +64,7 @@ from client._worker import PeriodicWorker
 from policies import AggregationTask, CounterSignal, HistogramSignal, Policy, aggregation_tasks
 from schemas import (
     CounterAggregate,
+    DeletionRequestV1,
     EnvelopeV1,
     HistogramAggregate,
     PrioReport,
@@ -140,8 +142,13 @@ class Telemetry:
         )
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._purges: list[tuple[Tier, str, list[Tier]]] = []
-        """Revocations whose spool purge is still to run (`revoke_consent`)."""
+        self._purges: list[tuple[Tier, str, list[Tier], DeletionRequestV1 | None]] = []
+        """Revocations whose deletion request and spool purge are still to run."""
+        self._consent_cond = threading.Condition()
+        self._consent_asked = 0
+        """Consent calls made so far (`wait_consent_durable`)."""
+        self._consent_durable = 0
+        """Of those, how many the worker has made durable."""
         self._fingerprinter = (
             ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
         )
@@ -165,6 +172,8 @@ class Telemetry:
             budget_clock=self._clock,
             evidence=self._state.ledger_evidence(),
         )
+        if config.mode == "background":
+            self._gate.consent.defer_writes()  # the worker writes (`_run_purges`)
         self._window_observers: list[Callable[[], None]] = []
         self._failures = 0
         self._retry_at = 0.0
@@ -254,13 +263,26 @@ class Telemetry:
         """Record the user's consent for `tier`: its signals are released from now on.
 
         Each tier needs its own grant (`content` above all). What was recorded in the
-        open window before the grant is discarded, never released. The signed record is
-        durable when this returns; raises `ConsentError` if it cannot be written.
+        open window before the grant is discarded, never released. Manual mode: the
+        signed record is durable when this returns; raises `ConsentError` if it cannot
+        be written. Background mode: the grant takes effect when this returns and the
+        worker writes it at once (`wait_consent_durable` waits for that); a failure to
+        write is logged and retried.
         """
         tier = _tier(tier)
-        with self._collect_lock:
-            if self._gate.grant(tier):
+        if self._worker is None:
+            with self._collect_lock:
+                if self._gate.grant(tier):
+                    self._discard_open_window(tier)
+            return
+        with self._consent_cond:
+            if not self._gate.consent.allows(tier):
+                # Discarded before the grant takes effect: nothing recorded before it can
+                # be in a window released under it (no lock shared with the worker).
                 self._discard_open_window(tier)
+                self._gate.grant(tier)
+            self._consent_asked += 1
+        self._worker.wake()
 
     def revoke_consent(self, tier: Tier | str) -> None:
         """Withdraw consent for `tier`: nothing of it is released or sent any more.
@@ -268,39 +290,81 @@ class Telemetry:
         Purges the tier's data from the open window and from every envelope still in
         the spool, and queues a signed deletion request (sent before any envelope) that
         the ingest records and the warehouse acts on by deleting this device's rows of
-        the tier. Raises `ConsentError` if the revocation cannot be recorded. In
-        background mode the spool is purged by the worker, before it sends anything
-        (rewriting a long spool takes a while); sending checks consent again anyway.
+        the tier. Manual mode: all of it is on disk when this returns; raises
+        `ConsentError` if the revocation cannot be recorded.
+
+        Background mode: the revocation takes effect in memory when this returns (no
+        window releases the tier, no send carries it); the worker then writes it, the
+        deletion request and the purged spool, in that order, before it sends anything
+        (`wait_consent_durable` waits for the writes). Until they are on disk a crash
+        loads the previous decision again: see docs/client.md.
         """
         tier = _tier(tier)
-        with self._collect_lock:
-            record = self._gate.revoke(tier)
-            self._discard_open_window(tier)
-            consent_hash = self._gate.consent.consent_hash()
-            with self._send_lock:
-                self._purges.append((tier, consent_hash, self._gate.consented()))
-            if record is not None:
-                # Signed by the worker when sent: signing may wait on a TPM.
-                request = deletion_request(
-                    device_id_of(self._key_store),
-                    region=self._config.region,
-                    tier=tier,
-                    requested_at=self._config.clock(),
-                    consent_hash=consent_hash,
-                    consent_version=record.record.version,
-                )
-                self._outbox.put_deletion(request, request.request_id)
-        if self._worker is not None:
-            self._worker.wake()
-        else:
+        if self._worker is None:
+            with self._collect_lock:
+                record = self._gate.revoke(tier)
+                self._discard_open_window(tier)
+                self._queue_purge(tier, record)
             self._run_purges()
+            return
+        with self._consent_cond:
+            record = self._gate.revoke(tier)  # in memory: windows and sends see it now
+            self._discard_open_window(tier)
+            self._queue_purge(tier, record)
+            self._consent_asked += 1
+        self._worker.wake()
+
+    def wait_consent_durable(self, timeout: float | None = None) -> bool:
+        """Wait until every `grant_consent`/`revoke_consent` made so far is on disk (with
+        a revocation's deletion request and spool purge); True if they are.
+
+        Background mode only waits (the worker writes them at the start of its next
+        round); manual mode has written them already. It blocks: never call it on the
+        app's UI thread.
+        """
+        with self._consent_cond:
+            asked = self._consent_asked
+            return self._consent_cond.wait_for(
+                lambda: self._consent_durable >= asked, timeout=timeout
+            )
+
+    def _queue_purge(self, tier: Tier, record: SignedConsentRecord | None) -> None:
+        """Queue the spool purge (and deletion request, for a new revocation) of `tier`."""
+        consent_hash = self._gate.consent.consent_hash()
+        request = None
+        if record is not None:
+            # Signed by the worker when sent: signing may wait on a TPM.
+            request = deletion_request(
+                device_id_of(self._key_store),
+                region=self._config.region,
+                tier=tier,
+                requested_at=self._config.clock(),
+                consent_hash=consent_hash,
+                consent_version=record.record.version,
+            )
+        with self._send_lock:
+            self._purges.append((tier, consent_hash, self._gate.consented(), request))
 
     def _run_purges(self) -> None:
-        """Strip revoked tiers from the spool, in the order they were revoked."""
+        """Make consent decisions durable, then store their deletion requests and strip
+        revoked tiers from the spool, in the order they were made."""
+        with self._consent_cond:
+            asked = self._consent_asked
+        try:
+            self._gate.consent.persist()
+        except ConsentError as exc:
+            # Still in effect in memory; tried again next round.
+            _log.error("consent not yet durable: %s", exc)
+            return
         with self._send_lock:
             purges, self._purges = self._purges, []
-        for tier, consent_hash, consented in purges:
+        for tier, consent_hash, consented, request in purges:
+            if request is not None:
+                self._outbox.put_deletion(request, request.request_id)
             self._outbox.purge_tier(tier, consent_hash=consent_hash, consented_tiers=consented)
+        with self._consent_cond:
+            self._consent_durable = max(self._consent_durable, asked)
+            self._consent_cond.notify_all()
 
     def consented_tiers(self) -> list[Tier]:
         """Tiers whose data may leave the device now."""
@@ -773,6 +837,7 @@ class Telemetry:
         # and the ledger's lock and the transport are released whatever happens.
         try:
             self._count_queued_prompts()  # the worker has stopped: they are this thread's
+            self._run_purges()  # consent decisions the worker had not written yet
             now = self._clock.now()
             with self._collect_lock:
                 windows = self._windows.close_until(now)
@@ -810,6 +875,7 @@ class Telemetry:
         # worker restarts its own thread through its own fork hook.)
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._consent_cond = threading.Condition()
         self._drops.reset_after_fork()
         self._prompts.reset_after_fork()
         self._reporter.reset_after_fork()

@@ -12,9 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
-from client import FallbackKeyStore, MemoryTransport, SoftwareKeyStore, Telemetry, TelemetryConfig
+from client import (
+    FallbackKeyStore,
+    MemoryTransport,
+    SoftwareKeyStore,
+    Telemetry,
+    TelemetryConfig,
+    TransportError,
+)
+from client._consent import ConsentStore
 from schemas import AppInfo, BatchResult, EnvelopeBatch, Tier
 from tests.client.conftest import POLICY, FakeClock, MemoryIngest
 from tests.client.memory_keys import MemoryTpmKeyStore, ScriptedAttestor
@@ -103,3 +111,42 @@ def test_every_public_call_returns_quickly_while_the_network_and_the_tpm_are_slo
     while tpm.signatures == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert tpm.signatures > 0
+
+
+def test_a_revocation_takes_effect_at_once_and_is_on_disk_after_the_documented_wait(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ingest = MemoryIngest()
+    state = tmp_path / "state"
+
+    def offline(_request: object) -> NoReturn:
+        raise TransportError("offline")  # so the deletion request stays in the spool
+
+    qw = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=POLICY,
+            ingest_public_key=ingest.public_key,
+            transport=MemoryTransport(offline, offline),
+            state_dir=state,
+            clock=clock,
+            mode="background",
+            retry_backoff=0.0,
+        )
+    )
+    try:
+        qw.grant_consent(Tier.HEALTH)
+        qw.revoke_consent(Tier.HEALTH)
+        assert qw.consented_tiers() == []  # in effect before anything is written
+        assert qw.wait_consent_durable(timeout=30)
+        on_disk = ConsentStore(state / "consent.json", lambda _b: b"x", POLICY)
+        assert [(s.record.tier, s.record.granted) for s in on_disk.records()] == [
+            (Tier.HEALTH, True),
+            (Tier.HEALTH, False),
+        ]
+        assert not on_disk.allows(Tier.HEALTH)
+        # The deletion request was stored with it, ahead of any send.
+        assert [p.suffix for p in (state / "spool").iterdir()] in ([".req"], [".del"])
+    finally:
+        qw.shutdown(release_open_window=False, timeout=1.0)
