@@ -65,7 +65,13 @@ async def _post(client: httpx.AsyncClient, region: str, n: int) -> tuple[httpx.R
 
 
 def _stored_ids(sink: DuckDBSink) -> set[str]:
-    rows = sink.connection.execute("SELECT CAST(envelope_id AS VARCHAR) FROM envelopes").fetchall()
+    # A cursor of its own: the sink writes on its own thread with its connection, and a
+    # DuckDB connection refuses a second caller while one call runs.
+    cursor = sink.connection.cursor()
+    try:
+        rows = cursor.execute("SELECT CAST(envelope_id AS VARCHAR) FROM envelopes").fetchall()
+    finally:
+        cursor.close()
     return {r[0] for r in rows}
 
 
