@@ -26,7 +26,13 @@ from schemas import MAX_CLIENT_REPORT_REASONS, ClientReport
 
 __all__ = ["ClientReporter", "PendingReport"]
 
-_NOT_REPORTED = frozenset({DropReason.PROMPT_TOO_LONG.value, DropReason.PROMPT_QUEUE_FULL.value})
+_NOT_REPORTED = frozenset(
+    {
+        DropReason.PROMPT_TOO_LONG.value,
+        DropReason.PROMPT_QUEUE_FULL.value,
+        DropReason.STATE_LOADING.value,
+    }
+)
 _WIRE_REASON = re.compile(r"^[a-z0-9_]+(:[A-Za-z0-9_.-]+)?$")
 _MAX_REASON_CHARS = 96
 

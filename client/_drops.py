@@ -45,6 +45,11 @@ class DropReason(StrEnum):
     """A measurement whose attributes exceed `client._instruments`' bounds (more than
     `MAX_ATTRIBUTES` of them, a key over `MAX_ATTRIBUTE_KEY_CHARS` or a string value
     over `MAX_ATTRIBUTE_VALUE_CHARS`): no declared label or value is that large."""
+    STATE_LOADING = "state_loading"
+    """A measurement (or queued prompt) recorded in background mode before the worker
+    had loaded the device's state: no consent was known yet, so it is discarded. Counted
+    per counted unit and per histogram value; never reported to the ingest (it would
+    describe activity no consent covers)."""
     CARRIED_DISCARDED = "carried_discarded"
     """Cells carried from the last run's open window that no longer fit: the policy
     changed in between, or a signal's shape did."""

@@ -38,7 +38,13 @@ from client._deletion import deletion_request, sign_deletion
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
 from client._envelope import DeviceState, build_envelope
-from client._errors import ConfigError, SignalKindError, TransportError, UnknownSignalError
+from client._errors import (
+    ClientError,
+    ConfigError,
+    SignalKindError,
+    TransportError,
+    UnknownSignalError,
+)
 from client._fingerprint import ErrorFingerprinter, fingerprint_label
 from client._instruments import Counter, Histogram
 from client._keys import KeyStore, SoftwareKeyStore
@@ -112,21 +118,12 @@ class Telemetry:
         self._config = config
         self._policy = config.policy
         self._drops = DropCounter()
-        key_store = config.key_store or SoftwareKeyStore(config.state_dir)
-        self._key_store: KeyStore = key_store
-        if isinstance(key_store, FallbackKeyStore):
-            key_store.attach_drops(self._drops)
         self._reporter = ClientReporter(self._drops, config.clock)
-        # Tiers a software key may send: the attestation policy's, minus any a fallback
-        # store was told to keep for its TPM.
-        tpm_only = key_store.tpm_only_tiers if isinstance(key_store, FallbackKeyStore) else ()
-        software_tiers = frozenset(t for t in config.software_tiers if t.value not in tpm_only)
-        self._sealer = EnvelopeSealer(
-            key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
-        )
-        # A TPM store names the device after its EK; a software key is self-certifying.
-        self._device_id = device_id_of(key_store)  # no I/O: see `FallbackKeyStore.current`
-        self._state = DeviceState(config.state_dir)
+        self._loaded = threading.Event()
+        """Set once the device's state is loaded (`_load_state`): at once in manual mode,
+        by the worker's first round in background mode."""
+        self._consent_queue: list[tuple[Tier, bool]] = []
+        """Consent calls made before the state was loaded: (tier, granted), in order."""
         self._transport: Transport = config.transport or HttpTransport(
             str(config.endpoint), timeout=config.timeout
         )
@@ -137,9 +134,6 @@ class Telemetry:
         self._sharer = self._make_sharer()
         self._signals = {name: self._make_signal(name, spec) for name, spec in _sorted(config)}
         self._warm_measurements()
-        self._windows = WindowClock(
-            self._policy.window_seconds, config.clock(), self._state.last_window_end()
-        )
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._purges: list[tuple[Tier, str, list[Tier], DeletionRequestV1 | None]] = []
@@ -157,23 +151,6 @@ class Telemetry:
         self._take_prompt: Callable[[str, str], str] = (
             self._queue_prompt if config.mode == "background" else self._count_prompt
         )
-        self._outbox = Spool(config.state_dir, config.max_pending, self._drops)
-        self._restore_carried()
-        # Last: it takes the ledger's lock, which only `shutdown` gives back.
-        self._gate = PrivacyGate(
-            config.state_dir,
-            self._policy,
-            # Consent records are signed on the app's thread: never by a TPM, which may
-            # make it wait (they stay on the device; envelopes are signed by the worker).
-            key_store.software if isinstance(key_store, FallbackKeyStore) else key_store,
-            config.clock,
-            self._drops,
-            software_tiers,
-            budget_clock=self._clock,
-            evidence=self._state.ledger_evidence(),
-        )
-        if config.mode == "background":
-            self._gate.consent.defer_writes()  # the worker writes (`_run_purges`)
         self._window_observers: list[Callable[[], None]] = []
         self._failures = 0
         self._retry_at = 0.0
@@ -191,7 +168,12 @@ class Telemetry:
                 telemetry._reset_locks_after_fork()
 
         os.register_at_fork(after_in_child=_after_fork_in_child)
-        if config.mode == "background":
+        if config.mode == "manual":
+            # A simulator records right after construction, on its own clock: loaded now.
+            self._load_state()
+            self._loaded.set()
+        else:
+            # No disk read or write here: the worker's first round loads the state.
             self._worker = PeriodicWorker(self._tick, name="quietwire-telemetry")
             self._worker.start()
 
@@ -203,11 +185,113 @@ class Telemetry:
             # Like OTel's MeterProvider: the open window is released when the app exits.
             atexit.register(_at_exit)
 
+    # State the device keeps on disk: loaded by the constructor in manual mode, by the
+    # worker's first round in background mode (`_load_state`).
+    _key_store: KeyStore
+    _sealer: EnvelopeSealer
+    _device_id: str
+    _state: DeviceState
+    _windows: WindowClock
+    _outbox: Spool
+    _gate: PrivacyGate
+
+    def _load_state(self) -> None:
+        """Read (or create) the device key, state, spool, carried cells, consent and
+        ledger. Disk I/O: the constructor's in manual mode, the worker's otherwise."""
+        config = self._config
+        key_store = config.key_store or SoftwareKeyStore(config.state_dir)
+        if isinstance(key_store, FallbackKeyStore):
+            key_store.attach_drops(self._drops)
+        # Tiers a software key may send: the attestation policy's, minus any a fallback
+        # store was told to keep for its TPM.
+        tpm_only = key_store.tpm_only_tiers if isinstance(key_store, FallbackKeyStore) else ()
+        software_tiers = frozenset(t for t in config.software_tiers if t.value not in tpm_only)
+        sealer = EnvelopeSealer(
+            key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
+        )
+        state = DeviceState(config.state_dir)
+        windows = WindowClock(self._policy.window_seconds, config.clock(), state.last_window_end())
+        outbox = Spool(config.state_dir, config.max_pending, self._drops)
+        # Last: it takes the ledger's lock, which only `shutdown` gives back.
+        gate = PrivacyGate(
+            config.state_dir,
+            self._policy,
+            # Consent records are signed on the app's thread: never by a TPM, which may
+            # make it wait (they stay on the device; envelopes are signed by the worker).
+            key_store.software if isinstance(key_store, FallbackKeyStore) else key_store,
+            config.clock,
+            self._drops,
+            software_tiers,
+            budget_clock=self._clock,
+            evidence=state.ledger_evidence(),
+        )
+        if config.mode == "background":
+            gate.consent.defer_writes()  # the worker writes (`_run_purges`)
+        self._key_store, self._sealer, self._state = key_store, sealer, state
+        # A TPM store names the device after its EK; a software key is self-certifying.
+        self._device_id = device_id_of(key_store)  # no I/O: see `FallbackKeyStore.current`
+        self._windows, self._outbox, self._gate = windows, outbox, gate
+        if config.mode == "background":
+            self._discard_loading_records()
+        self._restore_carried()
+
+    def _start_up(self) -> None:
+        """The worker's first round: load the state, then apply the consent calls made
+        meanwhile, in order. Until then nothing counted as consented."""
+        with self._collect_lock:
+            self._load_state()
+            with self._consent_cond:
+                # Made before the state was known: not consented as far as the client
+                # knew (dropped above); the calls made meanwhile take effect now.
+                queued, self._consent_queue = self._consent_queue, []
+                for tier, granted in queued:
+                    try:
+                        self._apply_consent(tier, granted)
+                    except ConsentError:
+                        _log.exception("applying a consent call made during start-up failed")
+                self._loaded.set()
+
+    def _discard_loading_records(self) -> None:
+        """Drop what was recorded before the state (consent above all) was loaded,
+        counted as `state_loading`: one per counted unit and per histogram value."""
+        dropped = len(self._prompts.drain())
+        for signal in self._signals.values():
+            for cell in signal.table.take():
+                if isinstance(cell, HistogramSnapshot):
+                    dropped += sum(cell.counts)
+                else:
+                    dropped += cell
+        if dropped:
+            self._drops.add(DropReason.STATE_LOADING, dropped)
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait until the device's state is loaded; True if it is.
+
+        Manual mode: always True (the constructor loaded it). Background mode: the
+        worker loads it first thing; until then recordings are dropped
+        (`state_loading`), consent calls are queued and applied in order after the
+        load, and state queries answer from what is known (see each). It blocks: not
+        for the app's UI thread.
+        """
+        return self._loaded.wait(timeout)
+
+    def _require_state(self) -> None:
+        """For the few calls that need the state: wait for it (see `ready`)."""
+        if not self._loaded.wait(self._config.timeout):
+            raise ClientError("the device's state is not loaded yet (Telemetry.ready)")
+
     # -- setup-time API --------------------------------------------------------------
 
     @property
     def device_id(self) -> str:
-        """The id envelopes claim, derived from the key that signs now (no I/O)."""
+        """The id envelopes claim, derived from the key that signs now (no I/O).
+
+        Background mode with the default key (no `key_store` given): the key is read
+        from disk at start-up, and this waits for it (`ready`); not for the UI thread.
+        """
+        if self._config.key_store is not None:
+            return device_id_of(self._config.key_store)
+        self._require_state()
         return device_id_of(self._key_store)
 
     def counter(self, name: str) -> Counter:
@@ -254,8 +338,9 @@ class Telemetry:
 
     @property
     def pending(self) -> int:
-        """Envelopes released but not yet answered by the ingest (in the spool)."""
-        return len(self._outbox)
+        """Envelopes released but not yet answered by the ingest (in the spool); 0 before
+        the spool is loaded (`ready`)."""
+        return len(self._outbox) if self._loaded.is_set() else 0
 
     # -- privacy -----------------------------------------------------------------------
 
@@ -275,14 +360,7 @@ class Telemetry:
                 if self._gate.grant(tier):
                     self._discard_open_window(tier)
             return
-        with self._consent_cond:
-            if not self._gate.consent.allows(tier):
-                # Discarded before the grant takes effect: nothing recorded before it can
-                # be in a window released under it (no lock shared with the worker).
-                self._discard_open_window(tier)
-                self._gate.grant(tier)
-            self._consent_asked += 1
-        self._worker.wake()
+        self._consent_call(tier, granted=True)
 
     def revoke_consent(self, tier: Tier | str) -> None:
         """Withdraw consent for `tier`: nothing of it is released or sent any more.
@@ -307,12 +385,32 @@ class Telemetry:
                 self._queue_purge(tier, record)
             self._run_purges()
             return
+        self._consent_call(tier, granted=False)
+
+    def _consent_call(self, tier: Tier, *, granted: bool) -> None:
+        """Background mode: a consent decision in memory now, written by the worker;
+        queued for the worker if the state is not loaded yet."""
+        assert self._worker is not None
         with self._consent_cond:
-            record = self._gate.revoke(tier)  # in memory: windows and sends see it now
-            self._discard_open_window(tier)
-            self._queue_purge(tier, record)
+            if self._loaded.is_set():
+                self._apply_consent(tier, granted)
+            else:
+                self._consent_queue.append((tier, granted))
             self._consent_asked += 1
         self._worker.wake()
+
+    def _apply_consent(self, tier: Tier, granted: bool) -> None:
+        """A consent decision in memory (background mode; under `_consent_cond`)."""
+        if granted:
+            if not self._gate.consent.allows(tier):
+                # Discarded before the grant takes effect: nothing recorded before it can
+                # be in a window released under it (no lock shared with the worker).
+                self._discard_open_window(tier)
+                self._gate.grant(tier)
+        else:
+            record = self._gate.revoke(tier)  # windows and sends see it now
+            self._discard_open_window(tier)
+            self._queue_purge(tier, record)
 
     def wait_consent_durable(self, timeout: float | None = None) -> bool:
         """Wait until every `grant_consent`/`revoke_consent` made so far is on disk (with
@@ -367,13 +465,14 @@ class Telemetry:
             self._consent_cond.notify_all()
 
     def consented_tiers(self) -> list[Tier]:
-        """Tiers whose data may leave the device now."""
-        return self._gate.consented()
+        """Tiers whose data may leave the device now ([] until the consent is loaded)."""
+        return self._gate.consented() if self._loaded.is_set() else []
 
     def ledger_problem(self) -> LedgerError | None:
         """Why the privacy ledger refuses every release (a missing, emptied, rolled back
-        or corrupt journal), or None. It lasts until `reset_ledger`."""
-        return self._gate.ledger.problem
+        or corrupt journal), or None (also before the ledger is loaded: `ready`). It
+        lasts until `reset_ledger`."""
+        return self._gate.ledger.problem if self._loaded.is_set() else None
 
     def reset_ledger(self, reason: str) -> None:
         """Operator action: acknowledge that the privacy ledger was lost or damaged.
@@ -381,13 +480,19 @@ class Telemetry:
         The damaged files are kept aside; the new ledger treats the current UTC day and
         the last 24 real hours as fully spent, and keeps at least the lifetime spend the
         device state shows (docs/privacy.md). `reason` is recorded in the ledger. Raises
-        `LedgerError` if the ledger cannot be written.
+        `LedgerError` if the ledger cannot be written. Writes to disk, and first waits
+        for the state to be loaded (`ready`): not for the UI thread.
         """
+        self._require_state()
         with self._collect_lock:
             self._gate.reset_ledger(self._clock.now(), reason=reason)
 
     def privacy_spent(self, at: datetime | None = None) -> tuple[float, float]:
-        """(epsilon spent on the UTC day of `at`, epsilon spent over the device's life)."""
+        """(epsilon spent on the UTC day of `at`, epsilon spent over the device's life).
+
+        Background mode: waits for the ledger to be loaded (`ready`) if it is not yet.
+        """
+        self._require_state()
         ledger = self._gate.ledger
         return ledger.spent_today(at or self._config.clock()), ledger.spent_lifetime()
 
@@ -688,7 +793,7 @@ class Telemetry:
         with self._send_lock:
             self._flush_waiters.append(done)
         self._worker.wake()
-        return done.wait(timeout) and not self._outbox.unsent()
+        return done.wait(timeout) and self._loaded.is_set() and not self._outbox.unsent()
 
     def _send_pending(self, *, blocking: bool) -> bool:
         self._run_purges()  # before anything leaves
@@ -797,6 +902,16 @@ class Telemetry:
         # send) that started after they asked.
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
+        if not self._loaded.is_set():
+            try:
+                self._start_up()
+            except Exception:
+                # The app keeps running without telemetry (recordings dropped and
+                # counted) and the worker tries again: a full disk may clear.
+                _log.exception("loading the device's state failed; retrying in 30 s")
+                for done in waiters:
+                    done.set()
+                return 30.0
         try:
             self._count_queued_prompts()
             self._run_purges()
@@ -833,6 +948,18 @@ class Telemetry:
         deadline = time.monotonic() + timeout
         if self._worker is not None:
             self._worker.stop(timeout)
+            if not self._loaded.is_set() and not self._worker.is_alive():
+                # Stopped before it loaded the state: load it here, so consent calls
+                # made meanwhile are applied and written, not lost.
+                try:
+                    self._start_up()
+                except Exception:
+                    _log.exception("loading the device's state at shutdown failed")
+        if not self._loaded.is_set():
+            # Still loading on the worker (a slow disk), or the state cannot be read:
+            # nothing recorded counted, nothing to release or send.
+            self._transport.close()
+            return
         # Called by the host app (or at exit): a failure here is logged, never raised,
         # and the ledger's lock and the transport are released whatever happens.
         try:
@@ -879,9 +1006,10 @@ class Telemetry:
         self._drops.reset_after_fork()
         self._prompts.reset_after_fork()
         self._reporter.reset_after_fork()
-        self._outbox.reset_after_fork()
-        self._state.reset_after_fork()
-        self._gate.reset_after_fork()
+        if self._loaded.is_set():  # else the child's worker loads them
+            self._outbox.reset_after_fork()
+            self._state.reset_after_fork()
+            self._gate.reset_after_fork()
         for signal in self._signals.values():
             signal.table.reset_locks_after_fork()
 

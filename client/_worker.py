@@ -48,6 +48,10 @@ class PeriodicWorker:
         """Whether the caller is this worker's thread (inside a tick)."""
         return self._thread is not None and self._thread is threading.current_thread()
 
+    def is_alive(self) -> bool:
+        """Whether the thread is running (it ends after `stop`)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         """Run a tick as soon as the current wait allows."""
         self._wake.set()

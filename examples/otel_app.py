@@ -98,6 +98,10 @@ def install_quietwire(
     )
     telemetry.grant_consent("health")  # the user agreed, in the app's settings
     telemetry.grant_consent("performance")
+    # The device's state loads on Quietwire's thread; what is recorded before that is
+    # dropped (no consent is known yet). This script records at once, so it waits; an
+    # app with a UI would not wait on its UI thread.
+    telemetry.ready(timeout=10.0)
     provider = QuietwireMeterProvider(telemetry)
     metrics.set_meter_provider(provider)
     return provider, telemetry

@@ -147,6 +147,9 @@ def make_telemetry(
         )
         telemetry = Telemetry(config)
         made.append(telemetry)
+        # Background mode loads the device's state on its worker: recordings made
+        # before that are dropped (`state_loading`), so tests wait for it.
+        assert telemetry.ready(timeout=30)
         for tier in consent:
             telemetry.grant_consent(tier)
         return telemetry
