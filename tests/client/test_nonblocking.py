@@ -9,10 +9,13 @@ says, and no longer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+import pytest
 
 from client import (
     FallbackKeyStore,
@@ -150,3 +153,176 @@ def test_a_revocation_takes_effect_at_once_and_is_on_disk_after_the_documented_w
         assert [p.suffix for p in (state / "spool").iterdir()] in ([".req"], [".del"])
     finally:
         qw.shutdown(release_open_window=False, timeout=1.0)
+
+
+class SlowDisk:
+    """Every read, open and fsync of a file under `root` first sleeps `delay` seconds (a
+    spun-down disk, a network home directory), on whichever thread makes it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path, delay: float) -> None:
+        self.root = str(root)
+        self.delay = delay
+        self.calls = 0
+        real_open, real_fsync = os.open, os.fsync
+        real_read_bytes, real_read_text, real_mkdir = Path.read_bytes, Path.read_text, Path.mkdir
+
+        def under_root(path: object) -> bool:
+            return str(path).startswith(self.root)
+
+        def slow_open(path: str | os.PathLike[str], *args: Any, **kw: Any) -> int:
+            self._wait(under_root(path))
+            return real_open(path, *args, **kw)
+
+        def slow_fsync(fd: int) -> None:
+            self._wait(True)
+            real_fsync(fd)
+
+        def slow_read_bytes(path: Path) -> bytes:
+            self._wait(under_root(path))
+            return real_read_bytes(path)
+
+        def slow_read_text(path: Path, *args: Any, **kw: Any) -> str:
+            self._wait(under_root(path))
+            return real_read_text(path, *args, **kw)
+
+        def slow_mkdir(path: Path, *args: Any, **kw: Any) -> None:
+            self._wait(under_root(path))
+            real_mkdir(path, *args, **kw)
+
+        monkeypatch.setattr(os, "open", slow_open)
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        monkeypatch.setattr(Path, "read_bytes", slow_read_bytes)
+        monkeypatch.setattr(Path, "read_text", slow_read_text)
+        monkeypatch.setattr(Path, "mkdir", slow_mkdir)
+
+    def _wait(self, slow: bool) -> None:
+        if slow:
+            self.calls += 1
+            time.sleep(self.delay)
+
+
+def test_every_public_call_returns_quickly_while_the_disk_too_is_slow(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = SlowIngest()
+    tpm = MemoryTpmKeyStore(delay=DELAY)
+    keys = FallbackKeyStore(lambda: tpm, SoftwareKeyStore(tmp_path / "sw"))
+    keys.attach_attestor(ScriptedAttestor(succeeds=True, delay=DELAY))
+    config = TelemetryConfig(
+        app=AppInfo(name="demo-app", version="1.0"),
+        region="eu-west",
+        policy=POLICY,
+        ingest_public_key=slow.ingest.public_key,
+        transport=MemoryTransport(slow.handle, lambda _request: None),
+        state_dir=tmp_path / "state",
+        key_store=keys,
+        clock=clock,
+        mode="background",
+        retry_backoff=0.0,
+    )
+    disk = SlowDisk(monkeypatch, tmp_path, DELAY)
+    took: dict[str, float] = {}
+    qw, took["Telemetry()"] = timed(lambda: Telemetry(config))
+    _, took["grant_consent(health)"] = timed(lambda: qw.grant_consent(Tier.HEALTH))
+    _, took["grant_consent(performance)"] = timed(lambda: qw.grant_consent(Tier.PERFORMANCE))
+    requests = qw.counter("inference.requests")
+    _, took["Counter.add"] = timed(lambda: requests.add(1, route="local", model="a@1"))
+    _, took["Histogram.record"] = timed(lambda: qw.histogram("latency").record(0.3))
+    _, took["record"] = timed(lambda: qw.record("app.starts", 1))
+    _, took["record_exception"] = timed(lambda: qw.record_exception(ValueError("x")))
+    _, took["record_prompt"] = timed(lambda: qw.record_prompt("mail ann@example.com"))
+    clock.advance(hours=1)
+    _, took["collect"] = timed(qw.collect)
+    time.sleep(0.1)  # the worker is now deep in its slow start-up
+    _, took["dropped"] = timed(qw.dropped)
+    _, took["device_id"] = timed(lambda: qw.device_id)
+    _, took["consented_tiers"] = timed(qw.consented_tiers)
+    _, took["ledger_problem"] = timed(qw.ledger_problem)
+    _, took["pending"] = timed(lambda: qw.pending)
+    _, took["revoke_consent"] = timed(lambda: qw.revoke_consent(Tier.PERFORMANCE))
+    _, took["grant_consent(again)"] = timed(lambda: qw.grant_consent(Tier.PERFORMANCE))
+    ready, took["ready"] = timed(lambda: qw.ready(timeout=TIMEOUT))
+    durable, took["wait_consent_durable"] = timed(lambda: qw.wait_consent_durable(TIMEOUT))
+    flushed, took["flush"] = timed(lambda: qw.flush(timeout=TIMEOUT))
+    _, took["shutdown"] = timed(lambda: qw.shutdown(timeout=TIMEOUT))
+
+    waits = {"ready", "wait_consent_durable", "flush", "shutdown"}
+    slow_calls = {
+        name: seconds
+        for name, seconds in took.items()
+        if seconds > BOUND + (TIMEOUT if name in waits else 0.0)
+    }
+    assert slow_calls == {}, took
+    # Nothing could be loaded, written or sent yet, and the calls said so.
+    assert (ready, durable, flushed) == (False, False, False)
+    assert qw.consented_tiers() == []  # not known yet: nothing counts as consented
+    assert disk.calls > 0  # the disk was used, by the worker only
+
+
+def test_a_fresh_start_records_nothing_until_the_consent_is_loaded_then_records(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest = MemoryIngest()
+    qw = Telemetry(_config(tmp_path, ingest, clock))
+    try:
+        assert qw.ready(timeout=30)
+        qw.grant_consent(Tier.HEALTH)
+        assert qw.wait_consent_durable(timeout=30)
+    finally:
+        qw.shutdown(release_open_window=False, timeout=5.0)
+
+    # The next start, on a slow disk: the grant above is on it, but not yet read.
+    SlowDisk(monkeypatch, tmp_path, 0.3)
+    again = Telemetry(_config(tmp_path, ingest, clock))
+    try:
+        again.record("app.starts", 2)
+        again.record_prompt("mail ann@example.com")
+        assert again.consented_tiers() == []
+        assert again.ready(timeout=60)
+        assert again.consented_tiers() == [Tier.HEALTH]
+        assert again.dropped().get("state_loading") == 3  # two starts and a prompt
+        again.record("app.starts", 1)
+        assert again.dropped().get("state_loading") == 3
+        clock.advance(hours=1)
+        assert again.flush(timeout=60)
+    finally:
+        again.shutdown(release_open_window=False, timeout=5.0)
+    (envelope,) = ingest.envelopes
+    assert {a.signal for a in envelope.aggregates} == {"app.starts"}
+    assert envelope.consented_tiers == [Tier.HEALTH]
+
+
+def test_a_revocation_is_durable_only_after_the_worker_wrote_it_on_a_slow_disk(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest = MemoryIngest()
+    qw = Telemetry(_config(tmp_path, ingest, clock))
+    try:
+        assert qw.ready(timeout=30)
+        qw.grant_consent(Tier.HEALTH)
+        assert qw.wait_consent_durable(timeout=30)
+        SlowDisk(monkeypatch, tmp_path, 1.0)
+        _, took = timed(lambda: qw.revoke_consent(Tier.HEALTH))
+        assert took < 0.2
+        assert qw.consented_tiers() == []  # in effect at once
+        assert not qw.wait_consent_durable(timeout=0.1)  # the worker is still writing
+        assert qw.wait_consent_durable(timeout=60)
+        monkeypatch.undo()
+        on_disk = ConsentStore(tmp_path / "state" / "consent.json", lambda _b: b"x", POLICY)
+        assert not on_disk.allows(Tier.HEALTH)
+    finally:
+        qw.shutdown(release_open_window=False, timeout=5.0)
+
+
+def _config(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock) -> TelemetryConfig:
+    return TelemetryConfig(
+        app=AppInfo(name="demo-app", version="1.0"),
+        region="eu-west",
+        policy=POLICY,
+        ingest_public_key=ingest.public_key,
+        transport=MemoryTransport(ingest.handle, lambda _request: None),
+        state_dir=tmp_path / "state",
+        clock=clock,
+        mode="background",
+        retry_backoff=0.0,
+    )
