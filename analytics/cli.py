@@ -32,7 +32,8 @@ __all__ = ["app", "fail"]
 app = typer.Typer(
     name="quietwire",
     help="Quietwire: privacy-preserving telemetry. Fleet reports with honest intervals, "
-    "the demo, retention, and the audit log.",
+    "drift, canary verdicts, cost, single queries, the demo, retention, the device "
+    "ledger's reset, and the audit log.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
