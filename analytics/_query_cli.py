@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import duckdb
 import polars as pl
@@ -31,7 +31,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from analytics._basis import fleet_basis
+from analytics._basis import FleetBasis, fleet_basis
 from analytics._cli_support import fail
 from analytics._errors import AnalyticsError
 from analytics._intervals import check_level
@@ -168,52 +168,181 @@ def _level(level: float) -> float:
         raise fail(str(exc)) from None
 
 
-@query_app.command("totals")
-def totals_cmd(
-    db: Db,
-    signal: OptSignal = None,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """Every released cell summed over the fleet, per window (fleet_totals)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        "fleet totals",
-        lambda c: fleet_totals(c, level=lv, signal=signal, since=_utc(since), until=_utc(until)),
-    )
+class _Grouped(Protocol):
+    """A query over one signal grouped by labels (signal_totals, mean_by_labels, ...)."""
+
+    def __call__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        signal: str,
+        *,
+        by: Sequence[str],
+        per_window: bool,
+        level: float,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> pl.DataFrame: ...
 
 
-@query_app.command("signal-totals")
-def signal_totals_cmd(
-    db: Db,
-    signal: Signal,
-    by: By = "route",
-    per_window: PerWindow = True,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """A counter's totals grouped by labels (signal_totals)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        f"{signal} by {by}",
-        lambda c: signal_totals(
-            c,
-            signal,
-            by=_by(by),
-            per_window=per_window,
-            level=lv,
-            since=_utc(since),
-            until=_utc(until),
-        ),
-    )
+class _Whole(Protocol):
+    """A query over one signal's cells together (grand_totals, fleet_mean)."""
+
+    def __call__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        signal: str,
+        *,
+        per_window: bool,
+        level: float,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> pl.DataFrame: ...
+
+
+class _Every(Protocol):
+    """A query over every signal, or one (fleet_totals, cell_summary)."""
+
+    def __call__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        level: float,
+        signal: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> pl.DataFrame: ...
+
+
+def _grouped(name: str, query: _Grouped, doc: str, *, by: str, per_window: bool, what: str) -> None:
+    """Register `quietwire query NAME --signal S --by L1,L2 ...` running `query`."""
+
+    def command(
+        db: Db,
+        signal: Signal,
+        by: By = by,
+        per_window: PerWindow = per_window,
+        output: Format = QueryFormat.TABLE,
+        level: Level = 0.95,
+        since: Since = None,
+        until: Until = None,
+    ) -> None:
+        lv, labels = _level(level), _by(by)
+        _run(
+            db,
+            output,
+            f"{signal}: {what} by {by}",
+            lambda c: query(
+                c,
+                signal,
+                by=labels,
+                per_window=per_window,
+                level=lv,
+                since=_utc(since),
+                until=_utc(until),
+            ),
+        )
+
+    command.__doc__ = doc
+    query_app.command(name)(command)
+
+
+def _whole(name: str, query: _Whole, doc: str, *, what: str) -> None:
+    """Register `quietwire query NAME --signal S ...` running `query`."""
+
+    def command(
+        db: Db,
+        signal: Signal,
+        per_window: PerWindow = True,
+        output: Format = QueryFormat.TABLE,
+        level: Level = 0.95,
+        since: Since = None,
+        until: Until = None,
+    ) -> None:
+        lv = _level(level)
+        _run(
+            db,
+            output,
+            f"{signal}: {what}",
+            lambda c: query(
+                c, signal, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
+            ),
+        )
+
+    command.__doc__ = doc
+    query_app.command(name)(command)
+
+
+def _every(name: str, query: _Every, doc: str, *, what: str) -> None:
+    """Register `quietwire query NAME [--signal S] ...` running `query`."""
+
+    def command(
+        db: Db,
+        signal: OptSignal = None,
+        output: Format = QueryFormat.TABLE,
+        level: Level = 0.95,
+        since: Since = None,
+        until: Until = None,
+    ) -> None:
+        lv = _level(level)
+        _run(
+            db,
+            output,
+            what,
+            lambda c: query(c, level=lv, signal=signal, since=_utc(since), until=_utc(until)),
+        )
+
+    command.__doc__ = doc
+    query_app.command(name)(command)
+
+
+_every(
+    "totals",
+    fleet_totals,
+    "Every released cell summed over the fleet, per window (fleet_totals).",
+    what="fleet totals",
+)
+_grouped(
+    "signal-totals",
+    signal_totals,
+    "A counter's totals grouped by labels (signal_totals).",
+    by="route",
+    per_window=True,
+    what="totals",
+)
+_grouped(
+    "means",
+    mean_by_labels,
+    "A histogram's mean grouped by labels, with a ratio interval (mean_by_labels).",
+    by="route,model",
+    per_window=True,
+    what="mean",
+)
+_grouped(
+    "buckets",
+    histogram_buckets,
+    "A histogram's events per bucket, grouped by labels (histogram_buckets).",
+    by="route,model",
+    per_window=False,
+    what="events per bucket",
+)
+_whole(
+    "grand-totals",
+    grand_totals,
+    "A signal's total over all its cells (grand_totals).",
+    what="fleet total",
+)
+_whole(
+    "fleet-mean",
+    fleet_mean,
+    "A histogram's mean over all its cells (fleet_mean).",
+    what="fleet mean",
+)
+_every(
+    "cells",
+    cell_summary,
+    "One row per cell over the range: totals, events and means (cell_summary).",
+    what="cell summary",
+)
 
 
 @query_app.command("requests")
@@ -227,138 +356,31 @@ def requests_cmd(
     until: Until = None,
 ) -> None:
     """Inference requests by route and model (requests_by_route)."""
-    lv = _level(level)
+    lv, labels = _level(level), _by(by)
     _run(
         db,
         output,
         f"requests by {by}",
         lambda c: requests_by_route(
-            c, by=_by(by), per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
+            c, by=labels, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
         ),
     )
 
 
-@query_app.command("grand-totals")
-def grand_totals_cmd(
-    db: Db,
-    signal: Signal,
-    per_window: PerWindow = True,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
+def _basis(
+    db: Path,
+    output: QueryFormat,
+    title: str,
+    since: datetime | None,
+    until: datetime | None,
+    part: Callable[[FleetBasis], pl.DataFrame],
+    signal: str | None = None,
 ) -> None:
-    """A signal's total over all its cells (grand_totals)."""
-    lv = _level(level)
     _run(
         db,
         output,
-        f"{signal}: fleet total",
-        lambda c: grand_totals(
-            c, signal, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
-        ),
-    )
-
-
-@query_app.command("means")
-def means_cmd(
-    db: Db,
-    signal: Signal,
-    by: By = "route,model",
-    per_window: PerWindow = True,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """A histogram's mean grouped by labels, with a ratio interval (mean_by_labels)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        f"{signal}: mean by {by}",
-        lambda c: mean_by_labels(
-            c,
-            signal,
-            by=_by(by),
-            per_window=per_window,
-            level=lv,
-            since=_utc(since),
-            until=_utc(until),
-        ),
-    )
-
-
-@query_app.command("fleet-mean")
-def fleet_mean_cmd(
-    db: Db,
-    signal: Signal,
-    per_window: PerWindow = True,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """A histogram's mean over all its cells (fleet_mean)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        f"{signal}: fleet mean",
-        lambda c: fleet_mean(
-            c, signal, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
-        ),
-    )
-
-
-@query_app.command("buckets")
-def buckets_cmd(
-    db: Db,
-    signal: Signal,
-    by: By = "route,model",
-    per_window: Annotated[
-        bool,
-        typer.Option("--per-window/--over-range", help="One row per window, or over the range."),
-    ] = False,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """A histogram's events per bucket, grouped by labels (histogram_buckets)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        f"{signal}: events per bucket",
-        lambda c: histogram_buckets(
-            c,
-            signal,
-            by=_by(by),
-            per_window=per_window,
-            level=lv,
-            since=_utc(since),
-            until=_utc(until),
-        ),
-    )
-
-
-@query_app.command("cells")
-def cells_cmd(
-    db: Db,
-    signal: OptSignal = None,
-    output: Format = QueryFormat.TABLE,
-    level: Level = 0.95,
-    since: Since = None,
-    until: Until = None,
-) -> None:
-    """One row per cell over the range: totals, events and means (cell_summary)."""
-    lv = _level(level)
-    _run(
-        db,
-        output,
-        "cell summary",
-        lambda c: cell_summary(c, level=lv, signal=signal, since=_utc(since), until=_utc(until)),
+        title,
+        lambda c: part(fleet_basis(c, signal=signal, since=_utc(since), until=_utc(until))),
     )
 
 
@@ -370,12 +392,7 @@ def devices_cmd(
     until: Until = None,
 ) -> None:
     """Devices per window, by TPM-attested or software key (fleet_basis)."""
-    _run(
-        db,
-        output,
-        "devices per window",
-        lambda c: fleet_basis(c, since=_utc(since), until=_utc(until)).devices,
-    )
+    _basis(db, output, "devices per window", since, until, lambda b: b.devices)
 
 
 @query_app.command("suppressed")
@@ -387,9 +404,4 @@ def suppressed_cmd(
     until: Until = None,
 ) -> None:
     """Releases withheld because a device's privacy budget was spent (fleet_basis)."""
-    _run(
-        db,
-        output,
-        "releases withheld",
-        lambda c: fleet_basis(c, signal=signal, since=_utc(since), until=_utc(until)).suppressed,
-    )
+    _basis(db, output, "releases withheld", since, until, lambda b: b.suppressed, signal)

@@ -32,10 +32,10 @@ def _run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-# The fixture's fleet has no inference.requests and releases no scalar totals (which
-# grand totals and the fleet mean read under the local model): an empty answer, not an
-# error.
-_EMPTY = {"requests", "grand-totals", "fleet-mean"}
+# The fixture's fleet has no inference.requests, releases no scalar totals (which
+# grand totals and the fleet mean read under the local model) and withholds nothing: an
+# empty answer, not an error.
+_EMPTY = {"requests", "grand-totals", "fleet-mean", "suppressed"}
 
 QUERIES = [
     ("totals",),
@@ -47,6 +47,7 @@ QUERIES = [
     ("buckets", "--signal", "test.latency", "--by", "route"),
     ("cells",),
     ("devices",),
+    ("suppressed",),
 ]
 
 
