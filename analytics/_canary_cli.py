@@ -7,7 +7,6 @@ command.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +18,7 @@ from rich.table import Table
 
 from analytics._canary import CanaryResult, canary_verdict
 from analytics._canary_verdict import MetricEvidence, Verdict, effect_text
-from analytics._cli_support import fail
+from analytics._cli_support import fail, parse_time
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
 from policies import DEFAULT_POLICY_PATH, CanaryPolicy, PolicyError, load_policy
@@ -46,20 +45,6 @@ class CanaryFormat(StrEnum):
     TABLE = "table"
     JSON = "json"
     CSV = "csv"
-
-
-def _parse_time(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(
-            f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-03-02T00:00:00Z)"
-        ) from None
-    if parsed.tzinfo is None:
-        raise fail(f"{option} {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
-    return parsed.astimezone(UTC)
 
 
 def _rules(policy: Path, label: str | None) -> CanaryPolicy:
@@ -167,7 +152,7 @@ def canary(
     ] = CanaryFormat.TABLE,
 ) -> None:
     """Promote, hold or rollback a canary (`CANARY_HELP`)."""
-    start, end = _parse_time("--since", since), _parse_time("--until", until)
+    start, end = parse_time("--since", since), parse_time("--until", until)
     rules = _rules(policy, label)
     try:
         conn = open_warehouse(db)

@@ -1,13 +1,32 @@
-"""What every `quietwire` subcommand shares: how a bad input ends the command."""
+"""What every `quietwire` subcommand shares: how a bad input ends the command, and how
+a time argument is read."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 
-__all__ = ["fail"]
+__all__ = ["fail", "parse_time"]
 
 
 def fail(message: str) -> typer.Exit:
     """One line on stderr and exit code 2 (bad input), never a traceback."""
     typer.echo(f"quietwire: error: {message}", err=True)
     return typer.Exit(code=2)
+
+
+def parse_time(option: str, text: str | None) -> datetime | None:
+    """An ISO 8601 time with a UTC offset (as UTC), or None; anything else ends the
+    command with one line naming `option`."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(
+            f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-03-02T00:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        raise fail(f"{option} {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
+    return parsed.astimezone(UTC)

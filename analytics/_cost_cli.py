@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from analytics._cli_support import fail
+from analytics._cli_support import fail, parse_time
 from analytics._cost import cost_breakdown
 from analytics._cost_focus import focus_format, focus_rows, write_focus
 from analytics._cost_whatif import check_move, cost_what_if
@@ -79,18 +78,6 @@ UntilOption = Annotated[
     str | None,
     typer.Option("--until", metavar="ISO", help="Only windows ending at or before this time."),
 ]
-
-
-def _time(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(
-            f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-03-02T00:00:00Z)"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _cost_model(policy: Path) -> CostPolicy:
@@ -238,7 +225,7 @@ def _breakdown(
     db: Path | None, policy: Path, level: float, since: str | None, until: str | None
 ) -> pl.DataFrame:
     level = _level(level)
-    start, end = _time("--since", since), _time("--until", until)
+    start, end = parse_time("--since", since), parse_time("--until", until)
     model = _cost_model(policy)
     conn = _open(db)
     try:
@@ -298,7 +285,7 @@ def what_if(
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
     level = _level(level)
-    start, end = _time("--since", since), _time("--until", until)
+    start, end = parse_time("--since", since), parse_time("--until", until)
     model = _cost_model(policy)
     conn = _open(db)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from analytics._cli_support import fail
+from analytics._cli_support import fail, parse_time
 from analytics._drift import DRIFT, DriftResult, DriftSide, drift_test
 from analytics._drift_stats import Positions
 from analytics._errors import AnalyticsError
@@ -67,24 +66,9 @@ def parse_labels(items: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
-def parse_time(text: str | None, option: str) -> datetime | None:
-    """An ISO 8601 time with a UTC offset, or None."""
-    if text is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(
-            f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-03-02T00:00:00Z)"
-        ) from None
-    if parsed.tzinfo is None:
-        raise fail(f"{option} {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
-    return parsed.astimezone(UTC)
-
-
 def _side(labels: list[str] | None, since: str | None, until: str | None, name: str) -> DriftSide:
-    lo = parse_time(since, f"--{name}-since")
-    hi = parse_time(until, f"--{name}-until")
+    lo = parse_time(f"--{name}-since", since)
+    hi = parse_time(f"--{name}-until", until)
     if lo is not None and hi is not None and lo >= hi:
         raise fail(f"--{name}-since must be before --{name}-until")
     return DriftSide(parse_labels(labels, f"--{name}"), lo, hi)

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from analytics._audit_cli import audit_app
 from analytics._canary_cli import CANARY_HELP, canary
+from analytics._cli_support import fail
 from analytics._cost_cli import cost_app
 from analytics._drift_cli import DRIFT_HELP, drift
 from analytics._errors import AnalyticsError
@@ -46,12 +47,6 @@ class OutputFormat(StrEnum):
     TABLE = "table"
     JSON = "json"
     CSV = "csv"
-
-
-def fail(message: str) -> typer.Exit:
-    # One line on stderr and exit code 2 (bad input), never a traceback.
-    typer.echo(f"quietwire: error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()

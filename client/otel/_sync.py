@@ -70,7 +70,20 @@ class _Handles(Generic[_H]):
         return handle
 
 
-class QuietwireCounter(metrics.Counter):
+class _Synchronous(Generic[_H]):
+    """What the four instruments share: their identity and their handles. The hot path
+    stays inline in each (`add`, `record`, `set`): a method call per recording would
+    cost more than the lookup itself."""
+
+    def _bind(
+        self, name: str, unit: str, description: str, binding: _Binding[_H], refused: _H
+    ) -> None:
+        self.name, self.unit, self.description = name, unit, description
+        self._handles = _Handles(binding, refused)
+        self._cache = self._handles._cache
+
+
+class QuietwireCounter(_Synchronous[AddHandle], metrics.Counter):
     """`Counter.add` into a counter signal. Amounts are non-negative whole numbers."""
 
     def __init__(
@@ -81,9 +94,7 @@ class QuietwireCounter(metrics.Counter):
         binding: _Binding[AddHandle],
         drops: DropCounter,
     ) -> None:
-        self.name, self.unit, self.description = name, unit, description
-        self._handles = _Handles(binding, RefusedAdd(drops, DropReason.WRONG_TYPE))
-        self._cache = self._handles._cache
+        self._bind(name, unit, description, binding, RefusedAdd(drops, DropReason.WRONG_TYPE))
 
     def add(
         self, amount: float, attributes: Attributes = None, context: Context | None = None
@@ -95,7 +106,7 @@ class QuietwireCounter(metrics.Counter):
         handle.add(amount if type(amount) is int else whole(amount))  # type: ignore[arg-type]
 
 
-class QuietwireHistogram(metrics.Histogram):
+class QuietwireHistogram(_Synchronous[RecordHandle], metrics.Histogram):
     """`Histogram.record` into a histogram signal, in the policy's buckets (the
     advisory bucket boundaries are ignored: the policy's are fixed and declared)."""
 
@@ -107,9 +118,7 @@ class QuietwireHistogram(metrics.Histogram):
         binding: _Binding[RecordHandle],
         drops: DropCounter,
     ) -> None:
-        self.name, self.unit, self.description = name, unit, description
-        self._handles = _Handles(binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
-        self._cache = self._handles._cache
+        self._bind(name, unit, description, binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
 
     def record(
         self, amount: float, attributes: Attributes = None, context: Context | None = None
@@ -121,7 +130,7 @@ class QuietwireHistogram(metrics.Histogram):
         handle.record(amount)
 
 
-class QuietwireUpDownCounter(metrics.UpDownCounter):
+class QuietwireUpDownCounter(_Synchronous[LevelHandle], metrics.UpDownCounter):
     """`UpDownCounter.add` moves a value per cell; each window records it once, at
     window close, into a histogram signal (its distribution over the fleet)."""
 
@@ -133,9 +142,7 @@ class QuietwireUpDownCounter(metrics.UpDownCounter):
         binding: _Binding[LevelHandle],
         drops: DropCounter,
     ) -> None:
-        self.name, self.unit, self.description = name, unit, description
-        self._handles = _Handles(binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
-        self._cache = self._handles._cache
+        self._bind(name, unit, description, binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
 
     def add(
         self, amount: float, attributes: Attributes = None, context: Context | None = None
@@ -147,7 +154,7 @@ class QuietwireUpDownCounter(metrics.UpDownCounter):
         handle.add(amount)
 
 
-class QuietwireGauge(metrics._Gauge):
+class QuietwireGauge(_Synchronous[LevelHandle], metrics._Gauge):
     """`Gauge.set` keeps the last value per cell; each window records it once, at
     window close, into a histogram signal."""
 
@@ -159,9 +166,7 @@ class QuietwireGauge(metrics._Gauge):
         binding: _Binding[LevelHandle],
         drops: DropCounter,
     ) -> None:
-        self.name, self.unit, self.description = name, unit, description
-        self._handles = _Handles(binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
-        self._cache = self._handles._cache
+        self._bind(name, unit, description, binding, RefusedRecord(drops, DropReason.WRONG_TYPE))
 
     def set(
         self, amount: float, attributes: Attributes = None, context: Context | None = None
