@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -27,7 +26,8 @@ from ingest._body import MAX_REQUEST_BYTES, BodyLimits
 from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
 from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
-from ingest._errors import ConfigurationError, IngestError, MalformedBody, RateLimited
+from ingest._envelope_endpoint import EnvelopeEndpoint, error_answer
+from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_audit_key, load_ingest_key
@@ -41,8 +41,6 @@ from ingest._verify import EnvelopeVerifier, RecentlyAccepted
 from policies import Policy, PolicyError, load_attestation_policy, load_policy
 
 __all__ = ["create_app", "default_bus"]
-
-_RETRY_AFTER_SECONDS = "5"
 
 
 def default_bus(settings: IngestSettings) -> EnvelopeBus:
@@ -66,10 +64,8 @@ def _error(
 
 async def _ingest_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, IngestError)
-    headers = {"Retry-After": _RETRY_AFTER_SECONDS} if exc.status_code == 503 else None
-    if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    return _error(exc.status_code, exc.reason, exc.detail, headers)
+    status, body, headers = error_answer(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -213,4 +209,6 @@ def create_app(
         },
         default=MAX_REQUEST_BYTES,
     )
+    # Outermost: the envelope route's fast path (the same steps, without the framework).
+    app.add_middleware(EnvelopeEndpoint, limit=settings.max_body_bytes)
     return app

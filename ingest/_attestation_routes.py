@@ -58,8 +58,13 @@ class AttestationState:
     limiter: TokenBucketLimiter
 
 
-def _state(request: Request) -> AttestationState:
+def _attestation_state(request: Request) -> AttestationState:
     return cast(AttestationState, request.state.attestation)
+
+
+async def _state(request: Request) -> AttestationState:
+    # async: FastAPI runs a sync dependency in its thread pool (a thread hop per request).
+    return _attestation_state(request)
 
 
 def _source(request: Request) -> str:
@@ -77,7 +82,7 @@ def _source(request: Request) -> str:
 
 async def _admitted(request: Request) -> str:
     """The request's source, once its bucket gave it a token; else 429 (audited)."""
-    state = _state(request)
+    state = _attestation_state(request)
     source = _source(request)
     wait = state.limiter.take(source)
     if wait > 0:

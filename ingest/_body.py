@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest._errors import BodyTooLarge
 
-__all__ = ["MAX_REQUEST_BYTES", "BodyLimits"]
+__all__ = ["MAX_REQUEST_BYTES", "BodyLimits", "read_within"]
 
 MAX_REQUEST_BYTES = 64 * 1024
 """The limit of every route not given its own: enrollment, attestation and revocation
@@ -38,7 +38,7 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         limit = self._limits.get(scope["path"], self._default)
-        body = await _read_within(scope, receive, limit)
+        body = await read_within(scope, receive, limit)
         if body is None:  # the client went away mid-body: nobody to answer
             return
         if isinstance(body, BodyTooLarge):
@@ -47,7 +47,7 @@ class BodyLimits:
         await self.app(scope, _replay(body, receive), send)
 
 
-async def _read_within(scope: Scope, receive: Receive, limit: int) -> bytes | BodyTooLarge | None:
+async def read_within(scope: Scope, receive: Receive, limit: int) -> bytes | BodyTooLarge | None:
     """The whole body if it stays within `limit`, else the refusal (read no further);
     None if the client disconnected before its body ended."""
     route = f"{scope['method']} {scope['path']}"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from auditlog import AuditRecord
@@ -23,7 +23,7 @@ from ingest._settings import IngestSettings
 from ingest._verify import summarize_validation_error
 from schemas import BatchResult, DeletionReceipt, EnvelopeBatch, SignedDeletionRequest
 
-__all__ = ["HealthStatus", "IngestKeyInfo", "IngestState", "router"]
+__all__ = ["HealthStatus", "IngestKeyInfo", "IngestState", "answer_batch", "router"]
 
 SealedBoxAlg = Literal["x25519-xsalsa20-poly1305-sealedbox"]
 
@@ -41,7 +41,8 @@ class IngestState:
     """What `/healthz` checks: dependency name -> its probe."""
 
 
-def _state(request: Request) -> IngestState:
+async def _state(request: Request) -> IngestState:
+    # async: FastAPI runs a sync dependency in its thread pool (a thread hop per request).
     return cast(IngestState, request.state.ingest)
 
 
@@ -114,6 +115,16 @@ def _parse_batch(body: bytes, max_items: int) -> EnvelopeBatch:
     return batch
 
 
+async def answer_batch(body: bytes, state: IngestState) -> tuple[int, bytes]:
+    """(status, JSON body) of the answer to a batch: its items counted, parsed, verified,
+    admitted and published (`EnvelopeIntake.submit`). Raises `IngestError` (4xx for the
+    body as a whole, 503 for the bus or ledger). Shared by the route below and its
+    framework-free twin, `ingest._envelope_endpoint.EnvelopeEndpoint`."""
+    batch = _parse_batch(body, state.settings.max_batch)
+    result = await state.intake.submit(batch.envelopes)
+    return 422 if result.rejected else 202, result.model_dump_json(exclude_none=True).encode()
+
+
 @router.post(
     "/v1/envelopes",
     status_code=202,
@@ -126,7 +137,7 @@ def _parse_batch(body: bytes, max_items: int) -> EnvelopeBatch:
         }
     },
 )
-async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
+async def post_envelopes(request: Request, state: StateDep) -> Response:
     """Accept a batch of sealed envelopes.
 
     202: every item accepted and durable. 422: at least one item rejected; the body has
@@ -134,12 +145,9 @@ async def post_envelopes(request: Request, state: StateDep) -> JSONResponse:
     """
     # The body is read by hand (not as a typed parameter) so its items are counted
     # before it is parsed; `BodyLimits` has already bounded its size while it arrived.
-    batch = _parse_batch(await request.body(), state.settings.max_batch)
-    result = await state.intake.submit(batch.envelopes)
-    return JSONResponse(
-        result.model_dump(mode="json", exclude_none=True),
-        status_code=422 if result.rejected else 202,
-    )
+    # (Installed by `create_app`, `EnvelopeEndpoint` answers before this route is reached.)
+    status, payload = await answer_batch(await request.body(), state)
+    return Response(payload, status_code=status, media_type="application/json")
 
 
 @router.post(

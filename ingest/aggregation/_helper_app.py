@@ -85,14 +85,15 @@ class _HelperState:
     max_body_bytes: int
 
 
-def _state(request: Request) -> _HelperState:
+async def _state(request: Request) -> _HelperState:
+    # async: FastAPI runs a sync dependency in its thread pool (a thread hop per request).
     return cast(_HelperState, request.state.helper)
 
 
 _StateDep = Annotated[_HelperState, Depends(_state)]
 
 
-def _authorize(request: Request, state: _StateDep) -> None:
+async def _authorize(request: Request, state: _StateDep) -> None:
     if state.token is None:
         return  # development without a token (the settings refuse it in production)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
