@@ -27,7 +27,7 @@ an admitted id for an envelope that releases more, or for another window.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -78,6 +78,11 @@ class Candidate:
     """None: it releases under a policy the ingest cannot price."""
     batch: AlignedWindow | None
     """The policy window its Prio3 reports belong to; None without reports."""
+    key: bytes = field(init=False, repr=False, compare=False)
+    """Its `retry_key`, computed once (admission and the ledger's record both need it)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", retry_key(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +166,7 @@ def decide(
     and the current one so far).
     """
     env = candidate.envelope
-    if retry_key(candidate) in recent:
+    if candidate.key in recent:
         return Repeated()
     if mark is not None and (problem := _order_problem(mark, env, candidate.batch)):
         return problem

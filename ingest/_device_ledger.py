@@ -44,7 +44,6 @@ from ingest._admission import (
     Refused,
     Repeated,
     decide,
-    retry_key,
 )
 from ingest._errors import ConfigurationError, LedgerUnavailable
 from ingest._pricing import EnvelopePricing
@@ -83,6 +82,19 @@ def _to_us(t: datetime) -> int:
 
 def _from_us(us: int) -> datetime:
     return _EPOCH + us * _US
+
+
+_CHUNK = 500
+"""Devices per lookup: one query for a whole group commit (SQLite allows 32,766
+parameters; a query per device cost a statement each)."""
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+def _marks_for(chunk: Sequence[str]) -> str:
+    return ", ".join("?" * len(chunk))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,14 +207,13 @@ class DeviceLedger:
 
     def _marks(self, devices: Sequence[str]) -> dict[str, DeviceMark]:
         out: dict[str, DeviceMark] = {}
-        for device_id in devices:
-            row = self._db.execute(
-                "SELECT sequence, window_end_us, report_batch_end_us, recent "
-                "FROM device_marks WHERE device_id = ?",
-                (device_id,),
-            ).fetchone()
-            if row is not None:
-                seq, end_us, batch_us, recent = row
+        for chunk in _chunks(devices):
+            rows = self._db.execute(
+                "SELECT device_id, sequence, window_end_us, report_batch_end_us, recent "
+                f"FROM device_marks WHERE device_id IN ({_marks_for(chunk)})",
+                chunk,
+            ).fetchall()
+            for device_id, seq, end_us, batch_us, recent in rows:
                 ids = frozenset(recent[i : i + 16] for i in range(0, len(recent), 16))
                 batch_end = None if batch_us is None else _from_us(batch_us)
                 out[device_id] = DeviceMark(seq, _from_us(end_us), batch_end, ids)
@@ -210,15 +221,20 @@ class DeviceLedger:
 
     def _spends(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DaySpend]:
         out: dict[tuple[str, str], DaySpend] = {}
+        by_day: dict[str, list[str]] = {}
         for day, device_id in keys:
-            row = self._db.execute(
-                "SELECT spent, cap FROM device_spend WHERE day = ? AND device_id = ?",
-                (day, device_id),
-            ).fetchone()
-            if row is not None:
-                out[(day, device_id)] = DaySpend(
-                    Decimal(row[0]), None if row[1] is None else Decimal(row[1])
-                )
+            by_day.setdefault(day, []).append(device_id)
+        for day, devices in by_day.items():
+            for chunk in _chunks(devices):
+                rows = self._db.execute(
+                    "SELECT device_id, spent, cap FROM device_spend "
+                    f"WHERE day = ? AND device_id IN ({_marks_for(chunk)})",
+                    [day, *chunk],
+                ).fetchall()
+                for device_id, spent, cap in rows:
+                    out[(day, device_id)] = DaySpend(
+                        Decimal(spent), None if cap is None else Decimal(cap)
+                    )
         return out
 
     def _store(
@@ -299,7 +315,7 @@ def _decide_request(
             marks[device_id] = decision.mark
             spends[key] = decision.spend
         if not isinstance(decision, Refused):
-            this_request.add(retry_key(candidate))
+            this_request.add(candidate.key)
         decisions.append(decision)
     for device_id, ids in touched.items():
         if ids:

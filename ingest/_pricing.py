@@ -30,12 +30,15 @@ class EnvelopePrice:
 
 
 _FREE = EnvelopePrice(Decimal(0), None)
+_MAX_CACHED = 4096
+"""Distinct (policy, signal set) charges kept: subsets of a policy's declared signals,
+so a bounded few in practice; the bound keeps a device from growing it."""
 
 
 class EnvelopePricing:
     """Prices envelopes under the policies the ingest serves (by content hash)."""
 
-    __slots__ = ("_caps", "_policies", "_task_signals")
+    __slots__ = ("_caps", "_charges", "_policies", "_task_signals")
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._policies = {p.content_hash: p for p in policies}
@@ -46,6 +49,9 @@ class EnvelopePricing:
             h: {task_id: task.signal for task_id, task in aggregation_tasks(p).items()}
             for h, p in self._policies.items()
         }
+        # (policy, signals) -> charge: a pure function of the two, and a fleet sends the
+        # same few signal sets all day (exact decimal sums cost tens of µs each).
+        self._charges: dict[tuple[str, frozenset[str]], Decimal] = {}
 
     def price(self, env: EnvelopeV1) -> EnvelopePrice | None:
         """The envelope's price; None if it releases something under a policy this
@@ -54,14 +60,20 @@ class EnvelopePricing:
         if policy is None:
             return _FREE if not env.aggregates and not env.reports else None
         tasks = self._task_signals[env.policy_hash]
-        signals = {a.signal for a in env.aggregates} | {
+        signals = frozenset({a.signal for a in env.aggregates}) | {
             tasks.get(r.task, r.task) for r in env.reports
         }
         cap = self._caps[env.policy_hash]
-        try:
-            charge = window_charge(policy, signals)
-        except KeyError:
-            # Unreachable after verification (undeclared signals and tasks are refused
-            # first); priced at the whole day's cap so such an envelope is never free.
-            charge = cap
+        key = (env.policy_hash, signals)
+        charge = self._charges.get(key)
+        if charge is None:
+            try:
+                charge = window_charge(policy, signals)
+            except KeyError:
+                # Unreachable after verification (undeclared signals and tasks are
+                # refused first); priced at the whole day's cap so such an envelope is
+                # never free. (Not cached: the set is not one the policy declares.)
+                return EnvelopePrice(cap, cap)
+            if len(self._charges) < _MAX_CACHED:
+                self._charges[key] = charge
         return EnvelopePrice(charge, cap)
