@@ -16,10 +16,12 @@ import argparse
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from contextlib import closing
 from types import TracebackType
 from typing import Self
 
@@ -77,6 +79,21 @@ class IngestServer:
     def cpu_seconds(self) -> float:
         """The server process's CPU time so far."""
         return process_cpu_seconds(self.pid)
+
+    def wait_drained(self, timeout: float = 60.0) -> None:
+        """Wait until the embedded ingest's outbox is empty: every envelope answered is
+        in the warehouse, and the CPU that took is spent. (No outbox on Kafka: the
+        broker holds what was answered, and no sink runs in this process.)"""
+        path = self.state_dir / "outbox.sqlite3"
+        deadline = time.monotonic() + timeout
+        while path.exists():
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+            if left == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"the outbox still holds {left} items after {timeout} s")
+            time.sleep(0.05)
 
     def __enter__(self) -> Self:
         self.state_dir.mkdir(parents=True, exist_ok=True)

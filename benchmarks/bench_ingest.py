@@ -1,22 +1,26 @@
 """Ingest throughput over HTTP: envelopes/s, latency, and server CPU per envelope against
 the cryptographic floor.
 
-The ingest runs as a real uvicorn server in its own process (`benchmarks._ingest_server`),
-first with the embedded sink (DuckDB in-process), then on a real Kafka broker
-(`tests.harness.kafka.KafkaBroker`, fetching its jars as `make kafka-jars` does; acks=all,
-idempotent producer). `WORKERS` concurrent httpx clients post real sealed, signed
-envelopes (`benchmarks._ingest_load`), one envelope per request (batch 1) and ten
-(batch 10). Every request must be answered 202 with all its envelopes accepted.
+The ingest runs as a real uvicorn server (httptools, uvloop) in its own process
+(`benchmarks._ingest_server`), first embedded (the outbox, drained into DuckDB
+in-process), then on a real Kafka broker (`tests.harness.kafka.KafkaBroker`, fetching its
+jars as `make kafka-jars` does; acks=all, idempotent producer). `WORKERS` concurrent
+keep-alive HTTP/1.1 connections post real sealed, signed envelopes
+(`benchmarks._ingest_load`; a hand-spoken client like wrk's, so the load generator,
+which shares the two cores, does not set the pace), one envelope per request (batch 1)
+and ten (batch 10). Every request must be answered 202 with all its envelopes accepted.
 
 Reported per bus and batch size: envelopes/s and p50/p99 request latency (as the
 clients saw them, queueing included), and the server's CPU per envelope: user + system
-time of the server process (all its threads: event loop, ledger, audit log and DuckDB
-commits) read from /proc before and after the run, divided by the envelopes sent. Not
-counted: the clients, and with Kafka the broker (a JVM); no sink consumer runs then.
+time of the server process (all its threads: event loop, ledger, audit log, outbox, and
+the drain into DuckDB) read from /proc before the run and after the outbox is empty,
+divided by the envelopes sent. Not counted: the clients, and with Kafka the broker (a
+JVM); no sink consumer runs then.
 
 For scale, the server CPU of a bare request (`GET /v1/ingest-key`, no body, no
-commit: uvicorn's h11 parser, the middleware, FastAPI's routing) is measured the same
-way: a batch-1 envelope pays it once, a batch-10 envelope a tenth of it.
+commit: uvicorn's parser, FastAPI's middleware and routing) is measured the same
+way: a batch-1 envelope pays about as much once (`POST /v1/envelopes` skips FastAPI's
+routing: `ingest._envelope_endpoint`), a batch-10 envelope a tenth of it.
 
 The floor is what no ingest can skip per envelope: open the sealed box and verify the
 Ed25519 signature (PyNaCl, as the ingest does), on the same envelopes, in this run, timed
@@ -124,8 +128,10 @@ def floor_us(private_key: PrivateKey, items: Sequence[str]) -> tuple[float, floa
 
 
 def _measure(server: IngestServer, workload: Workload) -> Measured:
+    server.wait_drained()  # nothing of the round before is still being stored
     before = server.cpu_seconds()
     load = send(server.url, workload)
+    server.wait_drained()  # the embedded outbox's drain into DuckDB is this round's work
     return Measured(load, server.cpu_seconds() - before)
 
 

@@ -20,6 +20,8 @@ from ingest._errors import (
 )
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_ingest_key, read_private_key, write_private_key
+from ingest._outbox import Outbox
+from ingest._outbox_bus import OutboxEnvelopeBus
 from ingest._routes import HealthStatus, IngestKeyInfo
 from ingest._settings import IngestSettings, check_bootstrap
 from ingest._sink import DEFAULT_SINK_GROUP, DeadLetter, DuckDBSink
@@ -50,6 +52,8 @@ __all__ = [
     "KafkaEnvelopeBus",
     "KafkaSinkConsumer",
     "MalformedBody",
+    "Outbox",
+    "OutboxEnvelopeBus",
     "RecentlyAccepted",
     "Rejected",
     "RequestRejected",

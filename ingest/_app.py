@@ -23,7 +23,7 @@ from ingest._audit_routes import AuditKey, audit_router
 from ingest._audit_sampling import SampledAudit
 from ingest._audit_upkeep import AuditCheckpointer, AuditUpkeep
 from ingest._body import MAX_REQUEST_BYTES, BodyLimits
-from ingest._bus import EnvelopeBus, InProcessEnvelopeBus, KafkaEnvelopeBus
+from ingest._bus import EnvelopeBus, KafkaEnvelopeBus
 from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
 from ingest._envelope_endpoint import EnvelopeEndpoint, error_answer
@@ -31,6 +31,8 @@ from ingest._errors import ConfigurationError, IngestError, MalformedBody
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_audit_key, load_ingest_key
+from ingest._outbox import Outbox
+from ingest._outbox_bus import OutboxEnvelopeBus
 from ingest._ratelimit import TokenBucketLimiter
 from ingest._registry import SqliteDeviceRegistry
 from ingest._report_rules import ReportRules
@@ -44,7 +46,8 @@ __all__ = ["create_app", "default_bus"]
 
 
 def default_bus(settings: IngestSettings) -> EnvelopeBus:
-    """Kafka when a bootstrap is configured, else the embedded in-process sink."""
+    """Kafka when a bootstrap is configured, else the embedded sink behind its outbox
+    (`STATE_DIR/outbox.sqlite3`)."""
     if settings.kafka_bootstrap is not None:
         return KafkaEnvelopeBus(
             settings.kafka_bootstrap,
@@ -53,7 +56,13 @@ def default_bus(settings: IngestSettings) -> EnvelopeBus:
         )
     path = settings.resolved_warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return InProcessEnvelopeBus(DuckDBSink(path, group=settings.sink_group))
+    # The outbox, not DuckDB, makes an answer durable: `ingest._outbox_bus`.
+    return OutboxEnvelopeBus(
+        DuckDBSink(path, group=settings.sink_group),
+        Outbox(settings.state_dir / Outbox.FILE_NAME),
+        drain_interval=settings.outbox_drain_seconds,
+        max_backlog=settings.outbox_max_backlog,
+    )
 
 
 def _error(

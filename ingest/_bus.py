@@ -35,6 +35,7 @@ __all__ = [
     "InMemoryEnvelopeBus",
     "InProcessEnvelopeBus",
     "KafkaEnvelopeBus",
+    "observe",
 ]
 
 BusItem = IngestedEnvelope | IngestedDeletionRequest
@@ -157,12 +158,12 @@ class KafkaEnvelopeBus(EnvelopeBus):
                     )
                 )
         except KafkaError as exc:
-            _observe(futures)
+            observe(futures)
             raise BusUnavailable(f"Kafka refused the batch: {exc}") from exc
         if not futures:
             return
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
-        _observe(futures)
+        observe(futures)
         if pending:
             detail = (
                 f"Kafka did not acknowledge {len(pending)} of {len(futures)} envelopes "
@@ -199,7 +200,7 @@ async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:
             waiter.exception()
 
 
-def _observe(futures: Sequence[asyncio.Future[Any]]) -> None:
+def observe(futures: Sequence[asyncio.Future[Any]]) -> None:
     """Mark send outcomes as retrieved, now or whenever they settle, so an error nobody
     awaits (a send abandoned after a 503) is not reported as never retrieved."""
 
@@ -246,7 +247,7 @@ class InProcessEnvelopeBus(EnvelopeBus):
 
     async def publish(self, items: Sequence[BusItem]) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        _observe([done])  # its publisher may have gone (client disconnect) by the time it fails
+        observe([done])  # its publisher may have gone (client disconnect) by the time it fails
         self._waiting.append((items, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())

@@ -66,6 +66,19 @@ class IngestSettings(BaseSettings):
         default=None, description="DuckDB file the sink writes; default state_dir/warehouse.duckdb"
     )
     sink_group: _TOPIC_PART = "quietwire-sink"
+    outbox_drain_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=60,
+        description="embedded: how long the outbox gathers items before one DuckDB "
+        "transaction stores them (the warehouse lags the answers by about this much)",
+    )
+    outbox_max_backlog: int = Field(
+        default=200_000,
+        ge=1,
+        description="embedded: items waiting for the warehouse past which requests are "
+        "answered 503 (the warehouse is failing or too slow)",
+    )
     known_policy_hashes: frozenset[_POLICY_HASH] = Field(
         default_factory=_default_policy_hashes, min_length=1
     )

@@ -28,6 +28,8 @@ def test_exported_names() -> None:
         "KafkaEnvelopeBus",
         "KafkaSinkConsumer",
         "MalformedBody",
+        "Outbox",
+        "OutboxEnvelopeBus",
         "RecentlyAccepted",
         "Rejected",
         "RequestRejected",

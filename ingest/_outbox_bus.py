@@ -1,0 +1,231 @@
+"""The embedded default bus: answers once the outbox holds a batch, fills the warehouse
+behind the answers.
+
+`OutboxEnvelopeBus.publish` serializes the items as they would travel on Kafka and
+appends them to the outbox (`ingest._outbox`, one SQLite transaction for every batch
+published while the previous append ran), then returns: the 202 that follows is as safe
+as Kafka's acks=all. A drain task moves the outbox into the warehouse (`DuckDBSink.write`,
+dead letters and deletions included) in batches of up to `drain_batch` items, at most
+`drain_interval` seconds after they arrived, and removes them once DuckDB committed.
+Items published by this process are handed over as objects; those a previous run left
+(a crash, a shutdown with the warehouse down) are decoded first, and one that does not
+decode becomes a dead letter, as on Kafka.
+
+The warehouse lags the answers by up to `drain_interval` (0.2 s by default; `stop`
+drains everything, so a stopped ingest's warehouse is complete). While the warehouse
+refuses writes, items stay in the outbox and the drain retries with backoff; `/healthz`
+names the warehouse, and once `max_backlog` items wait, `publish` answers 503 like a
+Kafka that does not acknowledge, so a device keeps its batch rather than the ingest
+piling up without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import suppress
+
+from ingest._backoff import Backoff
+from ingest._bus import BusItem, EnvelopeBus, observe
+from ingest._errors import BusUnavailable
+from ingest._health import CachedProbe, Check
+from ingest._outbox import Outbox
+from ingest._sink import DuckDBSink, SinkMessage
+
+__all__ = ["OUTBOX_TOPIC", "OutboxEnvelopeBus"]
+
+log = logging.getLogger("quietwire.ingest.outbox")
+
+OUTBOX_TOPIC = "quietwire.outbox"
+"""How a dead letter from the outbox names where it was (its partition is 0 and its
+offset the outbox's sequence number)."""
+_BACKOFF = Backoff(initial=0.2, maximum=5.0)
+
+
+class OutboxEnvelopeBus(EnvelopeBus):
+    """The embedded default: the outbox, then the sink (see the module docstring)."""
+
+    name = "in-process"
+    dependency = "warehouse"
+
+    def __init__(
+        self,
+        sink: DuckDBSink,
+        outbox: Outbox,
+        *,
+        drain_interval: float = 0.2,
+        drain_batch: int = 2_000,
+        max_backlog: int = 200_000,
+        close_sink: bool = True,
+    ) -> None:
+        self.sink = sink
+        self.outbox = outbox
+        self._interval = drain_interval
+        self._batch = drain_batch
+        self._max_backlog = max_backlog
+        self._close_sink = close_sink
+        self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._queued: list[tuple[int, BusItem | None]] = []
+        """(outbox seq, the item; None: left by an earlier run, to decode) in order."""
+        self._backlog = 0
+        self._arrived = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set by `stop` and by a full batch: cut the drain's pauses short."""
+        self._drainer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failing: str | None = None
+        """Why the last warehouse write failed, until one succeeds."""
+        self.dead_letters = 0
+        """Items the warehouse refused (dead-lettered) since start."""
+        self._warehouse = CachedProbe(self._ping, ttl=1.5, timeout=5.0)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        left = await asyncio.to_thread(self.outbox.count)
+        if left:
+            log.info("outbox: %d item(s) left by an earlier run go to the warehouse first", left)
+            self._queued = [(seq, None) for seq in await self._left_seqs()]
+            self._backlog = len(self._queued)
+            self._arrived.set()
+        self._drainer = asyncio.create_task(self._drain_forever(), name="quietwire-outbox-drain")
+
+    async def _left_seqs(self) -> list[int]:
+        seqs: list[int] = []
+        after = 0
+        while rows := await asyncio.to_thread(self.outbox.read, 10_000, after=after):
+            seqs.extend(seq for seq, _ in rows)
+            after = rows[-1][0]
+        return seqs
+
+    async def stop(self) -> None:
+        """Drain everything published (the warehouse is complete when this returns,
+        unless it is failing: then the rest stays in the outbox for the next start)."""
+        if self._writer is not None:
+            await self._writer
+        self._closing = True
+        self._arrived.set()
+        self._hurry.set()
+        if self._drainer is not None:
+            await self._drainer
+        await asyncio.to_thread(self.outbox.close)
+        if self._close_sink:
+            await asyncio.to_thread(self.sink.close)
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def publish(self, items: Sequence[BusItem]) -> None:
+        if self._backlog >= self._max_backlog:
+            raise BusUnavailable(
+                f"the embedded warehouse is {self._backlog} items behind"
+                + (f" ({self._failing})" if self._failing else "")
+                + "; retry later"
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        observe([done])  # its publisher may have gone (client disconnect) by then
+        self._waiting.append((items, done))
+        self._backlog += len(items)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._append_waiting())
+        # Shielded: a client that disconnects must not cancel a commit others wait on.
+        await asyncio.shield(done)
+
+    async def _append_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            items = [item for batch, _ in group for item in batch]
+            try:
+                seqs = await asyncio.to_thread(_append, self.outbox, items)
+            except Exception as exc:
+                log.exception("outbox append failed")
+                self._backlog -= len(items)
+                for _, done in group:
+                    done.set_exception(BusUnavailable(f"the outbox did not commit: {exc}"))
+                continue
+            self._queued.extend(zip(seqs, items, strict=True))
+            self._arrived.set()
+            if len(self._queued) >= self._batch:
+                self._hurry.set()
+            for _, done in group:
+                done.set_result(None)
+
+    # -- draining ------------------------------------------------------------------
+
+    async def _drain_forever(self) -> None:
+        delays = _BACKOFF.delays()
+        while True:
+            if not self._queued:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if len(self._queued) < self._batch and not self._closing:
+                # Let a batch gather: one DuckDB transaction for many requests' items.
+                await self._pause(self._interval)
+            part = self._queued[: self._batch]
+            try:
+                await self._store(part)
+            except Exception as exc:
+                self._failing = f"the warehouse did not commit: {exc}"
+                if self._closing:
+                    log.error(
+                        "warehouse failing at shutdown: %d item(s) stay in the outbox for "
+                        "the next start (%s)",
+                        len(self._queued),
+                        exc,
+                    )
+                    return
+                log.exception("embedded warehouse write failed; retrying")
+                await self._pause(next(delays))
+                continue
+            delays = _BACKOFF.delays()
+            self._failing = None
+            del self._queued[: len(part)]
+            self._backlog -= len(part)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop` or a full batch cuts it short."""
+        if self._closing:
+            return
+        self._hurry.clear()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), seconds)
+
+    async def _store(self, part: list[tuple[int, BusItem | None]]) -> None:
+        """Write `part` into the warehouse, then remove it from the outbox."""
+        known = [item for _, item in part if item is not None]
+        result = None
+        if len(known) == len(part):
+            result = await asyncio.to_thread(self.sink.write, known)
+        else:  # items an earlier run left: decode them (dead-lettering what does not)
+            messages = await asyncio.to_thread(self._messages, part)
+            result = await asyncio.to_thread(self.sink.store, messages, ())
+        self.dead_letters += result.dead_letters
+        await asyncio.to_thread(self.outbox.remove_through, part[-1][0])
+
+    def _messages(self, part: list[tuple[int, BusItem | None]]) -> list[SinkMessage]:
+        stored = dict(self.outbox.read(len(part), after=part[0][0] - 1))
+        out: list[SinkMessage] = []
+        for seq, item in part:
+            value = item.model_dump_json().encode() if item is not None else stored.get(seq)
+            out.append(SinkMessage(OUTBOX_TOPIC, 0, seq, None, value))
+        return out
+
+    # -- health --------------------------------------------------------------------
+
+    async def check(self) -> Check:
+        return await self._warehouse.check()
+
+    async def _ping(self) -> Check:
+        if self._failing is not None:
+            return Check(False, f"{self._failing}; {self._backlog} item(s) wait in the outbox")
+        await asyncio.to_thread(self.sink.ping)  # waits for a write in flight
+        return Check(True, f"open; {self._backlog} item(s) wait in the outbox")
+
+
+def _append(outbox: Outbox, items: Sequence[BusItem]) -> list[int]:
+    # In the worker thread: serializing is CPU the event loop need not wait for.
+    return outbox.append([item.model_dump_json().encode() for item in items])

@@ -1,0 +1,166 @@
+"""The embedded default bus: durable in the outbox at the answer, in the warehouse soon
+after, exactly once across crashes, and bounded while the warehouse is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus
+from ingest._outbox_bus import OUTBOX_TOPIC
+from ingest._sink import SinkItem
+from schemas import EnvelopeV1, IngestedEnvelope
+from tests.ingest.kit import Device
+from warehouse import PartitionOffset, WriteResult
+
+
+def _ingested(device: Device) -> IngestedEnvelope:
+    return IngestedEnvelope(
+        envelope=EnvelopeV1.model_validate_json(json.dumps(device.envelope())),
+        received_at=datetime(2025, 1, 1, 11, tzinfo=UTC),
+        key_fingerprint="ab" * 32,
+        assurance="software",
+    )
+
+
+class _FailingSink(DuckDBSink):
+    """A warehouse whose first `failures` writes fail as a full disk would."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def write(
+        self, items: Sequence[SinkItem], offsets: Sequence[PartitionOffset] = ()
+    ) -> WriteResult:
+        if self.failures > 0:
+            self.failures -= 1
+            raise duckdb.IOException("No space left on device")
+        return super().write(items, offsets)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` (a warehouse count, a file's: nothing signals those) for 10 s."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _outbox_count(path: Path) -> int:
+    box = Outbox(path)
+    try:
+        return box.count()
+    finally:
+        box.close()
+
+
+async def test_an_answer_is_durable_in_the_outbox_and_stop_fills_the_warehouse(
+    tmp_path: Path,
+) -> None:
+    sink = DuckDBSink(tmp_path / "wh.duckdb")
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=60.0)
+    await bus.start()
+    items = [_ingested(Device()) for _ in range(5)]
+    await bus.publish(items[:2])
+    await bus.publish(items[2:])
+    # Published means on disk: a second reader of the file sees all five.
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 5
+    assert sink.envelope_count() == 0  # the drain waits for its interval
+    await bus.stop()
+    check = DuckDBSink(tmp_path / "wh.duckdb")
+    try:
+        assert check.envelope_count() == 5
+    finally:
+        check.close()
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+
+
+async def test_the_warehouse_follows_within_the_drain_interval(tmp_path: Path) -> None:
+    sink = DuckDBSink(tmp_path / "wh.duckdb")
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.05)
+    await bus.start()
+    try:
+        await bus.publish([_ingested(Device()) for _ in range(3)])
+        await _until(lambda: sink.envelope_count() == 3)
+        await _until(lambda: _outbox_count(tmp_path / "outbox.sqlite3") == 0)
+        assert (await bus.check()).ok
+    finally:
+        await bus.stop()
+
+
+async def test_what_a_crash_left_in_the_outbox_is_stored_at_start_once(tmp_path: Path) -> None:
+    """Items a crashed ingest had answered for (still in the outbox, some of them already
+    in the warehouse: the crash came between the commit and the removal) are stored at
+    the next start, none twice; one that does not decode becomes a dead letter."""
+    stored, pending = _ingested(Device()), [_ingested(Device()) for _ in range(3)]
+    sink = DuckDBSink(tmp_path / "wh.duckdb")
+    sink.write([stored])
+    left = Outbox(tmp_path / "outbox.sqlite3")
+    encoded = [i.model_dump_json().encode() for i in (stored, *pending)]
+    seqs = left.append([*encoded, b"not json"])
+    left.close()
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.05)
+    await bus.start()
+    await bus.stop()
+    check = DuckDBSink(tmp_path / "wh.duckdb")
+    try:
+        assert check.envelope_count() == 4
+        letters = check.connection.execute(
+            "SELECT topic, kafka_offset, message_value FROM dead_letters"
+        ).fetchall()
+    finally:
+        check.close()
+    assert letters == [(OUTBOX_TOPIC, seqs[-1], b"not json")]
+    assert bus.dead_letters == 1
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+
+
+async def test_a_failing_warehouse_keeps_the_items_names_itself_and_recovers(
+    tmp_path: Path,
+) -> None:
+    sink = _FailingSink(tmp_path / "wh.duckdb", failures=2)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    await bus.start()
+    try:
+        await bus.publish([_ingested(Device()) for _ in range(2)])
+        await _until(lambda: bus._failing is not None)
+        down = await bus.check()
+        assert not down.ok
+        assert "No space left on device" in down.detail
+        assert "2 item(s) wait in the outbox" in down.detail
+        await _until(lambda: sink.envelope_count() == 2)  # the retry after the backoff
+        await _until(lambda: bus._failing is None)
+    finally:
+        await bus.stop()
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+
+
+async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path: Path) -> None:
+    sink = _FailingSink(tmp_path / "wh.duckdb", failures=10**6)
+    bus = OutboxEnvelopeBus(
+        sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01, max_backlog=3
+    )
+    await bus.start()
+    await bus.publish([_ingested(Device()) for _ in range(3)])
+    with pytest.raises(BusUnavailable, match="3 items behind"):
+        await bus.publish([_ingested(Device())])
+    await bus.stop()  # the warehouse still fails: the three stay for the next start
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 3
+    sink.failures = 0
+    healthy = DuckDBSink(tmp_path / "wh.duckdb")
+    again = OutboxEnvelopeBus(healthy, Outbox(tmp_path / "outbox.sqlite3"))
+    await again.start()
+    await again.stop()
+    check = DuckDBSink(tmp_path / "wh.duckdb")
+    try:
+        assert check.envelope_count() == 3
+    finally:
+        check.close()
