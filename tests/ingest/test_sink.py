@@ -83,7 +83,9 @@ def test_dead_letters_are_recorded_once(sink: DuckDBSink) -> None:
     assert row == (b"not json", "ValueError", "invalid JSON", "g1")
 
 
-async def test_embedded_mode_stores_accepted_envelopes_before_answering(tmp_path: Path) -> None:
+async def test_embedded_mode_stores_accepted_envelopes(tmp_path: Path) -> None:
+    """Durable in the outbox when answered (`test_outbox_bus`); in the warehouse by the
+    time the ingest has stopped."""
     settings = IngestSettings(
         policy_paths=SERVED_POLICIES, region="eu-test", state_dir=tmp_path / "state"
     )
