@@ -114,7 +114,7 @@ class DeviceLedger:
         self._windows = {p.content_hash: timedelta(seconds=p.window_seconds) for p in served}
         self._lock = threading.Lock()
         self._pruned_before: str | None = None
-        self._waiting: list[tuple[_Request, asyncio.Future[list[Decision]]]] = []
+        self._waiting: list[tuple[list[_Request], asyncio.Future[list[list[Decision]]]]] = []
         self._writer: asyncio.Task[None] | None = None
         path = Path(path)
         try:
@@ -142,13 +142,24 @@ class DeviceLedger:
         Raises `LedgerUnavailable` (nothing admitted, nothing charged) if the ledger
         cannot be written.
         """
-        if not items:
-            return []
-        request = _Request([self._candidate(i) for i in items], budget_day(received_at))
-        done: asyncio.Future[list[Decision]] = asyncio.get_running_loop().create_future()
+        return (await self.admit_requests([(items, received_at)]))[0]
+
+    async def admit_requests(
+        self, requests: Sequence[tuple[Sequence[IngestedEnvelope], datetime]]
+    ) -> list[list[Decision]]:
+        """`admit` for several requests (items, receipt time) in one call: decided in
+        order, in one transaction with whatever else is waiting. Raises
+        `LedgerUnavailable` for all of them if the ledger cannot be written."""
+        batch = [
+            _Request([self._candidate(i) for i in items], budget_day(received_at))
+            for items, received_at in requests
+        ]
+        if not any(r.candidates for r in batch):
+            return [[] for _ in batch]
+        done: asyncio.Future[list[list[Decision]]] = asyncio.get_running_loop().create_future()
         # Its requester may be gone (client disconnect) by the time it fails: observe it.
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._waiting.append((request, done))
+        self._waiting.append((batch, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting())
         # Shielded: a client that disconnects must not cancel a commit others wait on.
@@ -157,8 +168,9 @@ class DeviceLedger:
     async def _write_waiting(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting, []
+            requests = [r for batch, _ in group for r in batch]
             try:
-                outcomes = await asyncio.to_thread(self._admit_all, [r for r, _ in group])
+                outcomes = await asyncio.to_thread(self._admit_all, requests)
             except Exception as exc:
                 # Every waiter hears of it (a bug too, rather than waiting forever).
                 for _, done in group:
@@ -169,9 +181,11 @@ class DeviceLedger:
                             else exc
                         )
                 continue
-            for (_, done), decisions in zip(group, outcomes, strict=True):
+            at = 0
+            for batch, done in group:
                 if not done.done():
-                    done.set_result(decisions)
+                    done.set_result(outcomes[at : at + len(batch)])
+                at += len(batch)
 
     def _candidate(self, item: IngestedEnvelope) -> Candidate:
         env = item.envelope

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -18,7 +19,6 @@ from ingest._bus import EnvelopeBus
 from ingest._client_reports import client_report_record
 from ingest._device_ledger import DeviceLedger, Refused
 from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
-from ingest._waves import Waves
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
 
 __all__ = ["EnvelopeIntake"]
@@ -36,9 +36,29 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(slots=True)
+class _Request:
+    """One verified batch waiting for its wave, and where its answer goes."""
+
+    verdicts: list[Verdict]
+    received_at: datetime
+    answer: asyncio.Future[BatchResult]
+    duplicates: set[int] = field(default_factory=set)
+    fresh: list[tuple[int, Accepted]] = field(default_factory=list)
+
+
 class EnvelopeIntake:
     """Verifies a batch, admits it against each device's ledger, publishes the admitted
-    envelopes, and builds the `BatchResult`."""
+    envelopes, and builds the `BatchResult`.
+
+    Waves: the requests verified while a wave is committing form the next wave, and a
+    wave is committed as one unit: one ledger transaction, one publish and one audit
+    append for all of its requests, in arrival order. A DuckDB or SQLite commit costs
+    milliseconds of CPU however little it holds, so concurrent requests share them
+    rather than each paying its own; a request waits at most for the wave in flight,
+    and each is answered only once its own envelopes and audit entries are durable.
+    A failure of a stage fails every request of the wave (they share its transaction).
+    """
 
     def __init__(
         self,
@@ -59,7 +79,8 @@ class EnvelopeIntake:
         self._audit_group = GroupedAudit(audit) if audit is not None else None
         self.ledger = ledger
         self._clock = clock or _utc_now
-        self._waves = Waves()
+        self._next_wave: list[_Request] = []
+        self._wave: asyncio.Task[None] | None = None
 
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
@@ -72,76 +93,114 @@ class EnvelopeIntake:
         rest against their devices' ledger (order, one contribution per window, daily
         epsilon: stateful, durable, charged in one transaction), publish, audit.
         Raises `BusUnavailable` or `LedgerUnavailable` (nothing is reported accepted).
-        The three commits run in a wave with the other requests verified meanwhile
-        (`ingest._waves`), so each is one transaction for all of them.
         """
         received_at = self._clock()
         if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
             verdicts = self._verify_all(items, received_at)
         else:
             verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
-        return await self._waves.run(lambda: self._commit(verdicts, received_at))
+        answer: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        # Its requester may be gone (client disconnect) by the time it fails: observe it.
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._next_wave.append(_Request(verdicts, received_at, answer))
+        if self._wave is None or self._wave.done():
+            self._wave = asyncio.create_task(self._run_waves())
+        # Shielded: a client that disconnects must not cancel a wave others wait on.
+        return await asyncio.shield(answer)
 
-    async def _commit(self, verdicts: list[Verdict], received_at: datetime) -> BatchResult:
-        """Admit, publish and audit verified `verdicts` (replacing refusals in place)."""
-        # Envelope ids are unique per device, not across devices: a device that learns
-        # another's envelope id (the audit log shows them) must not pre-empt it.
-        in_batch: set[tuple[str, UUID]] = set()
-        duplicates: set[int] = set()
-        fresh: list[tuple[int, Accepted]] = []
-        for index, verdict in enumerate(verdicts):
-            if isinstance(verdict, Accepted):
-                key = (verdict.item.envelope.device_id, verdict.envelope_id)
-                if key in in_batch or key in self.recent:
-                    duplicates.add(index)
-                else:
-                    in_batch.add(key)
-                    fresh.append((index, verdict))
+    async def _run_waves(self) -> None:
+        while self._next_wave:
+            wave, self._next_wave = self._next_wave, []
+            try:
+                await self._commit(wave)
+            except Exception as exc:
+                for request in wave:
+                    if not request.answer.done():
+                        request.answer.set_exception(exc)
+            except BaseException:  # cancelled (the loop is shutting down): none may hang
+                for request in wave + self._next_wave:
+                    request.answer.cancel()
+                raise
+
+    async def _commit(self, wave: list[_Request]) -> None:
+        """Admit, publish and audit a wave (replacing refusals in place), then answer."""
+        for request in wave:
+            self._split_duplicates(request)
         try:
-            decisions = await self.ledger.admit([a.item for _, a in fresh], received_at)
+            outcomes = await self.ledger.admit_requests(
+                [([a.item for _, a in r.fresh], r.received_at) for r in wave]
+            )
         except BaseException:
-            await self._audit(verdicts, rejected_only=True)
+            await self._audit(wave, rejected_only=True)
             raise
         to_publish: list[IngestedEnvelope] = []
-        for (index, accepted), decision in zip(fresh, decisions, strict=True):
-            if isinstance(decision, Refused):
-                env = accepted.item.envelope
-                verdicts[index] = Rejected(
-                    decision.reason, decision.detail, env.envelope_id, env.device_id
-                )
-            else:
-                to_publish.append(accepted.item)
-
+        for request, decisions in zip(wave, outcomes, strict=True):
+            for (index, accepted), decision in zip(request.fresh, decisions, strict=True):
+                if isinstance(decision, Refused):
+                    env = accepted.item.envelope
+                    request.verdicts[index] = Rejected(
+                        decision.reason, decision.detail, env.envelope_id, env.device_id
+                    )
+                else:
+                    to_publish.append(accepted.item)
         if to_publish:
             try:
                 await self.bus.publish(to_publish)
             except BaseException:
                 # Nothing was accepted; the refusals were still decided. (Admitted
                 # envelopes keep their charge: their retry is published uncharged.)
-                await self._audit(verdicts, rejected_only=True)
+                await self._audit(wave, rejected_only=True)
                 raise
             # Only now: an id in the cache must mean "durable", or a retry after a 503
             # would be told "already accepted" for an envelope that was lost.
             self.recent.add_all((e.envelope.device_id, e.envelope.envelope_id) for e in to_publish)
-        await self._audit(verdicts, rejected_only=False)
-        results = [_result(i, v, duplicate=i in duplicates) for i, v in enumerate(verdicts)]
-        rejected = sum(r.status == "rejected" for r in results)
-        return BatchResult(accepted=len(results) - rejected, rejected=rejected, results=results)
+        await self._audit(wave, rejected_only=False)
+        for request in wave:
+            if not request.answer.done():
+                request.answer.set_result(_batch_result(request))
 
-    async def _audit(self, verdicts: Sequence[Verdict], *, rejected_only: bool) -> None:
-        """The batch's entries, durable when this returns: off the event loop (it fsyncs),
-        in one transaction with those of other requests waiting meanwhile."""
+    def _split_duplicates(self, request: _Request) -> None:
+        # Envelope ids are unique per device, not across devices: a device that learns
+        # another's envelope id (the audit log shows them) must not pre-empt it.
+        in_batch: set[tuple[str, UUID]] = set()
+        for index, verdict in enumerate(request.verdicts):
+            if isinstance(verdict, Accepted):
+                key = (verdict.item.envelope.device_id, verdict.envelope_id)
+                if key in in_batch or key in self.recent:
+                    request.duplicates.add(index)
+                else:
+                    in_batch.add(key)
+                    request.fresh.append((index, verdict))
+
+    async def _audit(self, wave: Sequence[_Request], *, rejected_only: bool) -> None:
+        """The wave's entries, durable when this returns: off the event loop (it fsyncs),
+        in one transaction with those of other callers waiting meanwhile."""
         if self._audit_group is None:
             return
-        records = [
-            _audit_record(v) for v in verdicts if not (rejected_only and isinstance(v, Accepted))
-        ]
-        if not rejected_only:
-            reports = (
-                client_report_record(v.item.envelope) for v in verdicts if isinstance(v, Accepted)
+        records: list[AuditRecord] = []
+        for request in wave:
+            verdicts = request.verdicts
+            records.extend(
+                _audit_record(v)
+                for v in verdicts
+                if not (rejected_only and isinstance(v, Accepted))
             )
-            records.extend(r for r in reports if r is not None)
+            if not rejected_only:
+                reports = (
+                    client_report_record(v.item.envelope)
+                    for v in verdicts
+                    if isinstance(v, Accepted)
+                )
+                records.extend(r for r in reports if r is not None)
         await self._audit_group.append(records)
+
+
+def _batch_result(request: _Request) -> BatchResult:
+    results = [
+        _result(i, v, duplicate=i in request.duplicates) for i, v in enumerate(request.verdicts)
+    ]
+    rejected = sum(r.status == "rejected" for r in results)
+    return BatchResult(accepted=len(results) - rejected, rejected=rejected, results=results)
 
 
 def _result(index: int, verdict: Verdict, *, duplicate: bool) -> ItemResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from functools import partial
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -13,10 +13,20 @@ import pytest
 from nacl.public import PrivateKey
 
 from auditlog import AuditEntry, AuditLog, AuditRecord
-from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
+from ingest import (
+    EnvelopeIntake,
+    EnvelopeVerifier,
+    IngestSettings,
+    InMemoryEnvelopeBus,
+    RecentlyAccepted,
+    create_app,
+)
 from ingest._audit_group import GroupedAudit
-from ingest._waves import Waves
-from tests.ingest.kit import Device, asgi_client
+from ingest._bus import BusItem
+from ingest._device_ledger import DeviceLedger
+from ingest._report_rules import ReportRules
+from policies import load_policy
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
 
 class _CountingLog(AuditLog):
@@ -34,55 +44,83 @@ class _CountingLog(AuditLog):
         return super().append_many(records)
 
 
-async def test_a_wave_waits_for_the_one_in_flight_and_then_starts_whole() -> None:
-    waves = Waves()
-    release_first = asyncio.Event()
-    events: list[str] = []
+class _GatedBus(InMemoryEnvelopeBus):
+    """Counts publishes; the first one waits until `release` is set."""
 
-    async def first() -> str:
-        events.append("first starts")
-        await release_first.wait()
-        events.append("first ends")
-        return "first"
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.publishes: list[int] = []
 
-    async def later(name: str) -> str:
-        events.append(f"{name} starts")
-        await asyncio.sleep(0)
-        return name
+    async def publish(self, items: Sequence[BusItem]) -> None:
+        self.publishes.append(len(items))
+        self.started.set()
+        if len(self.publishes) == 1:
+            await self.release.wait()
+        await super().publish(items)
 
-    running = asyncio.create_task(waves.run(first))
-    await asyncio.sleep(0)
-    queued = [asyncio.create_task(waves.run(partial(later, n))) for n in ("a", "b", "c")]
+
+def _intake(tmp_path: Path, key: PrivateKey, bus: InMemoryEnvelopeBus) -> EnvelopeIntake:
+    policies = [load_policy(p) for p in SERVED_POLICIES]
+    verifier = EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes={p.content_hash for p in policies},
+        report_rules=ReportRules(policies),
+        max_clock_skew=timedelta(days=36_500),  # the kit's windows are in 2025
+    )
+    return EnvelopeIntake(
+        verifier,
+        bus,
+        RecentlyAccepted(100),
+        _CountingLog(tmp_path / "audit.sqlite3"),
+        ledger=DeviceLedger(tmp_path / "ledger.sqlite3", policies),
+    )
+
+
+async def test_a_wave_waits_for_the_one_in_flight_and_then_commits_whole(
+    tmp_path: Path,
+) -> None:
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    intake = _intake(tmp_path, key, bus)
+    first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+    await bus.started.wait()
+    later = [
+        asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    assert bus.publishes == [1]  # the next wave waits for the one in flight
+    bus.release.set()
+    results = await asyncio.gather(first, *later)
+    assert [r.accepted for r in results] == [1, 1, 1, 1]
+    assert bus.publishes == [1, 3]  # then its three requests are one publish
+    assert intake._audit_group is not None
+    log = intake._audit_group.audit
+    assert isinstance(log, _CountingLog)
+    assert log.transactions == [1, 3]  # and one audit transaction
+
+
+async def test_a_cancelled_requester_does_not_hold_up_its_wave(tmp_path: Path) -> None:
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    intake = _intake(tmp_path, key, bus)
+    first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+    await bus.started.wait()
+    gone = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+    stays = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
     await asyncio.sleep(0.01)
-    assert events == ["first starts"]  # the next wave waits for the one in flight
-    release_first.set()
-    assert await asyncio.gather(running, *queued) == ["first", "a", "b", "c"]
-    assert events[:2] == ["first starts", "first ends"]
-    assert sorted(events[2:]) == ["a starts", "b starts", "c starts"]
-
-
-async def test_a_cancelled_waiter_does_not_hold_up_its_wave() -> None:
-    waves = Waves()
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        await release.wait()
-
-    async def quick() -> str:
-        return "done"
-
-    running = asyncio.create_task(waves.run(hold))
-    await asyncio.sleep(0)
-    gone = asyncio.create_task(waves.run(quick))
-    stays = asyncio.create_task(waves.run(quick))
-    await asyncio.sleep(0)
     gone.cancel()
-    release.set()
-    await running
-    assert await stays == "done"
+    bus.release.set()
+    assert (await first).accepted == 1
+    assert (await stays).accepted == 1
     with pytest.raises(asyncio.CancelledError):
         await gone
-    assert await waves.run(quick) == "done"  # and the gate is open again
+    assert len(bus.published) == 3  # the cancelled request's envelope is still durable
+    again = await intake.submit([Device("eu-test").item(key.public_key)])
+    assert again.accepted == 1  # and the next wave runs
 
 
 async def test_concurrent_appends_share_one_transaction_in_arrival_order(tmp_path: Path) -> None:
