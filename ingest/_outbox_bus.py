@@ -220,6 +220,12 @@ class OutboxEnvelopeBus(EnvelopeBus):
         return await self._warehouse.check()
 
     async def _ping(self) -> Check:
+        drainer = self._drainer
+        if drainer is not None and drainer.done() and not self._closing:
+            # Only a bug ends the drain early (every write failure is retried): say so
+            # rather than let the backlog grow unseen until requests are refused.
+            error = None if drainer.cancelled() else drainer.exception()
+            return Check(False, f"the outbox drain stopped: {error!r}")
         if self._failing is not None:
             return Check(False, f"{self._failing}; {self._backlog} item(s) wait in the outbox")
         await asyncio.to_thread(self.sink.ping)  # waits for a write in flight

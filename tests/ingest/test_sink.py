@@ -162,3 +162,32 @@ def test_a_version_1_warehouse_is_migrated_to_per_device_envelope_ids(tmp_path: 
     )
     assert again.write([other]).inserted == 1
     again.close()
+
+
+def test_an_envelope_id_reused_for_another_window_is_a_dead_letter_not_a_second_row(
+    sink: DuckDBSink,
+) -> None:
+    """The duplicate check looks only at the batch's windows (a copy has its window);
+    the same id from the same device with another window is no copy, and the primary
+    key refuses it: dead-lettered, the first row kept, the rest of the batch stored."""
+    device = Device()
+    first = _ingested(device)
+    reused = _ingested(device)  # the device's next window...
+    reused = reused.model_copy(
+        update={
+            "envelope": reused.envelope.model_copy(
+                update={"envelope_id": first.envelope.envelope_id}
+            )
+        }
+    )
+    sink.write([first])
+    later = Device()
+    later.envelope(), later.envelope()  # its third window: the batch spans 11:00-12:00
+    other = _ingested(later)
+    result = sink.write([reused, other])
+    assert (result.inserted, result.dead_letters) == (1, 1)
+    assert sink.envelope_count() == 2
+    (start,) = sink.connection.execute(
+        "SELECT window_start FROM envelopes WHERE device_id = ?", [device.device_id]
+    ).fetchone()
+    assert start == first.envelope.window_start
