@@ -172,7 +172,15 @@ def create_app(
         upkeep = AuditUpkeep(sampled, checkpointer)
         await upkeep.start()
         try:
-            intake = EnvelopeIntake(verifier, the_bus, recent, audit, ledger=ledger, clock=clock)
+            intake = EnvelopeIntake(
+                verifier,
+                the_bus,
+                recent,
+                audit,
+                ledger=ledger,
+                clock=clock,
+                linger=settings.wave_linger_seconds,
+            )
             yield {
                 "ingest": IngestState(
                     settings,

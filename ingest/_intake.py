@@ -58,6 +58,11 @@ class EnvelopeIntake:
     rather than each paying its own; a request waits at most for the wave in flight,
     and each is answered only once its own envelopes and audit entries are durable.
     A failure of a stage fails every request of the wave (they share its transaction).
+
+    Under concurrent load a wave first lingers `linger` seconds (as Kafka's producer
+    does with `linger.ms`), so requests arriving just after it join it instead of
+    starting a wave of their own: fewer, fuller commits for a millisecond of latency.
+    A wave after a wave of one request (a quiet ingest) starts at once.
     """
 
     def __init__(
@@ -69,9 +74,11 @@ class EnvelopeIntake:
         *,
         ledger: DeviceLedger,
         clock: Callable[[], datetime] | None = None,
+        linger: float = 0.0,
     ):
         """`clock`: the ingest's clock (receipt time: stamps `received_at`, judges
-        clock skew and dates budget charges); tests and the fleet simulator move it."""
+        clock skew and dates budget charges); tests and the fleet simulator move it.
+        `linger`: seconds a wave waits for more requests under concurrent load."""
         self.verifier = verifier
         self.bus = bus
         self.recent = recent
@@ -81,6 +88,8 @@ class EnvelopeIntake:
         self._clock = clock or _utc_now
         self._next_wave: list[_Request] = []
         self._wave: asyncio.Task[None] | None = None
+        self._linger = linger
+        self._last_wave_size = 0
 
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
@@ -110,7 +119,10 @@ class EnvelopeIntake:
 
     async def _run_waves(self) -> None:
         while self._next_wave:
+            if self._linger and self._last_wave_size > 1:
+                await asyncio.sleep(self._linger)
             wave, self._next_wave = self._next_wave, []
+            self._last_wave_size = len(wave)
             try:
                 await self._commit(wave)
             except Exception as exc:

@@ -66,6 +66,13 @@ class IngestSettings(BaseSettings):
         default=None, description="DuckDB file the sink writes; default state_dir/warehouse.duckdb"
     )
     sink_group: _TOPIC_PART = "quietwire-sink"
+    wave_linger_seconds: float = Field(
+        default=0.001,
+        ge=0,
+        le=0.1,
+        description="how long a wave of requests waits for more before its commits, "
+        "under concurrent load (0: never); a quiet ingest never waits",
+    )
     outbox_drain_seconds: float = Field(
         default=0.2,
         gt=0,

@@ -61,7 +61,9 @@ class _GatedBus(InMemoryEnvelopeBus):
         await super().publish(items)
 
 
-def _intake(tmp_path: Path, key: PrivateKey, bus: InMemoryEnvelopeBus) -> EnvelopeIntake:
+def _intake(
+    tmp_path: Path, key: PrivateKey, bus: InMemoryEnvelopeBus, *, linger: float = 0.0
+) -> EnvelopeIntake:
     policies = [load_policy(p) for p in SERVED_POLICIES]
     verifier = EnvelopeVerifier(
         key,
@@ -76,6 +78,7 @@ def _intake(tmp_path: Path, key: PrivateKey, bus: InMemoryEnvelopeBus) -> Envelo
         RecentlyAccepted(100),
         _CountingLog(tmp_path / "audit.sqlite3"),
         ledger=DeviceLedger(tmp_path / "ledger.sqlite3", policies),
+        linger=linger,
     )
 
 
@@ -101,6 +104,36 @@ async def test_a_wave_waits_for_the_one_in_flight_and_then_commits_whole(
     log = intake._audit_group.audit
     assert isinstance(log, _CountingLog)
     assert log.transactions == [1, 3]  # and one audit transaction
+
+
+@pytest.mark.parametrize(("linger", "publishes"), [(0.0, [2, 1, 1]), (0.2, [2, 2])])
+async def test_under_load_a_wave_lingers_for_requests_just_behind_it(
+    tmp_path: Path, linger: float, publishes: list[int]
+) -> None:
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    bus.release.set()
+    intake = _intake(tmp_path, key, bus, linger=linger)
+
+    async def one() -> int:
+        return (await intake.submit([Device("eu-test").item(key.public_key)])).accepted
+
+    assert await asyncio.gather(one(), one()) == [1, 1]  # concurrent: a wave of two
+    first = asyncio.create_task(one())
+    await asyncio.sleep(0.02)  # the second arrives 20 ms behind the first
+    assert await asyncio.gather(first, one()) == [1, 1]
+    assert bus.publishes == publishes
+
+
+async def test_a_quiet_ingest_does_not_linger(tmp_path: Path) -> None:
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    bus.release.set()
+    intake = _intake(tmp_path, key, bus, linger=5.0)
+    for _ in range(3):  # one request at a time: no wait, whatever the linger
+        async with asyncio.timeout(2.0):
+            await intake.submit([Device("eu-test").item(key.public_key)])
+    assert bus.publishes == [1, 1, 1]
 
 
 async def test_a_cancelled_requester_does_not_hold_up_its_wave(tmp_path: Path) -> None:
