@@ -20,8 +20,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 from contextlib import closing
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
