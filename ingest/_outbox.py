@@ -6,7 +6,7 @@ of CPU however few rows it holds (about 7.5 ms on the benchmark machine, against
 per row), so committing one per group of requests made the warehouse most of the
 ingest's CPU. The outbox is what Kafka is in the other mode: `append` makes a group of
 serialized bus items durable in one SQLite transaction (WAL, ``synchronous=FULL``: on
-disk when it returns), and `ingest._bus.InProcessEnvelopeBus` moves them into the
+disk when it returns), and `ingest._outbox_bus.OutboxEnvelopeBus` moves them into the
 warehouse in large batches behind the answers, removing them once DuckDB committed.
 
 A crash between the DuckDB commit and the removal replays those items, which the sink
