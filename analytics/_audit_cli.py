@@ -27,11 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from analytics._auditor_cli import AUDIT_REPORT_HELP, audit_report
-from analytics._cli_support import fail
+from analytics._cli_support import fail, read_audit_key
 
 if TYPE_CHECKING:  # the audit log package is imported only when an audit command runs
-    from nacl.signing import VerifyKey
-
     from auditlog import AuditEntry, AuditLog, AuditReport, ChainReport
 
 __all__ = ["audit_app"]
@@ -130,7 +128,7 @@ def verify(
         head = head.strip().lower()
         if not _HEX64.match(head):
             raise fail(f"--head must be 64 hex digits (a SHA-256), got {head!r}")
-    key = _audit_key(audit_key) if audit_key is not None else None
+    key = read_audit_key(audit_key) if audit_key is not None else None
     audit = _open(log)
     try:
         if key is None:
@@ -154,22 +152,6 @@ def verify(
         typer.echo("checkpoints: not verified (pass --audit-key to check their signatures)")
     else:
         _checkpoints_ok(checked)
-
-
-def _audit_key(value: str) -> VerifyKey:
-    from auditlog import AuditLogError, parse_audit_key
-
-    text = value
-    path = Path(value)
-    if path.is_file():
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise fail(f"--audit-key {value}: cannot read: {exc}") from None
-    try:
-        return parse_audit_key(text)
-    except AuditLogError as exc:
-        raise fail(f"--audit-key: {exc} (give the base64 key or a file holding it)") from None
 
 
 def _broken_chain(report: ChainReport, head: str | None) -> NoReturn:

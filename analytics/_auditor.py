@@ -9,7 +9,8 @@
 - **deletions**: every deletion request the warehouse applied (rows deleted, erased
   or pending) and, with the log, every one the ingest accepted, matched by request id:
   one accepted but not applied (still in transit, or lost) shows up as such;
-- **chain**: whether the audit log's hash chain verifies (to an anchored head).
+- **chain**: whether the audit log's hash chain verifies (to an anchored head), and with
+  the ingest's public audit key, whether its signed checkpoints do.
 
 Every part is a Polars DataFrame (`AuditorReport`), for notebooks and the HTML report.
 A warehouse written before retention runs and erasures were recorded has empty parts.
@@ -24,8 +25,10 @@ from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
+from nacl.signing import VerifyKey
 
 from auditlog import AuditLog
+from auditlog import verify_log as verify_signed_log
 from schemas import Tier
 from warehouse import RETENTION_TABLES, retention_cutoff
 
@@ -70,6 +73,12 @@ class ChainStatus:
     """Checked against a head kept elsewhere (catches entries cut off the end)."""
     broken_at: int | None = None
     problem: str | None = None
+    signed_checkpoints: int | None = None
+    """Checkpoints verified against the ingest's audit key; None: no key was given (then
+    a rewrite of the whole chain would not be detected)."""
+    unsigned_entries: int | None = None
+    """Entries after the last signed checkpoint (with a key): no signature vouches for
+    them yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,17 +264,34 @@ def _deletions(applied: pl.DataFrame, logged: pl.DataFrame, with_log: bool) -> p
     return out.sort(["received_at", "logged_at", "request_id"], nulls_last=True)
 
 
-def verify_log(audit: AuditLog, *, expected_head: str | None = None) -> ChainStatus:
-    """Verify the log's hash chain (to `expected_head` if given)."""
-    report = audit.verify_chain(expected_head=expected_head)
+def verify_log(
+    audit: AuditLog, *, expected_head: str | None = None, key: VerifyKey | None = None
+) -> ChainStatus:
+    """Verify the log's hash chain (to `expected_head` if given) and, with the ingest's
+    public audit `key`, its signed checkpoints (a rewritten chain fails them)."""
+    if key is None:
+        report = audit.verify_chain(expected_head=expected_head)
+        return ChainStatus(
+            str(audit.path),
+            report.ok,
+            report.entries,
+            report.head,
+            expected_head is not None,
+            report.broken_at,
+            report.problem,
+        )
+    checked = verify_signed_log(audit, key, expected_head=expected_head)
+    chain = checked.chain
     return ChainStatus(
         str(audit.path),
-        report.ok,
-        report.entries,
-        report.head,
+        checked.ok,
+        chain.entries,
+        chain.head,
         expected_head is not None,
-        report.broken_at,
-        report.problem,
+        chain.broken_at,
+        chain.problem if not chain.ok else checked.problem,
+        signed_checkpoints=checked.checkpoints,
+        unsigned_entries=checked.uncovered if checked.ok else None,
     )
 
 
@@ -274,13 +300,15 @@ def build_auditor_report(
     *,
     audit: AuditLog | None = None,
     expected_head: str | None = None,
+    audit_key: VerifyKey | None = None,
     retention_days: Mapping[Tier, int] | None = None,
     now: datetime | None = None,
     source: str = "",
 ) -> AuditorReport:
     """Read the warehouse `conn` (and the audit log `audit`, if given) into an
     `AuditorReport`. With `retention_days` (a policy's), the inventory counts the rows
-    past retention at `now` (default: the current time)."""
+    past retention at `now` (default: the current time). With `audit_key` (the ingest's
+    public audit key) the log's signed checkpoints are verified too."""
     at = now or datetime.now(UTC)
     present = _tables(conn)
     cutoffs = (
@@ -310,5 +338,9 @@ def build_auditor_report(
         retention=retention,
         deletions=deletions,
         erasures_pending=pending,
-        chain=verify_log(audit, expected_head=expected_head) if audit is not None else None,
+        chain=(
+            verify_log(audit, expected_head=expected_head, key=audit_key)
+            if audit is not None
+            else None
+        ),
     )

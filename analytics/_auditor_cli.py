@@ -1,6 +1,7 @@
 """`quietwire audit report`: one command for a compliance auditor.
 
-    quietwire audit report --db WAREHOUSE [--log AUDIT_LOG [--head HEX]]
+    quietwire audit report --db WAREHOUSE [--log AUDIT_LOG [--head HEX]
+                           [--audit-key FILE|BASE64]]
                            [--policy FILE [--now ISO]]
                            [--format table|json|csv [--section S]]
 
@@ -27,7 +28,7 @@ from analytics._auditor_render import (
     render_auditor_json,
     render_auditor_tables,
 )
-from analytics._cli_support import fail
+from analytics._cli_support import fail, read_audit_key
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
 from analytics._retention_cli import parse_now
@@ -46,9 +47,10 @@ AUDIT_REPORT_HELP = (
     "cutoff, rows deleted per table, when, and when the bytes left the file), deletions "
     "(each request the warehouse applied or, with --log, the ingest accepted: rows "
     "deleted, erased or pending, its audit entry; one accepted but not applied is "
-    "listed as such) and chain (the audit log verified, to --head if given).\n\n"
+    "listed as such) and chain (the audit log verified, to --head if given, and with "
+    "--audit-key its signed checkpoints, so a rewrite of the whole chain shows).\n\n"
     "Opens both files read-only. Exit 1 if the chain is broken; 2 on a missing or "
-    "foreign file, a bad --head, policy or --now."
+    "foreign file, a bad --head, --audit-key, policy or --now."
 )
 
 
@@ -83,6 +85,15 @@ def audit_report(
             "--head",
             metavar="HEX",
             help="The audit log head anchored earlier (64 hex digits), with --log.",
+        ),
+    ] = None,
+    audit_key: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-key",
+            metavar="FILE|BASE64",
+            help="The ingest's public audit key (GET /v1/audit-key), or a file holding it, "
+            "with --log: also verify the log's signed checkpoints.",
         ),
     ] = None,
     policy: Annotated[
@@ -120,6 +131,9 @@ def audit_report(
             raise fail("--head needs --log (the audit log it anchors)")
         if not _HEX64.match(head):
             raise fail(f"--head must be 64 hex digits (a SHA-256), got {head!r}")
+    if audit_key is not None and log is None:
+        raise fail("--audit-key needs --log (the audit log whose checkpoints it verifies)")
+    key = read_audit_key(audit_key) if audit_key is not None else None
     try:
         days = load_policy(policy).retention.days if policy is not None else None
     except PolicyError as exc:
@@ -135,6 +149,7 @@ def audit_report(
             conn,
             audit=audit,
             expected_head=head,
+            audit_key=key,
             retention_days=days,
             now=at,
             source=str(db),

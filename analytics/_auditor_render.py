@@ -40,6 +40,8 @@ _CHAIN_SCHEMA: dict[str, pl.DataType] = {
     "anchored": pl.Boolean(),
     "broken_at": pl.Int64(),
     "problem": pl.String(),
+    "signed_checkpoints": pl.Int64(),
+    "unsigned_entries": pl.Int64(),
 }
 
 
@@ -122,9 +124,22 @@ def _chain_line(chain: ChainStatus | None) -> str:
         return "audit log: not given (--log): chain not verified, deletions not matched"
     anchored = ", to the anchored head" if chain.anchored else ""
     if chain.ok:
-        return f"audit log {chain.path}: OK, {chain.entries} entries{anchored}; head {chain.head}"
-    where = f"at entry seq {chain.broken_at}" if chain.broken_at is not None else "at its end"
-    return f"audit log {chain.path}: BROKEN {where}: {chain.problem}"
+        line = f"audit log {chain.path}: OK, {chain.entries} entries{anchored}; head {chain.head}"
+        if chain.signed_checkpoints is None:
+            return line + "; checkpoints not verified (--audit-key)"
+        unsigned = chain.unsigned_entries or 0
+        return (
+            line
+            + f"; {chain.signed_checkpoints} signed checkpoint(s) verify"
+            + (f", {unsigned} entries after the last not yet signed" if unsigned else "")
+        )
+    if chain.broken_at is not None:
+        where = f" at entry seq {chain.broken_at}"
+    elif chain.signed_checkpoints is not None and chain.problem and "checkpoint" in chain.problem:
+        where = f" after {chain.signed_checkpoints} verified checkpoint(s)"
+    else:
+        where = " at its end"
+    return f"audit log {chain.path}: BROKEN{where}: {chain.problem}"
 
 
 def render_auditor_tables(report: AuditorReport, console: Console) -> None:

@@ -1,13 +1,17 @@
 """What every `quietwire` subcommand shares: how a bad input ends the command, and how
-a time argument is read."""
+a time argument and the ingest's audit key are read."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
+from nacl.signing import VerifyKey
 
-__all__ = ["fail", "parse_time"]
+from auditlog import AuditLogError, parse_audit_key
+
+__all__ = ["fail", "parse_time", "read_audit_key"]
 
 
 def fail(message: str) -> typer.Exit:
@@ -30,3 +34,18 @@ def parse_time(option: str, text: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         raise fail(f"{option} {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
     return parsed.astimezone(UTC)
+
+
+def read_audit_key(value: str) -> VerifyKey:
+    """The ingest's public audit key from `--audit-key`: base64, or a file holding it."""
+    text = value
+    path = Path(value)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"--audit-key {value}: cannot read: {exc}") from None
+    try:
+        return parse_audit_key(text)
+    except AuditLogError as exc:
+        raise fail(f"--audit-key: {exc} (give the base64 key or a file holding it)") from None

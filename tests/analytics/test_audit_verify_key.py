@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from ingest import IngestSettings, InMemoryEnvelopeBus, create_app, write_privat
 from quietwire.cli import app
 from tests.auditlog.tamper import execute, rewrite_chain
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
+from warehouse import connect
 
 
 async def _serve(root: Path) -> str:
@@ -90,3 +92,60 @@ def test_another_key_is_exit_1_and_a_bad_key_exit_2(served: tuple[Path, str]) ->
     code, _, err = _verify(log, "--audit-key", "c2hvcnQ=")
     assert code == 2
     assert "32 bytes" in err
+
+
+def _audit_report(root: Path, log: Path, *extra: str) -> tuple[int, str, str]:
+    db = root / "warehouse.duckdb"
+    if not db.exists():
+        connect(db).close()
+    result = CliRunner().invoke(
+        app, ["audit", "report", "--db", str(db), "--log", str(log), *extra]
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_auditor_report_verifies_the_checkpoints_with_the_key(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
+    log, audit_key = served
+    code, out, err = _audit_report(tmp_path, log, "--audit-key", audit_key)
+    assert code == 0, err
+    assert "OK, 3 entries" in out
+    assert "2 signed checkpoint(s) verify" in out
+    code, out, err = _audit_report(tmp_path, log, "--audit-key", audit_key, "--format", "json")
+    assert code == 0, err
+    chain = json.loads(out)["audit_log"]
+    assert (chain["ok"], chain["signed_checkpoints"], chain["unsigned_entries"]) == (True, 2, 0)
+    # Without the key the report says what it did not check.
+    code, out, _ = _audit_report(tmp_path, log)
+    assert code == 0
+    assert "checkpoints not verified (--audit-key)" in out
+
+
+def test_the_auditor_report_catches_a_rehashed_chain_only_with_the_key(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
+    log, audit_key = served
+    rewrite_chain(log, 1, "nothing to see")
+    assert _audit_report(tmp_path, log)[0] == 0  # the chain alone verifies
+    code, out, _ = _audit_report(tmp_path, log, "--audit-key", audit_key)
+    assert code == 1
+    assert "BROKEN after 1 verified checkpoint(s)" in out
+    assert "rewritten" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--audit-key", "not base64!"], "--audit-key:"),
+        (["--audit-key", base64.b64encode(b"short").decode()], "--audit-key:"),
+    ],
+)
+def test_a_bad_key_for_the_auditor_report_is_exit_2(
+    served: tuple[Path, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    log, _ = served
+    code, _, err = _audit_report(tmp_path, log, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

@@ -204,6 +204,7 @@ def test_without_a_log_the_warehouse_alone_is_reported(
     ("args", "message"),
     [
         (["--head", "ab" * 32], "--head needs --log"),
+        (["--audit-key", "AAAA"], "--audit-key needs --log"),
         (["--log", "LOG", "--head", "xyz"], "--head must be 64 hex digits"),
         (["--log", "missing.sqlite3"], "no such audit log file"),
         (["--now", "yesterday", "--policy", "policies/default.yaml"], "is not an ISO 8601"),
