@@ -16,7 +16,8 @@ drains everything, so a stopped ingest's warehouse is complete). While the wareh
 refuses writes, items stay in the outbox and the drain retries with backoff; `/healthz`
 names the warehouse, and once `max_backlog` items wait, `publish` answers 503 like a
 Kafka that does not acknowledge, so a device keeps its batch rather than the ingest
-piling up without bound.
+piling up without bound. An item that fails every write while others store becomes a
+dead letter rather than hold the outbox back (`OutboxEnvelopeBus._isolate`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from ingest._bus import BusItem, EnvelopeBus, observe
 from ingest._errors import BusUnavailable
 from ingest._health import CachedProbe, Check
 from ingest._outbox import Outbox
+from ingest._salvage import salvage
 from ingest._sink import DuckDBSink, SinkMessage
+from warehouse import WriteResult
 
 __all__ = ["OUTBOX_TOPIC", "OutboxEnvelopeBus"]
 
@@ -41,6 +44,12 @@ OUTBOX_TOPIC = "quietwire.outbox"
 """How a dead letter from the outbox names where it was (its partition is 0 and its
 offset the outbox's sequence number)."""
 _BACKOFF = Backoff(initial=0.2, maximum=5.0)
+_ISOLATE_AFTER = 3
+"""Every this many consecutive failures of one part (and at shutdown), the drain looks
+for an item that fails it (`OutboxEnvelopeBus._isolate`)."""
+
+_Part = list[tuple[int, BusItem | None]]
+"""Queued items: (outbox seq, the item; None: left by an earlier run, to decode)."""
 
 
 class OutboxEnvelopeBus(EnvelopeBus):
@@ -67,8 +76,8 @@ class OutboxEnvelopeBus(EnvelopeBus):
         self._close_sink = close_sink
         self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        self._queued: list[tuple[int, BusItem | None]] = []
-        """(outbox seq, the item; None: left by an earlier run, to decode) in order."""
+        self._queued: _Part = []
+        """In outbox order."""
         self._backlog = 0
         self._arrived = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -155,6 +164,7 @@ class OutboxEnvelopeBus(EnvelopeBus):
 
     async def _drain_forever(self) -> None:
         delays = _BACKOFF.delays()
+        failures = 0
         while True:
             if not self._queued:
                 if self._closing:
@@ -169,6 +179,16 @@ class OutboxEnvelopeBus(EnvelopeBus):
             try:
                 await self._store(part)
             except Exception as exc:
+                failures += 1
+                if failures % _ISOLATE_AFTER == 0 or self._closing:
+                    try:
+                        isolated = await asyncio.to_thread(self._isolate, part, exc)
+                    except Exception as again:  # the warehouse failed under the search
+                        isolated, exc = False, again
+                    if isolated:
+                        failures = 0
+                        self._done(part)
+                        continue
                 self._failing = f"the warehouse did not commit: {exc}"
                 if self._closing:
                     log.error(
@@ -182,9 +202,13 @@ class OutboxEnvelopeBus(EnvelopeBus):
                 await self._pause(next(delays))
                 continue
             delays = _BACKOFF.delays()
-            self._failing = None
-            del self._queued[: len(part)]
-            self._backlog -= len(part)
+            failures = 0
+            self._done(part)
+
+    def _done(self, part: _Part) -> None:
+        self._failing = None
+        del self._queued[: len(part)]
+        self._backlog -= len(part)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds`, or less if `stop` or a full batch cuts it short."""
@@ -194,19 +218,52 @@ class OutboxEnvelopeBus(EnvelopeBus):
         with suppress(TimeoutError):
             await asyncio.wait_for(self._hurry.wait(), seconds)
 
-    async def _store(self, part: list[tuple[int, BusItem | None]]) -> None:
+    async def _store(self, part: _Part) -> None:
         """Write `part` into the warehouse, then remove it from the outbox."""
-        known = [item for _, item in part if item is not None]
-        result = None
-        if len(known) == len(part):
-            result = await asyncio.to_thread(self.sink.write, known)
-        else:  # items an earlier run left: decode them (dead-lettering what does not)
-            messages = await asyncio.to_thread(self._messages, part)
-            result = await asyncio.to_thread(self.sink.store, messages, ())
-        self.dead_letters += result.dead_letters
+        await asyncio.to_thread(self._write, part)
         await asyncio.to_thread(self.outbox.remove_through, part[-1][0])
 
-    def _messages(self, part: list[tuple[int, BusItem | None]]) -> list[SinkMessage]:
+    def _write(self, part: Sequence[tuple[int, BusItem | None]]) -> WriteResult:
+        """Write `part` into the warehouse (blocking)."""
+        known = [item for _, item in part if item is not None]
+        if len(known) == len(part):
+            result = self.sink.write(known)
+        else:  # items an earlier run left: decode them (dead-lettering what does not)
+            result = self.sink.store(self._messages(part), ())
+        self.dead_letters += result.dead_letters
+        return result
+
+    def _isolate(self, part: _Part, error: Exception) -> bool:
+        """After `part` failed again and again: look for the item that fails it.
+
+        The sink dead-letters a row DuckDB refuses; any other error stops the batch. An
+        item that fails with one while the items around it store (a bug a strange but
+        valid envelope brings out) would hold every later item back for good, as it
+        stays first in the outbox across restarts. So the part is written in halves
+        (`ingest._salvage`): if some of it stores, the warehouse works, and each item
+        that still fails alone becomes a dead letter, kept verbatim for an operator.
+        If nothing stores, the warehouse itself is failing: nothing is dead-lettered,
+        and the drain goes on retrying (blocking)."""
+        saved = salvage(part, error, self._write, (Exception,))
+        if not saved.written:
+            return False
+        failed = [(seq, item, exc) for (seq, item), exc in saved.failed]
+        stored = dict(self.outbox.read(len(part), after=part[0][0] - 1))
+        letters = [
+            (item if item is not None else self._message(seq, stored.get(seq)), exc)
+            for seq, item, exc in failed
+        ]
+        for seq, _, exc in failed:
+            log.error("outbox item %d fails alone (%s): dead-lettered", seq, exc)
+        self.dead_letters += self.sink.dead_letter(letters).dead_letters
+        self.outbox.remove_through(part[-1][0])
+        return True
+
+    @staticmethod
+    def _message(seq: int, value: bytes | None) -> SinkMessage:
+        return SinkMessage(OUTBOX_TOPIC, 0, seq, None, value)
+
+    def _messages(self, part: Sequence[tuple[int, BusItem | None]]) -> list[SinkMessage]:
         stored = dict(self.outbox.read(len(part), after=part[0][0] - 1))
         out: list[SinkMessage] = []
         for seq, item in part:

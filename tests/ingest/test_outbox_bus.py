@@ -164,3 +164,64 @@ async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path
         assert check.envelope_count() == 3
     finally:
         check.close()
+
+
+class _PoisonSink(DuckDBSink):
+    """A warehouse that fails any write holding one particular device's envelope with an
+    error that is not a row's (as a bug brought out by a strange valid envelope would)."""
+
+    def __init__(self, path: Path, poison: str) -> None:
+        super().__init__(path)
+        self.poison = poison
+
+    def write(
+        self, items: Sequence[SinkItem], offsets: Sequence[PartitionOffset] = ()
+    ) -> WriteResult:
+        if any(
+            isinstance(i, IngestedEnvelope) and i.envelope.device_id == self.poison for i in items
+        ):
+            raise TypeError("unsupported operand type(s)")
+        return super().write(items, offsets)
+
+
+async def test_an_item_that_fails_every_write_is_dead_lettered_and_holds_nothing_back(
+    tmp_path: Path,
+) -> None:
+    poison = Device()
+    sink = _PoisonSink(tmp_path / "wh.duckdb", poison.device_id)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    await bus.start()
+    try:
+        good = [_ingested(Device()) for _ in range(5)]
+        await bus.publish([*good[:2], _ingested(poison), *good[2:]])
+        await _until(lambda: sink.envelope_count() == 5)
+        await _until(lambda: bus.dead_letters == 1)
+        await _until(lambda: bus._failing is None)
+        later = _ingested(Device())
+        await bus.publish([later])  # and the drain goes on
+        await _until(lambda: sink.envelope_count() == 6)
+    finally:
+        await bus.stop()
+    check = DuckDBSink(tmp_path / "wh.duckdb")
+    try:
+        letters = check.connection.execute(
+            "SELECT device_id, stage, error_class FROM dead_letters"
+        ).fetchall()
+    finally:
+        check.close()
+    assert letters == [(poison.device_id, "store", "TypeError")]
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+
+
+async def test_a_failing_warehouse_dead_letters_nothing(tmp_path: Path) -> None:
+    """When no write stores anything the warehouse is failing, not an item: the search
+    for a poison item keeps every item in the outbox."""
+    sink = _FailingSink(tmp_path / "wh.duckdb", failures=10**6)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    await bus.start()
+    await bus.publish([_ingested(Device()) for _ in range(4)])
+    # Three failed drains, then a search: 4 items written in halves, 6 more failures.
+    await _until(lambda: sink.failures <= 10**6 - 9)
+    await bus.stop()
+    assert bus.dead_letters == 0
+    assert _outbox_count(tmp_path / "outbox.sqlite3") == 4
