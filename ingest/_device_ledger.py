@@ -93,7 +93,7 @@ def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
     return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
 
 
-def _marks_for(chunk: Sequence[str]) -> str:
+def _placeholders(chunk: Sequence[str]) -> str:
     return ", ".join("?" * len(chunk))
 
 
@@ -224,7 +224,7 @@ class DeviceLedger:
         for chunk in _chunks(devices):
             rows = self._db.execute(
                 "SELECT device_id, sequence, window_end_us, report_batch_end_us, recent "
-                f"FROM device_marks WHERE device_id IN ({_marks_for(chunk)})",
+                f"FROM device_marks WHERE device_id IN ({_placeholders(chunk)})",
                 chunk,
             ).fetchall()
             for device_id, seq, end_us, batch_us, recent in rows:
@@ -242,7 +242,7 @@ class DeviceLedger:
             for chunk in _chunks(devices):
                 rows = self._db.execute(
                     "SELECT device_id, spent, cap FROM device_spend "
-                    f"WHERE day = ? AND device_id IN ({_marks_for(chunk)})",
+                    f"WHERE day = ? AND device_id IN ({_placeholders(chunk)})",
                     [day, *chunk],
                 ).fetchall()
                 for device_id, spent, cap in rows:
