@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ingest._errors import BusUnavailable
+from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
 from ingest._sink import DuckDBSink
 from schemas import IngestedDeletionRequest, IngestedEnvelope
@@ -35,7 +36,6 @@ __all__ = [
     "InMemoryEnvelopeBus",
     "InProcessEnvelopeBus",
     "KafkaEnvelopeBus",
-    "observe",
 ]
 
 BusItem = IngestedEnvelope | IngestedDeletionRequest
@@ -158,12 +158,12 @@ class KafkaEnvelopeBus(EnvelopeBus):
                     )
                 )
         except KafkaError as exc:
-            observe(futures)
+            _observe(futures)
             raise BusUnavailable(f"Kafka refused the batch: {exc}") from exc
         if not futures:
             return
         done, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
-        observe(futures)
+        _observe(futures)
         if pending:
             detail = (
                 f"Kafka did not acknowledge {len(pending)} of {len(futures)} envelopes "
@@ -200,7 +200,7 @@ async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:
             waiter.exception()
 
 
-def observe(futures: Sequence[asyncio.Future[Any]]) -> None:
+def _observe(futures: Sequence[asyncio.Future[Any]]) -> None:
     """Mark send outcomes as retrieved, now or whenever they settle, so an error nobody
     awaits (a send abandoned after a 503) is not reported as never retrieved."""
 
@@ -232,27 +232,21 @@ class InProcessEnvelopeBus(EnvelopeBus):
     def __init__(self, sink: DuckDBSink, *, close_sink: bool = True) -> None:
         self.sink = sink
         self._close_sink = close_sink
-        self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group: GroupCommit[Sequence[BusItem], None] = GroupCommit(
+            self._write_all, error=_not_committed
+        )
         self.dead_letters = 0
         """Items of this process's groups the warehouse refused (dead-lettered)."""
         # A long group commit holds the sink's lock: give the check time to wait for it.
         self._warehouse = CachedProbe(self._ping, ttl=1.5, timeout=5.0)
 
     async def stop(self) -> None:
-        if self._writer is not None:
-            await self._writer
+        await self._group.idle()
         if self._close_sink:
             await asyncio.to_thread(self.sink.close)
 
     async def publish(self, items: Sequence[BusItem]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        observe([done])  # its publisher may have gone (client disconnect) by the time it fails
-        self._waiting.append((items, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        # Shielded: a client that disconnects must not cancel a commit others wait on.
-        await asyncio.shield(done)
+        await self._group.submit(items)
 
     async def check(self) -> Check:
         return await self._warehouse.check()
@@ -261,23 +255,19 @@ class InProcessEnvelopeBus(EnvelopeBus):
         await asyncio.to_thread(self.sink.ping)  # waits for a write in flight
         return Check(True, "open")
 
-    async def _write_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            items = [item for batch, _ in group for item in batch]
-            failure: str | None = None
-            try:
-                result = await asyncio.to_thread(self.sink.write, items)
-                self.dead_letters += result.dead_letters
-            except Exception as exc:
-                # Whatever it is, every waiting request gets an answer: none may hang.
-                log.exception("embedded sink write failed")
-                failure = f"the warehouse did not commit the batch: {exc}"
-            for _, done in group:
-                if failure is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(BusUnavailable(failure))
+    def _write_all(self, batches: list[Sequence[BusItem]]) -> list[None]:
+        try:
+            result = self.sink.write([item for batch in batches for item in batch])
+        except Exception:
+            log.exception("embedded sink write failed")
+            raise
+        self.dead_letters += result.dead_letters
+        return [None] * len(batches)
+
+
+def _not_committed(exc: Exception) -> BaseException:
+    # Whatever it is, every waiting request is answered 503: none may hang.
+    return BusUnavailable(f"the warehouse did not commit the batch: {exc}")
 
 
 class InMemoryEnvelopeBus(EnvelopeBus):

@@ -25,7 +25,6 @@ SQLite work runs in a worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import threading
@@ -46,6 +45,7 @@ from ingest._admission import (
     decide,
 )
 from ingest._errors import ConfigurationError, LedgerUnavailable
+from ingest._group_commit import GroupCommit
 from ingest._pricing import EnvelopePricing
 from ingest._windows import AlignedWindow
 from policies import Policy, budget_day
@@ -114,8 +114,9 @@ class DeviceLedger:
         self._windows = {p.content_hash: timedelta(seconds=p.window_seconds) for p in served}
         self._lock = threading.Lock()
         self._pruned_before: str | None = None
-        self._waiting: list[tuple[list[_Request], asyncio.Future[list[list[Decision]]]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._group: GroupCommit[list[_Request], list[list[Decision]]] = GroupCommit(
+            self._admit_groups, error=_ledger_error
+        )
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,36 +157,17 @@ class DeviceLedger:
         ]
         if not any(r.candidates for r in batch):
             return [[] for _ in batch]
-        done: asyncio.Future[list[list[Decision]]] = asyncio.get_running_loop().create_future()
-        # Its requester may be gone (client disconnect) by the time it fails: observe it.
-        done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._waiting.append((batch, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        # Shielded: a client that disconnects must not cancel a commit others wait on.
-        return await asyncio.shield(done)
+        return await self._group.submit(batch)
 
-    async def _write_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            requests = [r for batch, _ in group for r in batch]
-            try:
-                outcomes = await asyncio.to_thread(self._admit_all, requests)
-            except Exception as exc:
-                # Every waiter hears of it (a bug too, rather than waiting forever).
-                for _, done in group:
-                    if not done.done():
-                        done.set_exception(
-                            LedgerUnavailable(exc.detail)
-                            if isinstance(exc, LedgerUnavailable)
-                            else exc
-                        )
-                continue
-            at = 0
-            for batch, done in group:
-                if not done.done():
-                    done.set_result(outcomes[at : at + len(batch)])
-                at += len(batch)
+    def _admit_groups(self, groups: list[list[_Request]]) -> list[list[list[Decision]]]:
+        """`_admit_all` for every waiting caller's requests at once, split back per caller."""
+        outcomes = self._admit_all([r for group in groups for r in group])
+        out: list[list[list[Decision]]] = []
+        at = 0
+        for group in groups:
+            out.append(outcomes[at : at + len(group)])
+            at += len(group)
+        return out
 
     def _candidate(self, item: IngestedEnvelope) -> Candidate:
         env = item.envelope
@@ -305,6 +287,11 @@ class DeviceLedger:
                 (day, device_id),
             ).fetchone()
         return Decimal(0) if row is None else Decimal(row[0])
+
+
+def _ledger_error(exc: Exception) -> BaseException:
+    # A fresh exception per waiter (one raised in several tasks collects their tracebacks).
+    return LedgerUnavailable(exc.detail) if isinstance(exc, LedgerUnavailable) else exc
 
 
 def _decide_request(

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from contextlib import suppress
 
 from ingest._backoff import Backoff
-from ingest._bus import BusItem, EnvelopeBus, observe
+from ingest._bus import BusItem, EnvelopeBus
 from ingest._errors import BusUnavailable
+from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
 from ingest._outbox import Outbox
 from ingest._salvage import salvage
@@ -74,8 +75,9 @@ class OutboxEnvelopeBus(EnvelopeBus):
         self._batch = drain_batch
         self._max_backlog = max_backlog
         self._close_sink = close_sink
-        self._waiting: list[tuple[Sequence[BusItem], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._appends: GroupCommit[Sequence[BusItem], list[int]] = GroupCommit(
+            self._append_all, error=_not_appended, then=self._appended
+        )
         self._queued: _Part = []
         """In outbox order."""
         self._backlog = 0
@@ -112,8 +114,7 @@ class OutboxEnvelopeBus(EnvelopeBus):
     async def stop(self) -> None:
         """Drain everything published (the warehouse is complete when this returns,
         unless it is failing: then the rest stays in the outbox for the next start)."""
-        if self._writer is not None:
-            await self._writer
+        await self._appends.idle()
         self._closing = True
         self._arrived.set()
         self._hurry.set()
@@ -132,33 +133,32 @@ class OutboxEnvelopeBus(EnvelopeBus):
                 + (f" ({self._failing})" if self._failing else "")
                 + "; retry later"
             )
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        observe([done])  # its publisher may have gone (client disconnect) by then
-        self._waiting.append((items, done))
-        self._backlog += len(items)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._append_waiting())
-        # Shielded: a client that disconnects must not cancel a commit others wait on.
-        await asyncio.shield(done)
+        await self._appends.submit(items)
 
-    async def _append_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            items = [item for batch, _ in group for item in batch]
-            try:
-                seqs = await asyncio.to_thread(_append, self.outbox, items)
-            except Exception as exc:
-                log.exception("outbox append failed")
-                self._backlog -= len(items)
-                for _, done in group:
-                    done.set_exception(BusUnavailable(f"the outbox did not commit: {exc}"))
-                continue
-            self._queued.extend(zip(seqs, items, strict=True))
-            self._arrived.set()
-            if len(self._queued) >= self._batch:
-                self._hurry.set()
-            for _, done in group:
-                done.set_result(None)
+    def _append_all(self, batches: list[Sequence[BusItem]]) -> list[list[int]]:
+        # In the worker thread: serializing is CPU the event loop need not wait for.
+        try:
+            seqs = self.outbox.append(
+                [item.model_dump_json().encode() for batch in batches for item in batch]
+            )
+        except Exception:
+            log.exception("outbox append failed")
+            raise
+        out: list[list[int]] = []
+        for batch in batches:
+            out.append(seqs[: len(batch)])
+            seqs = seqs[len(batch) :]
+        return out
+
+    def _appended(self, batches: list[Sequence[BusItem]], seqs: Sequence[list[int]]) -> None:
+        # On the event loop, before anyone is answered: queued even if every publisher
+        # of the group has gone, so the drain takes them.
+        for batch, numbers in zip(batches, seqs, strict=True):
+            self._queued.extend(zip(numbers, batch, strict=True))
+            self._backlog += len(batch)
+        self._arrived.set()
+        if len(self._queued) >= self._batch:
+            self._hurry.set()
 
     # -- draining ------------------------------------------------------------------
 
@@ -247,14 +247,11 @@ class OutboxEnvelopeBus(EnvelopeBus):
         saved = salvage(part, error, self._write, (Exception,))
         if not saved.written:
             return False
-        failed = [(seq, item, exc) for (seq, item), exc in saved.failed]
         stored = dict(self.outbox.read(len(part), after=part[0][0] - 1))
-        letters = [
-            (item if item is not None else self._message(seq, stored.get(seq)), exc)
-            for seq, item, exc in failed
-        ]
-        for seq, _, exc in failed:
+        letters: list[tuple[SinkMessage, BaseException]] = []
+        for (seq, _), exc in saved.failed:
             log.error("outbox item %d fails alone (%s): dead-lettered", seq, exc)
+            letters.append((self._message(seq, stored.get(seq)), exc))
         self.dead_letters += self.sink.dead_letter(letters).dead_letters
         self.outbox.remove_through(part[-1][0])
         return True
@@ -264,12 +261,9 @@ class OutboxEnvelopeBus(EnvelopeBus):
         return SinkMessage(OUTBOX_TOPIC, 0, seq, None, value)
 
     def _messages(self, part: Sequence[tuple[int, BusItem | None]]) -> list[SinkMessage]:
+        """`part` as the outbox holds it (the bytes it was appended as), to decode."""
         stored = dict(self.outbox.read(len(part), after=part[0][0] - 1))
-        out: list[SinkMessage] = []
-        for seq, item in part:
-            value = item.model_dump_json().encode() if item is not None else stored.get(seq)
-            out.append(SinkMessage(OUTBOX_TOPIC, 0, seq, None, value))
-        return out
+        return [self._message(seq, stored.get(seq)) for seq, _ in part]
 
     # -- health --------------------------------------------------------------------
 
@@ -289,6 +283,5 @@ class OutboxEnvelopeBus(EnvelopeBus):
         return Check(True, f"open; {self._backlog} item(s) wait in the outbox")
 
 
-def _append(outbox: Outbox, items: Sequence[BusItem]) -> list[int]:
-    # In the worker thread: serializing is CPU the event loop need not wait for.
-    return outbox.append([item.model_dump_json().encode() for item in items])
+def _not_appended(exc: Exception) -> BaseException:
+    return BusUnavailable(f"the outbox did not commit: {exc}")

@@ -264,17 +264,10 @@ class DuckDBSink:
             )
         return result
 
-    def dead_letter(
-        self, failures: Sequence[tuple[SinkItem | SinkMessage, BaseException]]
-    ) -> WriteResult:
-        """Record items (or messages) that cannot be stored, each with its error, as
-        dead letters (stage `store`), without trying to store them."""
-        letters = [
-            _letter("store", exc, what, None)
-            if isinstance(what, SinkMessage)
-            else _letter("store", exc, None, what)
-            for what, exc in failures
-        ]
+    def dead_letter(self, failures: Sequence[tuple[SinkMessage, BaseException]]) -> WriteResult:
+        """Record messages that cannot be stored, each with its error, as dead letters
+        (stage `store`), without trying to store them."""
+        letters = [_letter("store", exc, message, None) for message, exc in failures]
         with self._lock:
             return write_envelopes(self._conn, [], dead_letters=letters)
 

@@ -4,6 +4,7 @@ still answered only after its own commit, and a failure reaches every waiter."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from ingest import (
 from ingest._audit_group import GroupedAudit
 from ingest._bus import BusItem
 from ingest._device_ledger import DeviceLedger
+from ingest._group_commit import GroupCommit
 from ingest._report_rules import ReportRules
 from policies import load_policy
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
@@ -118,10 +120,10 @@ async def test_under_load_a_wave_lingers_for_requests_just_behind_it(
     async def one() -> int:
         return (await intake.submit([Device("eu-test").item(key.public_key)])).accepted
 
-    assert await asyncio.gather(one(), one()) == [1, 1]  # concurrent: a wave of two
+    assert list(await asyncio.gather(one(), one())) == [1, 1]  # concurrent: a wave of two
     first = asyncio.create_task(one())
     await asyncio.sleep(0.02)  # the second arrives 20 ms behind the first
-    assert await asyncio.gather(first, one()) == [1, 1]
+    assert list(await asyncio.gather(first, one())) == [1, 1]
     assert bus.publishes == publishes
 
 
@@ -186,6 +188,36 @@ async def test_a_failed_group_commit_reaches_every_waiter(tmp_path: Path) -> Non
     await grouped.append([record])  # the next group commits
     assert log.transactions == [1]
     log.close()
+
+
+async def test_a_gone_callers_entry_is_still_committed_and_seen_by_then() -> None:
+    """A caller that disconnects does not cancel the commit, and the bookkeeping after
+    it (`then`) sees every entry, answered or not."""
+    release = threading.Event()
+    committed: list[list[str]] = []
+    seen: list[list[str]] = []
+
+    def commit(entries: list[str]) -> list[int]:
+        release.wait(5)
+        committed.append(entries)
+        return [len(e) for e in entries]
+
+    group: GroupCommit[str, int] = GroupCommit(
+        commit, then=lambda entries, _results: seen.append(entries)
+    )
+    first = asyncio.create_task(group.submit("a"))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(group.submit("bb"))
+    stays = asyncio.create_task(group.submit("ccc"))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    release.set()
+    assert (await first, await stays) == (1, 3)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await group.idle()
+    assert committed == [["a"], ["bb", "ccc"]]
+    assert seen == committed
 
 
 async def test_concurrent_requests_are_each_answered_after_their_entries_are_stored(
