@@ -149,6 +149,7 @@ def _serve(argv: list[str]) -> None:
     import uvicorn
 
     from ingest import IngestSettings, create_app
+    from ingest._process import tune_garbage_collector
     from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH
 
     parser = argparse.ArgumentParser()
@@ -163,8 +164,10 @@ def _serve(argv: list[str]) -> None:
         kafka_bootstrap=args.kafka,
         port=args.port,
     )
+    app = create_app(settings)
+    tune_garbage_collector()  # as `python -m ingest serve` does
     uvicorn.run(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

@@ -33,6 +33,7 @@ from ingest._app import create_app
 from ingest._errors import IngestError
 from ingest._health_server import HealthServer
 from ingest._keys import load_audit_key, write_private_key
+from ingest._process import tune_garbage_collector
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
 from ingest._sink_consumer import KafkaSinkConsumer
@@ -154,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sink":
             regions = args.region or [settings.region]
+            tune_garbage_collector()
             return asyncio.run(
                 run_sink(
                     settings,
@@ -167,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         host = getattr(args, "host", None) or settings.host
         port = getattr(args, "port", None) or settings.port
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        app = create_app(settings)
+        tune_garbage_collector()
+        uvicorn.run(app, host=host, port=port, log_level="info")
         return 0
     except (IngestError, ValidationError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
