@@ -3,8 +3,10 @@
 An `EnvelopeBatch` is ``{"envelopes": ["<item>", ...]}``. Parsing it whole to count its
 items costs memory in proportion to the number of items (15 MiB of tiny items is a few
 million Python strings), so the count is taken first, by a scan that builds nothing:
-compiled patterns step over whitespace and JSON strings, and the scan stops as soon as
-the count passes the limit. Pure functions on bytes, no I/O.
+compiled patterns step over whitespace and escaped JSON strings, `bytes.find` over plain
+ones (a base64 item has no escapes: memchr runs at gigabytes per second, the pattern
+engine at a fraction of that, about 100 µs per batch of ten 2 KB items), and the scan
+stops as soon as the count passes the limit. Pure functions on bytes, no I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ _WS: Final = re.compile(rb"[ \t\n\r]*")
 _STRING: Final = re.compile(
     rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
 )
+_CONTROLS: Final = bytes(range(0x20))
+"""Bytes a JSON string may not hold raw (RFC 8259: they must be escaped)."""
 _KEY: Final = b'"envelopes"'
 
 
@@ -52,13 +56,13 @@ def count_batch_items(body: bytes, limit: int) -> int:
         pos += 1
     else:
         while True:
-            match = _STRING.match(body, pos)
-            if match is None:
+            end = _string_end(body, pos)
+            if end is None:
                 raise NotABatch(pos, f"item {count} as a JSON string")
             count += 1
             if count > limit:
                 return count
-            pos = _skip(body, match.end())
+            pos = _skip(body, end)
             if body.startswith(b"]", pos):
                 pos += 1
                 break
@@ -68,6 +72,20 @@ def count_batch_items(body: bytes, limit: int) -> int:
     if pos != len(body):
         raise NotABatch(pos, "the end of the body")
     return count
+
+
+def _string_end(body: bytes, pos: int) -> int | None:
+    """Where the JSON string starting at `pos` ends, or None if none starts there."""
+    if not body.startswith(b'"', pos):
+        return None
+    close = body.find(b'"', pos + 1)
+    if close == -1:
+        return None
+    text = body[pos + 1 : close]
+    if b"\\" not in text and len(text.translate(None, _CONTROLS)) == len(text):
+        return close + 1  # no escapes, no raw control character: a plain JSON string
+    match = _STRING.match(body, pos)  # escapes: the full grammar
+    return None if match is None else match.end()
 
 
 def _skip(body: bytes, pos: int) -> int:

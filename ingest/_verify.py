@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import VerifyKey
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ingest._attested_keys import AttestedKey, AttestedKeys
 from ingest._consent import consent_problem
@@ -39,8 +40,6 @@ from schemas import (
     EnvelopeV1,
     IngestedEnvelope,
     RejectReason,
-    SignedEnvelope,
-    device_id_for,
     key_fingerprint,
 )
 
@@ -60,6 +59,26 @@ _P256_POINT_BYTES = 65
 _P256_MAX_DER_SIG_BYTES = 72
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _MAX_ERRORS_SHOWN = 3
+_SOFTWARE_DEVICE_PREFIX = "dev-"  # as `schemas.device_id_for`: "dev-" + 32 hex digits
+
+
+class _SignedEnvelopeIn(BaseModel):
+    """`SignedEnvelope` as the ingest reads it: the same fields, with the base64 of its
+    three byte fields decoded by pydantic-core while it parses (`val_json_bytes`), not by
+    a Python validator per field: about 5 µs less per envelope. It also accepts the
+    URL-safe alphabet and missing padding (the same bytes either way), and refuses
+    whitespace and other characters outside the alphabet (the shared model's decoder
+    drops those). The signature is checked over the decoded payload either way.
+    `test_verify.py` pins that the two read the same fields and bytes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", val_json_bytes="base64")
+
+    v: Literal[1] = 1
+    alg: Literal["ed25519", "ecdsa-p256"] = "ed25519"
+    public_key: bytes
+    payload: bytes
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +199,7 @@ class EnvelopeVerifier:
                 f"cannot unseal: not sealed to the current ingest key of region {self._region!r}",
             )
         try:
-            signed = SignedEnvelope.model_validate_json(plain)
+            signed = _SignedEnvelopeIn.model_validate_json(plain)
         except ValidationError as exc:
             return Rejected(RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc))
         attested = check_signature(
@@ -197,8 +216,11 @@ class EnvelopeVerifier:
             env = EnvelopeV1.model_validate_json(signed.payload)
         except ValidationError as exc:
             return Rejected(RejectReason.SCHEMA_INVALID, summarize_validation_error(exc))
+        fingerprint = key_fingerprint(signed.public_key)
         expected_device = (
-            attested.device_id if attested is not None else device_id_for(signed.public_key)
+            attested.device_id
+            if attested is not None
+            else _SOFTWARE_DEVICE_PREFIX + fingerprint[:32]
         )
         if env.device_id != expected_device:
             return Rejected(
@@ -247,7 +269,7 @@ class EnvelopeVerifier:
             IngestedEnvelope.model_construct(
                 envelope=env,
                 received_at=received_at,
-                key_fingerprint=key_fingerprint(signed.public_key),
+                key_fingerprint=fingerprint,
                 assurance="software" if attested is None else "tpm",
                 batch_start=batch,
             )

@@ -193,3 +193,77 @@ def test_skew_within_tolerance_and_old_envelopes_are_accepted(
         verifier.verify(device.item(key.public_key, ahead), received_at=NOW), Accepted
     )
     assert isinstance(verifier.verify(device.item(key.public_key), received_at=late), Accepted)
+
+
+def test_the_ingests_reading_of_a_signed_envelope_has_the_shared_models_fields() -> None:
+    """`_SignedEnvelopeIn` (base64 decoded while parsing) is `SignedEnvelope` as read by
+    the ingest: the same fields, defaults and refusals of unknown fields."""
+    from ingest._verify import _SignedEnvelopeIn
+    from schemas import SignedEnvelope
+
+    ours, shared = _SignedEnvelopeIn.model_fields, SignedEnvelope.model_fields
+    assert list(ours) == list(shared)
+    for name in ("v", "alg"):
+        assert ours[name].annotation == shared[name].annotation
+        assert ours[name].default == shared[name].default
+    assert _SignedEnvelopeIn.model_config.get("extra") == "forbid"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"public_key": "AAAA", "payload": "e30=", "signature": "AAAA"},
+        {"v": 1, "alg": "ecdsa-p256", "public_key": "BA==", "payload": "", "signature": ""},
+        {"public_key": "AAAA", "payload": "e30=", "signature": "AAAA", "extra": 1},
+        {"v": 2, "public_key": "AAAA", "payload": "e30=", "signature": "AAAA"},
+        {"alg": "rsa", "public_key": "AAAA", "payload": "e30=", "signature": "AAAA"},
+        {"public_key": 5, "payload": "e30=", "signature": "AAAA"},
+        {"payload": "e30=", "signature": "AAAA"},
+    ],
+)
+def test_the_ingests_reading_decodes_what_the_shared_model_decodes(
+    document: dict[str, object],
+) -> None:
+    """Where they differ, the ingest's is the more lenient on encoding alone (missing
+    padding, the URL-safe alphabet: the same bytes either way) and stricter on stray
+    characters (the shared decoder drops them); the signature covers decoded bytes."""
+    from pydantic import ValidationError
+
+    from ingest._verify import _SignedEnvelopeIn
+    from schemas import SignedEnvelope
+
+    raw = json.dumps(document)
+    try:
+        shared = SignedEnvelope.model_validate_json(raw)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            _SignedEnvelopeIn.model_validate_json(raw)
+        return
+    ours = _SignedEnvelopeIn.model_validate_json(raw)
+    assert (ours.v, ours.alg, ours.public_key, ours.payload, ours.signature) == (
+        shared.v,
+        shared.alg,
+        shared.public_key,
+        shared.payload,
+        shared.signature,
+    )
+
+
+def test_unpadded_or_url_safe_base64_reads_as_the_same_bytes() -> None:
+    from ingest._verify import _SignedEnvelopeIn
+
+    fields = {"payload": "e30=", "signature": "AAAA"}
+    padded = _SignedEnvelopeIn.model_validate_json(json.dumps({**fields, "public_key": "-_8="}))
+    bare = _SignedEnvelopeIn.model_validate_json(json.dumps({**fields, "public_key": "+/8"}))
+    assert padded.public_key == bare.public_key == base64.b64decode("+/8=")
+
+
+def test_a_signed_envelope_with_whitespace_in_its_base64_is_malformed(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    device = Device("eu-test")
+    payload = json.dumps(device.envelope()).encode()
+    signed = json.loads(device.signed(payload))
+    signed["payload"] = signed["payload"][:8] + "\n" + signed["payload"][8:]
+    verdict = verifier.verify(seal(key.public_key, json.dumps(signed).encode()), received_at=NOW)
+    assert _rejected(verdict).reason is RejectReason.MALFORMED_SIGNED
