@@ -159,15 +159,34 @@ def stored_offsets(conn: duckdb.DuckDBPyConnection, group: str) -> dict[tuple[st
 
 
 def _noise_cols(noise: NoiseSpec) -> tuple[Any, ...]:
-    return (noise.mechanism.value, noise.scale, noise.epsilon, noise.rho, noise.lower, noise.upper)
+    # A StrEnum member is a str: stored as its value without the `.value` property.
+    return (noise.mechanism, noise.scale, noise.epsilon, noise.rho, noise.lower, noise.upper)
 
 
-def _value_rows(item: IngestedEnvelope) -> Iterable[tuple[Any, ...]]:
+_ATTRIBUTES_JSON: dict[tuple[tuple[str, str], ...], str] = {}
+_ATTRIBUTES_JSON_MAX = 4096
+
+
+def _attributes_json(attributes: Mapping[str, str]) -> str:
+    """`attributes` as canonical JSON (sorted keys, no spaces): the column's form. A
+    signal's label combinations repeat across a fleet, so the encoding is remembered
+    (at most `_ATTRIBUTES_JSON_MAX` of them, then forgotten at once)."""
+    key = tuple(sorted(attributes.items()))
+    text = _ATTRIBUTES_JSON.get(key)
+    if text is None:
+        if len(_ATTRIBUTES_JSON) >= _ATTRIBUTES_JSON_MAX:
+            _ATTRIBUTES_JSON.clear()
+        text = json.dumps(dict(key), separators=(",", ":"))
+        _ATTRIBUTES_JSON[key] = text
+    return text
+
+
+def _value_rows(item: IngestedEnvelope, envelope_id: str) -> Iterable[tuple[Any, ...]]:
     env = item.envelope
-    head = (str(env.envelope_id), env.device_id, env.region, env.window_start, env.window_end)
+    head = (envelope_id, env.device_id, env.region, env.window_start, env.window_end)
     for agg in env.aggregates:
-        attrs = json.dumps(agg.attributes, sort_keys=True, separators=(",", ":"))
-        meta = (agg.signal, agg.tier.value, agg.unit)
+        attrs = _attributes_json(agg.attributes)
+        meta = (agg.signal, agg.tier, agg.unit)
         if isinstance(agg, CounterAggregate):
             yield (*head, *meta, "counter", attrs, None, None, agg.value, *_noise_cols(agg.noise))
         elif isinstance(agg, TotalAggregate):
@@ -405,15 +424,17 @@ def write_envelopes(
                 "SELECT device_id, CAST(envelope_id AS VARCHAR) FROM envelopes "
                 "WHERE window_start BETWEEN ? AND ? "
                 "AND envelope_id IN (SELECT unnest(?::UUID[]))",
-                [min(starts), max(starts), [k[1] for k in keys]],
+                [min(starts), max(starts), [envelope_id for _, envelope_id in keys]],
             ).fetchall()
             seen = {(d, e) for d, e in rows}
         fresh: list[IngestedEnvelope] = []
+        fresh_ids: list[str] = []
         reports_refused = 0
         for item, key in zip(items, keys, strict=True):
             if key not in seen:
                 seen.add(key)
                 fresh.append(item)
+                fresh_ids.append(key[1])
         if fresh:
             # One columnar insert: executemany costs a round trip (about 1 ms) per row.
             _insert_arrow(
@@ -421,7 +442,7 @@ def write_envelopes(
                 "envelopes",
                 [
                     (
-                        str(e.envelope_id),
+                        envelope_id,
                         e.device_id,
                         str(e.sequence),
                         e.region,
@@ -435,7 +456,7 @@ def write_envelopes(
                         i.assurance,
                         i.key_fingerprint,
                     )
-                    for i in fresh
+                    for i, envelope_id in zip(fresh, fresh_ids, strict=True)
                     for e in (i.envelope,)
                 ],
                 _ENVELOPE_TYPES,
@@ -443,8 +464,8 @@ def write_envelopes(
             deletions = _deleted_cells(conn, fresh)
             values = [
                 row
-                for i in fresh
-                for row in _value_rows(i)
+                for i, envelope_id in zip(fresh, fresh_ids, strict=True)
+                for row in _value_rows(i, envelope_id)
                 if not (deletions and _covered(i, row[6], deletions))
             ]
             reports_refused = _store_reports(conn, fresh, deletions)
