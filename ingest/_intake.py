@@ -146,6 +146,7 @@ class EnvelopeIntake:
             await self._audit(wave, rejected_only=True)
             raise
         to_publish: list[IngestedEnvelope] = []
+        encoded: list[bytes] = []
         for request, decisions in zip(wave, outcomes, strict=True):
             for (index, accepted), decision in zip(request.fresh, decisions, strict=True):
                 if isinstance(decision, Refused):
@@ -155,9 +156,10 @@ class EnvelopeIntake:
                     )
                 else:
                     to_publish.append(accepted.item)
+                    encoded.append(accepted.encoded)
         if to_publish:
             try:
-                await self.bus.publish(to_publish)
+                await self.bus.publish(to_publish, encoded)
             except BaseException:
                 # Nothing was accepted; the refusals were still decided. (Admitted
                 # envelopes keep their charge: their retry is published uncharged.)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 
 from ingest._backoff import Backoff
-from ingest._bus import BusItem, EnvelopeBus
+from ingest._bus import BusItem, EnvelopeBus, encode_item
 from ingest._errors import BusUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
@@ -75,7 +75,7 @@ class OutboxEnvelopeBus(EnvelopeBus):
         self._batch = drain_batch
         self._max_backlog = max_backlog
         self._close_sink = close_sink
-        self._appends: GroupCommit[Sequence[BusItem], list[int]] = GroupCommit(
+        self._appends: GroupCommit[Sequence[tuple[BusItem, bytes | None]], list[int]] = GroupCommit(
             self._append_all, error=_not_appended, then=self._appended
         )
         self._queued: _Part = []
@@ -126,20 +126,27 @@ class OutboxEnvelopeBus(EnvelopeBus):
 
     # -- publishing ----------------------------------------------------------------
 
-    async def publish(self, items: Sequence[BusItem]) -> None:
+    async def publish(
+        self, items: Sequence[BusItem], encoded: Sequence[bytes] | None = None
+    ) -> None:
         if self._backlog >= self._max_backlog:
             raise BusUnavailable(
                 f"the embedded warehouse is {self._backlog} items behind"
                 + (f" ({self._failing})" if self._failing else "")
                 + "; retry later"
             )
-        await self._appends.submit(items)
+        values: Sequence[bytes | None] = [None] * len(items) if encoded is None else encoded
+        await self._appends.submit(list(zip(items, values, strict=True)))
 
-    def _append_all(self, batches: list[Sequence[BusItem]]) -> list[list[int]]:
+    def _append_all(self, batches: list[Sequence[tuple[BusItem, bytes | None]]]) -> list[list[int]]:
         # In the worker thread: serializing is CPU the event loop need not wait for.
         try:
             seqs = self.outbox.append(
-                [item.model_dump_json().encode() for batch in batches for item in batch]
+                [
+                    encode_item(item) if value is None else value
+                    for batch in batches
+                    for item, value in batch
+                ]
             )
         except Exception:
             log.exception("outbox append failed")
@@ -150,11 +157,13 @@ class OutboxEnvelopeBus(EnvelopeBus):
             seqs = seqs[len(batch) :]
         return out
 
-    def _appended(self, batches: list[Sequence[BusItem]], seqs: Sequence[list[int]]) -> None:
+    def _appended(
+        self, batches: list[Sequence[tuple[BusItem, bytes | None]]], seqs: Sequence[list[int]]
+    ) -> None:
         # On the event loop, before anyone is answered: queued even if every publisher
         # of the group has gone, so the drain takes them.
         for batch, numbers in zip(batches, seqs, strict=True):
-            self._queued.extend(zip(numbers, batch, strict=True))
+            self._queued.extend(zip(numbers, (item for item, _ in batch), strict=True))
             self._backlog += len(batch)
         self._arrived.set()
         if len(self._queued) >= self._batch:

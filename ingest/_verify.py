@@ -50,6 +50,7 @@ __all__ = [
     "Rejected",
     "Verdict",
     "check_signature",
+    "ingested_json",
     "summarize_validation_error",
 ]
 
@@ -86,6 +87,8 @@ class Accepted:
     """A verified envelope, ready for the bus."""
 
     item: IngestedEnvelope
+    encoded: bytes
+    """`item`'s bus message: its JSON, around the device's own signed envelope bytes."""
 
     @property
     def envelope_id(self) -> UUID:
@@ -265,15 +268,49 @@ class EnvelopeVerifier:
             return Rejected(batch.reason, batch.detail, env.envelope_id, env.device_id)
         # Built from checked parts (the envelope validated above, the ingest's own clock
         # and hash): validating them again cost about a tenth of this function.
+        assurance: Literal["software", "tpm"] = "software" if attested is None else "tpm"
         return Accepted(
             IngestedEnvelope.model_construct(
                 envelope=env,
                 received_at=received_at,
                 key_fingerprint=fingerprint,
-                assurance="software" if attested is None else "tpm",
+                assurance=assurance,
                 batch_start=batch,
-            )
+            ),
+            ingested_json(signed.payload, received_at, fingerprint, assurance, batch),
         )
+
+
+def ingested_json(
+    payload: bytes,
+    received_at: datetime,
+    fingerprint: str,
+    assurance: Literal["software", "tpm"],
+    batch_start: datetime | None,
+) -> bytes:
+    """The `IngestedEnvelope` JSON of an envelope verified from `payload`, built around
+    `payload` itself instead of serializing the parsed model again (about 10 µs less per
+    envelope). `payload` parsed as `EnvelopeV1`, so it is one JSON object, at most with
+    whitespace around it (pydantic refuses anything else at the top level, a BOM
+    included), and it parses the same inside the wrapper: the sink reads back exactly
+    the envelope that was checked, from the bytes the device signed. The other fields
+    are the ingest's own (a UTC time, a hex digest, a literal)."""
+    batch = b"null" if batch_start is None else b'"' + batch_start.isoformat().encode() + b'"'
+    return b"".join(
+        (
+            b'{"envelope":',
+            payload,
+            b',"received_at":"',
+            received_at.isoformat().encode(),
+            b'","key_fingerprint":"',
+            fingerprint.encode(),
+            b'","assurance":"',
+            assurance.encode(),
+            b'","batch_start":',
+            batch,
+            b"}",
+        )
+    )
 
 
 def check_signature(

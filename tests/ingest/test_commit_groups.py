@@ -55,12 +55,14 @@ class _GatedBus(InMemoryEnvelopeBus):
         self.started = asyncio.Event()
         self.publishes: list[int] = []
 
-    async def publish(self, items: Sequence[BusItem]) -> None:
+    async def publish(
+        self, items: Sequence[BusItem], encoded: Sequence[bytes] | None = None
+    ) -> None:
         self.publishes.append(len(items))
         self.started.set()
         if len(self.publishes) == 1:
             await self.release.wait()
-        await super().publish(items)
+        await super().publish(items, encoded)
 
 
 def _intake(

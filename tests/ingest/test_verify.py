@@ -267,3 +267,41 @@ def test_a_signed_envelope_with_whitespace_in_its_base64_is_malformed(
     signed["payload"] = signed["payload"][:8] + "\n" + signed["payload"][8:]
     verdict = verifier.verify(seal(key.public_key, json.dumps(signed).encode()), received_at=NOW)
     assert _rejected(verdict).reason is RejectReason.MALFORMED_SIGNED
+
+
+@pytest.mark.parametrize("padding", [(b"", b""), (b" \n", b"\r\n\t ")])
+def test_an_accepted_envelopes_bus_message_reads_back_as_the_verified_item(
+    verifier: EnvelopeVerifier, key: PrivateKey, padding: tuple[bytes, bytes]
+) -> None:
+    """The message is built around the device's signed bytes (whitespace included), and
+    the sink's decoding of it is exactly what was verified."""
+    from schemas import IngestedEnvelope
+
+    device = Device("eu-test")
+    payload = padding[0] + json.dumps(device.envelope(), indent=1).encode() + padding[1]
+    verdict = verifier.verify(seal(key.public_key, device.signed(payload)), received_at=NOW)
+    assert isinstance(verdict, Accepted), verdict
+    assert IngestedEnvelope.model_validate_json(verdict.encoded) == verdict.item
+    assert payload in verdict.encoded
+
+
+def test_the_bus_message_carries_the_ingests_fields() -> None:
+    from ingest._verify import ingested_json
+    from schemas import IngestedEnvelope
+
+    device = Device("eu-test")
+    payload = json.dumps(device.envelope()).encode()
+    batch = datetime(2025, 1, 1, 10, tzinfo=UTC)
+    item = IngestedEnvelope.model_validate_json(
+        ingested_json(payload, NOW, "ab" * 32, "tpm", batch)
+    )
+    assert (item.received_at, item.key_fingerprint, item.assurance, item.batch_start) == (
+        NOW,
+        "ab" * 32,
+        "tpm",
+        batch,
+    )
+    unbatched = IngestedEnvelope.model_validate_json(
+        ingested_json(payload, NOW, "ab" * 32, "software", None)
+    )
+    assert unbatched.batch_start is None
