@@ -11,13 +11,14 @@ Items published by this process are handed over as objects; those a previous run
 (a crash, a shutdown with the warehouse down) are decoded first, and one that does not
 decode becomes a dead letter, as on Kafka.
 
-The warehouse lags the answers by up to `drain_interval` (0.2 s by default; `stop`
-drains everything, so a stopped ingest's warehouse is complete). While the warehouse
-refuses writes, items stay in the outbox and the drain retries with backoff; `/healthz`
-names the warehouse, and once `max_backlog` items wait, `publish` answers 503 like a
-Kafka that does not acknowledge, so a device keeps its batch rather than the ingest
-piling up without bound. An item that fails every write while others store becomes a
-dead letter rather than hold the outbox back (`OutboxEnvelopeBus._isolate`).
+The warehouse lags the answers by up to `drain_interval` (`OUTBOX_DRAIN_SECONDS`, 1 s
+by default; `stop` drains everything, so a stopped ingest's warehouse is complete).
+While the warehouse refuses writes, items stay in the outbox and the drain retries
+with backoff; `/healthz` names the warehouse, and once `max_backlog` items wait,
+`publish` answers 503 like a Kafka that does not acknowledge, so a device keeps its
+batch rather than the ingest piling up without bound. An item that fails every write
+while others store becomes a dead letter rather than hold the outbox back
+(`OutboxEnvelopeBus._isolate`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class OutboxEnvelopeBus(EnvelopeBus):
         sink: DuckDBSink,
         outbox: Outbox,
         *,
-        drain_interval: float = 0.2,
+        drain_interval: float = 1.0,
         drain_batch: int = 2_000,
         max_backlog: int = 200_000,
         close_sink: bool = True,
