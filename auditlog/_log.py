@@ -129,6 +129,11 @@ class ChainReport:
     problem: str | None = None
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""The entry's canonical form (what `json.dumps` with these options writes; one encoder
+instead of one per entry)."""
+
+
 def entry_hash(
     seq: int,
     at: float,
@@ -136,7 +141,7 @@ def entry_hash(
     prev_hash: str,
 ) -> str:
     """SHA-256 (hex) of the entry's canonical JSON, chained to `prev_hash`."""
-    canonical = json.dumps(
+    canonical = _CANONICAL.encode(
         {
             "seq": seq,
             "at": at,
@@ -146,10 +151,7 @@ def entry_hash(
             "reason": record.reason,
             "detail": record.detail,
             "prev_hash": prev_hash,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+        }
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
