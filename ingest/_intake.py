@@ -38,11 +38,13 @@ def _utc_now() -> datetime:
 
 @dataclass(slots=True)
 class _Request:
-    """One verified batch waiting for its wave, and where its answer goes."""
+    """One batch waiting for its wave, and where its answer goes."""
 
-    verdicts: list[Verdict]
     received_at: datetime
     answer: asyncio.Future[BatchResult]
+    items: Sequence[str] = ()
+    """Not yet verified: the wave verifies them (cleared once it has)."""
+    verdicts: list[Verdict] = field(default_factory=list)
     duplicates: set[int] = field(default_factory=set)
     fresh: list[tuple[int, Accepted]] = field(default_factory=list)
 
@@ -51,9 +53,10 @@ class EnvelopeIntake:
     """Verifies a batch, admits it against each device's ledger, publishes the admitted
     envelopes, and builds the `BatchResult`.
 
-    Waves: the requests verified while a wave is committing form the next wave, and a
-    wave is committed as one unit: one ledger transaction, one publish and one audit
-    append for all of its requests, in arrival order. A DuckDB or SQLite commit costs
+    Waves: the requests that arrive while a wave is committing form the next wave; the
+    wave verifies their items back to back (`_verify_wave`), then is committed as one
+    unit: one ledger transaction, one publish and one audit append for all of its
+    requests, in arrival order. A DuckDB or SQLite commit costs
     milliseconds of CPU however little it holds, so concurrent requests share them
     rather than each paying its own; a request waits at most for the wave in flight,
     and each is answered only once its own envelopes and audit entries are durable.
@@ -104,14 +107,15 @@ class EnvelopeIntake:
         Raises `BusUnavailable` or `LedgerUnavailable` (nothing is reported accepted).
         """
         received_at = self._clock()
-        if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
-            verdicts = self._verify_all(items, received_at)
-        else:
-            verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
         answer: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         # Its requester may be gone (client disconnect) by the time it fails: observe it.
         answer.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._next_wave.append(_Request(verdicts, received_at, answer))
+        request = _Request(received_at, answer)
+        if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
+            request.items = items  # verified by its wave, with the wave's others
+        else:
+            request.verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
+        self._next_wave.append(request)
         if self._wave is None or self._wave.done():
             self._wave = asyncio.create_task(self._run_waves())
         # Shielded: a client that disconnects must not cancel a wave others wait on.
@@ -123,6 +127,9 @@ class EnvelopeIntake:
                 await asyncio.sleep(self._linger)
             wave, self._next_wave = self._next_wave, []
             self._last_wave_size = len(wave)
+            wave = self._verify_wave(wave)
+            if not wave:
+                continue
             try:
                 await self._commit(wave)
             except Exception as exc:
@@ -133,6 +140,29 @@ class EnvelopeIntake:
                 for request in wave + self._next_wave:
                     request.answer.cancel()
                 raise
+
+    def _verify_wave(self, wave: list[_Request]) -> list[_Request]:
+        """Verify the small batches of `wave` back to back, on the event loop.
+
+        One after the other, the unseal, signature and parsing code and its data stay in
+        the CPU's caches; verified as each request arrived, between the HTTP work of
+        the others, they cost more (ingest benchmark, two A/Bs of ten rounds: 6 to 9%
+        less server CPU per envelope at batch 1; at batch 10, 3 to 5%, within the
+        noise). A request whose verification fails
+        unexpectedly (a bug, not a bad item: those are verdicts) is answered with the
+        error alone and leaves the wave; the others go on."""
+        kept: list[_Request] = []
+        for request in wave:
+            if request.items:
+                try:
+                    request.verdicts = self._verify_all(request.items, request.received_at)
+                except Exception as exc:
+                    if not request.answer.done():
+                        request.answer.set_exception(exc)
+                    continue
+                request.items = ()
+            kept.append(request)
+        return kept
 
     async def _commit(self, wave: list[_Request]) -> None:
         """Admit, publish and audit a wave (replacing refusals in place), then answer."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -27,6 +27,7 @@ from ingest._bus import BusItem
 from ingest._device_ledger import DeviceLedger
 from ingest._group_commit import GroupCommit
 from ingest._report_rules import ReportRules
+from ingest._verify import Verdict
 from policies import load_policy
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
 
@@ -108,6 +109,41 @@ async def test_a_wave_waits_for_the_one_in_flight_and_then_commits_whole(
     log = intake._audit_group.audit
     assert isinstance(log, _CountingLog)
     assert log.transactions == [1, 3]  # and one audit transaction
+
+
+async def test_a_wave_verifies_its_requests_together_and_a_failure_stays_with_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items are verified by their wave, back to back; if verifying one request fails
+    unexpectedly (a bug, not a refused item), that request alone gets the error."""
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    intake = _intake(tmp_path, key, bus)
+    verify = EnvelopeVerifier.verify
+    poison = Device("eu-test").item(key.public_key)
+    verified: list[str] = []
+
+    def verifying(self: EnvelopeVerifier, item: str, *, received_at: datetime) -> Verdict:
+        if item == poison:
+            raise RuntimeError("a bug in verification")
+        verified.append(item)
+        return verify(self, item, received_at=received_at)
+
+    monkeypatch.setattr(EnvelopeVerifier, "verify", verifying)
+    first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+    await bus.started.wait()
+    good = [Device("eu-test").item(key.public_key) for _ in range(2)]
+    waiting = [asyncio.create_task(intake.submit([item])) for item in good]
+    bad = asyncio.create_task(intake.submit([poison]))
+    await asyncio.sleep(0.05)
+    assert verified[1:] == []  # the next wave has not verified anything yet
+    bus.release.set()
+    results = await asyncio.gather(first, *waiting)
+    assert [r.accepted for r in results] == [1, 1, 1]
+    assert verified[1:] == good
+    with pytest.raises(RuntimeError, match="a bug in verification"):
+        await bad
+    assert bus.publishes == [1, 2]
 
 
 @pytest.mark.parametrize(("linger", "publishes"), [(0.0, [2, 1, 1]), (0.2, [2, 2])])
