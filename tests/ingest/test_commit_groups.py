@@ -146,6 +146,39 @@ async def test_a_wave_verifies_its_requests_together_and_a_failure_stays_with_it
     assert bus.publishes == [1, 2]
 
 
+async def test_a_large_wave_lets_the_loop_run_while_it_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wave of many small requests yields to the loop every 64 KiB of items, so a
+    health probe is not held up for the whole wave's verification."""
+    key = PrivateKey.generate()
+    bus = _GatedBus()
+    intake = _intake(tmp_path, key, bus)
+    verify = EnvelopeVerifier.verify
+    verified: list[str] = []
+
+    def counting(self: EnvelopeVerifier, item: str, *, received_at: datetime) -> Verdict:
+        verified.append(item)
+        return verify(self, item, received_at=received_at)
+
+    monkeypatch.setattr(EnvelopeVerifier, "verify", counting)
+    first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
+    await bus.started.wait()
+    items = [Device("eu-test").item(key.public_key) for _ in range(80)]
+    assert sum(map(len, items)) > 2 * 64 * 1024
+    waiting = [asyncio.create_task(intake.submit([item])) for item in items]
+    await asyncio.sleep(0.01)
+    seen: list[int] = []
+    bus.release.set()
+    while not all(t.done() for t in waiting):
+        seen.append(len(verified))
+        await asyncio.sleep(0)
+    await first
+    assert all(t.result().accepted == 1 for t in waiting)
+    # The loop ran (this task with it) while the wave was part-way verified.
+    assert any(1 < n < 1 + len(items) for n in seen), seen
+
+
 @pytest.mark.parametrize(("linger", "publishes"), [(0.0, [2, 1, 1]), (0.2, [2, 2])])
 async def test_under_load_a_wave_lingers_for_requests_just_behind_it(
     tmp_path: Path, linger: float, publishes: list[int]
