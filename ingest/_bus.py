@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from ingest._errors import BusUnavailable
 from ingest._group_commit import GroupCommit
@@ -54,6 +55,9 @@ def _region_and_device(item: BusItem) -> tuple[str, str]:
 
 
 log = logging.getLogger("quietwire.ingest.bus")
+
+_PARTITIONER = DefaultPartitioner()
+"""The producer's default: murmur2 of the key, as Java's client (and the sink) expect."""
 
 
 class EnvelopeBus(ABC):
@@ -161,36 +165,88 @@ class KafkaEnvelopeBus(EnvelopeBus):
         reachable = await self._reachability.check()
         if not reachable.ok:
             raise BusUnavailable(f"Kafka is unreachable: {reachable.detail}")
-        futures: list[asyncio.Future[object]] = []
+        sends: list[tuple[asyncio.Future[object], int]] = []
         try:
-            for index, item in enumerate(items):
-                region, device_id = _region_and_device(item)
-                futures.append(
-                    await self._producer.send(
-                        f"{self._topic_prefix}.{region}",
-                        value=encode_item(item) if encoded is None else encoded[index],
-                        key=device_id.encode(),
-                    )
-                )
+            for (topic, partition), messages in (await self._by_partition(items, encoded)).items():
+                sends.extend(await self._send_batches(topic, partition, messages))
         except KafkaError as exc:
-            _observe(futures)
+            _observe([future for future, _ in sends])
             raise BusUnavailable(f"Kafka refused the batch: {exc}") from exc
-        if not futures:
+        if not sends:
             return
-        done, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
+        futures = [future for future, _ in sends]
+        _, pending = await asyncio.wait(futures, timeout=self._ack_timeout)
         _observe(futures)
+        total = len(items)
         if pending:
+            late = sum(n for future, n in sends if future in pending)
             detail = (
-                f"Kafka did not acknowledge {len(pending)} of {len(futures)} envelopes "
+                f"Kafka did not acknowledge {late} of {total} envelopes "
                 f"within {self._ack_timeout:g}s"
             )
             self._reachability.mark_down(detail)
             raise BusUnavailable(detail)
-        errors = [e for f in done if (e := f.exception()) is not None]
+        errors = [(e, n) for future, n in sends if (e := future.exception()) is not None]
         if errors:
+            failed = sum(n for _, n in errors)
             raise BusUnavailable(
-                f"Kafka did not acknowledge {len(errors)} of {len(futures)} envelopes: {errors[0]}"
-            ) from errors[0]
+                f"Kafka did not acknowledge {failed} of {total} envelopes: {errors[0][0]}"
+            ) from errors[0][0]
+
+    async def _by_partition(
+        self, items: Sequence[BusItem], encoded: Sequence[bytes] | None
+    ) -> dict[tuple[str, int], list[tuple[bytes, bytes]]]:
+        """(topic, partition) -> [(key, value)], in publish order: the partition the
+        producer's own default partitioner gives the device id (murmur2, as Java's),
+        so a device's envelopes and deletion requests share one partition, in order."""
+        partitions: dict[str, list[int]] = {}
+        out: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for index, item in enumerate(items):
+            region, device_id = _region_and_device(item)
+            topic = f"{self._topic_prefix}.{region}"
+            known = partitions.get(topic)
+            if known is None:
+                # As `AIOKafkaProducer._partition` lists them (waits for metadata).
+                known = partitions[topic] = list(await self._producer.partitions_for(topic))
+            key = device_id.encode()
+            partition: int = _PARTITIONER(key, known, known)
+            value = encode_item(item) if encoded is None else encoded[index]
+            out.setdefault((topic, partition), []).append((key, value))
+        return out
+
+    async def _send_batches(
+        self, topic: str, partition: int, messages: list[tuple[bytes, bytes]]
+    ) -> list[tuple[asyncio.Future[object], int]]:
+        """Hand `messages` to the producer as whole record batches (one future per batch,
+        not one per message: about a third of aiokafka's CPU per envelope), each
+        acknowledged like any other batch of the idempotent producer."""
+        sends: list[tuple[asyncio.Future[object], int]] = []
+        batch = self._producer.create_batch()
+        for key, value in messages:
+            if batch.append(key=key, value=value, timestamp=None) is not None:
+                continue
+            if batch.record_count():  # full: send it, start the next with this message
+                sends.append(await self._submit(batch, topic, partition))
+                batch = self._producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is not None:
+                    continue
+            # Larger than any batch: on its own, as `send` does (up to max_request_size).
+            alone = await self._producer.send(topic, value=value, key=key, partition=partition)
+            sends.append((alone, 1))
+            batch = self._producer.create_batch()
+        if batch.record_count():
+            sends.append(await self._submit(batch, topic, partition))
+        return sends
+
+    async def _submit(
+        self, batch: Any, topic: str, partition: int
+    ) -> tuple[asyncio.Future[object], int]:
+        count: int = batch.record_count()
+        batch.close()
+        future: asyncio.Future[object] = await self._producer.send_batch(
+            batch, topic, partition=partition
+        )
+        return future, count
 
 
 async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -203,3 +204,66 @@ async def test_a_broker_that_goes_away_is_a_503_not_a_500(tmp_path: Path) -> Non
             resp = await client.post("/v1/envelopes", json={"envelopes": [item]})
     assert resp.status_code == 503
     assert resp.json()["error"] == "bus_unavailable"
+
+
+async def test_published_batches_keep_each_device_on_its_partition_in_order(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The bus hands Kafka whole record batches per partition; each device's messages
+    still land on the partition Kafka's default partitioner gives its id (murmur2, as a
+    Java producer's), in publish order, and big ones (past a 16 KiB batch) go too."""
+    from aiokafka.partitioner import DefaultPartitioner
+    from nacl.public import PrivateKey
+
+    from ingest._verify import Accepted, EnvelopeVerifier
+    from tests.integration.kafka_kit import read_topic
+
+    region = f"it-{uuid.uuid4().hex[:8]}"
+    topic = f"quietwire.envelopes.{region}"
+    await kafka_broker.create_topics_async([topic], partitions=3)
+    key = PrivateKey.generate()
+    devices = [Device(region) for _ in range(7)]
+    verifier = EnvelopeVerifier(
+        key,
+        region=region,
+        known_policy_hashes=[devices[0].envelope()["policy_hash"]],
+        max_clock_skew=timedelta(days=36_500),
+    )
+    accepted: list[Accepted] = []
+    for round_ in range(4):
+        for device in devices:
+            envelope = device.envelope()
+            if round_ == 2:  # one large message per device: over a batch on its own
+                envelope["app"]["version"] = "9" * 60
+                envelope["aggregates"] = envelope["aggregates"] * 60
+            verdict = verifier.verify(
+                device.item(key.public_key, envelope),
+                received_at=datetime.now(UTC),
+            )
+            assert isinstance(verdict, Accepted), verdict
+            accepted.append(verdict)
+    assert max(len(a.encoded) for a in accepted) > 16 * 1024
+    bus = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes")
+    await bus.start()
+    try:
+        await bus.publish([a.item for a in accepted], [a.encoded for a in accepted])
+    finally:
+        await bus.stop()
+    records = await read_topic(kafka_broker.bootstrap, topic)
+    assert len(records) >= len(accepted)  # at least once
+    partitions = sorted({r.partition for r in records})
+    expected = {
+        d.device_id: DefaultPartitioner()(d.device_id.encode(), [0, 1, 2], []) for d in devices
+    }
+    by_device: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        item = IngestedEnvelope.model_validate_json(record.value)
+        device_id = item.envelope.device_id
+        assert record.key == device_id.encode()
+        assert record.partition == expected[device_id], (device_id, partitions)
+        by_device.setdefault(device_id, []).append(str(item.envelope.envelope_id))
+    for device in devices:
+        sent = [
+            str(a.envelope_id) for a in accepted if a.item.envelope.device_id == device.device_id
+        ]
+        assert list(dict.fromkeys(by_device[device.device_id])) == sent
