@@ -217,8 +217,8 @@ class KafkaEnvelopeBus(EnvelopeBus):
     async def _send_batches(
         self, topic: str, partition: int, messages: list[tuple[bytes, bytes]]
     ) -> list[tuple[asyncio.Future[object], int]]:
-        """Hand `messages` to the producer as whole record batches (one future per batch,
-        not one per message: about a third of aiokafka's CPU per envelope), each
+        """Hand `messages` to the producer as whole record batches, one future per batch
+        instead of one per message (2 to 3% of the server's CPU per envelope, A/B), each
         acknowledged like any other batch of the idempotent producer."""
         sends: list[tuple[asyncio.Future[object], int]] = []
         batch = self._producer.create_batch()

@@ -147,11 +147,11 @@ class EnvelopeIntake:
         the CPU's caches; verified as each request arrived, between the HTTP work of
         the others, they cost more (ingest benchmark, two A/Bs of ten rounds: 6 to 9%
         less server CPU per envelope at batch 1; at batch 10, 3 to 5%, within the
-        noise). A request whose verification fails
-        unexpectedly (a bug, not a bad item: those are verdicts) is answered with the
-        error alone and leaves the wave; the others go on. After every 64 KiB of items
-        the loop gets a turn, so a wave of many requests does not hold it (a health
-        probe, a new connection) for longer than one large batch would."""
+        noise). A request whose verification fails unexpectedly (a bug, not a bad item:
+        those are verdicts) is answered with the error alone and leaves the wave; the
+        others go on. After every 64 KiB of items the loop gets a turn, so a wave of
+        many requests does not hold it (a health probe, a new connection) for longer
+        than one large batch would."""
         kept: list[_Request] = []
         since_yield = 0
         for request in wave:
