@@ -47,6 +47,7 @@ from ingest._admission import (
 from ingest._errors import ConfigurationError, LedgerUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._pricing import EnvelopePricing
+from ingest._sqlite import open_durable
 from ingest._windows import AlignedWindow
 from policies import Policy, budget_day
 from schemas import IngestedEnvelope
@@ -119,12 +120,7 @@ class DeviceLedger:
         )
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            self._db = open_durable(path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(f"device ledger {path}: {exc}") from exc
 

@@ -44,6 +44,8 @@ class _Request:
     answer: asyncio.Future[BatchResult]
     items: Sequence[str] = ()
     """Not yet verified: the wave verifies them (cleared once it has)."""
+    chars: int = 0
+    """The base64 characters of `items`."""
     verdicts: list[Verdict] = field(default_factory=list)
     duplicates: set[int] = field(default_factory=set)
     fresh: list[tuple[int, Accepted]] = field(default_factory=list)
@@ -111,8 +113,9 @@ class EnvelopeIntake:
         # Its requester may be gone (client disconnect) by the time it fails: observe it.
         answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         request = _Request(received_at, answer)
-        if sum(len(i) for i in items) <= _INLINE_VERIFY_CHARS:
-            request.items = items  # verified by its wave, with the wave's others
+        chars = sum(len(i) for i in items)
+        if chars <= _INLINE_VERIFY_CHARS:
+            request.items, request.chars = items, chars  # verified by its wave
         else:
             request.verdicts = await asyncio.to_thread(self._verify_all, items, received_at)
         self._next_wave.append(request)
@@ -159,7 +162,7 @@ class EnvelopeIntake:
                 if since_yield > _INLINE_VERIFY_CHARS:
                     await asyncio.sleep(0)
                     since_yield = 0
-                since_yield += sum(len(i) for i in request.items)
+                since_yield += request.chars
                 try:
                     request.verdicts = self._verify_all(request.items, request.received_at)
                 except Exception as exc:

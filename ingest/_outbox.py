@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingest._errors import ConfigurationError
+from ingest._sqlite import open_durable
 
 __all__ = ["Outbox"]
 
@@ -46,12 +47,7 @@ class Outbox:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
+            self._db = open_durable(self.path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigurationError(f"outbox {self.path}: {exc}") from exc
 

@@ -9,7 +9,6 @@ fresh noise. WAL and ``synchronous=FULL``: a commit is durable when it returns.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from ingest._sqlite import open_durable
 from ingest.aggregation._batches import BatchKey
 
 __all__ = ["HelperBatch", "HelperStore", "StoredJob"]
@@ -89,12 +89,8 @@ class HelperStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(self.path, _SCHEMA)
 
     def close(self) -> None:
         """Close the database; safe to call twice."""

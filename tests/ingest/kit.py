@@ -21,9 +21,17 @@ from nacl.signing import SigningKey
 from client._domain import CellDomain
 from client._release import release_counter
 from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, CounterSignal, load_policy
-from schemas import device_id_for
+from schemas import EnvelopeV1, IngestedEnvelope, device_id_for
 
-__all__ = ["SERVED_POLICIES", "Device", "asgi_client", "counter_aggregate", "policy_hash", "seal"]
+__all__ = [
+    "SERVED_POLICIES",
+    "Device",
+    "asgi_client",
+    "counter_aggregate",
+    "ingested",
+    "policy_hash",
+    "seal",
+]
 
 
 SERVED_POLICIES = (DEFAULT_POLICY_PATH, PILOT_POLICY_PATH)
@@ -113,6 +121,17 @@ class Device:
         """A sealed batch item carrying `envelope` (default: a fresh valid one)."""
         payload = json.dumps(envelope if envelope is not None else self.envelope()).encode()
         return seal(ingest_key, self.signed(payload))
+
+
+def ingested(device: Device) -> IngestedEnvelope:
+    """A fresh envelope of `device` as the ingest hands it on (received in its window's
+    hour, software assurance): for tests of the bus and the sink, past verification."""
+    return IngestedEnvelope(
+        envelope=EnvelopeV1.model_validate_json(json.dumps(device.envelope())),
+        received_at=datetime(2025, 1, 1, 11, tzinfo=UTC),
+        key_fingerprint="ab" * 32,
+        assurance="software",
+    )
 
 
 @asynccontextmanager

@@ -111,6 +111,23 @@ async def test_a_wave_waits_for_the_one_in_flight_and_then_commits_whole(
     assert log.transactions == [1, 3]  # and one audit transaction
 
 
+def _record_verification(
+    monkeypatch: pytest.MonkeyPatch, *, poison: str | None = None
+) -> list[str]:
+    """Every item verified from now on, in order; verifying `poison` raises (a bug)."""
+    verify = EnvelopeVerifier.verify
+    verified: list[str] = []
+
+    def recording(self: EnvelopeVerifier, item: str, *, received_at: datetime) -> Verdict:
+        if item == poison:
+            raise RuntimeError("a bug in verification")
+        verified.append(item)
+        return verify(self, item, received_at=received_at)
+
+    monkeypatch.setattr(EnvelopeVerifier, "verify", recording)
+    return verified
+
+
 async def test_a_wave_verifies_its_requests_together_and_a_failure_stays_with_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,17 +136,8 @@ async def test_a_wave_verifies_its_requests_together_and_a_failure_stays_with_it
     key = PrivateKey.generate()
     bus = _GatedBus()
     intake = _intake(tmp_path, key, bus)
-    verify = EnvelopeVerifier.verify
     poison = Device("eu-test").item(key.public_key)
-    verified: list[str] = []
-
-    def verifying(self: EnvelopeVerifier, item: str, *, received_at: datetime) -> Verdict:
-        if item == poison:
-            raise RuntimeError("a bug in verification")
-        verified.append(item)
-        return verify(self, item, received_at=received_at)
-
-    monkeypatch.setattr(EnvelopeVerifier, "verify", verifying)
+    verified = _record_verification(monkeypatch, poison=poison)
     first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
     await bus.started.wait()
     good = [Device("eu-test").item(key.public_key) for _ in range(2)]
@@ -154,14 +162,7 @@ async def test_a_large_wave_lets_the_loop_run_while_it_verifies(
     key = PrivateKey.generate()
     bus = _GatedBus()
     intake = _intake(tmp_path, key, bus)
-    verify = EnvelopeVerifier.verify
-    verified: list[str] = []
-
-    def counting(self: EnvelopeVerifier, item: str, *, received_at: datetime) -> Verdict:
-        verified.append(item)
-        return verify(self, item, received_at=received_at)
-
-    monkeypatch.setattr(EnvelopeVerifier, "verify", counting)
+    verified = _record_verification(monkeypatch)
     first = asyncio.create_task(intake.submit([Device("eu-test").item(key.public_key)]))
     await bus.started.wait()
     items = [Device("eu-test").item(key.public_key) for _ in range(80)]

@@ -4,9 +4,7 @@ after, exactly once across crashes, and bounded while the warehouse is down."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -15,18 +13,9 @@ import pytest
 from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus
 from ingest._outbox_bus import OUTBOX_TOPIC
 from ingest._sink import SinkItem
-from schemas import EnvelopeV1, IngestedEnvelope
-from tests.ingest.kit import Device
+from schemas import IngestedEnvelope
+from tests.ingest.kit import Device, ingested
 from warehouse import PartitionOffset, WriteResult
-
-
-def _ingested(device: Device) -> IngestedEnvelope:
-    return IngestedEnvelope(
-        envelope=EnvelopeV1.model_validate_json(json.dumps(device.envelope())),
-        received_at=datetime(2025, 1, 1, 11, tzinfo=UTC),
-        key_fingerprint="ab" * 32,
-        assurance="software",
-    )
 
 
 class _FailingSink(DuckDBSink):
@@ -68,7 +57,7 @@ async def test_an_answer_is_durable_in_the_outbox_and_stop_fills_the_warehouse(
     sink = DuckDBSink(tmp_path / "wh.duckdb")
     bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=60.0)
     await bus.start()
-    items = [_ingested(Device()) for _ in range(5)]
+    items = [ingested(Device()) for _ in range(5)]
     await bus.publish(items[:2])
     await bus.publish(items[2:])
     # Published means on disk: a second reader of the file sees all five.
@@ -88,7 +77,7 @@ async def test_the_warehouse_follows_within_the_drain_interval(tmp_path: Path) -
     bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.05)
     await bus.start()
     try:
-        await bus.publish([_ingested(Device()) for _ in range(3)])
+        await bus.publish([ingested(Device()) for _ in range(3)])
         await _until(lambda: sink.envelope_count() == 3)
         await _until(lambda: _outbox_count(tmp_path / "outbox.sqlite3") == 0)
         assert (await bus.check()).ok
@@ -100,7 +89,7 @@ async def test_what_a_crash_left_in_the_outbox_is_stored_at_start_once(tmp_path:
     """Items a crashed ingest had answered for (still in the outbox, some of them already
     in the warehouse: the crash came between the commit and the removal) are stored at
     the next start, none twice; one that does not decode becomes a dead letter."""
-    stored, pending = _ingested(Device()), [_ingested(Device()) for _ in range(3)]
+    stored, pending = ingested(Device()), [ingested(Device()) for _ in range(3)]
     sink = DuckDBSink(tmp_path / "wh.duckdb")
     sink.write([stored])
     left = Outbox(tmp_path / "outbox.sqlite3")
@@ -130,7 +119,7 @@ async def test_a_failing_warehouse_keeps_the_items_names_itself_and_recovers(
     bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
     await bus.start()
     try:
-        await bus.publish([_ingested(Device()) for _ in range(2)])
+        await bus.publish([ingested(Device()) for _ in range(2)])
         await _until(lambda: bus._failing is not None)
         down = await bus.check()
         assert not down.ok
@@ -149,9 +138,9 @@ async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path
         sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01, max_backlog=3
     )
     await bus.start()
-    await bus.publish([_ingested(Device()) for _ in range(3)])
+    await bus.publish([ingested(Device()) for _ in range(3)])
     with pytest.raises(BusUnavailable, match="3 items behind"):
-        await bus.publish([_ingested(Device())])
+        await bus.publish([ingested(Device())])
     await bus.stop()  # the warehouse still fails: the three stay for the next start
     assert _outbox_count(tmp_path / "outbox.sqlite3") == 3
     sink.failures = 0
@@ -192,12 +181,12 @@ async def test_an_item_that_fails_every_write_is_dead_lettered_and_holds_nothing
     bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
     await bus.start()
     try:
-        good = [_ingested(Device()) for _ in range(5)]
-        await bus.publish([*good[:2], _ingested(poison), *good[2:]])
+        good = [ingested(Device()) for _ in range(5)]
+        await bus.publish([*good[:2], ingested(poison), *good[2:]])
         await _until(lambda: sink.envelope_count() == 5)
         await _until(lambda: bus.dead_letters == 1)
         await _until(lambda: bus._failing is None)
-        later = _ingested(Device())
+        later = ingested(Device())
         await bus.publish([later])  # and the drain goes on
         await _until(lambda: sink.envelope_count() == 6)
     finally:
@@ -219,7 +208,7 @@ async def test_a_failing_warehouse_dead_letters_nothing(tmp_path: Path) -> None:
     sink = _FailingSink(tmp_path / "wh.duckdb", failures=10**6)
     bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
     await bus.start()
-    await bus.publish([_ingested(Device()) for _ in range(4)])
+    await bus.publish([ingested(Device()) for _ in range(4)])
     # Three failed drains, then a search: 4 items written in halves, 6 more failures.
     await _until(lambda: sink.failures <= 10**6 - 9)
     await bus.stop()

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from nacl.public import PublicKey
 
 from ingest import DeadLetter, DuckDBSink, IngestSettings, create_app
-from schemas import EnvelopeV1, IngestedEnvelope
-from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
+from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, ingested
 from warehouse import PartitionOffset, WriteResult, connect, write_envelopes
-
-
-def _ingested(device: Device) -> IngestedEnvelope:
-    return IngestedEnvelope(
-        envelope=EnvelopeV1.model_validate_json(json.dumps(device.envelope())),
-        received_at=datetime(2025, 1, 1, 11, tzinfo=UTC),
-        key_fingerprint="ab" * 32,
-        assurance="software",
-    )
 
 
 @pytest.fixture
@@ -35,7 +23,7 @@ def sink(tmp_path: Path) -> Iterator[DuckDBSink]:
 
 def test_written_envelopes_land_as_rows(sink: DuckDBSink) -> None:
     device = Device()
-    result = sink.write([_ingested(device), _ingested(device)])
+    result = sink.write([ingested(device), ingested(device)])
     assert (result.inserted, result.duplicates) == (2, 0)
     assert sink.envelope_count() == 2
     values = sink.connection.execute(
@@ -45,7 +33,7 @@ def test_written_envelopes_land_as_rows(sink: DuckDBSink) -> None:
 
 
 def test_a_redelivered_batch_adds_nothing_but_still_advances_offsets(sink: DuckDBSink) -> None:
-    batch = [_ingested(Device()) for _ in range(3)]
+    batch = [ingested(Device()) for _ in range(3)]
     sink.write(batch, [PartitionOffset("t", 0, 3)])
     result = sink.write(batch, [PartitionOffset("t", 0, 6)])
     assert (result.inserted, result.duplicates) == (0, 3)
@@ -56,7 +44,7 @@ def test_a_redelivered_batch_adds_nothing_but_still_advances_offsets(sink: DuckD
 def test_offsets_are_kept_per_group(tmp_path: Path) -> None:
     path = tmp_path / "wh.duckdb"
     first = DuckDBSink(path, group="g1")
-    first.write([_ingested(Device())], [PartitionOffset("t", 1, 10)])
+    first.write([ingested(Device())], [PartitionOffset("t", 1, 10)])
     first.close()
     again = DuckDBSink(path, group="g1")
     other = DuckDBSink(again.connection, group="g2")
@@ -116,9 +104,9 @@ def test_an_envelope_id_is_unique_per_device_not_across_devices(sink: DuckDBSink
     """A device that learned another's envelope id (the audit log shows them) cannot
     pre-empt it: the victim's envelope with that id is still stored."""
     attacker, victim = Device(), Device()
-    victims = _ingested(victim)
+    victims = ingested(victim)
     stolen = victims.envelope.envelope_id
-    squat = _ingested(attacker)
+    squat = ingested(attacker)
     squat = squat.model_copy(
         update={"envelope": squat.envelope.model_copy(update={"envelope_id": stolen})}
     )
@@ -150,7 +138,7 @@ def test_a_version_1_warehouse_is_migrated_to_per_device_envelope_ids(tmp_path: 
     )
     old.close()
     first = DuckDBSink(path)
-    item = _ingested(Device())
+    item = ingested(Device())
     first.write([item])
     first.close()
     # Migrated once (version 2), rows kept, and the new key in force.
@@ -171,8 +159,8 @@ def test_an_envelope_id_reused_for_another_window_is_a_dead_letter_not_a_second_
     the same id from the same device with another window is no copy, and the primary
     key refuses it: dead-lettered, the first row kept, the rest of the batch stored."""
     device = Device()
-    first = _ingested(device)
-    reused = _ingested(device)  # the device's next window...
+    first = ingested(device)
+    reused = ingested(device)  # the device's next window...
     reused = reused.model_copy(
         update={
             "envelope": reused.envelope.model_copy(
@@ -183,7 +171,7 @@ def test_an_envelope_id_reused_for_another_window_is_a_dead_letter_not_a_second_
     sink.write([first])
     later = Device()
     later.envelope(), later.envelope()  # its third window: the batch spans 11:00-12:00
-    other = _ingested(later)
+    other = ingested(later)
     result = sink.write([reused, other])
     assert (result.inserted, result.dead_letters) == (1, 1)
     assert sink.envelope_count() == 2
