@@ -27,7 +27,7 @@ an admitted id for an envelope that releases more, or for another window.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -195,6 +195,6 @@ def decide(
             report_batch_end=batch.end if batch is not None else last_batch_end,
             recent=frozenset(),
         ),
-        replace(spend, spent=spent, cap=cap),
+        DaySpend(spent, cap),
         price.epsilon,
     )
