@@ -6,11 +6,19 @@ with the envelope). A report counts as delivered only once the ingest accepted t
 envelope that carried it; until then its counts are reported again. The counts live in
 memory: what a process dropped and could not report before it ended is not reported.
 
-Reported: the operational reasons (bad input from the app, full or corrupt spool,
-ingest rejections, key fallbacks). Never reported: reasons that would describe the
-user's content (`prompt_too_long` says how long a prompt was). Reason codes that do not
-fit the wire's pattern (a free-form error text after `tpm_unattested:`) are reported
-as `<prefix>:other`.
+Reported: only the operational reasons (`REPORTED`, `REPORTED_PREFIXES`), whose counts
+follow the client's own work, which runs whatever the user does (a window is released
+even when empty): releases, sealing, the spool, sends, the ingest's rejections, key
+fallbacks. Never reported: every reason counted per measurement the app recorded
+(`negative_amount`, `undeclared_label`, `no_fingerprint_key`, the OpenTelemetry
+bridge's `otel_undeclared_*`, ...) or per cell carried over: those counts follow the
+user's activity (one `otel_undeclared_attribute` per inference is the exact number of
+inferences, of a tier the user may not have consented to, without noise or budget),
+and reasons that describe the user's content (`prompt_too_long`). The app sees all of
+them locally, in `Telemetry.dropped()`. A reason not listed is not reported: a new
+drop reason stays on the device until someone decides it is operational. Reason codes
+that do not fit the wire's pattern (a free-form error text after `tpm_unattested:`)
+are reported as `<prefix>:other`.
 """
 
 from __future__ import annotations
@@ -24,15 +32,37 @@ from datetime import datetime
 from client._drops import DropCounter, DropReason
 from schemas import MAX_CLIENT_REPORT_REASONS, ClientReport
 
-__all__ = ["ClientReporter", "PendingReport"]
+__all__ = ["REPORTED", "REPORTED_PREFIXES", "ClientReporter", "PendingReport", "is_reported"]
 
-_NOT_REPORTED = frozenset(
+REPORTED: frozenset[str] = frozenset(
     {
-        DropReason.PROMPT_TOO_LONG.value,
-        DropReason.PROMPT_QUEUE_FULL.value,
-        DropReason.STATE_LOADING.value,
+        DropReason.RELEASE_FAILED.value,
+        DropReason.QUEUE_FULL.value,  # the spool's queue, per envelope
+        DropReason.SEAL_FAILED.value,
+        DropReason.SEND_FAILED.value,
+        DropReason.LEDGER_FAILED.value,
+        DropReason.SPOOL_FAILED.value,
+        DropReason.SPOOL_CORRUPT.value,
+        DropReason.EXPIRED.value,
+        DropReason.TIER_REQUIRES_TPM.value,
+        DropReason.CONSENT_REVOKED.value,
+        DropReason.BATCH_ALREADY_REPORTED.value,
+        DropReason.OTEL_CALLBACK_FAILED.value,  # per callback and collection
     }
 )
+"""The drop reasons a client report carries: each counted per release, envelope, send or
+collection, never per measurement (see the module docstring)."""
+REPORTED_PREFIXES: tuple[str, ...] = (
+    "rejected:",
+    "deferred:",
+    "held:",
+    "expired:",
+    "tpm_unavailable:",
+    "tpm_failed:",
+    "tpm_unattested:",
+)
+"""Families of reported reasons: the ingest's rejections, envelopes kept for later,
+spooled envelopes expired, key fallbacks."""
 _WIRE_REASON = re.compile(r"^[a-z0-9_]+(:[A-Za-z0-9_.-]+)?$")
 _MAX_REASON_CHARS = 96
 
@@ -61,7 +91,7 @@ class ClientReporter:
             covers = {
                 reason: n - self._delivered.get(reason, 0)
                 for reason, n in self._drops.snapshot().items()
-                if reason not in _NOT_REPORTED and n > self._delivered.get(reason, 0)
+                if is_reported(reason) and n > self._delivered.get(reason, 0)
             }
             since = self._since
         if not covers:
@@ -88,6 +118,11 @@ class ClientReporter:
     def reset_after_fork(self) -> None:
         """A fresh lock in a forked child."""
         self._lock = threading.Lock()
+
+
+def is_reported(reason: str) -> bool:
+    """Whether drops of `reason` travel in client reports (operational reasons only)."""
+    return reason in REPORTED or reason.startswith(REPORTED_PREFIXES)
 
 
 def wire_reason(reason: str) -> str:
