@@ -30,11 +30,10 @@ of the policy's content hash (`Policy.content_hash`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Annotated, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["CanaryMetric", "CanaryPolicy", "CanaryUnavailable", "canary_reference_problem"]
 
@@ -52,19 +51,10 @@ class _SignalKind(Protocol):
     def kind(self) -> str: ...
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
-    return value
-
-
-_Finite = Annotated[float, AfterValidator(_finite)]
-
-
 class CanaryMetric(BaseModel):
     """One metric the canary is judged on, with its threshold and minimum evidence."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     signal: _NAME = Field(description="ratio: a histogram (its mean); difference: a counter")
     effect: Literal["ratio", "difference"] = Field(
@@ -75,13 +65,13 @@ class CanaryMetric(BaseModel):
         default=None,
         description="difference only: the counter the rate divides by (e.g. requests)",
     )
-    max_increase: _Finite = Field(
+    max_increase: float = Field(
         gt=0.0,
         le=10.0,
         description="the largest tolerated regression in the effect's unit: 0.1 is +10% "
         "for a ratio, 0.01 is +1 percentage point for a difference",
     )
-    min_events: _Finite = Field(
+    min_events: float = Field(
         default=0.0,
         ge=0.0,
         le=1e12,
@@ -90,7 +80,7 @@ class CanaryMetric(BaseModel):
     min_devices: int = Field(
         default=0, ge=0, le=100_000_000, description="devices behind the figures compared"
     )
-    max_interval_width: _Finite = Field(
+    max_interval_width: float = Field(
         gt=0.0,
         le=1e6,
         description="the widest effect interval (high - low, in the effect's unit) decided on",
@@ -120,7 +110,7 @@ def _default_metrics() -> dict[str, CanaryMetric]:
 class CanaryPolicy(BaseModel):
     """Which label tells the cohorts apart, the interval level, and the metrics."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     cohort_label: _LABEL = Field(
         default="model", description="the attribute whose values are the cohorts"

@@ -22,7 +22,6 @@ policy rollout.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, Protocol
 
@@ -43,8 +42,6 @@ ChargePeriod = Literal["day", "week", "month"]
 
 
 def _price(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"a price must be a finite number, got {value!r}")
     if value < 0.0:
         raise ValueError(f"a price cannot be negative, got {value!r}")
     return value
@@ -56,7 +53,7 @@ Price = Annotated[float, AfterValidator(_price)]
 class CloudPrice(BaseModel):
     """One model version's price on the cloud route, in the policy's currency."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     input_per_1k_tokens: Price
     output_per_1k_tokens: Price
@@ -77,7 +74,7 @@ class CloudPrice(BaseModel):
 class EdgePrice(BaseModel):
     """The edge route: GPU time at a price per GPU-second."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     per_gpu_second: Price
     gpu_seconds_per_latency_second: float = Field(
@@ -92,7 +89,7 @@ class EdgePrice(BaseModel):
 class LocalPrice(BaseModel):
     """The local route: the device's energy per inference at an electricity price."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     wh_per_inference: Price
     price_per_kwh: Price
@@ -106,7 +103,7 @@ class LocalPrice(BaseModel):
 class CostPolicy(BaseModel):
     """Prices per route, the currency and the charge period; which signals measure use."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. USD")
     charge_period: ChargePeriod = "day"

@@ -67,6 +67,10 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> tuple[str, str]:
         parts = _file_path(first["loc"], data, keep_missing_last=False)
         parts.extend(error.key.split("."))
         reason = error.reason
+    elif first["type"] == "finite_number":
+        # YAML's .nan and .inf are floats; no policy number means anything unbounded.
+        parts = _file_path(first["loc"], data, keep_missing_last=True)
+        reason = f"must be a finite number, got {first['input']!r}"
     else:
         parts = _file_path(first["loc"], data, keep_missing_last=True)
         reason = reason.removeprefix("Value error, ")

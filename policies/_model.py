@@ -92,7 +92,7 @@ def _is_all_ones(n: int) -> bool:
 
 
 class _SignalBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tier: Tier
     privacy_model: PrivacyModel = Field(
@@ -217,7 +217,6 @@ class HistogramSignal(_SignalBase):
     max_sum_per_window: float | None = Field(
         default=None,
         gt=0.0,
-        allow_inf_nan=False,
         description="cap on one device's sum of values per window (all cells); unset: "
         "max_events_per_window x max|value|. A cap near a heavy user's sum, far below "
         "that product, cuts the sums' noise by the same factor",
@@ -234,7 +233,6 @@ class HistogramSignal(_SignalBase):
     cell_max_sum: float | None = Field(
         default=None,
         gt=0.0,
-        allow_inf_nan=False,
         description="aggregate model: as cell_max_events, for the window's sum of values. "
         "Unset: the sum cap",
     )
@@ -246,6 +244,12 @@ class HistogramSignal(_SignalBase):
         lo, hi = self.value_range
         if not lo < hi:
             raise PolicyKeyError("value_range", "must be [low, high] with low < high")
+        if not math.isfinite(self.sum_cap):
+            raise PolicyKeyError(
+                "value_range",
+                "max_events_per_window x max|value| overflows to infinity: narrow the "
+                "range or set max_sum_per_window",
+            )
         if self.max_sum_per_window is not None and lo < 0.0:
             raise PolicyKeyError(
                 "max_sum_per_window", "a sum cap needs non-negative values (value_range low >= 0)"
@@ -309,7 +313,7 @@ Signal = Annotated[CounterSignal | HistogramSignal, Field(discriminator="kind")]
 class MechanismChoice(BaseModel):
     """Which OpenDP mechanism releases each kind of value."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     counter: Mechanism
     histogram_counts: Mechanism
@@ -325,11 +329,11 @@ class PrivacyCaps(BaseModel):
     release that would cross either cap is suppressed (and the suppression counted).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     accounting: Literal["pure_dp"]
-    daily_epsilon: float = Field(gt=0.0, le=100.0, allow_inf_nan=False)
-    lifetime_epsilon: float = Field(gt=0.0, le=1_000_000.0, allow_inf_nan=False)
+    daily_epsilon: float = Field(gt=0.0, le=100.0)
+    lifetime_epsilon: float = Field(gt=0.0, le=1_000_000.0)
     mechanisms: MechanismChoice
 
     @model_validator(mode="after")
@@ -359,7 +363,7 @@ class TierConsent(BaseModel):
     default in the file instead of trusting code.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     default: Literal["denied"]
 
@@ -371,7 +375,7 @@ class ConsentPolicy(BaseModel):
     grant stale: the app must ask again before that tier sends anything.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     notice_version: int = Field(ge=1)
     tiers: dict[Tier, TierConsent]
@@ -390,7 +394,7 @@ class RetentionPolicy(BaseModel):
     Content-derived data gets the shortest retention of all tiers.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     days: dict[Tier, Annotated[int, Field(ge=1, le=36_500)]]
 
@@ -433,7 +437,7 @@ class FingerprintPolicy(BaseModel):
     model version): the app passes them to `record_exception`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     signal: _NAME
     label: _LABEL = "fingerprint"
@@ -505,7 +509,7 @@ class HelperEndpoint(BaseModel):
     leader relays shares it cannot read; the leader calls the helper at `url`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
     public_key: str = Field(description="X25519 public key, standard base64 of 32 bytes")
@@ -536,7 +540,7 @@ class AggregationPolicy(BaseModel):
     (unbiased), so the quantisation adds no bias and far less error than the noise.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min_batch_size: int = Field(default=100, ge=2, le=10_000_000)
     sum_bits: int = Field(default=16, ge=4, le=32)
@@ -551,7 +555,7 @@ SECTIONS_REQUIRED_IN_FILES = ("privacy", "consent", "retention")
 class Policy(BaseModel):
     """The whole policy a fleet runs under. Its content hash travels in every envelope."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     version: Literal[1]
     window_seconds: int = Field(ge=1, le=86_400)

@@ -17,7 +17,6 @@ hash (`Policy.content_hash`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Annotated, Protocol
 
@@ -34,7 +33,7 @@ _UNIT = Annotated[str, Field(max_length=63)]
 
 
 def _factor(value: float) -> float:
-    if not (math.isfinite(value) and value > 0.0):
+    if not value > 0.0:
         raise ValueError(f"a unit factor must be a finite number > 0, got {value!r}")
     return value
 
@@ -45,7 +44,7 @@ Factor = Annotated[float, AfterValidator(_factor)]
 class OtelInstrument(BaseModel):
     """How one OpenTelemetry instrument records into one signal."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     signal: str = Field(description="the policy signal this instrument records into")
     attributes: dict[_ATTRIBUTE, _LABEL] = Field(
@@ -73,7 +72,7 @@ class OtelInstrument(BaseModel):
 class OtelPolicy(BaseModel):
     """The OpenTelemetry instruments a policy accepts, by (lower-case) name."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     instruments: dict[_INSTRUMENT, OtelInstrument] = Field(min_length=1)
 

@@ -86,7 +86,7 @@ def test_a_dumped_policy_keeps_its_cost_model(tmp_path: Path) -> None:
         (
             lambda c: c["local"].update(price_per_kwh=float("inf")),
             "cost.local.price_per_kwh",
-            "a price must be a finite number",
+            "must be a finite number, got inf",
         ),
         (
             lambda c: c["cloud"].update({"llama-3@2.0": c["cloud"][_STABLE]}),

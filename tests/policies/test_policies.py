@@ -184,6 +184,82 @@ def test_bucket_order(tmp_path: Path) -> None:
     assert "strictly increasing" in error.reason
 
 
+_LATENCY = ("signals", "gen_ai.client.operation.duration")
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "key", "shown"),
+    [
+        # A NaN edge passes the order check (every comparison with NaN is false).
+        (
+            (*_LATENCY, "buckets"),
+            [0.01, float("nan"), 0.04],
+            f"{'.'.join(_LATENCY)}.buckets.1",
+            "nan",
+        ),
+        (
+            (*_LATENCY, "buckets"),
+            [0.01, 0.02, float("inf")],
+            f"{'.'.join(_LATENCY)}.buckets.2",
+            "inf",
+        ),
+        (
+            (*_LATENCY, "value_range"),
+            [0.0, float("inf")],
+            f"{'.'.join(_LATENCY)}.value_range.1",
+            "inf",
+        ),
+        (
+            (*_LATENCY, "max_sum_per_window"),
+            float("nan"),
+            f"{'.'.join(_LATENCY)}.max_sum_per_window",
+            "nan",
+        ),
+        (
+            ("signals", "inference.requests", "epsilon"),
+            float("nan"),
+            "signals.inference.requests.epsilon",
+            "nan",
+        ),
+        (("privacy", "daily_epsilon"), float("inf"), "privacy.daily_epsilon", "inf"),
+        (("canary", "level"), float("nan"), "canary.level", "nan"),
+        (
+            ("canary", "metrics", "latency", "min_events"),
+            float("-inf"),
+            "canary.metrics.latency.min_events",
+            "-inf",
+        ),
+        (
+            ("cost", "edge", "gpu_seconds_per_latency_second"),
+            float("nan"),
+            "cost.edge.gpu_seconds_per_latency_second",
+            "nan",
+        ),
+    ],
+)
+def test_every_number_must_be_finite(
+    tmp_path: Path, where: tuple[str, ...], value: object, key: str, shown: str
+) -> None:
+    data = _default_data()
+    node = data
+    for part in where[:-1]:
+        node = node[part]
+    node[where[-1]] = value
+    error = _error(tmp_path, data)
+    assert (error.key, error.reason) == (key, f"must be a finite number, got {shown}")
+
+
+def test_a_value_range_whose_sum_cap_overflows_is_refused(tmp_path: Path) -> None:
+    data = _default_data()
+    latency = data["signals"]["gen_ai.client.operation.duration"]
+    latency.update(privacy_model="local", value_range=[0.0, 1e308])
+    for key in ("max_sum_per_window", "cell_max_events", "cell_max_sum", "parts"):
+        latency.pop(key, None)
+    error = _error(tmp_path, data)
+    assert error.key == "signals.gen_ai.client.operation.duration.value_range"
+    assert "overflows to infinity" in error.reason
+
+
 def test_unknown_field(tmp_path: Path) -> None:
     data = _default_data()
     data["privacy"]["weekly_epsilon"] = 3.0
