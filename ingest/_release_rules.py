@@ -18,7 +18,7 @@ from client._aggregation import HistogramSnapshot
 from client._domain import CellDomain
 from client._release import release_counter, release_histogram
 from policies import OTHER, CounterSignal, HistogramSignal, Policy
-from schemas import CounterAggregate, HistogramAggregate, NoiseSpec, TotalAggregate
+from schemas import CounterAggregate, HistogramAggregate, Mechanism, NoiseSpec, TotalAggregate
 
 __all__ = ["ReleaseShape", "release_problem", "release_shapes"]
 
@@ -94,7 +94,14 @@ def _noise_problem(got: NoiseSpec, want: NoiseSpec | None, what: str) -> str | N
     return None
 
 
+_INTEGER_MECHANISMS = frozenset({Mechanism.DISCRETE_LAPLACE, Mechanism.DISCRETE_GAUSSIAN})
+"""Mechanisms that add integer noise to an integer (clamped count or sum): their
+releases are whole numbers."""
+
+
 def _value_problem(value: float, noise: NoiseSpec, what: str) -> str | None:
+    if noise.mechanism in _INTEGER_MECHANISMS and not float(value).is_integer():
+        return f"{what}: value {value:g} is not a whole number, as {noise.mechanism} releases"
     slack = _TAIL_SCALES * noise.scale
     if not noise.lower - slack <= value <= noise.upper + slack:
         interval = f"[{noise.lower:g}, {noise.upper:g}]"
@@ -118,6 +125,8 @@ def release_problem(
 ) -> str | None:
     """Why `aggregate` is not a release the policy's client could make, or None."""
     signal = shape.signal
+    if aggregate.unit != signal.unit:
+        return f"unit {aggregate.unit!r}, the policy's is {signal.unit!r}"
     if isinstance(aggregate, TotalAggregate):
         part = "total" if aggregate.measure == "count" else "total_sum"
         return _noise_problem(aggregate.noise, shape.noise.get(part), part) or _value_problem(

@@ -24,7 +24,15 @@ from client._shares import task_vdaf
 from ingest._release_rules import ReleaseShape, release_problem, release_shapes
 from ingest._windows import AlignedWindow, aligned_window
 from policies import AggregationTask, Policy, aggregation_tasks, task_context
-from schemas import EnvelopeV1, HelperShareV1, RejectReason, Tier
+from schemas import (
+    CounterAggregate,
+    EnvelopeV1,
+    HelperShareV1,
+    HistogramAggregate,
+    RejectReason,
+    Tier,
+    TotalAggregate,
+)
 
 __all__ = ["ReportProblem", "ReportRules", "TaskShape"]
 
@@ -154,7 +162,24 @@ class ReportRules:
         signals = self._local.get(env.policy_hash)
         if signals is None:
             return None
+        for name in env.suppressed:
+            if name not in signals:
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID,
+                    f"suppressed names signal {name!r}, which the policy does not declare",
+                )
+        # One release per signal and cell (and per total): a copy would count the device
+        # twice in the fleet figures, past its contribution bound, for one charge.
+        released: set[_Release] = set()
         for aggregate in env.aggregates:
+            cell = _release_key(aggregate)
+            if cell in released:
+                return ReportProblem(
+                    RejectReason.SIGNAL_INVALID,
+                    f"signal {aggregate.signal!r}: the same {_describe(cell)} is released "
+                    "twice in one envelope",
+                )
+            released.add(cell)
             declared = signals.get(aggregate.signal)
             if declared is None:
                 return ReportProblem(
@@ -179,3 +204,20 @@ class ReportRules:
                     RejectReason.SIGNAL_INVALID, f"signal {aggregate.signal!r}: {problem}"
                 )
         return None
+
+
+_Release = tuple[str, str, frozenset[tuple[str, str]]]
+
+
+def _release_key(aggregate: CounterAggregate | HistogramAggregate | TotalAggregate) -> _Release:
+    """What one release covers: a signal's cell (its label set), or one of its totals."""
+    if isinstance(aggregate, TotalAggregate):
+        return (aggregate.signal, f"total ({aggregate.measure})", frozenset())
+    return (aggregate.signal, "cell", frozenset(aggregate.attributes.items()))
+
+
+def _describe(key: _Release) -> str:
+    _, part, labels = key
+    if part != "cell":
+        return part
+    return "cell " + (", ".join(f"{k}={v!r}" for k, v in sorted(labels)) or "(no labels)")

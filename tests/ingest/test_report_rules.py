@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from nacl.public import PrivateKey
 
 from client._shares import ReportSharer
@@ -275,6 +277,8 @@ def test_a_release_as_the_client_makes_it_is_accepted(
         (lambda a: a["attributes"].update(model="gpt-9"), "outside its declared domain"),
         (lambda a: a["attributes"].pop("model"), "the policy declares"),
         (lambda a: a["attributes"].update(user="ann"), "the policy declares"),
+        (lambda a: a.update(value=3.5), "not a whole number"),
+        (lambda a: a.update(unit="ms"), "unit 'ms'"),
     ],
 )
 def test_a_release_the_policy_would_not_make_is_refused(
@@ -314,3 +318,65 @@ def test_a_histogram_release_is_checked_too(
     verdict = _verify(pilot_verifier, key, _local(bad))
     assert _reason(verdict) is RejectReason.SIGNAL_INVALID
     assert "sum: noise" in verdict.detail  # type: ignore[union-attr]
+
+
+def test_a_cell_released_twice_in_one_envelope_is_refused(
+    pilot_verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    """One device must not count as many: each cell (and total) once per envelope, or
+    the fleet figures take its contribution many times over for a single charge."""
+    once = _local(counter_aggregate(511.0))
+    assert isinstance(_verify(pilot_verifier, key, once), Accepted)
+    twice = _local(counter_aggregate(511.0))
+    twice["aggregates"] = [counter_aggregate(511.0) for _ in range(50)]
+    verdict = _verify(pilot_verifier, key, twice)
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert "released twice in one envelope" in verdict.detail  # type: ignore[union-attr]
+    assert "route=" in verdict.detail  # type: ignore[union-attr]
+
+
+def test_a_total_released_twice_in_one_envelope_is_refused(key: PrivateKey, tmp_path: Path) -> None:
+    from client._domain import CellDomain
+    from client._release import release_counter
+    from policies import CounterSignal
+
+    # The pilot policy, with a count total released next to inference.requests' cells.
+    data = yaml.safe_load(PILOT_POLICY_PATH.read_text(encoding="utf-8"))
+    data["signals"]["inference.requests"]["total_share"] = 0.5
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    policy = load_policy(path)
+    verifier = EnvelopeVerifier(
+        key,
+        region="eu-test",
+        known_policy_hashes=[policy.content_hash],
+        report_rules=ReportRules([policy]),
+    )
+    spec = policy.signals["inference.requests"]
+    assert isinstance(spec, CounterSignal)
+    domain = CellDomain(spec.attributes)
+    release = release_counter("inference.requests", spec, domain, [0] * domain.size)
+    aggregates = [a.model_dump(mode="json") for a in release.aggregates]
+    (total,) = [a for a in aggregates if a["kind"] == "total"]
+
+    def envelope(releases: list[dict[str, Any]]) -> dict[str, Any]:
+        env = Device().envelope(aggregates=releases)
+        env["policy_hash"] = policy.content_hash
+        return env
+
+    assert isinstance(_verify(verifier, key, envelope(aggregates)), Accepted)
+    verdict = _verify(verifier, key, envelope([*aggregates, total]))
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert "the same total (count) is released twice" in verdict.detail  # type: ignore[union-attr]
+
+
+def test_suppressed_may_name_only_declared_signals(
+    pilot_verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    env = _local(counter_aggregate())
+    env["suppressed"] = {"inference.requests": 1}
+    assert isinstance(_verify(pilot_verifier, key, env), Accepted)
+    env["suppressed"] = {"made.up.signal": 1}
+    verdict = _verify(pilot_verifier, key, env)
+    assert _reason(verdict) is RejectReason.SIGNAL_INVALID
+    assert "'made.up.signal'" in verdict.detail  # type: ignore[union-attr]
