@@ -18,12 +18,21 @@ Keys, as for envelopes:
   deletion can only remove that device's own data, and the client sends deletion
   requests before it re-attests, so refusing would lose the user's request for good
   (a 4xx is final). The decision notes the expiry for the audit log.
+
+`requested_at` is judged like an envelope's times (`clock_skew`): no later than the
+ingest clock plus `max_clock_skew` (the setting envelopes use), and not at the edge of
+the calendar (outside years 1 to 9999 once in UTC, which the warehouse could store but
+not give back as a time). Any earlier time is accepted, however old: a device offline
+for days sends its revocation late, and an old `requested_at` narrows nothing the
+warehouse already holds (every row of the tier received before the request is deleted
+whatever its window); it only decides which envelopes arriving later, spooled before
+the revocation, are deleted on arrival. Refusing it would lose the user's request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -39,7 +48,12 @@ from schemas import (
     key_fingerprint,
 )
 
-__all__ = ["MAX_DELETION_BYTES", "VerifiedDeletion", "verify_deletion_request"]
+__all__ = [
+    "MAX_DELETION_BYTES",
+    "VerifiedDeletion",
+    "requested_at_problem",
+    "verify_deletion_request",
+]
 
 MAX_DELETION_BYTES = 16 * 1024
 
@@ -55,15 +69,36 @@ class VerifiedDeletion:
     """E.g. that the device's attestation had expired (accepted all the same)."""
 
 
+def requested_at_problem(
+    requested_at: datetime, received_at: datetime, max_clock_skew: timedelta
+) -> str | None:
+    """Why `requested_at` cannot be recorded (pure), or None: a time more than
+    `max_clock_skew` after `received_at` (the device clock runs ahead), or one at the
+    edge of the calendar. Earlier times are fine (see the module docstring)."""
+    try:
+        ahead = requested_at.astimezone(UTC) - received_at
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-12:00 is year 10000 in UTC
+        return (
+            f"requested_at {requested_at.isoformat()} is at the edge of the calendar "
+            "(outside years 1 to 9999 in UTC)"
+        )
+    if ahead > max_clock_skew:
+        return f"requested_at is {ahead.total_seconds():.0f} s ahead of the ingest clock"
+    return None
+
+
 def verify_deletion_request(
     body: bytes,
     *,
     region: str,
     received_at: datetime,
+    max_clock_skew: timedelta = timedelta(minutes=5),
     attested_keys: AttestedKeys | None = None,
 ) -> VerifiedDeletion:
     """Check a request body; raises `DeletionRejected` naming the reason.
 
+    `received_at` is the ingest clock's receipt time; a `requested_at` more than
+    `max_clock_skew` after it is `clock_skew` (the setting envelopes are judged by).
     `attested_keys` is where `ecdsa-p256` keys are looked up (None: every TPM-signed
     request is `key_not_attested`). It may read the registry: call off the event loop.
     """
@@ -104,6 +139,10 @@ def verify_deletion_request(
             f"request is for region {request.region!r}; this ingest serves {region!r}",
             device_id=expected,
         )
+    if (
+        skew := requested_at_problem(request.requested_at, received_at, max_clock_skew)
+    ) is not None:
+        raise DeletionRejected(RejectReason.CLOCK_SKEW, skew, device_id=expected)
     note = None
     if attested is not None and received_at.timestamp() >= attested.expires_at:
         expired = datetime.fromtimestamp(attested.expires_at, UTC).isoformat()

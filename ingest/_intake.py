@@ -96,6 +96,11 @@ class EnvelopeIntake:
         self._linger = linger
         self._last_wave_size = 0
 
+    def now(self) -> datetime:
+        """The ingest's clock now: the receipt time of a request arriving now (a deletion
+        request's `received_at` and clock skew are judged by it too)."""
+        return self._clock()
+
     def _verify_all(self, items: Sequence[str], received_at: datetime) -> list[Verdict]:
         verify = self.verifier.verify
         return [verify(item, received_at=received_at) for item in items]

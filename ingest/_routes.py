@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request
@@ -182,7 +182,8 @@ async def post_deletion_request(request: Request, state: StateDep) -> DeletionRe
             verify_deletion_request,
             body,
             region=state.settings.region,
-            received_at=datetime.now(UTC),
+            received_at=state.intake.now(),
+            max_clock_skew=timedelta(seconds=state.settings.max_clock_skew_seconds),
             attested_keys=state.attested_keys,
         )
     except DeletionRejected as exc:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from ingest import InMemoryEnvelopeBus
+from auditlog import AuditLog
+from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
 from schemas import IngestedDeletionRequest, IngestedEnvelope, device_id_for
 from tests.ingest.conftest import REGION
-from tests.ingest.kit import Device
+from tests.ingest.kit import Device, asgi_client
 
 
 async def _post(client: httpx.AsyncClient, items: list[str]) -> httpx.Response:
@@ -111,3 +112,62 @@ async def test_a_deletion_request_is_answered_503_when_the_bus_is_down(
     bus.fail_with = "kafka down"
     resp = await client.post("/v1/deletion-requests", json=_deletion(SigningKey.generate()))
     assert resp.status_code == 503
+
+
+_RECEIVED = datetime(2025, 1, 5, 12, tzinfo=UTC)
+"""The ingest clock of the tests below."""
+
+
+async def test_a_requested_at_ahead_of_the_ingest_clock_or_at_the_calendar_edge_is_clock_skew(
+    settings: IngestSettings, bus: InMemoryEnvelopeBus
+) -> None:
+    """A requested_at the warehouse would hand back as text (year 10000 or year 0 in
+    UTC) once jammed every device's writes; one beyond the skew tolerance is a clock
+    running ahead. Each is refused and audited; the unpublished bus stays empty."""
+    key = SigningKey.generate()
+    device_id = device_id_for(bytes(key.verify_key))
+    ahead = _RECEIVED + timedelta(seconds=settings.max_clock_skew_seconds + 1)
+    refused = {
+        "9999-12-31T23:59:59-12:00": "edge of the calendar",
+        "0001-01-01T00:00:00+14:00": "edge of the calendar",
+        "9999-12-31T23:59:59+00:00": "ahead of the ingest clock",
+        ahead.isoformat(): "ahead of the ingest clock",
+    }
+    async with asgi_client(create_app(settings, bus=bus, clock=lambda: _RECEIVED)) as client:
+        for requested_at, why in refused.items():
+            resp = await client.post(
+                "/v1/deletion-requests", json=_deletion(key, requested_at=requested_at)
+            )
+            assert resp.status_code == 422, requested_at
+            assert resp.json()["error"] == "clock_skew", requested_at
+            assert why in resp.json()["detail"], resp.json()
+    assert bus.published == []
+    audit = AuditLog(settings.state_dir / "audit.sqlite3", read_only=True)
+    entries = audit.entries(action="deletion")
+    audit.close()
+    assert [(e.decision, e.reason, e.device_id) for e in entries] == [
+        ("rejected", "clock_skew", device_id)
+    ] * len(refused)
+
+
+async def test_a_requested_at_within_the_skew_or_in_the_past_is_recorded(
+    settings: IngestSettings, bus: InMemoryEnvelopeBus
+) -> None:
+    """A device offline for weeks sends its revocation late: an old requested_at (here
+    90 days, past the shortest retention, and year 1) is still the user's request."""
+    key = SigningKey.generate()
+    skew = timedelta(seconds=settings.max_clock_skew_seconds)
+    times = [
+        _RECEIVED + skew,
+        _RECEIVED,
+        _RECEIVED - timedelta(days=90),
+        datetime(1, 1, 1, tzinfo=UTC),
+    ]
+    async with asgi_client(create_app(settings, bus=bus, clock=lambda: _RECEIVED)) as client:
+        for at in times:
+            body = _deletion(key, requested_at=at.isoformat())
+            resp = await client.post("/v1/deletion-requests", json=body)
+            assert resp.status_code == 202, resp.text
+    recorded = [i for i in bus.published if isinstance(i, IngestedDeletionRequest)]
+    assert [i.deletion.requested_at for i in recorded] == times
+    assert {i.received_at for i in recorded} == {_RECEIVED}  # the ingest's clock
