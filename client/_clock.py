@@ -3,17 +3,28 @@
 The privacy ledger's daily cap must hold in real time: moving the wall clock forward
 must not open a fresh day's budget. `BudgetClock.read` stamps each charge with three
 readings (`ClockReading`): the best estimate of the time of day, the identity of the
-boot, and the system's monotonic clock. Two readings of one boot are compared by their
-monotonic values, which no user can move (`time.monotonic` counts from boot on Linux,
-macOS and Windows, so restarting the app does not reset it); readings of different
-boots by their wall times, with the ledger refusing a wall clock that runs behind the
-latest one it has seen (`client._ledger`).
+clock (the boot, and which clock of it), and that clock's reading. The clock is
+`client._realtime.suspend_aware_monotonic`: it counts from boot, keeps counting while
+the machine sleeps (`CLOCK_BOOTTIME` on Linux) and no user can move it, so restarting
+the app does not reset it and a night's sleep counts as the night it was. Two readings
+of one boot are compared by their clock values; readings of different boots by their
+wall times, with the ledger refusing a wall clock that runs behind the latest one it
+has seen (`client._ledger`).
+
+Charges stamped by earlier releases carry `time.monotonic` readings (on Linux
+`CLOCK_MONOTONIC`, which stops in suspend, so it runs behind `CLOCK_BOOTTIME` by every
+sleep since boot: compared with it, a charge would look older than it is and free its
+budget early). Their clock is tagged with the bare boot identity, the new one with the
+boot and the clock's name, so the two are never compared; and every reading also
+carries `time.monotonic` (`ClockReading.legacy`), so a charge an earlier release made
+in this same boot is still aged on the clock it was stamped with, exactly as before.
 
 The time of day (`now`) follows the wall clock while it agrees with the last server
-time learned (the `Date` header of an ingest answer, advanced by the monotonic clock);
-when they disagree by more than `tolerance`, the server's time wins. So once the
-device has heard from its ingest, a window is neither closed nor stamped ahead of the
-ingest's clock, and nothing leaves that the ingest's skew rule would refuse.
+time learned (the `Date` header of an ingest answer, advanced by the real-time clock,
+sleep included); when they disagree by more than `tolerance`, the server's time wins.
+So once the device has heard from its ingest, a window is neither closed nor stamped
+ahead of the ingest's clock, and nothing leaves that the ingest's skew rule would
+refuse.
 
 A simulator in manual mode passes no monotonic clock: its own clock is real time there
 (`read(at)` then stamps the simulated time itself).
@@ -29,7 +40,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-__all__ = ["PROBE_INTERVAL", "BudgetClock", "ClockReading", "boot_id"]
+from client._realtime import REAL_CLOCK, suspend_aware_monotonic
+
+__all__ = ["PROBE_INTERVAL", "BudgetClock", "ClockReading", "boot_id", "real_clock_id"]
 
 PROBE_INTERVAL = 300.0
 """Seconds between two requests for the ingest's time while it is unknown."""
@@ -51,6 +64,12 @@ def boot_id() -> str:
         return _PROCESS_BOOT
 
 
+def real_clock_id() -> str:
+    """The identity of `suspend_aware_monotonic` in this boot: the boot and the clock's
+    name (never equal to `boot_id()`, which names `time.monotonic`'s readings)."""
+    return f"{boot_id()}/{REAL_CLOCK}"
+
+
 @dataclass(frozen=True, slots=True)
 class ClockReading:
     """One instant, as the ledger stamps a charge with it."""
@@ -61,12 +80,18 @@ class ClockReading:
     """Which monotonic clock `mono` is read on (one boot, or the simulator's clock)."""
     mono: float
     """Seconds on that monotonic clock."""
+    legacy: tuple[str, float] | None = None
+    """The same instant on the clock earlier releases stamped charges with (its
+    identity, `boot_id()`, and `time.monotonic()`), to age their charges of this boot;
+    never stored with a charge."""
 
     def seconds_since(self, earlier: ClockReading) -> float | None:
-        """Real seconds from `earlier` to this reading, if the monotonic clock knows it."""
-        if earlier.boot != self.boot:
-            return None
-        return self.mono - earlier.mono
+        """Real seconds from `earlier` to this reading, if a monotonic clock knows it."""
+        if earlier.boot == self.boot:
+            return self.mono - earlier.mono
+        if self.legacy is not None and earlier.boot == self.legacy[0]:
+            return self.legacy[1] - earlier.mono
+        return None
 
 
 class BudgetClock:
@@ -75,21 +100,33 @@ class BudgetClock:
     def __init__(
         self,
         wall: Callable[[], datetime],
-        monotonic: Callable[[], float] | None = time.monotonic,
+        monotonic: Callable[[], float] | None = suspend_aware_monotonic,
         *,
         boot: str | None = None,
+        legacy: tuple[str, Callable[[], float]] | None = None,
         tolerance: timedelta = timedelta(seconds=60),
         server_time: Callable[[], tuple[datetime, float] | None] | None = None,
     ) -> None:
-        """`server_time` (a transport's) is asked for the ingest's latest time on every
-        `now()`. Its monotonic readings are `time.monotonic`'s: with another monotonic
-        clock a new server time is dated by this clock when first seen (later than the
-        request, so the estimate errs behind the ingest's clock, never ahead)."""
+        """`boot` names the `monotonic` clock (default: `real_clock_id()` for
+        `suspend_aware_monotonic`, `boot_id()` for `time.monotonic`, else
+        "configured"); `legacy` the clock of earlier releases' charges and its reader,
+        read with every reading (default: `time.monotonic` of this boot, for
+        `suspend_aware_monotonic`). `server_time` (a transport's) is asked for the
+        ingest's latest time on every `now()`. Its monotonic readings are
+        `suspend_aware_monotonic`'s: with another monotonic clock a new server time is
+        dated by this clock when first seen (later than the request, so the estimate
+        errs behind the ingest's clock, never ahead)."""
         self._wall = wall
         self._monotonic = monotonic
         self._server_source = server_time if monotonic is not None else None
         self._last_learned: tuple[datetime, float] | None = None
-        self._boot = boot or (boot_id() if monotonic is time.monotonic else "configured")
+        if boot is None and monotonic is suspend_aware_monotonic:
+            boot = real_clock_id()
+            legacy = legacy or (boot_id(), time.monotonic)
+        elif boot is None:
+            boot = boot_id() if monotonic is time.monotonic else "configured"
+        self._boot = boot
+        self._legacy = legacy
         self._tolerance = tolerance.total_seconds()
         self._server: tuple[float, float] | None = None
         self._probed: float | None = None
@@ -131,7 +168,8 @@ class BudgetClock:
             return False
         if learned != self._last_learned:
             self._last_learned = learned
-            sent = learned[1] if self._monotonic is time.monotonic else self._monotonic()
+            own = self._monotonic is suspend_aware_monotonic
+            sent = learned[1] if own else self._monotonic()
             self.learn_server_time(learned[0], sent)
         return True
 
@@ -151,7 +189,7 @@ class BudgetClock:
         return server[0] + (self._monotonic() - server[1])
 
     def ingest_now(self) -> datetime | None:
-        """The ingest's time now (its last `Date`, advanced by the monotonic clock);
+        """The ingest's time now (its last `Date`, advanced by the real-time clock);
         None until the device has heard from its ingest, and for a simulator's clock."""
         estimate = self._estimate()
         return None if estimate is None else datetime.fromtimestamp(estimate, UTC)
@@ -169,4 +207,5 @@ class BudgetClock:
         if self._monotonic is None:
             when = at if at is not None else self._wall()
             return ClockReading(when.timestamp(), _SIMULATED, when.timestamp())
-        return ClockReading(self.now().timestamp(), self._boot, self._monotonic())
+        legacy = None if self._legacy is None else (self._legacy[0], self._legacy[1]())
+        return ClockReading(self.now().timestamp(), self._boot, self._monotonic(), legacy)

@@ -55,7 +55,8 @@ class TelemetryConfig(BaseModel):
     monotonic: SkipValidation[Callable[[], float] | None] = Field(
         default=None,
         description="the privacy budget's real-time clock, in seconds, never set back "
-        "(client._clock). None: time.monotonic in background mode; in manual mode the "
+        "(client._clock). None: client._realtime.suspend_aware_monotonic (counts from "
+        "boot and through suspend) in background mode; in manual mode the "
         "`clock` itself (a simulator's time is its real time)",
     )
     mode: Literal["background", "manual"] = "background"

@@ -9,10 +9,11 @@ three of these stay within their caps:
   change never raises what a day may still spend (each charge records its policy's
   hash and daily cap);
 * **the last 24 real hours**: charges within 24 hours of real time (measured on the
-  monotonic clock of one boot, `client._clock`; across boots on the wall clock, which
-  may then not run behind the latest charge) add up to at most the strictest daily cap
-  among them and the current policy's. Moving the wall clock forward or back opens no
-  budget: the cap holds in any 24 real hours, not twice the cap;
+  monotonic clock of one boot, which counts through suspend, `client._clock`; across
+  boots on the wall clock, which may then not run behind the latest charge) add up to
+  at most the strictest daily cap among them and the current policy's. Moving the
+  wall clock forward or back opens no budget: the cap holds in any 24 real hours, not
+  twice the cap;
 * **the lifetime** total.
 
 Otherwise the release is suppressed and the suppression counted per signal.

@@ -4,8 +4,10 @@
 operator reset (`r`) adds to the lifetime, to its UTC day (whose cap is the strictest
 of the policies charged under it) and to the recent charges the real-time rule looks
 at; a suppression (`s`) is counted per signal. `is_old` is that rule: a charge is out
-of the last 24 real hours only when the monotonic clock of its boot says so, or, for
-an earlier boot, the wall clock, while it is not behind the latest charge.
+of the last 24 real hours only when the monotonic clock it was stamped on says so
+(`ClockReading.seconds_since`: this boot's real-time clock, sleep included, or for a
+charge an earlier release stamped in this boot, the clock it used), or, for an earlier
+boot, the wall clock, while it is not behind the latest charge.
 """
 
 from __future__ import annotations

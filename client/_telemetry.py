@@ -53,6 +53,7 @@ from client._ledger import LedgerError
 from client._outbox import send_deletions, send_one_batch
 from client._privacy import Admission, PrivacyGate
 from client._prompt_queue import PromptQueue
+from client._realtime import suspend_aware_monotonic
 from client._redaction import MAX_PROMPT_CHARS, redact_findings
 from client._release import (
     Release,
@@ -128,7 +129,8 @@ class Telemetry:
             str(config.endpoint), timeout=config.timeout
         )
         # Real time for the privacy budget; the ingest's time, once known, for windows.
-        monotonic = config.monotonic or (time.monotonic if config.mode == "background" else None)
+        real = suspend_aware_monotonic if config.mode == "background" else None
+        monotonic = config.monotonic or real
         self._clock = BudgetClock(config.clock, monotonic, server_time=self._transport.server_time)
         self._tasks = aggregation_tasks(self._policy)
         self._sharer = self._make_sharer()

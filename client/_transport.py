@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import time
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -31,6 +30,7 @@ import httpx
 from pydantic import ValidationError
 
 from client._errors import TransportError
+from client._realtime import suspend_aware_monotonic
 from schemas import (
     BatchResult,
     DeletionReceipt,
@@ -63,8 +63,9 @@ class Transport(abc.ABC):
         """Release resources (connections); the default holds none."""
 
     def server_time(self) -> tuple[datetime, float] | None:
-        """The ingest's time from its last answer (`Date`), with the `time.monotonic()`
-        reading taken when that request was sent; None if not known (the default)."""
+        """The ingest's time from its last answer (`Date`), with the reading of
+        `client._realtime.suspend_aware_monotonic` taken when that request was sent;
+        None if not known (the default)."""
         return None
 
     def probe_time(self) -> None:  # noqa: B027 - optional hook
@@ -93,11 +94,11 @@ class HttpTransport(Transport):
     def probe_time(self) -> None:
         """HEAD the ingest's base URL: any answer's `Date` is its time."""
         with contextlib.suppress(httpx.HTTPError):
-            sent = time.monotonic()
+            sent = suspend_aware_monotonic()
             self._note_date(self._client.head(self._base, timeout=self._timeout), sent)
 
     def _post(self, url: str, body: object) -> httpx.Response:
-        sent = time.monotonic()
+        sent = suspend_aware_monotonic()
         response = self._client.post(url, json=body, timeout=self._timeout)
         self._note_date(response, sent)
         return response
