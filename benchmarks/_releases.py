@@ -4,11 +4,12 @@
   its bits, its resolution), the fleet sum of the clamped measurements plus two discrete
   Laplace draws per vector entry (leader and helper) at the task's scale, from OpenDP
   with the aggregators' construction (`make_laplace` on an i64 vector, the smallest
-  scale whose map at d_in = the task's sensitivity, 2 x its bound, is at most its
-  epsilon). Parts: a counter's `cells` and scalar `total`; a histogram's per-cell
-  `counts` and `sums` (at the cell caps; a policy without `counts` gets them from its
-  `buckets`, one cell's count the sum of its buckets) and scalar `total_events` and
-  `total_sum` (at the totals' bounds). A part the policy does not release is absent;
+  scale whose map at d_in = the task's sensitivity, 2 x its bound or its bound for a
+  total, is at most its epsilon). Parts: a counter's `cells` and scalar `total`; a
+  histogram's per-cell `counts` and `sums` (at the cell caps; a policy without `counts`
+  gets them from its `buckets`, one cell's count the sum of its buckets) and scalar
+  `total_events` and `total_sum` (at the totals' bounds). A part the policy does not
+  release is absent;
 - local: the client's `release_counter` / `release_histogram` are the mechanism: each
   device adds discrete Laplace noise to every count (a histogram: every bucket) and
   Laplace noise to every cell's sum. An OpenDP draw costs 6 to 19 us, so the sum of a

@@ -16,7 +16,8 @@ Noise, per trial:
   bits and resolution), the fleet sum of the clamped measurements plus two discrete
   Laplace draws per vector entry (leader and helper) at the task's scale, from OpenDP
   with the aggregators' construction (`make_laplace` on an i64 vector, the smallest scale
-  whose map at d_in = the task's sensitivity, 2 x its bound, is at most its epsilon).
+  whose map at d_in = the task's sensitivity, 2 x its bound or its bound for a total,
+  is at most its epsilon).
   That the fleet sum is what Prio3 reveals is checked once, at 1,000 devices, through
   the binding, for every task.
 - local: the client's `release_counter` / `release_histogram` are the mechanism: each
@@ -267,11 +268,12 @@ def _bound(task: AggregationTask) -> str:
 
 
 def _print_tasks(policy: Policy) -> None:
-    """The aggregate model's tasks: each part's epsilon and bound (sensitivity 2 x bound)."""
+    """The aggregate model's tasks: each part's epsilon and bound (sensitivity 2 x bound,
+    bound for a total)."""
     by_signal: dict[str, list[AggregationTask]] = {}
     for task in aggregation_tasks(policy).values():
         by_signal.setdefault(task.signal, []).append(task)
-    print("aggregate tasks: part epsilon <= bound (noise: two draws per entry at 2 x bound)")
+    print("aggregate tasks: part epsilon <= bound (noise: two draws per entry at its sensitivity)")
     for signal, tasks in by_signal.items():
         parts = ", ".join(f"{t.part} {t.epsilon:.4g} <= {_bound(t)}" for t in tasks)
         print(f"  {signal}: {parts}")

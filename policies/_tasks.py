@@ -19,12 +19,15 @@ to at most `bound` = 2**bits - 1, which the report's validity proof enforces exa
 The per-cell parts scale a heavy window down as a whole (keeping each cell's mean), so
 their bounds can sit near a typical window; the totals' bounds sit above a heavy one.
 
-Privacy unit: one device's report for one window (replace-one neighbours, so the
-number of reports in a batch is public). Two vectors with L1 <= bound differ by at most
-2 x bound in L1: each aggregator adds discrete Laplace noise at that sensitivity and the
-part's epsilon, so the revealed sum is epsilon-DP even if the other aggregator adds
-none. A signal's epsilon is split between its parts (basic composition) as its `parts`
-say (`CounterSignal.part_epsilons`, `HistogramSignal.part_epsilons`).
+Privacy unit: one device's report for one window (replace-one neighbours, so the number
+of reports in a batch is public). Two vectors of two or more entries (non-negative, L1
+<= bound) differ by at most 2 x bound in L1 (all of one in one entry, all of the other
+in another); two one-entry vectors (a total part, or any part of a signal without
+attributes), each in [0, bound], by at most bound, as under add/remove neighbours (a
+report joins or leaves the sum). Each aggregator adds discrete Laplace noise at that
+sensitivity and the part's epsilon, so the revealed sum is epsilon-DP even if the other
+aggregator adds none. A signal's epsilon is split between its parts (basic composition)
+as its `parts` say (`CounterSignal.part_epsilons`, `HistogramSignal.part_epsilons`).
 """
 
 from __future__ import annotations
@@ -92,8 +95,13 @@ class AggregationTask:
 
     @property
     def sensitivity(self) -> int:
-        """L1 distance between two devices' reports (replace-one), in units."""
-        return 2 * self.bound
+        """The largest L1 distance between two devices' reports (replace-one), in units.
+
+        The L1 diameter of the non-negative integer vectors with L1 <= bound: 2 x bound
+        for two or more entries (all in one entry against all in another), bound for
+        one (a scalar total, or the parts of a signal without attributes).
+        """
+        return self.bound if self.length == 1 else 2 * self.bound
 
     @property
     def chunk_length(self) -> int:

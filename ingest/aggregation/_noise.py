@@ -2,7 +2,8 @@
 
 The noise is OpenDP's (`dp.m.make_laplace` on an i64 vector domain with the L1 distance
 is the discrete Laplace), at the smallest scale whose own privacy map, at the task's
-sensitivity (2 x bound: replace one device's report), is at most the task's epsilon.
+sensitivity (`AggregationTask.sensitivity`, replace one device's report: 2 x bound for
+a vector, bound for a one-entry task such as a total), is at most the task's epsilon.
 Each aggregator draws at full scale, so the revealed sum is epsilon-DP even if the
 other aggregator adds nothing; the analyst sees two independent draws per entry.
 

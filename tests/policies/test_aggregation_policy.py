@@ -10,6 +10,7 @@ import yaml
 
 from policies import (
     DEFAULT_POLICY_PATH,
+    SCALAR_PARTS,
     PolicyError,
     aggregation_tasks,
     cell_labels,
@@ -118,6 +119,31 @@ def test_default_policy_tasks() -> None:
     assert spent <= policy.signals[latency].epsilon
     assert "prompt.personal_data/cells" not in tasks  # content: local model
     assert all(t.min_batch_size == 100 for t in tasks.values())
+
+
+def test_sensitivity_is_the_l1_diameter_of_a_report() -> None:
+    # Two vectors of non-negative entries with L1 <= bound: 2 x bound apart when there
+    # are two entries or more (all in one against all in another); one entry in
+    # [0, bound] against another: bound apart, as a report joining or leaving the sum.
+    tasks = aggregation_tasks(load_policy())
+    scalars = {i: t for i, t in tasks.items() if t.length == 1}
+    assert {t.part for t in scalars.values()} == {"total", "total_events", "total_sum"}
+    assert len(scalars) == 7
+    assert tasks["inference.requests/total"].sensitivity == 511
+    for task in tasks.values():
+        expected = task.bound if task.part in SCALAR_PARTS else 2 * task.bound
+        assert task.sensitivity == expected, task.id
+
+
+def test_a_signal_without_attributes_has_one_entry_parts(tmp_path: Path) -> None:
+    data = _data()
+    data["signals"]["inference.errors"]["attributes"] = {}
+    for instrument in data["otel"]["instruments"].values():
+        if instrument["signal"] == "inference.errors":
+            instrument["attributes"] = {}
+    data.pop("canary")  # its error-rate metric needs the route and model labels
+    cells = aggregation_tasks(_load(tmp_path, data))["inference.errors/cells"]
+    assert (cells.length, cells.bound, cells.sensitivity) == (1, 15, 15)
 
 
 def test_task_context_binds_policy_and_task() -> None:

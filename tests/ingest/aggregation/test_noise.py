@@ -15,7 +15,7 @@ from ingest.aggregation import (
     discrete_laplace_measurement,
     task_vdaf,
 )
-from policies import AggregationTask, aggregation_tasks
+from policies import AggregationTask, aggregation_tasks, load_policy
 from tests.ingest.aggregation.kit import small_policy
 
 
@@ -34,11 +34,37 @@ def test_the_scale_is_the_smallest_opendp_accepts(sensitivity: int, epsilon: flo
     assert scale == pytest.approx(sensitivity / epsilon, rel=1e-3)
 
 
-def test_the_task_sensitivity_is_replace_one_at_the_proof_bound() -> None:
+def test_a_vector_task_is_noised_at_twice_its_bound() -> None:
     task = _task()
+    assert task.length > 1
     draw = DiscreteLaplaceNoise().draw(task)
     assert len(draw.values) == task.length
     assert draw.scale == pytest.approx(2 * task.bound / task.epsilon, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "inference.requests/total",
+        "inference.errors/total",
+        "gen_ai.client.operation.duration/total_events",
+        "gen_ai.client.token.usage/total_sum",
+    ],
+)
+def test_a_scalar_task_is_noised_at_its_bound(task_id: str) -> None:
+    # One entry in [0, bound] (the proof's range): two devices' reports are at most
+    # bound apart, so twice that scale would only add noise.
+    task = aggregation_tasks(load_policy())[task_id]
+    assert task.length == 1
+    draw = DiscreteLaplaceNoise().draw(task)
+    assert len(draw.values) == 1
+    assert draw.scale == pytest.approx(task.bound / task.epsilon, rel=1e-3)
+    # OpenDP's own privacy map at the largest distance of two reports spends the
+    # task's epsilon, not less: the scale is the one this sensitivity needs.
+    meas, scale = discrete_laplace_measurement(1, task.bound, task.epsilon)
+    assert scale == draw.scale
+    assert meas.map(task.bound) <= task.epsilon
+    assert meas.map(task.bound) == pytest.approx(task.epsilon, rel=1e-3)
 
 
 def _pmf(k: int, scale: float) -> float:
