@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from auditlog import AuditLog
-from ingest._attestation_routes import AttestationState, attestation_router
+from ingest._attestation_routes import AttestationState, admit_refused_body, attestation_router
 from ingest._attestation_service import AttestationService
 from ingest._attested_keys import AttestedKeys
 from ingest._audit_routes import AuditKey, audit_router
@@ -27,7 +27,7 @@ from ingest._bus import EnvelopeBus, KafkaEnvelopeBus
 from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
 from ingest._envelope_endpoint import EnvelopeEndpoint, error_answer
-from ingest._errors import ConfigurationError, IngestError, MalformedBody
+from ingest._errors import ConfigurationError, IngestError, MalformedBody, RateLimited
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_audit_key, load_ingest_key
@@ -79,6 +79,12 @@ async def _ingest_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    try:
+        # A body that is not JSON is refused before the rate limit's dependency runs:
+        # it still takes a token on the endpoints anyone may call.
+        await admit_refused_body(request)
+    except RateLimited as limited:
+        return await _ingest_error(request, limited)
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     return _error(422, MalformedBody.reason, errors)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, cast
@@ -84,6 +85,7 @@ async def _admitted(request: Request) -> str:
     """The request's source, once its bucket gave it a token; else 429 (audited)."""
     state = _attestation_state(request)
     source = _source(request)
+    request.state.rate_checked = True
     wait = state.limiter.take(source)
     if wait > 0:
         action = _ACTIONS.get(request.url.path, "revoke")
@@ -97,6 +99,25 @@ async def _admitted(request: Request) -> str:
             retry_after=wait,
         )
     return source
+
+
+_LIMITED = re.compile(r"/v1/(enroll|enroll/activate|attest/nonce|attest|devices/[^/]+/revoke)")
+"""The paths whose routes take `SourceDep`: every request to them takes a token."""
+
+
+async def admit_refused_body(request: Request) -> None:
+    """Take the token of a request to a rate-limited endpoint that was refused before its
+    dependencies ran (FastAPI decodes a JSON body before it solves them, so a body that is
+    not JSON never reached `_admitted`): raises `RateLimited` past the source's burst,
+    as the endpoint would. Nothing for other paths, for a request that already took its
+    token (a valid JSON body of the wrong shape), or without the app's state."""
+    if not _LIMITED.fullmatch(request.url.path):
+        return
+    if getattr(request.state, "rate_checked", False):
+        return
+    if getattr(request.state, "attestation", None) is None:
+        return
+    await _admitted(request)
 
 
 AttestationDep = Annotated[AttestationState, Depends(_state)]

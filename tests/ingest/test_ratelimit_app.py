@@ -45,6 +45,26 @@ async def test_a_source_past_its_burst_is_429_with_retry_after(tmp_path: Path) -
     assert revoke.status_code == 429  # the operator endpoint's refusals count too
 
 
+async def test_bodies_that_are_not_json_take_tokens_too(tmp_path: Path) -> None:
+    """FastAPI refuses a body that is not JSON before the limiter's dependency runs; the
+    endpoint still counts it, and past the burst answers 429, not 422."""
+    app = create_app(_settings(tmp_path), bus=InMemoryEnvelopeBus())
+    junk = {"content": b"not json", "headers": {"content-type": "application/json"}}
+    async with asgi_client(app) as client:
+        first = [(await client.post("/v1/attest", **junk)).status_code for _ in range(3)]
+        after = [
+            (await client.post(path, **junk)).status_code
+            for path in ("/v1/attest", "/v1/enroll", "/v1/devices/x/revoke")
+        ]
+        shaped = await client.post("/v1/attest/nonce", json=UNKNOWN)
+        elsewhere = await client.post("/v1/deletion-requests", **junk)
+
+    assert first == [422, 422, 422]  # malformed_body, each taking a token
+    assert after == [429, 429, 429]
+    assert shaped.status_code == 429  # valid JSON: one token, as before
+    assert elsewhere.status_code != 429  # not an endpoint under this limit
+
+
 async def test_a_flood_is_counted_in_a_bounded_number_of_audit_entries(tmp_path: Path) -> None:
     app = create_app(_settings(tmp_path), bus=InMemoryEnvelopeBus())
     async with asgi_client(app) as client:
