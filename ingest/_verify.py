@@ -216,7 +216,9 @@ class EnvelopeVerifier:
         if isinstance(attested, Rejected):
             return attested
         try:
-            env = EnvelopeV1.model_validate_json(signed.payload)
+            # Strict: the JSON types the published schema gives (a sequence 1.0, "7" or
+            # true is refused, not coerced), so the ingest accepts what the schema says.
+            env = EnvelopeV1.model_validate_json(signed.payload, strict=True)
         except ValidationError as exc:
             return Rejected(RejectReason.SCHEMA_INVALID, summarize_validation_error(exc))
         fingerprint = key_fingerprint(signed.public_key)

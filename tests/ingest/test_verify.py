@@ -123,6 +123,22 @@ def test_schema_errors_are_summarised_without_echoing_input(
     assert "user typed this" not in verdict.detail
 
 
+@pytest.mark.parametrize("sequence", [1.0, "7", True])
+def test_a_field_of_another_json_type_is_refused_not_coerced(
+    verifier: EnvelopeVerifier, key: PrivateKey, sequence: object
+) -> None:
+    """The payload is read with the JSON types the published schema gives."""
+    device = Device("eu-test")
+    assert isinstance(
+        verifier.verify(device.item(key.public_key, device.envelope()), received_at=NOW),
+        Accepted,
+    )
+    env = device.envelope(sequence=sequence)
+    verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
+    assert verdict.reason is RejectReason.SCHEMA_INVALID
+    assert "sequence" in verdict.detail
+
+
 def test_device_id_must_be_the_signing_keys(verifier: EnvelopeVerifier, key: PrivateKey) -> None:
     device, other = Device("eu-test"), Device("eu-test")
     env = device.envelope(device_id=other.device_id)
