@@ -23,6 +23,7 @@ from warehouse._retention import (
     rows_by_tier,
 )
 from warehouse._schema import SCHEMA_VERSION, apply_schema, connect
+from warehouse._times import UnstorableValue
 from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write_envelopes
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ErasureCompactor",
     "PartitionOffset",
     "RetentionRun",
+    "UnstorableValue",
     "WriteResult",
     "apply_retention",
     "apply_schema",

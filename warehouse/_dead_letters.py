@@ -23,6 +23,8 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
+from warehouse._times import UnstorableValue
+
 __all__ = [
     "UNSTORABLE",
     "DeadLetter",
@@ -39,6 +41,7 @@ UNSTORABLE: tuple[type[BaseException], ...] = (
     pa.ArrowException,  # a value the columnar insert cannot hold
     OverflowError,
     UnicodeError,
+    UnstorableValue,  # e.g. a time it could not give back (warehouse._times)
 )
 """Errors that mean "the warehouse cannot store this row", as opposed to "the warehouse
 cannot store anything" (I/O, out of memory, a closed connection): the first kind is

@@ -35,6 +35,7 @@ from schemas import (
 )
 from warehouse._compact import record_erasure
 from warehouse._dead_letters import DeadLetter, insert_dead_letters
+from warehouse._times import check_storable_time, epoch_us
 
 __all__ = ["PartitionOffset", "WriteResult", "stored_offsets", "write_envelopes"]
 
@@ -208,6 +209,8 @@ def _record_deletions(
     applied = 0
     for item in requests:
         d = item.deletion
+        check_storable_time("requested_at", d.requested_at)
+        check_storable_time("received_at", item.received_at)
         known = conn.execute(
             "SELECT 1 FROM deletion_requests WHERE request_id = ?", [str(d.request_id)]
         ).fetchone()
@@ -261,38 +264,49 @@ def _record_deletions(
     return applied
 
 
+_Deletions = Mapping[tuple[str, str], list[tuple[int, int]]]
+"""(device, tier) -> [(requested_at, received_at)] of recorded deletions, in epoch µs."""
+
+
 def _deleted_cells(
     conn: duckdb.DuckDBPyConnection, fresh: Sequence[IngestedEnvelope]
-) -> dict[tuple[str, str], list[tuple[datetime, datetime]]]:
-    """(device, tier) -> [(requested_at, received_at)] of recorded deletions."""
+) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """(device, tier) -> [(requested_at, received_at)] of recorded deletions, as
+    microseconds since the epoch: a row an older ingest recorded with a time outside
+    Python's calendar comes back as a number, not as DuckDB's text (`warehouse._times`)."""
     devices = sorted({i.envelope.device_id for i in fresh})
     rows = conn.execute(
-        "SELECT device_id, tier, requested_at, received_at FROM deletion_requests "
-        "WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
+        "SELECT device_id, tier, epoch_us(requested_at), epoch_us(received_at) "
+        "FROM deletion_requests WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
         [devices],
     ).fetchall()
-    out: dict[tuple[str, str], list[tuple[datetime, datetime]]] = {}
+    out: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for device, tier, requested, received in rows:
         out.setdefault((device, tier), []).append((requested, received))
     return out
 
 
-def _covered(
-    item: IngestedEnvelope,
-    tier: str,
-    deletions: Mapping[tuple[str, str], list[tuple[datetime, datetime]]],
-) -> bool:
+def _covered(item: IngestedEnvelope, tier: str, deletions: _Deletions) -> bool:
     env = item.envelope
     return any(
-        env.window_start < requested or item.received_at <= received
+        epoch_us(env.window_start) < requested or epoch_us(item.received_at) <= received
         for requested, received in deletions.get((env.device_id, tier), ())
     )
+
+
+def _check_times(item: IngestedEnvelope) -> None:
+    """Raise `UnstorableValue` if a time of `item` could not be given back."""
+    env = item.envelope
+    check_storable_time("window_start", env.window_start)
+    check_storable_time("window_end", env.window_end)
+    check_storable_time("sent_at", env.sent_at)
+    check_storable_time("received_at", item.received_at)
 
 
 def _store_reports(
     conn: duckdb.DuckDBPyConnection,
     fresh: Sequence[IngestedEnvelope],
-    deletions: Mapping[tuple[str, str], list[tuple[datetime, datetime]]],
+    deletions: _Deletions,
 ) -> int:
     """Keep the Prio3 reports of newly stored envelopes; returns how many were refused.
 
@@ -432,6 +446,7 @@ def write_envelopes(
         reports_refused = 0
         for item, key in zip(items, keys, strict=True):
             if key not in seen:
+                _check_times(item)
                 seen.add(key)
                 fresh.append(item)
                 fresh_ids.append(key[1])
