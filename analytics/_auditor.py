@@ -180,10 +180,27 @@ def _retention(conn: duckdb.DuckDBPyConnection, present: set[str]) -> pl.DataFra
     )
 
 
+def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ?",
+        [table],
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
 def _applied(conn: duckdb.DuckDBPyConnection, present: set[str]) -> pl.DataFrame:
+    # Request ids are unique per device (schema version 3): an erasure names its
+    # request's device. A file opened read-only before its migration has request ids
+    # unique across devices, and erasures without the column.
+    same_device = (
+        " AND e.device_id = d.device_id"
+        if "erasures" in present and "device_id" in _columns(conn, "erasures")
+        else ""
+    )
     erased = (
         "(SELECT e.erased_at FROM erasures e WHERE e.source = 'deletion_request' "
-        "AND e.source_id = d.request_id)"
+        f"AND e.source_id = d.request_id{same_device})"
         if "erasures" in present
         else "NULL::TIMESTAMPTZ"
     )
@@ -204,7 +221,7 @@ def _applied(conn: duckdb.DuckDBPyConnection, present: set[str]) -> pl.DataFrame
         f"""SELECT CAST(d.request_id AS VARCHAR) AS request_id, d.device_id, d.region,
                    d.tier, d.requested_at, d.received_at, d.rows_deleted,
                    {erased} AS erased_at
-            FROM deletion_requests d ORDER BY d.received_at, d.request_id""",
+            FROM deletion_requests d ORDER BY d.received_at, d.request_id, d.device_id""",
         schema,
     )
 
@@ -236,14 +253,15 @@ def _logged(audit: AuditLog | None, action: str, pattern: re.Pattern[str]) -> pl
 
 
 def _deletions(applied: pl.DataFrame, logged: pl.DataFrame, with_log: bool) -> pl.DataFrame:
+    # A request id is unique per device, not across devices: matched by both.
     accepted = logged.select(
         pl.col("id").alias("request_id"),
-        pl.col("device_id").alias("logged_device_id"),
+        "device_id",
         pl.col("tier").alias("logged_tier"),
         "audit_seq",
         "logged_at",
-    ).unique("request_id", keep="first")
-    joined = applied.join(accepted, on="request_id", how="full", coalesce=True)
+    ).unique(["request_id", "device_id"], keep="first", maintain_order=True)
+    joined = applied.join(accepted, on=["request_id", "device_id"], how="full", coalesce=True)
     status = (
         pl.when(pl.col("rows_deleted").is_null())
         .then(pl.lit("accepted, not applied"))
@@ -254,14 +272,13 @@ def _deletions(applied: pl.DataFrame, logged: pl.DataFrame, with_log: bool) -> p
         .otherwise(pl.lit("applied, erasure pending"))
     )
     out = joined.with_columns(
-        pl.col("device_id").fill_null(pl.col("logged_device_id")),
         pl.col("tier").fill_null(pl.col("logged_tier")),
         status.alias("status"),
         (pl.col("audit_seq").is_not_null() if with_log else pl.lit(None, pl.Boolean)).alias(
             "in_audit_log"
         ),
-    ).drop("logged_device_id", "logged_tier")
-    return out.sort(["received_at", "logged_at", "request_id"], nulls_last=True)
+    ).drop("logged_tier")
+    return out.sort(["received_at", "logged_at", "request_id", "device_id"], nulls_last=True)
 
 
 def verify_log(

@@ -92,12 +92,16 @@ def record_erasure(
     source_id: str,
     rows: int,
     at: datetime | None = None,
+    *,
+    device_id: str = "",
 ) -> None:
     """Note, inside the deleting transaction, that `rows` deleted rows still occupy bytes
-    in the file until the next `compact`."""
+    in the file until the next `compact`. `device_id`: the device of a deletion request
+    (its request ids are its own); '' for a retention run."""
     conn.execute(
-        "INSERT OR IGNORE INTO erasures VALUES (?, ?, ?, ?, NULL)",
-        [source, source_id, at or datetime.now(UTC), rows],
+        "INSERT OR IGNORE INTO erasures (source, source_id, device_id, deleted_at, "
+        "rows_deleted, erased_at) VALUES (?, ?, ?, ?, ?, NULL)",
+        [source, source_id, device_id, at or datetime.now(UTC), rows],
     )
 
 

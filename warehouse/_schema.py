@@ -12,9 +12,11 @@ from warehouse._dead_letters import upgrade_dead_letters
 
 __all__ = ["SCHEMA_VERSION", "apply_schema", "connect"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: envelope ids are unique per device, not across devices (a device that learned
-another's envelope id could otherwise pre-empt it); version-1 files are migrated."""
+another's envelope id could otherwise pre-empt it). 3: so are deletion request ids (a
+device that used another's request id first made the victim's deletion a no-op), and an
+erasure names the device of its deletion request. Older files are migrated."""
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_meta (version INTEGER NOT NULL);
@@ -67,9 +69,10 @@ CREATE TABLE IF NOT EXISTS suppressions (
     signal       VARCHAR NOT NULL,
     releases     INTEGER NOT NULL
 );
--- Consent revocations the ingest recorded, and what they deleted.
+-- Consent revocations the ingest recorded, and what they deleted. A request id is the
+-- device's own: unique per device, as envelope ids are.
 CREATE TABLE IF NOT EXISTS deletion_requests (
-    request_id      UUID PRIMARY KEY,
+    request_id      UUID NOT NULL,
     device_id       VARCHAR NOT NULL,
     region          VARCHAR NOT NULL,
     tier            VARCHAR NOT NULL,
@@ -77,7 +80,8 @@ CREATE TABLE IF NOT EXISTS deletion_requests (
     received_at     TIMESTAMPTZ NOT NULL,
     consent_hash    VARCHAR NOT NULL,
     key_fingerprint VARCHAR NOT NULL,
-    rows_deleted    BIGINT NOT NULL
+    rows_deleted    BIGINT NOT NULL,
+    PRIMARY KEY (device_id, request_id)
 );
 -- Prio3 reports of aggregate-model signals, as the leader (the ingest) keeps them until
 -- they are aggregated: the public share, the leader's input share and the helper's
@@ -218,36 +222,56 @@ CREATE TABLE IF NOT EXISTS retention_runs (
 -- Deletions whose bytes must leave the file: one row per deletion request or retention
 -- run that deleted rows, written in its transaction. erased_at is set by the rewrite
 -- into a fresh file that no longer holds them (warehouse/_compact.py); NULL: pending.
--- source: deletion_request (source_id = request_id) | retention (source_id = run_id).
+-- source: deletion_request (source_id = request_id, device_id = its device: request ids
+-- are unique per device) | retention (source_id = run_id, device_id = '').
 CREATE TABLE IF NOT EXISTS erasures (
     source       VARCHAR NOT NULL,
     source_id    UUID NOT NULL,
     deleted_at   TIMESTAMPTZ NOT NULL,
     rows_deleted BIGINT NOT NULL,
     erased_at    TIMESTAMPTZ,
-    PRIMARY KEY (source, source_id)
+    device_id    VARCHAR NOT NULL DEFAULT '',
+    PRIMARY KEY (source, source_id, device_id)
 );
 """
 
 
-# Tables whose primary key changed in version 2: rebuilt with the new key, rows kept.
-_REKEYED = ("envelopes", "prio_report_rejections")
+# Tables whose primary key changed in a version: rebuilt with the new key, rows kept.
+_REKEYED: dict[int, tuple[str, ...]] = {
+    2: ("envelopes", "prio_report_rejections"),  # (device, envelope)
+    3: ("deletion_requests", "erasures"),  # (device, request); erasures gain device_id
+}
 
 
-def _migrate_v1(conn: duckdb.DuckDBPyConnection) -> None:
-    """Version 1 keyed envelopes by envelope id alone: rebuild with (device, envelope)."""
+def _rebuild(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Recreate `table` as `_DDL` defines it now, rows kept (by column name: a column
+    added since gets its default)."""
+    exists = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+    ).fetchall()
+    if exists == [(0,)]:
+        return
+    conn.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+    conn.execute(_DDL)  # creates the table anew, with the current key
+    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {table}_old")
+    conn.execute(f"DROP TABLE {table}_old")
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection, version: int) -> None:
+    """Bring a file of `version` to `SCHEMA_VERSION`, in one transaction."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        for table in _REKEYED:
-            exists = conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-            ).fetchone()
-            if exists == (0,):
-                continue
-            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
-            conn.execute(_DDL)  # creates the table anew, with the version-2 key
-            conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_v1")
-            conn.execute(f"DROP TABLE {table}_v1")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for table in _REKEYED[step]:
+                _rebuild(conn, table)
+            if step == 3:
+                # Until now a request id was unique across devices: each erasure of a
+                # deletion request names the one device whose request it was.
+                conn.execute(
+                    "UPDATE erasures SET device_id = d.device_id FROM deletion_requests d "
+                    "WHERE erasures.source = 'deletion_request' "
+                    "AND erasures.source_id = d.request_id"
+                )
         conn.execute("UPDATE schema_meta SET version = ?", [SCHEMA_VERSION])
         conn.execute("COMMIT")
     except BaseException:
@@ -264,8 +288,8 @@ def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
     ((version,),) = conn.execute("SELECT max(version) FROM schema_meta").fetchall()
     if version is None:
         conn.execute("INSERT INTO schema_meta VALUES (?)", [SCHEMA_VERSION])
-    elif version == 1:
-        _migrate_v1(conn)
+    elif version < SCHEMA_VERSION:
+        _migrate(conn, version)
 
 
 def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:

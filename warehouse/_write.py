@@ -6,12 +6,13 @@ keyed by (device id, envelope id), so a message produced twice (a client retry a
 lost 202) adds nothing either.
 
 Deletion requests (a device revoked consent for a tier) are applied in the same
-transaction: recorded in `deletion_requests` (keyed by request id, so a replay is a
-no-op), and the device's `released_values` of that tier deleted for every envelope
-whose window started before the request or that the ingest received before it. An
-envelope of that kind arriving later (a replay, a retry) has those rows filtered out on
-insert, so a deletion sticks in any order. `enforce_retention` deletes each tier's rows
-past its retention (content first: it has the shortest).
+transaction: recorded in `deletion_requests` (keyed by device and request id, so a
+replay is a no-op and no device can pre-empt another's request id), and the device's
+`released_values` of that tier deleted for every envelope whose window started before
+the request or that the ingest received before it. An envelope of that kind arriving
+later (a replay, a retry) has those rows filtered out on insert, so a deletion sticks in
+any order. `enforce_retention` deletes each tier's rows past its retention (content
+first: it has the shortest).
 """
 
 from __future__ import annotations
@@ -211,10 +212,12 @@ def _record_deletions(
         d = item.deletion
         check_storable_time("requested_at", d.requested_at)
         check_storable_time("received_at", item.received_at)
+        # Unique per device: another device's request with the same id is its own.
         known = conn.execute(
-            "SELECT 1 FROM deletion_requests WHERE request_id = ?", [str(d.request_id)]
-        ).fetchone()
-        if known is not None:
+            "SELECT count(*) FROM deletion_requests WHERE device_id = ? AND request_id = ?",
+            [d.device_id, str(d.request_id)],
+        ).fetchall()
+        if known != [(0,)]:
             continue
         deleted = conn.execute(
             """DELETE FROM released_values WHERE device_id = ? AND tier = ?
@@ -259,7 +262,7 @@ def _record_deletions(
         )
         if rows:
             # The deleted bytes stay in the file until it is rewritten (warehouse._compact).
-            record_erasure(conn, "deletion_request", str(d.request_id), rows)
+            record_erasure(conn, "deletion_request", str(d.request_id), rows, device_id=d.device_id)
         applied += 1
     return applied
 

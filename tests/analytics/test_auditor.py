@@ -200,6 +200,39 @@ def test_without_a_log_the_warehouse_alone_is_reported(
     assert transit not in report.deletions["request_id"].to_list()
 
 
+def test_one_request_id_of_two_devices_is_two_deletions_each_matched_to_its_entry(
+    tmp_path: Path,
+) -> None:
+    """Request ids are unique per device: two devices' requests with one id are both
+    applied, each erased on its own and matched to its own audit entry."""
+    db, log = tmp_path / "warehouse.duckdb", tmp_path / "audit.sqlite3"
+    first = _deletion("dev-a", Tier.CONTENT, T0 + 5 * HOUR)
+    shared = first.deletion.request_id
+    second = _deletion("dev-b", Tier.HEALTH, T0 + 6 * HOUR)
+    second = second.model_copy(
+        update={"deletion": second.deletion.model_copy(update={"request_id": shared})}
+    )
+    conn = connect(db)
+    write_envelopes(conn, [_envelope(d, w) for d in ("dev-a", "dev-b") for w in range(3)])
+    write_envelopes(conn, [first])
+    conn.execute("UPDATE erasures SET erased_at = ?", [T0 + 6 * HOUR])  # rewritten since
+    write_envelopes(conn, [second])
+    conn.close()
+    audit = AuditLog(log)
+    audit.append(_accepted(str(shared), "dev-a", "content"))
+    audit.append(_accepted(str(shared), "dev-b", "health"))
+    audit.close()
+    deletions = _report(db, log, "--format", "json")["deletion_requests"]
+    assert [
+        (d["request_id"], d["device_id"], d["tier"], d["rows_deleted"], d["status"])
+        for d in deletions
+    ] == [
+        (str(shared), "dev-a", "content", 3, "applied, erased"),
+        (str(shared), "dev-b", "health", 3, "applied, erasure pending"),
+    ]
+    assert [(d["audit_seq"], d["in_audit_log"]) for d in deletions] == [(1, True), (2, True)]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -11,7 +11,7 @@ from nacl.public import PublicKey
 
 from ingest import DeadLetter, DuckDBSink, IngestSettings, create_app
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, ingested
-from warehouse import PartitionOffset, WriteResult, connect, write_envelopes
+from warehouse import SCHEMA_VERSION, PartitionOffset, WriteResult, connect, write_envelopes
 
 
 @pytest.fixture
@@ -141,9 +141,11 @@ def test_a_version_1_warehouse_is_migrated_to_per_device_envelope_ids(tmp_path: 
     item = ingested(Device())
     first.write([item])
     first.close()
-    # Migrated once (version 2), rows kept, and the new key in force.
+    # Migrated once (to the current version), rows kept, and the new key in force.
     again = DuckDBSink(path)
-    assert again.connection.execute("SELECT version FROM schema_meta").fetchall() == [(2,)]
+    assert again.connection.execute("SELECT version FROM schema_meta").fetchall() == [
+        (SCHEMA_VERSION,)
+    ]
     assert again.envelope_count() == 1
     other = item.model_copy(
         update={"envelope": item.envelope.model_copy(update={"device_id": "dev-someone-else"})}

@@ -14,7 +14,7 @@ import pytest
 from ingest import DuckDBSink
 from schemas import DeletionRequestV1, IngestedDeletionRequest, IngestedEnvelope, Tier
 from tests.ingest.kit import Device, ingested
-from warehouse import connect, write_envelopes
+from warehouse import SCHEMA_VERSION, connect, write_envelopes
 
 RECEIVED = datetime(2025, 1, 1, 11, tzinfo=UTC)
 """When the kit's envelopes are received (`ingested`)."""
@@ -136,3 +136,90 @@ def test_a_time_outside_the_calendar_is_a_dead_letter_and_the_batch_stored(
     assert letters[0][2].startswith(f"requested_at {YEAR_10000} is outside years 1 to 9999")
     assert letters[1][2].startswith(f"window_start {YEAR_0} is outside years 1 to 9999")
     assert conn.execute("SELECT count(*) FROM deletion_requests").fetchall() == [(0,)]
+
+
+def _erasures(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, bool]]:
+    rows = conn.execute(
+        "SELECT CAST(source_id AS VARCHAR), device_id, erased_at IS NOT NULL FROM erasures "
+        "WHERE source = 'deletion_request' ORDER BY device_id"
+    ).fetchall()
+    return [(str(r), str(d), bool(e)) for r, d, e in rows]
+
+
+def test_two_devices_using_one_request_id_both_get_their_deletion(sink: DuckDBSink) -> None:
+    """Request ids are in the audit log: a device that used the victim's id first once
+    made the victim's deletion a silent no-op after its 202. Each is applied, each has
+    its erasure, and a replay of either is still applied once."""
+    attacker, victim = Device(), Device()
+    sink.write([ingested(attacker), ingested(victim)])
+    shared = uuid.uuid4()
+    first = _deletion(attacker, request_id=shared)
+    assert sink.write([first]).deletions == 1
+    second = _deletion(victim, request_id=shared)
+    assert sink.write([second]).deletions == 1
+    conn = sink.connection
+    assert (_values(conn, attacker), _values(conn, victim)) == (0, 0)
+    assert sorted(
+        conn.execute("SELECT device_id, rows_deleted FROM deletion_requests").fetchall()
+    ) == sorted([(attacker.device_id, 1), (victim.device_id, 1)])
+    assert {(r, d) for r, d, _ in _erasures(conn)} == {
+        (str(shared), attacker.device_id),
+        (str(shared), victim.device_id),
+    }
+    assert sink.write([first, second]).deletions == 0  # replays
+
+
+def _version_2_file(path: Path, owner: Device, request_id: uuid.UUID) -> None:
+    """A warehouse as schema version 2 left it: request ids unique across devices,
+    erasures without a device; `owner`'s request applied and erased."""
+    old = duckdb.connect(str(path))
+    old.execute("CREATE TABLE schema_meta (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO schema_meta VALUES (2)")
+    old.execute(
+        "CREATE TABLE deletion_requests (request_id UUID PRIMARY KEY, "
+        "device_id VARCHAR NOT NULL, region VARCHAR NOT NULL, tier VARCHAR NOT NULL, "
+        "requested_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL, "
+        "consent_hash VARCHAR NOT NULL, key_fingerprint VARCHAR NOT NULL, "
+        "rows_deleted BIGINT NOT NULL)"
+    )
+    old.execute(
+        "CREATE TABLE erasures (source VARCHAR NOT NULL, source_id UUID NOT NULL, "
+        "deleted_at TIMESTAMPTZ NOT NULL, rows_deleted BIGINT NOT NULL, "
+        "erased_at TIMESTAMPTZ, PRIMARY KEY (source, source_id))"
+    )
+    old.execute(
+        "INSERT INTO deletion_requests VALUES (?, ?, 'eu-test', 'performance', ?, ?, ?, ?, 1)",
+        [str(request_id), owner.device_id, RECEIVED, RECEIVED, "cd" * 32, "ab" * 32],
+    )
+    old.execute(
+        "INSERT INTO erasures VALUES ('deletion_request', ?, ?, 1, ?), "
+        "('retention', ?, ?, 5, NULL)",
+        [str(request_id), RECEIVED, RECEIVED, str(uuid.uuid4()), RECEIVED],
+    )
+    old.close()
+
+
+def test_a_version_2_warehouse_is_migrated_to_per_device_request_ids(tmp_path: Path) -> None:
+    path = tmp_path / "v2.duckdb"
+    owner, victim = Device(), Device()
+    shared = uuid.uuid4()
+    _version_2_file(path, owner, shared)
+    conn = connect(path)
+    assert conn.execute("SELECT version FROM schema_meta").fetchall() == [(SCHEMA_VERSION,)]
+    assert conn.execute(
+        "SELECT CAST(request_id AS VARCHAR), device_id FROM deletion_requests"
+    ).fetchall() == [(str(shared), owner.device_id)]
+    # The old erasure is tied to its request's device; the retention run's to none.
+    assert _erasures(conn) == [(str(shared), owner.device_id, True)]
+    assert conn.execute(
+        "SELECT device_id, rows_deleted, erased_at IS NULL FROM erasures WHERE source = 'retention'"
+    ).fetchall() == [("", 5, True)]
+    write_envelopes(conn, [ingested(victim)])
+    assert write_envelopes(conn, [_deletion(victim, request_id=shared)]).deletions == 1
+    assert _values(conn, victim) == 0
+    # The victim's erasure is its own, pending: the next rewrite takes its bytes out.
+    assert _erasures(conn) == [
+        (str(shared), d, d == owner.device_id) for d in sorted([owner.device_id, victim.device_id])
+    ]
+    conn.close()
+    assert connect(path).execute("SELECT version FROM schema_meta").fetchall() == [(3,)]
