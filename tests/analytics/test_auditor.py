@@ -233,6 +233,32 @@ def test_one_request_id_of_two_devices_is_two_deletions_each_matched_to_its_entr
     assert [(d["audit_seq"], d["in_audit_log"]) for d in deletions] == [(1, True), (2, True)]
 
 
+def test_a_file_not_yet_migrated_is_read_with_its_erasures(
+    files: tuple[Path, Path, str, str],
+) -> None:
+    """A report opens the file read-only, never migrating it: erasures of a version-2
+    file have no device (its request ids were unique across devices) and still match."""
+    db, _, applied, _ = files
+    conn = connect(db)
+    conn.execute("DROP TABLE erasures")
+    conn.execute(
+        "CREATE TABLE erasures (source VARCHAR NOT NULL, source_id UUID NOT NULL, "
+        "deleted_at TIMESTAMPTZ NOT NULL, rows_deleted BIGINT NOT NULL, "
+        "erased_at TIMESTAMPTZ, PRIMARY KEY (source, source_id))"
+    )
+    conn.execute(
+        "INSERT INTO erasures VALUES ('deletion_request', ?, ?, 3, ?)", [applied, T0, T0 + HOUR]
+    )
+    conn.execute("UPDATE schema_meta SET version = 2")
+    conn.close()
+    conn = open_warehouse(db)
+    try:
+        report = build_auditor_report(conn, source=str(db))
+    finally:
+        conn.close()
+    assert report.deletions.select("request_id", "status").rows() == [(applied, "applied, erased")]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
