@@ -7,7 +7,9 @@ billed by, M. Per route:
 
 - cloud: Tokens (FOCUS ConsumedUnit); use per request: mean tokens per request on the
   route for the model version (for every version alike where the token histogram's
-  figures carry no model label); price: the model's blended price per 1,000 tokens.
+  figures carry no model label): the histogram's mean per event times the fleet's token
+  events per request (`analytics._cost_tokens`); price: the model's blended price per
+  1,000 tokens.
 - edge: GPU-Seconds; mean latency (route, model) x GPU-seconds per latency-second;
   per GPU-second.
 - local: kWh; Wh per inference / 1000 (declared, exact); per kWh.
@@ -34,6 +36,7 @@ import polars as pl
 
 from analytics._cost_box import Bounded, box_range, union_level
 from analytics._cost_measure import PERIOD_COLUMNS, measured_means, measured_requests
+from analytics._cost_tokens import tokens_per_request
 from analytics._intervals import check_level
 from policies import CostPolicy
 
@@ -316,13 +319,7 @@ def cost_breakdown(
         since=since,
         until=until,
     )
-    tokens = measured_means(
-        conn,
-        cost,
-        cost.tokens_signal,
-        [cost.route_label, cost.model_label],
-        levels,
-        since=since,
-        until=until,
+    tokens = tokens_per_request(
+        conn, cost, [cost.route_label, cost.model_label], levels, since=since, until=until
     )
     return price_cells(cost, requests, latency, tokens, level)

@@ -6,9 +6,10 @@ and `analytics._means`, which read both privacy models alike):
 - requests per route and model version (the requests counter's cells added);
 - mean latency per request, per route and model version (the latency histogram's sum
   over its count): an edge request's GPU time;
-- mean tokens per request, per route and model version (the token histogram's sum over
-  its count; figures stored without a model label group as model '', and the cost
-  model applies them to every version on their route).
+- mean tokens per token event, per route and model version (the token histogram's sum
+  over its count; figures stored without a model label group as model '', and the cost
+  model applies them to every version on their route), which `analytics._cost_tokens`
+  turns into tokens per request (an app may record one event per token type).
 
 Use is requests x mean, not the histograms' sums: under the aggregate model a heavy
 day's per-cell parts are scaled down as a whole (`cell_max_events`), which keeps each

@@ -9,13 +9,14 @@ the declared energy); the rest is unchanged. Per charge period, over every price
     change    = sum over cloud cells of share x N_cloud x (cpi_target - cpi_cloud)
     projected = baseline + change (each cloud cell's figure taken as one)
 
-Each is a sum of multilinear figures of the period's estimates (requests per cell,
-mean tokens per cloud region, mean latency per edge cell). Their interval is the sum of
-each figure's range over the box of its estimates' intervals, every estimate taken at
-1 - alpha/k with k the number of estimates in the period (`analytics._cost_box`): all
-hold together at the level, whatever the figures share. A cell whose mean is not
-estimable at that level (its count may be zero: e.g. the `other` model version) is left
-out of every sum and counted in `cells_left_out`.
+Each is a sum of multilinear figures of the period's estimates (requests per cell, mean
+tokens per request per cloud region, mean latency per edge cell; tokens per request is
+itself a range over three estimates' box at its level, `analytics._cost_tokens`). Their
+interval is the sum of each figure's range over the box of its estimates' intervals,
+every estimate taken at 1 - alpha/k with k the number of estimates in the period
+(`analytics._cost_box`): all hold together at the level, whatever the figures share. A
+cell whose mean is not estimable at that level (its count may be zero: e.g. the `other`
+model version) is left out of every sum and counted in `cells_left_out`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import polars as pl
 from analytics._cost import price_cells, price_per_unit
 from analytics._cost_box import Bounded, box_range, sum_ranges, union_level
 from analytics._cost_measure import PERIOD_COLUMNS, measured_means, measured_requests
+from analytics._cost_tokens import tokens_per_request
 from analytics._errors import InvalidQueryError
 from analytics._intervals import check_level
 from policies import CostPolicy
@@ -251,8 +253,6 @@ def cost_what_if(
     latency = measured_means(
         conn, cost, cost.latency_signal, labels, levels, since=since, until=until
     )
-    tokens = measured_means(
-        conn, cost, cost.tokens_signal, [cost.route_label], levels, since=since, until=until
-    )
+    tokens = tokens_per_request(conn, cost, [cost.route_label], levels, since=since, until=until)
     priced = price_cells(cost, requests, latency, tokens, at)
     return project_move(cost, priced, share, target, level, k)

@@ -6,9 +6,10 @@ and carries the DP noise of those estimates into the cost's interval
 (`analytics._cost`). Per route:
 
 - cloud: a price per 1,000 input tokens and per 1,000 output tokens, per model version.
-  The token histogram records tokens per request without saying which were input, so
-  `input_token_share` (from the provider's invoice, say) splits them; it is an
-  assumption of the model, stated in the export, not an estimate.
+  The token histogram does not say which tokens were input (an OpenTelemetry app
+  records one event per token type, the mapping ignores the type; analytics divides by
+  the events per request), so `input_token_share` (from the provider's invoice, say)
+  splits them; it is an assumption of the model, stated in the export, not an estimate.
 - edge: a price per GPU-second; GPU-seconds are the edge route's latency-seconds times
   `gpu_seconds_per_latency_second` (1.0 bills the whole end-to-end latency: an upper
   bound, since it includes the network).

@@ -105,9 +105,19 @@ def build_cost_fleet(
     insert_batches(conn, batches, AggregateTruth())
     out: dict[tuple[str, str], CellTruth] = {}
     values = _by_region(batches)
+    # Tokens per request: the mean per event times the region's token events per request
+    # over all routes (`analytics._cost_tokens`); the counts here are not one per request.
+    events: dict[str, float] = {}
+    requests: dict[str, float] = {}
+    for (region, _), v in values.items():
+        events[region] = events.get(region, 0.0) + v["tok_count"]
+        requests[region] = requests.get(region, 0.0) + v["requests"]
     for (region, route), v in values.items():
+        per_request = events[region] / requests[region]
         out[(region, route)] = CellTruth(
-            v["requests"], v["lat_sum"] / v["lat_count"], v["tok_sum"] / v["tok_count"]
+            v["requests"],
+            v["lat_sum"] / v["lat_count"],
+            v["tok_sum"] / v["tok_count"] * per_request,
         )
     return out
 
