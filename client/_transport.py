@@ -42,6 +42,19 @@ from schemas import (
 __all__ = ["HttpTransport", "MemoryTransport", "Transport"]
 
 _INVALID_BATCH_4XX = frozenset({400, 422})
+_CLOCK_SKEW = "clock_skew"
+
+
+def _error_reason(response: httpx.Response) -> str | None:
+    """The `error` of the ingest's error body (`{"error": reason, ...}`), if it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    reason = body.get("error") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
 """The only whole-request answers that judge what was sent: sending it again fails."""
 
 
@@ -131,7 +144,12 @@ class HttpTransport(Transport):
         return _uniform_result(len(batch.envelopes), accepted=False, detail=f"http_{status}")
 
     def send_deletion(self, request: SignedDeletionRequest) -> DeletionReceipt | None:
-        """POST the signed request; 202 is recorded, 400/422 refused, the rest retried."""
+        """POST the signed request; 202 is recorded, 400/422 refused, the rest retried.
+
+        Except `clock_skew`: the request's time is ahead of the ingest's clock (this
+        device's clock runs fast), and the same request is accepted once the ingest's
+        time has caught up. A revocation must not be lost to a clock, so that refusal
+        is retried like a 503 (`TransportError`), and the request stays pending."""
         try:
             response = self._post(self._deletion_url, request.model_dump(mode="json"))
         except httpx.HTTPError as exc:
@@ -139,6 +157,11 @@ class HttpTransport(Transport):
         status = response.status_code
         if status >= 300 and status not in _INVALID_BATCH_4XX:
             raise TransportError(f"ingest answered {status}", status_code=status)
+        if status in _INVALID_BATCH_4XX and _error_reason(response) == _CLOCK_SKEW:
+            raise TransportError(
+                "the deletion request is ahead of the ingest's clock; kept and sent again",
+                status_code=status,
+            )
         if 200 <= status < 300:
             try:
                 return DeletionReceipt.model_validate_json(response.content)

@@ -165,3 +165,27 @@ def test_a_deletion_request_is_dropped_only_when_the_ingest_refuses_it() -> None
         with pytest.raises(TransportError) as err:
             answering(status).send_deletion(request)
         assert err.value.status_code == status
+
+
+def test_a_deletion_request_ahead_of_the_ingests_clock_is_kept_and_sent_again() -> None:
+    """A device whose clock runs fast must not lose its revocation: `clock_skew` is
+    retried (the request stays pending), every other 422 is final."""
+    request = SignedDeletionRequest(
+        public_key=base64.b64encode(bytes(32)),
+        payload=base64.b64encode(b"{}"),
+        signature=base64.b64encode(bytes(64)),
+    )
+
+    def answering(reason: str) -> HttpTransport:
+        body = {"error": reason, "detail": "test"}
+        return HttpTransport(
+            "https://ingest.test",
+            client=httpx.Client(
+                transport=httpx.MockTransport(lambda r: httpx.Response(422, json=body))
+            ),
+        )
+
+    with pytest.raises(TransportError) as err:
+        answering("clock_skew").send_deletion(request)
+    assert err.value.status_code == 422
+    assert answering("schema_invalid").send_deletion(request) is None
