@@ -17,7 +17,11 @@ the dead letters and the batch's offsets in one last transaction. Every write is
 idempotent (rows by device and envelope id, deletions by request id, letters by
 Kafka coordinates or content hash), so a crash in between replays the batch to the same
 end. Any other warehouse error (I/O, a closed connection) propagates: the warehouse is
-failing, not a row.
+failing, not a row. Unless it keeps failing the same batch: then `store_isolating` (the
+consumer calls it after retries) writes the batch in halves, and if the warehouse takes
+a write at all, each message that still fails alone (a bug a strange but valid
+envelope brings out) becomes a dead letter, so it cannot hold the partition back for
+good across restarts, as the embedded outbox does (`OutboxEnvelopeBus._isolate`).
 
 DuckDB calls block, so the consumer runs them in a worker thread (`asyncio.to_thread`);
 a lock serialises them because one DuckDB connection must not run two transactions.
@@ -207,16 +211,44 @@ class DuckDBSink:
     ) -> WriteResult:
         """Decode Kafka messages and `write` them with `offsets`; a message that does not
         decode is dead-lettered in the same transaction."""
-        entries: list[_Entry] = []
-        letters: list[DeadLetter] = []
-        for message in messages:
-            try:
-                if message.value is None:
-                    raise ValueError("message has no value")
-                entries.append(_Entry(_MESSAGE.validate_json(message.value), message))
-            except ValueError as exc:  # pydantic's ValidationError is a ValueError
-                letters.append(_letter("decode", exc, message, None))
+        entries, letters = _decode(messages)
         return self._write(entries, offsets, letters)
+
+    def store_isolating(
+        self,
+        messages: Sequence[SinkMessage],
+        offsets: Sequence[PartitionOffset],
+        error: Exception,
+    ) -> WriteResult:
+        """`store` for a batch that failed with `error` (not a refused row) again and
+        again: the batch is written in halves (`ingest._salvage`). If some of it stores,
+        the warehouse works, and each message that still fails alone is dead-lettered
+        with its error, in the last transaction with the dead letters and `offsets` (a
+        batch of one message: if that transaction commits). If none of several stores,
+        the warehouse itself is failing: raises `error`, nothing dead-lettered."""
+        entries, letters = _decode(messages)
+        group = self.group if offsets else None
+        with self._lock:
+            saved = salvage(entries, error, self._write_part, (Exception,))
+            if len(entries) > 1 and not saved.written:
+                raise error
+            for entry, exc in saved.failed:
+                log.error(
+                    "message %s fails alone (%s: %s): dead-lettered",
+                    _coordinates(entry.message),
+                    type(exc).__name__,
+                    exc,
+                )
+            letters = [
+                *letters,
+                *(_letter("store", err, e.message, e.item) for e, err in saved.failed),
+            ]
+            last = write_envelopes(
+                self._conn, [], group=group, offsets=offsets, dead_letters=letters
+            )
+            result = _sum([*saved.written, last])
+            self._erase()
+        return result
 
     def _write(
         self,
@@ -339,3 +371,23 @@ class DuckDBSink:
                     log.error("no rewrite at close: %s", exc)
                 finally:
                     self._conn.close()
+
+
+def _decode(messages: Sequence[SinkMessage]) -> tuple[list[_Entry], list[DeadLetter]]:
+    """Kafka messages as sink entries; one that does not decode as a dead letter."""
+    entries: list[_Entry] = []
+    letters: list[DeadLetter] = []
+    for message in messages:
+        try:
+            if message.value is None:
+                raise ValueError("message has no value")
+            entries.append(_Entry(_MESSAGE.validate_json(message.value), message))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            letters.append(_letter("decode", exc, message, None))
+    return entries, letters
+
+
+def _coordinates(message: SinkMessage | None) -> str:
+    if message is None:
+        return "(in process)"
+    return f"{message.topic}/{message.partition}@{message.offset}"

@@ -7,7 +7,10 @@ line per attempt, for a broker that is not up yet. Once consuming, a broker that
 away is waited out by aiokafka (polls come back empty until it returns); any other
 failure (the warehouse failing, an error Kafka will not retry, a bug) propagates out of
 `run_until` and is never swallowed, so the process around it can exit with the reason
-(`ingest._sink_service`). aiokafka logs and swallows an exception raised in a rebalance
+(`ingest._sink_service`). A batch whose store fails is tried `STORE_ATTEMPTS` times,
+then written message by message where it must (`DuckDBSink.store_isolating`): one
+message that fails every write is dead-lettered rather than stop its partition at
+every restart. aiokafka logs and swallows an exception raised in a rebalance
 listener; ours keeps it, and the next poll raises it.
 """
 
@@ -27,11 +30,14 @@ from ingest._backoff import Backoff
 from ingest._errors import BusUnavailable
 from ingest._health import Check
 from ingest._sink import DuckDBSink, SinkMessage
-from warehouse import PartitionOffset
+from warehouse import PartitionOffset, WriteResult
 
-__all__ = ["KafkaSinkConsumer", "SinkStats"]
+__all__ = ["STORE_ATTEMPTS", "KafkaSinkConsumer", "SinkStats"]
 
 log = logging.getLogger("quietwire.ingest.sink")
+
+STORE_ATTEMPTS = 3
+"""Tries of a failing batch before it is written in halves to single out a message."""
 
 
 @dataclass(slots=True)
@@ -104,7 +110,10 @@ class KafkaSinkConsumer:
         commit_to_kafka: bool = True,
         client_id: str = "quietwire-sink",
         metadata_max_age_ms: int = 30_000,
+        retry_pause: float = 1.0,
     ) -> None:
+        """`retry_pause`: seconds before the second try of a failing batch (twice that
+        before the third)."""
         if not topics:
             raise ValueError("the sink needs at least one topic")
         self._sink = sink
@@ -115,6 +124,7 @@ class KafkaSinkConsumer:
         self._poll_timeout_ms = poll_timeout_ms
         self._commit_to_kafka = commit_to_kafka
         self._metadata_max_age_ms = metadata_max_age_ms
+        self._retry_pause = retry_pause
         # Made by `start`: an aiokafka consumer that is never started warns when collected,
         # and one that failed to start cannot start again.
         self._consumer: AIOKafkaConsumer | None = None
@@ -236,7 +246,7 @@ class KafkaSinkConsumer:
             for tp, records in batches.items()
             if records
         ]
-        result = await asyncio.to_thread(self._sink.store, messages, offsets)
+        result = await self._store_retrying(messages, offsets)
         # Delivery is at least once (a rebalance can hand back a batch whose offsets were
         # not stored yet); the tables are idempotent, and so are these counts.
         self.stats.messages += len(messages)
@@ -252,6 +262,33 @@ class KafkaSinkConsumer:
                 )
             except KafkaError as exc:
                 log.warning("monitoring commit to Kafka failed (warehouse is unaffected): %s", exc)
+
+    async def _store_retrying(
+        self, messages: Sequence[SinkMessage], offsets: Sequence[PartitionOffset]
+    ) -> WriteResult:
+        """`DuckDBSink.store`, tried `STORE_ATTEMPTS` times (a warehouse hiccup passes);
+        then `store_isolating`, so a message that fails every write (not a row DuckDB
+        refuses: those are dead-lettered at once) is dead-lettered instead of failing its
+        batch at every restart from the same offsets, while a warehouse that takes no
+        write at all still raises (and the sink exits saying why)."""
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(self._sink.store, messages, offsets)
+            except Exception as exc:
+                log.warning(
+                    "storing a batch of %d failed (attempt %d of %d): %s: %s",
+                    len(messages),
+                    attempt,
+                    STORE_ATTEMPTS,
+                    type(exc).__name__,
+                    exc,
+                )
+                if attempt == STORE_ATTEMPTS:
+                    return await asyncio.to_thread(
+                        self._sink.store_isolating, messages, offsets, exc
+                    )
+                await asyncio.sleep(self._retry_pause * attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def caught_up(self) -> bool:
         """True once partitions are assigned and every one is read to its end offset."""
