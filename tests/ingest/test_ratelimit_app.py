@@ -93,3 +93,17 @@ def test_an_ipv6_source_is_its_slash_64() -> None:
     assert source("2001:db8:1:2:aaaa::1") == source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert source("2001:db8:1:3::1") != source("2001:db8:1:2::1")
     assert source("198.51.100.7") == "198.51.100.7"
+
+
+def test_every_route_under_the_limit_is_known_to_the_refused_body_path() -> None:
+    """`admit_refused_body` names the limited paths by pattern: it must cover every route
+    that takes a token (`SourceDep`), and nothing else of the router."""
+    from fastapi.routing import APIRoute
+
+    from ingest._attestation_routes import _LIMITED, _admitted, attestation_router
+
+    for route in attestation_router.routes:
+        assert isinstance(route, APIRoute)
+        takes_token = any(d.call is _admitted for d in route.dependant.dependencies)
+        path = route.path.replace("{device_id}", "tpm-" + "0" * 32)
+        assert bool(_LIMITED.fullmatch(path)) == takes_token, route.path
