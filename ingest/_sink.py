@@ -18,10 +18,10 @@ idempotent (rows by device and envelope id, deletions by request id, letters by
 Kafka coordinates or content hash), so a crash in between replays the batch to the same
 end. Any other warehouse error (I/O, a closed connection) propagates: the warehouse is
 failing, not a row. Unless it keeps failing the same batch: then `store_isolating` (the
-consumer calls it after retries) writes the batch in halves, and if the warehouse takes
-a write at all, each message that still fails alone (a bug a strange but valid
-envelope brings out) becomes a dead letter, so it cannot hold the partition back for
-good across restarts, as the embedded outbox does (`OutboxEnvelopeBus._isolate`).
+consumer calls it after retries) writes the batch in halves, and if some of it stores,
+each message that still fails alone (a bug a strange but valid envelope brings out)
+becomes a dead letter, so it cannot hold the partition back for good across restarts,
+as the embedded outbox does (`OutboxEnvelopeBus._isolate`).
 
 DuckDB calls block, so the consumer runs them in a worker thread (`asyncio.to_thread`);
 a lock serialises them because one DuckDB connection must not run two transactions.
@@ -234,7 +234,7 @@ class DuckDBSink:
                 raise error
             for entry, exc in saved.failed:
                 log.error(
-                    "message %s fails alone (%s: %s): dead-lettered",
+                    "message %s fails every write alone (%s: %s)",
                     _coordinates(entry.message),
                     type(exc).__name__,
                     exc,
@@ -248,6 +248,7 @@ class DuckDBSink:
             )
             result = _sum([*saved.written, last])
             self._erase()
+        _log_letters(letters)
         return result
 
     def _write(
@@ -284,16 +285,7 @@ class DuckDBSink:
                 )
                 result = _sum([*saved.written, last])
             self._erase()
-        for d in letters:
-            where = d.letter_id if d.topic is not None else f"device {d.device_id}"
-            log.error(
-                "dead letter (%s) %s envelope %s: %s: %s",
-                d.stage,
-                where,
-                d.envelope_id,
-                d.error_class,
-                d.error,
-            )
+        _log_letters(letters)
         return result
 
     def dead_letter(self, failures: Sequence[tuple[SinkMessage, BaseException]]) -> WriteResult:
@@ -391,3 +383,16 @@ def _coordinates(message: SinkMessage | None) -> str:
     if message is None:
         return "(in process)"
     return f"{message.topic}/{message.partition}@{message.offset}"
+
+
+def _log_letters(letters: Sequence[DeadLetter]) -> None:
+    for d in letters:
+        where = d.letter_id if d.topic is not None else f"device {d.device_id}"
+        log.error(
+            "dead letter (%s) %s envelope %s: %s: %s",
+            d.stage,
+            where,
+            d.envelope_id,
+            d.error_class,
+            d.error,
+        )
