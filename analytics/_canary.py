@@ -51,7 +51,13 @@ _MEAN_PARTS = Selection(
     }
 )
 _COUNTER = Selection.same(["counter"])
+# A mean's count alone: what says a cohort had events in a window.
+_MEAN_COUNT = Selection({("local", "bucket"): "count", ("aggregate", "count"): "count"})
 _NO_VALUE = ("", OTHER)
+_PRESENT_SDS = 3.0
+"""A cohort counts as present in a window when its count there is this many noise
+standard deviations above zero. A DP figure is never plainly absent: a declared
+cohort's cells are released, noised, in every window, also before its rollout."""
 
 # (route, cohort) -> part -> (figure, devices)
 _Cells = dict[tuple[str, str], dict[str, tuple[Figure, int]]]
@@ -65,9 +71,12 @@ class CanaryResult:
     evidence: pl.DataFrame
 
 
-def _version_key(value: str) -> list[tuple[int, int | str]]:
-    # Natural order: "m@1.10" after "m@1.9"; digit runs compare as numbers.
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", value) if p]
+def _version_key(value: str) -> tuple[list[tuple[int, int | str]], str]:
+    # Natural order: "m@1.10" after "m@1.9"; digit runs compare as numbers. Ties of the
+    # natural order ("m@1.01" and "m@1.1") are broken by the text itself, so the choice
+    # never depends on the order the figures were read in.
+    natural = [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", value) if p]
+    return natural, value
 
 
 def _cells(
@@ -79,11 +88,14 @@ def _cells(
     until: datetime | None,
     *,
     paired: bool,
+    windows: tuple[datetime, ...] | None = None,
 ) -> _Cells:
     """(route, cohort) -> part -> (figure, devices) of one signal; `paired` keeps only
-    cells whose count and sum come from the same releases (a mean's)."""
+    cells whose count and sum come from the same releases (a mean's); `windows`, if
+    given, the windows read."""
     keys = [*label_keys(labels), ("{part}", "part")]
-    sums = component_sums(conn, Scope(signal, since, until, selection), keys, paired=paired)
+    scope = Scope(signal, since, until, selection, windows)
+    sums = component_sums(conn, scope, keys, paired=paired)
     out: _Cells = {}
     for row in sums.iter_rows(named=True):
         figure = Figure(float(row["estimate"]), tuple(noise_terms(row["terms"])))
@@ -134,13 +146,20 @@ def _metric_cells(
     labels: Sequence[str],
     since: datetime | None,
     until: datetime | None,
+    windows: tuple[datetime, ...] | None = None,
 ) -> _Cells:
     if metric.effect == "ratio":
-        return _cells(conn, metric.signal, _MEAN_PARTS, labels, since, until, paired=True)
+        return _cells(
+            conn, metric.signal, _MEAN_PARTS, labels, since, until, paired=True, windows=windows
+        )
     if metric.per_request is None:  # the policy model refuses this; a built one may not
         raise InvalidQueryError(f"metric on {metric.signal} is a difference without per_request")
-    events = _cells(conn, metric.signal, _COUNTER, labels, since, until, paired=False)
-    requests = _cells(conn, metric.per_request, _COUNTER, labels, since, until, paired=False)
+    events = _cells(
+        conn, metric.signal, _COUNTER, labels, since, until, paired=False, windows=windows
+    )
+    requests = _cells(
+        conn, metric.per_request, _COUNTER, labels, since, until, paired=False, windows=windows
+    )
     out: _Cells = {}
     for key, parts in events.items():
         if key in requests:
@@ -156,7 +175,9 @@ def _evidence(
     cohorts: tuple[str, str],
     level: float,
     label: str,
+    labelled: bool,
 ) -> MetricEvidence:
+    """`labelled`: whether the metric's figures carry the cohort label at all."""
     num, den = _parts_of(metric)
     sides = [cells.get((route, cohort), {}) for cohort in cohorts]
     common: dict[str, Any] = {
@@ -166,9 +187,8 @@ def _evidence(
         "threshold": metric.max_increase,
     }
     if not all(num in s and den in s for s in sides):
-        labelled = any(cohort not in _NO_VALUE for _, cohort in cells)
         why = (
-            f"no figures of {route!r} for both cohorts"
+            f"no figures of {route!r} for both cohorts in the windows they share"
             if labelled
             else f"{metric.signal} carries no {label!r} label to split by"
         )
@@ -211,20 +231,55 @@ def _evidence(
     )
 
 
+def _comparable_windows(
+    conn: duckdb.DuckDBPyConnection,
+    metric: CanaryMetric,
+    label: str,
+    cohorts: tuple[str, str],
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[datetime, ...]:
+    """The windows in which both cohorts are present (`_PRESENT_SDS`) in every signal the
+    metric reads (a rate: its events and its requests).
+
+    Pooled over other windows, each cohort's figure would mix different times: a canary
+    rolled out last week against the baseline's whole history (a slow month behind it
+    makes the canary look fast), or a rate whose requests retention already deleted
+    while its errors are kept longer (the baseline's old errors over recent requests
+    alone)."""
+    if metric.effect == "ratio":
+        reads = [(metric.signal, _MEAN_COUNT)]
+    else:
+        reads = [(metric.signal, _COUNTER), (metric.per_request or metric.signal, _COUNTER)]
+    keys = [*label_keys([label]), ("r.window_start", "window")]
+    common: set[datetime] | None = None
+    for signal, selection in reads:
+        sums = component_sums(conn, Scope(signal, since, until, selection), keys)
+        present: dict[datetime, set[str]] = {}
+        for row in sums.iter_rows(named=True):
+            cohort, estimate, variance = row[label], row["estimate"], row["variance"]
+            if cohort in cohorts and estimate > _PRESENT_SDS * max(variance, 0.0) ** 0.5:
+                present.setdefault(row["window"], set()).add(cohort)
+        both = {window for window, seen in present.items() if len(seen) == len(cohorts)}
+        common = both if common is None else common & both
+    return tuple(sorted(common or ()))
+
+
 def _window_range(
     conn: duckdb.DuckDBPyConnection,
     signals: Sequence[str],
-    since: datetime | None,
-    until: datetime | None,
+    windows: Sequence[datetime],
 ) -> tuple[datetime | None, datetime | None]:
+    """The first start and the last end of these windows (None, None: none)."""
+    if not windows:
+        return None, None
     tables = ["released_values", *(["fleet_aggregates"] if has_aggregates(conn) else [])]
     union = " UNION ALL ".join(
         f"SELECT window_start, window_end FROM {t} WHERE signal IN (SELECT unnest(?))"
-        " AND (?::TIMESTAMPTZ IS NULL OR window_start >= ?)"
-        " AND (?::TIMESTAMPTZ IS NULL OR window_end <= ?)"
+        " AND window_start IN (SELECT unnest(?::TIMESTAMPTZ[]))"
         for t in tables
     )
-    params: list[Any] = [list(signals), since, since, until, until] * len(tables)
+    params: list[Any] = [list(signals), list(windows)] * len(tables)
     # fetchall, not fetchone: an unfinished result would make the connection refuse the
     # next relation query (DuckDB 2).
     rows = conn.execute(
@@ -249,7 +304,9 @@ def canary_verdict(
     its `routes` are judged (default: every route either cohort has figures on).
     `canary`/`baseline` are values of its `cohort_label` (default: the newest version
     found in the metrics' signals, and the one before it). `level` overrides the
-    policy's interval level. Windows in [since, until] are added up.
+    policy's interval level. Each metric adds up the windows in [since, until] in which
+    both cohorts have figures of everything it reads (`_comparable_windows`); the
+    verdict's `window_start`/`window_end` span those windows.
     """
     rules = rules or CanaryPolicy()
     level = check_level(rules.level if level is None else level)
@@ -260,6 +317,18 @@ def canary_verdict(
     }
     seen = {c for by_key in cells.values() for _, c in by_key if c not in _NO_VALUE}
     cohorts = _pick_cohorts(seen, rules.cohort_label, canary, baseline)
+    labelled = {
+        name: any(cohort not in _NO_VALUE for _, cohort in by_key) for name, by_key in cells.items()
+    }
+    # Each metric compares the cohorts over the windows they share, nothing else.
+    shared = {
+        name: _comparable_windows(conn, metric, rules.cohort_label, cohorts, since, until)
+        for name, metric in rules.metrics.items()
+    }
+    cells = {
+        name: _metric_cells(conn, metric, labels, since, until, shared[name])
+        for name, metric in rules.metrics.items()
+    }
     found = {
         r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts
     }
@@ -271,7 +340,9 @@ def canary_verdict(
     reasons: list[str] = []
     for route in routes:
         metrics = [
-            _evidence(name, metric, cells[name], route, cohorts, level, rules.cohort_label)
+            _evidence(
+                name, metric, cells[name], route, cohorts, level, rules.cohort_label, labelled[name]
+            )
             for name, metric in rules.metrics.items()
         ]
         verdict = route_verdict(metrics, ignore_unavailable=ignore)
@@ -282,7 +353,9 @@ def canary_verdict(
             if m.status is not MetricStatus.PASS
         )
     start, end = _window_range(
-        conn, sorted({m.signal for m in rules.metrics.values()}), since, until
+        conn,
+        sorted({m.signal for m in rules.metrics.values()}),
+        sorted({w for windows in shared.values() for w in windows}),
     )
     result = CanaryVerdict(
         verdict=overall_verdict(verdicts),

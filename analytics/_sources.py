@@ -134,6 +134,8 @@ class Scope:
     since: datetime | None
     until: datetime | None
     selection: Selection
+    windows: tuple[datetime, ...] | None = None
+    """Only these windows (by start), if given: what two figures compared must share."""
 
     def where(self) -> tuple[str, list[Any]]:
         clauses = ["(r.model || ':' || r.kind) IN (SELECT unnest(?::VARCHAR[]))"]
@@ -147,6 +149,9 @@ class Scope:
         if self.until is not None:
             clauses.append("r.window_end <= ?")
             params.append(self.until)
+        if self.windows is not None:
+            clauses.append("r.window_start IN (SELECT unnest(?::TIMESTAMPTZ[]))")
+            params.append(list(self.windows))
         return " AND ".join(clauses) + self.selection.unless_sql, params
 
 
