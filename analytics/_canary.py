@@ -265,21 +265,51 @@ def _comparable_windows(
     return tuple(sorted(common or ()))
 
 
+def _read_windows(
+    conn: duckdb.DuckDBPyConnection,
+    metric: CanaryMetric,
+    label: str,
+    cohorts: tuple[str, str],
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[tuple[datetime, ...] | None, str | None]:
+    """The windows a metric compares (None: every window in range) and, when the
+    cohorts' shared windows cannot be told, why every window is read instead.
+
+    Where no window shows both cohorts clearly (under the local model a cohort's count
+    is rarely three noise deviations above zero below millions of devices), presence
+    cannot be judged: every window in range is added up, as `--since`/`--until` give
+    it, and the verdict says so. Such figures are too noisy to pass or regress anyway."""
+    shared = _comparable_windows(conn, metric, label, cohorts, since, until)
+    if shared:
+        return shared, None
+    return None, (
+        f"{metric.signal}: no window shows both cohorts clearly; every window in range "
+        "added up (narrow it with --since/--until to the canary's)"
+    )
+
+
 def _window_range(
     conn: duckdb.DuckDBPyConnection,
     signals: Sequence[str],
-    windows: Sequence[datetime],
+    windows: Sequence[datetime] | None,
+    since: datetime | None,
+    until: datetime | None,
 ) -> tuple[datetime | None, datetime | None]:
-    """The first start and the last end of these windows (None, None: none)."""
-    if not windows:
+    """The first start and the last end of these windows of `signals` (None: every
+    window in [since, until]); (None, None) if there are none."""
+    if windows is not None and not windows:
         return None, None
     tables = ["released_values", *(["fleet_aggregates"] if has_aggregates(conn) else [])]
     union = " UNION ALL ".join(
         f"SELECT window_start, window_end FROM {t} WHERE signal IN (SELECT unnest(?))"
-        " AND window_start IN (SELECT unnest(?::TIMESTAMPTZ[]))"
+        " AND (?::TIMESTAMPTZ[] IS NULL OR window_start IN (SELECT unnest(?::TIMESTAMPTZ[])))"
+        " AND (?::TIMESTAMPTZ IS NULL OR window_start >= ?)"
+        " AND (?::TIMESTAMPTZ IS NULL OR window_end <= ?)"
         for t in tables
     )
-    params: list[Any] = [list(signals), list(windows)] * len(tables)
+    chosen = None if windows is None else list(windows)
+    params: list[Any] = [list(signals), chosen, chosen, since, since, until, until] * len(tables)
     # fetchall, not fetchone: an unfinished result would make the connection refuse the
     # next relation query (DuckDB 2).
     rows = conn.execute(
@@ -321,14 +351,15 @@ def canary_verdict(
         name: any(cohort not in _NO_VALUE for _, cohort in by_key) for name, by_key in cells.items()
     }
     # Each metric compares the cohorts over the windows they share, nothing else.
-    shared = {
-        name: _comparable_windows(conn, metric, rules.cohort_label, cohorts, since, until)
+    reads = {
+        name: _read_windows(conn, metric, rules.cohort_label, cohorts, since, until)
         for name, metric in rules.metrics.items()
     }
     cells = {
-        name: _metric_cells(conn, metric, labels, since, until, shared[name])
+        name: _metric_cells(conn, metric, labels, since, until, reads[name][0])
         for name, metric in rules.metrics.items()
     }
+    notes = [why for _, why in reads.values() if why is not None]
     found = {
         r for by_key in cells.values() for r, c in by_key if r not in _NO_VALUE and c in cohorts
     }
@@ -352,10 +383,13 @@ def canary_verdict(
             for m in metrics
             if m.status is not MetricStatus.PASS
         )
+    read = [windows for windows, _ in reads.values()]
     start, end = _window_range(
         conn,
         sorted({m.signal for m in rules.metrics.values()}),
-        sorted({w for windows in shared.values() for w in windows}),
+        None if any(w is None for w in read) else sorted({x for w in read if w for x in w}),
+        since,
+        until,
     )
     result = CanaryVerdict(
         verdict=overall_verdict(verdicts),
@@ -366,6 +400,6 @@ def canary_verdict(
         window_start=start,
         window_end=end,
         routes=verdicts,
-        reasons=reasons,
+        reasons=[*notes, *reasons],
     )
     return CanaryResult(result, evidence_frame(result))

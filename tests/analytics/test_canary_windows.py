@@ -129,3 +129,27 @@ def test_versions_the_natural_order_ties_are_ordered_by_their_text() -> None:
     # order figures were read in (a set's, which moves with PYTHONHASHSEED).
     for seen in ({"m@1.01", "m@1.1", "m@1.0"}, {"m@1.1", "m@1.0", "m@1.01"}):
         assert _pick_cohorts(seen, "model", None, None) == ("m@1.1", "m@1.01")
+
+
+def test_figures_too_noisy_to_tell_presence_hold_rather_than_fail(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
+    # A count's noise far above the counts (the local model below millions of devices):
+    # no window shows the cohorts clearly, so every window is read, and the verdict holds.
+    cells = [{"route": "local", "model": m} for m in (OLD, NEW)]
+    batches = histogram_batches(
+        "lat",
+        0,
+        cells,
+        np.random.default_rng(5),
+        mean=[1.0, 1.0],
+        events=(50, 51),
+        count_scale=5_000.0,
+        sum_scale=500_000.0,
+        resolution=0.01,
+    )
+    insert_batches(conn, batches, AggregateTruth())
+    result = canary_verdict(conn, LATENCY, canary=NEW, baseline=OLD)
+    assert result.verdict.verdict is Verdict.HOLD
+    assert any("no window shows both cohorts clearly" in r for r in result.verdict.reasons)
+    assert result.verdict.window_start is not None  # every window read, and said so
