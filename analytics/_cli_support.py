@@ -33,7 +33,21 @@ def parse_time(option: str, text: str | None) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         raise fail(f"{option} {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
-    return parsed.astimezone(UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _FIRST_YEAR <= utc.year <= _LAST_YEAR:
+        raise fail(
+            f"{option} {text!r} is outside the years {_FIRST_YEAR} to {_LAST_YEAR} (UTC) "
+            "this command reads"
+        )
+    return utc
+
+
+_FIRST_YEAR, _LAST_YEAR = 1970, 9000
+"""The times a command takes: a window, a retention cut-off or a report's time is
+never before the epoch, and arithmetic on days stays inside the calendar."""
 
 
 def read_audit_key(value: str) -> VerifyKey:

@@ -14,7 +14,7 @@ rewritten so the deleted bytes are gone (`_auditor_retention.run_retention`), an
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analytics._auditor_retention import RetentionOutcome, retention_records, run_retention
-from analytics._cli_support import fail
+from analytics._cli_support import fail, parse_time
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
 from auditlog import AuditLog, AuditLogError, AuditRecord
@@ -54,15 +54,12 @@ RETENTION_HELP = (
 
 def parse_now(text: str | None) -> datetime:
     """`--now`: an ISO 8601 time with a UTC offset (`Z` too); the current time if None."""
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(f"--now {text!r} is not an ISO 8601 time (e.g. 2026-03-02T00:00:00Z)") from None
-    if parsed.tzinfo is None:
-        raise fail(f"--now {text!r} has no UTC offset; add one (e.g. 2026-03-02T00:00:00Z)")
-    return parsed.astimezone(UTC)
+    parsed = parse_time("--now", text)
+    return datetime.now(UTC) if parsed is None else parsed
+
+
+_AHEAD = timedelta(hours=1)
+"""How far ahead of this machine's clock a deleting run's `--now` may be (clock skew)."""
 
 
 def _utc_text(at: datetime) -> str:
@@ -111,6 +108,13 @@ def retention(
 ) -> None:
     """Delete released values past their tier's retention (`RETENTION_HELP`)."""
     at = parse_now(now)
+    if not dry_run and at > datetime.now(UTC) + _AHEAD:
+        # Deletion is for good (the file is rewritten): a date ahead would delete what
+        # has not reached its retention yet. A dry run may look ahead.
+        raise fail(
+            f"--now {_utc_text(at)} is ahead of this machine's clock: it would delete data "
+            "before its tier's retention ends; --dry-run shows what it would delete"
+        )
     try:
         days = load_policy(policy).retention.days
     except PolicyError as exc:

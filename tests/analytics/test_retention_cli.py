@@ -162,3 +162,25 @@ def test_a_warehouse_held_by_another_process_is_exit_2(warehouse: Path) -> None:
     assert code == 2
     assert "stop it for the run" in err
     assert _rows(warehouse)["content"] == 3
+
+
+def test_a_now_ahead_of_the_clock_deletes_nothing(warehouse: Path) -> None:
+    """Deletion is for good: a `--now` in the future would delete data before its
+    retention ends (all of it, at 2099). A dry run may still look ahead."""
+    code, out, err = _run("--db", str(warehouse), "--now", "2099-01-01T00:00:00Z")
+    assert code == 2
+    assert "ahead of this machine's clock" in err
+    assert _rows(warehouse) == {"health": 3, "performance": 6, "content": 3}
+
+    code, out, err = _run("--db", str(warehouse), "--now", "2099-01-01T00:00:00Z", "--dry-run")
+    assert code == 0, err
+    assert "12 released values would be deleted" in out
+
+
+@pytest.mark.parametrize(
+    "now", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00", "1969-12-31T00:00:00Z"]
+)
+def test_a_time_outside_the_calendar_it_reads_is_a_clear_error(warehouse: Path, now: str) -> None:
+    code, _, err = _run("--db", str(warehouse), "--now", now, "--dry-run")
+    assert code == 2
+    assert "outside the years 1970 to 9000" in err
