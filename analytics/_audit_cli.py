@@ -122,7 +122,7 @@ def verify(
     ] = None,
 ) -> None:
     """Verify the audit log's hash chain and checkpoints (see `_VERIFY_HELP`)."""
-    from auditlog import verify_log
+    from auditlog import AuditLogError, verify_log
 
     if head is not None:
         head = head.strip().lower()
@@ -137,6 +137,8 @@ def verify(
         else:
             checked = verify_log(audit, key, expected_head=head)
             report = checked.chain
+    except AuditLogError as exc:  # unreadable (damaged) rather than broken: exit 2
+        raise fail(str(exc)) from None
     finally:
         audit.close()
     if not report.ok:
@@ -221,6 +223,8 @@ def list_entries(
     ] = ListFormat.TABLE,
 ) -> None:
     """List audit entries (see `_LIST_HELP`)."""
+    from auditlog import AuditLogError
+
     wanted = None
     if decision is not None:
         wanted = _DECISIONS.get(decision.strip().lower())
@@ -229,6 +233,8 @@ def list_entries(
     audit = _open(log)
     try:
         entries = audit.entries(device_id=device, action=action, decision=wanted, reason=reason)
+    except AuditLogError as exc:
+        raise fail(str(exc)) from None
     finally:
         audit.close()
     if output is ListFormat.JSON:

@@ -154,6 +154,8 @@ def audit_report(
             now=at,
             source=str(db),
         )
+    except AuditLogError as exc:  # an audit log SQLite cannot read (damaged)
+        raise fail(str(exc)) from None
     finally:
         conn.close()
         if audit is not None:

@@ -112,7 +112,7 @@ def report(
             rep = build_report(
                 conn, level=level, signal=signal, source=str(db), policy=rules, audit=audit
             )
-    except AnalyticsError as exc:
+    except (AnalyticsError, AuditLogError) as exc:
         raise fail(str(exc)) from None
     finally:
         conn.close()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from auditlog._errors import AuditLogError
 
@@ -183,8 +183,20 @@ class AuditLog:
         self._seq, self._head = self._stored_head()
 
     def _stored_head(self) -> tuple[int, str]:
-        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+        rows = self._read("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)
+
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """Rows of a query; a file SQLite cannot read (damaged, or of another layout) is
+        an `AuditLogError` naming it, never an SQLite exception (an auditor's tool
+        reports it as bad input, not as a broken chain)."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise AuditLogError(
+                f"{self.path}: cannot be read as an audit log ({exc}): the file is damaged "
+                "or not of this version"
+            ) from exc
 
     def close(self) -> None:
         """Close the database; safe to call twice."""
@@ -279,12 +291,12 @@ class AuditLog:
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint, oldest first (none in a log from before them)."""
         with self._lock:
-            found = self._db.execute(
+            found = self._read(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'"
-            ).fetchone()
-            if found is None:  # an older log opened read-only: never migrated
+            )
+            if not found:  # an older log opened read-only: never migrated
                 return []
-            rows = self._db.execute("SELECT * FROM checkpoints ORDER BY seq").fetchall()
+            rows = self._read("SELECT seq, head, at, signature FROM checkpoints ORDER BY seq")
         return [Checkpoint(int(r[0]), str(r[1]), float(r[2]), bytes(r[3])) for r in rows]
 
     def entries(
@@ -308,7 +320,7 @@ class AuditLog:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 args.append(value)
-        sql = "SELECT * FROM audit"
+        sql = f"SELECT {_ENTRY_COLUMNS} FROM audit"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY seq"
@@ -316,14 +328,18 @@ class AuditLog:
             sql += " LIMIT ?"
             args.append(limit)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._read(sql, args)
         return [AuditEntry(*row) for row in rows]
 
     def verify_chain(self, *, expected_head: str | None = None) -> ChainReport:
         """Recompute every hash; report the first edited, missing or reordered entry."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+            rows = self._read(f"SELECT {_ENTRY_COLUMNS} FROM audit ORDER BY seq")
         return verify_entries((AuditEntry(*r) for r in rows), expected_head=expected_head)
+
+
+_ENTRY_COLUMNS = "seq, at, action, decision, device_id, reason, detail, prev_hash, hash"
+"""An entry's columns in `AuditEntry`'s order."""
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:

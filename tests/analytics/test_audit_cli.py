@@ -194,3 +194,35 @@ def test_the_auditor_tools_never_write_the_log(log: Path) -> None:
         assert _run(*args, "--log", str(log))[0] == 0
     after = [tuple(r) for r in sqlite3.connect(log).execute("SELECT * FROM audit").fetchall()]
     assert after == before
+
+
+def _damage_page_of(path: Path, table: str) -> None:
+    """Overwrite the type byte of `table`'s root b-tree page: SQLite then finds the
+    file malformed when it reads that table (a disk fault, a bad copy)."""
+    db = sqlite3.connect(path)
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", [table]).fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff")
+
+
+@pytest.mark.parametrize("command", ["verify", "list"])
+def test_a_damaged_log_is_exit_2_not_a_broken_chain_nor_a_traceback(
+    log: Path, command: str
+) -> None:
+    """Exit 1 says the chain is broken (tampering); a file SQLite cannot read is bad
+    input, one line and exit 2, as scripts must tell the two apart."""
+    _damage_page_of(log, "audit")
+    code, out, err = _run(command, "--log", str(log))
+    assert code == 2, out + err
+    assert "cannot be read as an audit log" in err
+    assert "Traceback" not in out + err
+
+
+def test_a_log_of_another_layout_is_exit_2(log: Path) -> None:
+    _tamper(log, "ALTER TABLE audit RENAME COLUMN hash TO h")
+    code, _, err = _run("verify", "--log", str(log))
+    assert code == 2
+    assert "no such column: hash" in err
