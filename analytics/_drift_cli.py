@@ -149,7 +149,9 @@ def drift(
             help="Wasserstein: buckets by index (order) or at their midpoints (edges).",
         ),
     ] = PositionChoice.ORDER,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the simulation.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Seed of the simulation (0 or more).")
+    ] = None,
     output: Annotated[
         DriftFormat, typer.Option("--format", help="table, json (everything) or csv (statistics).")
     ] = DriftFormat.TABLE,

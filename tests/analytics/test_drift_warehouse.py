@@ -202,6 +202,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+def test_cli_a_negative_seed_is_exit_2(warehouse_file: tuple[Path, dict[str, int]]) -> None:
+    path, _ = warehouse_file
+    args = ("--db", str(path), "--signal", _SIGNAL, "--a", "model=A", "--b", "model=B")
+    code, out, err = _cli(*args, "--seed", "-1")
+    assert code == 2
+    assert "--seed" in err
+    assert "Traceback" not in out + err
+
+
 def test_cli_missing_warehouse(tmp_path: Path) -> None:
     code, _, err = _cli("--db", str(tmp_path / "none.duckdb"), "--a", "model=A", "--b", "model=B")
     assert code == 2
