@@ -28,6 +28,7 @@ from pathlib import Path
 
 import duckdb
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from ingest._app import create_app
 from ingest._errors import IngestError
@@ -167,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         import uvicorn  # only the service needs it
 
+        if settings.kafka_bootstrap is None:
+            _check_warehouse(settings.resolved_warehouse_path)
         host = getattr(args, "host", None) or settings.host
         port = getattr(args, "port", None) or settings.port
         app = create_app(settings)
@@ -176,10 +179,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IngestError, ValidationError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 2
+    except SettingsError as exc:  # an environment value that does not parse
+        print(
+            f"ingest: {exc} (a list setting takes JSON, e.g. "
+            "QUIETWIRE_INGEST_POLICY_PATHS='[\"policies/default.yaml\"]')",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as exc:  # e.g. a state directory that cannot be created
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"ingest: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _check_warehouse(path: Path) -> None:
+    """Refuse, before the service starts, a warehouse path the embedded sink cannot use:
+    not a DuckDB file (a text file, a directory), or another application's DuckDB file
+    (tables, but not the warehouse's), which the sink would fill with its own tables."""
+    if not path.exists():
+        return  # created at start-up
+    try:
+        conn = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise IngestError(f"cannot open the warehouse {path}: {exc}") from exc
+    try:
+        tables = {row[0] for row in conn.execute("SHOW TABLES").fetchall()}
+    finally:
+        conn.close()
+    if tables and "schema_meta" not in tables:
+        raise IngestError(
+            f"{path} is a DuckDB file but not a Quietwire warehouse (its tables: "
+            f"{', '.join(sorted(tables)[:5])}); point QUIETWIRE_INGEST_WAREHOUSE_PATH elsewhere"
+        )
 
 
 def _port(text: str) -> int:

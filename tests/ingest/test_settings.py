@@ -100,3 +100,42 @@ def test_the_cli_answers_bad_arguments_with_a_message_not_a_traceback(
     monkeypatch.setenv("QUIETWIRE_INGEST_KAFKA_BOOTSTRAP", ":::")
     assert main(["sink"]) == 2
     assert "not host:port" in capsys.readouterr().err
+
+
+def test_a_list_setting_that_is_not_json_is_a_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest._cli import main
+
+    monkeypatch.setenv("QUIETWIRE_INGEST_POLICY_PATHS", "policies/default.yaml")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "policy_paths" in err
+    assert "takes JSON" in err
+
+
+def test_serve_refuses_a_warehouse_path_it_cannot_use_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text file, a directory, or another application's DuckDB file (which the sink
+    would fill with the warehouse's tables) is refused with a message, no traceback."""
+    import duckdb
+
+    from ingest._cli import main
+
+    monkeypatch.setenv("QUIETWIRE_INGEST_STATE_DIR", str(tmp_path / "state"))
+    text = tmp_path / "text.duckdb"
+    text.write_text("not a database")
+    foreign = tmp_path / "foreign.duckdb"
+    with duckdb.connect(str(foreign)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    for path, message in (
+        (text, "cannot open the warehouse"),
+        (tmp_path, "cannot open the warehouse"),
+        (foreign, "not a Quietwire warehouse"),
+    ):
+        monkeypatch.setenv("QUIETWIRE_INGEST_WAREHOUSE_PATH", str(path))
+        assert main(["serve", "--port", "1"]) == 2
+        assert message in capsys.readouterr().err
+    with duckdb.connect(str(foreign)) as conn:
+        assert [r[0] for r in conn.execute("SHOW TABLES").fetchall()] == ["invoices"]
