@@ -3,11 +3,13 @@ instead of DuckDB's."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import duckdb
 
 from analytics._errors import WarehouseError
+from warehouse import COLUMNS_SINCE, SCHEMA_VERSION, apply_schema
 
 __all__ = ["open_warehouse", "require_schema"]
 
@@ -15,7 +17,8 @@ _TABLES = ("schema_meta", "envelopes", "released_values")
 
 
 def require_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Raise WarehouseError unless `conn` holds the warehouse tables."""
+    """Raise WarehouseError unless `conn` holds the warehouse tables, of a schema version
+    this code reads, with every column of that version's tables it has."""
     found = {
         row[0]
         for row in conn.execute(
@@ -28,6 +31,50 @@ def require_schema(conn: duckdb.DuckDBPyConnection) -> None:
             f"not a Quietwire warehouse (missing table{'s' if len(missing) > 1 else ''} "
             f"{', '.join(missing)})"
         )
+    ((version,),) = conn.execute("SELECT max(version) FROM schema_meta").fetchall()
+    if version is None:
+        raise WarehouseError("not a Quietwire warehouse (no schema version recorded)")
+    if version > SCHEMA_VERSION:
+        raise WarehouseError(
+            f"written by a newer Quietwire (schema version {version}; this one reads up to "
+            f"{SCHEMA_VERSION})"
+        )
+    # An older layout is read as it is (the sink migrates it when it opens it): every
+    # column of today's but those added since.
+    added = {
+        (table, column)
+        for since, tables in COLUMNS_SINCE.items()
+        if since > version
+        for table, names in tables.items()
+        for column in names
+    }
+    columns = _columns(conn)
+    for table, expected in _expected_columns().items():
+        wanted = {c for c in expected if (table, c) not in added}
+        lacking = sorted(wanted - columns.get(table, set(wanted)))
+        if lacking:
+            raise WarehouseError(
+                f"not a Quietwire warehouse of schema version {version} (table {table} "
+                f"lacks {', '.join(lacking)})"
+            )
+
+
+def _columns(conn: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    rows = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+@functools.cache
+def _expected_columns() -> dict[str, frozenset[str]]:
+    """Every table's columns at `SCHEMA_VERSION`, as the warehouse creates them."""
+    with duckdb.connect(":memory:") as scratch:
+        apply_schema(scratch)
+        return {t: frozenset(c) for t, c in _columns(scratch).items()}
 
 
 def open_warehouse(path: Path | str, *, writable: bool = False) -> duckdb.DuckDBPyConnection:

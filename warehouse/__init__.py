@@ -22,11 +22,12 @@ from warehouse._retention import (
     retention_cutoff,
     rows_by_tier,
 )
-from warehouse._schema import SCHEMA_VERSION, apply_schema, connect
+from warehouse._schema import COLUMNS_SINCE, SCHEMA_VERSION, apply_schema, connect
 from warehouse._times import UnstorableValue
 from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write_envelopes
 
 __all__ = [
+    "COLUMNS_SINCE",
     "RETENTION_TABLES",
     "SCHEMA_VERSION",
     "UNSTORABLE",

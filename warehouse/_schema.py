@@ -10,7 +10,7 @@ import duckdb
 
 from warehouse._dead_letters import upgrade_dead_letters
 
-__all__ = ["SCHEMA_VERSION", "apply_schema", "connect"]
+__all__ = ["COLUMNS_SINCE", "SCHEMA_VERSION", "apply_schema", "connect"]
 
 SCHEMA_VERSION = 3
 """2: envelope ids are unique per device, not across devices (a device that learned
@@ -237,6 +237,10 @@ CREATE TABLE IF NOT EXISTS erasures (
 
 
 # Tables whose primary key changed in a version: rebuilt with the new key, rows kept.
+COLUMNS_SINCE: dict[int, dict[str, tuple[str, ...]]] = {3: {"erasures": ("device_id",)}}
+"""Columns a schema version added to a table that existed before it: a reader of an
+older file (read-only, not migrated) expects every other column of today's layout."""
+
 _REKEYED: dict[int, tuple[str, ...]] = {
     2: ("envelopes", "prio_report_rejections"),  # (device, envelope)
     3: ("deletion_requests", "erasures"),  # (device, request); erasures gain device_id
