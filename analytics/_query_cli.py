@@ -37,6 +37,7 @@ from analytics._errors import AnalyticsError
 from analytics._intervals import check_level
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._reader import open_warehouse
+from analytics._sources import has_aggregates
 from analytics._totals import (
     fleet_totals,
     grand_totals,
@@ -147,18 +148,33 @@ def _run(
     output: QueryFormat,
     title: str,
     query: Callable[[duckdb.DuckDBPyConnection], pl.DataFrame],
+    signal: str | None = None,
 ) -> None:
+    """Open `db`, check `signal` is one it holds (a misspelt signal is an error, not an
+    empty answer), run `query`, print its frame."""
     try:
         conn = open_warehouse(db)
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
     try:
+        if signal is not None and signal not in (held := _signals(conn)):
+            raise fail(
+                f"{db} holds no released values of signal {signal!r} (it holds: "
+                f"{', '.join(held) or 'none'})"
+            )
         frame = query(conn)
     except (AnalyticsError, ValueError) as exc:
         raise fail(str(exc)) from None
     finally:
         conn.close()
     emit(frame, output, title)
+
+
+def _signals(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every signal with released values or secure aggregates in the warehouse."""
+    tables = ["released_values", *(["fleet_aggregates"] if has_aggregates(conn) else [])]
+    union = " UNION ".join(f"SELECT DISTINCT signal FROM {t}" for t in tables)
+    return sorted(str(row[0]) for row in conn.execute(union).fetchall())
 
 
 def _level(level: float) -> float:
@@ -240,6 +256,7 @@ def _grouped(name: str, query: _Grouped, doc: str, *, by: str, per_window: bool,
                 since=_utc(since),
                 until=_utc(until),
             ),
+            signal,
         )
 
     command.__doc__ = doc
@@ -266,6 +283,7 @@ def _whole(name: str, query: _Whole, doc: str, *, what: str) -> None:
             lambda c: query(
                 c, signal, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
             ),
+            signal,
         )
 
     command.__doc__ = doc
@@ -289,6 +307,7 @@ def _every(name: str, query: _Every, doc: str, *, what: str) -> None:
             output,
             what,
             lambda c: query(c, level=lv, signal=signal, since=_utc(since), until=_utc(until)),
+            signal,
         )
 
     command.__doc__ = doc

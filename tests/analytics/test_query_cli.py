@@ -118,3 +118,13 @@ def test_missing_warehouse_is_exit_2(tmp_path: Path) -> None:
     code, _, err = _run("query", "totals", "--db", str(tmp_path / "none.duckdb"))
     assert code == 2
     assert "none.duckdb" in err
+
+
+@pytest.mark.parametrize("query", ["means", "grand-totals", "totals"])
+def test_a_signal_the_warehouse_does_not_hold_is_exit_2_naming_those_it_does(
+    warehouse: Path, query: str
+) -> None:
+    code, _, err = _run("query", query, "--db", str(warehouse), "--signal", "test.latncy")
+    assert code == 2
+    assert "no released values of signal 'test.latncy'" in err
+    assert "test.latency" in err  # what it does hold
