@@ -137,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(generated into the state directory if absent), for `quietwire audit verify`",
     )
     args = parser.parse_args(argv)
+    if args.command == "aggregate" and args.final and not args.once:
+        # --final treats every batch as closed: a last run (the README's
+        # `aggregate [--once [--final]]`), never the service's loop, which it ignored.
+        aggregate.error("--final needs --once (one run that treats every batch as closed)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     try:

@@ -139,3 +139,12 @@ def test_serve_refuses_a_warehouse_path_it_cannot_use_before_starting(
         assert message in capsys.readouterr().err
     with duckdb.connect(str(foreign)) as conn:
         assert [r[0] for r in conn.execute("SHOW TABLES").fetchall()] == ["invoices"]
+
+
+def test_aggregate_final_without_once_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from ingest._cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aggregate", "--final"])
+    assert exit_info.value.code == 2
+    assert "--final needs --once" in capsys.readouterr().err
