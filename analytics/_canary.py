@@ -231,22 +231,28 @@ def _evidence(
     )
 
 
-def _comparable_windows(
+def _read_windows(
     conn: duckdb.DuckDBPyConnection,
     metric: CanaryMetric,
     label: str,
     cohorts: tuple[str, str],
     since: datetime | None,
     until: datetime | None,
-) -> tuple[datetime, ...]:
-    """The windows in which both cohorts are present (`_PRESENT_SDS`) in every signal the
-    metric reads (a rate: its events and its requests).
+) -> tuple[tuple[datetime, ...] | None, str | None]:
+    """The windows a metric compares (None: every window in range) and, when the
+    cohorts' shared windows cannot be told, why every window is read instead.
 
-    Pooled over other windows, each cohort's figure would mix different times: a canary
-    rolled out last week against the baseline's whole history (a slow month behind it
-    makes the canary look fast), or a rate whose requests retention already deleted
-    while its errors are kept longer (the baseline's old errors over recent requests
-    alone)."""
+    Those are the windows in which both cohorts are present (`_PRESENT_SDS`) in every
+    signal the metric reads (a rate: its events and its requests). Pooled over other
+    windows, each cohort's figure would mix different times: a canary rolled out last
+    week against the baseline's whole history (a slow month behind it makes the canary
+    look fast), or a rate whose requests retention already deleted while its errors are
+    kept longer (the baseline's old errors over recent requests alone).
+
+    Where no window shows both cohorts clearly (under the local model a cohort's count
+    is rarely three noise deviations above zero below millions of devices), presence
+    cannot be judged: every window in range is added up, as `--since`/`--until` give
+    it, and the verdict says so. Such figures are too noisy to pass or regress anyway."""
     if metric.effect == "ratio":
         reads = [(metric.signal, _MEAN_COUNT)]
     else:
@@ -262,27 +268,8 @@ def _comparable_windows(
                 present.setdefault(row["window"], set()).add(cohort)
         both = {window for window, seen in present.items() if len(seen) == len(cohorts)}
         common = both if common is None else common & both
-    return tuple(sorted(common or ()))
-
-
-def _read_windows(
-    conn: duckdb.DuckDBPyConnection,
-    metric: CanaryMetric,
-    label: str,
-    cohorts: tuple[str, str],
-    since: datetime | None,
-    until: datetime | None,
-) -> tuple[tuple[datetime, ...] | None, str | None]:
-    """The windows a metric compares (None: every window in range) and, when the
-    cohorts' shared windows cannot be told, why every window is read instead.
-
-    Where no window shows both cohorts clearly (under the local model a cohort's count
-    is rarely three noise deviations above zero below millions of devices), presence
-    cannot be judged: every window in range is added up, as `--since`/`--until` give
-    it, and the verdict says so. Such figures are too noisy to pass or regress anyway."""
-    shared = _comparable_windows(conn, metric, label, cohorts, since, until)
-    if shared:
-        return shared, None
+    if common:
+        return tuple(sorted(common)), None
     return None, (
         f"{metric.signal}: no window shows both cohorts clearly; every window in range "
         "added up (narrow it with --since/--until to the canary's)"
@@ -335,7 +322,7 @@ def canary_verdict(
     `canary`/`baseline` are values of its `cohort_label` (default: the newest version
     found in the metrics' signals, and the one before it). `level` overrides the
     policy's interval level. Each metric adds up the windows in [since, until] in which
-    both cohorts have figures of everything it reads (`_comparable_windows`); the
+    both cohorts have figures of everything it reads (`_read_windows`); the
     verdict's `window_start`/`window_end` span those windows.
     """
     rules = rules or CanaryPolicy()

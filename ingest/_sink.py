@@ -40,7 +40,7 @@ from pathlib import Path
 import duckdb
 from pydantic import TypeAdapter
 
-from ingest._salvage import salvage
+from ingest._salvage import Salvage, salvage
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 from warehouse import (
     UNSTORABLE,
@@ -239,14 +239,7 @@ class DuckDBSink:
                     type(exc).__name__,
                     exc,
                 )
-            letters = [
-                *letters,
-                *(_letter("store", err, e.message, e.item) for e, err in saved.failed),
-            ]
-            last = write_envelopes(
-                self._conn, [], group=group, offsets=offsets, dead_letters=letters
-            )
-            result = _sum([*saved.written, last])
+            result, letters = self._finish_salvage(saved, letters, group, offsets)
             self._erase()
         _log_letters(letters)
         return result
@@ -276,14 +269,7 @@ class DuckDBSink:
                     *describe_error(exc),
                 )
                 saved = salvage(entries, exc, self._write_part, UNSTORABLE)
-                letters = [
-                    *letters,
-                    *(_letter("store", err, e.message, e.item) for e, err in saved.failed),
-                ]
-                last = write_envelopes(
-                    self._conn, [], group=group, offsets=offsets, dead_letters=letters
-                )
-                result = _sum([*saved.written, last])
+                result, letters = self._finish_salvage(saved, letters, group, offsets)
             self._erase()
         _log_letters(letters)
         return result
@@ -321,6 +307,19 @@ class DuckDBSink:
                 done.bytes_after,
             )
         return done
+
+    def _finish_salvage(
+        self,
+        saved: Salvage[_Entry, WriteResult],
+        letters: Sequence[DeadLetter],
+        group: str | None,
+        offsets: Sequence[PartitionOffset],
+    ) -> tuple[WriteResult, list[DeadLetter]]:
+        """After a salvage (under self._lock): the batch's dead letters, those it singled
+        out added, and its offsets in one last transaction; the whole batch's result."""
+        every = [*letters, *(_letter("store", err, e.message, e.item) for e, err in saved.failed)]
+        last = write_envelopes(self._conn, [], group=group, offsets=offsets, dead_letters=every)
+        return _sum([*saved.written, last]), every
 
     def _write_part(self, part: Sequence[_Entry]) -> WriteResult:
         # Under self._lock (called from _write): no offsets, so a crash before the last
