@@ -96,7 +96,7 @@ def main() -> int:
             (lib, op): _ns_per_call(fn) for lib, ops in suites.items() for op, fn in ops.items()
         }
         dropped = telemetry.dropped()
-        telemetry.shutdown(release_open_window=False, timeout=1.0)
+        telemetry.shutdown(carry_open_window=False, timeout=1.0)
     sdk.shutdown()
     print(f"{'ns/call via the API':<22}{'quietwire':>12}{'otel-sdk':>12}{'sdk/ours':>10}")
     ratios = {}

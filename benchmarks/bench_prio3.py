@@ -127,7 +127,7 @@ def _typical_envelope(policy: Policy, work: Path) -> tuple[str, PrivateKey]:
     now[0] = start + day + timedelta(minutes=1)
     telemetry.collect()
     telemetry.flush()
-    telemetry.shutdown(release_open_window=False)
+    telemetry.shutdown(carry_open_window=False)
     if len(items) != 1:
         raise AssertionError(f"expected one envelope for the day, got {len(items)}")
     return items[0], ingest_key

@@ -1,52 +1,81 @@
-"""The open window's aggregate-model cells, carried across a restart. Pure data.
+"""The open window's cells, carried across a restart. Pure data.
 
-A device contributes one Prio3 report per signal and batch (the policy's aligned
-window). Releasing the open window early at shutdown would spend that one contribution
-on a partial day and drop everything recorded after a restart on the same day. So at
-shutdown the aggregate signals' cells are carried instead: serialised here, stored
-encrypted by the spool (`Spool.put_carried` / `take_carried`), and added back into the
-cells when the client starts again. The restarted client's first window continues the
-one that was open, so the carried counts land in the batch they were recorded in.
-Nothing is released or charged for them until then.
+A device contributes at most one release per aligned policy window (the ingest refuses
+anything else), so `Telemetry.shutdown` releases no partial window: by default it
+carries the open window's cells of every consented signal, local and aggregate model
+alike, to the next run on the same state directory. They are serialised here, stored
+encrypted by the spool (`Spool.put_carried` / `take_carried`) and, when the client
+starts again:
 
-Carried cells are dropped (and counted) when the policy changed in between, or when a
-signal's shape (cells, buckets) no longer matches.
+- if their window is the one open now, added back into its cells, so the window's data
+  of both runs lands in one release at the window's end;
+- if their window has ended, released late, on their own, as an envelope for exactly
+  that window, at the first collect after the start (never mixed with what the new run
+  records);
+- if the policy changed in between, a signal's shape (cells, buckets) no longer
+  matches, or the window lies ahead of the new run's clock: dropped and counted
+  (`carried_discarded`).
+
+Nothing is released or charged for them until then. The record is written even when
+every cell is zero: whether a window is released must not depend on what was recorded.
+
+A late release is charged to its own UTC day, and to the last 24 real hours as of the
+moment its window was cut short (`carried_at`, the budget clock's reading at
+shutdown), when its data ended: as an early release at shutdown would have been, so
+that the release after it is not suppressed because the app happened to start again
+in the morning rather than run past midnight. It is granted only if the charges made
+since 24 real hours before that moment leave room (`client._ledger`: charges after a
+reading count as recent), so the real-time cap holds for the data's time.
+
+Version 1 records (written before windows were carried whole: aggregate-model cells
+only, and no window) are added into the open window, whatever it is.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from client._aggregation import HistogramSnapshot
+from client._clock import ClockReading
 
 __all__ = ["CarriedWindow", "decode_carried", "encode_carried"]
 
-_VERSION = 1
+_VERSION = 2
+_READABLE = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
 class CarriedWindow:
-    """Raw cells of the aggregate signals, by signal name, under one policy."""
+    """Raw cells of consented signals, by signal name, of one window under one policy."""
 
     policy_hash: str
     counters: Mapping[str, list[int]]
     histograms: Mapping[str, list[HistogramSnapshot]]
-
-    def __bool__(self) -> bool:
-        return any(any(v) for v in self.counters.values()) or any(
-            any(any(s.counts) for s in snaps) for snaps in self.histograms.values()
-        )
+    window_start: datetime | None
+    """Start of the aligned window the cells were recorded in; None in a version 1
+    record."""
+    carried_at: ClockReading | None = None
+    """The budget clock's reading when the window was cut short (its data ends there):
+    a late release is charged as of then. None in a record written without one."""
 
 
 def encode_carried(window: CarriedWindow) -> bytes:
-    """The JSON bytes to store (encrypted by the caller)."""
+    """The JSON bytes to store (encrypted by the caller), in the current version."""
+    if window.window_start is None:
+        raise ValueError("a carried window needs its window's start")
     return json.dumps(
         {
             "version": _VERSION,
             "policy_hash": window.policy_hash,
+            "window_start": window.window_start.isoformat(),
+            "carried_at": None
+            if window.carried_at is None
+            else [window.carried_at.wall, window.carried_at.boot, window.carried_at.mono],
             "counters": dict(window.counters),
             "histograms": {
                 name: [{"counts": s.counts, "total": s.total} for s in snaps]
@@ -58,11 +87,22 @@ def encode_carried(window: CarriedWindow) -> bytes:
 
 
 def decode_carried(data: bytes) -> CarriedWindow | None:
-    """The carried window, or None if `data` is not one this version wrote."""
+    """The carried window, or None if `data` is not a record of a known version."""
     try:
         raw: Any = json.loads(data)
-        if not isinstance(raw, dict) or raw.get("version") != _VERSION:
+        if not isinstance(raw, dict) or raw.get("version") not in _READABLE:
             return None
+        start: datetime | None = None
+        carried_at: ClockReading | None = None
+        if raw["version"] >= 2:
+            start = datetime.fromisoformat(raw["window_start"])
+            if start.tzinfo is None:
+                return None
+            if (at := raw.get("carried_at")) is not None:
+                wall, boot, mono = at
+                carried_at = ClockReading(float(wall), str(boot), float(mono))
+                if not (math.isfinite(carried_at.wall) and math.isfinite(carried_at.mono)):
+                    return None
         counters = {str(name): [int(v) for v in values] for name, values in raw["counters"].items()}
         histograms = {
             str(name): [
@@ -70,6 +110,6 @@ def decode_carried(data: bytes) -> CarriedWindow | None:
             ]
             for name, snaps in raw["histograms"].items()
         }
-        return CarriedWindow(str(raw["policy_hash"]), counters, histograms)
+        return CarriedWindow(str(raw["policy_hash"]), counters, histograms, start, carried_at)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None

@@ -47,6 +47,11 @@ REPORTED: frozenset[str] = frozenset(
         DropReason.TIER_REQUIRES_TPM.value,
         DropReason.CONSENT_REVOKED.value,
         DropReason.BATCH_ALREADY_REPORTED.value,
+        # Once per window at most, and only for a window that would have been sent: it
+        # follows when windows were released (versions, restarts, policy windows), which
+        # the ingest sees in the envelopes anyway, never what was recorded; it also
+        # tells the operator why a device skipped a window after an upgrade.
+        DropReason.WINDOW_ALREADY_RELEASED.value,
         DropReason.OTEL_CALLBACK_FAILED.value,  # per callback and collection
     }
 )

@@ -51,8 +51,21 @@ class DropReason(StrEnum):
     per counted unit and per histogram value; never reported to the ingest (it would
     describe activity no consent covers)."""
     CARRIED_DISCARDED = "carried_discarded"
-    """Cells carried from the last run's open window that no longer fit: the policy
-    changed in between, or a signal's shape did."""
+    """Cells carried from the last run's open window (`client._carry`) that no longer
+    fit: the policy changed in between, a signal's shape did, their window lies ahead of
+    this run's clock, or the record is unreadable. Counted once per record (policy,
+    window, unreadable) or per signal (shape)."""
+    OPEN_WINDOW_DISCARDED = "open_window_discarded"
+    """What the open window held at `Telemetry.shutdown(carry_open_window=False)`:
+    discarded, neither released nor carried. Counted per counted unit and per histogram
+    value of the consented signals (what a carry would have kept); never reported to
+    the ingest (it follows the user's activity)."""
+    WINDOW_ALREADY_RELEASED = "window_already_released"
+    """A window that overlaps one this device already released (it starts before the
+    state's `last_window_end`: a partial window released by an older version, or a
+    policy whose window length changed): its cells are discarded, nothing is charged
+    or sent. Counted once per window, and only when the window would have been sent
+    (a consented tier the key may send)."""
     BATCH_ALREADY_REPORTED = "batch_already_reported"
     """An aggregate-model signal's window of a batch (the policy's aligned window) this
     device already sent reports for: one contribution per batch, so it is not sent

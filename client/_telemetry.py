@@ -1,9 +1,11 @@
 """`Telemetry`: the facade an app embeds.
 
-Processing order, top to bottom (`_collect_window`): close due windows, take every
-cell's value; per signal, ask the privacy gate (consent for its tier, then whether the
-device's current key may send the tier under the attestation policy, then a durable
-ledger charge), clamp and release through OpenDP or count the suppression; build the
+Processing order, top to bottom (`_collect_window`): close due windows (first, a
+window the last run carried at shutdown that has ended since, with its own carried
+cells: `client._carry`), take every cell's value; skip a window that overlaps one
+already released; per signal, ask the privacy gate (consent for its tier, then whether
+the device's current key may send the tier under the attestation policy, then a
+durable ledger charge), clamp and release through OpenDP or count the suppression; build the
 envelope with the consent state and the next persisted sequence number; store it in
 the encrypted spool. Sending (`_send_pending`) first delivers pending deletion
 requests, then signs and seals envelopes at send time and hands batches to the
@@ -31,7 +33,7 @@ from datetime import UTC, datetime
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._carry import CarriedWindow, decode_carried, encode_carried
 from client._client_report import ClientReporter
-from client._clock import BudgetClock
+from client._clock import BudgetClock, ClockReading
 from client._config import TelemetryConfig
 from client._consent import ConsentError, SignedConsentRecord
 from client._deletion import deletion_request, sign_deletion
@@ -66,7 +68,7 @@ from client._send_hold import Held, SendHold
 from client._shares import ReportSharer, share_counter, share_histogram, task_vdaf
 from client._spool import Spool
 from client._transport import HttpTransport, Transport
-from client._window import Window, WindowClock
+from client._window import Window, WindowClock, aligned_window
 from client._worker import PeriodicWorker
 from policies import AggregationTask, CounterSignal, HistogramSignal, Policy, aggregation_tasks
 from schemas import (
@@ -84,6 +86,9 @@ __all__ = ["CollectedWindow", "Telemetry"]
 
 _log = logging.getLogger("client")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_Raw = list[int] | list[HistogramSnapshot]
+"""One signal's raw cells: a counter's counts, or a histogram's snapshots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,18 @@ class _Signal:
     instrument: Counter | Histogram
     tasks: list[AggregationTask]
     """Its Prio3 tasks under the aggregate model; empty under the local model."""
+
+
+@dataclass(slots=True)
+class _LateWindow:
+    """A window the last run carried that had ended before this run started: released
+    on its own at the first collect, apart from the open window's cells."""
+
+    window: Window
+    cells: dict[str, _Raw]
+    carried_at: ClockReading | None
+    """When the window was cut short: what its release is charged as of
+    (`client._carry`); None: now."""
 
 
 class Telemetry:
@@ -154,6 +171,9 @@ class Telemetry:
             self._queue_prompt if config.mode == "background" else self._count_prompt
         )
         self._window_observers: list[Callable[[], None]] = []
+        self._late: _LateWindow | None = None
+        self._late_lock = threading.Lock()
+        """Guards `_late`: taken by the window closer, trimmed by consent calls."""
         self._failures = 0
         self._retry_at = 0.0
         self._hold = SendHold()
@@ -184,7 +204,8 @@ class Telemetry:
                 if telemetry is not None:
                     telemetry.shutdown(timeout=2.0)
 
-            # Like OTel's MeterProvider: the open window is released when the app exits.
+            # Like OTel's MeterProvider, the client is shut down when the app exits: the
+            # windows that ended are released and the open one is carried to the next run.
             atexit.register(_at_exit)
 
     # State the device keeps on disk: loaded by the constructor in manual mode, by the
@@ -212,7 +233,7 @@ class Telemetry:
             key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
         )
         state = DeviceState(config.state_dir)
-        windows = WindowClock(self._policy.window_seconds, config.clock(), state.last_window_end())
+        windows = WindowClock(self._policy.window_seconds, config.clock())
         outbox = Spool(config.state_dir, config.max_pending, self._drops)
         # Last: it takes the ledger's lock, which only `shutdown` gives back.
         gate = PrivacyGate(
@@ -257,12 +278,8 @@ class Telemetry:
         """Drop what was recorded before the state (consent above all) was loaded,
         counted as `state_loading`: one per counted unit and per histogram value."""
         dropped = len(self._prompts.drain())
-        for signal in self._signals.values():
-            for cell in signal.table.take():
-                if isinstance(cell, HistogramSnapshot):
-                    dropped += sum(cell.counts)
-                else:
-                    dropped += cell
+        for raw in self._take_open().values():
+            dropped += _units(raw)
         if dropped:
             self._drops.add(DropReason.STATE_LOADING, dropped)
 
@@ -332,10 +349,11 @@ class Telemetry:
         return self._drops
 
     def add_window_observer(self, observer: Callable[[], None]) -> None:
-        """Call `observer()` just before a window's cells are read, on the thread that
-        closes windows (the worker in background mode, `collect`'s or `shutdown`'s
-        caller otherwise). `client.otel` polls observable instruments there. It must
-        return quickly and not raise; a failure is logged."""
+        """Call `observer()` just before the open window's cells are read (when windows
+        close, and at `shutdown` before they are carried), on the thread that closes
+        windows (the worker in background mode, `collect`'s or `shutdown`'s caller
+        otherwise). `client.otel` polls observable instruments there. It must return
+        quickly and not raise; a failure is logged."""
         self._window_observers.append(observer)
 
     @property
@@ -585,9 +603,16 @@ class Telemetry:
             self._count_prompt(text, signal)
 
     def _discard_open_window(self, tier: Tier) -> None:
+        """Discard what `tier` recorded before now: the open window's cells and those of
+        a carried window waiting for its late release."""
         for signal in self._signals.values():
             if signal.spec.tier is tier:
                 signal.table.take()
+        with self._late_lock:
+            if self._late is not None:
+                cells = self._late.cells
+                for name in [n for n in cells if self._signals[n].spec.tier is tier]:
+                    del cells[name]
 
     # -- windows -----------------------------------------------------------------------
 
@@ -612,26 +637,34 @@ class Telemetry:
             self._transport.probe_time()  # so no window closes ahead of the ingest's clock
         now = now if now is not None else self._clock.now()
         with self._collect_lock:
-            if self._windows.open_window.end <= now and self._gate.hold_seconds(
-                self._clock.read(now)
-            ):
+            # A late carried window alone never waits: it is charged as of its cut
+            # (client._carry), so waiting makes no room for it.
+            due = self._windows.open_window.end <= now
+            if due and self._gate.hold_seconds(self._clock.read(now)):
                 return []  # the last 24 real hours make room within minutes: wait for it
             windows = self._windows.close_until(now)
             return self._release_windows(windows, now)
 
-    def _release_windows(
-        self, windows: list[Window], now: datetime, carry: Window | None = None
-    ) -> list[CollectedWindow]:
+    def _release_windows(self, windows: list[Window], now: datetime) -> list[CollectedWindow]:
+        """Release a late carried window (if one waits), then `windows`, oldest first."""
         out = []
+        late = self._late
+        if late is not None:
+            # The last run's cells, on their own: nothing of this run is read.
+            collected = self._collect_window(
+                late.window, now, self._take_late, charged_at=late.carried_at
+            )
+            if collected is not None:
+                out.append(collected)
         if windows:
             self._observe_window_close()
         for i, window in enumerate(windows):
             # What was recorded belongs to the window that was open: the oldest one.
             # Later windows in the list saw no recording at all, and release zeros.
-            collected = self._collect_window(window, now, take=(i == 0), carry=window is carry)
+            collected = self._collect_window(window, now, self._take_open if i == 0 else None)
             if collected is not None:
                 out.append(collected)
-        if windows:
+        if windows or late is not None:
             self._outbox.expire(now, self._policy.retention.for_tier)
         return out
 
@@ -642,24 +675,52 @@ class Telemetry:
             except Exception:
                 _log.exception("a window observer failed")
 
+    def _take_open(self) -> dict[str, _Raw]:
+        """Read and reset every cell of the open window."""
+        return {name: signal.table.take() for name, signal in self._signals.items()}
+
+    def _take_late(self) -> dict[str, _Raw]:
+        """The late carried window's cells, once (then it no longer waits)."""
+        with self._late_lock:
+            late, self._late = self._late, None
+        return late.cells if late is not None else {}
+
     def _collect_window(
-        self, window: Window, now: datetime, *, take: bool, carry: bool = False
+        self,
+        window: Window,
+        now: datetime,
+        cells: Callable[[], dict[str, _Raw]] | None,
+        *,
+        charged_at: ClockReading | None = None,
     ) -> CollectedWindow | None:
+        """Release `window` with the cells `cells()` returns (a signal missing from them,
+        or every signal when `cells` is None, is released all zero). `charged_at`: the
+        real time the charge is made as of (a late carried window's cut), else now."""
         consented = self._gate.consented()
         # Read without I/O: a fallback store that lost its TPM signs in software now.
         assurance = current_assurance(self._key_store)
-        # Every cell is taken, consented or not: what a tier recorded without consent is
+        # Every cell is taken, consented or not, after the consent is read (a grant made
+        # meanwhile discarded them first): what a tier recorded without consent is
         # discarded here, never released and never charged.
-        taken = [(signal, _take(signal) if take else None) for signal in self._signals.values()]
-        candidates = [(signal, raw) for signal, raw in taken if signal.spec.tier in consented]
-        # Aggregate-model signals contribute once per batch (the policy's aligned window).
-        # A window cut short at shutdown carries their cells to the next run instead
-        # (client._carry), uncharged; a window of a batch already reported sends none,
-        # uncharged and counted (the ingest would refuse a second contribution).
+        raw_cells = cells() if cells is not None else {}
+        sendable = any(self._gate.may_send(t, assurance) for t in consented)
+        released = self._state.last_window_end()
+        if released is not None and window.start < released:
+            # Overlaps a window already released (an older version released partial
+            # windows; or the policy's window length changed): a second release would
+            # make the device weigh twice in that window. Discarded, uncharged.
+            if sendable:
+                self._drops.add(DropReason.WINDOW_ALREADY_RELEASED)
+            return None
+        candidates = [
+            (signal, raw_cells.get(signal.name))
+            for signal in self._signals.values()
+            if signal.spec.tier in consented
+        ]
+        # Aggregate-model signals contribute once per batch (the policy's aligned window):
+        # a window of a batch already reported sends none, uncharged and counted (the
+        # ingest would refuse a second contribution).
         batch_start = report_batch_start(window.start, self._policy.window_seconds)
-        if carry:
-            self._carry(candidates)
-            candidates = [(s, raw) for s, raw in candidates if not s.tasks]
         reported = self._state.reported_batch()
         if reported is not None and reported >= batch_start:
             for signal, _ in candidates:
@@ -670,7 +731,7 @@ class Telemetry:
             [(s.name, s.spec.tier) for s, _ in candidates],
             window.start,
             assurance=assurance,
-            now=self._clock.read(now),
+            now=charged_at if charged_at is not None else self._clock.read(now),
         )
         aggregates: list[CounterAggregate | HistogramAggregate | TotalAggregate] = []
         reports: list[PrioReport] = []
@@ -686,7 +747,7 @@ class Telemetry:
                     reports.extend(release.reports)
                     truth.extend(release.truth)
             # NEEDS_TPM: the ingest would refuse it: discarded, uncharged, counted.
-        if not any(self._gate.may_send(t, assurance) for t in consented):
+        if not sendable:
             # Nothing this key may send: not even an empty envelope (it would say the
             # app ran, which no consent that can be honoured covers).
             return None
@@ -715,7 +776,7 @@ class Telemetry:
     def _release_signal(
         self,
         signal: _Signal,
-        raw: list[int] | list[HistogramSnapshot] | None,
+        raw: _Raw | None,
         batch_start: datetime,
     ) -> Release | None:
         try:
@@ -729,32 +790,79 @@ class Telemetry:
             self._drops.add(DropReason.RELEASE_FAILED)
             return None
 
-    def _carry(
-        self, candidates: list[tuple[_Signal, list[int] | list[HistogramSnapshot] | None]]
-    ) -> None:
-        """Store the aggregate signals' cells of a window cut short, for the next run."""
+    # -- the open window across restarts (client._carry) -------------------------------
+
+    def _carry_open_window(self, now: datetime) -> None:
+        """Shutdown: store the open window's cells of every consented signal for the
+        next run, uncharged. Written even when every cell is zero, so whether the window
+        is released (late, if need be) never depends on what was recorded."""
+        self._observe_window_close()
+        consented = set(self._gate.consented())
         counters: dict[str, list[int]] = {}
         histograms: dict[str, list[HistogramSnapshot]] = {}
-        for signal, raw in candidates:
-            if not signal.tasks or raw is None:
-                continue
+        for name, raw in self._take_open().items():
+            signal = self._signals[name]
+            if signal.spec.tier not in consented:
+                continue  # recorded without consent: discarded, as at any window close
             if isinstance(signal.table, CounterTable):
-                counters[signal.name] = raw  # type: ignore[assignment]
+                counters[name] = raw  # type: ignore[assignment]
             else:
-                histograms[signal.name] = raw  # type: ignore[assignment]
-        carried = CarriedWindow(self._policy.content_hash, counters, histograms)
-        if carried:
-            self._outbox.put_carried(encode_carried(carried))
+                histograms[name] = raw  # type: ignore[assignment]
+        window = self._windows.open_window
+        carried = CarriedWindow(
+            self._policy.content_hash,
+            counters,
+            histograms,
+            window.start,
+            carried_at=self._clock.read(now),
+        )
+        self._outbox.put_carried(encode_carried(carried))
+
+    def _discard_open(self) -> None:
+        """Shutdown without a carry: the open window's cells are dropped, and what the
+        consented signals held is counted (`open_window_discarded`)."""
+        consented = set(self._gate.consented())
+        dropped = 0
+        for name, raw in self._take_open().items():
+            if self._signals[name].spec.tier in consented:
+                dropped += _units(raw)
+        if dropped:
+            self._drops.add(DropReason.OPEN_WINDOW_DISCARDED, dropped)
 
     def _restore_carried(self) -> None:
-        """Add the cells the last run carried back into this run's open window."""
+        """Start-up: the cells the last run carried go back into the open window if it
+        is theirs (or the record has no window: version 1), else wait for their late
+        release at the first collect (`_release_windows`)."""
         data = self._outbox.take_carried()
-        carried = decode_carried(data) if data is not None else None
-        if carried is None:
+        if data is None:
             return
-        if carried.policy_hash != self._policy.content_hash:
+        carried = decode_carried(data)
+        if carried is None or carried.policy_hash != self._policy.content_hash:
             self._drops.add(DropReason.CARRIED_DISCARDED)
             return
+        seconds = self._policy.window_seconds
+        open_window = self._windows.open_window
+        start = carried.window_start
+        if start is not None and (
+            start > open_window.start or aligned_window(start, seconds).start != start
+        ):
+            # Ahead of this run's clock (the wall clock went back), or not a window of
+            # this policy: no window to release it in.
+            self._drops.add(DropReason.CARRIED_DISCARDED)
+            return
+        cells = self._carried_cells(carried)
+        if start is None or start == open_window.start:
+            for name, raw in cells.items():
+                self._signals[name].table.add(raw)  # type: ignore[arg-type]
+        else:
+            # Ended before this run started: released on its own; the windows between it
+            # and now, when the app did not run, are not released.
+            with self._late_lock:
+                self._late = _LateWindow(aligned_window(start, seconds), cells, carried.carried_at)
+
+    def _carried_cells(self, carried: CarriedWindow) -> dict[str, _Raw]:
+        """The carried cells that fit this run's signals; the others are counted."""
+        cells: dict[str, _Raw] = {}
         for name, values in carried.counters.items():
             signal = self._signals.get(name)
             if (
@@ -762,7 +870,7 @@ class Telemetry:
                 and isinstance(signal.table, CounterTable)
                 and len(values) == signal.domain.size
             ):
-                signal.table.add(values)
+                cells[name] = values
             else:
                 self._drops.add(DropReason.CARRIED_DISCARDED)
         for name, snaps in carried.histograms.items():
@@ -774,9 +882,10 @@ class Telemetry:
                 and len(snaps) == signal.domain.size
                 and all(len(snap.counts) == len(signal.spec.buckets) + 1 for snap in snaps)
             ):
-                signal.table.add(snaps)
+                cells[name] = snaps
             else:
                 self._drops.add(DropReason.CARRIED_DISCARDED)
+        return cells
 
     # -- sending -----------------------------------------------------------------------
 
@@ -934,15 +1043,21 @@ class Telemetry:
             delay = min(delay, max(self._retry_at - time.monotonic(), 0.0))
         return max(delay, 0.01)
 
-    def shutdown(self, *, release_open_window: bool = True, timeout: float = 10.0) -> None:
-        """Stop the worker, release the open window early (by default) and send.
+    def shutdown(self, *, carry_open_window: bool = True, timeout: float = 10.0) -> None:
+        """Stop the worker, release the windows that have ended, and send.
 
-        The partial window is released with `window_end` = now; a restart within the
-        same aligned window starts after it, so no two envelopes overlap in time.
-        Envelopes still pending afterwards stay in the on-disk spool and are sent by
-        the next `Telemetry` on the same state directory. Returns within about
-        `timeout` (plus the window's release, local work): sending, which may wait on
-        the network or a TPM, runs on a sender thread this waits for at most that long.
+        No partial window is released: a device sends at most one release per aligned
+        policy window. With `carry_open_window` (the default) the open window's cells
+        of every consented signal are carried, encrypted and uncharged, to the next
+        `Telemetry` on the same state directory (`client._carry`): restarted within
+        that window, it releases them with its own at the window's end; restarted
+        later, it releases them on their own, late, as that window's envelope. With
+        `carry_open_window=False` they are discarded (counted as
+        `open_window_discarded`). Envelopes still pending afterwards stay in the
+        on-disk spool and are sent by the next `Telemetry` on the same state directory.
+        Returns within about `timeout` (plus the windows' release, local work):
+        sending, which may wait on the network or a TPM, runs on a sender thread this
+        waits for at most that long.
         """
         if self._closed:
             return
@@ -969,13 +1084,13 @@ class Telemetry:
             self._run_purges()  # consent decisions the worker had not written yet
             now = self._clock.now()
             with self._collect_lock:
-                windows = self._windows.close_until(now)
-                early = self._windows.close_open(now) if release_open_window else None
-                if early is not None:
-                    windows.append(early)
-                self._release_windows(windows, now, carry=early)
+                self._release_windows(self._windows.close_until(now), now)
+                if carry_open_window:
+                    self._carry_open_window(now)
+                else:
+                    self._discard_open()
         except Exception:
-            _log.exception("releasing the last window at shutdown failed")
+            _log.exception("releasing the last windows at shutdown failed")
         finally:
             self._gate.close()
         sender = threading.Thread(
@@ -1005,6 +1120,7 @@ class Telemetry:
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._consent_cond = threading.Condition()
+        self._late_lock = threading.Lock()
         self._drops.reset_after_fork()
         self._prompts.reset_after_fork()
         self._reporter.reset_after_fork()
@@ -1102,9 +1218,9 @@ class Telemetry:
                 self._release_histogram(signal, _empty_histogram(signal), _EPOCH)
 
 
-def _take(signal: _Signal) -> list[int] | list[HistogramSnapshot]:
-    """Read and reset every cell of a signal (window close)."""
-    return signal.table.take()
+def _units(raw: _Raw) -> int:
+    """How many measurements `raw` holds: counted units, and histogram values."""
+    return sum(sum(c.counts) if isinstance(c, HistogramSnapshot) else c for c in raw)
 
 
 def _tier(tier: Tier | str) -> Tier:

@@ -1,10 +1,13 @@
 """Window arithmetic: windows are aligned to multiples of the window length since the epoch.
 
 `WindowClock` tracks which window is open and, given a time, which windows have ended.
-Measurements recorded since the last close belong to the open window; windows that
-ended with nothing open in them (the client was asleep, or a simulator jumped ahead)
-are still released, all zero, because a missing envelope would itself tell that the
-app was idle.
+Every window is exactly one aligned policy window, `[k * seconds, (k + 1) * seconds)`
+since the epoch, as the ingest requires: a device contributes at most one release per
+aligned window. Nothing here cuts a window short; what is open at shutdown is carried
+to the next run whole (`client._carry`). Measurements recorded since the last close
+belong to the open window; windows that ended with nothing open in them (the client was
+asleep, or a simulator jumped ahead) are still released, all zero, because a missing
+envelope would itself tell that the app was idle.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Window", "WindowClock", "window_start_of"]
+__all__ = ["Window", "WindowClock", "aligned_window", "window_start_of"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -31,45 +34,35 @@ def window_start_of(t: datetime, seconds: int) -> datetime:
     return _EPOCH + timedelta(seconds=seconds * elapsed)
 
 
-class WindowClock:
-    """Which window is open, and which have ended by a given time.
+def aligned_window(t: datetime, seconds: int) -> Window:
+    """The aligned `seconds`-long window that contains `t`."""
+    start = window_start_of(t, seconds)
+    return Window(start, start + timedelta(seconds=seconds))
 
-    `not_before` lets a restarted client start after the last window it released, so
-    two envelopes of one device never cover overlapping time.
+
+class WindowClock:
+    """Which aligned window is open, and which have ended by a given time.
+
+    It opens the aligned window that contains `now`, whatever an earlier run released:
+    a restart within a window continues that window (its carried cells are added back,
+    `client._carry`), never a sub-window of it.
     """
 
     __slots__ = ("_length", "_open_start")
 
-    def __init__(self, seconds: int, now: datetime, not_before: datetime | None = None) -> None:
+    def __init__(self, seconds: int, now: datetime) -> None:
         self._length = timedelta(seconds=seconds)
-        start = window_start_of(now, seconds)
-        if not_before is not None and not_before > start:
-            start = not_before
-        self._open_start = start
+        self._open_start = window_start_of(now, seconds)
 
     @property
     def open_window(self) -> Window:
         """The window measurements are currently recorded into."""
-        return Window(self._open_start, self._end_of(self._open_start))
-
-    def _end_of(self, start: datetime) -> datetime:
-        # A start shifted by `not_before` still ends on the aligned boundary.
-        aligned = window_start_of(start, int(self._length.total_seconds()))
-        return aligned + self._length
+        return Window(self._open_start, self._open_start + self._length)
 
     def close_until(self, now: datetime) -> list[Window]:
         """Close every window that ended by `now`, oldest first, and open the next."""
         closed = []
-        while (end := self._end_of(self._open_start)) <= now:
+        while (end := self._open_start + self._length) <= now:
             closed.append(Window(self._open_start, end))
             self._open_start = end
         return closed
-
-    def close_open(self, now: datetime) -> Window | None:
-        """Close the open window early at `now` (shutdown); None if it has no length."""
-        if now <= self._open_start:
-            return None
-        end = min(now, self._end_of(self._open_start))
-        window = Window(self._open_start, end)
-        self._open_start = end
-        return window

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         args.endpoint, base64.b64decode(args.ingest_key), args.state_dir, args.policy
     )
     run(args.prompts)
-    # The app's exit: the open window is released early and sent (also done at exit).
+    # The app's exit (also done at exit): windows that ended are released and sent; the
+    # open one (today's, under a one-day policy) is carried to the app's next start,
+    # which releases it whole once it has ended.
     provider.shutdown()
     print(json.dumps({"dropped": telemetry.dropped(), "pending": telemetry.pending}))
     return 0

@@ -353,7 +353,7 @@ def run_fleet(
                         if progress is not None:
                             progress(done, total)
             for tel in fleet:
-                tel.shutdown(release_open_window=False)
+                tel.shutdown(carry_open_window=False)
                 for reason, n in tel.dropped().items():
                     run.dropped[reason] = run.dropped.get(reason, 0) + n
         if kafka is not None:

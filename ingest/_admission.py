@@ -9,7 +9,9 @@ if, against what this ingest already accepted from its device:
   replay or a second copy of the device's state;
 - its window starts at or after the end of the last window (`duplicate_window`): the
   client never releases overlapping windows, so an overlap is a second envelope for
-  the same device and window (two state directories sharing one key, say);
+  the same device and window (two state directories sharing one key, say). Every
+  window is exactly one aligned policy window (`ingest._windows`, checked before), so
+  this is also one local release per device and policy window;
 - its Prio3 reports are of a later policy window than the device's last reports
   (`duplicate_window`): one contribution per device, signal and batch;
 - its policy can be priced (`policy_not_served`), and its charge fits the device's

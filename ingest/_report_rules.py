@@ -4,7 +4,7 @@ Pure logic on the policies the ingest serves. A report is input, not truth: its 
 must be one of the named policy's aggregation tasks, its tier the one the policy gives
 that signal (a device cannot relabel a signal to dodge a tier rule), its shares exactly
 the sizes that task's Prio3 encoding has (nothing else decodes, and an oversized share
-would only cost the aggregators work); the envelope's window must lie inside one
+would only cost the aggregators work); the envelope's window must be exactly one
 aligned policy window (every envelope's, reports or not), the reports' batch. The proof
 itself is checked later, by the leader and the helper together; the shares reveal
 nothing here.
@@ -109,7 +109,7 @@ class ReportRules:
     def check(self, env: EnvelopeV1) -> datetime | ReportProblem | None:
         """The reports' batch start if they pass, a problem if not, None if none.
 
-        A policy served in full also has the envelope's window checked (inside one
+        A policy served in full also has the envelope's window checked (exactly one
         aligned policy window, `ingest._windows`) and its local releases: each must be of a
         signal it declares, under the local model, in that signal's tier. A local
         release of an aggregate-model signal would bypass secure aggregation (and mix

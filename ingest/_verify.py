@@ -5,7 +5,7 @@ trusting first: size, base64, unseal, signed-envelope shape, the key's standing 
 `ecdsa-p256` key must be currently attested by a non-revoked TPM device), the signature
 over the exact payload bytes, envelope schema, device id bound to the key, software
 assurance allowed for every tier in the envelope, known policy, consent covering every
-tier it carries, region, the window (inside one aligned policy window), the local
+tier it carries, region, the window (exactly one aligned policy window), the local
 releases and the Prio3 reports' tasks, tiers, sizes and batch. Nothing from the payload
 is parsed before its signature has been checked. What depends on the device's history
 (sequence order, one envelope per window, the daily epsilon budget) is decided after

@@ -337,5 +337,6 @@ class QuietwireMeterProvider(metrics.MeterProvider):
         return self._telemetry.flush(timeout=timeout_millis / 1000.0)
 
     def shutdown(self, timeout_millis: float = 10_000) -> None:
-        """Release the open window and send (`Telemetry.shutdown`)."""
+        """Release the windows that ended, carry the open one to the next run, and send
+        (`Telemetry.shutdown`)."""
         self._telemetry.shutdown(timeout=timeout_millis / 1000.0)

@@ -73,7 +73,7 @@ def _window_truth(policy: Policy, record: Callable[[Telemetry], None]) -> list[T
             record(qw)
             (window,) = qw.collect_with_truth(clock.advance(days=1, seconds=5))
         finally:
-            qw.shutdown(release_open_window=False, timeout=1.0)
+            qw.shutdown(carry_open_window=False, timeout=1.0)
     return list(window.truth)
 
 

@@ -156,4 +156,4 @@ def make_telemetry(
 
     yield make
     for telemetry in made:
-        telemetry.shutdown(release_open_window=False, timeout=1.0)
+        telemetry.shutdown(carry_open_window=False, timeout=1.0)

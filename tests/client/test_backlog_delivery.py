@@ -47,7 +47,7 @@ def server(tmp_path: Path, time_: Time) -> Iterator[IngestApp]:
 def device(server: IngestApp, time_: Time, tmp_path: Path) -> Iterator[Telemetry]:
     qw = pilot_device(server, time_, tmp_path / "device")
     yield qw
-    qw.shutdown(release_open_window=False, timeout=2.0)
+    qw.shutdown(carry_open_window=False, timeout=2.0)
 
 
 def offline_days(qw: Telemetry, server: IngestApp, time_: Time, days: int) -> None:
@@ -103,7 +103,7 @@ def test_a_backlog_survives_a_restart_while_it_waits_for_the_ingests_next_day(
     offline_days(qw, server, time_, 2)
     time_.now += timedelta(hours=1)
     assert not qw.flush()
-    qw.shutdown(release_open_window=False, timeout=1.0)
+    qw.shutdown(carry_open_window=False, timeout=1.0)
     assert len(server.stored()) == 1
 
     restarted = start()  # same day: refused again (uncharged), still kept
@@ -114,5 +114,5 @@ def test_a_backlog_survives_a_restart_while_it_waits_for_the_ingests_next_day(
         assert restarted.flush()
         assert not_delivered(restarted) == {}
     finally:
-        restarted.shutdown(release_open_window=False, timeout=1.0)
+        restarted.shutdown(carry_open_window=False, timeout=1.0)
     assert [e.window_start for e in server.stored()] == [T0, T0 + DAY]

@@ -115,6 +115,7 @@ _PER_MEASUREMENT = [
     DropReason.PROMPT_QUEUE_FULL,
     DropReason.STATE_LOADING,
     DropReason.CARRIED_DISCARDED,
+    DropReason.OPEN_WINDOW_DISCARDED,
 ]
 
 
@@ -134,6 +135,7 @@ def test_a_reason_that_follows_the_users_activity_is_not_reported(reason: DropRe
         DropReason.SPOOL_CORRUPT,
         DropReason.SEND_FAILED,
         DropReason.TIER_REQUIRES_TPM,
+        DropReason.WINDOW_ALREADY_RELEASED,
     ],
 )
 def test_operational_reasons_are_reported(reason: str) -> None:
@@ -212,4 +214,4 @@ def test_the_ingest_accepts_an_envelope_with_a_client_report(
     assert verdict.item.envelope.client_report == ClientReport(
         counts={"rejected:unknown_policy": 1}
     )
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)

@@ -42,7 +42,7 @@ def device(server: IngestApp, time_: Time, tmp_path: Path) -> Iterator[Telemetry
     server.online = False  # it has never heard from its ingest
     qw = pilot_device(server, time_, tmp_path / "device")
     yield qw
-    qw.shutdown(release_open_window=False, timeout=1.0)
+    qw.shutdown(carry_open_window=False, timeout=1.0)
 
 
 def _build_offline(qw: Telemetry, time_: Time) -> None:
@@ -130,4 +130,4 @@ def test_an_envelope_ahead_for_longer_than_its_retention_expires_counted(
                 stored = server.stored()[-1]
                 assert {a.tier.value for a in stored.aggregates} == left
         finally:
-            qw.shutdown(release_open_window=False, timeout=1.0)
+            qw.shutdown(carry_open_window=False, timeout=1.0)

@@ -59,7 +59,7 @@ def test_policy_mechanism_choice_is_honoured(tmp_path: Path, ingest, clock) -> N
         for a in envelope.aggregates
     }
     assert kinds == {Mechanism.LAPLACE}
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_unsupported_sum_mechanism_fails_at_setup(tmp_path: Path, ingest) -> None:
@@ -106,4 +106,4 @@ def test_concurrent_adds_are_all_counted(tmp_path: Path, ingest, clock) -> None:
     values = {t.attributes["k"]: t.value for t in window.truth if isinstance(t, TrueCounter)}
     assert values == {"a": 4 * 20_000 * 3, "other": 0}
     assert not any(isinstance(a, HistogramAggregate) for a in window.envelope.aggregates)
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)

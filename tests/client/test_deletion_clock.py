@@ -84,4 +84,4 @@ def test_a_revocation_from_a_fast_clock_is_kept_until_the_ingest_accepts_it(
         deletions = [i for i in bus.published if isinstance(i, IngestedDeletionRequest)]
         assert [d.deletion.tier for d in deletions] == [Tier.PERFORMANCE]
         assert "rejected:deletion_request" not in qw.dropped()
-        qw.shutdown(release_open_window=False)
+        qw.shutdown(carry_open_window=False)

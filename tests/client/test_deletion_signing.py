@@ -40,7 +40,7 @@ def test_a_deletion_request_queued_offline_is_signed_and_sent_after_a_restart(
     device_id = qw.device_id
     qw.revoke_consent(Tier.PERFORMANCE)
     assert not qw.flush()
-    qw.shutdown(release_open_window=False, timeout=0.1)
+    qw.shutdown(carry_open_window=False, timeout=0.1)
     assert [p.suffix for p in (state / "spool").iterdir() if p.suffix in {".req", ".del"}] == [
         ".req"
     ]

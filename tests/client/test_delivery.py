@@ -220,7 +220,7 @@ def test_an_unattested_tpm_key_falls_back_to_software_and_the_envelope_is_signed
     assert isinstance(ingest.verdicts[-1], Accepted)
     assert qw.dropped()["tier_requires_tpm"] == 2
     assert qw.dropped()["tpm_unattested:key_not_attested"] == 1  # once per spell
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_a_tpm_that_cannot_attest_never_signs_and_says_why(
@@ -252,7 +252,7 @@ def test_a_tpm_that_cannot_attest_never_signs_and_says_why(
     qw.collect(clock.advance(hours=1))
     assert current_assurance(keys) == "tpm"
     assert qw.device_id == tpm.device_id
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_spooled_envelopes_do_not_leave_after_every_tier_is_revoked_mid_send(
@@ -296,7 +296,7 @@ def test_spooled_envelopes_of_a_revoked_tier_do_not_leave_after_a_restart(
     qw.counter("app.starts").add(1)
     qw.collect(clock.advance(hours=1))
     assert qw.pending == 1
-    qw.shutdown(release_open_window=False, timeout=0.1)
+    qw.shutdown(carry_open_window=False, timeout=0.1)
     # The consent file says "revoked"; the spool was never purged.
     consent = ConsentStore(
         state / "consent.json", SoftwareKeyStore(state).sign, POLICY, clock=clock
@@ -380,4 +380,4 @@ def test_a_software_signature_refused_for_a_tier_teaches_the_client_to_withhold_
     # Charged for health and performance only: the first window's charge minus content's.
     content = float(release_epsilon(CONTENT))
     assert qw.privacy_spent()[0] - spent == pytest.approx(spent - content)
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)

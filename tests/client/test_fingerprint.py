@@ -265,7 +265,7 @@ def test_exceptions_count_under_their_hash_bucket(tmp_path, ingest, clock) -> No
     assert "alice" not in payload
     assert "secret" not in payload
     assert fp[:16] not in payload
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_a_known_fingerprint_counts_under_itself(tmp_path, ingest, clock) -> None:
@@ -277,7 +277,7 @@ def test_a_known_fingerprint_counts_under_itself(tmp_path, ingest, clock) -> Non
     counted = _counted(window)
     assert counted[known] == 1
     assert sum(counted.values()) == 2
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_without_buckets_unknown_fingerprints_count_as_other(tmp_path, ingest, clock) -> None:
@@ -285,7 +285,7 @@ def test_without_buckets_unknown_fingerprints_count_as_other(tmp_path, ingest, c
     qw.record_exception(_caught())
     (window,) = qw.collect_with_truth(clock.advance(hours=1))
     assert _counted(window) == {"other": 1}
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_without_a_fleet_key_exceptions_are_dropped_and_counted(
@@ -297,7 +297,7 @@ def test_without_a_fleet_key_exceptions_are_dropped_and_counted(
     qw2 = _fingerprinted_telemetry(tmp_path / "other", ingest, clock, ["b00"], key=None)
     qw2.record_exception(_caught())
     assert qw2.dropped() == {"no_fingerprint_key": 1}
-    qw2.shutdown(release_open_window=False)
+    qw2.shutdown(carry_open_window=False)
 
 
 def test_fingerprint_label_maps_into_the_declared_domain() -> None:
@@ -323,4 +323,4 @@ def test_exceptions_carry_the_labels_the_app_passes(tmp_path, ingest, clock) -> 
     # Four exceptions: within the test signal's bound (4 a window), so none is clamped.
     assert counted == {("b00", "m@1.1"): 1, ("b00", "other"): 1, ("b00", "m@1.0"): 2}
     assert qw.dropped() == {"undeclared_label": 2}
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)

@@ -75,7 +75,7 @@ def test_a_damaged_journal_stops_every_release_until_the_operator_resets_it(
     qw = make_telemetry(state_dir=state)
     _spend_the_day(qw, clock)
     assert qw.flush()
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
     _damage(state / "privacy_ledger.journal", how)
 
     again = make_telemetry(state_dir=state)
@@ -258,7 +258,7 @@ def test_a_policy_switch_mid_day_never_raises_the_days_cap(
     state = tmp_path / "device"
     qw = make_telemetry(state_dir=state)
     _spend_the_day(qw, clock)
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
     # The same device, the same day, under a policy with eight times the cap.
     generous = POLICY.model_copy(
         update={"privacy": POLICY.privacy.model_copy(update={"daily_epsilon": 64.0})}
@@ -284,7 +284,7 @@ def test_a_policy_switch_mid_day_never_raises_the_days_cap(
     assert again.privacy_spent()[0] == CAP
     assert again.flush()
     assert _loss(ingest.envelopes) == CAP
-    again.shutdown(release_open_window=False)
+    again.shutdown(carry_open_window=False)
 
 
 def test_the_operator_resets_a_stopped_devices_ledger_from_the_command_line(
@@ -304,7 +304,7 @@ def test_the_operator_resets_a_stopped_devices_ledger_from_the_command_line(
     running = runner.invoke(app, [*args, "--reason", "journal lost"])
     assert running.exit_code == 2
     assert "in use" in running.stderr
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
     # A sound ledger is not reset by mistake (it would spend the day's budget).
     sound = runner.invoke(app, [*args, "--reason", "journal lost"])
     assert sound.exit_code == 2

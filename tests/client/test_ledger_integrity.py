@@ -119,8 +119,8 @@ def test_a_line_forged_without_the_key_is_refused(tmp_path: Path) -> None:
 def test_a_sound_ledger_opens_whatever_the_evidence_allows(tmp_path: Path) -> None:
     path = tmp_path / "ledger"
     mark = _spend(path, 1.0)
-    # A device that released envelopes without charging (a window cut short whose
-    # aggregate cells were carried): its header-only journal is sound.
+    # A device that released envelopes without charging (windows of a batch it had
+    # already reported, say): its header-only journal is sound.
     PrivacyLedger(tmp_path / "fresh", CAPS, key=KEY).close()  # created at first start
     with _reopen(tmp_path / "fresh", LedgerEvidence(sequence=4, spent=Decimal(0))) as ledger:
         assert ledger.problem is None

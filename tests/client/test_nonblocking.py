@@ -152,7 +152,7 @@ def test_a_revocation_takes_effect_at_once_and_is_on_disk_after_the_documented_w
         # The deletion request was stored with it, ahead of any send.
         assert [p.suffix for p in (state / "spool").iterdir()] in ([".req"], [".del"])
     finally:
-        qw.shutdown(release_open_window=False, timeout=1.0)
+        qw.shutdown(carry_open_window=False, timeout=1.0)
 
 
 class SlowDisk:
@@ -269,7 +269,7 @@ def test_a_fresh_start_records_nothing_until_the_consent_is_loaded_then_records(
         qw.grant_consent(Tier.HEALTH)
         assert qw.wait_consent_durable(timeout=30)
     finally:
-        qw.shutdown(release_open_window=False, timeout=5.0)
+        qw.shutdown(carry_open_window=False, timeout=5.0)
 
     # The next start, on a slow disk: the grant above is on it, but not yet read.
     SlowDisk(monkeypatch, tmp_path, 0.3)
@@ -286,7 +286,7 @@ def test_a_fresh_start_records_nothing_until_the_consent_is_loaded_then_records(
         clock.advance(hours=1)
         assert again.flush(timeout=60)
     finally:
-        again.shutdown(release_open_window=False, timeout=5.0)
+        again.shutdown(carry_open_window=False, timeout=5.0)
     (envelope,) = ingest.envelopes
     assert {a.signal for a in envelope.aggregates} == {"app.starts"}
     assert envelope.consented_tiers == [Tier.HEALTH]
@@ -311,7 +311,7 @@ def test_a_revocation_is_durable_only_after_the_worker_wrote_it_on_a_slow_disk(
         on_disk = ConsentStore(tmp_path / "state" / "consent.json", lambda _b: b"x", POLICY)
         assert not on_disk.allows(Tier.HEALTH)
     finally:
-        qw.shutdown(release_open_window=False, timeout=5.0)
+        qw.shutdown(carry_open_window=False, timeout=5.0)
 
 
 def _config(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock) -> TelemetryConfig:

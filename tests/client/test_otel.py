@@ -69,24 +69,26 @@ def _policy() -> Policy:
     return Policy.model_validate(data)
 
 
+def _config(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock) -> TelemetryConfig:
+    return TelemetryConfig(
+        app=AppInfo(name="otel-app", version="1.0"),
+        region="eu-west",
+        policy=_policy(),
+        ingest_public_key=ingest.public_key,
+        transport=MemoryTransport(ingest.handle),
+        state_dir=tmp_path / "state",
+        clock=clock,
+        mode="manual",
+    )
+
+
 @pytest.fixture
 def telemetry(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock) -> Iterator[Telemetry]:
-    tel = Telemetry(
-        TelemetryConfig(
-            app=AppInfo(name="otel-app", version="1.0"),
-            region="eu-west",
-            policy=_policy(),
-            ingest_public_key=ingest.public_key,
-            transport=MemoryTransport(ingest.handle),
-            state_dir=tmp_path / "state",
-            clock=clock,
-            mode="manual",
-        )
-    )
+    tel = Telemetry(_config(tmp_path, ingest, clock))
     tel.grant_consent(Tier.HEALTH)
     tel.grant_consent(Tier.PERFORMANCE)
     yield tel
-    tel.shutdown(release_open_window=False, timeout=1.0)
+    tel.shutdown(carry_open_window=False, timeout=1.0)
 
 
 @pytest.fixture
@@ -293,15 +295,29 @@ def test_the_provider_needs_the_api_only() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_shutdown_releases_the_open_window(
-    telemetry: Telemetry, meter: metrics.Meter, ingest: MemoryIngest, clock: FakeClock
+def test_shutdown_carries_the_open_window_to_the_next_run(
+    telemetry: Telemetry, ingest: MemoryIngest, clock: FakeClock, tmp_path: Path
 ) -> None:
     provider = QuietwireMeterProvider(telemetry)
-    provider.get_meter("x").create_counter(REQUESTS, unit="{request}").add(1, {"route": "edge"})
+    meter = provider.get_meter("x")
+    meter.create_counter(REQUESTS, unit="{request}").add(1, {"route": "edge"})
+
+    def cache_hits(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(7)]
+
+    meter.create_observable_counter(CACHE_HITS, callbacks=[cache_hits], unit="{hit}")
     clock.advance(hours=1)
     provider.shutdown()
-    assert ingest.envelopes
-    assert ingest.envelopes[-1].window_end - ingest.envelopes[-1].window_start < timedelta(days=1)
+    assert ingest.envelopes == []  # no partial window: the open one is carried
+    clock.advance(days=1)
+    again = Telemetry(_config(tmp_path, ingest, clock))
+    try:
+        (window,) = again.collect_with_truth()  # released late, whole
+        assert window.envelope.window_end - window.envelope.window_start == timedelta(days=1)
+        assert _counter(window.truth, REQUESTS, route="edge") == 1
+        assert _counter(window.truth, CACHE_HITS) == 7  # polled at shutdown, then carried
+    finally:
+        again.shutdown(carry_open_window=False, timeout=1.0)
 
 
 def test_a_forked_child_records_and_closes_windows(

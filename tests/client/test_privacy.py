@@ -101,7 +101,7 @@ def test_content_needs_its_own_grant(tmp_path: Path, ingest: MemoryIngest, clock
     assert counted["email"] == 1
     assert counted["phone"] == 1
     assert counted["card"] == 0
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_data_recorded_before_the_grant_is_never_released(
@@ -181,7 +181,7 @@ def test_revoking_purges_the_tier_everywhere_and_sends_a_deletion_request(
     qw.revoke_consent(Tier.PERFORMANCE)
     assert qw.flush()
     assert len(requests) == 1
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_a_deletion_request_survives_a_restart_while_offline(tmp_path: Path, clock) -> None:
@@ -190,7 +190,7 @@ def test_a_deletion_request_survives_a_restart_while_offline(tmp_path: Path, clo
     first.grant_consent(Tier.HEALTH)
     first.revoke_consent(Tier.HEALTH)
     assert not first.flush()
-    first.shutdown(release_open_window=False, timeout=0.1)
+    first.shutdown(carry_open_window=False, timeout=0.1)
 
     received: list[SignedDeletionRequest] = []
 
@@ -201,7 +201,7 @@ def test_a_deletion_request_survives_a_restart_while_offline(tmp_path: Path, clo
     assert second.flush()
     assert len(received) == 1
     assert second.dropped() == {"rejected:deletion_request": 1}
-    second.shutdown(release_open_window=False)
+    second.shutdown(carry_open_window=False)
 
 
 def test_a_failing_deletion_transport_neither_raises_nor_holds_envelopes_back(
@@ -219,7 +219,7 @@ def test_a_failing_deletion_transport_neither_raises_nor_holds_envelopes_back(
     qw.collect(clock.advance(hours=1))
     assert not qw.flush()  # the deletion request stays pending, to be retried
     assert len(ingest.envelopes) == 1  # the envelope went all the same
-    qw.shutdown(release_open_window=False, timeout=0.1)
+    qw.shutdown(carry_open_window=False, timeout=0.1)
 
 
 # -- the privacy budget -----------------------------------------------------------------
@@ -228,7 +228,8 @@ def test_a_failing_deletion_transport_neither_raises_nor_holds_envelopes_back(
 def test_a_device_cannot_exceed_its_daily_cap_whatever_it_records(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    """Restarts cut windows short, and each piece is a release: the cap stops them."""
+    """Thirty restarts in ten hours, recording far beyond every bound: the daily cap
+    stops the hourly releases (a restart adds none: the open window is carried)."""
     cap = POLICY.privacy.daily_epsilon
     state = tmp_path / "device"
     for _restart in range(30):
@@ -241,7 +242,7 @@ def test_a_device_cannot_exceed_its_daily_cap_whatever_it_records(
             qw.histogram("latency").record(99.0, route="local")
         qw.collect(clock.advance(minutes=20))
         assert qw.privacy_spent()[0] <= cap
-        qw.shutdown()  # releases the open window early: one more release per signal
+        qw.shutdown()  # carries the open window: released once, by a later run
     envelopes = ingest.envelopes
     assert len({e.window_start.date() for e in envelopes}) == 1  # all within one day
     spent = _spent_per_day(envelopes)
@@ -279,7 +280,7 @@ def test_the_default_policy_runs_for_days_without_suppression(tmp_path: Path, cl
         # The aggregate signals leave as Prio3 reports, one per task; content locally.
         assert {r.task.partition("/")[0] for r in envelope.reports} == set(policy.aggregate_signals)
         assert {a.signal for a in envelope.aggregates} == {"prompt.personal_data"}
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def _telemetry(

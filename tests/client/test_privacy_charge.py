@@ -240,4 +240,4 @@ def test_the_ledger_is_charged_the_loss_and_the_ingest_prices_it_alike(
         assert len(envelope.aggregates) == 4  # three cells and the total
     assert qw.privacy_spent()[0] == windows * 0.375
     assert math.isclose(float(window_charge(policy, ["requests.total"])), 0.375)
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)

@@ -60,7 +60,7 @@ def background(tmp_path: Path, clock: FakeClock) -> Iterator[Telemetry]:
         qw.grant_consent(tier)
     assert qw.flush(timeout=10.0)  # the worker's first round is over: it now sleeps
     yield qw
-    qw.shutdown(release_open_window=False, timeout=1.0)
+    qw.shutdown(carry_open_window=False, timeout=1.0)
 
 
 def _queued_counts(qw: Telemetry) -> list[int]:
@@ -118,7 +118,7 @@ def test_manual_mode_redacts_on_the_callers_thread_and_returns_the_text(
         assert qw.record_prompt("mail ann@example.com") == "mail <EMAIL>"
         assert sum(_queued_counts(qw)) == 1
     finally:
-        qw.shutdown(release_open_window=False, timeout=1.0)
+        qw.shutdown(carry_open_window=False, timeout=1.0)
 
 
 def test_a_full_prompt_queue_drops_the_new_prompt_and_counts_it() -> None:

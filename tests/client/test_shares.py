@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import statistics
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -185,8 +186,9 @@ def test_a_restart_within_a_day_carries_the_open_window_into_one_report(
     first = _telemetry(tmp_path, ingest, clock)
     first.counter("requests").add(2, route="local")
     first.histogram("latency").record(0.7, route="cloud")
-    first.shutdown()  # [00:00, 08:00) cut short: its aggregate cells are carried
-    assert all(not e.reports for e in ingest.envelopes)  # nothing shared yet...
+    first.shutdown()  # mid-window: its cells are carried, nothing is released
+    assert first.flush()
+    assert ingest.envelopes == []  # nothing shared yet...
     assert first.privacy_spent(T0)[0] == 0.0  # ...and nothing charged
     carried = (tmp_path / "state" / "spool" / "open_window.sealed").read_bytes()
     assert b"requests" not in carried  # encrypted at rest, like the spool
@@ -195,12 +197,58 @@ def test_a_restart_within_a_day_carries_the_open_window_into_one_report(
     again = _telemetry(tmp_path, ingest, clock)
     again.counter("requests").add(3, route="local")
     (window,) = again.collect(clock.advance(hours=24))
-    assert window.window_start == T0.replace(hour=8)
+    # The whole aligned window, both runs' cells: one contribution to the batch.
+    day = T0.replace(hour=0)
+    assert (window.window_start, window.window_end) == (day, day + timedelta(days=1))
     h = POLICY.content_hash
     assert _aggregate(tasks["requests/cells"], _reports(window, "requests/cells"), h) == [5, 0, 0]
     assert _aggregate(tasks["latency/counts"], _reports(window, "latency/counts"), h) == [0, 1, 0]
     spent = sum(s.epsilon for s in POLICY.signals.values())
     assert again.privacy_spent(T0)[0] == pytest.approx(spent)  # charged once, that day
+
+
+def test_a_restart_after_the_day_ended_reports_the_carried_window_late_in_its_batch(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    tasks = aggregation_tasks(POLICY)
+    day = T0.replace(hour=0)
+    clock.now = day.replace(hour=8)
+    first = _telemetry(tmp_path, ingest, clock)
+    first.counter("requests").add(2, route="local")
+    first.shutdown()
+
+    clock.now = day + timedelta(days=1, hours=10)
+    again = _telemetry(tmp_path, ingest, clock)
+    again.counter("requests").add(3, route="cloud")  # today's: not in the late window
+    (late,) = again.collect(clock.now)
+    assert (late.window_start, late.window_end) == (day, day + timedelta(days=1))
+    assert late.sent_at == clock.now
+    h = POLICY.content_hash
+    assert _aggregate(tasks["requests/cells"], _reports(late, "requests/cells"), h) == [2, 0, 0]
+    spent = sum(s.epsilon for s in POLICY.signals.values())
+    assert again.privacy_spent(day)[0] == pytest.approx(spent)  # charged to its day
+    # Collected a day after the late release (which the last 24 real hours count).
+    (today,) = again.collect(clock.advance(hours=24))
+    assert today.window_start == day + timedelta(days=1)
+    assert _aggregate(tasks["requests/cells"], _reports(today, "requests/cells"), h) == [0, 3, 0]
+
+
+def test_a_late_window_of_a_batch_already_reported_sends_no_reports(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    day = T0.replace(hour=0)
+    clock.now = day.replace(hour=8)
+    first = _telemetry(tmp_path, ingest, clock)
+    first._state.next_sequence(day, reported_batch=day)  # as if its reports had gone
+    first.counter("requests").add(2, route="local")
+    first.shutdown()
+    clock.now = day + timedelta(days=1, hours=10)
+    again = _telemetry(tmp_path, ingest, clock)
+    (late,) = again.collect(clock.now)
+    assert late.window_start == day
+    assert late.reports == []
+    assert again.dropped()["batch_already_reported"] == len(POLICY.signals)
+    assert again.privacy_spent(day)[0] == 0.0
 
 
 def test_carried_cells_of_another_policy_are_discarded_and_counted(

@@ -24,7 +24,7 @@ def test_pending_envelopes_survive_a_restart_while_offline(
     first.counter("app.starts").add(2)
     sent = first.collect(clock.advance(hours=3))
     assert not first.flush()
-    first.shutdown(release_open_window=False, timeout=0.1)
+    first.shutdown(carry_open_window=False, timeout=0.1)
     assert first.dropped() == {}  # kept on disk, not dropped
 
     second = make_telemetry(state_dir=state)  # online now
@@ -54,7 +54,7 @@ def test_an_unreadable_spool_file_is_counted_and_removed(
     state = tmp_path / "device"
     qw = make_telemetry(transport=MemoryTransport(_offline), state_dir=state, max_attempts=1)
     qw.collect(clock.advance(hours=1))
-    qw.shutdown(release_open_window=False, timeout=0.1)
+    qw.shutdown(carry_open_window=False, timeout=0.1)
     (path,) = (state / "spool").glob("*.env")
     path.write_bytes(b"garbage")
     drops = DropCounter()
@@ -71,7 +71,7 @@ def test_content_expires_from_the_spool_after_its_retention(
     qw = make_telemetry(transport=MemoryTransport(_offline), state_dir=state, max_attempts=1)
     (envelope,) = qw.collect(clock.advance(hours=1))
     assert {a.tier for a in envelope.aggregates} == {Tier.HEALTH, Tier.PERFORMANCE}
-    qw.shutdown(release_open_window=False, timeout=0.1)
+    qw.shutdown(carry_open_window=False, timeout=0.1)
 
     drops = DropCounter()
     spool = Spool(state, 10, drops)

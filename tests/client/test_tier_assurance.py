@@ -110,7 +110,7 @@ def test_content_is_withheld_uncharged_and_counted_with_a_software_key(
     assert qw.privacy_spent()[1] == 3 * NON_CONTENT_EPSILON
     assert qw.flush()
     assert len(ingest.envelopes) == 3
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_only_content_consented_sends_nothing_and_spends_nothing(
@@ -128,7 +128,7 @@ def test_only_content_consented_sends_nothing_and_spends_nothing(
     assert ingest.envelopes == []
     assert qw.privacy_spent() == (0.0, 0.0)
     assert qw.dropped() == {"tier_requires_tpm": 1}
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_a_policy_accepting_software_content_releases_it(tmp_path: Path, clock: FakeClock) -> None:
@@ -146,7 +146,7 @@ def test_a_policy_accepting_software_content_releases_it(tmp_path: Path, clock: 
     assert {a.tier for a in envelope.aggregates} == {Tier.CONTENT}
     assert qw.privacy_spent()[0] == CONTENT.epsilon
     assert "tier_requires_tpm" not in qw.dropped()
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_a_fallback_store_without_its_tpm_withholds_its_tpm_only_tiers(
@@ -174,7 +174,7 @@ def test_a_fallback_store_without_its_tpm_withholds_its_tpm_only_tiers(
     # and why the key is software.
     assert qw.dropped() == {"tier_requires_tpm": 3, "tpm_unavailable:OSError": 1}
     assert qw.privacy_spent()[0] == float(release_epsilon(POLICY.signals["app.starts"]))
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
 
 def test_the_ingest_accepts_everything_a_software_device_sends(
@@ -218,7 +218,7 @@ def test_the_ingest_accepts_everything_a_software_device_sends(
     assert len(verdicts) == 3
     assert all(isinstance(v, Accepted) for v in verdicts), verdicts
     assert not any(k.startswith("rejected:") for k in qw.dropped())
-    qw.shutdown(release_open_window=False)
+    qw.shutdown(carry_open_window=False)
 
     # Defence in depth: content signed by a software key is still refused by the ingest.
     keys = SoftwareKeyStore(tmp_path / "other")

@@ -61,26 +61,36 @@ def test_sequence_and_release_horizon_survive_restarts(make_telemetry, clock, tm
     first.collect(clock.advance(hours=2))  # sequences 0, 1
     clock.advance(minutes=20)
     first.counter("app.starts").add(1)
-    first.shutdown()  # releases 11:00-11:20 early, sequence 2
+    first.shutdown()  # 11:00-12:00 is open: carried, not released
     assert first.pending == 0
 
     second = make_telemetry(state_dir=state)
     assert second.device_id == first.device_id  # same key from the state dir
-    (window,) = second.collect(clock.advance(hours=1))
-    assert window.sequence == 3
-    # It starts where the early release ended: no two envelopes overlap in time.
-    assert window.window_start == T0 + timedelta(hours=2, minutes=20)
-    assert window.window_end == T0 + timedelta(hours=3)
+    (window,) = second.collect_with_truth(clock.advance(hours=1))
+    assert window.envelope.sequence == 2
+    # The whole aligned window, with what the first run recorded in it.
+    assert window.envelope.window_start == T0 + timedelta(hours=2)
+    assert window.envelope.window_end == T0 + timedelta(hours=3)
+    assert _starts(window.truth) == 1
 
 
-def test_background_mode_sends_on_shutdown(make_telemetry, clock, ingest) -> None:
-    qw = make_telemetry(mode="background")
+def test_background_mode_carries_the_open_window_at_shutdown(
+    make_telemetry, clock, ingest, tmp_path
+) -> None:
+    state = tmp_path / "device"
+    qw = make_telemetry(mode="background", state_dir=state)
     qw.counter("app.starts").add(1)
     clock.advance(minutes=10)
     qw.shutdown()
-    (envelope,) = ingest.envelopes
-    assert (envelope.window_start, envelope.window_end) == (T0, T0 + timedelta(minutes=10))
+    assert ingest.envelopes == []  # no partial window
     assert qw.pending == 0
+
+    clock.advance(hours=2)  # the window ended while the app was not running
+    again = make_telemetry(mode="background", state_dir=state)
+    assert again.flush(timeout=30)  # the worker's first round released it, late
+    (envelope,) = ingest.envelopes
+    assert (envelope.window_start, envelope.window_end) == (T0, T0 + timedelta(hours=1))
+    assert envelope.sent_at == clock.now
 
 
 def test_background_mode_closes_due_windows_on_flush(make_telemetry, clock, ingest) -> None:

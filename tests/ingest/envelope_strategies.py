@@ -34,8 +34,9 @@ __all__ = [
     "json_values",
 ]
 
-WINDOW_START = datetime(2025, 1, 1, 10, tzinfo=UTC)
-RECEIVED_AT = WINDOW_START + timedelta(hours=1, seconds=10)
+WINDOW_START = datetime(2025, 1, 1, tzinfo=UTC)
+_WINDOW = timedelta(days=1)  # the pilot and default policies' window
+RECEIVED_AT = WINDOW_START + _WINDOW + timedelta(seconds=10)
 
 _PILOT = load_policy(PILOT_POLICY_PATH)
 _DEFAULT = load_policy(DEFAULT_POLICY_PATH)
@@ -165,9 +166,9 @@ _FIELD_VALUES: Final[dict[str, st.SearchStrategy[Any]]] = {
     "device_id": st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
     "sequence": st.integers(min_value=-1, max_value=2**64)
     | st.sampled_from([2**31 - 1, 2**31, 2**63 - 1, 2**63]),
-    "sent_at": _times(WINDOW_START + timedelta(hours=1, seconds=5)),
+    "sent_at": _times(WINDOW_START + _WINDOW + timedelta(seconds=5)),
     "window_start": _times(WINDOW_START),
-    "window_end": _times(WINDOW_START + timedelta(hours=1)),
+    "window_end": _times(WINDOW_START + _WINDOW),
     "region": st.just("other-region"),
     "policy_hash": st.sampled_from([*_HASHES, "ab" * 32]),
     "app": st.fixed_dictionaries(
@@ -207,9 +208,9 @@ def base_envelope(device: Device) -> dict[str, Any]:
         "envelope_id": "00000000-0000-4000-8000-000000000000",
         "device_id": device.device_id,
         "sequence": 1,
-        "sent_at": (WINDOW_START + timedelta(hours=1, seconds=5)).isoformat(),
+        "sent_at": (WINDOW_START + _WINDOW + timedelta(seconds=5)).isoformat(),
         "window_start": WINDOW_START.isoformat(),
-        "window_end": (WINDOW_START + timedelta(hours=1)).isoformat(),
+        "window_end": (WINDOW_START + _WINDOW).isoformat(),
         "region": device.region,
         "policy_hash": _HASHES[0],
         "app": {"name": "demo-app", "version": "1.0.0"},

@@ -24,7 +24,9 @@ from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, CounterSignal, load
 from schemas import EnvelopeV1, IngestedEnvelope, device_id_for
 
 __all__ = [
+    "FIRST_WINDOW",
     "SERVED_POLICIES",
+    "WINDOW",
     "Device",
     "asgi_client",
     "counter_aggregate",
@@ -40,6 +42,9 @@ policy (local model: its counter is a local release the ingest accepts)."""
 
 
 _PILOT = load_policy(PILOT_POLICY_PATH)
+WINDOW = timedelta(seconds=_PILOT.window_seconds)
+"""The pilot policy's window: the kit's envelopes each cover one whole window."""
+FIRST_WINDOW = datetime(2025, 1, 1, tzinfo=UTC)
 _MECHANISM = _PILOT.privacy.mechanisms.counter
 _CELLS = CellDomain(_PILOT.signals["inference.requests"].attributes).size
 
@@ -81,18 +86,19 @@ class Device:
         """An EnvelopeV1 as a JSON-ready dict; `overrides` replace fields (even invalidly).
 
         Each one is the device's next: its sequence one higher, its window the next
-        hour (the first is 2025-01-01 10:00-11:00), as the ingest's ledger requires.
+        whole policy window (one day; the first is 2025-01-01), as the ingest's ledger
+        requires.
         """
         self._sequence += 1
-        start = datetime(2025, 1, 1, 10, tzinfo=UTC) + timedelta(hours=self._sequence - 1)
+        start = FIRST_WINDOW + WINDOW * (self._sequence - 1)
         env: dict[str, Any] = {
             "schema_version": 1,
             "envelope_id": str(uuid.uuid4()),
             "device_id": self.device_id,
             "sequence": self._sequence,
-            "sent_at": (start + timedelta(hours=1, seconds=5)).isoformat(),
+            "sent_at": (start + WINDOW + timedelta(seconds=5)).isoformat(),
             "window_start": start.isoformat(),
-            "window_end": (start + timedelta(hours=1)).isoformat(),
+            "window_end": (start + WINDOW).isoformat(),
             "region": self.region,
             "policy_hash": policy_hash(),
             "app": {"name": "demo-app", "version": "1.0.0"},
@@ -124,11 +130,13 @@ class Device:
 
 
 def ingested(device: Device) -> IngestedEnvelope:
-    """A fresh envelope of `device` as the ingest hands it on (received in its window's
-    hour, software assurance): for tests of the bus and the sink, past verification."""
+    """A fresh envelope of `device` as the ingest hands it on (received 10 s after its
+    window ended, software assurance): for tests of the bus and the sink, past
+    verification."""
+    envelope = EnvelopeV1.model_validate_json(json.dumps(device.envelope()))
     return IngestedEnvelope(
-        envelope=EnvelopeV1.model_validate_json(json.dumps(device.envelope())),
-        received_at=datetime(2025, 1, 1, 11, tzinfo=UTC),
+        envelope=envelope,
+        received_at=envelope.window_end + timedelta(seconds=10),
         key_fingerprint="ab" * 32,
         assurance="software",
     )

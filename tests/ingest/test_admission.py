@@ -33,7 +33,7 @@ from tests.ingest.kit import Device, counter_aggregate
 
 PILOT = load_policy(PILOT_POLICY_PATH)
 DEFAULT = load_policy()
-NOW = datetime(2025, 1, 5, tzinfo=UTC)
+NOW = datetime(2025, 3, 1, tzinfo=UTC)  # after the kit's windows (one day each)
 TODAY = NOW.date().isoformat()
 
 
@@ -136,13 +136,22 @@ async def test_one_prio3_contribution_per_device_and_policy_window(
         )
         return device.item(key.public_key, env)
 
-    # Two windows of one day (not overlapping), each with reports: one batch, twice.
+    # A day's window cut in two (each part with reports): neither part is a policy
+    # window; the whole day is, once; sent again it overlaps the first.
     morning = part(day, day + timedelta(hours=6))
     evening = part(day + timedelta(hours=6), day + timedelta(days=1))
+    whole = part(day, day + timedelta(days=1))
+    again = part(day, day + timedelta(days=1))
     next_day = part(day + timedelta(days=1), day + timedelta(days=2))
-    result = await intake.submit([morning, evening, next_day])
-    assert _reasons(result) == [None, "duplicate_window", None]
-    assert "one contribution per device" in (result.results[1].detail or "")
+    result = await intake.submit([morning, evening, whole, again, next_day])
+    assert _reasons(result) == [
+        "window_misaligned",
+        "window_misaligned",
+        None,
+        "duplicate_window",
+        None,
+    ]
+    assert "overlaps one already accepted" in (result.results[3].detail or "")
 
 
 async def test_a_retry_of_the_same_envelope_is_published_again_not_charged_again(

@@ -21,7 +21,7 @@ from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
 from ingest._device_ledger import DeviceLedger
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import BatchResult
-from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
+from tests.ingest.kit import FIRST_WINDOW, SERVED_POLICIES, WINDOW, Device, asgi_client
 
 REGION = "eu-test"
 PILOT = load_policy(PILOT_POLICY_PATH)
@@ -29,15 +29,16 @@ DEFAULT = load_policy()
 PER_RELEASE = Decimal("2.6")  # the kit's release: pilot's inference.requests
 assert Decimal(repr(PILOT.signals["inference.requests"].epsilon)) == PER_RELEASE
 FITS = 6  # 6 x 2.6 = 15.6 <= pilot's daily cap of 16
-T0 = datetime(2025, 1, 1, 9, tzinfo=UTC)  # before the kit's first window ends: see Clock
+T0 = datetime(2025, 2, 1, 9, tzinfo=UTC)
+"""The ingest's clock at the start of each test: a month after the kit's first window
+(one day each), so no envelope of the tests runs ahead of it (clock_skew)."""
 
 
 class Clock:
-    """The ingest's clock, moved by the test. Starts a day after the kit's first
-    windows, so no envelope of the tests runs ahead of it (clock_skew)."""
+    """The ingest's clock, moved by the test."""
 
     def __init__(self) -> None:
-        self.now = T0 + timedelta(days=4)
+        self.now = T0
 
     def __call__(self) -> datetime:
         return self.now
@@ -129,9 +130,9 @@ async def test_two_state_directories_sharing_one_key_get_one_budget(
             ingest_key.public_key,
             twin.envelope(
                 sequence=100 + n,
-                window_start=f"2025-01-02T0{n}:00:00+00:00",
-                window_end=f"2025-01-02T0{n}:30:00+00:00",
-                sent_at=f"2025-01-02T0{n}:30:05+00:00",
+                window_start=(FIRST_WINDOW + WINDOW * (FITS + n)).isoformat(),
+                window_end=(FIRST_WINDOW + WINDOW * (FITS + n + 1)).isoformat(),
+                sent_at=(FIRST_WINDOW + WINDOW * (FITS + n + 1)).isoformat(),
             ),
         )
         for n in range(FITS)
@@ -149,7 +150,7 @@ async def test_switching_policy_mid_day_keeps_the_strictest_cap(
 ) -> None:
     # First under the default policy (daily cap 4): Prio3 reports of inference.errors.
     sharer = ReportSharer(DEFAULT.content_hash, bytes(PrivateKey.generate().public_key))
-    start = datetime(2025, 1, 1, 10, tzinfo=UTC)
+    start = FIRST_WINDOW  # the kit's next window: the device's first
     reports = [
         sharer.report(task, [0] * task.length, start).model_dump(mode="json")
         for task in aggregation_tasks(DEFAULT).values()
@@ -175,21 +176,9 @@ async def test_a_clock_moved_forward_cannot_spend_three_days_in_one_hour(
     settings: IngestSettings,
     clock: Clock,
 ) -> None:
-    """The device's windows claim three days; the ingest's clock says one hour."""
-    items = []
-    for day in range(3):
-        for hour in range(FITS):
-            start = T0 + timedelta(days=day, hours=hour)
-            items.append(
-                device.item(
-                    ingest_key.public_key,
-                    device.envelope(
-                        window_start=start.isoformat(),
-                        window_end=(start + timedelta(hours=1)).isoformat(),
-                        sent_at=(start + timedelta(hours=1, seconds=5)).isoformat(),
-                    ),
-                )
-            )
+    """The device's windows claim three days' worth of budget (each window one day,
+    one release each); the ingest's clock says one hour."""
+    items = [device.item(ingest_key.public_key) for _ in range(3 * FITS)]
     accepted = 0
     for n in range(0, len(items), 6):  # six requests over the hour
         accepted += (await _post(client, items[n : n + 6])).accepted
@@ -241,7 +230,9 @@ async def test_every_refusal_is_audited_with_its_reason_and_device(
     client: httpx.AsyncClient, ingest_key: PrivateKey, device: Device, settings: IngestSettings
 ) -> None:
     envs = [device.envelope() for _ in range(FITS + 1)]
-    overlapping = device.envelope(window_start=envs[0]["window_start"])
+    overlapping = device.envelope(
+        window_start=envs[0]["window_start"], window_end=envs[0]["window_end"]
+    )
     misaligned = device.envelope(
         window_start="2025-01-03T12:00:00+00:00",
         window_end="2025-01-04T12:00:00+00:00",

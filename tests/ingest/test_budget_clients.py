@@ -118,7 +118,7 @@ def test_an_honest_device_is_never_refused(
             assert qw.flush()
             assert ingest.spent(qw.device_id) == PER_DAY
     finally:
-        qw.shutdown(release_open_window=False)
+        qw.shutdown(carry_open_window=False)
     assert _rejected(qw) == {}
     assert len(ingest.stored()) == 3
 
@@ -138,8 +138,8 @@ def test_two_state_directories_sharing_one_key_release_one_days_budget(
             qw.collect()
             assert qw.flush()
     finally:
-        first.shutdown(release_open_window=False)
-        second.shutdown(release_open_window=False)
+        first.shutdown(carry_open_window=False)
+        second.shutdown(carry_open_window=False)
     assert _rejected(first) == {}
     assert _rejected(second) == {"rejected:sequence_not_increasing": 1}
     assert ingest.spent(first.device_id) == PER_DAY
@@ -163,7 +163,7 @@ def test_a_device_clock_moved_forward_releases_one_days_budget_per_ingest_day(
             ingest_clock.now += timedelta(minutes=20)
         assert qw.pending == 2
     finally:
-        qw.shutdown(release_open_window=False)
+        qw.shutdown(carry_open_window=False)
     # The client's ledger granted each window (one per device day); the ingest one.
     assert Decimal(repr(qw.privacy_spent()[1])) == 3 * PER_DAY
     assert _rejected(qw) == {}

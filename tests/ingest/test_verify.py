@@ -14,7 +14,7 @@ from ingest import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected
 from schemas import RejectReason, key_fingerprint
 from tests.ingest.kit import Device, seal
 
-NOW = datetime(2025, 1, 1, 11, 0, 10, tzinfo=UTC)
+NOW = datetime(2025, 1, 2, 0, 0, 10, tzinfo=UTC)  # the kit's first window ended at 00:00
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_schema_invalid_payload_names_the_problem(
     verifier: EnvelopeVerifier, key: PrivateKey
 ) -> None:
     device = Device("eu-test")
-    env = device.envelope(window_end="2025-01-01T09:00:00+00:00")  # before window_start
+    env = device.envelope(window_end="2024-12-31T09:00:00+00:00")  # before window_start
     verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
     assert verdict.reason is RejectReason.SCHEMA_INVALID
     assert "window_end must be after window_start" in verdict.detail
@@ -182,9 +182,9 @@ def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "detail"),
     [
-        ("window_end", "2025-01-01T11:30:00+00:00", "window_end is 1790 s ahead"),
-        ("sent_at", "2025-01-01T11:06:00+00:00", "sent_at is 350 s ahead"),
-        ("sent_at", "2025-01-01T10:30:00+00:00", "before the window it reports on ended"),
+        ("window_end", "2025-01-02T00:30:00+00:00", "window_end is 1790 s ahead"),
+        ("sent_at", "2025-01-02T00:06:00+00:00", "sent_at is 350 s ahead"),
+        ("sent_at", "2025-01-01T23:30:00+00:00", "before the window it reports on ended"),
     ],
 )
 def test_a_clock_running_ahead_is_refused(
@@ -203,7 +203,7 @@ def test_skew_within_tolerance_and_old_envelopes_are_accepted(
     device = Device("eu-test")
     # Four minutes ahead is within the default five; a year-old envelope was spooled
     # while offline and is still welcome (retention bounds its age).
-    ahead = device.envelope(sent_at="2025-01-01T11:04:10+00:00")
+    ahead = device.envelope(sent_at="2025-01-02T00:04:10+00:00")
     late = datetime(2026, 1, 1, tzinfo=UTC)
     assert isinstance(
         verifier.verify(device.item(key.public_key, ahead), received_at=NOW), Accepted
@@ -307,7 +307,7 @@ def test_the_bus_message_carries_the_ingests_fields() -> None:
 
     device = Device("eu-test")
     payload = json.dumps(device.envelope()).encode()
-    batch = datetime(2025, 1, 1, 10, tzinfo=UTC)
+    batch = datetime(2025, 1, 1, tzinfo=UTC)
     item = IngestedEnvelope.model_validate_json(
         ingested_json(payload, NOW, "ab" * 32, "tpm", batch)
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -38,13 +38,26 @@ from ingest.aggregation import (
 from policies import dump_policy
 from schemas import BatchResult
 from tests.harness.kafka import KafkaBroker
-from tests.ingest.aggregation.kit import VERIFY_KEY, Fleet, small_policy
+from tests.ingest.aggregation.kit import VERIFY_KEY, WINDOW, Fleet, small_policy
 from tests.ingest.kit import Device, asgi_client
 from tests.integration.kafka_kit import read_topic
 
 CELLS = "inference.requests/cells"
 DEVICES = 12
-BATCH = datetime(2025, 1, 1, 10, tzinfo=UTC)  # tests.ingest.kit.Device's window
+BATCH = datetime(2025, 1, 1, 10, tzinfo=UTC)
+"""The policy window (one hour: `small_policy`) every envelope here covers."""
+
+
+def _in_batch() -> dict[str, str]:
+    """Envelope fields for a window that is exactly the batch (the policy's window)."""
+    end = BATCH + timedelta(seconds=WINDOW)
+    return {
+        "window_start": BATCH.isoformat(),
+        "window_end": end.isoformat(),
+        "sent_at": (end + timedelta(seconds=5)).isoformat(),
+    }
+
+
 TOKEN = "kafka-test-leader-token"
 
 
@@ -95,6 +108,7 @@ async def test_reports_through_kafka_are_revealed_once_with_their_noise(
                 envelope = device.envelope(
                     policy_hash=policy.content_hash,
                     aggregates=[],
+                    **_in_batch(),
                     reports=[report.model_dump(mode="json")],
                 )
                 item = device.item(PublicKey(ingest_key), envelope)
@@ -107,6 +121,7 @@ async def test_reports_through_kafka_are_revealed_once_with_their_noise(
             replay = thief.envelope(
                 policy_hash=policy.content_hash,
                 aggregates=[],
+                **_in_batch(),
                 reports=[first_report.model_dump(mode="json")] if first_report else [],
             )
             resp = await client.post(

@@ -6,22 +6,30 @@ with the OpenTelemetry API only, and its set-up installs Quietwire's provider gl
 loopback, the embedded DuckDB sink, as the fleet simulator runs it); the analytics
 report built on the warehouse shows its signals. The pilot policy (local model) lets
 one device's releases through; the default's aggregate model needs 100 devices.
+
+A device releases whole policy windows only (one day under the pilot policy), so the
+app's exit carries the day's window to its next start; the test then plays that next
+start a day later (the ingest's clock moved on with it), on the same state directory,
+which releases the window, late and whole.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
 from analytics import build_report, open_warehouse, render_json
+from client import Telemetry, TelemetryConfig
 from fleetsim._pipeline import _serve
 from ingest import IngestSettings
 from policies import PILOT_POLICY_PATH, load_policy
+from schemas import AppInfo
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "otel_app.py"
 PROMPTS = 300
@@ -38,7 +46,12 @@ def test_the_otel_example_app_appears_in_the_report(tmp_path: Path) -> None:
         known_policy_hashes=frozenset({policy.content_hash}),
         policy_paths=(PILOT_POLICY_PATH,),
     )
-    with _serve(settings, lambda: datetime.now(UTC)) as base:
+    later = timedelta(0)  # how far the next start is after the app's run
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + later
+
+    with _serve(settings, clock) as base:
         key = httpx.get(f"{base}/v1/ingest-key", timeout=10).json()["public_key"]
         app = subprocess.run(
             [
@@ -60,9 +73,29 @@ def test_the_otel_example_app_appears_in_the_report(tmp_path: Path) -> None:
             timeout=240,
             check=False,
         )
-    assert app.returncode == 0, app.stderr
+        assert app.returncode == 0, app.stderr
+        assert (tmp_path / "device" / "spool" / "open_window.sealed").exists()  # carried
+        later = timedelta(days=1)
+        next_start = Telemetry(
+            TelemetryConfig(
+                app=AppInfo(name="notes-ai", version="3.2.0"),
+                region="eu",
+                endpoint=base,
+                ingest_public_key=base64.b64decode(key),
+                state_dir=tmp_path / "device",
+                policy=policy,
+                clock=clock,
+                mode="manual",
+            )
+        )
+        try:
+            (window,) = next_start.collect()  # the app's day, released late
+            assert window.window_end - window.window_start == timedelta(days=1)
+            assert next_start.flush()
+        finally:
+            next_start.shutdown(carry_open_window=False)
     outcome = json.loads(app.stdout.strip().splitlines()[-1])
-    assert outcome["pending"] == 0  # everything the app released was accepted
+    assert outcome["pending"] == 0  # nothing released, nothing pending: the day is carried
     # `app.ui.clicks` is not in the policy: every add dropped on the device, counted.
     assert outcome["dropped"] == {"otel_undeclared_instrument": PROMPTS}
 

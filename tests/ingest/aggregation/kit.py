@@ -31,6 +31,7 @@ __all__ = [
     "BATCH",
     "REGION",
     "VERIFY_KEY",
+    "WINDOW",
     "Fleet",
     "ZeroNoise",
     "encode_l1",

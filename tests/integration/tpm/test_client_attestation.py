@@ -138,7 +138,7 @@ def test_tpm_device_attests_itself_and_falls_back_when_the_tpm_dies(
         assert not any(k.startswith("rejected:") for k in telemetry.dropped())
         assert any(k.startswith("tpm_failed") for k in keys.failures)
     finally:
-        telemetry.shutdown(release_open_window=False, timeout=1.0)
+        telemetry.shutdown(carry_open_window=False, timeout=1.0)
         attestor.close()
     log = AuditLog(tmp_path / "ingest-state" / "audit.sqlite3")
     try:
@@ -162,7 +162,7 @@ def test_a_tpm_device_revoking_consent_gets_its_deletion_recorded(
         telemetry.revoke_consent(Tier.PERFORMANCE)
         assert telemetry.flush()
     finally:
-        telemetry.shutdown(release_open_window=False, timeout=1.0)
+        telemetry.shutdown(carry_open_window=False, timeout=1.0)
         attestor.close()
 
     deletions = [p for p in bus.published if isinstance(p, IngestedDeletionRequest)]

@@ -1,0 +1,310 @@
+"""Whole windows across restarts: the open window is carried at shutdown, never released
+in part, and the next run releases it once, whole (client._carry)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client import MemoryTransport, Telemetry, TelemetryConfig, TrueCounter
+from client._release import Truth
+from client._window import window_start_of
+from policies import PILOT_POLICY_PATH, Policy, load_policy
+from schemas import AppInfo, EnvelopeV1, Tier
+from tests.client.conftest import POLICY, T0, FakeClock, MemoryIngest
+
+PILOT = load_policy(PILOT_POLICY_PATH)  # local model, one-day windows
+DAY = T0.replace(hour=0)
+ONE_DAY = timedelta(days=1)
+ERRORS = "inference.errors"  # health tier
+REQUESTS = "inference.requests"  # performance tier
+MODEL = "qwen2.5-7b@1.1"
+# Health only: its signals (3.8 a window) leave room for two releases in the last 24
+# real hours under the pilot's daily cap of 16, so a late release suppresses nothing.
+HEALTH = (Tier.HEALTH,)
+
+
+def _telemetry(
+    state: Path,
+    ingest: MemoryIngest,
+    clock: FakeClock,
+    policy: Policy = PILOT,
+    consent: tuple[Tier, ...] = HEALTH,
+) -> Telemetry:
+    tel = Telemetry(
+        TelemetryConfig(
+            app=AppInfo(name="demo-app", version="1.0"),
+            region="eu-west",
+            policy=policy,
+            ingest_public_key=ingest.public_key,
+            transport=MemoryTransport(ingest.handle),
+            state_dir=state,
+            clock=clock,
+            mode="manual",
+            retry_backoff=0.0,
+        )
+    )
+    for tier in consent:
+        tel.grant_consent(tier)
+    return tel
+
+
+def _errors(truth: list[Truth]) -> int:
+    return sum(t.value for t in truth if isinstance(t, TrueCounter) and t.signal == ERRORS)
+
+
+def _record_errors(tel: Telemetry, n: int) -> None:
+    tel.counter(ERRORS).add(n, route="local", model=MODEL)
+
+
+def test_a_restart_within_the_window_releases_both_runs_in_one_envelope(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()  # 09:00: mid-window
+    assert ingest.envelopes == []
+    assert first.privacy_spent(DAY)[0] == 0.0  # carried, uncharged
+
+    clock.advance(hours=2)
+    second = _telemetry(tmp_path, ingest, clock)
+    _record_errors(second, 3)
+    assert second.collect(clock.now) == []  # the window is still open
+    (window,) = second.collect_with_truth(DAY + ONE_DAY)
+    assert second.flush()
+    (envelope,) = ingest.envelopes  # one envelope for the day, whole
+    assert (envelope.window_start, envelope.window_end) == (DAY, DAY + ONE_DAY)
+    assert _errors(window.truth) == 5  # both runs' counts, in one release
+
+
+def test_a_restart_after_the_window_ended_releases_it_late_on_its_own(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+
+    clock.now = DAY + 2 * ONE_DAY + timedelta(hours=10)  # two days later
+    second = _telemetry(tmp_path, ingest, clock)
+    _record_errors(second, 3)  # today's: never mixed into the late window
+    (late,) = second.collect_with_truth(clock.now)
+    assert (late.envelope.window_start, late.envelope.window_end) == (DAY, DAY + ONE_DAY)
+    assert late.envelope.sent_at == clock.now
+    assert _errors(late.truth) == 2
+    charge = sum(s.epsilon for s in PILOT.signals.values() if s.tier is Tier.HEALTH)
+    assert second.privacy_spent(DAY)[0] == charge  # charged to the window's day
+
+    (today,) = second.collect_with_truth(DAY + 3 * ONE_DAY)
+    assert today.envelope.window_start == DAY + 2 * ONE_DAY
+    assert _errors(today.truth) == 3
+    assert second.flush()
+    # The day between, when the app did not run, is not released.
+    assert [e.window_start for e in ingest.envelopes] == [DAY, DAY + 2 * ONE_DAY]
+    assert second.privacy_spent(DAY + ONE_DAY)[0] == 0.0
+
+
+def test_shutdown_before_any_collect_releases_the_late_window(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock)
+    second.shutdown()
+    (envelope,) = ingest.envelopes
+    assert (envelope.window_start, envelope.window_end) == (DAY, DAY + ONE_DAY)
+
+
+def test_a_window_overlapping_one_already_released_is_discarded_and_counted(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    tel = _telemetry(tmp_path, ingest, clock)
+    # As an older version left it: it released [00:00, 09:00) at shutdown.
+    tel._state.next_sequence(DAY + timedelta(hours=9))
+    clock.advance(hours=2)
+    _record_errors(tel, 3)
+    assert tel.collect(DAY + ONE_DAY) == []
+    assert tel.dropped() == {"window_already_released": 1}
+    assert tel.privacy_spent(DAY)[0] == 0.0  # nothing charged for it
+    assert tel.flush()
+    assert ingest.envelopes == []
+
+    _record_errors(tel, 1)
+    (window,) = tel.collect_with_truth(DAY + 2 * ONE_DAY)  # the next window is normal
+    assert window.envelope.window_start == DAY + ONE_DAY
+    assert _errors(window.truth) == 1
+
+
+def test_a_carried_window_overlapping_one_already_released_is_discarded(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    first._state.next_sequence(DAY + timedelta(hours=8))  # an older version's release
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock)
+    assert second.collect(clock.now) == []
+    assert second.dropped() == {"window_already_released": 1}
+    assert second.privacy_spent(DAY)[0] == 0.0
+
+
+def test_shutdown_without_carry_discards_the_open_window_and_counts_it(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.counter(ERRORS).add(1, route="cloud", model=MODEL)
+    first.counter(REQUESTS).add(5, route="local", model=MODEL)  # not consented
+    first.shutdown(carry_open_window=False)
+    assert first.dropped() == {"open_window_discarded": 3}
+    assert not (tmp_path / "spool" / "open_window.sealed").exists()
+
+    clock.advance(hours=2)
+    second = _telemetry(tmp_path, ingest, clock)
+    (window,) = second.collect_with_truth(DAY + ONE_DAY)
+    assert (window.envelope.window_start, window.envelope.window_end) == (DAY, DAY + ONE_DAY)
+    assert _errors(window.truth) == 0
+
+
+def test_an_empty_open_window_is_still_carried_and_released_late(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    # Whether a window is released must not depend on what was recorded in it.
+    _telemetry(tmp_path, ingest, clock).shutdown()
+    clock.advance(days=1)
+    (late,) = _telemetry(tmp_path, ingest, clock).collect_with_truth(clock.now)
+    assert late.envelope.window_start == DAY
+    assert _errors(late.truth) == 0
+
+
+def test_a_consent_granted_again_discards_the_carried_cells_recorded_before_it(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock)
+    second.revoke_consent(Tier.HEALTH)
+    second.grant_consent(Tier.HEALTH)
+    (late,) = second.collect_with_truth(clock.now)
+    assert late.envelope.window_start == DAY
+    assert _errors(late.truth) == 0
+
+
+def test_a_version_1_record_is_added_into_the_open_window(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    cells = [0] * first._signals[ERRORS].domain.size
+    cells[0] = 4
+    record = {"version": 1, "policy_hash": PILOT.content_hash, "counters": {ERRORS: cells}}
+    first._outbox.put_carried(json.dumps({**record, "histograms": {}}).encode())
+    first.shutdown(carry_open_window=False)
+    clock.advance(days=1)  # a record without a window: it joins whatever window is open
+    second = _telemetry(tmp_path, ingest, clock)
+    assert second.collect(clock.now) == []
+    (window,) = second.collect_with_truth(DAY + 2 * ONE_DAY)
+    assert window.envelope.window_start == DAY + ONE_DAY
+    assert _errors(window.truth) == 4
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("record"), st.integers(1, 4)),
+    st.tuples(st.just("advance"), st.integers(1, 150)),  # minutes
+    st.tuples(st.just("collect"), st.just(0)),
+    st.tuples(st.just("restart"), st.booleans()),  # carry the open window or not
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_STEP, min_size=1, max_size=25))
+def test_every_envelope_covers_exactly_one_aligned_window_once(
+    steps: list[tuple[str, int | bool]],
+) -> None:
+    seconds = POLICY.window_seconds  # hourly windows: many of them in a few steps
+    ingest = MemoryIngest()
+    clock = FakeClock(T0 + timedelta(minutes=17))
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        consent = (Tier.HEALTH, Tier.PERFORMANCE)
+        tel = _telemetry(state, ingest, clock, POLICY, consent)
+        for action, arg in steps:
+            if action == "record":
+                tel.counter("app.starts").add(int(arg))
+            elif action == "advance":
+                clock.advance(minutes=int(arg))
+            elif action == "collect":
+                tel.collect(clock.now)
+            else:
+                tel.shutdown(carry_open_window=bool(arg))
+                tel = _telemetry(state, ingest, clock, POLICY, consent)
+        tel.shutdown()
+        clock.advance(minutes=60)  # the carried window ends: the next run releases it late
+        tel = _telemetry(state, ingest, clock, POLICY, consent)
+        tel.collect(clock.now)
+        assert tel.flush()
+        tel.shutdown(carry_open_window=False)
+    envelopes: list[EnvelopeV1] = ingest.envelopes
+    for envelope in envelopes:
+        assert envelope.window_end - envelope.window_start == timedelta(seconds=seconds)
+        assert window_start_of(envelope.window_start, seconds) == envelope.window_start
+    starts = [e.window_start for e in envelopes]
+    assert len(starts) == len(set(starts))  # at most one release per window
+
+
+# Health and performance: 15.2 a window under the pilot's daily cap of 16, so two
+# releases within 24 real hours of each other cannot both be granted.
+EVERY_SENDABLE = (Tier.HEALTH, Tier.PERFORMANCE)
+
+
+def test_a_late_release_is_charged_as_of_the_shutdown_so_the_next_day_is_not_suppressed(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Shut down in the evening, start next morning, run past midnight: both days
+    released (charged as of the release instead, the late one would leave the next
+    window, closing 14 real hours later, no room)."""
+    clock.now = DAY + timedelta(hours=9)
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    _record_errors(first, 2)
+    clock.now = DAY + timedelta(hours=20)
+    first.shutdown()
+
+    clock.now = DAY + ONE_DAY + timedelta(hours=10)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = second.collect(clock.now)
+    (next_day,) = second.collect(DAY + 2 * ONE_DAY)
+    for envelope in (late, next_day):
+        assert envelope.suppressed == {}
+        assert {a.signal for a in envelope.aggregates} >= {ERRORS, REQUESTS}
+    assert (late.window_start, next_day.window_start) == (DAY, DAY + ONE_DAY)
+
+
+def test_a_late_release_still_fits_the_last_24_real_hours_before_its_cut(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Charged as of its cut (08:00), the late window shares that moment's last 24 real
+    hours with the release made at midnight: it is suppressed, as a release at the
+    cut would have been."""
+    clock.now = DAY + timedelta(hours=9)
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (day0,) = first.collect(DAY + ONE_DAY)  # released at midnight
+    assert day0.suppressed == {}
+    clock.now = DAY + ONE_DAY + timedelta(hours=8)
+    first.shutdown()  # carries day 1, cut at 08:00
+
+    clock.now = DAY + 2 * ONE_DAY + timedelta(hours=10)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = second.collect(clock.now)
+    assert late.window_start == DAY + ONE_DAY
+    assert late.aggregates == []
+    assert set(late.suppressed) == {
+        name for name, s in PILOT.signals.items() if s.tier in EVERY_SENDABLE
+    }
