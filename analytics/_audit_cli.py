@@ -28,6 +28,7 @@ from rich.table import Table
 
 from analytics._auditor_cli import AUDIT_REPORT_HELP, audit_report
 from analytics._cli_support import fail, read_audit_key
+from auditlog import AUDIT_ACTIONS
 
 if TYPE_CHECKING:  # the audit log package is imported only when an audit command runs
     from auditlog import AuditEntry, AuditLog, AuditReport, ChainReport
@@ -94,8 +95,9 @@ _VERIFY_HELP = (
 )
 _LIST_HELP = (
     "List audit entries in order, filtered by device, action, decision and reason.\n\n"
-    "Every enrollment, activation, nonce, attestation, revocation, envelope and deletion "
-    "decision is there. Listing does not verify the chain: run `quietwire audit verify`."
+    "Every decision the ingest, the aggregators and retention record is there: "
+    + "; ".join(f"{name}: {what}" for name, what in AUDIT_ACTIONS.items())
+    + ". Listing does not verify the chain: run `quietwire audit verify`."
 )
 
 
@@ -193,8 +195,7 @@ def list_entries(
         typer.Option(
             "--action",
             metavar="A",
-            help="Only this action: enroll, activate, nonce, attest, revoke, envelope, "
-            "deletion, retention.",
+            help=f"Only this action: {', '.join(AUDIT_ACTIONS)}.",
         ),
     ] = None,
     decision: Annotated[
@@ -225,6 +226,11 @@ def list_entries(
     """List audit entries (see `_LIST_HELP`)."""
     from auditlog import AuditLogError
 
+    if action is not None and action not in AUDIT_ACTIONS:
+        raise fail(
+            f"--action {action!r} is not an action the audit log records (actions: "
+            f"{', '.join(AUDIT_ACTIONS)})"
+        )
     wanted = None
     if decision is not None:
         wanted = _DECISIONS.get(decision.strip().lower())

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from analytics._canary import CanaryResult, canary_verdict
 from analytics._canary_verdict import MetricEvidence, Verdict, effect_text
-from analytics._cli_support import fail, parse_time
+from analytics._cli_support import check_range, fail, parse_time
 from analytics._errors import AnalyticsError
 from analytics._reader import open_warehouse
 from policies import DEFAULT_POLICY_PATH, CanaryPolicy, PolicyError, load_policy
@@ -63,7 +63,8 @@ def _rules(policy: Path, label: str | None) -> CanaryPolicy:
     try:
         return CanaryPolicy.model_validate({**rules.model_dump(), "cohort_label": label})
     except ValidationError as exc:
-        raise fail(f"--label {label!r}: {exc.errors()[0]['msg']}") from None
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise fail(f"--label {label!r}: {reason}") from None
 
 
 def _effect_text(m: MetricEvidence, value: float | None) -> str:
@@ -153,6 +154,7 @@ def canary(
 ) -> None:
     """Promote, hold or rollback a canary (`CANARY_HELP`)."""
     start, end = parse_time("--since", since), parse_time("--until", until)
+    check_range(start, end, "--since", "--until")
     rules = _rules(policy, label)
     try:
         conn = open_warehouse(db)

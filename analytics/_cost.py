@@ -18,10 +18,15 @@ cost = price x N x M. Per inference: price x M, whose interval is M's at the lev
 (Fieller, with the exact noise laws of secure aggregates where they are involved). The
 total is a product of two independent estimates: its interval is the range over the box
 of N's and M's intervals, each at 1 - alpha/2 (`analytics._cost_box`), clipped at zero
-(a cost is never negative). `cost_std_error` is the delta method's. Per 1,000 tokens:
-cloud's is its blended price (tokens are what it bills); edge's is
-1000 x price x M_latency / M_tokens over the same box; local's is 1000 x its price per
-inference / M_tokens.
+(a cost is never negative). Per 1,000 tokens: cloud's is its blended price (tokens are
+what it bills); edge's is 1000 x price x M_latency / M_tokens over the same box; local's
+is 1000 x its price per inference / M_tokens.
+
+Every point estimate is clipped at zero too, like the intervals (the total, per
+inference, per 1,000 tokens, and the use they price): noise can push the estimate of a
+near-empty cell below zero, and the clipped one is never further from the truth, which
+is not negative. Where the truth is within noise of zero this biases the estimate
+upwards. `cost_std_error` is the delta method's, of the unclipped estimate.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from analytics._cost_tokens import tokens_per_request
 from analytics._intervals import check_level
 from policies import CostPolicy
 
-__all__ = ["COST_SCHEMA", "ROUTES", "cost_breakdown", "price_cells", "price_per_unit"]
+__all__ = [
+    "COST_SCHEMA",
+    "ROUTES",
+    "at_least_zero",
+    "cost_breakdown",
+    "price_cells",
+    "price_per_unit",
+]
 
 ROUTES = ("cloud", "edge", "local")
 _KEYS = [*PERIOD_COLUMNS, "region", "route", "model"]
@@ -94,6 +106,12 @@ def _mean(row: dict[str, Any], prefix: str, i: int) -> Bounded | None:
 
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
+
+
+def at_least_zero(x: float | None) -> float | None:
+    """A use or cost figure clipped at zero: none is negative, though noise can make its
+    estimate so (None stays None)."""
+    return None if x is None else max(x, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +224,19 @@ def _price_row(cost: CostPolicy, row: dict[str, Any], level: float) -> dict[str,
     p = _per_unit(meter)
     n = row["requests"]
     quantity = n * use_box.estimate
-    out["consumed_quantity"] = quantity
-    out["cost"] = p * quantity
+    out["consumed_quantity"] = max(quantity, 0.0)
+    out["cost"] = p * max(quantity, 0.0)
     v_n, se_use = row["requests_var"], _use_se(meter, row)
     q_se = math.sqrt(use_box.estimate**2 * v_n + n * n * se_use**2)
     out["consumed_quantity_std_error"] = q_se
     out["cost_std_error"] = p * q_se
-    out["consumed_per_inference"] = use_level.estimate
-    out["cost_per_inference"] = p * use_level.estimate
+    out["consumed_per_inference"] = max(use_level.estimate, 0.0)
+    out["cost_per_inference"] = p * max(use_level.estimate, 0.0)
     if use_level.low is not None and use_level.high is not None and use_level.bounded:
-        out["consumed_per_inference_low"] = use_level.low
-        out["consumed_per_inference_high"] = use_level.high
-        out["cost_per_inference_low"] = p * use_level.low
-        out["cost_per_inference_high"] = p * use_level.high
+        out["consumed_per_inference_low"] = max(use_level.low, 0.0)
+        out["consumed_per_inference_high"] = max(use_level.high, 0.0)
+        out["cost_per_inference_low"] = p * max(use_level.low, 0.0)
+        out["cost_per_inference_high"] = p * max(use_level.high, 0.0)
     if meter.mean_prefix is None:
         # Exact use per request: the total's only estimate is N, at the level itself.
         n_at_level = Bounded(n, row["low_0"], row["high_0"])
@@ -232,8 +250,9 @@ def _price_row(cost: CostPolicy, row: dict[str, Any], level: float) -> dict[str,
         out["consumed_quantity_high"] = max(span[2], 0.0)
         out["cost_low"] = p * max(span[1], 0.0)
         out["cost_high"] = p * max(span[2], 0.0)
+    per_1k = _per_1k_tokens(meter, row)
     out["cost_per_1k_tokens"], out["cost_per_1k_tokens_low"], out["cost_per_1k_tokens_high"] = (
-        _per_1k_tokens(meter, row)
+        at_least_zero(x) for x in per_1k
     )
     return out
 

@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from analytics._cli_support import fail, parse_time
+from analytics._cli_support import check_output_path, check_range, fail, parse_time
 from analytics._cost import cost_breakdown
 from analytics._cost_focus import focus_format, focus_rows, write_focus
 from analytics._cost_whatif import check_move, cost_what_if
@@ -186,9 +186,27 @@ def _report_table(frame: pl.DataFrame, level: float) -> Table:
     return table
 
 
+_LEFT_OUT = (
+    "cells left out: priced cells whose use per request is not estimable at the "
+    "what-if's level (every estimate at 1 - alpha/k, k = {k} estimates), e.g. a model "
+    "version with few requests, are in no sum; cloud cells whose target cell (same "
+    "region and model version) is not estimable stay on cloud."
+)
+
+
 def _what_if_table(frame: pl.DataFrame, level: float) -> Table:
-    table = Table(title=f"What-if: cloud traffic moved (intervals at {level:.0%})")
-    for name in ("period", "move", "moved requests", "baseline", "projected", "change"):
+    left_out = frame.filter(pl.col("cells_left_out") > 0)
+    caption = _LEFT_OUT.format(k=left_out["estimates"].max()) if left_out.height else None
+    table = Table(title=f"What-if: cloud traffic moved (intervals at {level:.0%})", caption=caption)
+    for name in (
+        "period",
+        "move",
+        "moved requests",
+        "baseline",
+        "projected",
+        "change",
+        "cells left out",
+    ):
         table.add_column(name)
     for row in frame.iter_rows(named=True):
         table.add_row(
@@ -198,6 +216,7 @@ def _what_if_table(frame: pl.DataFrame, level: float) -> Table:
             f"{_num(row['baseline_cost'])} {_range(row, 'baseline_cost')}",
             f"{_num(row['projected_cost'])} {_range(row, 'projected_cost')}",
             f"{_num(row['change'])} {_range(row, 'change')} {row['currency']}",
+            str(row["cells_left_out"]) if row["cells_left_out"] else "none",
         )
     return table
 
@@ -226,6 +245,7 @@ def _breakdown(
 ) -> pl.DataFrame:
     level = _level(level)
     start, end = parse_time("--since", since), parse_time("--until", until)
+    check_range(start, end, "--since", "--until")
     model = _cost_model(policy)
     conn = _open(db)
     try:
@@ -256,6 +276,7 @@ def export(
         focus_format(focus)
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
+    check_output_path("--focus", focus)
     frame = _breakdown(db, policy, level, since, until)
     rows = focus_rows(frame, _cost_model(policy))
     try:
@@ -286,6 +307,7 @@ def what_if(
         raise fail(str(exc)) from None
     level = _level(level)
     start, end = parse_time("--since", since), parse_time("--until", until)
+    check_range(start, end, "--since", "--until")
     model = _cost_model(policy)
     conn = _open(db)
     try:

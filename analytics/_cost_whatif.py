@@ -16,7 +16,11 @@ interval is the sum of each figure's range over the box of its estimates' interv
 every estimate taken at 1 - alpha/k with k the number of estimates in the period
 (`analytics._cost_box`): all hold together at the level, whatever the figures share. A
 cell whose mean is not estimable at that level (its count may be zero: e.g. the `other`
-model version) is left out of every sum and counted in `cells_left_out`.
+model version) is left out of every sum, and a cloud cell whose target cell (same region
+and model version) is not estimable stays where it is; both are counted in
+`cells_left_out`. Moved requests, the baseline and the projected cost, like their
+intervals, are clipped at zero (a cost is never negative, `analytics._cost`); the
+change is not: a negative change is a saving.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Literal
 import duckdb
 import polars as pl
 
-from analytics._cost import price_cells, price_per_unit
+from analytics._cost import at_least_zero, price_cells, price_per_unit
 from analytics._cost_box import Bounded, box_range, sum_ranges, union_level
 from analytics._cost_measure import PERIOD_COLUMNS, measured_means, measured_requests
 from analytics._cost_tokens import tokens_per_request
@@ -185,14 +189,14 @@ def project_move(
                 "charge_period_end": end,
                 "target": goal,
                 "share": float(share),
-                "moved_requests": m[0],
-                "moved_requests_low": None if m[1] is None else max(m[1], 0.0),
+                "moved_requests": at_least_zero(m[0]),
+                "moved_requests_low": at_least_zero(m[1]),
                 "moved_requests_high": m[2],
-                "baseline_cost": b[0],
-                "baseline_cost_low": None if b[1] is None else max(b[1], 0.0),
+                "baseline_cost": at_least_zero(b[0]),
+                "baseline_cost_low": at_least_zero(b[1]),
                 "baseline_cost_high": b[2],
-                "projected_cost": projected[0],
-                "projected_cost_low": None if projected[1] is None else max(projected[1], 0.0),
+                "projected_cost": at_least_zero(projected[0]),
+                "projected_cost_low": at_least_zero(projected[1]),
                 "projected_cost_high": projected[2],
                 "change": c[0],
                 "change_low": c[1],

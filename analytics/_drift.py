@@ -25,6 +25,7 @@ import polars as pl
 from analytics._drift_null import ALL_STATISTICS, HistogramSide, NullTest, noise_aware_test
 from analytics._drift_stats import Positions, bucket_positions, shares
 from analytics._errors import InvalidQueryError
+from analytics._held import check_labels_held, check_signal_held
 from analytics._noise import NoiseTerm
 from analytics._sources import Scope, Selection, component_sums
 from analytics._totals import check_labels, label_keys
@@ -191,7 +192,13 @@ def _histogram_side(rows: pl.DataFrame, uppers: tuple[float | None, ...]) -> His
     )
 
 
-def _uppers(rows: pl.DataFrame, name: str, signal: str) -> tuple[float | None, ...]:
+def _uppers(
+    conn: duckdb.DuckDBPyConnection,
+    rows: pl.DataFrame,
+    name: str,
+    signal: str,
+    labels: Mapping[str, str],
+) -> tuple[float | None, ...]:
     pairs = (
         rows.filter(pl.col("part") == "bucket")
         .select("bucket_index", "bucket_upper")
@@ -199,6 +206,8 @@ def _uppers(rows: pl.DataFrame, name: str, signal: str) -> tuple[float | None, .
         .sort("bucket_index")
     )
     if not pairs.height:
+        # Nothing matched: a label no figure carries says so; else the values or range.
+        check_labels_held(conn, signal, sorted(labels), option=f"side {name}")
         raise InvalidQueryError(f"side {name}: no released buckets of {signal!r} match")
     indexes = pairs["bucket_index"].to_list()
     if indexes != list(range(len(indexes))):
@@ -296,10 +305,12 @@ def drift_test(
     if positions not in ("order", "edges"):
         raise InvalidQueryError(f"positions must be 'order' or 'edges', got {positions!r}")
     base = dict(where or {})
-    rows_a = _read_side(conn, signal, _side_labels(base, a), a)
-    rows_b = _read_side(conn, signal, _side_labels(base, b), b)
-    uppers = _uppers(rows_a, "a", signal)
-    if _uppers(rows_b, "b", signal) != uppers:
+    labels_a, labels_b = _side_labels(base, a), _side_labels(base, b)
+    check_signal_held(conn, signal, "histogram")
+    rows_a = _read_side(conn, signal, labels_a, a)
+    rows_b = _read_side(conn, signal, labels_b, b)
+    uppers = _uppers(conn, rows_a, "a", signal, labels_a)
+    if _uppers(conn, rows_b, "b", signal, labels_b) != uppers:
         raise InvalidQueryError(f"the two sides' {signal!r} buckets have different bounds")
     side_a = _histogram_side(rows_a, uppers)
     side_b = _histogram_side(rows_b, uppers)

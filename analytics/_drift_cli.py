@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from analytics._cli_support import fail, parse_time
+from analytics._cli_support import check_range, fail, parse_time
 from analytics._drift import DRIFT, DriftResult, DriftSide, drift_test
 from analytics._drift_stats import Positions
 from analytics._errors import AnalyticsError
@@ -69,8 +69,7 @@ def parse_labels(items: list[str] | None, option: str) -> dict[str, str]:
 def _side(labels: list[str] | None, since: str | None, until: str | None, name: str) -> DriftSide:
     lo = parse_time(f"--{name}-since", since)
     hi = parse_time(f"--{name}-until", until)
-    if lo is not None and hi is not None and lo >= hi:
-        raise fail(f"--{name}-since must be before --{name}-until")
+    check_range(lo, hi, f"--{name}-since", f"--{name}-until")
     return DriftSide(parse_labels(labels, f"--{name}"), lo, hi)
 
 

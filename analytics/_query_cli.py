@@ -32,12 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 from analytics._basis import FleetBasis, fleet_basis
-from analytics._cli_support import fail
+from analytics._cli_support import check_range, fail
 from analytics._errors import AnalyticsError
+from analytics._held import SignalKind, check_labels_held, check_signal_held, held_signals
 from analytics._intervals import check_level
 from analytics._means import cell_summary, fleet_mean, mean_by_labels
 from analytics._reader import open_warehouse
-from analytics._sources import has_aggregates
 from analytics._totals import (
     fleet_totals,
     grand_totals,
@@ -96,6 +96,13 @@ def _utc(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
+def _window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, ...]:
+    """--since and --until as UTC; a range that ends before it starts ends the command."""
+    lo, hi = _utc(since), _utc(until)
+    check_range(lo, hi, "--since", "--until")
+    return lo, hi
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "—"
@@ -149,32 +156,32 @@ def _run(
     title: str,
     query: Callable[[duckdb.DuckDBPyConnection], pl.DataFrame],
     signal: str | None = None,
+    *,
+    kind: SignalKind | None = None,
+    by: Sequence[str] = (),
+    by_signal: str | None = None,
 ) -> None:
-    """Open `db`, check `signal` is one it holds (a misspelt signal is an error, not an
-    empty answer), run `query`, print its frame."""
+    """Open `db`, check `signal` is one it holds (of `kind`, if given) and that the
+    figures of `signal` (or of `by_signal`, where the warehouse holds it) carry every
+    label of `by`: a misspelt signal or label, or a counter where a histogram is needed,
+    is an error, not an empty answer or one row lumping every cell. Then run `query` and
+    print its frame."""
     try:
         conn = open_warehouse(db)
     except AnalyticsError as exc:
         raise fail(str(exc)) from None
     try:
-        if signal is not None and signal not in (held := _signals(conn)):
-            raise fail(
-                f"{db} holds no released values of signal {signal!r} (it holds: "
-                f"{', '.join(held) or 'none'})"
-            )
+        if signal is not None:
+            check_signal_held(conn, signal, kind)
+        labelled = signal or by_signal
+        if by and labelled is not None and labelled in held_signals(conn):
+            check_labels_held(conn, labelled, by, option="--by")
         frame = query(conn)
     except (AnalyticsError, ValueError) as exc:
         raise fail(str(exc)) from None
     finally:
         conn.close()
     emit(frame, output, title)
-
-
-def _signals(conn: duckdb.DuckDBPyConnection) -> list[str]:
-    """Every signal with released values or secure aggregates in the warehouse."""
-    tables = ["released_values", *(["fleet_aggregates"] if has_aggregates(conn) else [])]
-    union = " UNION ".join(f"SELECT DISTINCT signal FROM {t}" for t in tables)
-    return sorted(str(row[0]) for row in conn.execute(union).fetchall())
 
 
 def _level(level: float) -> float:
@@ -229,7 +236,16 @@ class _Every(Protocol):
     ) -> pl.DataFrame: ...
 
 
-def _grouped(name: str, query: _Grouped, doc: str, *, by: str, per_window: bool, what: str) -> None:
+def _grouped(
+    name: str,
+    query: _Grouped,
+    doc: str,
+    *,
+    by: str,
+    per_window: bool,
+    what: str,
+    kind: SignalKind | None = None,
+) -> None:
     """Register `quietwire query NAME --signal S --by L1,L2 ...` running `query`."""
 
     def command(
@@ -243,27 +259,26 @@ def _grouped(name: str, query: _Grouped, doc: str, *, by: str, per_window: bool,
         until: Until = None,
     ) -> None:
         lv, labels = _level(level), _by(by)
+        lo, hi = _window(since, until)
         _run(
             db,
             output,
             f"{signal}: {what} by {by}",
             lambda c: query(
-                c,
-                signal,
-                by=labels,
-                per_window=per_window,
-                level=lv,
-                since=_utc(since),
-                until=_utc(until),
+                c, signal, by=labels, per_window=per_window, level=lv, since=lo, until=hi
             ),
             signal,
+            kind=kind,
+            by=labels,
         )
 
     command.__doc__ = doc
     query_app.command(name)(command)
 
 
-def _whole(name: str, query: _Whole, doc: str, *, what: str) -> None:
+def _whole(
+    name: str, query: _Whole, doc: str, *, what: str, kind: SignalKind | None = None
+) -> None:
     """Register `quietwire query NAME --signal S ...` running `query`."""
 
     def command(
@@ -276,14 +291,14 @@ def _whole(name: str, query: _Whole, doc: str, *, what: str) -> None:
         until: Until = None,
     ) -> None:
         lv = _level(level)
+        lo, hi = _window(since, until)
         _run(
             db,
             output,
             f"{signal}: {what}",
-            lambda c: query(
-                c, signal, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
-            ),
+            lambda c: query(c, signal, per_window=per_window, level=lv, since=lo, until=hi),
             signal,
+            kind=kind,
         )
 
     command.__doc__ = doc
@@ -302,11 +317,12 @@ def _every(name: str, query: _Every, doc: str, *, what: str) -> None:
         until: Until = None,
     ) -> None:
         lv = _level(level)
+        lo, hi = _window(since, until)
         _run(
             db,
             output,
             what,
-            lambda c: query(c, level=lv, signal=signal, since=_utc(since), until=_utc(until)),
+            lambda c: query(c, level=lv, signal=signal, since=lo, until=hi),
             signal,
         )
 
@@ -327,6 +343,7 @@ _grouped(
     by="route",
     per_window=True,
     what="totals",
+    kind="counter",
 )
 _grouped(
     "means",
@@ -335,6 +352,7 @@ _grouped(
     by="route,model",
     per_window=True,
     what="mean",
+    kind="histogram",
 )
 _grouped(
     "buckets",
@@ -343,6 +361,7 @@ _grouped(
     by="route,model",
     per_window=False,
     what="events per bucket",
+    kind="histogram",
 )
 _whole(
     "grand-totals",
@@ -355,6 +374,7 @@ _whole(
     fleet_mean,
     "A histogram's mean over all its cells (fleet_mean).",
     what="fleet mean",
+    kind="histogram",
 )
 _every(
     "cells",
@@ -376,13 +396,16 @@ def requests_cmd(
 ) -> None:
     """Inference requests by route and model (requests_by_route)."""
     lv, labels = _level(level), _by(by)
+    lo, hi = _window(since, until)
     _run(
         db,
         output,
         f"requests by {by}",
         lambda c: requests_by_route(
-            c, by=labels, per_window=per_window, level=lv, since=_utc(since), until=_utc(until)
+            c, by=labels, per_window=per_window, level=lv, since=lo, until=hi
         ),
+        by=labels,
+        by_signal="inference.requests",  # the signal requests_by_route reads
     )
 
 
@@ -395,12 +418,8 @@ def _basis(
     part: Callable[[FleetBasis], pl.DataFrame],
     signal: str | None = None,
 ) -> None:
-    _run(
-        db,
-        output,
-        title,
-        lambda c: part(fleet_basis(c, signal=signal, since=_utc(since), until=_utc(until))),
-    )
+    lo, hi = _window(since, until)
+    _run(db, output, title, lambda c: part(fleet_basis(c, signal=signal, since=lo, until=hi)))
 
 
 @query_app.command("devices")

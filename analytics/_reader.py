@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 
 from analytics._errors import WarehouseError
-from warehouse import COLUMNS_SINCE, SCHEMA_VERSION, apply_schema
+from warehouse import COLUMNS_SINCE, SCHEMA_VERSION, apply_schema, duckdb_file_problem
 
 __all__ = ["open_warehouse", "require_schema"]
 
@@ -87,8 +87,11 @@ def open_warehouse(path: Path | str, *, writable: bool = False) -> duckdb.DuckDB
     p = Path(path)
     if not p.exists():
         raise WarehouseError(f"{p}: no such warehouse file")
-    if not p.is_file():
-        raise WarehouseError(f"{p}: not a file")
+    # Before DuckDB opens it: DuckDB would read an SQLite file through an extension it
+    # downloads (`warehouse.duckdb_file_problem`).
+    problem = duckdb_file_problem(p)
+    if problem is not None:
+        raise WarehouseError(f"{p}: {problem}")
     try:
         conn = duckdb.connect(str(p), read_only=not writable)
     except duckdb.Error as exc:

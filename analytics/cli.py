@@ -15,7 +15,7 @@ from rich.console import Console
 
 from analytics._audit_cli import audit_app
 from analytics._canary_cli import CANARY_HELP, canary
-from analytics._cli_support import fail
+from analytics._cli_support import check_output_path, fail
 from analytics._cost_cli import cost_app
 from analytics._drift_cli import DRIFT_HELP, drift
 from analytics._errors import AnalyticsError
@@ -74,18 +74,19 @@ def report(
         float, typer.Option("--level", help="Confidence level of the intervals, in (0, 1).")
     ] = 0.95,
     policy: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--policy",
             help="Policy whose canary rules, cost model and retention the HTML report's "
-            "drift, canary, cost and audit sections use.",
+            "drift, canary, cost and audit sections use (with --html only).",
             show_default="the packaged policies/default.yaml",
         ),
-    ] = DEFAULT_POLICY_PATH,
+    ] = None,
     audit_log: Annotated[
         Path | None,
         typer.Option(
-            "--audit-log", help="The ingest's audit log, for the HTML report's chain check."
+            "--audit-log",
+            help="The ingest's audit log, for the HTML report's chain check (with --html only).",
         ),
     ] = None,
 ) -> None:
@@ -93,9 +94,21 @@ def report(
 
     With --html the page also holds drift between model versions, the canary's verdict,
     cost per inference with a what-if, and retention and audit status."""
+    if html is None:
+        # Only the HTML report's sections read them: taken silently, a broken policy or
+        # audit log would look checked.
+        given = [o for o, v in (("--policy", policy), ("--audit-log", audit_log)) if v is not None]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise fail(
+                f"{' and '.join(given)} only {verb} to the HTML report's sections: add "
+                "--html FILE, or leave them out"
+            )
+    else:
+        check_output_path("--html", html, makes_directories=True)
     try:
         level = check_level(level)
-        rules = load_policy(policy) if html is not None else None
+        rules = load_policy(policy or DEFAULT_POLICY_PATH) if html is not None else None
         audit = AuditLog(audit_log, read_only=True) if audit_log is not None else None
     except (AnalyticsError, PolicyError, AuditLogError) as exc:
         raise fail(str(exc)) from None

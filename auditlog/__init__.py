@@ -12,6 +12,7 @@ from auditlog._checkpoints import (
 )
 from auditlog._errors import AuditLogError
 from auditlog._log import (
+    AUDIT_ACTIONS,
     GENESIS_HASH,
     AuditDecision,
     AuditEntry,
@@ -25,6 +26,7 @@ from auditlog._log import (
 )
 
 __all__ = [
+    "AUDIT_ACTIONS",
     "GENESIS_HASH",
     "AuditDecision",
     "AuditEntry",

@@ -27,14 +27,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from auditlog._errors import AuditLogError
 
 __all__ = [
+    "AUDIT_ACTIONS",
     "GENESIS_HASH",
     "AuditDecision",
     "AuditEntry",
@@ -49,6 +51,29 @@ __all__ = [
 
 GENESIS_HASH = "0" * 64
 """The `prev_hash` of the first entry."""
+
+AUDIT_ACTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "enroll": "a device's enrollment (its TPM's endorsement key checked)",
+        "activate": "an enrollment's activation (the credential proven)",
+        "nonce": "an attestation nonce issued",
+        "attest": "an attestation (a TPM quote checked)",
+        "revoke": "a device revoked by the operator",
+        "envelope": "an envelope accepted or refused",
+        "client_report": "a device's count of what it dropped, carried in an envelope",
+        "deletion": "a consent revocation's deletion request",
+        "retention": "a retention run deleting values past their tier's retention",
+        "prio_report": "a secure-aggregation report the leader refused",
+        "aggregation_job": "the leader's aggregation job over a batch",
+        "batch_collection": "a batch collected (its noisy aggregate revealed) or refused",
+        "helper_job": "the helper's side of an aggregation job",
+        "helper_report": "a report the helper refused within a job",
+        "helper_collection": "the helper's side of a batch's collection",
+    }
+)
+"""Every action an audit entry records, and what it is a decision on. `AuditRecord`
+refuses any other, so this list (which `quietwire audit list --action` checks against)
+cannot fall behind what the writers record."""
 
 AuditDecision = Literal["accepted", "rejected", "applied"]
 """`applied`: an operation the operator ran rather than a request decided on (retention)."""
@@ -80,12 +105,19 @@ class AuditRecord:
     """A decision to append: what was decided, about which device, and why."""
 
     action: str
-    """enroll, activate, attest, revoke, envelope, deletion, retention."""
+    """One of `AUDIT_ACTIONS`."""
     decision: AuditDecision
     device_id: str | None = None
     reason: str | None = None
     """The reason code of a rejection (or information such as `duplicate`)."""
     detail: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in AUDIT_ACTIONS:
+            raise ValueError(
+                f"audit action {self.action!r} is not one of AUDIT_ACTIONS (add it there, "
+                "so auditors' tools know it)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +375,11 @@ _ENTRY_COLUMNS = "seq, at, action, decision, device_id, reason, detail, prev_has
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
+    if path.is_dir():
+        raise AuditLogError(f"{path}: a directory, not an audit log file")
+    if path.exists() and not path.is_file():
+        raise AuditLogError(f"{path}: not a regular file, so not an audit log")
+    if not path.exists():
         raise AuditLogError(f"{path}: no such audit log file")
     # mode=ro: the auditor's tool must not create, migrate or write the file.
     uri = path.absolute().as_uri() + "?mode=ro"

@@ -23,28 +23,33 @@ import base64
 import logging
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
+from pydantic import SecretStr, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsError
 
 from ingest._app import create_app
 from ingest._errors import IngestError
 from ingest._health_server import HealthServer
 from ingest._keys import load_audit_key, write_private_key
 from ingest._process import tune_garbage_collector
-from ingest._settings import IngestSettings
+from ingest._settings import IngestSettings, check_region
 from ingest._sink import DuckDBSink
 from ingest._sink_consumer import KafkaSinkConsumer
 from ingest._sink_service import Companion, SinkService
+from ingest._warehouse_path import check_warehouse_path
 from ingest.aggregation._cli import aggregation_service, run_aggregation, run_helper
-from ingest.aggregation._settings import LeaderSettings
+from ingest.aggregation._settings import HelperSettings, LeaderSettings
 
 __all__ = ["main", "run_sink"]
 
 log = logging.getLogger("quietwire.ingest")
+
+_WAREHOUSE_SETTING = "QUIETWIRE_INGEST_WAREHOUSE_PATH"
 
 
 async def run_sink(
@@ -65,6 +70,7 @@ async def run_sink(
             "service writes the warehouse itself (embedded mode)"
         )
     path = settings.resolved_warehouse_path
+    check_warehouse_path(path, _WAREHOUSE_SETTING)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         sink = DuckDBSink(path, group=settings.sink_group)
@@ -88,7 +94,13 @@ async def run_sink(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         if health_port is not None:
-            health = HealthServer(runner.health, loop, host=health_host, port=health_port)
+            try:
+                health = HealthServer(runner.health, loop, host=health_host, port=health_port)
+            except OSError as exc:  # a host that does not resolve, a port taken
+                raise IngestError(
+                    f"--health-host {health_host} --health-port {health_port}: cannot serve "
+                    f"/healthz there: {exc.strerror or exc}"
+                ) from exc
             log.info("sink health at http://%s:%d/healthz", health_host, health.port)
         return await runner.run(stopping)
     finally:
@@ -107,7 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
     sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
-    sink.add_argument("--region", action="append", help="region topic(s); default: settings")
+    sink.add_argument(
+        "--region",
+        action="append",
+        type=_region,
+        help="region topic(s), named as QUIETWIRE_INGEST_REGION; default: settings",
+    )
     sink.add_argument(
         "--health-port",
         type=_port,
@@ -173,15 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn  # only the service needs it
 
         if settings.kafka_bootstrap is None:
-            _check_warehouse(settings.resolved_warehouse_path)
+            check_warehouse_path(settings.resolved_warehouse_path, _WAREHOUSE_SETTING)
         host = getattr(args, "host", None) or settings.host
         port = getattr(args, "port", None) or settings.port
         app = create_app(settings)
         tune_garbage_collector()
         uvicorn.run(app, host=host, port=port, log_level="info")
         return 0
-    except (IngestError, ValidationError) as exc:
+    except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"ingest: {_settings_problem(exc)}", file=sys.stderr)
         return 2
     except SettingsError as exc:  # an environment value that does not parse
         print(
@@ -196,25 +216,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _check_warehouse(path: Path) -> None:
-    """Refuse, before the service starts, a warehouse path the embedded sink cannot use:
-    not a DuckDB file (a text file, a directory), or another application's DuckDB file
-    (tables, but not the warehouse's), which the sink would fill with its own tables."""
-    if not path.exists():
-        return  # created at start-up
+_SETTINGS: dict[str, type[BaseSettings]] = {
+    cls.__name__: cls for cls in (IngestSettings, LeaderSettings, HelperSettings)
+}
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """pydantic's errors on one line, each naming its environment variable, without
+    pydantic's "Value error, " prefix and documentation link."""
+    settings = _SETTINGS.get(exc.title)
+    return "; ".join(_one_problem(exc.title, settings, error) for error in exc.errors())
+
+
+def _one_problem(title: str, settings: type[BaseSettings] | None, error: ErrorDetails) -> str:
+    loc = [str(part) for part in error["loc"]]
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    if settings is None:
+        return f"{'.'.join([title, *loc])}: {reason}"
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    if not loc:  # a check across settings: it names them itself
+        return f"{prefix}* settings: {reason}"
+    given = error.get("input")
+    field = settings.model_fields.get(loc[0])
+    shown = isinstance(given, str | int | float) and 0 < len(str(given)) <= 80
+    secret = field is None or _is_secret(field.annotation)
+    if shown and not secret and str(given) not in reason:
+        reason += f" (got {given!r})"
+    return f"{prefix}{loc[0].upper()}: {reason}"
+
+
+def _is_secret(annotation: object) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+def _region(text: str) -> str:
     try:
-        conn = duckdb.connect(str(path))
-    except duckdb.Error as exc:
-        raise IngestError(f"cannot open the warehouse {path}: {exc}") from exc
-    try:
-        tables = {row[0] for row in conn.execute("SHOW TABLES").fetchall()}
-    finally:
-        conn.close()
-    if tables and "schema_meta" not in tables:
-        raise IngestError(
-            f"{path} is a DuckDB file but not a Quietwire warehouse (its tables: "
-            f"{', '.join(sorted(tables)[:5])}); point QUIETWIRE_INGEST_WAREHOUSE_PATH elsewhere"
-        )
+        return check_region(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:

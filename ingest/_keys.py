@@ -66,14 +66,19 @@ def _write_secret(path: Path, raw: bytes) -> None:
         # for the instant between create and chmod.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
+        if path.is_dir():
+            raise ConfigurationError(
+                f"{path} is a directory; give the path of the key file to create"
+            ) from exc
         raise ConfigurationError(f"{path}: a key file already exists; not overwriting") from exc
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(text)
 
 
-def read_private_key(path: Path) -> PrivateKey:
-    """Read a key file, refusing one that group or others may read."""
-    return PrivateKey(_read_secret(path, PrivateKey.SIZE, "ingest key"))
+def read_private_key(path: Path, what: str = "ingest key") -> PrivateKey:
+    """Read a key file, refusing one that group or others may read; `what` names the
+    key in errors (the helper reads its own key with this too)."""
+    return PrivateKey(_read_secret(path, PrivateKey.SIZE, what))
 
 
 def _read_secret(path: Path, size: int, what: str) -> bytes:

@@ -10,15 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies import DEFAULT_ATTESTATION_POLICY_PATH, DEFAULT_POLICY_PATH, load_policy
 from schemas import MAX_BATCH, MAX_SEALED_BYTES
 
-__all__ = ["IngestSettings", "check_bootstrap"]
+__all__ = ["IngestSettings", "check_bootstrap", "check_directory", "check_region"]
 
 _REGION = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+_REGION_CHECK: TypeAdapter[str] = TypeAdapter(_REGION)
 _TOPIC_PART = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
 _POLICY_HASH = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -36,6 +44,31 @@ def check_bootstrap(value: str) -> str:
                 f"Kafka bootstrap {value!r} is not host:port[,host:port] (a port in 1-65535)"
             )
     return value
+
+
+def check_directory(path: Path) -> Path:
+    """`path` if it is a directory or one can be made there; else ValueError naming the
+    file in the way (a state directory set to a file's path)."""
+    for at in (path, *path.parents):
+        if at.exists():
+            if at.is_dir():
+                return path
+            if at == path:
+                raise ValueError(f"{path} is a file, not a directory")
+            raise ValueError(f"{at} is a file, so {path} cannot be a directory")
+    return path
+
+
+def check_region(value: str) -> str:
+    """`value` if it is a region name as `QUIETWIRE_INGEST_REGION` takes it (the same
+    check), else ValueError: a region names a Kafka topic and a key file."""
+    try:
+        return _REGION_CHECK.validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            f"{value!r} is not a region name (1 to 128 letters, digits, '_', '.', ':' or '-', "
+            "as QUIETWIRE_INGEST_REGION)"
+        ) from None
 
 
 def _default_policy_hashes() -> frozenset[str]:
@@ -159,6 +192,11 @@ class IngestSettings(BaseSettings):
     @classmethod
     def _bootstrap(cls, value: str | None) -> str | None:
         return None if value is None else check_bootstrap(value)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        return check_directory(value)
 
     @model_validator(mode="after")
     def _refuse_insecure_defaults(self) -> Self:

@@ -20,7 +20,7 @@ import yaml
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from policies._errors import PolicyError
+from policies._errors import PolicyError, yaml_problem
 from schemas import Tier
 
 __all__ = [
@@ -150,8 +150,10 @@ def load_attestation_policy(
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PolicyError(path, "", f"cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PolicyError(path, "", f"not valid YAML text: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(path, "", f"not UTF-8 text: {exc.reason}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(path, "", yaml_problem(exc)) from exc
     if not isinstance(data, dict):
         raise PolicyError(path, "", "top level must be a mapping")
     data = {**data, **(overrides or {})}

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies._errors import PolicyError
+from policies._errors import PolicyError, yaml_problem
 from policies._model import SECTIONS_REQUIRED_IN_FILES, Policy, PolicyKeyError
 
 __all__ = ["DEFAULT_POLICY_PATH", "PILOT_POLICY_PATH", "dump_policy", "load_policy"]
@@ -44,7 +44,7 @@ def load_policy(path: Path | str = DEFAULT_POLICY_PATH) -> Policy:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PolicyError(path, "", f"not valid YAML: {exc}") from exc
+        raise PolicyError(path, "", yaml_problem(exc)) from exc
     if not isinstance(data, dict):
         raise PolicyError(path, "", "top level must be a mapping")
     for section in SECTIONS_REQUIRED_IN_FILES:

@@ -13,6 +13,7 @@ from warehouse._compact import (
     pending_erasures,
 )
 from warehouse._dead_letters import UNSTORABLE, DeadLetter, DeadLetterStage, describe_error
+from warehouse._files import duckdb_file_problem
 from warehouse._retention import (
     RETENTION_TABLES,
     RetentionRun,
@@ -46,6 +47,7 @@ __all__ = [
     "connect",
     "count_past_retention",
     "describe_error",
+    "duckdb_file_problem",
     "enforce_retention",
     "pending_erasures",
     "retention_cutoff",

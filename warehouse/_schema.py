@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 
 from warehouse._dead_letters import upgrade_dead_letters
+from warehouse._files import duckdb_file_problem
 
 __all__ = ["COLUMNS_SINCE", "SCHEMA_VERSION", "apply_schema", "connect"]
 
@@ -297,7 +298,13 @@ def apply_schema(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) a warehouse file with the schema applied."""
+    """Open (creating if needed) a warehouse file with the schema applied.
+
+    A file that is not DuckDB's is refused before DuckDB opens it (`duckdb.IOException`
+    saying what it is), never read by an extension DuckDB would download."""
+    problem = duckdb_file_problem(path)
+    if problem is not None:
+        raise duckdb.IOException(f"{path}: {problem}")
     conn = duckdb.connect(str(path), read_only=read_only)
     if not read_only:
         apply_schema(conn)

@@ -22,6 +22,7 @@ import duckdb
 from auditlog import AuditLog
 from ingest._errors import ConfigurationError
 from ingest._sink import DuckDBSink
+from ingest._warehouse_path import check_warehouse_path
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._errors import AggregationRefused, HelperUnavailable
 from ingest.aggregation._helper_app import create_helper_app
@@ -103,7 +104,9 @@ def aggregation_service(settings: LeaderSettings, sink: DuckDBSink) -> LeaderRun
 
 def _open_warehouse(settings: LeaderSettings) -> DuckDBSink:
     path = settings.resolved_warehouse_path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Run alone, the job works on what the sink wrote: a mistyped path must not become
+    # a new empty warehouse and a run that found nothing to do.
+    check_warehouse_path(path, "QUIETWIRE_LEADER_WAREHOUSE_PATH", must_exist=True)
     try:
         return DuckDBSink(path)
     except duckdb.IOException as exc:

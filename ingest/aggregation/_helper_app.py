@@ -74,7 +74,7 @@ def load_helper_key(settings: HelperSettings) -> PrivateKey:
         if settings.environment != "development":  # pragma: no cover - settings refuse it
             raise ConfigurationError("refusing to generate a helper key outside development")
         return write_private_key(path)
-    return read_private_key(path)
+    return read_private_key(path, "helper key")
 
 
 @dataclass(frozen=True, slots=True)

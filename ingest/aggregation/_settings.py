@@ -18,6 +18,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest._settings import check_directory
 from ingest.aggregation._vdaf import parse_verify_key
 from policies import DEFAULT_POLICY_PATH
 
@@ -79,6 +80,11 @@ class HelperSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8090, ge=0, le=65_535)
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        return check_directory(value)
+
     @field_validator("verify_key")
     @classmethod
     def _verify(cls, value: SecretStr | None) -> SecretStr | None:
@@ -139,6 +145,11 @@ class LeaderSettings(BaseSettings):
     )
     max_job_reports: int = Field(default=500, ge=1, le=10_000)
     helper_timeout: float = Field(default=60.0, gt=0.0)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        return check_directory(value)
 
     @field_validator("verify_key")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from auditlog import AUDIT_ACTIONS
 from ingest import AuditLog, IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
 from quietwire.cli import app
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
@@ -162,6 +163,23 @@ def test_list_filters_by_decision_reason_device_and_action(log: Path) -> None:
 
     code, out, _ = _run("list", "--log", str(log), "--action", "revoke", "--format", "json")
     assert [r["reason"] for r in json.loads(out)] == ["operator_unauthorized"]
+
+
+def test_an_action_the_log_never_records_is_exit_2_naming_those_it_does(log: Path) -> None:
+    code, out, err = _run("list", "--log", str(log), "--action", "enrol")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "--action 'enrol' is not an action the audit log records" in err
+    for action in ("enroll", "envelope", "aggregation_job", "batch_collection", "retention"):
+        assert action in err
+
+
+def test_the_list_help_names_every_action() -> None:
+    result = CliRunner().invoke(app, ["audit", "list", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for action in AUDIT_ACTIONS:
+        assert action in text
 
 
 def test_json_records_carry_what_an_auditor_needs_to_recheck_the_hashes(log: Path) -> None:

@@ -154,6 +154,12 @@ def test_bad_input_exits_2_with_one_line(
     assert err.count("\n") == 1
 
 
+def test_a_refused_label_reads_as_the_reason_not_as_pydantic(slower: Path) -> None:
+    code, _, err = _run("--db", str(slower), "--label", "route")
+    assert code == 2
+    assert err == ("quietwire: error: --label 'route': cohort_label and route_label must differ\n")
+
+
 def test_a_missing_warehouse_or_bad_policy_exits_2(slower: Path, tmp_path: Path) -> None:
     code, _, err = _run("--db", str(tmp_path / "absent.duckdb"))
     assert code == 2

@@ -97,7 +97,7 @@ def test_db_without_schema_or_not_duckdb_exits_2(tmp_path: Path) -> None:
     text.write_text("hello, not a database\n")
     code, _, err = _run("report", "--db", str(text))
     assert code == 2
-    assert "cannot open as a DuckDB warehouse" in err
+    assert "not a DuckDB file" in err
     assert err.count("\n") == 1
 
 

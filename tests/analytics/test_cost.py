@@ -136,6 +136,43 @@ def test_a_negative_lower_bound_is_clipped_at_zero() -> None:
     assert row["cost_high"] == pytest.approx(70.0 * LOCAL_PER_INFERENCE)
 
 
+def test_an_estimate_below_zero_is_clipped_at_zero_like_its_interval() -> None:
+    """Noise can put a cell's requests or its mean use below zero; no cost is."""
+    requests = measured_requests(
+        [
+            ("local", MODEL, -40.0, 900.0, (-100.0, 20.0, -110.0, 30.0)),
+            ("edge", MODEL, 2000.0, 900.0, (1940.0, 2060.0, 1930.0, 2070.0)),
+        ]
+    )
+    latency = measured_means(
+        [
+            {
+                "route": "edge",
+                "model": MODEL,
+                **measured_mean(-0.05, 0.1, (-0.25, 0.15, -0.28, 0.18)),
+            }
+        ]
+    )
+    tokens = measured_means(
+        [
+            {"route": "local", **measured_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))},
+            {"route": "edge", **measured_mean(200.0, 4.0, (192.0, 208.0, 190.0, 210.0))},
+        ]
+    )
+    priced = price_cells(COST, requests, latency, tokens, 0.95)
+    local, edge = _row(priced, "local"), _row(priced, "edge")
+    assert local["cost"] == local["consumed_quantity"] == 0.0
+    assert local["cost_low"] == 0.0
+    assert local["cost_high"] == pytest.approx(20.0 * LOCAL_PER_INFERENCE)
+    assert edge["cost"] == edge["cost_per_inference"] == edge["consumed_per_inference"] == 0.0
+    assert edge["cost_per_inference_low"] == 0.0
+    assert edge["cost_per_inference_high"] == pytest.approx(0.15 * EDGE_PER_LATENCY_SECOND)
+    assert edge["cost_per_1k_tokens"] == 0.0
+    for row in (local, edge):
+        for name in ("cost", "cost_per_inference"):
+            assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
+
+
 def test_box_ranges_are_the_extremes_over_the_corners() -> None:
     a = Bounded(2.0, 1.0, 3.0)
     b = Bounded(-1.0, -2.0, 0.5)

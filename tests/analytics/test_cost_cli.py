@@ -6,14 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
+from analytics._cost import price_cells
+from analytics._cost_cli import _what_if_table
 from analytics._cost_focus import read_focus
+from analytics._cost_whatif import project_move
 from policies import DEFAULT_POLICY_PATH
 from quietwire.cli import app
-from tests.analytics._cost_fleet import build_cost_fleet
+from tests.analytics._cost_fleet import COST, build_cost_fleet, hand_measured
 from warehouse import connect
 
 _MODEL = "qwen2.5-7b@1.0"  # priced by the default policy
@@ -96,6 +101,22 @@ def test_what_if_projects_the_move(warehouse: Path) -> None:
     code, out, err = _run("what-if", "--db", str(warehouse), "--move-cloud", "0.3", "--to", "local")
     assert code == 0, err
     assert "30% of cloud to local" in out
+
+
+def test_the_what_if_table_says_which_cells_it_left_out_and_why() -> None:
+    requests, latency, tokens = hand_measured()
+    # No edge latency: the edge cell is in no sum, and cloud traffic cannot move there.
+    latency = latency.filter(pl.col("route") != "edge")
+    priced = price_cells(COST, requests, latency, tokens, 0.95)
+    frame = project_move(COST, priced, 0.5, "edge", 0.95, 5)
+    console = Console(record=True, width=300)
+    console.print(_what_if_table(frame, 0.95))
+    text = " ".join(console.export_text().split())
+    assert "cells left out" in text
+    assert "EUR │ 2 │" in text
+    assert "not estimable at the what-if's level" in text
+    assert "k = 5 estimates" in text
+    assert "stay on cloud" in text
 
 
 def _no_cost_policy(tmp_path: Path) -> Path:

@@ -81,6 +81,23 @@ def test_a_cloud_cell_without_its_target_stays_and_is_counted() -> None:
     assert row["cells_left_out"] == 2
 
 
+def test_no_cost_of_the_what_if_is_negative() -> None:
+    """A period whose requests' estimate is below zero: its baseline and projection are
+    zero, as their lower bounds are, not negative."""
+    requests = measured_requests([("local", MODEL, -40.0, 900.0, (-100.0, 20.0, -110.0, 30.0))])
+    tokens = measured_means(
+        [{"route": "local", **measured_mean(250.0, 5.0, (240.0, 260.0, 238.0, 262.0))}]
+    )
+    latency = measured_means(
+        [{"route": "edge", "model": MODEL, **measured_mean(0.4, 0.01, (0.38, 0.42, 0.37, 0.43))}]
+    )
+    priced = price_cells(COST, requests, latency, tokens, 0.95)
+    row = project_move(COST, priced, 0.5, "edge", 0.95, 1).row(0, named=True)
+    for name in ("baseline_cost", "projected_cost", "moved_requests"):
+        assert row[f"{name}_low"] == row[name] == 0.0
+        assert row[name] <= row[f"{name}_high"]
+
+
 @pytest.mark.parametrize(("share", "target"), [(1.01, "edge"), (0.5, "cloud"), (-1.0, "local")])
 def test_bad_parameters_are_refused(share: float, target: str) -> None:
     with pytest.raises(InvalidQueryError):

@@ -126,5 +126,5 @@ def test_a_signal_the_warehouse_does_not_hold_is_exit_2_naming_those_it_does(
 ) -> None:
     code, _, err = _run("query", query, "--db", str(warehouse), "--signal", "test.latncy")
     assert code == 2
-    assert "no released values of signal 'test.latncy'" in err
+    assert "unknown signal 'test.latncy'" in err
     assert "test.latency" in err  # what it does hold

@@ -132,7 +132,7 @@ def test_a_missing_or_foreign_database_is_exit_2_and_never_created(tmp_path: Pat
     text.write_text("hello")
     code, _, err = _run("--db", str(text))
     assert code == 2
-    assert "cannot open as a DuckDB warehouse" in err
+    assert "not a DuckDB file" in err
 
 
 def test_a_warehouse_held_by_another_process_is_exit_2(warehouse: Path) -> None:

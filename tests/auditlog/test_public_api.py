@@ -5,6 +5,7 @@ import auditlog
 
 def test_exported_names() -> None:
     assert set(auditlog.__all__) == {
+        "AUDIT_ACTIONS",
         "GENESIS_HASH",
         "AuditDecision",
         "AuditEntry",

@@ -331,6 +331,24 @@ def test_not_yaml(tmp_path: Path) -> None:
     assert "not valid YAML" in info.value.reason
 
 
+def test_a_yaml_error_is_one_line_with_its_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("version: 1\nsignals: [unclosed\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert str(info.value) == (
+        f"{path}: not valid YAML at line 3, column 1: expected ',' or ']', but got "
+        "'<stream end>' (while parsing a flow sequence from line 2)"
+    )
+    path.write_text("version: 1\nprivacy: a: b\n", encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert (
+        info.value.reason
+        == "not valid YAML at line 2, column 11: mapping values are not allowed here"
+    )
+
+
 def test_not_a_mapping(tmp_path: Path) -> None:
     error = _error(tmp_path, ["version", 1])
     assert error.key == ""

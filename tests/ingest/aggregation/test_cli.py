@@ -62,7 +62,25 @@ def test_a_helper_with_another_key_than_the_policys_is_refused(
     """Every share would fail to open and be refused: a configuration error, not a run."""
     policy = small_policy(PrivateKey.generate())  # devices seal to a key the helper lacks
     policy_file = dump_policy(policy, tmp_path / "policy.yaml")
+    DuckDBSink(tmp_path / "cli.duckdb").close()  # the sink's warehouse, which aggregate needs
     with serve_helper(helper_settings, policies=[policy]) as url:
         _env(monkeypatch, tmp_path, url, policy_file)
         assert main(["aggregate", "--once"]) == 2
     assert "tells devices to seal to" in capsys.readouterr().err
+
+
+def test_aggregate_alone_needs_the_warehouse_the_sink_wrote(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    helper_key: PrivateKey,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A mistyped path is not a new empty warehouse and a run that found nothing."""
+    policy_file = dump_policy(small_policy(helper_key), tmp_path / "policy.yaml")
+    _env(monkeypatch, tmp_path, "http://127.0.0.1:9", policy_file)
+    missing = tmp_path / "typo" / "cli.duckdb"
+    monkeypatch.setenv("QUIETWIRE_LEADER_WAREHOUSE_PATH", str(missing))
+    assert main(["aggregate", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"QUIETWIRE_LEADER_WAREHOUSE_PATH: no warehouse at {missing}" in err
+    assert not missing.parent.exists()
