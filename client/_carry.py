@@ -19,13 +19,14 @@ starts again:
 Nothing is released or charged for them until then. The record is written even when
 every cell is zero: whether a window is released must not depend on what was recorded.
 
-A late release is charged to its own UTC day, and to the last 24 real hours as of the
-moment its window was cut short (`carried_at`, the budget clock's reading at
-shutdown), when its data ended: as an early release at shutdown would have been, so
-that the release after it is not suppressed because the app happened to start again
-in the morning rather than run past midnight. It is granted only if the charges made
-since 24 real hours before that moment leave room (`client._ledger`: charges after a
-reading count as recent), so the real-time cap holds for the data's time.
+A late release is charged to its own UTC day, and to the last 24 real hours as of an
+instant between the moment its window was cut short (`carried_at`, the budget clock's
+reading at shutdown: its data ends there) and its release: the earliest with room
+(`PrivacyGate.late_reading`), so that the app starting again in the morning instead of
+running past midnight, or a shutdown a little earlier in the day than the one before,
+does not cost a window its release. The cap holds in real time all the same: every
+charge is stamped with a real instant no later than its release, and granted only if
+the charges within 24 real hours of that instant leave room.
 
 Version 1 records (written before windows were carried whole: aggregate-model cells
 only, and no window) are added into the open window, whatever it is.

@@ -175,6 +175,34 @@ class PrivacyGate:
         wait = self.ledger.seconds_until_room(planned, now)
         return wait if wait is not None and wait <= MAX_HOLD_SECONDS else 0.0
 
+    def late_reading(self, cut: ClockReading, now: ClockReading) -> ClockReading:
+        """The real time a late carried window is charged as of (`client._carry`).
+
+        Its data ended at `cut` (the shutdown) and it is released at `now`: any instant
+        between is one at which the release could have been made. The earliest with
+        room in the last 24 real hours for one window of every consented signal is
+        chosen: `cut` itself, or the moment an earlier charge leaves those 24 hours, so
+        that a shutdown a few minutes earlier than the day before does not cost the
+        window its release. If room comes only after `now`, `now` (the ledger then
+        suppresses what does not fit). An instant after `cut` is read on `cut`'s clock:
+        as many seconds later on its boot's monotonic clock and on the wall clock.
+        """
+        tiers = set(self.consented())
+        planned = sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
+        if planned <= 0.0 or self.ledger.problem is not None:
+            return cut
+        wait = self.ledger.seconds_until_room(planned, cut)
+        if wait is None:
+            return now
+        if wait <= 0.0:
+            return cut
+        elapsed = now.seconds_since(cut)
+        if elapsed is None:  # another boot: only the wall clock can tell
+            elapsed = now.wall - cut.wall
+        if wait > elapsed:
+            return now
+        return ClockReading(cut.wall + wait, cut.boot, cut.mono + wait)
+
     def reset_ledger(self, at: datetime, *, reason: str) -> None:
         """Acknowledge a lost or damaged ledger: see `PrivacyLedger.reset`."""
         self.ledger.reset(at, now=self.budget_clock.read(at), reason=reason)

@@ -651,9 +651,10 @@ class Telemetry:
         late = self._late
         if late is not None:
             # The last run's cells, on their own: nothing of this run is read.
-            collected = self._collect_window(
-                late.window, now, self._take_late, charged_at=late.carried_at
-            )
+            reading = self._clock.read(now)
+            if late.carried_at is not None:
+                reading = self._gate.late_reading(late.carried_at, reading)
+            collected = self._collect_window(late.window, now, self._take_late, charged_at=reading)
             if collected is not None:
                 out.append(collected)
         if windows:

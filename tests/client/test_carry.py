@@ -287,12 +287,12 @@ def test_a_late_release_is_charged_as_of_the_shutdown_so_the_next_day_is_not_sup
     assert (late.window_start, next_day.window_start) == (DAY, DAY + ONE_DAY)
 
 
-def test_a_late_release_still_fits_the_last_24_real_hours_before_its_cut(
+def test_a_late_release_is_charged_at_the_first_instant_after_its_cut_with_room(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    """Charged as of its cut (08:00), the late window shares that moment's last 24 real
-    hours with the release made at midnight: it is suppressed, as a release at the
-    cut would have been."""
+    """Cut at 08:00, eight hours after a release at midnight: charged as of the next
+    midnight (when that release leaves the last 24 real hours; before the late
+    release is made), so it is released, and so is the window after it."""
     clock.now = DAY + timedelta(hours=9)
     first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
     (day0,) = first.collect(DAY + ONE_DAY)  # released at midnight
@@ -301,6 +301,48 @@ def test_a_late_release_still_fits_the_last_24_real_hours_before_its_cut(
     first.shutdown()  # carries day 1, cut at 08:00
 
     clock.now = DAY + 2 * ONE_DAY + timedelta(hours=10)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = second.collect(clock.now)
+    (day2,) = second.collect(DAY + 3 * ONE_DAY)
+    assert (late.window_start, day2.window_start) == (DAY + ONE_DAY, DAY + 2 * ONE_DAY)
+    assert late.suppressed == {}
+    assert day2.suppressed == {}
+
+
+def test_a_shutdown_earlier_than_the_day_before_does_not_cost_the_late_window(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """An app used 09:00 to about 17:00, never at midnight: each day goes out late the
+    next morning. The second cut is ten minutes earlier in the day than the first, so
+    charged as of its cut it would share 24 real hours with the first."""
+    clock.now = DAY + timedelta(hours=9)
+    run = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    clock.now = DAY + timedelta(hours=17)
+    run.shutdown()
+    sent: list[EnvelopeV1] = []
+    for day, close in ((1, timedelta(hours=16, minutes=50)), (2, timedelta(hours=17))):
+        clock.now = DAY + day * ONE_DAY + timedelta(hours=9)
+        run = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+        sent += run.collect(clock.now)
+        clock.now = DAY + day * ONE_DAY + close
+        run.shutdown()
+    assert [e.window_start for e in sent] == [DAY, DAY + ONE_DAY]
+    assert [e.suppressed for e in sent] == [{}, {}]
+
+
+def test_a_late_window_without_room_before_its_release_is_suppressed(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """The cap still holds in real time: a charge at 10:00 leaves no room for the
+    window cut at 11:00 until 10:00 the next day, after its release at 00:30."""
+    clock.now = DAY + ONE_DAY + timedelta(hours=9)
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    at_ten = first._clock.read(DAY + ONE_DAY + timedelta(hours=10))
+    assert first._gate.ledger.try_charge_many([(REQUESTS, 15.0)], DAY, now=at_ten) == [True]
+    clock.now = DAY + ONE_DAY + timedelta(hours=11)
+    first.shutdown()
+
+    clock.now = DAY + 2 * ONE_DAY + timedelta(minutes=30)
     second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
     (late,) = second.collect(clock.now)
     assert late.window_start == DAY + ONE_DAY
