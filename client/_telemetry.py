@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
 from client._carry import CarriedWindow, decode_carried, encode_carried
@@ -651,10 +651,7 @@ class Telemetry:
         late = self._late
         if late is not None:
             # The last run's cells, on their own: nothing of this run is read.
-            reading = self._clock.read(now)
-            if late.carried_at is not None:
-                reading = self._gate.late_reading(late.carried_at, reading)
-            collected = self._collect_window(late.window, now, self._take_late, charged_at=reading)
+            collected = self._release_late(late, now)
             if collected is not None:
                 out.append(collected)
         if windows:
@@ -668,6 +665,25 @@ class Telemetry:
         if windows or late is not None:
             self._outbox.expire(now, self._policy.retention.for_tier)
         return out
+
+    def _release_late(self, late: _LateWindow, now: datetime) -> CollectedWindow | None:
+        """Release the carried window late, without the tiers whose retention ended
+        meanwhile: the spool would strip them before they are sent, so charging them
+        would spend budget on nothing (none left at all: nothing is sent, `expired`)."""
+        retention = self._policy.retention.for_tier
+        expired = frozenset(
+            t for t in Tier if late.window.end <= now - timedelta(days=retention(t))
+        )
+        if expired and expired >= set(self._gate.consented()):
+            self._take_late()
+            self._drops.add(DropReason.EXPIRED)
+            return None
+        reading = self._clock.read(now)
+        if late.carried_at is not None:
+            reading = self._gate.late_reading(late.carried_at, reading)
+        return self._collect_window(
+            late.window, now, self._take_late, charged_at=reading, skip_tiers=expired
+        )
 
     def _observe_window_close(self) -> None:
         for observer in self._window_observers:
@@ -693,10 +709,12 @@ class Telemetry:
         cells: Callable[[], dict[str, _Raw]] | None,
         *,
         charged_at: ClockReading | None = None,
+        skip_tiers: frozenset[Tier] = frozenset(),
     ) -> CollectedWindow | None:
         """Release `window` with the cells `cells()` returns (a signal missing from them,
         or every signal when `cells` is None, is released all zero). `charged_at`: the
-        real time the charge is made as of (a late carried window's cut), else now."""
+        real time the charge is made as of (a late carried window's cut), else now.
+        `skip_tiers`: tiers not released (nor charged) at all."""
         consented = self._gate.consented()
         # Read without I/O: a fallback store that lost its TPM signs in software now.
         assurance = current_assurance(self._key_store)
@@ -716,7 +734,7 @@ class Telemetry:
         candidates = [
             (signal, raw_cells.get(signal.name))
             for signal in self._signals.values()
-            if signal.spec.tier in consented
+            if signal.spec.tier in consented and signal.spec.tier not in skip_tiers
         ]
         # Aggregate-model signals contribute once per batch (the policy's aligned window):
         # a window of a batch already reported sends none, uncharged and counted (the

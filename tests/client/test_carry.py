@@ -8,6 +8,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -350,3 +351,35 @@ def test_a_late_window_without_room_before_its_release_is_suppressed(
     assert set(late.suppressed) == {
         name for name, s in PILOT.signals.items() if s.tier in EVERY_SENDABLE
     }
+
+
+def test_a_late_window_leaves_out_the_tiers_whose_retention_ended_uncharged(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Restarted 100 days later: performance data (90 days) would be stripped from the
+    spool before it is sent, so it is neither released nor charged; health (395) is."""
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    _record_errors(first, 2)
+    first.shutdown()
+
+    clock.now = DAY + 100 * ONE_DAY
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = second.collect(clock.now)
+    assert late.window_start == DAY
+    assert {a.tier for a in late.aggregates} == {Tier.HEALTH}
+    health = sum(s.epsilon for s in PILOT.signals.values() if s.tier is Tier.HEALTH)
+    assert second.privacy_spent(DAY)[0] == pytest.approx(health)
+
+
+def test_a_late_window_whose_every_tier_expired_is_not_sent(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock, consent=(Tier.PERFORMANCE,))
+    first.counter(REQUESTS).add(4, route="local", model=MODEL)
+    first.shutdown()
+
+    clock.now = DAY + 100 * ONE_DAY
+    second = _telemetry(tmp_path, ingest, clock, consent=(Tier.PERFORMANCE,))
+    assert second.collect(clock.now) == []
+    assert second.dropped()["expired"] == 1
+    assert second.privacy_spent(DAY)[0] == 0.0
