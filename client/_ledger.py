@@ -169,6 +169,13 @@ class PrivacyLedger:
         """Why every charge is refused until `reset`, or None if the ledger is sound."""
         return self._problem
 
+    @property
+    def latest_wall(self) -> float:
+        """The latest wall-clock time any charge was stamped with (-inf: none yet).
+        Charges are pruned against their stamps, so none may be stamped before it."""
+        with self._mutex:
+            return self._state.max_wall
+
     def try_charge(
         self, signal: str, epsilon: float, at: datetime, *, now: ClockReading | None = None
     ) -> bool:

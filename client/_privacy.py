@@ -186,7 +186,13 @@ class PrivacyGate:
         window its release. If room comes only after `now`, `now` (the ledger then
         suppresses what does not fit). An instant after `cut` is read on `cut`'s clock:
         as many seconds later on its boot's monotonic clock and on the wall clock.
+        Never before the latest charge's stamp (the ledger prunes against its stamps,
+        which must not go back): a cut behind it (a wall clock set back) is charged now.
         """
+        if cut.wall < self.ledger.latest_wall:
+            # A charge is stamped after the cut (a wall clock set back since): a stamp
+            # before it could miss charges already pruned against it. Charged now.
+            return now
         tiers = set(self.consented())
         planned = sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
         if planned <= 0.0 or self.ledger.problem is not None:

@@ -383,3 +383,22 @@ def test_a_late_window_whose_every_tier_expired_is_not_sent(
     assert second.collect(clock.now) == []
     assert second.dropped()["expired"] == 1
     assert second.privacy_spent(DAY)[0] == 0.0
+
+
+def test_a_cut_behind_the_latest_charge_is_charged_at_the_release(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """The wall clock set back after a release: the carried window's cut reads before
+    the newest charge, which may already have pruned older ones against its stamp. A
+    charge stamped at the cut would not see them; it is stamped at the release."""
+    run = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    run.collect(DAY + ONE_DAY)
+    run.collect(DAY + 2 * ONE_DAY)
+    clock.now = DAY + ONE_DAY + timedelta(hours=5)  # set back behind the last charge
+    run.shutdown()
+
+    clock.now = DAY + 3 * ONE_DAY + timedelta(hours=1)
+    again = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = again.collect(clock.now)
+    assert late.window_start == DAY + 2 * ONE_DAY
+    assert again._gate.ledger.latest_wall == clock.now.timestamp()
