@@ -637,8 +637,8 @@ class Telemetry:
             self._transport.probe_time()  # so no window closes ahead of the ingest's clock
         now = now if now is not None else self._clock.now()
         with self._collect_lock:
-            # A late carried window alone never waits: it is charged as of its cut
-            # (client._carry), so waiting makes no room for it.
+            # A late carried window alone never waits: its charge is stamped at an
+            # instant between its cut and now (`PrivacyGate.late_reading`).
             due = self._windows.open_window.end <= now
             if due and self._gate.hold_seconds(self._clock.read(now)):
                 return []  # the last 24 real hours make room within minutes: wait for it
