@@ -4,7 +4,8 @@ A device contributes at most one release per aligned policy window (the ingest r
 anything else), so `Telemetry.shutdown` releases no partial window: by default it
 carries the open window's cells of every consented signal, local and aggregate model
 alike, to the next run on the same state directory. They are serialised here, stored
-encrypted by the spool (`Spool.put_carried` / `take_carried`) and, when the client
+encrypted by the spool (`Spool.put_carried` / `read_carried`, kept until the window
+it belongs to is released: `drop_carried`) and, when the client
 starts again:
 
 - if their window is the one open now, added back into its cells, so the window's data

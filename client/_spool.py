@@ -315,16 +315,22 @@ class Spool:
         """Store the open window's carried cells, encrypted like the envelopes."""
         self._write(self._dir / self.CARRIED_FILE, plain)
 
-    def take_carried(self) -> bytes | None:
-        """The carried cells stored by the last run (then removed), or None."""
+    def read_carried(self) -> bytes | None:
+        """The carried cells stored by the last run, or None. They stay stored until
+        `drop_carried` (once released: a crash before then loses nothing); a record
+        that cannot be decrypted is removed and counted."""
         path = self._dir / self.CARRIED_FILE
         if not path.exists():
             return None
         plain = self._read(path)
-        path.unlink(missing_ok=True)
         if plain is None:
+            path.unlink(missing_ok=True)
             self._drops.add(DropReason.SPOOL_CORRUPT)
         return plain
+
+    def drop_carried(self) -> None:
+        """Forget the carried cells (released, or discarded)."""
+        (self._dir / self.CARRIED_FILE).unlink(missing_ok=True)
 
     # -- storage -----------------------------------------------------------------------
 

@@ -663,6 +663,9 @@ class Telemetry:
             if collected is not None:
                 out.append(collected)
         if windows or late is not None:
+            # The carried cells are in a released window now (the late one, or the open
+            # one they were added back into): their record is done with.
+            self._outbox.drop_carried()
             self._outbox.expire(now, self._policy.retention.for_tier)
         return out
 
@@ -847,16 +850,21 @@ class Telemetry:
                 dropped += _units(raw)
         if dropped:
             self._drops.add(DropReason.OPEN_WINDOW_DISCARDED, dropped)
+        self._outbox.drop_carried()  # what it carried in was in the open window
 
     def _restore_carried(self) -> None:
         """Start-up: the cells the last run carried go back into the open window if it
         is theirs (or the record has no window: version 1), else wait for their late
-        release at the first collect (`_release_windows`)."""
-        data = self._outbox.take_carried()
+        release at the first collect (`_release_windows`). The record stays stored until
+        the window it belongs to is released (a crash before then loses nothing of it;
+        one after leaves a record of a released window, which is discarded as
+        `window_already_released`)."""
+        data = self._outbox.read_carried()
         if data is None:
             return
         carried = decode_carried(data)
         if carried is None or carried.policy_hash != self._policy.content_hash:
+            self._outbox.drop_carried()
             self._drops.add(DropReason.CARRIED_DISCARDED)
             return
         seconds = self._policy.window_seconds
@@ -867,6 +875,7 @@ class Telemetry:
         ):
             # Ahead of this run's clock (the wall clock went back), or not a window of
             # this policy: no window to release it in.
+            self._outbox.drop_carried()
             self._drops.add(DropReason.CARRIED_DISCARDED)
             return
         cells = self._carried_cells(carried)

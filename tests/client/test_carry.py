@@ -207,8 +207,9 @@ def test_a_version_1_record_is_added_into_the_open_window(
     cells = [0] * first._signals[ERRORS].domain.size
     cells[0] = 4
     record = {"version": 1, "policy_hash": PILOT.content_hash, "counters": {ERRORS: cells}}
-    first._outbox.put_carried(json.dumps({**record, "histograms": {}}).encode())
     first.shutdown(carry_open_window=False)
+    # As an older client would have left it at its shutdown.
+    first._outbox.put_carried(json.dumps({**record, "histograms": {}}).encode())
     clock.advance(days=1)  # a record without a window: it joins whatever window is open
     second = _telemetry(tmp_path, ingest, clock)
     assert second.collect(clock.now) == []
@@ -402,3 +403,31 @@ def test_a_cut_behind_the_latest_charge_is_charged_at_the_release(
     (late,) = again.collect(clock.now)
     assert late.window_start == DAY + 2 * ONE_DAY
     assert again._gate.ledger.latest_wall == clock.now.timestamp()
+
+
+def _crash(tel: Telemetry) -> None:
+    """The process dies: nothing more is written, its locks go with it."""
+    tel._closed = True
+    tel._gate.close()
+
+
+def test_a_crash_before_the_late_release_loses_nothing(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.now = DAY + ONE_DAY + timedelta(hours=9)
+    _crash(_telemetry(tmp_path, ingest, clock))  # started, died before any collect
+
+    third = _telemetry(tmp_path, ingest, clock)
+    (late,) = third.collect_with_truth(clock.now)
+    assert late.envelope.window_start == DAY
+    assert _errors(late.truth) == 2
+    carried = tmp_path / "state" / "spool" / "open_window.sealed"
+    assert not carried.exists()  # released: the record is gone
+    third.shutdown()
+    # Restarted again after a crash that followed the release: nothing is sent twice.
+    clock.now += timedelta(days=2)
+    fourth = _telemetry(tmp_path, ingest, clock)
+    assert [e.window_start for e in fourth.collect(clock.now)] == [DAY + ONE_DAY]
