@@ -52,6 +52,8 @@ def check_signal_held(
 ) -> None:
     """InvalidQueryError unless the warehouse holds `signal` (of `kind`, if given),
     naming the signals it holds (of that kind)."""
+    if _holds(conn, signal, kind):
+        return  # the common case, answered by the first matching rows: no full scan
     held = held_signals(conn)
     if signal not in held:
         raise InvalidQueryError(
@@ -65,6 +67,20 @@ def check_signal_held(
             f"{signal!r} is a {held[signal]}, not a {kind} (the {kind}s held: "
             f"{_listed(of_kind) if of_kind else 'none'})"
         )
+
+
+def _holds(conn: duckdb.DuckDBPyConnection, signal: str, kind: SignalKind | None) -> bool:
+    """Whether some table holds `signal` as `kind` (a histogram has bucket figures, a
+    counter none), each question stopping at its first matching row."""
+    exists = " OR ".join(
+        f"EXISTS (SELECT 1 FROM {t} WHERE signal = $signal{{}})" for t in _tables(conn)
+    )
+    held = exists.format(*([""] * len(_tables(conn))))
+    bucket = exists.format(*([" AND kind = 'bucket'"] * len(_tables(conn))))
+    ((found, buckets),) = conn.execute(f"SELECT {held}, {bucket}", {"signal": signal}).fetchall()
+    if not found:
+        return False
+    return kind is None or (kind == "histogram") == bool(buckets)
 
 
 def check_labels_held(
