@@ -72,12 +72,16 @@ def check_signal_held(
 def _holds(conn: duckdb.DuckDBPyConnection, signal: str, kind: SignalKind | None) -> bool:
     """Whether some table holds `signal` as `kind` (a histogram has bucket figures, a
     counter none), each question stopping at its first matching row."""
-    exists = " OR ".join(
-        f"EXISTS (SELECT 1 FROM {t} WHERE signal = $signal{{}})" for t in _tables(conn)
-    )
-    held = exists.format(*([""] * len(_tables(conn))))
-    bucket = exists.format(*([" AND kind = 'bucket'"] * len(_tables(conn))))
-    ((found, buckets),) = conn.execute(f"SELECT {held}, {bucket}", {"signal": signal}).fetchall()
+    tables = _tables(conn)
+
+    def any_row(condition: str) -> str:
+        return " OR ".join(
+            f"EXISTS (SELECT 1 FROM {t} WHERE signal = $signal{condition})" for t in tables
+        )
+
+    bucket = " AND kind = 'bucket'"
+    query = f"SELECT {any_row('')}, {any_row(bucket)}"
+    ((found, buckets),) = conn.execute(query, {"signal": signal}).fetchall()
     if not found:
         return False
     return kind is None or (kind == "histogram") == bool(buckets)

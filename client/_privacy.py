@@ -168,24 +168,31 @@ class PrivacyGate:
         `MAX_HOLD_SECONDS` (or one the ledger cannot bound) is not held: the windows are
         released and the ledger suppresses what does not fit.
         """
-        tiers = set(self.consented())
-        planned = sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
+        planned = self._planned_charge()
         if planned <= 0.0 or self.ledger.problem is not None:
             return 0.0
         wait = self.ledger.seconds_until_room(planned, now)
         return wait if wait is not None and wait <= MAX_HOLD_SECONDS else 0.0
 
-    def late_reading(self, cut: ClockReading, now: ClockReading) -> ClockReading:
+    def _planned_charge(self, skip: frozenset[Tier] = frozenset()) -> float:
+        """One window's charge of every consented signal (outside the tiers `skip`)."""
+        tiers = set(self.consented()) - skip
+        return sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
+
+    def late_reading(
+        self, cut: ClockReading, now: ClockReading, *, skip: frozenset[Tier] = frozenset()
+    ) -> ClockReading:
         """The real time a late carried window is charged as of (`client._carry`).
 
         Its data ended at `cut` (the shutdown) and it is released at `now`: any instant
         between is one at which the release could have been made. The earliest with
-        room in the last 24 real hours for one window of every consented signal is
-        chosen: `cut` itself, or the moment an earlier charge leaves those 24 hours, so
-        that a shutdown a few minutes earlier than the day before does not cost the
-        window its release. If room comes only after `now`, `now` (the ledger then
-        suppresses what does not fit). An instant after `cut` is read on `cut`'s clock:
-        as many seconds later on its boot's monotonic clock and on the wall clock.
+        room in the last 24 real hours for one window of every consented signal (but
+        those of the tiers `skip`, which it does not release) is chosen: `cut` itself,
+        or the moment an earlier charge leaves those 24 hours, so that a shutdown a few
+        minutes earlier than the day before does not cost the window its release. If
+        room comes only after `now`, `now` (the ledger then suppresses what does not
+        fit). An instant after `cut` is read on `cut`'s clock: as many seconds later on
+        its boot's monotonic clock and on the wall clock.
         Never before the latest charge's stamp (the ledger prunes against its stamps,
         which must not go back): a cut behind it (a wall clock set back) is charged now.
         """
@@ -193,8 +200,7 @@ class PrivacyGate:
             # A charge is stamped after the cut (a wall clock set back since): a stamp
             # before it could miss charges already pruned against it. Charged now.
             return now
-        tiers = set(self.consented())
-        planned = sum(self.charges[n] for n, s in self._policy.signals.items() if s.tier in tiers)
+        planned = self._planned_charge(skip)
         if planned <= 0.0 or self.ledger.problem is not None:
             return cut
         wait = self.ledger.seconds_until_room(planned, cut)

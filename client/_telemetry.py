@@ -683,7 +683,7 @@ class Telemetry:
             return None
         reading = self._clock.read(now)
         if late.carried_at is not None:
-            reading = self._gate.late_reading(late.carried_at, reading)
+            reading = self._gate.late_reading(late.carried_at, reading, skip=expired)
         return self._collect_window(
             late.window, now, self._take_late, charged_at=reading, skip_tiers=expired
         )
