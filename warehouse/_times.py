@@ -34,7 +34,13 @@ def epoch_us(at: datetime) -> int:
 def check_storable_time(what: str, at: datetime) -> None:
     """Raise `UnstorableValue` naming `what` unless `at` is aware and within years 1 to
     9999 once in UTC."""
-    if at.utcoffset() is None:
+    # The common case first, without comparing datetimes (with pydantic's own tzinfo
+    # each comparison costs two offset calls): a time whose own year is 2 to 9998 is
+    # within years 1 to 9999 in UTC too, an offset being less than a day.
+    offset = at.utcoffset()
+    if offset is not None and 1 < at.year < 9999:
+        return
+    if offset is None:
         raise UnstorableValue(f"{what} {at.isoformat()} has no time zone")
     # Comparing aware datetimes subtracts their offsets as timedeltas: never overflows.
     if not _FIRST <= at <= _LAST:
