@@ -31,6 +31,7 @@ from ingest._errors import ConfigurationError, IngestError, MalformedBody, RateL
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
 from ingest._keys import load_audit_key, load_ingest_key
+from ingest._no_telemetry import NO_REQUEST_TELEMETRY
 from ingest._outbox import Outbox
 from ingest._outbox_bus import OutboxEnvelopeBus
 from ingest._ratelimit import TokenBucketLimiter
@@ -214,6 +215,7 @@ def create_app(
         title="Quietwire ingest",
         version="1",
         lifespan=lifespan,
+        telemetry=NO_REQUEST_TELEMETRY,
         exception_handlers={
             IngestError: _ingest_error,
             RequestValidationError: _validation_error,

@@ -39,6 +39,7 @@ from ingest._errors import (
     RequestRejected,
 )
 from ingest._keys import read_private_key, write_private_key
+from ingest._no_telemetry import NO_REQUEST_TELEMETRY
 from ingest.aggregation._catalog import TaskCatalog
 from ingest.aggregation._helper import HelperAggregator
 from ingest.aggregation._helper_store import HelperStore
@@ -235,6 +236,7 @@ def create_helper_app(
         title="Quietwire helper",
         version="1",
         lifespan=lifespan,
+        telemetry=NO_REQUEST_TELEMETRY,
         exception_handlers={
             IngestError: _ingest_error,
             RequestValidationError: _validation_error,

@@ -236,3 +236,23 @@ async def test_large_batch_is_verified_off_the_event_loop_with_the_same_results(
     result = BatchResult.model_validate_json(resp.content)
     assert (result.accepted, result.rejected) == (120, 1)
     assert len(bus.published) == 120
+
+
+async def test_no_request_is_traced_even_with_a_tracer_provider_configured(
+    client: httpx.AsyncClient, device: Device, ingest_key: PrivateKey, monkeypatch: Any
+) -> None:
+    # An operator's OpenTelemetry setup must not turn every device request (its source
+    # address and timing) into a span: the ingest switches FastAPI's own tracing off.
+    import opentelemetry.trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(opentelemetry.trace, "_TRACER_PROVIDER", provider)
+    assert opentelemetry.trace.get_tracer_provider() is provider
+    assert (await _post(client, [device.item(ingest_key.public_key)])).status_code == 202
+    assert (await client.get("/v1/ingest-key")).status_code == 200
+    assert exporter.get_finished_spans() == ()
