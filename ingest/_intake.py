@@ -18,7 +18,14 @@ from ingest._audit_group import GroupedAudit
 from ingest._bus import EnvelopeBus
 from ingest._client_reports import client_report_record
 from ingest._device_ledger import DeviceLedger, Refused
-from ingest._verify import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected, Verdict
+from ingest._verify import (
+    Accepted,
+    EnvelopeVerifier,
+    RecentlyAccepted,
+    Rejected,
+    Verdict,
+    bounded_detail,
+)
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
 
 __all__ = ["EnvelopeIntake"]
@@ -238,11 +245,7 @@ class EnvelopeIntake:
         records: list[AuditRecord] = []
         for request in wave:
             verdicts = request.verdicts
-            records.extend(
-                _audit_record(v)
-                for v in verdicts
-                if not (rejected_only and isinstance(v, Accepted))
-            )
+            records.extend(_decision_records(verdicts, rejected_only=rejected_only))
             if not rejected_only:
                 reports = (
                     client_report_record(v.item.envelope)
@@ -281,6 +284,53 @@ def _result(index: int, verdict: Verdict, *, duplicate: bool) -> ItemResult:
     return ItemResult(index=index, status="accepted", envelope_id=verdict.envelope_id)
 
 
+_UNAUTHENTICATED = frozenset(
+    {
+        RejectReason.ITEM_TOO_LARGE,
+        RejectReason.NOT_BASE64,
+        RejectReason.UNSEAL_FAILED,
+        RejectReason.MALFORMED_SIGNED,
+        RejectReason.KEY_NOT_ATTESTED,
+        RejectReason.BAD_SIGNATURE,
+    }
+)
+"""Refusals of items no key vouches for: anyone can send them, free of any key."""
+
+
+def _decision_records(verdicts: Sequence[Verdict], *, rejected_only: bool) -> list[AuditRecord]:
+    """A request's audit entries: one per item a key vouched for (accepted, or refused
+    after its signature was checked), and one per reason for the items refused before
+    that. Those cost an attacker nothing (a one-character item is `not_base64`): an
+    entry each would let 1 KiB of junk write 256 entries, about 50 KiB of log that can
+    never be pruned (the log is a hash chain). Together, the log grows no faster than
+    the requests arrive."""
+    records: list[AuditRecord] = []
+    unvouched: dict[RejectReason, list[Rejected]] = {}
+    for verdict in verdicts:
+        if isinstance(verdict, Rejected) and verdict.reason in _UNAUTHENTICATED:
+            unvouched.setdefault(verdict.reason, []).append(verdict)
+        elif not (rejected_only and isinstance(verdict, Accepted)):
+            records.append(_audit_record(verdict))
+    for reason, refused in unvouched.items():
+        if len(refused) == 1:
+            records.append(_audit_record(refused[0]))
+            continue
+        devices = {r.device_id for r in refused}
+        device = devices.pop() if len(devices) == 1 else None
+        records.append(
+            AuditRecord(
+                "envelope",
+                "rejected",
+                device,
+                reason.value,
+                bounded_detail(
+                    f"{len(refused)} items of one request; the first: {refused[0].detail}"
+                ),
+            )
+        )
+    return records
+
+
 def _audit_record(verdict: Verdict) -> AuditRecord:
     if isinstance(verdict, Accepted):
         env = verdict.item.envelope
@@ -293,5 +343,9 @@ def _audit_record(verdict: Verdict) -> AuditRecord:
         )
     prefix = f"envelope {verdict.envelope_id}: " if verdict.envelope_id else ""
     return AuditRecord(
-        "envelope", "rejected", verdict.device_id, verdict.reason.value, prefix + verdict.detail
+        "envelope",
+        "rejected",
+        verdict.device_id,
+        verdict.reason.value,
+        bounded_detail(prefix + verdict.detail),
     )

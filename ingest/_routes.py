@@ -108,7 +108,8 @@ def _parse_batch(body: bytes, max_items: int) -> EnvelopeBatch:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedBody("body is not valid JSON", status_code=400) from exc
         raise MalformedBody(
-            f"body is not an envelope batch: {summarize_validation_error(exc)}", status_code=422
+            f"body is not an envelope batch: {summarize_validation_error(exc, '<body>')}",
+            status_code=422,
         ) from exc
     if len(batch.envelopes) > max_items:  # a small body the scan could not count
         raise TooManyItems(f"batch has {len(batch.envelopes)} items; the limit is {max_items}")

@@ -44,11 +44,13 @@ from schemas import (
 )
 
 __all__ = [
+    "MAX_DETAIL_CHARS",
     "Accepted",
     "EnvelopeVerifier",
     "RecentlyAccepted",
     "Rejected",
     "Verdict",
+    "bounded_detail",
     "check_signature",
     "ingested_json",
     "summarize_validation_error",
@@ -60,6 +62,9 @@ _P256_POINT_BYTES = 65
 _P256_MAX_DER_SIG_BYTES = 72
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _MAX_ERRORS_SHOWN = 3
+_MAX_LOC_PART_CHARS = 40
+MAX_DETAIL_CHARS = 400
+"""The longest refusal detail the ingest answers or audits."""
 _SOFTWARE_DEVICE_PREFIX = "dev-"  # as `schemas.device_id_for`: "dev-" + 32 hex digits
 
 
@@ -110,15 +115,34 @@ class Rejected:
 Verdict = Accepted | Rejected
 
 
-def summarize_validation_error(exc: ValidationError) -> str:
-    """A short, content-free summary of a pydantic error: where and why, not the input."""
+def _loc_part(part: str | int) -> str:
+    """One step of an error's location. A key can be the sender's own text (an extra
+    key, a label name): at most `_MAX_LOC_PART_CHARS` of it, printable characters only,
+    so a detail never carries an item's bulk into the answer or the audit log."""
+    text = str(part)
+    if len(text) > _MAX_LOC_PART_CHARS:
+        text = text[:_MAX_LOC_PART_CHARS] + "…"
+    return text if text.isprintable() else repr(text)[1:-1][: _MAX_LOC_PART_CHARS + 1]
+
+
+def summarize_validation_error(exc: ValidationError, what: str = "<envelope>") -> str:
+    """A short, content-free summary of a pydantic error: where and why, not the input.
+    `what` names the whole document when the error is at its top level. At most
+    `MAX_DETAIL_CHARS` characters."""
     errors = exc.errors(include_url=False, include_input=False)
     parts = [
-        f"{'.'.join(str(p) for p in e['loc']) or '<envelope>'}: {e['msg']}"
+        f"{'.'.join(_loc_part(p) for p in e['loc']) or what}: {e['msg']}"
         for e in errors[:_MAX_ERRORS_SHOWN]
     ]
     more = len(errors) - _MAX_ERRORS_SHOWN
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+    return bounded_detail("; ".join(parts) + (f" (+{more} more)" if more > 0 else ""))
+
+
+def bounded_detail(detail: str) -> str:
+    """`detail` cut to `MAX_DETAIL_CHARS` characters (a refusal's human text)."""
+    if len(detail) <= MAX_DETAIL_CHARS:
+        return detail
+    return detail[: MAX_DETAIL_CHARS - 1] + "…"
 
 
 class EnvelopeVerifier:

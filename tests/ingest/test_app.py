@@ -10,6 +10,7 @@ import httpx
 import pytest
 from nacl.public import PrivateKey, PublicKey
 
+from auditlog import AuditLog
 from ingest import IngestSettings, InMemoryEnvelopeBus, create_app
 from schemas import BatchResult, RejectReason
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, seal
@@ -256,3 +257,46 @@ async def test_no_request_is_traced_even_with_a_tracer_provider_configured(
     assert (await _post(client, [device.item(ingest_key.public_key)])).status_code == 202
     assert (await client.get("/v1/ingest-key")).status_code == 200
     assert exporter.get_finished_spans() == ()
+
+
+async def test_items_no_key_vouches_for_cost_one_audit_entry_per_reason(
+    client: httpx.AsyncClient, settings: Any, device: Device, ingest_key: PrivateKey
+) -> None:
+    # Junk anyone can send (a one-character item is `not_base64`) must not write an
+    # entry per item into a log that can never be pruned.
+    stranger = PrivateKey.generate().public_key
+    items = ["A"] * 5 + [device.item(stranger), device.item(stranger)]
+    items.append(device.item(ingest_key.public_key))
+    resp = await _post(client, items)
+    assert resp.status_code == 422
+    reasons = [r.reason for r in BatchResult.model_validate_json(resp.content).results]
+    assert reasons == [RejectReason.NOT_BASE64] * 5 + [RejectReason.UNSEAL_FAILED] * 2 + [None]
+
+    log = AuditLog(settings.state_dir / "audit.sqlite3")
+    entries = [e for e in log.entries() if e.action == "envelope"]
+    log.close()
+    by_reason = {e.reason: e for e in entries}
+    assert len(entries) == 3
+    assert by_reason["not_base64"].detail.startswith("5 items of one request; the first: ")
+    assert by_reason["unseal_failed"].detail.startswith("2 items of one request; the first: ")
+    assert by_reason[None].decision == "accepted"
+
+
+async def test_a_refusal_detail_never_carries_the_items_bulk(
+    client: httpx.AsyncClient, settings: Any, device: Device, ingest_key: PrivateKey
+) -> None:
+    # A key of the signed wrapper is the sender's text; pydantic names it in the error.
+    signed = json.loads(device.signed(b"{}"))
+    signed["k" * 10_000] = 1
+    item = seal(ingest_key.public_key, json.dumps(signed).encode())
+    resp = await _post(client, [item])
+    result = BatchResult.model_validate_json(resp.content).results[0]
+    assert result.reason == RejectReason.MALFORMED_SIGNED
+    assert result.detail is not None
+    assert len(result.detail) <= 400
+    assert "k" * 41 not in result.detail
+
+    log = AuditLog(settings.state_dir / "audit.sqlite3")
+    entries = [e for e in log.entries() if e.action == "envelope"]
+    log.close()
+    assert [len(e.detail or "") <= 400 for e in entries] == [True]
