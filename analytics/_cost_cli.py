@@ -5,10 +5,12 @@
     quietwire cost export --db PATH --focus out.csv|out.parquet [...]
     quietwire cost what-if --db PATH --move-cloud 0.3 --to edge|local [--format ...]
 
-Prices come from the policy's `cost:` section (`policies.CostPolicy`); use from the
-warehouse (`analytics._cost`). Bad input (a missing warehouse, a policy without a cost
-model, a share outside [0, 1], an unknown target or export suffix) is one line on
-stderr and exit code 2.
+`--db` is required by all three; it may come before the subcommand's name too
+(`quietwire cost --db PATH export ...`). Prices come from the policy's `cost:` section
+(`policies.CostPolicy`); use from the warehouse (`analytics._cost`). Bad input (a
+missing warehouse, a policy without a cost model, a share outside [0, 1], an unknown
+target or export suffix) is one line on stderr and exit code 2; a missing `--db` is
+Click's usage error ("Missing option '--db'"), exit code 2, as for the other commands.
 """
 
 from __future__ import annotations
@@ -56,8 +58,27 @@ class CostFormat(StrEnum):
 
 
 DbOption = Annotated[
-    Path | None, typer.Option("--db", help="Warehouse file (DuckDB) to read.", show_default=False)
+    Path,
+    typer.Option(
+        "--db",
+        help="Warehouse file (DuckDB) to read (or give it before the subcommand's name).",
+        show_default=False,
+    ),
 ]
+"""A subcommand's `--db`: required (no default). A `--db` before the subcommand's name
+fills it (`cost` passes it on through the context's default map)."""
+ReportDbOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        help="Warehouse file (DuckDB) to read. Required: here, or after the subcommand's "
+        "name (export, what-if).",
+        show_default=False,
+    ),
+]
+"""`cost`'s own `--db`: not required at the group's level, so that `quietwire cost export
+--db PATH` parses; `cost` checks it itself when it runs the report."""
+_SUBCOMMANDS = ("export", "what-if")
 PolicyOption = Annotated[
     Path,
     typer.Option(
@@ -90,9 +111,7 @@ def _cost_model(policy: Path) -> CostPolicy:
     return loaded.cost
 
 
-def _open(db: Path | None) -> duckdb.DuckDBPyConnection:
-    if db is None:
-        raise fail("--db is required (the warehouse file to read)")
+def _open(db: Path) -> duckdb.DuckDBPyConnection:
     try:
         return open_warehouse(db)
     except AnalyticsError as exc:
@@ -224,7 +243,7 @@ def _what_if_table(frame: pl.DataFrame, level: float) -> Table:
 @cost_app.callback()
 def cost(
     ctx: typer.Context,
-    db: DbOption = None,
+    db: ReportDbOption = None,
     policy: PolicyOption = DEFAULT_POLICY_PATH,
     output: FormatOption = CostFormat.TABLE,
     level: LevelOption = 0.95,
@@ -233,7 +252,16 @@ def cost(
 ) -> None:
     """Cost per charge period, region, route and model version, with intervals."""
     if ctx.invoked_subcommand is not None:
+        if db is not None:
+            # Click makes the subcommand's context after this callback: its required
+            # --db defaults to this one (one given after its name wins).
+            defaults = dict(ctx.default_map or {})
+            for name in _SUBCOMMANDS:
+                defaults[name] = {**defaults.get(name, {}), "db": str(db)}
+            ctx.default_map = defaults
         return
+    if db is None:
+        ctx.fail("Missing option '--db'.")  # as Click says it for the subcommands
     frame = _breakdown(db, policy, level, since, until)
     text = render_frame(frame, output, _report_table(frame, level))
     if text is not None:
@@ -241,7 +269,7 @@ def cost(
 
 
 def _breakdown(
-    db: Path | None, policy: Path, level: float, since: str | None, until: str | None
+    db: Path, policy: Path, level: float, since: str | None, until: str | None
 ) -> pl.DataFrame:
     level = _level(level)
     start, end = parse_time("--since", since), parse_time("--until", until)
@@ -265,7 +293,7 @@ def export(
         Path,
         typer.Option("--focus", help="Write FOCUS rows here: a .csv or .parquet file."),
     ],
-    db: DbOption = None,
+    db: DbOption,
     policy: PolicyOption = DEFAULT_POLICY_PATH,
     level: LevelOption = 0.95,
     since: SinceOption = None,
@@ -293,7 +321,7 @@ def what_if(
         typer.Option("--move-cloud", help="Share of cloud traffic to move, in [0, 1]."),
     ],
     to: Annotated[str, typer.Option("--to", help="Target route: edge or local.")],
-    db: DbOption = None,
+    db: DbOption,
     policy: PolicyOption = DEFAULT_POLICY_PATH,
     output: FormatOption = CostFormat.TABLE,
     level: LevelOption = 0.95,

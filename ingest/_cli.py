@@ -111,13 +111,16 @@ async def run_sink(
         sink.close()
 
 
+_PORT_HELP = "TCP port, 0-65535; 0: a free port the system picks (default: settings)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
+    serve.add_argument("--port", type=_port, help=_PORT_HELP)
     sink = sub.add_parser("sink", help="run the Kafka -> DuckDB sink consumer")
     sink.add_argument(
         "--region",
@@ -145,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     helper = sub.add_parser("helper", help="run the helper service (QUIETWIRE_HELPER_*)")
     helper.add_argument("--host")
-    helper.add_argument("--port", type=_port, help="TCP port, 0-65535 (default: settings)")
+    helper.add_argument("--port", type=_port, help=_PORT_HELP)
     keygen = sub.add_parser("keygen", help="write a new ingest private key file (0600)")
     keygen.add_argument("path", type=Path)
     sub.add_parser(
@@ -191,11 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if settings.kafka_bootstrap is None:
             check_warehouse_path(settings.resolved_warehouse_path, _WAREHOUSE_SETTING)
+        # `python -m ingest` alone is `serve` without its options. Port 0 is a free port
+        # the system picks (uvicorn logs it), as for the helper and QUIETWIRE_INGEST_PORT.
         host = getattr(args, "host", None) or settings.host
-        port = getattr(args, "port", None) or settings.port
+        port = getattr(args, "port", None)
         app = create_app(settings)
         tune_garbage_collector()
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=settings.port if port is None else port, log_level="info")
         return 0
     except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)

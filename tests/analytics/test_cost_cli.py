@@ -156,9 +156,46 @@ def test_a_missing_warehouse_or_cost_model_is_exit_2(warehouse: Path, tmp_path: 
     code, _, err = _run("--db", str(tmp_path / "none.duckdb"))
     assert code == 2
     assert "no such warehouse file" in err
-    code, _, err = _run()
-    assert code == 2
-    assert "--db is required" in err
     code, _, err = _run("--db", str(warehouse), "--policy", str(_no_cost_policy(tmp_path)))
     assert code == 2
     assert "the policy has no cost: section" in err
+
+
+_WHAT_IF = ("what-if", "--move-cloud", "0.3", "--to", "edge")
+_EXPORT = ("export", "--focus", "out.csv")
+
+
+@pytest.mark.parametrize("command", [(), _EXPORT, _WHAT_IF])
+def test_without_db_each_says_the_option_is_missing_and_exits_2(command: tuple[str, ...]) -> None:
+    code, out, err = _run(*command)
+    assert code == 2
+    assert out == ""
+    assert "Missing option '--db'." in err
+    assert f"Usage: quietwire cost {command[0] + ' ' if command else ''}[OPTIONS]" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [("cost",), ("cost", "export"), ("cost", "what-if")])
+def test_the_help_says_db_is_required(command: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "--db" in line]
+    if command == ("cost",):  # not at the group's level: `cost export --db PATH` parses
+        assert "Required: here, or after the subcommand's name (export, what-if)." in line
+    else:
+        assert "*  --db" in line
+        assert "[required]" in line
+
+
+def test_db_may_come_before_the_subcommands_name(warehouse: Path, tmp_path: Path) -> None:
+    target = tmp_path / "focus.csv"
+    code, _, err = _run("--db", str(warehouse), "export", "--focus", str(target))
+    assert code == 0, err
+    assert f"8 FOCUS rows written to {target}" in err
+    code, out, err = _run("--db", str(warehouse), *_WHAT_IF, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)[0]["target"] == "edge"
+    # One after the subcommand's name wins.
+    code, _, err = _run("--db", str(warehouse), *_WHAT_IF, "--db", str(tmp_path / "none.duckdb"))
+    assert code == 2
+    assert "none.duckdb: no such warehouse file" in err

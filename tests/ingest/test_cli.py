@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ingest._cli
+import ingest.aggregation._cli
 from ingest._cli import main
 
 
@@ -150,3 +153,49 @@ def test_an_sqlite_file_as_warehouse_is_named(
             f"ingest: {variable}: cannot open the warehouse {log}: not a DuckDB file "
             "(it is an SQLite database)\n"
         )
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What `serve` and `helper` would hand uvicorn (nothing is served)."""
+    monkeypatch.setenv("QUIETWIRE_HELPER_STATE_DIR", str(tmp_path / "helper"))
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ingest._cli, "create_app", lambda settings: object())
+    monkeypatch.setattr(ingest._cli, "tune_garbage_collector", lambda: None)
+    monkeypatch.setattr(ingest.aggregation._cli, "create_helper_app", lambda settings: object())
+    return calls
+
+
+@pytest.mark.parametrize("command", ["serve", "helper"])
+@pytest.mark.parametrize(
+    ("args", "port"), [([], 9123), (["--port", "0"], 0), (["--port", "81"], 81)]
+)
+def test_port_0_is_a_free_port_as_for_the_helper(
+    monkeypatch: pytest.MonkeyPatch,
+    served: list[dict[str, Any]],
+    command: str,
+    args: list[str],
+    port: int,
+) -> None:
+    # 0 is not "unset": uvicorn binds it, and the system picks a free port.
+    monkeypatch.setenv("QUIETWIRE_INGEST_PORT", "9123")
+    monkeypatch.setenv("QUIETWIRE_HELPER_PORT", "9123")
+    assert main([command, *args]) == 0
+    assert served == [{"host": "127.0.0.1", "port": port, "log_level": "info"}]
+
+
+def test_no_command_serves_on_the_settings_port(
+    monkeypatch: pytest.MonkeyPatch, served: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("QUIETWIRE_INGEST_PORT", "0")
+    assert main([]) == 0
+    assert served == [{"host": "127.0.0.1", "port": 0, "log_level": "info"}]
+
+
+def test_the_help_says_what_port_0_means(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("serve", "helper"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "TCP port, 0-65535; 0: a free port the system picks (default: settings)" in out
