@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from ingest._outbox_bus import OutboxEnvelopeBus
 from ingest._ratelimit import TokenBucketLimiter
 from ingest._registry import SqliteDeviceRegistry
 from ingest._report_rules import ReportRules
+from ingest._retention_rules import RetentionRules
 from ingest._routes import IngestState, router
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
@@ -78,20 +80,53 @@ async def _ingest_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+async def _malformed_body(request: Request, errors: list[dict[str, Any]]) -> JSONResponse:
+    """422 `malformed_body` (`errors`: `{loc, msg}`s, never the input), once the request
+    took its token: a body refused before the rate limit's dependency runs still takes
+    one on the endpoints anyone may call (429 past the source's burst, audited there)."""
     try:
-        # A body that is not JSON is refused before the rate limit's dependency runs:
-        # it still takes a token on the endpoints anyone may call.
         await admit_refused_body(request)
     except RateLimited as limited:
         return await _ingest_error(request, limited)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     return _error(422, MalformedBody.reason, errors)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return await _malformed_body(request, errors)
+
+
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _undecodable_body(exc: StarletteHTTPException) -> str | None:
+    """What kept FastAPI from decoding a JSON body, if `exc` is its refusal of one; else
+    None. FastAPI hands a `JSONDecodeError` to `_validation_error`, but answers any other
+    error of `json.loads` as a bare 400 "There was an error parsing the body", with that
+    error as the exception's cause: bytes that are not UTF-8 (nor UTF-16/32), an integer
+    longer than Python converts (`sys.get_int_max_str_digits`), or nesting deeper than
+    the parser recurses. The detail names the kind of problem, never the body."""
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "body is not UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "body nests too deep to parse"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"body has a number too long to parse (over {sys.get_int_max_str_digits()} digits)"
+    if exc.detail == _FASTAPI_PARSE_ERROR:
+        return "body could not be parsed as JSON"
+    return None
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if (problem := _undecodable_body(exc)) is not None:
+        # A malformed body like any other: the same answer, token and audit as one
+        # that is not JSON at all (`_validation_error`).
+        return await _malformed_body(request, [{"loc": ["body"], "msg": problem}])
     reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     return _error(exc.status_code, reason, exc.detail, exc.headers)
 
@@ -164,6 +199,7 @@ def create_app(
         region=settings.region,
         known_policy_hashes=settings.known_policy_hashes | {p.content_hash for p in served},
         report_rules=ReportRules(served),
+        retention=RetentionRules(served, slack=timedelta(seconds=settings.max_clock_skew_seconds)),
         max_sealed_bytes=settings.max_sealed_bytes,
         attested_keys=attested_keys,
         software_tiers=[t.value for t in attestation_policy.software_tiers],
@@ -200,6 +236,10 @@ def create_app(
                         "registry": CachedProbe(registry_probe(registry)),
                         "audit_log": CachedProbe(audit_log_probe(audit)),
                     },
+                    deletion_limiter=TokenBucketLimiter(
+                        rate=settings.deletion_rate, burst=settings.deletion_burst
+                    ),
+                    sampled=sampled,
                 ),
                 "attestation": AttestationState(service, operator_token, limiter),
                 "audit_key": audit_key_info,

@@ -12,7 +12,8 @@ with no token configured it refuses every call.
 
 Anyone may call these endpoints, so each request first takes a token from its source's
 bucket (`TokenBucketLimiter`, keyed by the client's address as the server sees it, an
-IPv6 address by its /64: behind a proxy, have the server trust the proxy's forwarded
+IPv6 address by its /64 unless it carries an IPv4 one (IPv4-mapped, NAT64), which is
+keyed by that IPv4 address: behind a proxy, have the server trust the proxy's forwarded
 address); an empty bucket
 is a 429 ``rate_limited`` with ``Retry-After``, recorded through `SampledAudit` so a
 flood adds a bounded number of audit entries.
@@ -47,7 +48,7 @@ from schemas import (
     RevokeRequest,
 )
 
-__all__ = ["AttestationState", "attestation_router"]
+__all__ = ["AttestationState", "admit_refused_body", "attestation_router", "client_source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +69,27 @@ async def _state(request: Request) -> AttestationState:
     return _attestation_state(request)
 
 
-def _source(request: Request) -> str:
-    """The client's address; an IPv6 one by its /64, which one subscriber usually holds
-    whole (else every address of it would be a fresh bucket)."""
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The NAT64 well-known prefix (RFC 6052): an IPv4 host's address in its last 32 bits."""
+
+
+def client_source(request: Request) -> str:
+    """The client's address. An IPv6 one is keyed by its /64, which one subscriber
+    usually holds whole (else every address of it would be a fresh bucket), except an
+    IPv4 host's address written as IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, as a dual-stack
+    socket or proxy reports an IPv4 client, or NAT64's ``64:ff9b::a.b.c.d``): that one is
+    keyed by its IPv4 address, as the host is when seen directly (a /64 of those would be
+    one bucket for every IPv4 client)."""
     host = request.client.host if request.client is not None else "unknown"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
-    if address.version == 6:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if address in _NAT64:
+            return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host
 
@@ -84,7 +97,7 @@ def _source(request: Request) -> str:
 async def _admitted(request: Request) -> str:
     """The request's source, once its bucket gave it a token; else 429 (audited)."""
     state = _attestation_state(request)
-    source = _source(request)
+    source = client_source(request)
     request.state.rate_checked = True
     wait = state.limiter.take(source)
     if wait > 0:

@@ -10,12 +10,14 @@ follows its audit entries to disk.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from auditlog import AuditLog, AuditRecord
+from ingest._errors import AuditUnavailable
 from ingest._group_commit import GroupCommit
 
-__all__ = ["GroupedAudit"]
+__all__ = ["GroupedAudit", "append_audited", "audit_unavailable"]
 
 
 class GroupedAudit:
@@ -23,7 +25,9 @@ class GroupedAudit:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
-        self._group: GroupCommit[Sequence[AuditRecord], None] = GroupCommit(self._append_all)
+        self._group: GroupCommit[Sequence[AuditRecord], None] = GroupCommit(
+            self._append_all, error=audit_unavailable
+        )
 
     async def append(self, records: Sequence[AuditRecord]) -> None:
         """Append `records` durably (in one transaction with other callers' records)."""
@@ -33,3 +37,19 @@ class GroupedAudit:
     def _append_all(self, batches: list[Sequence[AuditRecord]]) -> list[None]:
         self.audit.append_many([record for batch in batches for record in batch])
         return [None] * len(batches)
+
+
+def audit_unavailable(exc: Exception) -> BaseException:
+    """The 503 a request gets when its audit entries did not commit (a fresh exception
+    per waiter). Not a bare 500: the request was fine, the ingest's disk was not."""
+    if isinstance(exc, AuditUnavailable):
+        return AuditUnavailable(exc.detail)
+    return AuditUnavailable(f"the audit log did not record this request's decisions: {exc}")
+
+
+async def append_audited(audit: AuditLog, records: Sequence[AuditRecord]) -> None:
+    """`audit.append_many(records)` off the event loop; `AuditUnavailable` if it fails."""
+    try:
+        await asyncio.to_thread(audit.append_many, records)
+    except Exception as exc:
+        raise audit_unavailable(exc) from exc

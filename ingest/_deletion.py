@@ -1,11 +1,12 @@
 """Deletion requests (`POST /v1/deletion-requests`): verification.
 
 A deletion request is verified like an envelope, least trusting first: shape, the key's
-standing, the signature over the exact payload bytes, schema, device id bound to the
-key, region. Only the device itself can ask to delete its data. An accepted request is
-published on the envelope bus, keyed by device id like the device's envelopes, and
-answered 202 only once the bus made it durable: that is what "recorded" means. The
-warehouse then deletes the device's rows of the tier (`warehouse`).
+standing, the signature over the exact payload bytes, schema (read strictly, as an
+envelope's payload is: each field of the JSON type the published schema gives), device
+id bound to the key, region. Only the device itself can ask to delete its data. An
+accepted request is published on the envelope bus, keyed by device id like the device's
+envelopes, and answered 202 only once the bus made it durable: that is what "recorded"
+means. The warehouse then deletes the device's rows of the tier (`warehouse`).
 
 Keys, as for envelopes:
 
@@ -122,7 +123,9 @@ def verify_deletion_request(
     attested = checked
     expected = attested.device_id if attested is not None else device_id_for(signed.public_key)
     try:
-        request = DeletionRequestV1.model_validate_json(signed.payload)
+        # Strict, as envelopes are: the JSON types the published schema gives (a
+        # `consent_version` of "7" or a `requested_at` of 1700000000 is refused, not coerced).
+        request = DeletionRequestV1.model_validate_json(signed.payload, strict=True)
     except ValidationError as exc:
         raise DeletionRejected(
             RejectReason.SCHEMA_INVALID, summarize_validation_error(exc), device_id=expected

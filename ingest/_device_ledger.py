@@ -47,7 +47,7 @@ from ingest._admission import (
 from ingest._errors import ConfigurationError, LedgerUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._pricing import EnvelopePricing
-from ingest._sqlite import open_durable
+from ingest._sqlite import immediate, open_durable
 from ingest._windows import AlignedWindow
 from policies import Policy, budget_day
 from schemas import IngestedEnvelope
@@ -181,17 +181,13 @@ class DeviceLedger:
         keys = sorted({(r.day, c.envelope.device_id) for r in requests for c in r.candidates})
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                # A failed COMMIT (a full disk) is the error reported, not its rollback's.
+                with immediate(self._db):
                     marks = self._marks(devices)
                     spends = self._spends(keys)
                     outcomes = [_decide_request(r, marks, spends) for r in requests]
                     self._store(marks, spends, requests, outcomes)
                     self._prune(min(r.day for r in requests))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 log.exception("device ledger write failed")
                 raise LedgerUnavailable(f"the device ledger did not commit: {exc}") from exc

@@ -9,7 +9,8 @@
     │   ├── DeletionRejected        422 <RejectReason>: a deletion request failed verification
     │   └── RateLimited             429 rate_limited: too many requests from this source
     ├── BusUnavailable              503 bus_unavailable: the bus did not acknowledge; retry later
-    └── LedgerUnavailable           503 ledger_unavailable: the device ledger did not commit
+    ├── LedgerUnavailable           503 ledger_unavailable: the device ledger did not commit
+    └── AuditUnavailable            503 audit_unavailable: the audit log did not commit
 
 Third-party errors (aiokafka, DuckDB, PyNaCl) are converted at the boundary with
 ``raise ... from exc``; one handler in `ingest._app` turns any `IngestError` into
@@ -22,6 +23,7 @@ from schemas import RejectReason
 
 __all__ = [
     "BUS_UNAVAILABLE",
+    "AuditUnavailable",
     "BodyTooLarge",
     "BusUnavailable",
     "ConfigurationError",
@@ -113,6 +115,15 @@ class LedgerUnavailable(IngestError):
 
     status_code = 503
     reason = "ledger_unavailable"
+
+
+class AuditUnavailable(IngestError):
+    """The audit log could not record the request's decisions (a full disk, say). What
+    was accepted is durable on the bus all the same: the device's retry is answered
+    `duplicate` (or published again, uncharged) and its decisions audited then."""
+
+    status_code = 503
+    reason = "audit_unavailable"
 
 
 class RateLimited(RequestRejected):

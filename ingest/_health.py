@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from auditlog import AuditLog
 from ingest._registry import DeviceRegistry
 
 __all__ = [
+    "MIN_FREE_BYTES",
     "CachedProbe",
     "Check",
     "DependencyHealth",
@@ -128,16 +130,30 @@ def registry_probe(registry: DeviceRegistry) -> Probe:
     return probe
 
 
-def audit_log_probe(audit: AuditLog) -> Probe:
-    """The audit log answers a read, and its file and folder are writable by this
-    process (SQLite's WAL mode writes beside the file). Nothing is appended: a health
-    check must not grow the log."""
+MIN_FREE_BYTES = 64 * 1024 * 1024
+"""Free space the state disk must keep for /healthz to say ok. Below it the audit log,
+the device ledger and the outbox (all on that disk) are about to refuse writes, and
+every request would be a 503: a probe that sees it coming lets an orchestrator act
+first. (64 MiB: some 200,000 audit entries.)"""
+
+
+def audit_log_probe(audit: AuditLog, *, min_free: int = MIN_FREE_BYTES) -> Probe:
+    """The audit log answers a read, its file and folder are writable by this process
+    (SQLite's WAL mode writes beside the file), and their disk has `min_free` bytes
+    free. Nothing is appended: a health check must not grow the log."""
 
     async def probe() -> Check:
         await asyncio.to_thread(audit.head)
         for path in (audit.path, audit.path.parent):
             if not os.access(path, os.W_OK):
                 return Check(False, f"{path} is not writable")
+        free = shutil.disk_usage(audit.path.parent).free
+        if free < min_free:
+            return Check(
+                False,
+                f"{free // (1024 * 1024)} MiB free on the disk of {audit.path.parent} "
+                f"(at least {min_free // (1024 * 1024)} MiB needed)",
+            )
         return Check(True, "open, writable")
 
     return probe

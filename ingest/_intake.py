@@ -8,6 +8,7 @@ without a server.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from ingest._audit_group import GroupedAudit
 from ingest._bus import EnvelopeBus
 from ingest._client_reports import client_report_record
 from ingest._device_ledger import DeviceLedger, Refused
+from ingest._errors import BUS_UNAVAILABLE
 from ingest._verify import (
     Accepted,
     EnvelopeVerifier,
@@ -29,6 +31,8 @@ from ingest._verify import (
 from schemas import BatchResult, IngestedEnvelope, ItemResult, RejectReason
 
 __all__ = ["EnvelopeIntake"]
+
+log = logging.getLogger("quietwire.ingest.intake")
 
 # Below this many base64 characters a batch is verified on the event loop: a thread hop
 # costs more than unsealing and parsing a few small envelopes. Above it, verification
@@ -194,7 +198,7 @@ class EnvelopeIntake:
                 [([a.item for _, a in r.fresh], r.received_at) for r in wave]
             )
         except BaseException:
-            await self._audit(wave, rejected_only=True)
+            await self._audit_after_failure(wave, unpublished=False)
             raise
         to_publish: list[IngestedEnvelope] = []
         encoded: list[bytes] = []
@@ -212,9 +216,9 @@ class EnvelopeIntake:
             try:
                 await self.bus.publish(to_publish, encoded)
             except BaseException:
-                # Nothing was accepted; the refusals were still decided. (Admitted
-                # envelopes keep their charge: their retry is published uncharged.)
-                await self._audit(wave, rejected_only=True)
+                # Nothing was accepted; the refusals were still decided, and so were the
+                # admissions: they keep their charge (the retry is published uncharged).
+                await self._audit_after_failure(wave, unpublished=True)
                 raise
             # Only now: an id in the cache must mean "durable", or a retry after a 503
             # would be told "already accepted" for an envelope that was lost.
@@ -237,7 +241,19 @@ class EnvelopeIntake:
                     in_batch.add(key)
                     request.fresh.append((index, verdict))
 
-    async def _audit(self, wave: Sequence[_Request], *, rejected_only: bool) -> None:
+    async def _audit_after_failure(self, wave: Sequence[_Request], *, unpublished: bool) -> None:
+        """The decisions of a wave that failed (the ledger or the bus): its refusals, and
+        with `unpublished` its admissions too, as not published (the ledger charged them).
+        A failure of the audit log itself here is logged: the wave's own error is the one
+        its requests hear."""
+        try:
+            await self._audit(wave, rejected_only=True, unpublished=unpublished)
+        except Exception:
+            log.exception("the audit log did not record a failed wave's decisions")
+
+    async def _audit(
+        self, wave: Sequence[_Request], *, rejected_only: bool, unpublished: bool = False
+    ) -> None:
         """The wave's entries, durable when this returns: off the event loop (it fsyncs),
         in one transaction with those of other callers waiting meanwhile."""
         if self._audit_group is None:
@@ -246,6 +262,8 @@ class EnvelopeIntake:
         for request in wave:
             verdicts = request.verdicts
             records.extend(_decision_records(verdicts, rejected_only=rejected_only))
+            if unpublished:
+                records.extend(_unpublished_record(a) for _, a in request.fresh)
             if not rejected_only:
                 reports = (
                     client_report_record(v.item.envelope)
@@ -329,6 +347,18 @@ def _decision_records(verdicts: Sequence[Verdict], *, rejected_only: bool) -> li
             )
         )
     return records
+
+
+def _unpublished_record(admitted: Accepted) -> AuditRecord:
+    env = admitted.item.envelope
+    return AuditRecord(
+        "envelope",
+        "rejected",
+        env.device_id,
+        BUS_UNAVAILABLE,
+        f"envelope {env.envelope_id}: admitted by the device ledger (charged), not "
+        "published: the bus failed; the device's retry is published uncharged",
+    )
 
 
 def _audit_record(verdict: Verdict) -> AuditRecord:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ingest._errors import ConfigurationError
-from ingest._sqlite import open_durable
+from ingest._sqlite import immediate, open_durable
 
 __all__ = ["Outbox"]
 
@@ -56,18 +56,12 @@ class Outbox:
         Raises `sqlite3.Error` (nothing stored) if the file cannot be written."""
         if not items:
             return []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                last = self._last_seq()
-                self._db.executemany(
-                    "INSERT INTO outbox (seq, item) VALUES (?, ?)",
-                    [(last + i, item) for i, item in enumerate(items, start=1)],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, immediate(self._db):  # a failed COMMIT is the error raised
+            last = self._last_seq()
+            self._db.executemany(
+                "INSERT INTO outbox (seq, item) VALUES (?, ?)",
+                [(last + i, item) for i, item in enumerate(items, start=1)],
+            )
         return list(range(last + 1, last + 1 + len(items)))
 
     def _last_seq(self) -> int:

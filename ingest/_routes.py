@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,12 +14,24 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from auditlog import AuditRecord
+from ingest._attestation_routes import client_source
 from ingest._attested_keys import AttestedKeys
+from ingest._audit_group import append_audited
+from ingest._audit_sampling import SampledAudit
 from ingest._batch_scan import NotABatch, count_batch_items
 from ingest._deletion import verify_deletion_request
-from ingest._errors import DeletionRejected, MalformedBody, TooManyItems
+from ingest._errors import (
+    BUS_UNAVAILABLE,
+    AuditUnavailable,
+    BusUnavailable,
+    DeletionRejected,
+    MalformedBody,
+    RateLimited,
+    TooManyItems,
+)
 from ingest._health import CachedProbe, DependencyHealth, check_all
 from ingest._intake import EnvelopeIntake
+from ingest._ratelimit import TokenBucketLimiter
 from ingest._settings import IngestSettings
 from ingest._verify import summarize_validation_error
 from schemas import BatchResult, DeletionReceipt, EnvelopeBatch, SignedDeletionRequest
@@ -39,6 +52,10 @@ class IngestState:
     """Standing of TPM keys, for deletion requests signed `ecdsa-p256`."""
     health: Mapping[str, CachedProbe] = field(default_factory=dict)
     """What `/healthz` checks: dependency name -> its probe."""
+    deletion_limiter: TokenBucketLimiter | None = None
+    """Deletion requests per source (None: unlimited)."""
+    sampled: SampledAudit | None = None
+    """Where a refused deletion request's 429 is audited (sampled per source)."""
 
 
 async def _state(request: Request) -> IngestState:
@@ -151,6 +168,29 @@ async def post_envelopes(request: Request, state: StateDep) -> Response:
     return Response(payload, status_code=status, media_type="application/json")
 
 
+async def _deletion_admitted(request: Request, state: IngestState) -> None:
+    """Take a token from the request's source, before its body is read: any fresh
+    software key may ask to delete "its" data, and each request costs the warehouse a
+    scan of the device's rows, so one source's flood must not stall the sink for
+    everyone. Past the source's burst: 429 `rate_limited`, audited sampled per source."""
+    limiter = state.deletion_limiter
+    if limiter is None:
+        return
+    source = client_source(request)
+    wait = limiter.take(source)
+    if wait <= 0:
+        return
+    if state.sampled is not None:
+        record = AuditRecord("deletion", "rejected", None, RateLimited.reason, None)
+        # In a thread: the first refusal of an interval is appended (an fsync).
+        await asyncio.to_thread(state.sampled.append, source, record)
+    raise RateLimited(
+        f"too many deletion requests from {source}; retry in {wait:.1f} s "
+        f"(at most {limiter.rate:g}/s, bursts of {limiter.burst})",
+        retry_after=wait,
+    )
+
+
 @router.post(
     "/v1/deletion-requests",
     status_code=202,
@@ -175,6 +215,7 @@ async def post_deletion_request(request: Request, state: StateDep) -> DeletionRe
     the device's rows of that tier when it consumes it). 422: refused, with the reason;
     not worth resending.
     """
+    await _deletion_admitted(request, state)
     body = await request.body()  # at most MAX_DELETION_BYTES: `BodyLimits`
     audit = state.intake.audit
     try:
@@ -190,10 +231,24 @@ async def post_deletion_request(request: Request, state: StateDep) -> DeletionRe
     except DeletionRejected as exc:
         if audit is not None:
             record = AuditRecord("deletion", "rejected", exc.device_id, exc.reason, exc.detail)
-            await asyncio.to_thread(audit.append_many, [record])
+            await append_audited(audit, [record])
         raise
-    await state.intake.bus.publish([verified.item])
     deletion = verified.item.deletion
+    try:
+        await state.intake.bus.publish([verified.item])
+    except BusUnavailable:
+        if audit is not None:
+            record = AuditRecord(
+                "deletion",
+                "rejected",
+                deletion.device_id,
+                BUS_UNAVAILABLE,
+                f"deletion {deletion.request_id}: verified, not published (the bus failed); "
+                "the device retries it",
+            )
+            with contextlib.suppress(AuditUnavailable):  # the 503 it hears is the bus's
+                await append_audited(audit, [record])
+        raise
     if audit is not None:
         detail = (
             f"deletion {deletion.request_id} tier={deletion.tier.value} "
@@ -202,7 +257,7 @@ async def post_deletion_request(request: Request, state: StateDep) -> DeletionRe
         if verified.note is not None:
             detail += f" ({verified.note})"
         record = AuditRecord("deletion", "accepted", deletion.device_id, None, detail)
-        await asyncio.to_thread(audit.append_many, [record])
+        await append_audited(audit, [record])
     return DeletionReceipt(request_id=deletion.request_id)
 
 

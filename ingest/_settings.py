@@ -166,6 +166,16 @@ class IngestSettings(BaseSettings):
     unauthenticated_burst: int = Field(
         default=50, ge=1, description="how many of those requests a source may make at once"
     )
+    deletion_rate: float = Field(
+        default=0.2,
+        gt=0.0,
+        description="deletion requests per second each source (client address) may make, "
+        "on average; more is 429 (each costs the warehouse a scan of the device's rows, "
+        "and any fresh software key may send one)",
+    )
+    deletion_burst: int = Field(
+        default=20, ge=1, description="how many deletion requests a source may make at once"
+    )
     audit_sample_seconds: float = Field(
         default=60.0,
         gt=0.0,

@@ -5,8 +5,9 @@ trusting first: size, base64, unseal, signed-envelope shape, the key's standing 
 `ecdsa-p256` key must be currently attested by a non-revoked TPM device), the signature
 over the exact payload bytes, envelope schema, device id bound to the key, software
 assurance allowed for every tier in the envelope, known policy, consent covering every
-tier it carries, region, the window (exactly one aligned policy window), the local
-releases and the Prio3 reports' tasks, tiers, sizes and batch. Nothing from the payload
+tier it carries, clock skew, region, the window's age (no older than its tiers'
+retention), the window (exactly one aligned policy window), the local releases and the
+Prio3 reports' tasks, tiers, sizes and batch. Nothing from the payload
 is parsed before its signature has been checked. What depends on the device's history
 (sequence order, one envelope per window, the daily epsilon budget) is decided after
 this, by `ingest._device_ledger`.
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ingest._attested_keys import AttestedKey, AttestedKeys
 from ingest._consent import consent_problem
 from ingest._report_rules import ReportProblem, ReportRules
+from ingest._retention_rules import RetentionRules
 from schemas import (
     MAX_SEALED_BYTES,
     EnvelopeV1,
@@ -156,6 +158,7 @@ class EnvelopeVerifier:
         "_max_sealed",
         "_region",
         "_reports",
+        "_retention",
         "_skew",
         "_software_tiers",
     )
@@ -171,12 +174,15 @@ class EnvelopeVerifier:
         software_tiers: Iterable[str] | None = None,
         max_clock_skew: timedelta = timedelta(minutes=5),
         report_rules: ReportRules | None = None,
+        retention: RetentionRules | None = None,
     ) -> None:
         """`attested_keys`: where TPM keys are looked up (None: every `ecdsa-p256`
         envelope is `key_not_attested`). `software_tiers`: the tiers an Ed25519
         (software) key may send (None: all). `report_rules`: the policies whose Prio3
-        reports this ingest checks (None: an envelope with reports is `unknown_task`)."""
+        reports this ingest checks (None: an envelope with reports is `unknown_task`).
+        `retention`: how old a window may be when it arrives (None: any age)."""
         self._reports = report_rules or ReportRules(())
+        self._retention = retention
         self._attested = attested_keys
         self._skew = max_clock_skew
         self._software_tiers = None if software_tiers is None else frozenset(software_tiers)
@@ -289,6 +295,9 @@ class EnvelopeVerifier:
                 f"envelope is for region {env.region!r}; this ingest serves {self._region!r}",
                 env.envelope_id,
             )
+        retention = self._retention
+        if retention is not None and (expired := retention.problem(env, received_at)):
+            return Rejected(RejectReason.WINDOW_EXPIRED, expired, env.envelope_id, env.device_id)
         batch = self._reports.check(env)
         if isinstance(batch, ReportProblem):
             return Rejected(batch.reason, batch.detail, env.envelope_id, env.device_id)

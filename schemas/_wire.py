@@ -86,6 +86,8 @@ class RejectReason(StrEnum):
     DUPLICATE_WINDOW = "duplicate_window"
     POLICY_NOT_SERVED = "policy_not_served"
     BUDGET_EXCEEDED = "budget_exceeded"
+    # the policy's retention (issue 8, review s18)
+    WINDOW_EXPIRED = "window_expired"
 
 
 class ItemResult(BaseModel):

@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 
 from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import Tier, device_id_for
-from tests.ingest.kit import Device, counter_aggregate, seal
+from tests.ingest.kit import FIRST_WINDOW, WINDOW, Device, counter_aggregate, seal
 
 __all__ = [
     "RECEIVED_AT",
@@ -34,8 +34,8 @@ __all__ = [
     "json_values",
 ]
 
-WINDOW_START = datetime(2025, 1, 1, tzinfo=UTC)
-_WINDOW = timedelta(days=1)  # the pilot and default policies' window
+WINDOW_START = FIRST_WINDOW  # recent: the ingest refuses a window past its retention
+_WINDOW = WINDOW  # the pilot and default policies' window: one day
 RECEIVED_AT = WINDOW_START + _WINDOW + timedelta(seconds=10)
 
 _PILOT = load_policy(PILOT_POLICY_PATH)

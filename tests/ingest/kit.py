@@ -44,7 +44,20 @@ policy (local model: its counter is a local release the ingest accepts)."""
 _PILOT = load_policy(PILOT_POLICY_PATH)
 WINDOW = timedelta(seconds=_PILOT.window_seconds)
 """The pilot policy's window: the kit's envelopes each cover one whole window."""
-FIRST_WINDOW = datetime(2025, 1, 1, tzinfo=UTC)
+KIT_WINDOWS = 6
+"""Windows a kit device can send before its next one would be ahead of the clock."""
+
+
+def _first_window() -> datetime:
+    # Recent, as a device's are: the ingest refuses a window older than its tiers'
+    # retention (content: 7 days), and one ending ahead of its clock. Each device's
+    # windows are consecutive days: the first six end by today's midnight (UTC).
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC) - KIT_WINDOWS * WINDOW
+
+
+FIRST_WINDOW = _first_window()
+"""The first window of every kit device (the kit's clock-free envelopes start here)."""
 _MECHANISM = _PILOT.privacy.mechanisms.counter
 _CELLS = CellDomain(_PILOT.signals["inference.requests"].attributes).size
 
@@ -86,7 +99,7 @@ class Device:
         """An EnvelopeV1 as a JSON-ready dict; `overrides` replace fields (even invalidly).
 
         Each one is the device's next: its sequence one higher, its window the next
-        whole policy window (one day; the first is 2025-01-01), as the ingest's ledger
+        whole policy window (one day; the first is `FIRST_WINDOW`), as the ingest's ledger
         requires.
         """
         self._sequence += 1

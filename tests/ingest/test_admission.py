@@ -5,9 +5,10 @@ violations, and the ledger is charged atomically with the decision."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ from ingest._report_rules import ReportRules
 from ingest._windows import AlignedWindow
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import BatchResult, EnvelopeV1, IngestedEnvelope, RejectReason
-from tests.ingest.kit import Device, counter_aggregate
+from tests.ingest.kit import FIRST_WINDOW, Device, counter_aggregate
 
 PILOT = load_policy(PILOT_POLICY_PATH)
 DEFAULT = load_policy()
-NOW = datetime(2025, 3, 1, tzinfo=UTC)  # after the kit's windows (one day each)
+NOW = FIRST_WINDOW + timedelta(days=59)  # after the kit's windows (one day each)
 TODAY = NOW.date().isoformat()
 
 
@@ -123,7 +124,7 @@ async def test_one_prio3_contribution_per_device_and_policy_window(
     intake: EnvelopeIntake, key: PrivateKey
 ) -> None:
     device = Device("eu-test")
-    day = datetime(2025, 1, 2, tzinfo=UTC)
+    day = FIRST_WINDOW + timedelta(days=1)
 
     def part(start: datetime, end: datetime) -> str:
         env = device.envelope(
@@ -201,6 +202,46 @@ async def test_a_ledger_that_cannot_commit_is_a_503_and_nothing_is_published(
     assert bus.published == []
 
 
+class _CommitFailsAsOnAFullDisk:
+    """A ledger connection whose next COMMIT fails as on a full disk: by the time the
+    error reaches the caller, SQLite has already rolled the transaction back."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failures = 1
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failures > 0:
+            self.failures -= 1
+            self._db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL at COMMIT
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+async def test_a_failed_commit_is_reported_as_itself_not_as_a_failed_rollback(
+    intake: EnvelopeIntake,
+    key: PrivateKey,
+    bus: InMemoryEnvelopeBus,
+    ledger: DeviceLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the ROLLBACK after it raised "cannot rollback - no transaction is active",
+    which replaced the real cause in the 503's detail."""
+    device = Device("eu-test")
+    monkeypatch.setattr(ledger, "_db", _CommitFailsAsOnAFullDisk(ledger._db))
+    with pytest.raises(LedgerUnavailable) as refused:
+        await intake.submit([device.item(key.public_key)])
+    assert str(refused.value) == "the device ledger did not commit: database or disk is full"
+    assert bus.published == []
+    assert ledger.spent(device.device_id, TODAY) == 0  # nothing charged
+    # No transaction left open: the next request is decided and charged.
+    assert (await intake.submit([device.item(key.public_key)])).accepted == 1
+    assert ledger.spent(device.device_id, TODAY) > 0
+
+
 # The pure rules' envelopes: never signed nor sealed; copied, not rebuilt (fast).
 _BASE = EnvelopeV1.model_validate(Device("eu-test").envelope())
 
@@ -218,7 +259,7 @@ def _candidate(sequence: int, start: datetime, hours: int = 1) -> Candidate:
 
 
 def test_the_rules_on_their_own() -> None:
-    start = datetime(2025, 1, 1, tzinfo=UTC)
+    start = FIRST_WINDOW
     mark = DeviceMark(5, start + timedelta(hours=2), None, frozenset())
     for candidate, reason in [
         (_candidate(5, start + timedelta(hours=3)), RejectReason.SEQUENCE_NOT_INCREASING),
@@ -263,7 +304,7 @@ def test_no_charge_passes_the_strictest_cap_of_the_day_so_far(
 ) -> None:
     """Every charge admitted leaves the day within the strictest cap of the policies
     admitted so far (itself included); every refusal would have crossed it."""
-    start = datetime(2025, 1, 1, tzinfo=UTC)
+    start = FIRST_WINDOW
     mark: DeviceMark | None = None
     spend = DaySpend()
     caps: list[Decimal] = []

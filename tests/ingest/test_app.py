@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from typing import Any
 
 import httpx
@@ -159,6 +160,46 @@ async def test_bus_failure_is_503_and_the_retry_is_published(
     # Not answered as a duplicate: the failed attempt was never durable.
     assert BatchResult.model_validate_json(resp.content).results[0].reason is None
     assert len(bus.published) == 1
+
+
+async def test_a_bus_failure_audits_the_admissions_it_left_unpublished(
+    client: httpx.AsyncClient,
+    bus: InMemoryEnvelopeBus,
+    settings: Any,
+    device: Device,
+    ingest_key: PrivateKey,
+) -> None:
+    # The ledger charged the envelope before the bus failed: that decision is audited.
+    env = device.envelope()
+    bus.fail_with = "broker down"
+    assert (await _post(client, [device.item(ingest_key.public_key, env)])).status_code == 503
+    log = AuditLog(settings.state_dir / "audit.sqlite3")
+    entries = [e for e in log.entries() if e.action == "envelope"]
+    log.close()
+    assert [(e.decision, e.reason, e.device_id) for e in entries] == [
+        ("rejected", "bus_unavailable", device.device_id)
+    ]
+    assert entries[0].detail is not None
+    assert entries[0].detail.startswith(f"envelope {env['envelope_id']}: admitted")
+
+
+async def test_an_audit_log_that_cannot_commit_is_a_503_not_a_500(
+    app: Any, client: httpx.AsyncClient, device: Device, ingest_key: PrivateKey, monkeypatch: Any
+) -> None:
+    def full(self: AuditLog, records: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(AuditLog, "append_many", full)
+    item = device.item(ingest_key.public_key)
+    resp = await _post(client, [item])
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "audit_unavailable"
+    assert "database or disk is full" in resp.json()["detail"]
+    assert resp.headers["retry-after"]
+    monkeypatch.undo()
+    # The envelope was durable: the retry is answered accepted (a duplicate).
+    resp = await _post(client, [item])
+    assert resp.status_code == 202
 
 
 async def test_too_many_items_is_413(

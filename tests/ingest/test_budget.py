@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ DEFAULT = load_policy()
 PER_RELEASE = Decimal("2.6")  # the kit's release: pilot's inference.requests
 assert Decimal(repr(PILOT.signals["inference.requests"].epsilon)) == PER_RELEASE
 FITS = 6  # 6 x 2.6 = 15.6 <= pilot's daily cap of 16
-T0 = datetime(2025, 2, 1, 9, tzinfo=UTC)
+T0 = FIRST_WINDOW + timedelta(days=31, hours=9)
 """The ingest's clock at the start of each test: a month after the kit's first window
-(one day each), so no envelope of the tests runs ahead of it (clock_skew)."""
+(one day each), so no envelope of the tests runs ahead of it (clock_skew) and none is
+older than its tiers' retention (window_expired; performance: 90 days)."""
 
 
 class Clock:
@@ -234,9 +235,9 @@ async def test_every_refusal_is_audited_with_its_reason_and_device(
         window_start=envs[0]["window_start"], window_end=envs[0]["window_end"]
     )
     misaligned = device.envelope(
-        window_start="2025-01-03T12:00:00+00:00",
-        window_end="2025-01-04T12:00:00+00:00",
-        sent_at="2025-01-04T12:00:05+00:00",
+        window_start=(FIRST_WINDOW + timedelta(days=2, hours=12)).isoformat(),
+        window_end=(FIRST_WINDOW + timedelta(days=3, hours=12)).isoformat(),
+        sent_at=(FIRST_WINDOW + timedelta(days=3, hours=12, seconds=5)).isoformat(),
     )
     replay = envs[0] | {"envelope_id": str(uuid.uuid4())}
     items = [device.item(ingest_key.public_key, e) for e in [*envs, replay]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from ingest import (
     create_app,
 )
 from schemas import IngestedEnvelope
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import FIRST_WINDOW, Device, asgi_client
 
 
 def _closed_port() -> int:
@@ -63,7 +64,7 @@ def _ingested(device: Device) -> IngestedEnvelope:
     return IngestedEnvelope.model_validate(
         {
             "envelope": device.envelope(),
-            "received_at": "2025-01-01T11:00:10+00:00",
+            "received_at": (FIRST_WINDOW + timedelta(hours=11, seconds=10)).isoformat(),
             "key_fingerprint": "a" * 64,
             "assurance": "software",
         }

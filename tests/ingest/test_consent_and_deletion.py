@@ -106,6 +106,24 @@ async def test_deletion_requests_are_verified(
     assert bus.published == []
 
 
+async def test_a_deletion_payload_is_read_strictly_as_the_schema_types_it(
+    client: httpx.AsyncClient, bus: InMemoryEnvelopeBus
+) -> None:
+    """The published schema gives `consent_version` as an integer and `requested_at` as a
+    date-time string; as for envelopes, other JSON types are refused, not coerced."""
+    key = SigningKey.generate()
+    cases = {
+        "consent_version": _deletion(key, consent_version="7"),
+        "requested_at": _deletion(key, requested_at=1_700_000_000),
+    }
+    for field, body in cases.items():
+        resp = await client.post("/v1/deletion-requests", json=body)
+        assert resp.status_code == 422, field
+        assert resp.json()["error"] == "schema_invalid", field
+        assert field in resp.json()["detail"], resp.json()
+    assert bus.published == []
+
+
 async def test_a_deletion_request_is_answered_503_when_the_bus_is_down(
     client: httpx.AsyncClient, bus: InMemoryEnvelopeBus
 ) -> None:

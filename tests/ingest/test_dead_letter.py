@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -16,7 +16,7 @@ import pytest
 from ingest import DuckDBSink, InProcessEnvelopeBus
 from ingest._sink import SinkItem, SinkMessage
 from schemas import IngestedEnvelope
-from tests.ingest.kit import Device
+from tests.ingest.kit import FIRST_WINDOW, Device
 from warehouse import PartitionOffset, WriteResult, connect
 
 
@@ -24,7 +24,7 @@ def _honest(device: Device | None = None) -> IngestedEnvelope:
     return IngestedEnvelope.model_validate(
         {
             "envelope": (device or Device()).envelope(),
-            "received_at": datetime(2025, 1, 1, 11, 0, 10, tzinfo=UTC),
+            "received_at": FIRST_WINDOW + timedelta(hours=11, seconds=10),
             "key_fingerprint": "a" * 64,
             "assurance": "software",
         }

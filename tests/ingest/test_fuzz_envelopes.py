@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,19 @@ _VERIFIER = EnvelopeVerifier(
     report_rules=ReportRules(_SERVED),
     software_tiers=[t.value for t in load_attestation_policy().software_tiers],
 )
+
+
+class _Clock:
+    """The ingest's clock: the system's, unless a test sets `at`."""
+
+    def __init__(self) -> None:
+        self.at: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.at if self.at is not None else datetime.now(UTC)
+
+
+_CLOCK = _Clock()
 
 FUZZ = settings(
     deadline=None,
@@ -90,9 +104,12 @@ def http() -> Iterator[SyncClient]:
         private_key_path=root / "ingest.key",
         state_dir=root / "state",
         max_batch=8,
+        # Hundreds of requests from one address: the deletion rate limit is not under test.
+        deletion_rate=1e6,
+        deletion_burst=1_000_000,
     )
     try:
-        with sync_client(create_app(config, bus=InMemoryEnvelopeBus())) as client:
+        with sync_client(create_app(config, bus=InMemoryEnvelopeBus(), clock=_CLOCK)) as client:
             yield client
     finally:
         shutil.rmtree(root)
@@ -131,10 +148,12 @@ def test_the_app_answers_every_deletion_request_without_a_5xx(
 
 
 @pytest.mark.parametrize(
-    ("fields", "reason"),
+    ("fields", "reason", "received_at"),
     [
         # Earlier findings (500s): times at the edges of the calendar, where moving by
         # the skew or aligning to the policy window leaves the representable range.
+        # Received in year 1 (the ingest's clock at its first instant in UTC), the
+        # window is not past its retention (window_expired): its alignment is checked.
         (
             {
                 "window_start": "0001-01-01T00:00:00+14:00",
@@ -142,6 +161,7 @@ def test_the_app_answers_every_deletion_request_without_a_5xx(
                 "sent_at": "0001-01-01T00:06:00+14:00",
             },
             "window_misaligned",
+            datetime(1, 1, 1, tzinfo=UTC),
         ),
         (
             {
@@ -150,18 +170,24 @@ def test_the_app_answers_every_deletion_request_without_a_5xx(
                 "sent_at": "9999-12-31T23:59:59-12:00",
             },
             "clock_skew",
+            None,
         ),
-        ({"sent_at": "0001-01-01T00:00:00+14:00"}, "clock_skew"),
+        ({"sent_at": "0001-01-01T00:00:00+14:00"}, "clock_skew", None),
         # A sequence the warehouse cannot store (BIGINT) was acknowledged, then refused.
-        ({"sequence": 2**63}, "schema_invalid"),
+        ({"sequence": 2**63}, "schema_invalid", None),
     ],
 )
 def test_calendar_and_integer_edges_are_refused_with_their_reason(
-    http: SyncClient, fields: dict[str, object], reason: str
+    http: SyncClient, fields: dict[str, object], reason: str, received_at: datetime | None
 ) -> None:
+    """`received_at`: the ingest's clock (None: the system's)."""
     device = Device(REGION)
     envelope = {**base_envelope(device), **fields}
     item = seal(http.ingest_key, device.signed(json.dumps(envelope).encode()))
-    response = http.request("POST", "/v1/envelopes", json={"envelopes": [item]})
+    _CLOCK.at = received_at
+    try:
+        response = http.request("POST", "/v1/envelopes", json={"envelopes": [item]})
+    finally:
+        _CLOCK.at = None
     assert response.status_code == 422
     assert response.json()["results"][0]["reason"] == reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,18 @@ async def test_registry_and_audit_log_probes(tmp_path: Path) -> None:
     audit.close()
     for probe in (registry_probe(registry), audit_log_probe(audit)):
         assert not (await CachedProbe(probe).check()).ok
+
+
+async def test_the_audit_log_probe_fails_before_its_disk_is_full(tmp_path: Path) -> None:
+    # Every commit (audit log, ledger, outbox) lives on that disk: /healthz must say so
+    # before the writes start failing, not after.
+    audit = AuditLog(tmp_path / "audit.sqlite3")
+    free = shutil.disk_usage(tmp_path).free
+    check = await audit_log_probe(audit, min_free=free + 2**30)()
+    assert not check.ok
+    assert check.detail.startswith(f"{free // 2**20} MiB free on the disk of {tmp_path}")
+    assert (await audit_log_probe(audit, min_free=1)()).ok
+    audit.close()
 
 
 async def test_healthz_names_every_dependency(app: FastAPI) -> None:

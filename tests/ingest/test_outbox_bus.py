@@ -4,8 +4,10 @@ after, exactly once across crashes, and bounded while the warehouse is down."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -153,6 +155,43 @@ async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path
         assert check.envelope_count() == 3
     finally:
         check.close()
+
+
+class _CommitFailsAsOnAFullDisk:
+    """An outbox connection whose next COMMIT fails as on a full disk: by the time the
+    error reaches the caller, SQLite has already rolled the transaction back."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failures = 1
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.failures > 0:
+            self.failures -= 1
+            self._db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL at COMMIT
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+async def test_a_failed_outbox_commit_is_reported_as_itself_and_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the ROLLBACK after it raised "cannot rollback - no transaction is active",
+    which replaced the real cause in the 503's detail."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    bus = OutboxEnvelopeBus(DuckDBSink(tmp_path / "wh.duckdb"), outbox, drain_interval=60.0)
+    await bus.start()
+    monkeypatch.setattr(outbox, "_db", _CommitFailsAsOnAFullDisk(outbox._db))
+    with pytest.raises(BusUnavailable) as refused:
+        await bus.publish([ingested(Device())])
+    assert str(refused.value) == "the outbox did not commit: database or disk is full"
+    assert outbox.count() == 0
+    await bus.publish([ingested(Device())])  # no transaction left open
+    assert outbox.count() == 1
+    await bus.stop()
 
 
 class _PoisonSink(DuckDBSink):

@@ -17,11 +17,11 @@ from ingest import Accepted, EnvelopeVerifier, Rejected
 from ingest._report_rules import ReportRules
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import PrioReport, RejectReason
-from tests.ingest.kit import Device, counter_aggregate
+from tests.ingest.kit import FIRST_WINDOW, Device, counter_aggregate
 
 POLICY = load_policy()
 TASKS = aggregation_tasks(POLICY)
-DAY = datetime(2025, 1, 1, tzinfo=UTC)
+DAY = FIRST_WINDOW  # the kit's first window (one day)
 NOW = DAY + timedelta(days=1, minutes=1)
 HELPER = PrivateKey.generate()
 

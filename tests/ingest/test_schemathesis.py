@@ -79,6 +79,8 @@ def http() -> Iterator[SyncClient]:
         operator_token="fuzz-operator-token",
         unauthenticated_rate=1e6,
         unauthenticated_burst=1_000_000,
+        deletion_rate=1e6,
+        deletion_burst=1_000_000,
     )
     try:
         with sync_client(create_app(config, bus=InMemoryEnvelopeBus())) as client:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import timedelta
 
 import pytest
 from nacl.public import PrivateKey
 
 from ingest import Accepted, EnvelopeVerifier, RecentlyAccepted, Rejected
 from schemas import RejectReason, key_fingerprint
-from tests.ingest.kit import Device, seal
+from tests.ingest.kit import FIRST_WINDOW, WINDOW, Device, seal
 
-NOW = datetime(2025, 1, 2, 0, 0, 10, tzinfo=UTC)  # the kit's first window ended at 00:00
+NOW = FIRST_WINDOW + WINDOW + timedelta(seconds=10)  # the kit's first window ended 10 s ago
 
 
 @pytest.fixture
@@ -106,7 +106,8 @@ def test_schema_invalid_payload_names_the_problem(
     verifier: EnvelopeVerifier, key: PrivateKey
 ) -> None:
     device = Device("eu-test")
-    env = device.envelope(window_end="2024-12-31T09:00:00+00:00")  # before window_start
+    before = FIRST_WINDOW - timedelta(hours=15)  # before window_start
+    env = device.envelope(window_end=before.isoformat())
     verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
     assert verdict.reason is RejectReason.SCHEMA_INVALID
     assert "window_end must be after window_start" in verdict.detail
@@ -182,16 +183,17 @@ def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "detail"),
     [
-        ("window_end", "2025-01-02T00:30:00+00:00", "window_end is 1790 s ahead"),
-        ("sent_at", "2025-01-02T00:06:00+00:00", "sent_at is 350 s ahead"),
-        ("sent_at", "2025-01-01T23:30:00+00:00", "before the window it reports on ended"),
+        # Times from the end of the kit's first window (NOW is 10 s after it).
+        ("window_end", timedelta(minutes=30), "window_end is 1790 s ahead"),
+        ("sent_at", timedelta(minutes=6), "sent_at is 350 s ahead"),
+        ("sent_at", timedelta(minutes=-30), "before the window it reports on ended"),
     ],
 )
 def test_a_clock_running_ahead_is_refused(
-    verifier: EnvelopeVerifier, key: PrivateKey, field: str, value: str, detail: str
+    verifier: EnvelopeVerifier, key: PrivateKey, field: str, value: timedelta, detail: str
 ) -> None:
     device = Device("eu-test")
-    env = device.envelope(**{field: value})
+    env = device.envelope(**{field: (FIRST_WINDOW + WINDOW + value).isoformat()})
     verdict = _rejected(verifier.verify(device.item(key.public_key, env), received_at=NOW))
     assert verdict.reason is RejectReason.CLOCK_SKEW
     assert detail in verdict.detail
@@ -203,8 +205,8 @@ def test_skew_within_tolerance_and_old_envelopes_are_accepted(
     device = Device("eu-test")
     # Four minutes ahead is within the default five; a year-old envelope was spooled
     # while offline and is still welcome (retention bounds its age).
-    ahead = device.envelope(sent_at="2025-01-02T00:04:10+00:00")
-    late = datetime(2026, 1, 1, tzinfo=UTC)
+    ahead = device.envelope(sent_at=(NOW + timedelta(minutes=4)).isoformat())
+    late = FIRST_WINDOW + timedelta(days=365)
     assert isinstance(
         verifier.verify(device.item(key.public_key, ahead), received_at=NOW), Accepted
     )
@@ -307,7 +309,7 @@ def test_the_bus_message_carries_the_ingests_fields() -> None:
 
     device = Device("eu-test")
     payload = json.dumps(device.envelope()).encode()
-    batch = datetime(2025, 1, 1, tzinfo=UTC)
+    batch = FIRST_WINDOW
     item = IngestedEnvelope.model_validate_json(
         ingested_json(payload, NOW, "ab" * 32, "tpm", batch)
     )

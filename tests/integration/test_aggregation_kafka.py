@@ -39,12 +39,12 @@ from policies import dump_policy
 from schemas import BatchResult
 from tests.harness.kafka import KafkaBroker
 from tests.ingest.aggregation.kit import VERIFY_KEY, WINDOW, Fleet, small_policy
-from tests.ingest.kit import Device, asgi_client
+from tests.ingest.kit import FIRST_WINDOW, Device, asgi_client
 from tests.integration.kafka_kit import read_topic
 
 CELLS = "inference.requests/cells"
 DEVICES = 12
-BATCH = datetime(2025, 1, 1, 10, tzinfo=UTC)
+BATCH = FIRST_WINDOW + timedelta(hours=10)
 """The policy window (one hour: `small_policy`) every envelope here covers."""
 
 

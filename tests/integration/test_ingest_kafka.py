@@ -21,7 +21,7 @@ from nacl.public import PublicKey
 from ingest import DuckDBSink, IngestSettings, KafkaEnvelopeBus, KafkaSinkConsumer, create_app
 from schemas import BatchResult, IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
-from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
+from tests.ingest.kit import FIRST_WINDOW, SERVED_POLICIES, Device, asgi_client
 
 
 def _settings(tmp_path: Path, broker: KafkaBroker) -> IngestSettings:
@@ -130,7 +130,7 @@ async def test_poison_messages_are_dead_lettered_and_do_not_stop_the_sink(
     refused = IngestedEnvelope.model_validate(
         {
             "envelope": Device(settings.region).envelope(suppressed={"x.y": 5000}),
-            "received_at": "2025-01-01T11:00:10+00:00",
+            "received_at": (FIRST_WINDOW + timedelta(hours=11, seconds=10)).isoformat(),
             "key_fingerprint": "a" * 64,
             "assurance": "software",
         }

@@ -14,14 +14,14 @@ import json
 import struct
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 
 from ingest import DuckDBSink
 from schemas import DeletionRequestV1, EnvelopeV1, IngestedDeletionRequest, IngestedEnvelope, Tier
-from tests.ingest.kit import Device, counter_aggregate
+from tests.ingest.kit import FIRST_WINDOW, Device, counter_aggregate
 from tests.warehouse._bytes import warehouse_bytes
 from warehouse import (
     PartitionOffset,
@@ -33,7 +33,7 @@ from warehouse import (
 )
 from warehouse._dead_letters import DeadLetter, insert_dead_letters
 
-RECEIVED = datetime(2025, 1, 1, 11, tzinfo=UTC)
+RECEIVED = FIRST_WINDOW + timedelta(hours=11)
 VALUES = 32
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -13,10 +13,10 @@ import pytest
 
 from ingest import DuckDBSink
 from schemas import DeletionRequestV1, IngestedDeletionRequest, IngestedEnvelope, Tier
-from tests.ingest.kit import Device, ingested
+from tests.ingest.kit import FIRST_WINDOW, Device, ingested
 from warehouse import SCHEMA_VERSION, connect, write_envelopes
 
-RECEIVED = datetime(2025, 1, 1, 11, tzinfo=UTC)
+RECEIVED = FIRST_WINDOW + timedelta(hours=11)
 """When the kit's envelopes are received (`ingested`)."""
 
 YEAR_10000 = "9999-12-31T23:59:59-12:00"

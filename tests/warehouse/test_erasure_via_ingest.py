@@ -8,7 +8,7 @@ import base64
 import json
 import struct
 import uuid
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from nacl.public import PublicKey
 from analytics import build_auditor_report, open_warehouse
 from auditlog import AuditLog
 from ingest import DuckDBSink, IngestSettings, InProcessEnvelopeBus, create_app
-from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
+from tests.ingest.kit import FIRST_WINDOW, SERVED_POLICIES, Device, asgi_client, counter_aggregate
 from tests.warehouse._bytes import warehouse_bytes
 
 DEVICES = 4
@@ -30,7 +30,7 @@ def _deletion(device: Device, tier: str) -> dict[str, Any]:
         "device_id": device.device_id,
         "region": device.region,
         "tier": tier,
-        "requested_at": datetime(2025, 1, 2, tzinfo=UTC).isoformat(),
+        "requested_at": (FIRST_WINDOW + timedelta(days=1)).isoformat(),
         "consent_hash": "ab" * 32,
         "consent_version": 2,
     }
