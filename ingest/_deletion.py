@@ -107,7 +107,7 @@ def verify_deletion_request(
         signed = SignedDeletionRequest.model_validate_json(body)
     except ValidationError as exc:
         raise DeletionRejected(
-            RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc)
+            RejectReason.MALFORMED_SIGNED, summarize_validation_error(exc, "<signed request>")
         ) from exc
     # An expired attestation is accepted here (see the module docstring).
     checked = check_signature(
@@ -128,7 +128,9 @@ def verify_deletion_request(
         request = DeletionRequestV1.model_validate_json(signed.payload, strict=True)
     except ValidationError as exc:
         raise DeletionRejected(
-            RejectReason.SCHEMA_INVALID, summarize_validation_error(exc), device_id=expected
+            RejectReason.SCHEMA_INVALID,
+            summarize_validation_error(exc, "<request>"),
+            device_id=expected,
         ) from exc
     if request.device_id != expected:
         raise DeletionRejected(

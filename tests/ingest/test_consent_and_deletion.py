@@ -103,6 +103,7 @@ async def test_deletion_requests_are_verified(
         assert resp.json()["error"] == reason
     resp = await client.post("/v1/deletion-requests", content=b"not json")
     assert resp.json()["error"] == "malformed_signed_envelope"
+    assert resp.json()["detail"].startswith("<signed request>: Invalid JSON")
     assert bus.published == []
 
 
