@@ -41,6 +41,11 @@ class DropReason(StrEnum):
     PROMPT_QUEUE_FULL = "prompt_queue_full"
     """A prompt dropped, not redacted nor counted, because `MAX_QUEUED_PROMPTS` prompts
     were already waiting for the worker (`client._prompt_queue`)."""
+    PROMPT_DISCARDED = "prompt_discarded"
+    """A prompt still waiting for the worker (background mode) when the consent of its
+    signal's tier changed (a grant or a revocation): discarded, so that nothing recorded
+    before a decision is counted into a window released under it. Never reported (it
+    follows the user's prompts)."""
     ATTRIBUTES_TOO_LARGE = "attributes_too_large"
     """A measurement whose attributes exceed `client._instruments`' bounds (more than
     `MAX_ATTRIBUTES` of them, a key over `MAX_ATTRIBUTE_KEY_CHARS` or a string value

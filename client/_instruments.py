@@ -65,12 +65,14 @@ class Counter:
         self._drops = drops
         self._cache: dict[tuple[tuple[str, object], ...], CounterCell] = {}
 
-    def add(self, amount: int = 1, **attributes: object) -> None:
-        """Add `amount` (a non-negative int) to the cell of `attributes`. Never raises."""
+    def add(self, amount: int = 1, /, **attributes: object) -> None:
+        """Add `amount` (a non-negative int) to the cell of `attributes`. Never raises.
+
+        `amount` is positional-only: an attribute named `amount` is one like any other."""
         if type(amount) is int and amount >= 0:
             try:
                 cell = self._cache[tuple(attributes.items())]
-            except (KeyError, TypeError):
+            except Exception:  # new, unhashable, or a value whose hash or == raises
                 found = self._cell_for(attributes)
                 if found is None:
                     return
@@ -80,7 +82,7 @@ class Counter:
         else:
             self._add_slow(amount, attributes)
 
-    def bind(self, **attributes: object) -> BoundCounter:
+    def bind(self, /, **attributes: object) -> BoundCounter:
         """A handle fixed to one attribute set: the fastest way to add repeatedly.
 
         Undeclared labels are counted once, here, not on every add; so are attributes
@@ -149,12 +151,14 @@ class Histogram:
         self._lo, self._hi = value_range
         self._cache: dict[tuple[tuple[str, object], ...], HistogramCell] = {}
 
-    def record(self, value: float, **attributes: object) -> None:
-        """Record one finite value in the cell of `attributes`. Never raises."""
+    def record(self, value: float, /, **attributes: object) -> None:
+        """Record one finite value in the cell of `attributes`. Never raises.
+
+        `value` is positional-only: an attribute named `value` is one like any other."""
         if (type(value) is float or type(value) is int) and -_INF < value < _INF:
             try:
                 cell = self._cache[tuple(attributes.items())]
-            except (KeyError, TypeError):
+            except Exception:  # new, unhashable, or a value whose hash or == raises
                 found = self._cell_for(attributes)
                 if found is None:
                     return
@@ -167,7 +171,7 @@ class Histogram:
         else:
             self._record_slow(value, attributes)
 
-    def bind(self, **attributes: object) -> BoundHistogram:
+    def bind(self, /, **attributes: object) -> BoundHistogram:
         """A handle fixed to one attribute set: the fastest way to record repeatedly.
 
         As for `Counter.bind`, oversized attributes are counted once, here.
@@ -244,8 +248,8 @@ def _resolve_cell(
             # Not cached, so that every call with an undeclared label is counted.
             drops.add(DropReason.UNDECLARED_LABEL, len(undeclared))
         elif len(cache) < _CACHE_LIMIT:
-            # An unhashable value is resolved, just not cacheable.
-            with contextlib.suppress(TypeError):
+            # An unhashable value (or one whose hash raises) is resolved, just not cached.
+            with contextlib.suppress(Exception):
                 cache[tuple(attributes.items())] = cell
         return cell
     except Exception:  # pragma: no cover - defensive: the host app must not see it
@@ -253,13 +257,18 @@ def _resolve_cell(
 
 
 def _too_large(attributes: dict[str, object]) -> bool:
-    if len(attributes) > MAX_ATTRIBUTES:
+    try:
+        if len(attributes) > MAX_ATTRIBUTES:
+            return True
+        for key, value in attributes.items():
+            if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+                return True
+            if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
+                return True
+    except Exception:
+        # A str subclass whose len() raises: its size cannot be bounded, and no declared
+        # label or value is like that. Refused (and counted), never raised into the app.
         return True
-    for key, value in attributes.items():
-        if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
-            return True
-        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
-            return True
     return False
 
 

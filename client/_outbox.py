@@ -132,6 +132,7 @@ def send_one_batch(
     withhold: Callable[[frozenset[Tier]], bool] | None = None,
     hold: SendHold | None = None,
     ingest_now: Callable[[], datetime | None] | None = None,
+    take: Callable[[], list[EnvelopeV1]] | None = None,
 ) -> Held | None:
     """Seal and send the oldest batch; returns the hold that stops sending, if any.
 
@@ -144,11 +145,13 @@ def send_one_batch(
     in the batch's first envelope (the spool's copy stays without it). `hold` decides
     what may go now on the ingest's time (`ingest_now`: None while unknown; without a
     `hold`, a fresh one that remembers nothing). Returns a `Held` (the envelopes stay
-    spooled) when nothing more should be sent before `Held.until`. Raises
-    `TransportError` after putting back what should be sent again later.
+    spooled) when nothing more should be sent before `Held.until`. `take` hands out the
+    batch (default `outbox.take()`): the caller's last word on whether a send starts
+    (nothing taken, nothing sent). Raises `TransportError` after putting back what
+    should be sent again later.
     """
     hold = hold if hold is not None else SendHold()
-    envelopes = outbox.take()
+    envelopes = take() if take is not None else outbox.take()
     if consented is not None and envelopes:
         envelopes = _consented_only(outbox, envelopes, consented, drops)
     if not envelopes:

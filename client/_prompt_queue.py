@@ -5,13 +5,16 @@ prompt (a reference to the app's string: no copy, nothing on disk) to this queue
 worker redacts and counts what it holds at the start of every round, before it closes
 windows, so a prompt counts in the window open when it was recorded. Bounded: a full
 queue drops the new prompt and counts it (`prompt_queue_full`), so the caller never
-waits and a flood of prompts holds a bounded amount of the app's memory.
+waits and a flood of prompts holds a bounded amount of the app's memory. A consent
+decision on a prompt's tier discards the prompts queued before it (`discard`): they
+were recorded under the previous decision.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from client._drops import DropCounter, DropReason
 
@@ -55,6 +58,15 @@ class PromptQueue:
             items = list(self._items)
             self._items.clear()
         return items
+
+    def discard(self, signal_matches: Callable[[str], bool]) -> int:
+        """Remove the prompts whose signal `signal_matches`; returns how many. The others
+        stay queued, in order."""
+        with self._lock:
+            kept = [item for item in self._items if not signal_matches(item[1])]
+            gone = len(self._items) - len(kept)
+            self._items = deque(kept)
+        return gone
 
     def __len__(self) -> int:
         return len(self._items)

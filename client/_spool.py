@@ -312,8 +312,12 @@ class Spool:
     CARRIED_FILE = "open_window.sealed"
 
     def put_carried(self, plain: bytes) -> None:
-        """Store the open window's carried cells, encrypted like the envelopes."""
-        self._write(self._dir / self.CARRIED_FILE, plain)
+        """Store the open window's carried cells, encrypted like the envelopes (replacing
+        any record stored before). Raises `SpoolError` if it cannot be written."""
+        try:
+            self._write(self._dir / self.CARRIED_FILE, plain)
+        except OSError as exc:
+            raise SpoolError(f"cannot store the carried window: {exc}") from exc
 
     def read_carried(self) -> bytes | None:
         """The carried cells stored by the last run, or None. They stay stored until
@@ -329,8 +333,12 @@ class Spool:
         return plain
 
     def drop_carried(self) -> None:
-        """Forget the carried cells (released, or discarded)."""
-        (self._dir / self.CARRIED_FILE).unlink(missing_ok=True)
+        """Forget the carried cells (released, or discarded). Raises `SpoolError` if the
+        record cannot be removed."""
+        try:
+            (self._dir / self.CARRIED_FILE).unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot remove the carried window: {exc}") from exc
 
     # -- storage -----------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Processing order, top to bottom (`_collect_window`): close due windows (first, a
 window the last run carried at shutdown that has ended since, with its own carried
-cells: `client._carry`), take every cell's value; skip a window that overlaps one
+cells, for the tiers consented at its cut and still consented: `client._carry`), take
+every cell's value; skip a window that overlaps one
 already released; per signal, ask the privacy gate (consent for its tier, then whether
 the device's current key may send the tier under the attestation policy, then a
 durable ledger charge), clamp and release through OpenDP or count the suppression; build the
@@ -26,16 +27,16 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from client._aggregation import CounterTable, HistogramSnapshot, HistogramTable
-from client._carry import CarriedWindow, decode_carried, encode_carried
+from client._carry import CarriedWindow, decode_carried, encode_carried, without_tiers
 from client._client_report import ClientReporter
 from client._clock import BudgetClock, ClockReading
 from client._config import TelemetryConfig
-from client._consent import ConsentError, SignedConsentRecord
+from client._consent import ConsentError, ConsentStore, SignedConsentRecord
 from client._deletion import deletion_request, sign_deletion
 from client._domain import CellDomain
 from client._drops import DropCounter, DropReason
@@ -44,6 +45,7 @@ from client._errors import (
     ClientError,
     ConfigError,
     SignalKindError,
+    SpoolError,
     TransportError,
     UnknownSignalError,
 )
@@ -123,6 +125,10 @@ class _LateWindow:
     carried_at: ClockReading | None
     """When the window was cut short: what its release is charged as of
     (`client._carry`); None: now."""
+    tiers: frozenset[Tier] | None
+    """The tiers consented at the cut and not withdrawn since: the only ones it may
+    release. None: a record that does not say (versions 1 and 2), the consent at the
+    release decides."""
 
 
 class Telemetry:
@@ -157,11 +163,23 @@ class Telemetry:
         self._send_lock = threading.Lock()
         self._purges: list[tuple[Tier, str, list[Tier], DeletionRequestV1 | None]] = []
         """Revocations whose deletion request and spool purge are still to run."""
+        self._carry_purges: set[Tier] = set()
+        """Tiers a consent decision discarded whose cells the carry record on disk may
+        still hold (`_make_consent_durable`)."""
         self._consent_cond = threading.Condition()
         self._consent_asked = 0
         """Consent calls made so far (`wait_consent_durable`)."""
         self._consent_durable = 0
         """Of those, how many the worker has made durable."""
+        self._consent_lost = False
+        """Some consent call could not be written and never will be
+        (`_write_queued_consent`): `wait_consent_durable` says False from then on."""
+        self._decisions = dict.fromkeys(Tier, 0)
+        """Consent decisions per tier so far (under `_consent_cond`): a queued prompt
+        whose tier's consent changed while the worker redacted it is not counted."""
+        self._tier_of: Mapping[str, Tier] = {
+            name: spec.tier for name, spec in self._policy.signals.items()
+        }
         self._fingerprinter = (
             ErrorFingerprinter(config.fingerprint_key) if config.fingerprint_key else None
         )
@@ -181,6 +199,10 @@ class Telemetry:
         """Why the last send stopped with envelopes kept for later (`client._send_hold`)."""
         self._flush_waiters: list[threading.Event] = []
         self._closed = False
+        self._batch_lock = threading.Lock()
+        self._sender_cut = False
+        """Set (under `_batch_lock`) when `shutdown` returns: its sender thread starts no
+        batch after that (`_take_batch`)."""
         self._worker: PeriodicWorker | None = None
         ref = weakref.ref(self)
 
@@ -321,18 +343,26 @@ class Telemetry:
         """The histogram instrument for signal `name` of the policy."""
         return self._instrument(name, "histogram")  # type: ignore[return-value]
 
-    def record(self, name: str, value: float, **attributes: object) -> None:
+    def record(self, name: str, value: float, /, **attributes: object) -> None:
         """Add to a counter or record in a histogram by signal name. Never raises.
 
-        An unknown name is dropped and counted (`unknown_signal`).
+        An unknown name is dropped and counted (`unknown_signal`). Positional-only, so an
+        attribute named `name` or `value` is an attribute like any other.
         """
-        signal = self._signals.get(name)
+        signal = self._signal_named(name)
         if signal is None:
             self._drops.add(DropReason.UNKNOWN_SIGNAL)
         elif isinstance(signal.instrument, Counter):
             signal.instrument.add(value, **attributes)  # type: ignore[arg-type]
         else:
             signal.instrument.record(value, **attributes)
+
+    def _signal_named(self, name: str) -> _Signal | None:
+        """The policy's signal called `name`, or None. Never raises."""
+        try:
+            return self._signals.get(name)
+        except Exception:  # unhashable, or a str subclass whose hash or == raises
+            return None
 
     def dropped(self) -> dict[str, int]:
         """Counts of everything dropped so far, by reason."""
@@ -367,20 +397,20 @@ class Telemetry:
     def grant_consent(self, tier: Tier | str) -> None:
         """Record the user's consent for `tier`: its signals are released from now on.
 
-        Each tier needs its own grant (`content` above all). What was recorded in the
-        open window before the grant is discarded, never released. Manual mode: the
-        signed record is durable when this returns; raises `ConsentError` if it cannot
-        be written. Background mode: the grant takes effect when this returns and the
-        worker writes it at once (`wait_consent_durable` waits for that); a failure to
-        write is logged and retried.
+        Each tier needs its own grant (`content` above all). What was recorded before
+        the grant (the open window, a carried window, queued prompts) is discarded,
+        never released. Manual mode: the signed record is durable when this returns;
+        raises `ConsentError` if it cannot be written. Background mode: the grant takes
+        effect when this returns and the worker writes it at once
+        (`wait_consent_durable` waits for that); a failure to write is logged and
+        retried. Once the worker has stopped (`shutdown`), it is written before this
+        returns, as in manual mode (`ClientError` if it cannot be).
         """
         tier = _tier(tier)
-        if self._worker is None:
-            with self._collect_lock:
-                if self._gate.grant(tier):
-                    self._discard_open_window(tier)
-            return
-        self._consent_call(tier, granted=True)
+        if self._decides_in_background():
+            self._consent_call(tier, granted=True)
+        else:
+            self._consent_now(tier, granted=True)
 
     def revoke_consent(self, tier: Tier | str) -> None:
         """Withdraw consent for `tier`: nothing of it is released or sent any more.
@@ -392,44 +422,82 @@ class Telemetry:
         `ConsentError` if the revocation cannot be recorded.
 
         Background mode: the revocation takes effect in memory when this returns (no
-        window releases the tier, no send carries it); the worker then writes it, the
-        deletion request and the purged spool, in that order, before it sends anything
-        (`wait_consent_durable` waits for the writes). Until they are on disk a crash
-        loads the previous decision again: see docs/client.md.
+        window releases the tier, no send carries it); the worker then strips the tier
+        from the carried window, writes the revocation, the deletion request and the
+        purged spool, in that order, before it sends anything (`wait_consent_durable`
+        waits for the writes). Until they are on disk a crash loads the previous
+        decision again: see docs/client.md. Once the worker has stopped (`shutdown`),
+        all of it is written before this returns (`ClientError` if it cannot be).
         """
         tier = _tier(tier)
-        if self._worker is None:
-            with self._collect_lock:
-                record = self._gate.revoke(tier)
-                self._discard_open_window(tier)
-                self._queue_purge(tier, record)
-            self._run_purges()
-            return
-        self._consent_call(tier, granted=False)
+        if self._decides_in_background():
+            self._consent_call(tier, granted=False)
+        else:
+            self._consent_now(tier, granted=False)
+
+    def _decides_in_background(self) -> bool:
+        """Whether the worker writes consent decisions: background mode, until
+        `shutdown` (or while its thread runs at all)."""
+        worker = self._worker
+        return worker is not None and not self._closed and worker.is_alive()
 
     def _consent_call(self, tier: Tier, *, granted: bool) -> None:
         """Background mode: a consent decision in memory now, written by the worker;
         queued for the worker if the state is not loaded yet."""
-        assert self._worker is not None
+        worker = self._worker
+        assert worker is not None
         with self._consent_cond:
             if self._loaded.is_set():
                 self._apply_consent(tier, granted)
             else:
                 self._consent_queue.append((tier, granted))
             self._consent_asked += 1
-        self._worker.wake()
+        if self._closed or not worker.is_alive():
+            # `shutdown` began meanwhile, and its last writes may be over: nobody else
+            # would write this one.
+            self._write_consent_now()
+        else:
+            worker.wake()
+
+    def _consent_now(self, tier: Tier, *, granted: bool) -> None:
+        """Manual mode, and background mode once the worker no longer runs (after
+        `shutdown`: nothing would write a decision left in memory, and the next start
+        would load the previous one): the decision and what it purges are on disk when
+        this returns. Raises `ClientError` (`ConsentError`, `SpoolError`) if not."""
+        with self._collect_lock:  # after a start-up or a shutdown still running
+            loaded = self._loaded.is_set()
+            if loaded and (not granted or not self._gate.consent.allows(tier)):
+                # Before the decision is written (manual mode writes it at once): a
+                # crash in between cannot bring back what it discards.
+                _purge_carried(self._outbox, {tier}, self._tier_of)
+            with self._consent_cond:
+                if loaded:
+                    self._apply_consent(tier, granted)
+                else:
+                    self._consent_queue.append((tier, granted))
+                self._consent_asked += 1
+        self._write_consent_now()
+
+    def _write_consent_now(self) -> None:
+        """Write every consent decision made so far, on this thread (`ClientError`)."""
+        with self._collect_lock:  # a start-up may load the state meanwhile: not both
+            if self._loaded.is_set():
+                self._make_consent_durable()
+            else:
+                self._write_queued_consent()
 
     def _apply_consent(self, tier: Tier, granted: bool) -> None:
-        """A consent decision in memory (background mode; under `_consent_cond`)."""
+        """A consent decision in memory (under `_consent_cond`); `_make_consent_durable`
+        writes it. What the tier recorded before a decision that changes it is
+        discarded first, so nothing of it can be in a window released under the new
+        decision (no lock shared with the worker)."""
         if granted:
             if not self._gate.consent.allows(tier):
-                # Discarded before the grant takes effect: nothing recorded before it can
-                # be in a window released under it (no lock shared with the worker).
-                self._discard_open_window(tier)
+                self._discard_recorded(tier)
                 self._gate.grant(tier)
         else:
             record = self._gate.revoke(tier)  # windows and sends see it now
-            self._discard_open_window(tier)
+            self._discard_recorded(tier)
             self._queue_purge(tier, record)
 
     def wait_consent_durable(self, timeout: float | None = None) -> bool:
@@ -437,14 +505,17 @@ class Telemetry:
         a revocation's deletion request and spool purge); True if they are.
 
         Background mode only waits (the worker writes them at the start of its next
-        round); manual mode has written them already. It blocks: never call it on the
-        app's UI thread.
+        round); manual mode has written them already. False at once, and from then on,
+        once a call is known lost: the state never loaded and the calls queued meanwhile
+        could not be written at `shutdown` either (`_write_queued_consent`). It blocks:
+        never call it on the app's UI thread.
         """
         with self._consent_cond:
             asked = self._consent_asked
-            return self._consent_cond.wait_for(
-                lambda: self._consent_durable >= asked, timeout=timeout
+            self._consent_cond.wait_for(
+                lambda: self._consent_durable >= asked or self._consent_lost, timeout=timeout
             )
+            return self._consent_durable >= asked and not self._consent_lost
 
     def _queue_purge(self, tier: Tier, record: SignedConsentRecord | None) -> None:
         """Queue the spool purge (and deletion request, for a new revocation) of `tier`."""
@@ -452,37 +523,135 @@ class Telemetry:
         request = None
         if record is not None:
             # Signed by the worker when sent: signing may wait on a TPM.
-            request = deletion_request(
-                device_id_of(self._key_store),
-                region=self._config.region,
-                tier=tier,
-                requested_at=self._config.clock(),
-                consent_hash=consent_hash,
-                consent_version=record.record.version,
+            request = self._deletion_request(
+                device_id_of(self._key_store), tier, record, consent_hash
             )
         with self._send_lock:
             self._purges.append((tier, consent_hash, self._gate.consented(), request))
 
+    def _deletion_request(
+        self, device_id: str, tier: Tier, record: SignedConsentRecord, consent_hash: str
+    ) -> DeletionRequestV1:
+        """The (unsigned) deletion request of a new revocation."""
+        return deletion_request(
+            device_id,
+            region=self._config.region,
+            tier=tier,
+            requested_at=self._config.clock(),
+            consent_hash=consent_hash,
+            consent_version=record.record.version,
+        )
+
     def _run_purges(self) -> None:
-        """Make consent decisions durable, then store their deletion requests and strip
-        revoked tiers from the spool, in the order they were made."""
+        """The worker's (and a send's) part of consent: `_make_consent_durable`. A
+        failure is logged and tried again next time; the decisions stay in effect."""
+        try:
+            with self._collect_lock:
+                self._make_consent_durable()
+        except ClientError as exc:
+            _log.error("consent not yet durable: %s", exc)
+
+    def _make_consent_durable(self) -> None:
+        """Make the consent decisions made so far durable, in order: strip the tiers
+        they discarded from the carried window on disk (first: once a decision is
+        written, a crash must not bring back what it discarded), write `consent.json`,
+        then store the revocations' deletion requests and strip revoked tiers from the
+        spool. Raises `ClientError` at the first step that fails; what is left stays
+        queued for the next call.
+
+        The caller holds `_collect_lock`: no window is released or carried meanwhile,
+        and two threads (the worker and a flush, the shutdown's sender and a consent
+        call) never interleave, so one cannot report as durable what the other is
+        still writing."""
         with self._consent_cond:
             asked = self._consent_asked
+        with self._send_lock:
+            carry, self._carry_purges = self._carry_purges, set()
         try:
+            _purge_carried(self._outbox, carry, self._tier_of)
             self._gate.consent.persist()
-        except ConsentError as exc:
-            # Still in effect in memory; tried again next round.
-            _log.error("consent not yet durable: %s", exc)
-            return
+        except ClientError:
+            with self._send_lock:
+                self._carry_purges |= carry
+            raise
         with self._send_lock:
             purges, self._purges = self._purges, []
-        for tier, consent_hash, consented, request in purges:
-            if request is not None:
-                self._outbox.put_deletion(request, request.request_id)
-            self._outbox.purge_tier(tier, consent_hash=consent_hash, consented_tiers=consented)
+        for i, (tier, consent_hash, consented, request) in enumerate(purges):
+            try:
+                if request is not None:
+                    self._outbox.put_deletion(request, request.request_id)
+                self._outbox.purge_tier(tier, consent_hash=consent_hash, consented_tiers=consented)
+            except (ClientError, OSError) as exc:
+                with self._send_lock:
+                    self._purges[:0] = purges[i:]
+                raise SpoolError(f"cannot purge the spool of {tier.value}: {exc}") from exc
+        self._mark_durable(asked)
+
+    def _mark_durable(self, asked: int) -> None:
+        """The first `asked` consent calls are on disk (`wait_consent_durable`)."""
         with self._consent_cond:
             self._consent_durable = max(self._consent_durable, asked)
             self._consent_cond.notify_all()
+
+    def _write_queued_consent(self) -> None:
+        """Write the consent calls queued while the state never loaded, without it
+        (the worker stopped, or `shutdown` found the state unreadable).
+
+        Chosen over dropping them with a log line: the state fails to load above all
+        because another `Telemetry` on the same state directory holds the privacy
+        ledger's lock, and the consent history, the deletion requests, the spool and
+        the carried window need no such lock. So a revocation reaches the disk (with
+        its deletion request; the spool and the carried window purged) and the next
+        start loads it; a `Telemetry` still running on the directory keeps its own view
+        until it restarts. Raises `ClientError` if they cannot be written either (an
+        unreadable consent file, say): they are logged at error level by `shutdown`,
+        and `wait_consent_durable` says False from then on. The caller holds
+        `_collect_lock` (see `_make_consent_durable`)."""
+        with self._consent_cond:
+            queued, self._consent_queue = self._consent_queue, []
+            asked = self._consent_asked
+        try:
+            if queued:
+                self._write_consent_without_state(queued)
+        except (ClientError, OSError) as exc:
+            with self._consent_cond:
+                self._consent_lost = True
+                self._consent_cond.notify_all()
+            raise ConsentError(f"consent calls not written: {exc}") from exc
+        self._mark_durable(asked)
+
+    def _write_consent_without_state(self, queued: list[tuple[Tier, bool]]) -> None:
+        """`_write_queued_consent`'s work: the consent history, the carried window and
+        the spool, opened on their own (no ledger), each decision as manual mode makes
+        it."""
+        config = self._config
+        key_store = config.key_store or SoftwareKeyStore(config.state_dir)
+        # Signed as consent is always signed: never by a TPM (see `_load_state`).
+        signer = key_store.software if isinstance(key_store, FallbackKeyStore) else key_store
+        consent = ConsentStore(
+            config.state_dir / PrivacyGate.CONSENT_FILE,
+            signer.sign,
+            self._policy,
+            clock=config.clock,
+        )
+        spool = Spool(config.state_dir, config.max_pending, self._drops)
+        for tier, granted in queued:
+            if granted and consent.allows(tier):
+                continue
+            _purge_carried(spool, {tier}, self._tier_of)  # before the decision is written
+            if granted:
+                consent.grant(tier)
+                continue
+            before = consent.current().get(tier)
+            record = consent.revoke(tier)
+            consent_hash = consent.consent_hash()
+            if record != before:
+                request = self._deletion_request(
+                    device_id_of(key_store), tier, record, consent_hash
+                )
+                spool.put_deletion(request, request.request_id)
+            allowed = [t for t in Tier if consent.allows(t)]
+            spool.purge_tier(tier, consent_hash=consent_hash, consented_tiers=allowed)
 
     def consented_tiers(self) -> list[Tier]:
         """Tiers whose data may leave the device now ([] until the consent is loaded)."""
@@ -516,7 +685,7 @@ class Telemetry:
         ledger = self._gate.ledger
         return ledger.spent_today(at or self._config.clock()), ledger.spent_lifetime()
 
-    def record_exception(self, exc: BaseException, **labels: object) -> None:
+    def record_exception(self, exc: BaseException, /, **labels: object) -> None:
         """Count `exc` under its error fingerprint in the policy's fingerprint signal.
 
         The fingerprint (keyed with `fingerprint_key`) is mapped into the signal's
@@ -524,8 +693,9 @@ class Telemetry:
         arguments and paths never leave. `labels` are the signal's other labels (e.g.
         `route=`, `model=`), validated as every counter's: an undeclared label is dropped
         and counted, a value outside its domain counts as `other`; a `fingerprint` label
-        passed here is undeclared (the fingerprint is computed). Never raises: without a
-        key or a fingerprint signal in the policy the exception is dropped and counted.
+        passed here is undeclared (the fingerprint is computed); so is one named `exc`
+        (positional-only). Never raises: without a key or a fingerprint signal in the
+        policy the exception is dropped and counted.
         """
         try:
             spec = self._policy.fingerprints
@@ -560,59 +730,106 @@ class Telemetry:
 
         Background mode: the prompt is queued (`client._prompt_queue`, bounded: when
         full it is dropped, `prompt_queue_full`) and redacted and counted by the worker,
-        so the caller's cost does not depend on the text; returns "". Manual mode:
-        redacted and counted now, on the caller's thread; returns the redacted text
-        (for the app's own use).
+        so the caller's cost does not depend on the text; returns "". A consent decision
+        on the signal's tier discards the prompts queued before it (`prompt_discarded`).
+        Manual mode: redacted and counted now, on the caller's thread; returns the
+        redacted text (for the app's own use).
         """
-        if not isinstance(text, str):
+        try:
+            if not isinstance(text, str):
+                self._drops.add(DropReason.WRONG_TYPE)
+                return ""
+            if len(text) > MAX_PROMPT_CHARS:
+                self._drops.add(DropReason.PROMPT_TOO_LONG)
+                return ""
+            return self._take_prompt(text, signal)
+        except Exception:  # a str subclass whose len() raises, say: never the app's problem
             self._drops.add(DropReason.WRONG_TYPE)
             return ""
-        if len(text) > MAX_PROMPT_CHARS:
-            self._drops.add(DropReason.PROMPT_TOO_LONG)
-            return ""
-        return self._take_prompt(text, signal)
 
     def _queue_prompt(self, text: str, signal: str) -> str:
-        """Background mode: hand the prompt to the worker (see `record_prompt`)."""
-        if self._prompts.offer(text, signal) and self._prompts.half_full:
+        """Background mode: hand the prompt to the worker (see `record_prompt`). The
+        queue holds plain `str` names only (the policy's own, when it knows the signal):
+        a consent decision looks them up (`_discard_recorded`), and must not raise."""
+        target = self._signal_named(signal)
+        name = target.name if target is not None else signal if type(signal) is str else None
+        if name is None:
+            self._drops.add(DropReason.UNKNOWN_SIGNAL)
+        elif self._prompts.offer(text, name) and self._prompts.half_full:
             worker = self._worker
             if worker is not None:
                 worker.wake()
         return ""
 
-    def _count_prompt(self, text: str, signal: str) -> str:
-        """Redact `text` and count its finding kinds; the redacted text. Never raises."""
+    def _count_prompt(
+        self, text: str, signal: str, decisions: Mapping[Tier, int] | None = None
+    ) -> str:
+        """Redact `text` and count its finding kinds; the redacted text. Never raises.
+
+        `decisions`: the consent decisions per tier when the worker took the prompt
+        from its queue. If its tier's changed since (a grant or a revocation made while
+        it was redacted), the prompt is discarded (`prompt_discarded`): it was recorded
+        before the decision, and must not count in a window released under it."""
         try:
             redacted, found = redact_findings(text)
+            target = self._signal_named(signal)
+            if target is None or not isinstance(target.instrument, Counter):
+                self._drops.add(DropReason.UNKNOWN_SIGNAL)
+                return redacted
+            (label,) = target.spec.attributes or {"kind": []}
+            if decisions is None:
+                _count_kinds(target.instrument, label, found)
+                return redacted
+            tier = target.spec.tier
+            with self._consent_cond:  # no decision between the check and the count
+                if decisions[tier] != self._decisions[tier]:
+                    self._drops.add(DropReason.PROMPT_DISCARDED)
+                    return ""
+                _count_kinds(target.instrument, label, found)
+            return redacted
         except Exception:
             self._drops.add(DropReason.WRONG_TYPE)
             return ""
-        target = self._signals.get(signal)
-        if target is None or not isinstance(target.instrument, Counter):
-            self._drops.add(DropReason.UNKNOWN_SIGNAL)
-            return redacted
-        (label,) = target.spec.attributes or {"kind": []}
-        for kind in found:
-            target.instrument.add(1, **{label: kind})
-        return redacted
 
     def _count_queued_prompts(self) -> None:
         """The worker's part of `record_prompt`: before windows close, so each prompt
-        counts in the window open when it was recorded."""
-        for text, signal in self._prompts.drain():
-            self._count_prompt(text, signal)
+        counts in the window open when it was recorded. Taken with the consent decisions
+        they were queued under (a decision discards the prompts still queued: see
+        `_discard_recorded`); redacted without any lock held."""
+        with self._consent_cond:
+            decisions = dict(self._decisions)
+            queued = self._prompts.drain()
+        for text, signal in queued:
+            self._count_prompt(text, signal, decisions)
+
+    def _discard_recorded(self, tier: Tier) -> None:
+        """Discard what `tier` recorded before a consent decision (under
+        `_consent_cond`): the open window's cells, those of a carried window (in memory
+        now, on disk by `_make_consent_durable`) and the prompts still queued for the
+        worker (counted `prompt_discarded`; one it is redacting now is discarded when it
+        sees the decision)."""
+        self._discard_open_window(tier)
+        self._decisions[tier] += 1
+        dropped = self._prompts.discard(lambda signal: self._tier_of.get(signal) is tier)
+        if dropped:
+            self._drops.add(DropReason.PROMPT_DISCARDED, dropped)
+        with self._send_lock:
+            self._carry_purges.add(tier)
 
     def _discard_open_window(self, tier: Tier) -> None:
-        """Discard what `tier` recorded before now: the open window's cells and those of
-        a carried window waiting for its late release."""
+        """Discard what `tier` recorded before now: the open window's cells, and those
+        of a carried window waiting for its late release, which no longer releases the
+        tier at all (its consent did not last from the cut to the release)."""
         for signal in self._signals.values():
             if signal.spec.tier is tier:
                 signal.table.take()
         with self._late_lock:
-            if self._late is not None:
-                cells = self._late.cells
+            late = self._late
+            if late is not None:
+                cells = late.cells
                 for name in [n for n in cells if self._signals[n].spec.tier is tier]:
                     del cells[name]
+                late.tiers = (late.tiers if late.tiers is not None else frozenset(Tier)) - {tier}
 
     # -- windows -----------------------------------------------------------------------
 
@@ -670,22 +887,30 @@ class Telemetry:
         return out
 
     def _release_late(self, late: _LateWindow, now: datetime) -> CollectedWindow | None:
-        """Release the carried window late, without the tiers whose retention ended
-        meanwhile: the spool would strip them before they are sent, so charging them
-        would spend budget on nothing (none left at all: nothing is sent, `expired`)."""
+        """Release the carried window late, for the tiers consented both at its cut and
+        now only: a tier granted since never covered that window (none at all: nothing
+        is built, as for any window without consent). Nor the tiers whose retention
+        ended meanwhile: the spool would strip them before they are sent, so charging
+        them would spend budget on nothing (none left: nothing is sent, `expired`).
+        The tiers left out are neither released nor charged."""
         retention = self._policy.retention.for_tier
         expired = frozenset(
             t for t in Tier if late.window.end <= now - timedelta(days=retention(t))
         )
-        if expired and expired >= set(self._gate.consented()):
+        cut = late.tiers if late.tiers is not None else frozenset(Tier)
+        covered = cut & frozenset(self._gate.consented())
+        if not covered - expired:
             self._take_late()
-            self._drops.add(DropReason.EXPIRED)
+            if covered:
+                self._drops.add(DropReason.EXPIRED)
             return None
+        # Every other tier is skipped, even one granted while this runs (background mode).
+        skip = frozenset(Tier) - (covered - expired)
         reading = self._clock.read(now)
         if late.carried_at is not None:
-            reading = self._gate.late_reading(late.carried_at, reading, skip=expired)
+            reading = self._gate.late_reading(late.carried_at, reading, skip=skip)
         return self._collect_window(
-            late.window, now, self._take_late, charged_at=reading, skip_tiers=expired
+            late.window, now, self._take_late, charged_at=reading, skip_tiers=skip
         )
 
     def _observe_window_close(self) -> None:
@@ -725,7 +950,7 @@ class Telemetry:
         # meanwhile discarded them first): what a tier recorded without consent is
         # discarded here, never released and never charged.
         raw_cells = cells() if cells is not None else {}
-        sendable = any(self._gate.may_send(t, assurance) for t in consented)
+        sendable = any(self._gate.may_send(t, assurance) for t in consented if t not in skip_tiers)
         released = self._state.last_window_end()
         if released is not None and window.start < released:
             # Overlaps a window already released (an older version released partial
@@ -816,10 +1041,16 @@ class Telemetry:
 
     def _carry_open_window(self, now: datetime) -> None:
         """Shutdown: store the open window's cells of every consented signal for the
-        next run, uncharged. Written even when every cell is zero, so whether the window
-        is released (late, if need be) never depends on what was recorded."""
+        next run, uncharged, with the tiers consented now. Written even when every cell
+        is zero, so whether the window is released (late, if need be) never depends on
+        what was recorded; not written when no tier is consented (a late release of the
+        window would say the app ran when the user had agreed to nothing)."""
         self._observe_window_close()
-        consented = set(self._gate.consented())
+        consented = frozenset(self._gate.consented())
+        if not consented:
+            self._take_open()  # recorded without consent: discarded, as at any close
+            self._outbox.drop_carried()  # one restored into this window is done with
+            return
         counters: dict[str, list[int]] = {}
         histograms: dict[str, list[HistogramSnapshot]] = {}
         for name, raw in self._take_open().items():
@@ -837,6 +1068,7 @@ class Telemetry:
             histograms,
             window.start,
             carried_at=self._clock.read(now),
+            tiers=consented,
         )
         self._outbox.put_carried(encode_carried(carried))
 
@@ -867,6 +1099,10 @@ class Telemetry:
             self._outbox.drop_carried()
             self._drops.add(DropReason.CARRIED_DISCARDED)
             return
+        if carried.tiers is not None and not carried.tiers:
+            # No tier consented at the cut: nothing of it may ever be released.
+            self._outbox.drop_carried()
+            return
         seconds = self._policy.window_seconds
         open_window = self._windows.open_window
         start = carried.window_start
@@ -886,7 +1122,9 @@ class Telemetry:
             # Ended before this run started: released on its own; the windows between it
             # and now, when the app did not run, are not released.
             with self._late_lock:
-                self._late = _LateWindow(aligned_window(start, seconds), cells, carried.carried_at)
+                self._late = _LateWindow(
+                    aligned_window(start, seconds), cells, carried.carried_at, carried.tiers
+                )
 
     def _carried_cells(self, carried: CarriedWindow) -> dict[str, _Raw]:
         """The carried cells that fit this run's signals; the others are counted."""
@@ -927,14 +1165,18 @@ class Telemetry:
         pending, and the answer is False.
         """
         if self._worker is None or self._closed:
-            return self._send_pending(blocking=True)
+            # (After a `shutdown` that never loaded the state there is nothing to send.)
+            return self._loaded.is_set() and self._send_pending(blocking=True)
         done = threading.Event()
         with self._send_lock:
             self._flush_waiters.append(done)
         self._worker.wake()
         return done.wait(timeout) and self._loaded.is_set() and not self._outbox.unsent()
 
-    def _send_pending(self, *, blocking: bool) -> bool:
+    def _send_pending(self, *, blocking: bool, until: float | None = None) -> bool:
+        """Send what is pending; True when nothing is left. `until`: the shutdown
+        sender's deadline (`time.monotonic`): no batch starts after it, nor once
+        `shutdown` has returned (`_take_batch`); a send already on the wire finishes."""
         self._run_purges()  # before anything leaves
         ingest_now = self._clock.ingest_now()
         if ingest_now is None and self._clock.follows_ingest() and self._outbox.unsent():
@@ -949,6 +1191,8 @@ class Telemetry:
         self._held = None
         attempts = 0
         while self._outbox.unsent():
+            if not self._may_start(until):
+                return False
             try:
                 # A transport that cannot deliver deletions must not hold envelopes back:
                 # they no longer carry the revoked tier.
@@ -963,7 +1207,7 @@ class Telemetry:
                 except TransportError as exc:
                     deletion_error = exc
                 held: Held | None = None
-                while self._outbox.waiting and held is None:
+                while self._outbox.waiting and held is None and self._may_start(until):
                     held = send_one_batch(
                         self._outbox,
                         self._transport,
@@ -976,6 +1220,7 @@ class Telemetry:
                         withhold=self._withhold_from_software,
                         hold=self._hold,
                         ingest_now=self._clock.ingest_now,
+                        take=lambda: self._take_batch(until),
                     )
                 if deletion_error is not None:
                     raise deletion_error
@@ -996,6 +1241,22 @@ class Telemetry:
                     return False
                 time.sleep(delay)
         return True
+
+    def _may_start(self, until: float | None) -> bool:
+        """Whether a send may start now: always, but for the shutdown sender (`until`
+        set), only before its deadline and while `shutdown` has not returned."""
+        return until is None or (not self._sender_cut and time.monotonic() < until)
+
+    def _take_batch(self, until: float | None) -> list[EnvelopeV1]:
+        """The next batch to send, or [] if no send may start (`_may_start`). Checked
+        and taken under `_batch_lock`, which `shutdown` takes to set `_sender_cut`: a
+        batch is either taken before `shutdown` returns or not at all. (The spool in
+        memory is this run's: a later `Telemetry` on the same state directory may have
+        purged or sent what it still holds.)"""
+        with self._batch_lock:
+            if not self._may_start(until):
+                return []
+            return self._outbox.take()
 
     def _seconds_until(self, held: Held) -> float:
         """Real seconds until `held` ends, on the clock it is stated on (at least one
@@ -1085,7 +1346,9 @@ class Telemetry:
         on-disk spool and are sent by the next `Telemetry` on the same state directory.
         Returns within about `timeout` (plus the windows' release, local work):
         sending, which may wait on the network or a TPM, runs on a sender thread this
-        waits for at most that long.
+        waits for at most that long; that thread starts no batch once this has returned
+        (one already on the wire finishes). Consent calls made afterwards are written
+        on the caller's thread, as in manual mode.
         """
         if self._closed:
             return
@@ -1103,6 +1366,10 @@ class Telemetry:
         if not self._loaded.is_set():
             # Still loading on the worker (a slow disk), or the state cannot be read:
             # nothing recorded counted, nothing to release or send.
+            worker = self._worker
+            if worker is None or not worker.is_alive():
+                self._write_queued_consent_at_shutdown()
+            # (Else the worker, once loaded, applies and writes them in that round.)
             self._transport.close()
             return
         # Called by the host app (or at exit): a failure here is logged, never raised,
@@ -1126,15 +1393,28 @@ class Telemetry:
         )
         sender.start()
         sender.join(max(deadline - time.monotonic(), 0.0))
+        with self._batch_lock:
+            # From now on the sender starts no batch (`_take_batch`): the next run, which
+            # may start at once, owns the spool (and may purge it for a revocation).
+            self._sender_cut = True
         # A send still waiting on the network finishes on that thread (which then
         # closes the transport), or the process's exit ends it: what it carried stays
         # in the spool for the next run.
 
+    def _write_queued_consent_at_shutdown(self) -> None:
+        """The state never loaded: write the consent calls queued meanwhile without it
+        (`_write_queued_consent`), or say loudly that they are lost."""
+        try:
+            with self._collect_lock:
+                self._write_queued_consent()
+        except ClientError as exc:
+            _log.error("consent decisions made before the state loaded are lost: %s", exc)
+
     def _send_until(self, deadline: float) -> None:
         """The last sends, until `deadline` (the shutdown's sender thread)."""
         try:
-            while self._outbox.unsent() and time.monotonic() < deadline:
-                if self._send_pending(blocking=False) or self._held is not None:
+            while self._outbox.unsent() and self._may_start(deadline):
+                if self._send_pending(blocking=False, until=deadline) or self._held is not None:
                     break  # sent, or kept for a later run on purpose
                 time.sleep(min(max(self._retry_at - time.monotonic(), 0.0), 1.0))
         except Exception:
@@ -1149,6 +1429,7 @@ class Telemetry:
         self._send_lock = threading.Lock()
         self._consent_cond = threading.Condition()
         self._late_lock = threading.Lock()
+        self._batch_lock = threading.Lock()
         self._drops.reset_after_fork()
         self._prompts.reset_after_fork()
         self._reporter.reset_after_fork()
@@ -1244,6 +1525,31 @@ class Telemetry:
                 self._release_counter(signal, [0] * signal.domain.size, _EPOCH)
             else:
                 self._release_histogram(signal, _empty_histogram(signal), _EPOCH)
+
+
+def _count_kinds(counter: Counter, label: str, kinds: Collection[str]) -> None:
+    for kind in kinds:
+        counter.add(1, **{label: kind})
+
+
+def _purge_carried(spool: Spool, tiers: Collection[Tier], tier_of: Mapping[str, Tier]) -> None:
+    """Strip `tiers` from the carried window on disk (`client._carry.without_tiers`):
+    rewritten without them, or removed when no tier is left. Raises `SpoolError`."""
+    if not tiers:
+        return
+    try:
+        data = spool.read_carried()
+        if data is None:
+            return
+        carried = decode_carried(data)
+        # Unreadable: nothing could be released from it anyway.
+        kept = without_tiers(carried, tiers, tier_of) if carried is not None else None
+        if kept is None:
+            spool.drop_carried()
+        elif kept is not carried:
+            spool.put_carried(encode_carried(kept))
+    except OSError as exc:
+        raise SpoolError(f"cannot purge the carried window: {exc}") from exc
 
 
 def _units(raw: _Raw) -> int:

@@ -65,7 +65,7 @@ class _Handles(Generic[_H]):
         except Exception:  # not a mapping, a key that is not a string...: counted
             return self._refused
         if cacheable and len(self._cache) < CACHE_LIMIT:
-            with contextlib.suppress(TypeError, AttributeError):  # unhashable: not cached
+            with contextlib.suppress(Exception):  # unhashable (or its hash raises): not cached
                 self._cache[tuple(attributes.items()) if attributes else ()] = handle
         return handle
 
@@ -101,7 +101,7 @@ class QuietwireCounter(_Synchronous[AddHandle], metrics.Counter):
     ) -> None:
         try:
             handle = self._cache[tuple(attributes.items()) if attributes else ()]
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # new, unhashable, not a mapping, or a hash or == that raises
             handle = self._handles.resolve(attributes)
         handle.add(amount if type(amount) is int else whole(amount))  # type: ignore[arg-type]
 
@@ -125,7 +125,7 @@ class QuietwireHistogram(_Synchronous[RecordHandle], metrics.Histogram):
     ) -> None:
         try:
             handle = self._cache[tuple(attributes.items()) if attributes else ()]
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # new, unhashable, not a mapping, or a hash or == that raises
             handle = self._handles.resolve(attributes)
         handle.record(amount)
 
@@ -149,7 +149,7 @@ class QuietwireUpDownCounter(_Synchronous[LevelHandle], metrics.UpDownCounter):
     ) -> None:
         try:
             handle = self._cache[tuple(attributes.items()) if attributes else ()]
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # new, unhashable, not a mapping, or a hash or == that raises
             handle = self._handles.resolve(attributes)
         handle.add(amount)
 
@@ -173,6 +173,6 @@ class QuietwireGauge(_Synchronous[LevelHandle], metrics._Gauge):
     ) -> None:
         try:
             handle = self._cache[tuple(attributes.items()) if attributes else ()]
-        except (KeyError, TypeError, AttributeError):
+        except Exception:  # new, unhashable, not a mapping, or a hash or == that raises
             handle = self._handles.resolve(attributes)
         handle.set(amount)

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import MemoryTransport, Telemetry, TelemetryConfig, TrueCounter
+from client._carry import CarriedWindow, encode_carried
+from client._consent import ConsentStore
 from client._release import Truth
 from client._window import window_start_of
 from policies import PILOT_POLICY_PATH, Policy, load_policy
@@ -28,6 +30,11 @@ MODEL = "qwen2.5-7b@1.1"
 # Health only: its signals (3.8 a window) leave room for two releases in the last 24
 # real hours under the pilot's daily cap of 16, so a late release suppresses nothing.
 HEALTH = (Tier.HEALTH,)
+# Health and performance: 15.2 a window under the pilot's daily cap of 16, so two
+# releases within 24 real hours of each other cannot both be granted.
+EVERY_SENDABLE = (Tier.HEALTH, Tier.PERFORMANCE)
+CARRIED = Path("spool") / "open_window.sealed"
+"""The carry record, under the state directory."""
 
 
 def _telemetry(
@@ -36,6 +43,7 @@ def _telemetry(
     clock: FakeClock,
     policy: Policy = PILOT,
     consent: tuple[Tier, ...] = HEALTH,
+    mode: str = "manual",
 ) -> Telemetry:
     tel = Telemetry(
         TelemetryConfig(
@@ -46,7 +54,7 @@ def _telemetry(
             transport=MemoryTransport(ingest.handle),
             state_dir=state,
             clock=clock,
-            mode="manual",
+            mode=mode,  # type: ignore[arg-type]
             retry_backoff=0.0,
         )
     )
@@ -61,6 +69,12 @@ def _errors(truth: list[Truth]) -> int:
 
 def _record_errors(tel: Telemetry, n: int) -> None:
     tel.counter(ERRORS).add(n, route="local", model=MODEL)
+
+
+def _crash(tel: Telemetry) -> None:
+    """The process dies: nothing more is written, its locks go with it."""
+    tel._closed = True
+    tel._gate.close()
 
 
 def test_a_restart_within_the_window_releases_both_runs_in_one_envelope(
@@ -165,7 +179,7 @@ def test_shutdown_without_carry_discards_the_open_window_and_counts_it(
     first.counter(REQUESTS).add(5, route="local", model=MODEL)  # not consented
     first.shutdown(carry_open_window=False)
     assert first.dropped() == {"open_window_discarded": 3}
-    assert not (tmp_path / "spool" / "open_window.sealed").exists()
+    assert not (tmp_path / CARRIED).exists()
 
     clock.advance(hours=2)
     second = _telemetry(tmp_path, ingest, clock)
@@ -185,9 +199,12 @@ def test_an_empty_open_window_is_still_carried_and_released_late(
     assert _errors(late.truth) == 0
 
 
-def test_a_consent_granted_again_discards_the_carried_cells_recorded_before_it(
+def test_a_consent_granted_again_releases_nothing_of_the_carried_window_for_the_tier(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
+    """Health's consent did not last from the cut to the release: its cells are
+    discarded and the window is not released for it (health was all it held), nor
+    charged; the run's own windows are released as usual."""
     first = _telemetry(tmp_path, ingest, clock)
     _record_errors(first, 2)
     first.shutdown()
@@ -195,9 +212,172 @@ def test_a_consent_granted_again_discards_the_carried_cells_recorded_before_it(
     second = _telemetry(tmp_path, ingest, clock)
     second.revoke_consent(Tier.HEALTH)
     second.grant_consent(Tier.HEALTH)
+    assert second.collect_with_truth(clock.now) == []
+    assert second.privacy_spent(DAY)[0] == 0.0
+    _record_errors(second, 1)
+    (today,) = second.collect_with_truth(DAY + 2 * ONE_DAY)
+    assert today.envelope.window_start == DAY + ONE_DAY
+    assert _errors(today.truth) == 1
+
+
+@pytest.mark.parametrize("later", [timedelta(hours=2), ONE_DAY], ids=["same_window", "late"])
+def test_a_revocation_purges_the_carried_window_on_disk_before_a_crash(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, later: timedelta
+) -> None:
+    """Revoked, then granted again, both on disk; then the process is killed. The next
+    start must not find the cells recorded before the revocation in the carry record
+    (nor release the carried window late for the tier)."""
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 7)
+    first.shutdown()
+    clock.now += later
+    second = _telemetry(tmp_path, ingest, clock)
+    second.revoke_consent(Tier.HEALTH)
+    assert not (tmp_path / CARRIED).exists()  # health was all it held
+    second.grant_consent(Tier.HEALTH)
+    _crash(second)
+
+    third = _telemetry(tmp_path, ingest, clock, consent=())
+    assert third.consented_tiers() == [Tier.HEALTH]  # as the second run left it
+    if later < ONE_DAY:
+        (window,) = third.collect_with_truth(DAY + ONE_DAY)
+        assert _errors(window.truth) == 0
+    else:
+        assert third.collect_with_truth(clock.now) == []
+        assert third.privacy_spent(DAY)[0] == 0.0
+
+
+def test_a_grant_purges_the_carried_window_of_the_tier_before_it_is_written(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """A revocation that left the carried cells on disk (an older client's, or one a
+    crash cut short): the grant that follows discards them there too."""
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+    ConsentStore(tmp_path / "consent.json", lambda _b: b"x", PILOT).revoke(Tier.HEALTH)
+    clock.advance(hours=2)  # the same window: the record's cells join the open window
+    second = _telemetry(tmp_path, ingest, clock)  # health granted again
+    _crash(second)
+
+    third = _telemetry(tmp_path, ingest, clock, consent=())
+    (window,) = third.collect_with_truth(DAY + ONE_DAY)
+    assert _errors(window.truth) == 0
+
+
+def test_a_revocation_rewrites_the_carried_window_without_the_tier(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    _record_errors(first, 2)
+    first.counter(REQUESTS).add(4, route="local", model=MODEL)
+    first.shutdown()
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    second.revoke_consent(Tier.HEALTH)
+    assert (tmp_path / CARRIED).exists()  # performance is left
+    _crash(second)
+
+    # Health granted again: the record no longer holds it, cells or tier.
+    third = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = third.collect_with_truth(clock.now)
+    assert late.envelope.window_start == DAY
+    assert {a.tier for a in late.envelope.aggregates} == {Tier.PERFORMANCE}
+    assert _errors(late.truth) == 0
+    requests = sum(t.value for t in late.truth if t.signal == REQUESTS)
+    assert requests == 4
+    performance = sum(s.epsilon for s in PILOT.signals.values() if s.tier is Tier.PERFORMANCE)
+    assert third.privacy_spent(DAY)[0] == pytest.approx(performance)
+
+
+def test_in_background_mode_a_revocation_is_durable_with_the_carried_window_purged(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.advance(hours=2)  # the same window: the record stays until it is released
+    second = _telemetry(tmp_path, ingest, clock, mode="background")
+    try:
+        assert second.ready(timeout=30)
+        assert second.wait_consent_durable(timeout=30)
+        assert (tmp_path / CARRIED).exists()
+        second.revoke_consent(Tier.HEALTH)
+        assert second.wait_consent_durable(timeout=30)
+        assert not (tmp_path / CARRIED).exists()
+    finally:
+        second.shutdown(carry_open_window=False, timeout=1.0)
+
+
+def test_a_window_cut_with_no_tier_consented_is_neither_carried_nor_released_late(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Released after a later grant, it would say the app ran on a day the user had
+    agreed to nothing."""
+    first = _telemetry(tmp_path, ingest, clock, consent=())
+    _record_errors(first, 3)
+    first.shutdown()
+    assert not (tmp_path / CARRIED).exists()
+
+    clock.now = DAY + 3 * ONE_DAY + timedelta(hours=9)
+    second = _telemetry(tmp_path, ingest, clock)  # health granted today
+    assert second.collect(clock.now) == []
+    assert second.privacy_spent(DAY)[0] == 0.0
+
+
+def test_a_late_window_releases_only_the_tiers_consented_at_its_cut(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)  # health only
+    _record_errors(first, 2)
+    first.shutdown()
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)  # and performance
     (late,) = second.collect_with_truth(clock.now)
     assert late.envelope.window_start == DAY
-    assert _errors(late.truth) == 0
+    assert {a.tier for a in late.envelope.aggregates} == {Tier.HEALTH}
+    assert late.envelope.suppressed == {}
+    assert _errors(late.truth) == 2
+    health = sum(s.epsilon for s in PILOT.signals.values() if s.tier is Tier.HEALTH)
+    assert second.privacy_spent(DAY)[0] == pytest.approx(health)  # nothing for performance
+
+
+def test_a_record_naming_no_tier_is_dropped_at_restore(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    first = _telemetry(tmp_path, ingest, clock)
+    first.shutdown(carry_open_window=False)
+    nothing = CarriedWindow(PILOT.content_hash, {}, {}, DAY, tiers=frozenset())
+    first._outbox.put_carried(encode_carried(nothing))
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock)
+    assert not (tmp_path / CARRIED).exists()
+    assert second.collect(clock.now) == []
+
+
+def test_a_version_2_record_is_released_late_under_the_consent_at_the_release(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Written before records named their tiers: read as before."""
+    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    cells = [0] * first._signals[ERRORS].domain.size
+    cells[0] = 4
+    first.shutdown(carry_open_window=False)
+    record = {
+        "version": 2,
+        "policy_hash": PILOT.content_hash,
+        "window_start": DAY.isoformat(),
+        "carried_at": None,
+        "counters": {ERRORS: cells},
+        "histograms": {},
+    }
+    first._outbox.put_carried(json.dumps(record).encode())
+    clock.advance(days=1)
+    second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    (late,) = second.collect_with_truth(clock.now)
+    assert late.envelope.window_start == DAY
+    assert {a.tier for a in late.envelope.aggregates} == {Tier.HEALTH, Tier.PERFORMANCE}
+    assert _errors(late.truth) == 4
 
 
 def test_a_version_1_record_is_added_into_the_open_window(
@@ -260,11 +440,6 @@ def test_every_envelope_covers_exactly_one_aligned_window_once(
         assert window_start_of(envelope.window_start, seconds) == envelope.window_start
     starts = [e.window_start for e in envelopes]
     assert len(starts) == len(set(starts))  # at most one release per window
-
-
-# Health and performance: 15.2 a window under the pilot's daily cap of 16, so two
-# releases within 24 real hours of each other cannot both be granted.
-EVERY_SENDABLE = (Tier.HEALTH, Tier.PERFORMANCE)
 
 
 def test_a_late_release_is_charged_as_of_the_shutdown_so_the_next_day_is_not_suppressed(
@@ -405,12 +580,6 @@ def test_a_cut_behind_the_latest_charge_is_charged_at_the_release(
     assert again._gate.ledger.latest_wall == clock.now.timestamp()
 
 
-def _crash(tel: Telemetry) -> None:
-    """The process dies: nothing more is written, its locks go with it."""
-    tel._closed = True
-    tel._gate.close()
-
-
 def test_a_crash_before_the_late_release_loses_nothing(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
@@ -424,8 +593,7 @@ def test_a_crash_before_the_late_release_loses_nothing(
     (late,) = third.collect_with_truth(clock.now)
     assert late.envelope.window_start == DAY
     assert _errors(late.truth) == 2
-    carried = tmp_path / "state" / "spool" / "open_window.sealed"
-    assert not carried.exists()  # released: the record is gone
+    assert not (tmp_path / CARRIED).exists()  # released: the record is gone
     third.shutdown()
     # Restarted again after a crash that followed the release: nothing is sent twice.
     clock.now += timedelta(days=2)

@@ -8,6 +8,8 @@ tier consented nothing leaves, spooled or in flight.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -33,6 +35,7 @@ from schemas import (
     EnvelopeBatch,
     ItemResult,
     RejectReason,
+    SignedDeletionRequest,
     Tier,
 )
 from tests.client.conftest import POLICY, FakeClock, MakeTelemetry, MemoryIngest
@@ -310,6 +313,34 @@ def test_spooled_envelopes_of_a_revoked_tier_do_not_leave_after_a_restart(
     assert ingest.envelopes == []
     assert again.pending == 0
     assert again.dropped()["consent_revoked"] == 1
+
+
+def test_the_shutdown_sender_starts_no_batch_once_shutdown_has_returned(
+    make_telemetry: MakeTelemetry, clock: FakeClock, ingest: MemoryIngest
+) -> None:
+    """A deletion request is on a slow wire when `shutdown` returns: the envelope
+    behind it stays in the spool for the next run (which may purge it), and does not
+    leave from this run's memory afterwards."""
+    started: list[float] = []
+
+    def handler(batch: EnvelopeBatch) -> BatchResult:
+        started.append(time.monotonic())
+        return ingest.handle(batch)
+
+    def slow_deletion(_request: SignedDeletionRequest) -> None:
+        time.sleep(1.0)  # still on the wire when `shutdown` returns
+
+    qw = make_telemetry(transport=MemoryTransport(handler, slow_deletion))
+    qw.counter("app.starts").add(1)
+    qw.collect(clock.advance(hours=1))
+    qw.revoke_consent(Tier.PERFORMANCE)  # a deletion request, sent before envelopes
+    assert qw.pending == 1
+    qw.shutdown(timeout=0.2)
+    for thread in threading.enumerate():
+        if thread.name == "quietwire-shutdown":
+            thread.join(timeout=5.0)  # its deletion finished: it started nothing after
+    assert started == []
+    assert ingest.envelopes == []
 
 
 def test_in_background_mode_the_worker_purges_a_revoked_tier_before_it_sends(

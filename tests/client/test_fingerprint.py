@@ -324,3 +324,13 @@ def test_exceptions_carry_the_labels_the_app_passes(tmp_path, ingest, clock) -> 
     assert counted == {("b00", "m@1.1"): 1, ("b00", "other"): 1, ("b00", "m@1.0"): 2}
     assert qw.dropped() == {"undeclared_label": 2}
     qw.shutdown(carry_open_window=False)
+
+
+def test_a_label_named_exc_is_undeclared_not_an_error(tmp_path, ingest, clock) -> None:
+    """`record_exception` runs in the app's exception handlers: it must never raise."""
+    qw = _fingerprinted_telemetry(tmp_path, ingest, clock, ["b00"])
+    qw.record_exception(_caught(), exc="x", self="y")
+    (window,) = qw.collect_with_truth(clock.advance(hours=1))
+    assert _counted(window) == {"b00": 1}
+    assert qw.dropped() == {"undeclared_label": 2}
+    qw.shutdown(carry_open_window=False)

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import pytest
 
 from client import (
+    ClientError,
     FallbackKeyStore,
     MemoryTransport,
     SoftwareKeyStore,
@@ -312,6 +313,68 @@ def test_a_revocation_is_durable_only_after_the_worker_wrote_it_on_a_slow_disk(
         assert not on_disk.allows(Tier.HEALTH)
     finally:
         qw.shutdown(carry_open_window=False, timeout=5.0)
+
+
+def test_a_consent_call_after_shutdown_is_written_before_it_returns(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The worker that would write it has stopped: the call writes it, as manual mode
+    does, with the deletion request and the carried window purged."""
+    state = tmp_path / "state"
+    qw = Telemetry(_config(tmp_path, MemoryIngest(), clock))
+    assert qw.ready(timeout=30)
+    qw.grant_consent(Tier.HEALTH)
+    assert qw.wait_consent_durable(timeout=30)
+    qw.shutdown(timeout=1.0)  # carries the open window (health)
+    assert (state / "spool" / "open_window.sealed").exists()
+
+    qw.revoke_consent(Tier.HEALTH)  # the user switches telemetry off
+    assert qw.wait_consent_durable(timeout=0)
+    assert not ConsentStore(state / "consent.json", lambda _b: b"x", POLICY).allows(Tier.HEALTH)
+    assert [p.suffix for p in (state / "spool").iterdir()] == [".req"]
+
+
+def test_consent_calls_queued_while_another_client_holds_the_ledger_are_written(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A second `Telemetry` on the state directory never loads (the first holds the
+    ledger's lock): its consent calls are written at `shutdown` and after it, without
+    the ledger, and the next start loads them."""
+    ingest = MemoryIngest()
+    state = tmp_path / "state"
+    holder = Telemetry(_config(tmp_path, ingest, clock).model_copy(update={"mode": "manual"}))
+    holder.grant_consent(Tier.HEALTH)
+    qw = Telemetry(_config(tmp_path, ingest, clock))
+    try:
+        assert not qw.ready(timeout=0.5)
+        qw.revoke_consent(Tier.HEALTH)  # queued for a load that never comes
+        qw.shutdown(timeout=1.0)
+        assert qw.wait_consent_durable(timeout=0)
+        qw.grant_consent(Tier.PERFORMANCE)  # after shutdown: written before it returns
+        assert qw.wait_consent_durable(timeout=0)
+    finally:
+        holder.shutdown(carry_open_window=False, timeout=1.0)
+    on_disk = ConsentStore(state / "consent.json", lambda _b: b"x", POLICY)
+    assert [t for t in Tier if on_disk.allows(t)] == [Tier.PERFORMANCE]
+    assert [p.suffix for p in (state / "spool").iterdir()] == [".req"]  # the deletion
+
+
+def test_consent_calls_that_cannot_be_written_are_reported_lost(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "consent.json").write_text("not a consent history")  # the state never loads
+    qw = Telemetry(_config(tmp_path, MemoryIngest(), clock))
+    assert not qw.ready(timeout=0.5)
+    qw.revoke_consent(Tier.HEALTH)
+    qw.shutdown(timeout=1.0)
+    assert "consent decisions made before the state loaded are lost" in caplog.text
+    durable, took = timed(lambda: qw.wait_consent_durable(timeout=30))
+    assert not durable
+    assert took < 1.0  # known lost: no need to wait
+    with pytest.raises(ClientError):
+        qw.grant_consent(Tier.HEALTH)  # after shutdown: cannot be written, and says so
 
 
 def _config(tmp_path: Path, ingest: MemoryIngest, clock: FakeClock) -> TelemetryConfig:

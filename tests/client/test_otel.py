@@ -182,6 +182,25 @@ def test_recording_never_raises(telemetry: Telemetry, meter: metrics.Meter) -> N
     assert sum(telemetry.dropped().values()) > 10
 
 
+class _HashRaises(str):
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+
+def test_an_attribute_whose_hash_raises_never_raises(
+    telemetry: Telemetry, meter: metrics.Meter
+) -> None:
+    requests = meter.create_counter(REQUESTS, unit="{request}")
+    duration = meter.create_histogram(DURATION, unit="s")
+    active = meter.create_up_down_counter("app.requests.active")
+    gauge = meter.create_gauge("app.requests.active.gauge")
+    odd = {"route": _HashRaises("edge")}
+    requests.add(1, odd)
+    duration.record(0.1, odd)
+    active.add(1, odd)
+    gauge.set(1, odd)
+
+
 def test_whole_float_amounts_and_whole_unit_factors_count(
     telemetry: Telemetry, meter: metrics.Meter, clock: FakeClock
 ) -> None:

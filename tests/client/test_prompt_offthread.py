@@ -17,7 +17,7 @@ import pytest
 from client import MemoryTransport, Telemetry, TelemetryConfig
 from client._drops import DropCounter
 from client._prompt_queue import MAX_QUEUED_PROMPTS, PromptQueue
-from client._redaction import MAX_PROMPT_CHARS
+from client._redaction import MAX_PROMPT_CHARS, redact_findings
 from policies import CounterSignal
 from schemas import AppInfo, Tier
 from tests.client.conftest import POLICY, FakeClock, MemoryIngest
@@ -97,6 +97,47 @@ def test_the_worker_counts_a_queued_prompt_in_the_window_it_was_recorded_in(
     assert counted == dict.fromkeys(counted, 0) | {"email": 1, "phone": 1}
 
 
+@pytest.mark.parametrize("revoked_first", [True, False], ids=["grant", "revoke_then_grant"])
+def test_a_prompt_queued_before_a_content_decision_is_never_counted_after_it(
+    background: Telemetry, revoked_first: bool
+) -> None:
+    """Queued for the worker, then the user decides: what was recorded before the
+    decision must not count in a window released under it (as for a counter add)."""
+    if revoked_first:
+        background.revoke_consent(Tier.CONTENT)
+        assert background.wait_consent_durable(timeout=10.0)
+        # The worker's round is over: it sleeps. (False: the deletion request waits, as
+        # the fixture's transport takes none.)
+        background.flush(timeout=10.0)
+    assert background.record_prompt("mail ann@example.com") == ""  # queued
+    if not revoked_first:
+        background.revoke_consent(Tier.CONTENT)
+    background.grant_consent(Tier.CONTENT)
+    background.flush(timeout=10.0)  # the worker's round
+    assert sum(_queued_counts(background)) == 0
+    assert background.dropped() == {"prompt_discarded": 1}
+
+
+def test_a_prompt_redacted_while_its_tier_is_granted_is_not_counted(
+    background: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    background.revoke_consent(Tier.CONTENT)
+    assert background.wait_consent_durable(timeout=10.0)
+    background.flush(timeout=10.0)  # the worker sleeps (see above)
+
+    def redact_then_grant(text: str) -> tuple[str, dict[str, int]]:
+        out = redact_findings(text)
+        background.grant_consent(Tier.CONTENT)  # the user opts in while the worker redacts
+        return out
+
+    monkeypatch.setattr("client._telemetry.redact_findings", redact_then_grant)
+    background.record_prompt("mail ann@example.com")
+    background.flush(timeout=10.0)  # the worker's round: redacts, and the grant comes
+    assert background.consented_tiers() == list(Tier)
+    assert sum(_queued_counts(background)) == 0
+    assert background.dropped() == {"prompt_discarded": 1}
+
+
 def test_manual_mode_redacts_on_the_callers_thread_and_returns_the_text(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -132,6 +173,14 @@ def test_a_full_prompt_queue_drops_the_new_prompt_and_counts_it() -> None:
     assert queue.drain() == [("a", SIGNAL), ("b", SIGNAL)]
     assert len(queue) == 0
     assert not queue.half_full
+
+
+def test_discarding_prompts_keeps_the_others_in_order() -> None:
+    queue = PromptQueue(DropCounter())
+    for text, signal in (("a", SIGNAL), ("b", "other.signal"), ("c", SIGNAL)):
+        queue.offer(text, signal)
+    assert queue.discard(lambda signal: signal == SIGNAL) == 2
+    assert queue.drain() == [("b", "other.signal")]
 
 
 def test_a_non_string_prompt_is_dropped_and_counted(background: Telemetry) -> None:

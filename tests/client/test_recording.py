@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from client import SignalKindError, Telemetry, TrueCounter, TrueHistogram, UnknownSignalError
+from client._aggregation import CounterTable, HistogramTable
+from client._domain import CellDomain
+from client._drops import DropCounter
+from client._instruments import Counter, Histogram
 from tests.client.conftest import FakeClock, MakeTelemetry
 
 
@@ -127,6 +131,75 @@ def test_unhashable_and_odd_attributes_never_raise(make_telemetry, clock) -> Non
     qw.histogram("latency").record(1.0, route=object())
     values = _counter_values(_truth(qw, clock), "inference.requests")
     assert values[("other", "other")] == 1
+
+
+def test_attributes_named_like_a_parameter_are_labels_like_any_other(
+    make_telemetry: MakeTelemetry, clock: FakeClock
+) -> None:
+    qw = make_telemetry()
+    qw.record("app.starts", 1, name="x", value="y")
+    qw.counter("inference.requests").add(1, amount="x", self="y", route="local", model="a@1")
+    qw.histogram("latency").record(0.5, value="x", self="y", route="local")
+    qw.counter("app.starts").bind(self="x").add()
+    qw.histogram("latency").bind(self="x", route="cloud").record(0.5)
+    assert qw.dropped() == {"undeclared_label": 8}  # each counted, each measurement kept
+    truth = _truth(qw, clock)
+    assert _counter_values(truth, "app.starts") == {(): 2}
+    assert _counter_values(truth, "inference.requests")[("local", "a@1")] == 1
+    events = {
+        tuple(t.attributes.values()): sum(t.counts)
+        for t in truth
+        if isinstance(t, TrueHistogram) and t.signal == "latency"
+    }
+    assert events[("local",)] == 1
+    assert events[("cloud",)] == 1
+
+
+def test_a_declared_label_named_like_a_parameter_is_recorded() -> None:
+    """`client.otel` forwards a policy's labels as keywords (`**labels`)."""
+    drops = DropCounter()
+    domain = CellDomain({"value": ["x"]})
+    table = HistogramTable(domain.size, 2)
+    Histogram("h", domain, table, drops, [1.0], (0.0, 2.0)).record(0.5, value="x")
+    counters = CounterTable(domain.size)
+    Counter("c", domain, counters, drops).add(2, value="x")
+    assert [sum(snap.counts) for snap in table.take()] == [1, 0]  # "x", not "other"
+    assert counters.take() == [2, 0]
+    assert drops.snapshot() == {}
+
+
+class _HashRaises(str):
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+
+class _LenRaises(str):
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+
+class _EqRaises(str):
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+
+@pytest.mark.parametrize("hostile", [_HashRaises, _LenRaises, _EqRaises])
+def test_hostile_strings_never_raise(make_telemetry: MakeTelemetry, hostile: type[str]) -> None:
+    odd = hostile("local")
+    qw = make_telemetry()
+    requests = qw.counter("inference.requests")
+    requests.add(1, route="local", model="a@1")  # cached: a lookup compares with it
+    requests.add(1, route=odd, model="a@1")
+    requests.bind(route=odd).add(1)
+    qw.histogram("latency").record(0.5, route="local")
+    qw.histogram("latency").record(0.5, route=odd)
+    qw.histogram("latency").bind(route=odd).record(0.5)
+    qw.record(odd, 1)
+    qw.record(["a", "list"], 1)  # type: ignore[arg-type]
+    qw.record_prompt("mail ann@example.com", signal=odd)
+    qw.record_prompt(_LenRaises("mail ann@example.com"))
 
 
 def test_numpy_numbers_are_accepted(make_telemetry, clock) -> None:
