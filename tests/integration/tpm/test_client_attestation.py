@@ -30,7 +30,15 @@ from tests.integration.tpm._ingest_kit import write_policy
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
+
+def _recent_midnight() -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=3)
+
+
+T0 = _recent_midnight()
+"""The client's clock starts three days back: the ingest runs on the real clock, and
+refuses windows ahead of it or past their tiers' retention (content: 7 days)."""
 
 
 class Clock:
