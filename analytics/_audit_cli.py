@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from analytics._auditor_cli import AUDIT_REPORT_HELP, audit_report
 from analytics._cli_support import fail, read_audit_key
@@ -259,13 +260,21 @@ def list_entries(
         table.add_row(
             str(e.seq),
             datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            e.action,
-            e.decision,
-            e.device_id or "",
-            e.reason or "",
-            e.detail or "",
+            _plain(e.action),
+            _plain(e.decision),
+            _plain(e.device_id or ""),
+            _plain(e.reason or ""),
+            _plain(e.detail or ""),
         )
     Console().print(table)
+
+
+def _plain(text: str) -> Text:
+    """An entry's text as it is: never read as console markup (`[link=...]`, `[/x]`: a
+    refusal's detail may quote what a sender chose), control characters shown escaped."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return Text(text)
 
 
 def _record(entry: AuditEntry) -> dict[str, object]:

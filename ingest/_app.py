@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import logging
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,7 +29,7 @@ from ingest._body import MAX_REQUEST_BYTES, BodyLimits
 from ingest._bus import EnvelopeBus, KafkaEnvelopeBus
 from ingest._deletion import MAX_DELETION_BYTES
 from ingest._device_ledger import DeviceLedger
-from ingest._envelope_endpoint import EnvelopeEndpoint, error_answer
+from ingest._envelope_endpoint import RETRY_AFTER_SECONDS, EnvelopeEndpoint, error_answer
 from ingest._errors import ConfigurationError, IngestError, MalformedBody, RateLimited
 from ingest._health import CachedProbe, audit_log_probe, registry_probe
 from ingest._intake import EnvelopeIntake
@@ -42,10 +44,12 @@ from ingest._retention_rules import RetentionRules
 from ingest._routes import IngestState, router
 from ingest._settings import IngestSettings
 from ingest._sink import DuckDBSink
-from ingest._verify import EnvelopeVerifier, RecentlyAccepted
+from ingest._verify import EnvelopeVerifier, RecentlyAccepted, bounded_detail, loc_text
 from policies import Policy, PolicyError, load_attestation_policy, load_policy
 
 __all__ = ["create_app", "default_bus"]
+
+log = logging.getLogger("quietwire.ingest.app")
 
 
 def default_bus(settings: IngestSettings) -> EnvelopeBus:
@@ -91,10 +95,31 @@ async def _malformed_body(request: Request, errors: list[dict[str, Any]]) -> JSO
     return _error(422, MalformedBody.reason, errors)
 
 
+_MAX_ERRORS_SHOWN = 3
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    # At most a few errors, each key of the sender's cut short (`loc_text`), so an answer
+    # is never larger than the few lines that say what is wrong.
+    errors = [
+        {"loc": [loc_text(p) for p in e.get("loc", ())], "msg": bounded_detail(e.get("msg", ""))}
+        for e in exc.errors()[:_MAX_ERRORS_SHOWN]
+    ]
     return await _malformed_body(request, errors)
+
+
+async def _state_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A SQLite file of the ingest's state (the audit log, the device registry) refused a
+    write or read: a full disk, an I/O error. Not the client's mistake, and not a bare
+    500: 503 with `Retry-After`, as for the bus. (The envelope route converts its own.)"""
+    log.error("state unavailable on %s: %s", request.url.path, exc)
+    return _error(
+        503,
+        "state_unavailable",
+        bounded_detail(f"the ingest could not record this request: {exc}"),
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 _FASTAPI_PARSE_ERROR = "There was an error parsing the body"
@@ -260,6 +285,7 @@ def create_app(
             IngestError: _ingest_error,
             RequestValidationError: _validation_error,
             StarletteHTTPException: _http_error,
+            sqlite3.Error: _state_unavailable,
         },
     )
     app.include_router(router)

@@ -69,15 +69,18 @@ async def _state(request: Request) -> AttestationState:
     return _attestation_state(request)
 
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-"""The NAT64 well-known prefix (RFC 6052): an IPv4 host's address in its last 32 bits."""
+_EMBEDS_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+"""Prefixes whose addresses carry an IPv4 host's address in their last 32 bits: NAT64's
+well-known prefix (RFC 6052) and the deprecated IPv4-compatible form ``::a.b.c.d``. (A
+network-specific NAT64 prefix cannot be told from a native IPv6 /64.)"""
 
 
 def client_source(request: Request) -> str:
     """The client's address. An IPv6 one is keyed by its /64, which one subscriber
     usually holds whole (else every address of it would be a fresh bucket), except an
     IPv4 host's address written as IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, as a dual-stack
-    socket or proxy reports an IPv4 client, or NAT64's ``64:ff9b::a.b.c.d``): that one is
+    socket or proxy reports an IPv4 client, NAT64's ``64:ff9b::a.b.c.d``, or the old
+    ``::a.b.c.d``): that one is
     keyed by its IPv4 address, as the host is when seen directly (a /64 of those would be
     one bucket for every IPv4 client)."""
     host = request.client.host if request.client is not None else "unknown"
@@ -88,7 +91,7 @@ def client_source(request: Request) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
-        if address in _NAT64:
+        if int(address) > 1 and any(address in net for net in _EMBEDS_IPV4):  # not ::, ::1
             return str(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return host

@@ -263,7 +263,10 @@ class EnvelopeIntake:
             verdicts = request.verdicts
             records.extend(_decision_records(verdicts, rejected_only=rejected_only))
             if unpublished:
-                records.extend(_unpublished_record(a) for _, a in request.fresh)
+                # Only what the ledger admitted (its refusals replaced their verdicts).
+                records.extend(
+                    _unpublished_record(a) for i, a in request.fresh if request.verdicts[i] is a
+                )
             if not rejected_only:
                 reports = (
                     client_report_record(v.item.envelope)
@@ -309,10 +312,14 @@ _UNAUTHENTICATED = frozenset(
         RejectReason.UNSEAL_FAILED,
         RejectReason.MALFORMED_SIGNED,
         RejectReason.KEY_NOT_ATTESTED,
+        RejectReason.DEVICE_REVOKED,
+        RejectReason.ATTESTATION_EXPIRED,
         RejectReason.BAD_SIGNATURE,
     }
 )
-"""Refusals of items no key vouches for: anyone can send them, free of any key."""
+"""Refusals of items no key vouches for, decided before (or by) the signature check:
+anyone can send them, free of any key (a TPM key's standing is checked first, and its
+public half is no secret)."""
 
 
 def _decision_records(verdicts: Sequence[Verdict], *, rejected_only: bool) -> list[AuditRecord]:
@@ -320,8 +327,8 @@ def _decision_records(verdicts: Sequence[Verdict], *, rejected_only: bool) -> li
     after its signature was checked), and one per reason for the items refused before
     that. Those cost an attacker nothing (a one-character item is `not_base64`): an
     entry each would let 1 KiB of junk write 256 entries, about 50 KiB of log that can
-    never be pruned (the log is a hash chain). Together, the log grows no faster than
-    the requests arrive."""
+    never be pruned (the log is a hash chain). So an entry costs a sender either a
+    request or an item signed by a key (a sealed, signed envelope of its own)."""
     records: list[AuditRecord] = []
     unvouched: dict[RejectReason, list[Rejected]] = {}
     for verdict in verdicts:

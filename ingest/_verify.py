@@ -55,6 +55,7 @@ __all__ = [
     "bounded_detail",
     "check_signature",
     "ingested_json",
+    "loc_text",
     "summarize_validation_error",
 ]
 
@@ -117,7 +118,7 @@ class Rejected:
 Verdict = Accepted | Rejected
 
 
-def _loc_part(part: str | int) -> str:
+def loc_text(part: str | int) -> str:
     """One step of an error's location. A key can be the sender's own text (an extra
     key, a label name): at most `_MAX_LOC_PART_CHARS` of it, printable characters only,
     so a detail never carries an item's bulk into the answer or the audit log."""
@@ -133,7 +134,7 @@ def summarize_validation_error(exc: ValidationError, what: str = "<envelope>") -
     `MAX_DETAIL_CHARS` characters."""
     errors = exc.errors(include_url=False, include_input=False)
     parts = [
-        f"{'.'.join(_loc_part(p) for p in e['loc']) or what}: {e['msg']}"
+        f"{'.'.join(loc_text(p) for p in e['loc']) or what}: {e['msg']}"
         for e in errors[:_MAX_ERRORS_SHOWN]
     ]
     more = len(errors) - _MAX_ERRORS_SHOWN

@@ -406,25 +406,32 @@ def _store_reports(
 
 
 _CLUSTER_GAP = timedelta(days=2)
-"""Windows starting further apart than this are searched for copies separately."""
+"""Windows starting further apart than this are searched for copies separately..."""
+_MAX_SEARCHES = 8
+"""...in at most this many searches (the widest gaps split them): a batch of windows
+scattered over years costs a few bounded searches, not one per window."""
 
 
 def _window_clusters(
     items: Sequence[IngestedEnvelope], envelope_ids: Sequence[str]
 ) -> list[tuple[datetime, datetime, list[str]]]:
     """(first start, last start, envelope ids) of each cluster of the items' window
-    starts, no two starts in one cluster further apart than `_CLUSTER_GAP` in a row. A
-    batch of a fleet's recent windows is one or two clusters."""
+    starts: split where consecutive starts are more than `_CLUSTER_GAP` apart, at the
+    `_MAX_SEARCHES - 1` widest such gaps at most. A batch of a fleet's recent windows is
+    one or two clusters."""
     order = sorted(range(len(items)), key=lambda i: items[i].envelope.window_start)
+    starts = [items[i].envelope.window_start for i in order]
+    gaps = [
+        (starts[k] - starts[k - 1], k)
+        for k in range(1, len(starts))
+        if starts[k] - starts[k - 1] > _CLUSTER_GAP
+    ]
+    cuts = sorted(k for _, k in sorted(gaps, reverse=True)[: _MAX_SEARCHES - 1])
     clusters: list[tuple[datetime, datetime, list[str]]] = []
-    for i in order:
-        start = items[i].envelope.window_start
-        if clusters and start - clusters[-1][1] <= _CLUSTER_GAP:
-            lo, _, ids = clusters[-1]
-            ids.append(envelope_ids[i])
-            clusters[-1] = (lo, start, ids)
-        else:
-            clusters.append((start, start, [envelope_ids[i]]))
+    for lo, hi in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        if lo < hi:
+            ids = [envelope_ids[i] for i in order[lo:hi]]
+            clusters.append((starts[lo], starts[hi - 1], ids))
     return clusters
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from auditlog import AUDIT_ACTIONS
+from auditlog import AUDIT_ACTIONS, AuditRecord
 from ingest import AuditLog, IngestSettings, InMemoryEnvelopeBus, create_app, write_private_key
 from quietwire.cli import app
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client, counter_aggregate
@@ -244,3 +244,19 @@ def test_a_log_of_another_layout_is_exit_2(log: Path) -> None:
     code, _, err = _run("verify", "--log", str(log))
     assert code == 2
     assert "no such column: hash" in err
+
+
+def test_list_shows_markup_a_sender_chose_as_text(tmp_path: Path) -> None:
+    # Review s18b: an anonymous item's key "[/x]" in a refusal's detail crashed the table
+    # (rich MarkupError), and "[link=...]" became a hyperlink.
+    path = tmp_path / "audit.sqlite3"
+    audit = AuditLog(path)
+    audit.append(
+        AuditRecord(
+            "envelope", "rejected", None, "schema_invalid", "[/x] [link=https://evil]x\x1b[2J"
+        )
+    )
+    audit.close()
+    result = CliRunner().invoke(app, ["audit", "list", "--log", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.stderr
+    assert "[/x] [link=https://evil]x\\x1b[2J" in result.stdout

@@ -5,8 +5,10 @@ entries."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -163,6 +165,10 @@ def test_an_ipv4_host_written_as_ipv6_is_keyed_by_its_ipv4_address() -> None:
     assert source("64:ff9b::c633:6407") == "198.51.100.7"
     # Only the /96 well-known prefix embeds an address; the rest of 64:ff9b::/64 does not.
     assert source("64:ff9b::1:0:0:1") == "64:ff9b::/64"
+    # The deprecated IPv4-compatible form too; the unspecified and loopback addresses
+    # are not IPv4 hosts.
+    assert source("::203.0.113.5") == "203.0.113.5"
+    assert source("::1") == "::/64"
 
 
 async def test_ipv4_clients_seen_through_a_dual_stack_socket_have_their_own_buckets(
@@ -239,3 +245,27 @@ async def test_deletion_requests_are_limited_per_source_and_the_refusals_sampled
     log.close()
     # Four refusals: the first of the interval, then one summary of the rest.
     assert [(e.action, e.decision) for e in refused] == [("deletion", "rejected")] * 2
+
+
+async def test_an_audit_log_that_cannot_commit_is_a_503_on_every_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review s18b: attestation decisions and rate-limit refusals were a bare 500.
+    def full(self: AuditLog, *args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    settings = _settings(tmp_path).model_copy(update={"region": "eu-test"})
+    app = create_app(settings, bus=InMemoryEnvelopeBus())
+    async with asgi_client(app) as client:
+        monkeypatch.setattr(AuditLog, "append", full)
+        monkeypatch.setattr(AuditLog, "append_many", full)
+        answers = [
+            await client.post("/v1/attest/nonce", json=UNKNOWN),
+            await client.post("/v1/deletion-requests", json=deletion_body(SigningKey.generate())),
+        ]
+        monkeypatch.undo()
+    for resp in answers:
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"] in {"state_unavailable", "audit_unavailable"}
+        assert "database or disk is full" in resp.json()["detail"]
+        assert resp.headers["retry-after"]
