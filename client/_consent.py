@@ -7,10 +7,13 @@ effect of consenting to diagnostics. A grant made under an older consent notice
 (`Policy.consent.notice_version`) no longer counts: the user must be asked again.
 
 Every decision is a new `ConsentRecord` with the next version number, signed by the
-device key over its canonical bytes, and the whole history is written durably (temp
-file, fsync, atomic rename). By default that happens before `grant`/`revoke` return;
-after `defer_writes()` (the client's background mode) a decision takes effect in memory
-at once and `persist()`, called by the worker, makes it durable, in order.
+device key over its canonical bytes. Each write re-reads the file under an exclusive lock
+on `<file>.lock`, appends only the writer's new decisions after the last record on disk,
+and writes the history durably (temp file, fsync, atomic rename): no decision another
+`ConsentStore` wrote (in this process or another) is lost. By default that happens
+before `grant`/`revoke` return; after `defer_writes()` (the client's background mode) a
+decision takes effect in memory at once and `persist()`, called by the worker, makes it
+durable, in order.
 `consent_hash()` summarises the current decision per tier; it travels in each envelope
 so the ingest can refuse a tier whose consent the envelope does not carry.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -89,6 +94,21 @@ class _History(BaseModel):
     records: list[SignedConsentRecord]
 
 
+def _lock_blocking(fd: int) -> None:
+    """Wait for an exclusive advisory lock on `fd` (released when `fd` is closed)."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        raise ConsentError(f"cannot lock the consent history: {exc.strerror or exc}") from exc
+
+
 def consent_hash_of(records: Iterable[ConsentRecord]) -> str:
     """SHA-256 over the given current records (one per tier), order-independent.
 
@@ -108,6 +128,14 @@ class ConsentStore:
 
     `sign` signs bytes with the device key (the same key that signs envelopes).
     `clock` is injectable for tests. Thread-safe.
+
+    Every write is a read-modify-write of the file as it is on disk, under an exclusive
+    lock on `<path>.lock` (shared with every other `ConsentStore` on the file, in this
+    process or another): the history is re-read, only this object's new decisions are
+    appended after its last record (one that the file already holds, such as a grant of
+    a tier the file shows granted, is skipped), and this object then adopts the file's
+    history. So no decision anybody wrote is lost, and a revocation written by another
+    object wins over a grant this object only remembers.
     """
 
     def __init__(
@@ -119,20 +147,30 @@ class ConsentStore:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._path = Path(path)
+        self._lock_path = self._path.with_name(self._path.name + ".lock")
         self._sign = sign
         self._policy = policy
         self._policy_hash = policy.content_hash
         self._clock = clock
         self._mutex = threading.Lock()
         self._write_lock = threading.Lock()
-        """Serialises `persist` calls, so an older history never replaces a newer one."""
+        """Serialises this object's writes (the file lock serialises everybody's)."""
         self._write_through = True
-        self._history = self._load()
-        self._written = len(self._history)
-        """How many records of `_history` are on disk."""
-        self._current = {s.record.tier: s for s in self._history}
-        # Asked at every window close and put in every envelope: computed once per change.
-        self._hash = consent_hash_of(s.record for s in self._current.values())
+        self.before_revocation: Callable[[SignedConsentRecord, str], None] | None = None
+        """Called under the file lock with each new revocation and the consent hash
+        after it, before the history holding it is written: the revocation's deletion
+        request is stored there first, so a kill in between leaves a request whose
+        revocation is not written (a deletion the user was asking for), never a
+        revocation without its request. If it raises, nothing is written."""
+        self._disk = self._load()
+        """The history as this object last read or wrote it."""
+        self._pending: list[tuple[Tier, bool, SignedConsentRecord | None]] = []
+        """Deferred decisions not yet written: (tier, granted, the record made in memory,
+        or None when it changed nothing in memory)."""
+        self._history: list[SignedConsentRecord] = []
+        self._current: dict[Tier, SignedConsentRecord] = {}
+        self._hash = ""
+        self._rebuild()
 
     def defer_writes(self) -> None:
         """From now on a decision takes effect in memory when `grant`/`revoke` return, and
@@ -144,29 +182,44 @@ class ConsentStore:
     def unpersisted(self) -> int:
         """Decisions in effect but not yet on disk (only after `defer_writes`)."""
         with self._mutex:
-            return len(self._history) - self._written
+            return len(self._pending)
 
-    def persist(self) -> None:
-        """Write every decision not yet on disk (fsync, atomic rename). Does file I/O:
-        the worker's job. Raises `ConsentError` if the history cannot be written; the
-        decisions stay in effect and the next call tries again."""
+    def persist(
+        self, upto: int | None = None
+    ) -> list[tuple[SignedConsentRecord, SignedConsentRecord | None]]:
+        """Write every decision not yet on disk: re-read the file under its lock, append
+        each decision that changes what the file holds (re-numbered and re-signed if the
+        file changed meanwhile), write it (fsync, atomic rename) and adopt it. Does file
+        I/O: the worker's job. Returns (record made in memory, record written, or None if
+        the file already held that decision) per decision that made a record in memory.
+        `upto`: write only the oldest `upto` decisions not yet written (`unpersisted`
+        read earlier). Raises `ConsentError` if the history cannot be written; the decisions stay in
+        effect and the next call tries again."""
         with self._write_lock:
             with self._mutex:
-                if self._written == len(self._history):
-                    return
-                history = list(self._history)
-            self._write(history)
+                pending = list(self._pending[:upto])
+            if not pending:
+                return []
+            written: list[tuple[SignedConsentRecord, SignedConsentRecord | None]] = []
+
+            def apply(history: list[SignedConsentRecord]) -> None:
+                written.clear()
+                for tier, granted, provisional in pending:
+                    final = self._append(history, tier, granted, provisional)
+                    if provisional is not None:
+                        written.append((provisional, final))
+
+            disk = self._locked_update(apply)
             with self._mutex:
-                self._written = max(self._written, len(history))
+                self._disk = disk
+                del self._pending[: len(pending)]
+                self._rebuild()
+            return written
 
     def grant(self, tier: Tier) -> SignedConsentRecord:
         """Record that the user allows `tier` to be sent; durable when this returns
         (unless `defer_writes` was called: then once `persist` has run)."""
-        with self._mutex:
-            current = self._current.get(tier)
-            if current is not None and current.record.granted and self._is_fresh(current):
-                return current  # already granted under this policy and notice
-            return self._record(tier, granted=True)
+        return self._decide(tier, granted=True)[0]
 
     def revoke(self, tier: Tier) -> SignedConsentRecord:
         """Record that the user withdraws `tier`; durable when this returns (unless
@@ -175,11 +228,12 @@ class ConsentStore:
         The caller must then purge the tier's local data and spool, and send the
         returned record as its deletion request.
         """
-        with self._mutex:
-            current = self._current.get(tier)
-            if current is not None and not current.record.granted:
-                return current
-            return self._record(tier, granted=False)
+        return self._decide(tier, granted=False)[0]
+
+    def decide(self, tier: Tier, *, granted: bool) -> tuple[SignedConsentRecord, bool]:
+        """`grant` or `revoke`, and whether that made a new record (False: the tier's
+        current decision, on disk when written through, already said so)."""
+        return self._decide(tier, granted=granted)
 
     def allows(self, tier: Tier) -> bool:
         """Whether data of `tier` may leave the device now."""
@@ -200,7 +254,8 @@ class ConsentStore:
             return dict(self._current)
 
     def records(self) -> list[SignedConsentRecord]:
-        """The whole history, oldest first."""
+        """The whole history, oldest first (with the deferred decisions not yet
+        written, numbered as if written next)."""
         with self._mutex:
             return list(self._history)
 
@@ -214,30 +269,123 @@ class ConsentStore:
     def _is_fresh(self, signed: SignedConsentRecord) -> bool:
         return signed.record.notice_version >= self._policy.consent.notice_version
 
-    def _record(self, tier: Tier, *, granted: bool) -> SignedConsentRecord:
+    def _holds(self, current: SignedConsentRecord | None, granted: bool) -> bool:
+        """Whether `current` already says `granted` (a fresh grant, or a revocation)."""
+        if current is None:
+            return False
+        if granted:
+            return current.record.granted and self._is_fresh(current)
+        return not current.record.granted
+
+    def _decide(self, tier: Tier, *, granted: bool) -> tuple[SignedConsentRecord, bool]:
+        with self._mutex:
+            if not self._write_through:
+                current = self._current.get(tier)
+                if self._holds(current, granted):
+                    assert current is not None
+                    # Still written: the file may say otherwise by now.
+                    self._pending.append((tier, granted, None))
+                    return current, False
+                signed = self._sign_record(tier, granted, len(self._history) + 1, self._clock())
+                self._pending.append((tier, granted, signed))
+                self._rebuild()
+                return signed, True
+        with self._write_lock:
+            made: list[SignedConsentRecord | None] = []
+
+            def apply(history: list[SignedConsentRecord]) -> None:
+                made.clear()
+                made.append(self._append(history, tier, granted, None))
+
+            disk = self._locked_update(apply)
+            with self._mutex:
+                self._disk = disk
+                self._rebuild()
+                new = made[0]
+                if new is not None:
+                    return new, True
+                return self._current[tier], False
+
+    def _append(
+        self,
+        history: list[SignedConsentRecord],
+        tier: Tier,
+        granted: bool,
+        provisional: SignedConsentRecord | None,
+    ) -> SignedConsentRecord | None:
+        """Append the decision to `history` unless its last record of `tier` says so
+        already; the appended record (`provisional` itself if its version fits)."""
+        current = None
+        for signed in reversed(history):
+            if signed.record.tier is tier:
+                current = signed
+                break
+        if self._holds(current, granted):
+            return None
+        version = len(history) + 1
+        if provisional is not None and provisional.record.version == version:
+            signed = provisional
+        else:
+            at = provisional.record.recorded_at if provisional is not None else self._clock()
+            signed = self._sign_record(tier, granted, version, at)
+        history.append(signed)
+        if not granted and self.before_revocation is not None:
+            latest = {s.record.tier: s.record for s in history}
+            self.before_revocation(signed, consent_hash_of(latest.values()))
+        return signed
+
+    def _sign_record(
+        self, tier: Tier, granted: bool, version: int, at: datetime
+    ) -> SignedConsentRecord:
         record = ConsentRecord(
             tier=tier,
             granted=granted,
-            version=len(self._history) + 1,
+            version=version,
             notice_version=self._policy.consent.notice_version,
-            recorded_at=self._clock(),
+            recorded_at=at,
             policy_hash=self._policy_hash,
         )
         try:
             signature = self._sign(record.canonical_bytes())
         except Exception as exc:
             raise ConsentError(f"cannot sign the consent record: {exc}") from exc
-        signed = SignedConsentRecord(record=record, signature=signature)
-        history = [*self._history, signed]
-        if self._write_through:
-            self._write(history)
-            self._written = len(history)
-        # Written through: only once durable does the decision take effect. Deferred: at
-        # once, in memory (a revocation must stop releases now, not after an fsync).
+        return SignedConsentRecord(record=record, signature=signature)
+
+    def _rebuild(self) -> None:
+        """`_history`, `_current` and `_hash` from `_disk` and `_pending` (under
+        `_mutex`). A decision takes effect only once written (written through) or at
+        once in memory (deferred: a revocation must stop releases now)."""
+        history = list(self._disk)
+        current = {s.record.tier: s for s in history}
+        for tier, _granted, provisional in self._pending:
+            if provisional is not None:
+                history.append(provisional)
+                current[tier] = provisional
         self._history = history
-        self._current[tier] = signed
-        self._hash = consent_hash_of(s.record for s in self._current.values())
-        return signed
+        self._current = current
+        # Asked at every window close and put in every envelope: computed once per change.
+        self._hash = consent_hash_of(s.record for s in current.values())
+
+    def _locked_update(
+        self, apply: Callable[[list[SignedConsentRecord]], None]
+    ) -> list[SignedConsentRecord]:
+        """Under the file lock: re-read the history, `apply` this call's decisions to it,
+        write it if they changed it; the history now on disk."""
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConsentError(f"{self._lock_path}: cannot open: {exc.strerror or exc}") from exc
+        try:
+            _lock_blocking(fd)
+            history = self._load()
+            before = len(history)
+            apply(history)
+            if len(history) != before:
+                self._write(history)
+            return history
+        finally:
+            os.close(fd)  # releases the lock
 
     def _write(self, history: list[SignedConsentRecord]) -> None:
         data = _History(records=history).model_dump_json(indent=1).encode()

@@ -273,12 +273,13 @@ def _too_large(attributes: dict[str, object]) -> bool:
 
 
 def _as_count(amount: object) -> tuple[int, DropReason | None]:
-    """A counter amount as an int (numpy integers too), or the reason it is refused."""
-    if isinstance(amount, bool) or not isinstance(amount, numbers.Integral):
-        if isinstance(amount, float) and not math.isfinite(amount):
-            return 0, DropReason.NOT_FINITE
-        return 0, DropReason.WRONG_TYPE
+    """A counter amount as an int (numpy integers too), or the reason it is refused.
+    Never raises, not even for an object whose `__class__` lookup does."""
     try:
+        if isinstance(amount, bool) or not isinstance(amount, numbers.Integral):
+            if isinstance(amount, float) and not math.isfinite(amount):
+                return 0, DropReason.NOT_FINITE
+            return 0, DropReason.WRONG_TYPE
         count = operator.index(amount)
     except Exception:
         return 0, DropReason.WRONG_TYPE
@@ -286,10 +287,10 @@ def _as_count(amount: object) -> tuple[int, DropReason | None]:
 
 
 def _as_finite_float(value: object) -> tuple[float, DropReason | None]:
-    """A histogram value as a float, or the reason it is refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return 0.0, DropReason.WRONG_TYPE
+    """A histogram value as a float, or the reason it is refused (never raises)."""
     try:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return 0.0, DropReason.WRONG_TYPE
         converted = float(value)
     except Exception:
         return 0.0, DropReason.WRONG_TYPE

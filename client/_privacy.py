@@ -228,9 +228,8 @@ class PrivacyGate:
 
     def revoke(self, tier: Tier) -> SignedConsentRecord | None:
         """Record a revocation; the new record, or None if the tier was already revoked."""
-        current = self.consent.current().get(tier)
-        record = self.consent.revoke(tier)
-        return None if current is not None and record == current else record
+        record, new = self.consent.decide(tier, granted=False)
+        return record if new else None
 
     def close(self) -> None:
         """Release the ledger's files."""

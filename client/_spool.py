@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -62,6 +63,11 @@ def _load_or_create_key(path: Path) -> bytes:
         f.flush()
         os.fsync(f.fileno())
     return key
+
+
+STALE_TMP_SECONDS = 600.0
+"""A `*.tmp` file in the spool older than this is a write a crash cut short (a write
+takes milliseconds): opening a `Spool` removes it, and leaves a younger one alone."""
 
 
 class Spool:
@@ -358,7 +364,13 @@ class Spool:
     def _load(self) -> None:
         for path in sorted(self._dir.iterdir()):
             if path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)  # a write that never completed
+                # A write that never completed, or one another `Spool` on the directory
+                # (another `Telemetry`, a process) is making now: only a stale one goes.
+                try:
+                    if time.time() - path.stat().st_mtime > STALE_TMP_SECONDS:
+                        path.unlink(missing_ok=True)
+                except OSError:
+                    pass
                 continue
             plain = self._read(path)
             try:

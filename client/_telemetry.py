@@ -161,7 +161,7 @@ class Telemetry:
         self._warm_measurements()
         self._collect_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._purges: list[tuple[Tier, str, list[Tier], DeletionRequestV1 | None]] = []
+        self._purges: list[tuple[Tier, str, list[Tier]]] = []
         """Revocations whose deletion request and spool purge are still to run."""
         self._carry_purges: set[Tier] = set()
         """Tiers a consent decision discarded whose cells the carry record on disk may
@@ -201,6 +201,12 @@ class Telemetry:
         self._closed = False
         self._batch_lock = threading.Lock()
         self._sender_cut = False
+        self._worker_ends_shutdown = False
+        """`shutdown` returned while the worker was still loading the state: the worker
+        finishes it once its load ends (`_end_late_shutdown`)."""
+        self._load_failed = False
+        """The worker's last load failed (under `_consent_cond`): `shutdown` then
+        writes the queued consent calls itself rather than hand them to the worker."""
         """Set (under `_batch_lock`) when `shutdown` returns: its sender thread starts no
         batch after that (`_take_batch`)."""
         self._worker: PeriodicWorker | None = None
@@ -272,6 +278,9 @@ class Telemetry:
         )
         if config.mode == "background":
             gate.consent.defer_writes()  # the worker writes (`_run_purges`)
+        gate.consent.before_revocation = lambda record, consent_hash: self._store_deletion_request(
+            outbox, key_store, record, consent_hash
+        )
         self._key_store, self._sealer, self._state = key_store, sealer, state
         # A TPM store names the device after its EK; a software key is self-certifying.
         self._device_id = device_id_of(key_store)  # no I/O: see `FallbackKeyStore.current`
@@ -400,8 +409,9 @@ class Telemetry:
         Each tier needs its own grant (`content` above all). What was recorded before
         the grant (the open window, a carried window, queued prompts) is discarded,
         never released. Manual mode: the signed record is durable when this returns;
-        raises `ConsentError` if it cannot be written. Background mode: the grant takes
-        effect when this returns and the worker writes it at once
+        raises `ConsentError` if it cannot be written, `SpoolError` if the carried
+        window cannot be purged of the tier first (nothing granted then). Background
+        mode: the grant takes effect when this returns and the worker writes it at once
         (`wait_consent_durable` waits for that); a failure to write is logged and
         retried. Once the worker has stopped (`shutdown`), it is written before this
         returns, as in manual mode (`ClientError` if it cannot be).
@@ -418,13 +428,17 @@ class Telemetry:
         Purges the tier's data from the open window and from every envelope still in
         the spool, and queues a signed deletion request (sent before any envelope) that
         the ingest records and the warehouse acts on by deleting this device's rows of
-        the tier. Manual mode: all of it is on disk when this returns; raises
-        `ConsentError` if the revocation cannot be recorded.
+        the tier. Manual mode: all of it is on disk when this returns. Raises
+        `ClientError`: `ConsentError` if the revocation cannot be recorded,
+        `SpoolError` if the carried window cannot be purged or the deletion request
+        stored first (nothing is revoked then), or if the spool purge fails after the
+        revocation was written (it is then in effect and on disk; the purge is retried
+        by the next consent call, `flush` or `shutdown`).
 
         Background mode: the revocation takes effect in memory when this returns (no
         window releases the tier, no send carries it); the worker then strips the tier
-        from the carried window, writes the revocation, the deletion request and the
-        purged spool, in that order, before it sends anything (`wait_consent_durable`
+        from the carried window, stores the deletion request, writes the revocation and
+        purges the spool, in that order, before it sends anything (`wait_consent_durable`
         waits for the writes). Until they are on disk a crash loads the previous
         decision again: see docs/client.md. Once the worker has stopped (`shutdown`),
         all of it is written before this returns (`ClientError` if it cannot be).
@@ -494,11 +508,12 @@ class Telemetry:
         if granted:
             if not self._gate.consent.allows(tier):
                 self._discard_recorded(tier)
-                self._gate.grant(tier)
+            # Even when in effect here: the file may hold a newer revocation by now.
+            self._gate.grant(tier)
         else:
-            record = self._gate.revoke(tier)  # windows and sends see it now
+            self._gate.revoke(tier)  # windows and sends see it now
             self._discard_recorded(tier)
-            self._queue_purge(tier, record)
+            self._queue_purge(tier)
 
     def wait_consent_durable(self, timeout: float | None = None) -> bool:
         """Wait until every `grant_consent`/`revoke_consent` made so far is on disk (with
@@ -507,7 +522,9 @@ class Telemetry:
         Background mode only waits (the worker writes them at the start of its next
         round); manual mode has written them already. False at once, and from then on,
         once a call is known lost: the state never loaded and the calls queued meanwhile
-        could not be written at `shutdown` either (`_write_queued_consent`). It blocks:
+        could not be written at `shutdown` either (`_write_queued_consent`), or the
+        worker loaded the state after `shutdown` returned and could not write them
+        (`_end_late_shutdown`). It blocks:
         never call it on the app's UI thread.
         """
         with self._consent_cond:
@@ -517,17 +534,29 @@ class Telemetry:
             )
             return self._consent_durable >= asked and not self._consent_lost
 
-    def _queue_purge(self, tier: Tier, record: SignedConsentRecord | None) -> None:
-        """Queue the spool purge (and deletion request, for a new revocation) of `tier`."""
+    def _queue_purge(self, tier: Tier) -> None:
+        """Queue the spool purge of `tier` (its deletion request is stored by
+        `ConsentStore.before_revocation`, before the revocation is written)."""
         consent_hash = self._gate.consent.consent_hash()
-        request = None
-        if record is not None:
-            # Signed by the worker when sent: signing may wait on a TPM.
-            request = self._deletion_request(
-                device_id_of(self._key_store), tier, record, consent_hash
-            )
         with self._send_lock:
-            self._purges.append((tier, consent_hash, self._gate.consented(), request))
+            self._purges.append((tier, consent_hash, self._gate.consented()))
+
+    def _store_deletion_request(
+        self,
+        spool: Spool,
+        key_store: KeyStore,
+        record: SignedConsentRecord,
+        consent_hash: str,
+    ) -> None:
+        """Store the (unsigned) deletion request of a new revocation before the
+        revocation is written (`ConsentStore.before_revocation`; `SpoolError`). It is
+        signed by the sending thread when sent: signing may wait on a TPM."""
+        tier = record.record.tier
+        request = self._deletion_request(device_id_of(key_store), tier, record, consent_hash)
+        try:
+            spool.put_deletion(request, request.request_id)
+        except (ClientError, OSError) as exc:
+            raise SpoolError(f"{tier.value}: {exc}") from exc
 
     def _deletion_request(
         self, device_id: str, tier: Tier, record: SignedConsentRecord, consent_hash: str
@@ -554,32 +583,36 @@ class Telemetry:
     def _make_consent_durable(self) -> None:
         """Make the consent decisions made so far durable, in order: strip the tiers
         they discarded from the carried window on disk (first: once a decision is
-        written, a crash must not bring back what it discarded), write `consent.json`,
-        then store the revocations' deletion requests and strip revoked tiers from the
-        spool. Raises `ClientError` at the first step that fails; what is left stays
+        written, a crash must not bring back what it discarded), write `consent.json`
+        (each new revocation's deletion request is stored just before, under the
+        file's lock: `ConsentStore.before_revocation`), then strip revoked tiers from
+        the spool. Raises `ClientError` at the first step that fails; what is left stays
         queued for the next call.
 
         The caller holds `_collect_lock`: no window is released or carried meanwhile,
         and two threads (the worker and a flush, the shutdown's sender and a consent
         call) never interleave, so one cannot report as durable what the other is
         still writing."""
+        consent = self._gate.consent
         with self._consent_cond:
+            # One instant for all three (decisions are made under `_consent_cond`): what
+            # is written below is exactly the decisions whose carry purges and spool
+            # purges are taken here, never a later one before its own purge.
             asked = self._consent_asked
-        with self._send_lock:
-            carry, self._carry_purges = self._carry_purges, set()
+            upto = consent.unpersisted
+            with self._send_lock:
+                carry, self._carry_purges = self._carry_purges, set()
+                purges, self._purges = self._purges, []
         try:
             _purge_carried(self._outbox, carry, self._tier_of)
-            self._gate.consent.persist()
+            consent.persist(upto)
         except ClientError:
             with self._send_lock:
                 self._carry_purges |= carry
+                self._purges[:0] = purges
             raise
-        with self._send_lock:
-            purges, self._purges = self._purges, []
-        for i, (tier, consent_hash, consented, request) in enumerate(purges):
+        for i, (tier, consent_hash, consented) in enumerate(purges):
             try:
-                if request is not None:
-                    self._outbox.put_deletion(request, request.request_id)
                 self._outbox.purge_tier(tier, consent_hash=consent_hash, consented_tiers=consented)
             except (ClientError, OSError) as exc:
                 with self._send_lock:
@@ -601,11 +634,12 @@ class Telemetry:
         because another `Telemetry` on the same state directory holds the privacy
         ledger's lock, and the consent history, the deletion requests, the spool and
         the carried window need no such lock. So a revocation reaches the disk (with
-        its deletion request; the spool and the carried window purged) and the next
-        start loads it; a `Telemetry` still running on the directory keeps its own view
-        until it restarts. Raises `ClientError` if they cannot be written either (an
-        unreadable consent file, say): they are logged at error level by `shutdown`,
-        and `wait_consent_durable` says False from then on. The caller holds
+        its deletion request; the spool and the carried window purged), added on top
+        of the file as it is (`ConsentStore`), and the next start loads it; a
+        `Telemetry` still running on the directory adopts it at its next consent write
+        (which adds its own decisions on top). Raises `ClientError` if they cannot be
+        written either (an unreadable consent file, say): they are logged at error
+        level by `shutdown`, and `wait_consent_durable` says False from then on. The caller holds
         `_collect_lock` (see `_make_consent_durable`)."""
         with self._consent_cond:
             queued, self._consent_queue = self._consent_queue, []
@@ -635,6 +669,9 @@ class Telemetry:
             clock=config.clock,
         )
         spool = Spool(config.state_dir, config.max_pending, self._drops)
+        consent.before_revocation = lambda record, consent_hash: self._store_deletion_request(
+            spool, key_store, record, consent_hash
+        )
         for tier, granted in queued:
             if granted and consent.allows(tier):
                 continue
@@ -642,14 +679,8 @@ class Telemetry:
             if granted:
                 consent.grant(tier)
                 continue
-            before = consent.current().get(tier)
-            record = consent.revoke(tier)
+            consent.revoke(tier)  # its deletion request stored first (`before_revocation`)
             consent_hash = consent.consent_hash()
-            if record != before:
-                request = self._deletion_request(
-                    device_id_of(key_store), tier, record, consent_hash
-                )
-                spool.put_deletion(request, request.request_id)
             allowed = [t for t in Tier if consent.allows(t)]
             spool.purge_tier(tier, consent_hash=consent_hash, consented_tiers=allowed)
 
@@ -1164,8 +1195,11 @@ class Telemetry:
         ingest's budget of its day, or ahead of its clock: `client._send_hold`) stay
         pending, and the answer is False.
         """
-        if self._worker is None or self._closed:
-            # (After a `shutdown` that never loaded the state there is nothing to send.)
+        if self._closed:
+            # The next run owns the spool (and may purge it for a revocation): nothing
+            # is sent; True only if nothing was left pending.
+            return self._loaded.is_set() and not self._outbox.unsent()
+        if self._worker is None:
             return self._loaded.is_set() and self._send_pending(blocking=True)
         done = threading.Event()
         with self._send_lock:
@@ -1243,9 +1277,14 @@ class Telemetry:
         return True
 
     def _may_start(self, until: float | None) -> bool:
-        """Whether a send may start now: always, but for the shutdown sender (`until`
-        set), only before its deadline and while `shutdown` has not returned."""
-        return until is None or (not self._sender_cut and time.monotonic() < until)
+        """Whether a send may start now. Never once `shutdown` has returned. Once it has
+        begun, only for its sender (`until` set), before its deadline: the worker (in a
+        round `shutdown` stopped waiting for) and `flush` start no batch."""
+        if self._sender_cut:
+            return False
+        if until is None:
+            return not self._closed
+        return time.monotonic() < until
 
     def _take_batch(self, until: float | None) -> list[EnvelopeV1]:
         """The next batch to send, or [] if no send may start (`_may_start`). Checked
@@ -1303,12 +1342,29 @@ class Telemetry:
         with self._send_lock:
             waiters, self._flush_waiters = self._flush_waiters, []
         if not self._loaded.is_set():
+            with self._consent_cond:
+                self._load_failed = False
             try:
                 self._start_up()
             except Exception:
+                with self._consent_cond:
+                    self._load_failed = True
+                    ends_shutdown = self._worker_ends_shutdown
+                if ends_shutdown:
+                    # No retry: write the calls queued meanwhile without the state.
+                    _log.exception("loading the device's state failed after shutdown")
+                    self._write_queued_consent_at_shutdown()
+                    for done in waiters:
+                        done.set()
+                    return 30.0
                 # The app keeps running without telemetry (recordings dropped and
                 # counted) and the worker tries again: a full disk may clear.
                 _log.exception("loading the device's state failed; retrying in 30 s")
+                for done in waiters:
+                    done.set()
+                return 30.0
+            if self._worker_ends_shutdown:
+                self._end_late_shutdown()
                 for done in waiters:
                     done.set()
                 return 30.0
@@ -1346,8 +1402,9 @@ class Telemetry:
         on-disk spool and are sent by the next `Telemetry` on the same state directory.
         Returns within about `timeout` (plus the windows' release, local work):
         sending, which may wait on the network or a TPM, runs on a sender thread this
-        waits for at most that long; that thread starts no batch once this has returned
-        (one already on the wire finishes). Consent calls made afterwards are written
+        waits for at most that long. No batch starts once this has returned, on that
+        thread, on a worker still in its round, or in `flush` (one already on the wire
+        finishes). Consent calls made afterwards are written
         on the caller's thread, as in manual mode.
         """
         if self._closed:
@@ -1363,13 +1420,18 @@ class Telemetry:
                     self._start_up()
                 except Exception:
                     _log.exception("loading the device's state at shutdown failed")
-        if not self._loaded.is_set():
+        with self._consent_cond:  # `_start_up` sets `_loaded` under it: one or other
+            loaded = self._loaded.is_set()
+            worker = self._worker
+            if not loaded and worker is not None and worker.is_alive():
+                self._worker_ends_shutdown = not self._load_failed
+        if not loaded:
             # Still loading on the worker (a slow disk), or the state cannot be read:
             # nothing recorded counted, nothing to release or send.
-            worker = self._worker
-            if worker is None or not worker.is_alive():
+            if not self._worker_ends_shutdown:
                 self._write_queued_consent_at_shutdown()
-            # (Else the worker, once loaded, applies and writes them in that round.)
+            # (Else the worker, once its load ends, writes them: `_end_late_shutdown`,
+            # or without the state if the load fails.)
             self._transport.close()
             return
         # Called by the host app (or at exit): a failure here is logged, never raised,
@@ -1400,6 +1462,22 @@ class Telemetry:
         # A send still waiting on the network finishes on that thread (which then
         # closes the transport), or the process's exit ends it: what it carried stays
         # in the spool for the next run.
+
+    def _end_late_shutdown(self) -> None:
+        """The worker loaded the state after `shutdown` returned: write the consent
+        calls applied at the load (or say loudly that they are lost), then give the
+        ledger's lock back. Nothing is released, carried anew or sent: a carry record
+        read at the load stays on disk for the next start."""
+        try:
+            with self._collect_lock:
+                self._make_consent_durable()
+        except ClientError as exc:
+            _log.error("consent decisions made before the state loaded are lost: %s", exc)
+            with self._consent_cond:
+                self._consent_lost = True
+                self._consent_cond.notify_all()
+        finally:
+            self._gate.close()
 
     def _write_queued_consent_at_shutdown(self) -> None:
         """The state never loaded: write the consent calls queued meanwhile without it

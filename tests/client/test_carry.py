@@ -3,15 +3,21 @@ in part, and the next run releases it once, whole (client._carry)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import tempfile
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import client._telemetry as telemetry_module
 from client import MemoryTransport, Telemetry, TelemetryConfig, TrueCounter
 from client._carry import CarriedWindow, encode_carried
 from client._consent import ConsentStore
@@ -599,3 +605,201 @@ def test_a_crash_before_the_late_release_loses_nothing(
     clock.now += timedelta(days=2)
     fourth = _telemetry(tmp_path, ingest, clock)
     assert [e.window_start for e in fourth.collect(clock.now)] == [DAY + ONE_DAY]
+
+
+def test_a_consent_call_on_a_telemetry_after_shutdown_keeps_a_newer_revocation(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Review s18b H1 (a): a settings callback still holds a `Telemetry` that was shut
+    down; its write adds only its own decision to the file as it is now."""
+    old = _telemetry(tmp_path, ingest, clock, mode="background")
+    try:
+        assert old.ready(timeout=30)
+        assert old.wait_consent_durable(timeout=30)
+    finally:
+        old.shutdown(timeout=1.0)
+    new = _telemetry(tmp_path, ingest, clock, consent=(), mode="background")
+    try:
+        assert new.ready(timeout=30)
+        new.revoke_consent(Tier.HEALTH)
+        assert new.wait_consent_durable(timeout=30)
+        old.grant_consent(Tier.PERFORMANCE)
+        assert old.consented_tiers() == [Tier.PERFORMANCE]  # it adopted the revocation
+    finally:
+        new.shutdown(carry_open_window=False, timeout=1.0)
+    nxt = _telemetry(tmp_path, ingest, clock, consent=())
+    assert nxt.consented_tiers() == [Tier.PERFORMANCE]
+
+
+def test_a_revocation_written_by_a_telemetry_that_never_loaded_holds(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
+) -> None:
+    """Review s18b H1 (b): B never loads (A holds the ledger lock) and writes its
+    revocation at shutdown; A's later consent write does not erase it, and A's second
+    revocation of the tier asks for no second deletion."""
+    a = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
+    b = _telemetry(tmp_path, ingest, clock, consent=(), mode="background")
+    assert not b.ready(timeout=0.5)
+    b.revoke_consent(Tier.HEALTH)
+    b.shutdown(timeout=1.0)
+    assert b.wait_consent_durable(timeout=0)
+    a.revoke_consent(Tier.PERFORMANCE)
+    a.revoke_consent(Tier.HEALTH)  # the file holds it already
+    a.shutdown(carry_open_window=False, timeout=1.0)
+    records = ConsentStore(tmp_path / "consent.json", lambda _b: b"x", PILOT).records()
+    assert [(s.record.tier, s.record.granted) for s in records[2:]] == [
+        (Tier.HEALTH, False),
+        (Tier.PERFORMANCE, False),
+    ]
+    assert len(list((tmp_path / "spool").glob("*.req"))) == 2
+    nxt = _telemetry(tmp_path, ingest, clock, consent=())
+    assert nxt.consented_tiers() == []
+    assert nxt.collect(DAY + ONE_DAY) == []
+
+
+def test_in_background_mode_a_decision_made_during_a_carry_purge_is_written_after_its_own(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s18b H3: health is revoked and granted again while the worker purges the
+    carry record for a revocation of performance. When the health decisions reach
+    `consent.json`, the carry record must no longer hold health's earlier cells."""
+    state, image = tmp_path / "state", tmp_path / "crash-image"
+    first = _telemetry(state, ingest, clock, consent=EVERY_SENDABLE)
+    _record_errors(first, 7)
+    first.shutdown()
+    clock.advance(hours=2)  # the same window
+
+    in_purge, decided = threading.Event(), threading.Event()
+    real_purge, real_persist = telemetry_module._purge_carried, ConsentStore.persist
+
+    def purge(spool: Any, tiers: set[Tier], tier_of: Any) -> None:
+        if Tier.PERFORMANCE in tiers and not in_purge.is_set():
+            in_purge.set()
+            decided.wait(10)  # the user acts while the record is rewritten
+        real_purge(spool, tiers, tier_of)
+
+    def persist(self: ConsentStore, *args: Any) -> Any:
+        written = real_persist(self, *args)
+        on_disk = ConsentStore(self._path, lambda _b: b"x", PILOT).records()
+        if sum(s.record.tier is Tier.HEALTH for s in on_disk) == 3 and not image.exists():
+            shutil.copytree(state, image)  # the process is killed once they are written
+        return written
+
+    monkeypatch.setattr(telemetry_module, "_purge_carried", purge)
+    monkeypatch.setattr(ConsentStore, "persist", persist)
+    second = _telemetry(state, ingest, clock, consent=(), mode="background")
+    try:
+        assert second.ready(timeout=30)
+        second.revoke_consent(Tier.PERFORMANCE)
+        assert in_purge.wait(10)
+        second.revoke_consent(Tier.HEALTH)
+        second.grant_consent(Tier.HEALTH)
+        decided.set()
+        assert second.wait_consent_durable(timeout=30)
+    finally:
+        second.shutdown(carry_open_window=False, timeout=1.0)
+    monkeypatch.undo()
+
+    (image / "privacy_ledger.journal.lock").unlink(missing_ok=True)
+    third = _telemetry(image, ingest, clock, consent=())
+    assert third.consented_tiers() == [Tier.HEALTH]
+    windows = third.collect_with_truth(DAY + ONE_DAY)
+    assert sum(_errors(w.truth) for w in windows) == 0
+
+
+class _Killed(Exception):
+    """The process dies here."""
+
+
+@pytest.mark.parametrize("mode", ["manual", "background"])
+def test_a_kill_right_after_a_revocation_is_written_keeps_its_deletion_request(
+    tmp_path: Path,
+    ingest: MemoryIngest,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    """Review s18b H5: the deletion request is stored before the revocation is written,
+    so a kill right after the write (or anywhere after the request) loses neither."""
+    tel = _telemetry(tmp_path, ingest, clock, consent=(), mode=mode)
+    try:
+        assert tel.ready(timeout=30)
+        tel.grant_consent(Tier.HEALTH)
+        assert tel.wait_consent_durable(timeout=30)
+        real_write = ConsentStore._write
+        killed = threading.Event()
+
+        def write(self: ConsentStore, history: list[Any]) -> None:
+            real_write(self, history)
+            if not history[-1].record.granted:
+                killed.set()
+                raise _Killed
+
+        monkeypatch.setattr(ConsentStore, "_write", write)
+        with contextlib.suppress(_Killed):
+            tel.revoke_consent(Tier.HEALTH)
+        assert killed.wait(10)
+    finally:
+        monkeypatch.undo()
+        _crash(tel)
+    nxt = _telemetry(tmp_path, ingest, clock, consent=())
+    assert nxt.consented_tiers() == []
+    ((_, request),) = nxt._outbox.deletions()
+    assert request.tier is Tier.HEALTH
+
+
+def _slow_state_load(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """A slow disk: reading the device state takes `seconds`."""
+    real_init = telemetry_module.DeviceState.__init__
+
+    def slow_init(self: Any, *args: Any, **kw: Any) -> None:
+        time.sleep(seconds)
+        real_init(self, *args, **kw)
+
+    monkeypatch.setattr(telemetry_module.DeviceState, "__init__", slow_init)
+
+
+def _wait_until_stopped(tel: Telemetry) -> None:
+    worker = tel._worker
+    assert worker is not None
+    deadline = time.monotonic() + 30.0
+    while worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker.is_alive()
+
+
+def test_consent_queued_during_a_load_that_fails_after_shutdown_is_written(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s18b H4: `shutdown` returns while the worker is still loading; the load
+    then fails (another `Telemetry` holds the ledger's lock). The queued revocation is
+    written without the state all the same."""
+    holder = _telemetry(tmp_path, ingest, clock)  # holds the ledger's lock
+    _slow_state_load(monkeypatch, 1.5)
+    tel = _telemetry(tmp_path, ingest, clock, consent=(), mode="background")
+    tel.revoke_consent(Tier.HEALTH)  # queued: the state is not loaded
+    tel.shutdown(timeout=0.3)
+    _wait_until_stopped(tel)
+    monkeypatch.undo()
+    assert tel.wait_consent_durable(timeout=0)
+    holder.shutdown(carry_open_window=False, timeout=1.0)
+    nxt = _telemetry(tmp_path, ingest, clock, consent=())
+    assert nxt.consented_tiers() == []
+
+
+def test_a_load_that_ends_after_shutdown_writes_the_consent_and_frees_the_ledger(
+    tmp_path: Path, ingest: MemoryIngest, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s18b H4 (related): the late load succeeds; the worker writes the queued
+    revocation and gives the ledger's lock back, sending nothing."""
+    first = _telemetry(tmp_path, ingest, clock)
+    first.shutdown(carry_open_window=False, timeout=1.0)
+    _slow_state_load(monkeypatch, 1.0)
+    tel = _telemetry(tmp_path, ingest, clock, consent=(), mode="background")
+    tel.revoke_consent(Tier.HEALTH)
+    tel.shutdown(timeout=0.2)
+    _wait_until_stopped(tel)
+    monkeypatch.undo()
+    assert tel.wait_consent_durable(timeout=0)
+    nxt = _telemetry(tmp_path, ingest, clock, consent=())  # manual: raises if locked
+    assert nxt.consented_tiers() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -197,3 +198,91 @@ def test_records_round_trip_as_wire_data() -> None:
     assert SignedConsentRecord.model_validate_json(signed.model_dump_json()) == signed
     with pytest.raises(ValueError, match="timezone"):
         ConsentRecord.model_validate({**record.model_dump(), "recorded_at": "2026-01-01T00:00"})
+
+
+def _on_disk(path: Path) -> list[tuple[int, Tier, bool]]:
+    return [(s.record.version, s.record.tier, s.record.granted) for s in _store(path).records()]
+
+
+def test_a_write_from_a_stale_store_keeps_a_revocation_written_by_another(
+    tmp_path: Path,
+) -> None:
+    """Review s18b H1: every write re-reads the file under its lock and adds only its own
+    decision, so an object's stale view never replaces what another one wrote."""
+    path = tmp_path / "consent.json"
+    _store(path).grant(Tier.HEALTH)
+    stale, other = _store(path), _store(path)
+    other.revoke(Tier.HEALTH)
+    stale.grant(Tier.PERFORMANCE)
+    assert _on_disk(path) == [
+        (1, Tier.HEALTH, True),
+        (2, Tier.HEALTH, False),
+        (3, Tier.PERFORMANCE, True),
+    ]
+    assert not stale.allows(Tier.HEALTH)  # adopted what the file holds
+    assert stale.allows(Tier.PERFORMANCE)
+    # A revocation the file holds already is not written again, and is not new.
+    assert stale.decide(Tier.HEALTH, granted=False) == (stale.current()[Tier.HEALTH], False)
+    assert len(_on_disk(path)) == 3
+
+
+def test_a_deferred_write_applies_only_its_decisions_on_top_of_the_file(
+    tmp_path: Path,
+) -> None:
+    """Deferred (background mode): a decision made in memory is re-numbered after what
+    another object wrote meanwhile; a revocation it already holds is not repeated."""
+    path = tmp_path / "consent.json"
+    _store(path).grant(Tier.HEALTH)
+    stale = _store(path)
+    stale.defer_writes()
+    _store(path).revoke(Tier.HEALTH)
+    made = stale.grant(Tier.PERFORMANCE)
+    revoked = stale.revoke(Tier.HEALTH)  # in memory: health was granted
+    assert made.record.version == 2
+    written = stale.persist()
+    assert _on_disk(path) == [
+        (1, Tier.HEALTH, True),
+        (2, Tier.HEALTH, False),
+        (3, Tier.PERFORMANCE, True),
+    ]
+    (first, final), (second, none) = written
+    assert first == made
+    assert final is not None
+    assert final.record.version == 3
+    assert final.record.recorded_at == made.record.recorded_at
+    KEY.verify_key.verify(final.record.canonical_bytes(), final.signature)
+    assert second == revoked
+    assert none is None  # the file held that revocation already
+    assert stale.unpersisted == 0
+    assert [s.record.version for s in stale.records()] == [1, 2, 3]
+    assert not stale.allows(Tier.HEALTH)
+    assert stale.allows(Tier.PERFORMANCE)
+
+
+def test_concurrent_writers_on_one_file_lose_no_decision(tmp_path: Path) -> None:
+    path = tmp_path / "consent.json"
+    stores = [_store(path) for _ in range(4)]
+    tiers = [Tier.HEALTH, Tier.PERFORMANCE]
+
+    def toggle(store: ConsentStore, tier: Tier) -> None:
+        for i in range(10):
+            if i % 2:
+                store.revoke(tier)
+            else:
+                store.grant(tier)
+
+    threads = [
+        threading.Thread(target=toggle, args=(store, tiers[i % 2]))
+        for i, store in enumerate(stores)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = _on_disk(path)
+    assert [v for v, _, _ in records] == list(range(1, len(records) + 1))
+    # Every writer's last decision (a revocation) holds; no two records repeat a decision.
+    assert not any(_store(path).allows(tier) for tier in tiers)
+    for tier in tiers:
+        granted = [g for _, t, g in records if t is tier]
+        assert all(a != b for a, b in itertools.pairwise(granted))

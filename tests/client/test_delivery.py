@@ -412,3 +412,56 @@ def test_a_software_signature_refused_for_a_tier_teaches_the_client_to_withhold_
     content = float(release_epsilon(CONTENT))
     assert qw.privacy_spent()[0] - spent == pytest.approx(spent - content)
     qw.shutdown(carry_open_window=False)
+
+
+def test_no_batch_starts_once_shutdown_has_returned_on_the_worker_or_in_flush(
+    tmp_path: Path, make_telemetry: MakeTelemetry, clock: FakeClock, ingest: MemoryIngest
+) -> None:
+    """Review s18b H2: `shutdown` returns while the worker's round is still sending (a
+    deletion request on a slow wire). Neither that round nor a `flush` afterwards
+    starts a batch: the next run owns the spool."""
+    state = tmp_path / "state"
+
+    def down(_batch: EnvelopeBatch) -> BatchResult:
+        raise TransportError("offline")
+
+    first = make_telemetry(transport=MemoryTransport(down, down), state_dir=state)
+    first.counter("app.starts").add(1)
+    first.collect(clock.advance(hours=1))
+    first.revoke_consent(Tier.PERFORMANCE)  # its deletion request waits in the spool
+    first.shutdown(carry_open_window=False, timeout=0.1)
+
+    started: list[float] = []
+    on_wire, release = threading.Event(), threading.Event()
+
+    def handler(batch: EnvelopeBatch) -> BatchResult:
+        started.append(time.monotonic())
+        return ingest.handle(batch)
+
+    def slow_deletion(_request: SignedDeletionRequest) -> None:
+        on_wire.set()
+        release.wait(10.0)
+
+    qw = make_telemetry(
+        transport=MemoryTransport(handler, slow_deletion),
+        state_dir=state,
+        consent=(Tier.HEALTH,),
+        mode="background",
+    )
+    assert qw.pending == 1
+    assert on_wire.wait(10.0)  # the worker's round is sending the deletion request
+    qw.shutdown(timeout=0.2)
+    release.set()
+    worker = qw._worker
+    assert worker is not None
+    for _ in range(200):
+        if not worker.is_alive():
+            break
+        time.sleep(0.05)
+    for thread in threading.enumerate():
+        if thread.name == "quietwire-shutdown":
+            thread.join(timeout=5.0)
+    assert started == []  # the worker's round started no batch after its deletion
+    assert not qw.flush(timeout=1.0)  # nor does `flush`: the envelope is still pending
+    assert started == []
+    assert ingest.envelopes == []

@@ -236,3 +236,24 @@ def test_bound_handles_add_to_the_same_cell(make_telemetry, clock) -> None:
     assert _counter_values(_truth(qw, clock), "inference.requests")[("edge", "b@2")] == 4
     bound.add(1)  # a handle outlives the window it was bound in
     assert _counter_values(_truth(qw, clock), "inference.requests")[("edge", "b@2")] == 1
+
+
+class _ClassRaises:
+    """An object whose `__class__` lookup raises (so does `isinstance` on it)."""
+
+    @property
+    def __class__(self) -> type:  # type: ignore[override]
+        raise RuntimeError("class")
+
+
+def test_an_amount_or_value_whose_class_lookup_raises_never_raises(make_telemetry) -> None:
+    """Review s18b H7."""
+    qw = make_telemetry()
+    requests = qw.counter("inference.requests")
+    requests.add(_ClassRaises(), route="local", model="a@1")
+    requests.bind(route="local").add(_ClassRaises())
+    qw.record("app.starts", _ClassRaises())  # type: ignore[arg-type]
+    latency = qw.histogram("latency")
+    latency.record(_ClassRaises(), route="local")  # type: ignore[arg-type]
+    latency.bind(route="local").record(_ClassRaises())  # type: ignore[arg-type]
+    assert qw.dropped() == {"wrong_type": 5}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -86,3 +88,22 @@ def test_content_expires_from_the_spool_after_its_retention(
     assert len(spool) == 0
     assert drops.snapshot() == {"expired": 1}
     assert Spool(state, 10, DropCounter()).waiting == 0  # and gone from disk
+
+
+def test_opening_a_spool_removes_only_stale_temporary_files(tmp_path: Path) -> None:
+    """Review s18b H6: another `Spool` on the directory may be half-way through a write
+    (its `*.tmp` not yet renamed): a second one opened meanwhile leaves it alone, and
+    removes only a temporary file old enough to be a crashed write."""
+    Spool(tmp_path, 10, DropCounter())
+    live = tmp_path / "spool" / "00000000000000000001-x.env.tmp"
+    stale = tmp_path / "spool" / "00000000000000000002-y.env.tmp"
+    live.write_bytes(b"half written")
+    stale.write_bytes(b"cut short")
+    old = time.time() - 86400.0  # a day old
+    os.utime(stale, (old, old))
+    drops = DropCounter()
+    spool = Spool(tmp_path, 10, drops)
+    assert len(spool) == 0
+    assert drops.snapshot() == {}
+    assert live.exists()
+    assert not stale.exists()
