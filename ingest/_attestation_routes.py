@@ -31,7 +31,9 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Request
 
+from auditlog import AuditRecord
 from ingest._attestation_service import AttestationService
+from ingest._audit_sampling import SampledAudit
 from ingest._errors import RateLimited
 from ingest._ratelimit import TokenBucketLimiter
 from ingest.attestation import AttestationError, AttestationReason
@@ -48,7 +50,13 @@ from schemas import (
     RevokeRequest,
 )
 
-__all__ = ["AttestationState", "admit_refused_body", "attestation_router", "client_source"]
+__all__ = [
+    "AttestationState",
+    "admit_refused_body",
+    "attestation_router",
+    "client_source",
+    "take_token",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +110,28 @@ async def _admitted(request: Request) -> str:
     state = _attestation_state(request)
     source = client_source(request)
     request.state.rate_checked = True
-    wait = state.limiter.take(source)
-    if wait > 0:
-        action = _ACTIONS.get(request.url.path, "revoke")
-        # In a thread: the first refusal of an interval is appended (an fsync).
-        await asyncio.to_thread(
-            state.service.audit_refusal, action, None, RateLimited.reason, source=source
-        )
-        raise RateLimited(
-            f"too many requests from {source}; retry in {wait:.1f} s "
-            f"(at most {state.limiter.rate:g}/s, bursts of {state.limiter.burst})",
-            retry_after=wait,
-        )
+    action = _ACTIONS.get(request.url.path, "revoke")
+    await take_token(state.limiter, source, state.service.sampled, action, "requests")
     return source
+
+
+async def take_token(
+    limiter: TokenBucketLimiter, source: str, sampled: SampledAudit, action: str, what: str
+) -> None:
+    """Take a token from `source`'s bucket; past its burst, record the refusal (sampled
+    per source, as every unauthenticated refusal) and raise 429 `RateLimited` naming the
+    limit and when the next token comes. `what` names the requests in the detail."""
+    wait = limiter.take(source)
+    if wait <= 0:
+        return
+    record = AuditRecord(action, "rejected", None, RateLimited.reason, None)
+    # In a thread: the first refusal of an interval is appended (an fsync).
+    await asyncio.to_thread(sampled.append, source, record)
+    raise RateLimited(
+        f"too many {what} from {source}; retry in {wait:.1f} s "
+        f"(at most {limiter.rate:g}/s, bursts of {limiter.burst})",
+        retry_after=wait,
+    )
 
 
 _LIMITED = re.compile(r"/v1/(enroll|enroll/activate|attest/nonce|attest|devices/[^/]+/revoke)")

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from auditlog import AuditRecord
-from ingest._attestation_routes import client_source
+from ingest._attestation_routes import client_source, take_token
 from ingest._attested_keys import AttestedKeys
 from ingest._audit_group import append_audited
 from ingest._audit_sampling import SampledAudit
@@ -26,7 +26,6 @@ from ingest._errors import (
     BusUnavailable,
     DeletionRejected,
     MalformedBody,
-    RateLimited,
     TooManyItems,
 )
 from ingest._health import CachedProbe, DependencyHealth, check_all
@@ -173,22 +172,14 @@ async def _deletion_admitted(request: Request, state: IngestState) -> None:
     software key may ask to delete "its" data, and each request costs the warehouse a
     scan of the device's rows, so one source's flood must not stall the sink for
     everyone. Past the source's burst: 429 `rate_limited`, audited sampled per source."""
-    limiter = state.deletion_limiter
-    if limiter is None:
-        return
-    source = client_source(request)
-    wait = limiter.take(source)
-    if wait <= 0:
-        return
-    if state.sampled is not None:
-        record = AuditRecord("deletion", "rejected", None, RateLimited.reason, None)
-        # In a thread: the first refusal of an interval is appended (an fsync).
-        await asyncio.to_thread(state.sampled.append, source, record)
-    raise RateLimited(
-        f"too many deletion requests from {source}; retry in {wait:.1f} s "
-        f"(at most {limiter.rate:g}/s, bursts of {limiter.burst})",
-        retry_after=wait,
-    )
+    if state.deletion_limiter is not None and state.sampled is not None:
+        await take_token(
+            state.deletion_limiter,
+            client_source(request),
+            state.sampled,
+            "deletion",
+            "deletion requests",
+        )
 
 
 @router.post(

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import opendp.prelude as dp
@@ -25,6 +26,7 @@ from schemas import (
     NoiseSpec,
     Tier,
 )
+from warehouse import connect, write_envelopes
 
 dp.enable_features("contrib")
 
@@ -158,3 +160,17 @@ def _key(labels: dict[str, str]) -> str:
     import json
 
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+CLI_CELLS = [{"route": r, "model": m} for r in ("local", "cloud") for m in ("m1", "m2")]
+"""The label sets of the CLI tests' small fleet (`write_cli_fleet`)."""
+
+
+def write_cli_fleet(path: Path) -> Path:
+    """A warehouse file at `path` holding a small fleet (30 devices, 2 windows, every
+    `CLI_CELLS` cell of a counter and a histogram): what the CLI tests read."""
+    items, _ = build_fleet(devices=30, windows=2, counter_cells=CLI_CELLS, hist_cells=CLI_CELLS)
+    conn = connect(path)
+    write_envelopes(conn, items)
+    conn.close()
+    return path

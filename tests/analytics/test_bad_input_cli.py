@@ -13,21 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from quietwire.cli import app
-from tests.analytics._fleet import build_fleet
-from warehouse import connect, duckdb_file_problem, write_envelopes
+from tests.analytics._fleet import write_cli_fleet
+from warehouse import duckdb_file_problem
 
-_CELLS = [{"route": r, "model": m} for r in ("local", "cloud") for m in ("m1", "m2")]
 COUNTER, HISTOGRAM = "test.requests", "test.latency"
 
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("wh") / "fleet.duckdb"
-    items, _ = build_fleet(devices=30, windows=2, counter_cells=_CELLS, hist_cells=_CELLS)
-    conn = connect(path)
-    write_envelopes(conn, items)
-    conn.close()
-    return path
+    return write_cli_fleet(tmp_path_factory.mktemp("wh") / "fleet.duckdb")
 
 
 @pytest.fixture

@@ -11,20 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from quietwire.cli import app
-from tests.analytics._fleet import build_fleet
-from warehouse import connect, write_envelopes
-
-_CELLS = [{"route": r, "model": m} for r in ("local", "cloud") for m in ("m1", "m2")]
+from tests.analytics._fleet import write_cli_fleet
 
 
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("wh") / "fleet.duckdb"
-    items, _ = build_fleet(devices=30, windows=2, counter_cells=_CELLS, hist_cells=_CELLS)
-    conn = connect(path)
-    write_envelopes(conn, items)
-    conn.close()
-    return path
+    return write_cli_fleet(tmp_path_factory.mktemp("wh") / "fleet.duckdb")
 
 
 def _run(*args: str) -> tuple[int, str, str]:

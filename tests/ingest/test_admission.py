@@ -5,7 +5,6 @@ violations, and the ledger is charged atomically with the decision."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -31,6 +30,7 @@ from ingest._windows import AlignedWindow
 from policies import PILOT_POLICY_PATH, aggregation_tasks, load_policy
 from schemas import BatchResult, EnvelopeV1, IngestedEnvelope, RejectReason
 from tests.ingest.kit import FIRST_WINDOW, Device, counter_aggregate
+from tests.ingest.sqlite_faults import CommitFailsAsOnAFullDisk
 
 PILOT = load_policy(PILOT_POLICY_PATH)
 DEFAULT = load_policy()
@@ -202,25 +202,6 @@ async def test_a_ledger_that_cannot_commit_is_a_503_and_nothing_is_published(
     assert bus.published == []
 
 
-class _CommitFailsAsOnAFullDisk:
-    """A ledger connection whose next COMMIT fails as on a full disk: by the time the
-    error reaches the caller, SQLite has already rolled the transaction back."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.failures = 1
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql == "COMMIT" and self.failures > 0:
-            self.failures -= 1
-            self._db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL at COMMIT
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 async def test_a_failed_commit_is_reported_as_itself_not_as_a_failed_rollback(
     intake: EnvelopeIntake,
     key: PrivateKey,
@@ -231,7 +212,7 @@ async def test_a_failed_commit_is_reported_as_itself_not_as_a_failed_rollback(
     """Before: the ROLLBACK after it raised "cannot rollback - no transaction is active",
     which replaced the real cause in the 503's detail."""
     device = Device("eu-test")
-    monkeypatch.setattr(ledger, "_db", _CommitFailsAsOnAFullDisk(ledger._db))
+    monkeypatch.setattr(ledger, "_db", CommitFailsAsOnAFullDisk(ledger._db))
     with pytest.raises(LedgerUnavailable) as refused:
         await intake.submit([device.item(key.public_key)])
     assert str(refused.value) == "the device ledger did not commit: database or disk is full"

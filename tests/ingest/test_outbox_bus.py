@@ -4,10 +4,8 @@ after, exactly once across crashes, and bounded while the warehouse is down."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
@@ -17,6 +15,7 @@ from ingest._outbox_bus import OUTBOX_TOPIC
 from ingest._sink import SinkItem
 from schemas import IngestedEnvelope
 from tests.ingest.kit import Device, ingested
+from tests.ingest.sqlite_faults import CommitFailsAsOnAFullDisk
 from warehouse import PartitionOffset, WriteResult
 
 
@@ -157,25 +156,6 @@ async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path
         check.close()
 
 
-class _CommitFailsAsOnAFullDisk:
-    """An outbox connection whose next COMMIT fails as on a full disk: by the time the
-    error reaches the caller, SQLite has already rolled the transaction back."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.failures = 1
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql == "COMMIT" and self.failures > 0:
-            self.failures -= 1
-            self._db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL at COMMIT
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 async def test_a_failed_outbox_commit_is_reported_as_itself_and_stores_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,7 +164,7 @@ async def test_a_failed_outbox_commit_is_reported_as_itself_and_stores_nothing(
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     bus = OutboxEnvelopeBus(DuckDBSink(tmp_path / "wh.duckdb"), outbox, drain_interval=60.0)
     await bus.start()
-    monkeypatch.setattr(outbox, "_db", _CommitFailsAsOnAFullDisk(outbox._db))
+    monkeypatch.setattr(outbox, "_db", CommitFailsAsOnAFullDisk(outbox._db))
     with pytest.raises(BusUnavailable) as refused:
         await bus.publish([ingested(Device())])
     assert str(refused.value) == "the outbox did not commit: database or disk is full"
