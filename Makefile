@@ -3,6 +3,9 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(HOME)/.cargo/bin:$(PATH)
 UV ?= uv
+# The interpreter of .venv: Debian's python3.11 (PGO + LTO; scripts/ensure-system.sh
+# installs it). `uv sync` recreates .venv if it was made with another one.
+export UV_PYTHON ?= /usr/bin/python3.11
 RUN := $(UV) run --frozen
 KAFKA_CACHE ?= $(HOME)/.cache/quietwire
 # The Prio3 binding's Rust crate (built into .venv by `uv sync` through maturin).
