@@ -37,6 +37,7 @@ from ingest._keys import load_audit_key, load_ingest_key
 from ingest._no_telemetry import NO_REQUEST_TELEMETRY
 from ingest._outbox import Outbox
 from ingest._outbox_bus import OutboxEnvelopeBus
+from ingest._process import freeze_after_start_up
 from ingest._ratelimit import TokenBucketLimiter
 from ingest._registry import SqliteDeviceRegistry
 from ingest._report_rules import ReportRules
@@ -249,6 +250,7 @@ def create_app(
                 clock=clock,
                 linger=settings.wave_linger_seconds,
             )
+            freeze_after_start_up()  # everything is open: out of the collector's sight
             yield {
                 "ingest": IngestState(
                     settings,

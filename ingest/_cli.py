@@ -36,7 +36,7 @@ from ingest._app import create_app
 from ingest._errors import IngestError
 from ingest._health_server import HealthServer
 from ingest._keys import load_audit_key, write_private_key
-from ingest._process import tune_garbage_collector
+from ingest._process import freeze_after_start_up, tune_garbage_collector
 from ingest._settings import IngestSettings, check_region
 from ingest._sink import DuckDBSink
 from ingest._sink_consumer import KafkaSinkConsumer
@@ -102,6 +102,7 @@ async def run_sink(
                     f"/healthz there: {exc.strerror or exc}"
                 ) from exc
             log.info("sink health at http://%s:%d/healthz", health_host, health.port)
+        freeze_after_start_up()  # the warehouse and the consumer are open
         return await runner.run(stopping)
     finally:
         if health is not None:

@@ -10,6 +10,14 @@ benchmark (A/B against the defaults, alternating rounds): 14% (8 rounds) to 18% 
 rounds) less server CPU per envelope at batch 10, about what switching the collector
 off gives, and no change at batch 1.
 
+Start-up does not end where the entry point calls `tune_garbage_collector`: the app's
+lifespan then opens the bus and the warehouse (DuckDB, pyarrow and their modules),
+uvicorn loads its protocol modules, and those objects (about 45,000 on the benchmark:
+functions, classes, descriptors) stayed in the collector's sight, so every pass of the
+middle generation walked them again (about 40 ms each, every few thousand envelopes).
+`freeze_after_start_up`, called by the lifespan (and the Kafka sink) once everything is
+open, freezes them too, in a process that was tuned.
+
 Nothing here switches the collector off: cycles are still collected, a little later.
 Called by the entry points of a process, never by `create_app` (a test process builds
 many apps, and freezing each one's objects would keep their cycles for good).
@@ -19,7 +27,10 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["GC_YOUNG_THRESHOLD", "tune_garbage_collector"]
+__all__ = ["GC_YOUNG_THRESHOLD", "freeze_after_start_up", "tune_garbage_collector"]
+
+_tuned = False
+"""Whether this process was tuned (`freeze_after_start_up` acts only then)."""
 
 GC_YOUNG_THRESHOLD = 10_000
 """Tracked allocations between young-generation passes (CPython's default: 700). A wave
@@ -31,7 +42,20 @@ def tune_garbage_collector() -> None:
     """Collect what start-up left, move the survivors (modules, classes, validators:
     kept for the process's life) out of the collector's sight (`gc.freeze`), and make
     young-generation passes rarer. Call once, after the app is built, before serving."""
+    global _tuned
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    _tuned = True
+
+
+def freeze_after_start_up() -> bool:
+    """In a process `tune_garbage_collector` tuned: collect, then freeze what start-up
+    made since (see the module docstring); elsewhere (tests, a library user's process)
+    nothing. Returns whether it froze."""
+    if not _tuned:
+        return False
+    gc.collect()
+    gc.freeze()
+    return True

@@ -53,6 +53,7 @@ from warehouse import (
     WriteResult,
     connect,
     describe_error,
+    load_arrow_conversions,
     stored_offsets,
     write_envelopes,
 )
@@ -184,6 +185,7 @@ class DuckDBSink:
         self._lock = threading.Lock()
         self._closed = False
         self.group = group
+        load_arrow_conversions()  # at start-up, not on the first batch
         self._erase()  # deletions a crash left in the file
 
     @property

@@ -25,7 +25,13 @@ from warehouse._retention import (
 )
 from warehouse._schema import COLUMNS_SINCE, SCHEMA_VERSION, apply_schema, connect
 from warehouse._times import UnstorableValue
-from warehouse._write import PartitionOffset, WriteResult, stored_offsets, write_envelopes
+from warehouse._write import (
+    PartitionOffset,
+    WriteResult,
+    load_arrow_conversions,
+    stored_offsets,
+    write_envelopes,
+)
 
 __all__ = [
     "COLUMNS_SINCE",
@@ -49,6 +55,7 @@ __all__ = [
     "describe_error",
     "duckdb_file_problem",
     "enforce_retention",
+    "load_arrow_conversions",
     "pending_erasures",
     "retention_cutoff",
     "rows_by_tier",

@@ -38,7 +38,13 @@ from warehouse._compact import record_erasure
 from warehouse._dead_letters import DeadLetter, insert_dead_letters
 from warehouse._times import check_storable_time, epoch_us
 
-__all__ = ["PartitionOffset", "WriteResult", "stored_offsets", "write_envelopes"]
+__all__ = [
+    "PartitionOffset",
+    "WriteResult",
+    "load_arrow_conversions",
+    "stored_offsets",
+    "write_envelopes",
+]
 
 _VALUE_TYPES = [
     pa.string(),
@@ -102,6 +108,16 @@ _REPORT_TYPES = [
 
 
 _VALUES_MAX_ROWS = 16
+
+
+def load_arrow_conversions() -> None:
+    """Convert an empty column once, so pyarrow loads now what it loads lazily on its
+    first conversion of a Python list: pandas among it, when pandas is installed (pyarrow
+    checks whether a list is a pandas object), about a second of CPU and tens of
+    thousands of objects. A sink calls it when it opens, so a long-running process pays
+    that at start-up, before its start-up objects are frozen out of the garbage
+    collector's sight (`ingest._process`), not on its first batch."""
+    pa.array([], type=pa.string())
 
 
 def _insert_arrow(

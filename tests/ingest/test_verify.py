@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import uuid
 from datetime import timedelta
@@ -171,6 +172,20 @@ def test_recently_accepted_forgets_the_oldest_beyond_its_bound() -> None:
     assert b in recent
     assert c in recent
     assert len(recent) == 2
+
+
+def test_recently_accepted_keeps_nothing_the_garbage_collector_walks() -> None:
+    # One entry per accepted envelope, kept for good: UUID objects (tracked) made every
+    # collection pass walk tens of thousands of them in a busy ingest.
+    recent = RecentlyAccepted(100)
+    pairs = [(f"dev-{i}", uuid.uuid4()) for i in range(50)]
+    recent.add_all(pairs)
+    gc.collect()
+    assert not any(gc.is_tracked(key) for key in recent._ids)
+    assert all(pair in recent for pair in pairs)
+    assert ("dev-0", pairs[1][1]) not in recent  # another device's id is not a duplicate
+    assert "dev-0" not in recent
+    assert (pairs[0][0], str(pairs[0][1])) not in recent
 
 
 def test_recently_accepted_of_size_zero_remembers_nothing() -> None:
