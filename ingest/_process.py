@@ -12,9 +12,11 @@ off gives, and no change at batch 1.
 
 Start-up does not end where the entry point calls `tune_garbage_collector`: the app's
 lifespan then opens the bus and the warehouse (DuckDB, pyarrow and their modules),
-uvicorn loads its protocol modules, and those objects (about 45,000 on the benchmark:
+uvicorn loads its protocol modules, and pyarrow loads what its first conversion needs
+(pandas too, where it is installed). Those objects (about 30,000 on the benchmark:
 functions, classes, descriptors) stayed in the collector's sight, so every pass of the
-middle generation walked them again (about 40 ms each, every few thousand envelopes).
+middle generation walked them again (about 30 to 40 ms each, every few thousand
+envelopes).
 `freeze_after_start_up`, called by the lifespan (and the Kafka sink) once everything is
 open, freezes them too, in a process that was tuned.
 

@@ -445,10 +445,11 @@ class RecentlyAccepted:
     into a false "already accepted". Used from the event loop only: no lock.
 
     Kept as (device id, the id's 128-bit integer), not as `UUID` objects: a `UUID` is an
-    object the garbage collector tracks, and tens of thousands of them, added one per
-    accepted envelope and kept for good, made every collection pass walk them (a
-    young-generation pass 4 to 8 ms, the next generation's about 40 ms on the
-    benchmark). Strings, integers and tuples of them are not tracked.
+    object the garbage collector tracks, and a full cache (65,536 of them, added one per
+    accepted envelope and kept for good) is that many objects for every pass of the
+    older generations to walk. Strings, integers and tuples of them are not tracked.
+    (On the benchmark, whose cache holds a few thousand ids, the change alone is within
+    the noise of the collector's time.)
     """
 
     __slots__ = ("_ids", "_max")
