@@ -77,6 +77,20 @@ def _record_errors(tel: Telemetry, n: int) -> None:
     tel.counter(ERRORS).add(n, route="local", model=MODEL)
 
 
+def _carry_a_window(
+    state: Path,
+    ingest: MemoryIngest,
+    clock: FakeClock,
+    errors: int,
+    consent: tuple[Tier, ...] = HEALTH,
+) -> Telemetry:
+    """A run that records `errors` errors and shuts down mid-window, carrying it."""
+    tel = _telemetry(state, ingest, clock, consent=consent)
+    _record_errors(tel, errors)
+    tel.shutdown()
+    return tel
+
+
 def _crash(tel: Telemetry) -> None:
     """The process dies: nothing more is written, its locks go with it."""
     tel._closed = True
@@ -86,9 +100,7 @@ def _crash(tel: Telemetry) -> None:
 def test_a_restart_within_the_window_releases_both_runs_in_one_envelope(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()  # 09:00: mid-window
+    first = _carry_a_window(tmp_path, ingest, clock, 2)  # 09:00: mid-window
     assert ingest.envelopes == []
     assert first.privacy_spent(DAY)[0] == 0.0  # carried, uncharged
 
@@ -106,9 +118,7 @@ def test_a_restart_within_the_window_releases_both_runs_in_one_envelope(
 def test_a_restart_after_the_window_ended_releases_it_late_on_its_own(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
 
     clock.now = DAY + 2 * ONE_DAY + timedelta(hours=10)  # two days later
     second = _telemetry(tmp_path, ingest, clock)
@@ -132,9 +142,7 @@ def test_a_restart_after_the_window_ended_releases_it_late_on_its_own(
 def test_shutdown_before_any_collect_releases_the_late_window(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
     clock.advance(days=1)
     second = _telemetry(tmp_path, ingest, clock)
     second.shutdown()
@@ -211,9 +219,7 @@ def test_a_consent_granted_again_releases_nothing_of_the_carried_window_for_the_
     """Health's consent did not last from the cut to the release: its cells are
     discarded and the window is not released for it (health was all it held), nor
     charged; the run's own windows are released as usual."""
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
     clock.advance(days=1)
     second = _telemetry(tmp_path, ingest, clock)
     second.revoke_consent(Tier.HEALTH)
@@ -233,9 +239,7 @@ def test_a_revocation_purges_the_carried_window_on_disk_before_a_crash(
     """Revoked, then granted again, both on disk; then the process is killed. The next
     start must not find the cells recorded before the revocation in the carry record
     (nor release the carried window late for the tier)."""
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 7)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 7)
     clock.now += later
     second = _telemetry(tmp_path, ingest, clock)
     second.revoke_consent(Tier.HEALTH)
@@ -258,9 +262,7 @@ def test_a_grant_purges_the_carried_window_of_the_tier_before_it_is_written(
 ) -> None:
     """A revocation that left the carried cells on disk (an older client's, or one a
     crash cut short): the grant that follows discards them there too."""
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
     ConsentStore(tmp_path / "consent.json", lambda _b: b"x", PILOT).revoke(Tier.HEALTH)
     clock.advance(hours=2)  # the same window: the record's cells join the open window
     second = _telemetry(tmp_path, ingest, clock)  # health granted again
@@ -299,9 +301,7 @@ def test_a_revocation_rewrites_the_carried_window_without_the_tier(
 def test_in_background_mode_a_revocation_is_durable_with_the_carried_window_purged(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
     clock.advance(hours=2)  # the same window: the record stays until it is released
     second = _telemetry(tmp_path, ingest, clock, mode="background")
     try:
@@ -320,9 +320,7 @@ def test_a_window_cut_with_no_tier_consented_is_neither_carried_nor_released_lat
 ) -> None:
     """Released after a later grant, it would say the app ran on a day the user had
     agreed to nothing."""
-    first = _telemetry(tmp_path, ingest, clock, consent=())
-    _record_errors(first, 3)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 3, consent=())
     assert not (tmp_path / CARRIED).exists()
 
     clock.now = DAY + 3 * ONE_DAY + timedelta(hours=9)
@@ -334,9 +332,7 @@ def test_a_window_cut_with_no_tier_consented_is_neither_carried_nor_released_lat
 def test_a_late_window_releases_only_the_tiers_consented_at_its_cut(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)  # health only
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)  # health only
     clock.advance(days=1)
     second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)  # and performance
     (late,) = second.collect_with_truth(clock.now)
@@ -540,9 +536,7 @@ def test_a_late_window_leaves_out_the_tiers_whose_retention_ended_uncharged(
 ) -> None:
     """Restarted 100 days later: performance data (90 days) would be stripped from the
     spool before it is sent, so it is neither released nor charged; health (395) is."""
-    first = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2, consent=EVERY_SENDABLE)
 
     clock.now = DAY + 100 * ONE_DAY
     second = _telemetry(tmp_path, ingest, clock, consent=EVERY_SENDABLE)
@@ -589,9 +583,7 @@ def test_a_cut_behind_the_latest_charge_is_charged_at_the_release(
 def test_a_crash_before_the_late_release_loses_nothing(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
 ) -> None:
-    first = _telemetry(tmp_path, ingest, clock)
-    _record_errors(first, 2)
-    first.shutdown()
+    _carry_a_window(tmp_path, ingest, clock, 2)
     clock.now = DAY + ONE_DAY + timedelta(hours=9)
     _crash(_telemetry(tmp_path, ingest, clock))  # started, died before any collect
 

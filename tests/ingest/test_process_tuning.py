@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from ingest._process import GC_YOUNG_THRESHOLD
 
@@ -29,15 +30,17 @@ print(json.dumps({{"before": before, "after": gc.get_threshold(),
 """
 
 
-def test_tuning_freezes_start_up_objects_and_keeps_collecting_cycles() -> None:
+def _child(code: str) -> dict[str, Any]:
+    """What `code`, run in a fresh interpreter, printed as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD.format(young=GC_YOUNG_THRESHOLD)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    seen = json.loads(out.stdout)
+    seen: dict[str, Any] = json.loads(out.stdout)
+    return seen
+
+
+def test_tuning_freezes_start_up_objects_and_keeps_collecting_cycles() -> None:
+    seen = _child(_CHILD.format(young=GC_YOUNG_THRESHOLD))
     assert seen["enabled"] is True
     assert seen["after"] == [GC_YOUNG_THRESHOLD, seen["before"][1], seen["before"][2]]
     assert seen["frozen"] > 1_000  # the interpreter's and the ingest's modules, at least
@@ -61,14 +64,7 @@ print(json.dumps({"untuned": untuned, "froze": froze,
 
 
 def test_what_start_up_opens_after_the_tuning_is_frozen_too() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", _AFTER_START_UP],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    seen = json.loads(out.stdout)
+    seen = _child(_AFTER_START_UP)
     assert seen["untuned"] is False
     assert seen["froze"] is True
     assert seen["added"] >= 20_000  # the start-up objects left the collector's sight
@@ -87,7 +83,4 @@ print(json.dumps({"pandas": "pandas" in sys.modules}))
 def test_a_sink_loads_what_pyarrow_loads_lazily_when_it_opens() -> None:
     # pandas is installed here (a development dependency): pyarrow imports it on its
     # first conversion of a list, which must happen at start-up, not on the first batch.
-    out = subprocess.run(
-        [sys.executable, "-c", _SINK_OPEN], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert json.loads(out.stdout) == {"pandas": True}
+    assert _child(_SINK_OPEN) == {"pandas": True}
