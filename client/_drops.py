@@ -27,6 +27,11 @@ class DropReason(StrEnum):
     SEND_FAILED = "send_failed"
     LEDGER_FAILED = "ledger_failed"
     SPOOL_FAILED = "spool_failed"
+    STATE_WRITE_FAILED = "state_write_failed"
+    """A released window whose envelope could not be numbered: the device state
+    (`client_state.json`, its sequence number and release horizon) could not be written,
+    on a full disk say. Its charge stays (it was made durable first); nothing is sent.
+    Counted once per window."""
     SPOOL_CORRUPT = "spool_corrupt"
     EXPIRED = "expired"
     NO_FINGERPRINT_KEY = "no_fingerprint_key"

@@ -911,10 +911,17 @@ class Telemetry:
             if collected is not None:
                 out.append(collected)
         if windows or late is not None:
-            # The carried cells are in a released window now (the late one, or the open
-            # one they were added back into): their record is done with.
-            self._outbox.drop_carried()
-            self._outbox.expire(now, self._policy.retention.for_tier)
+            try:
+                # The carried cells are in a released window now (the late one, or the
+                # open one they were added back into): their record is done with.
+                self._outbox.drop_carried()
+                self._outbox.expire(now, self._policy.retention.for_tier)
+            except (ClientError, OSError) as exc:
+                # A full disk, say. The windows above are queued: raising now would
+                # tell the app (manual mode) they were not. A carried record left
+                # behind is discarded at the next start (`window_already_released`),
+                # and the spool's retention is applied again at the next release.
+                _log.error("after releasing windows: %s; retried at the next release", exc)
         return out
 
     def _release_late(self, late: _LateWindow, now: datetime) -> CollectedWindow | None:
@@ -1029,13 +1036,23 @@ class Telemetry:
             # Nothing this key may send: not even an empty envelope (it would say the
             # app ran, which no consent that can be honoured covers).
             return None
-        envelope = build_envelope(
-            device_id=self._device_id,
-            sequence=self._state.next_sequence(
+        try:
+            sequence = self._state.next_sequence(
                 window.end,
                 reported_batch=batch_start if reports else None,
                 ledger_spent=self._gate.ledger.lifetime_mark(),
-            ),
+            )
+        except ClientError as exc:
+            # The device state cannot be written (a full disk, say): no number, no
+            # envelope. What the ledger charged stays charged (never an envelope sent
+            # uncharged); the window is counted as lost rather than raised into the
+            # app's `collect` (or the worker's tick, losing the windows after it).
+            _log.error("window %s not sent: %s", window.start.isoformat(), exc)
+            self._drops.add(DropReason.STATE_WRITE_FAILED)
+            return None
+        envelope = build_envelope(
+            device_id=self._device_id,
+            sequence=sequence,
             window_start=window.start,
             window_end=window.end,
             sent_at=now,

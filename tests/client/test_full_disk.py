@@ -1,0 +1,105 @@
+"""A full disk while windows are released: the loss is counted, never raised into the
+app, and the windows after it go on."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import client._envelope
+from client import DropReason
+from client._spool import Spool
+from tests.client.conftest import FakeClock, MakeTelemetry, MemoryIngest
+
+
+def _state_writes_fail(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """The next `failures` writes of the device state (`client_state.json`) fail as on a
+    full disk; returns a list counting the failed writes."""
+    failed: list[int] = []
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if len(failed) < failures:
+            failed.append(1)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.replace(src, dst)
+
+    fake_os = SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if not n.startswith("__")})
+    fake_os.replace = replace
+    monkeypatch.setattr(client._envelope, "os", fake_os)
+    return failed
+
+
+def test_a_window_whose_state_cannot_be_written_is_counted_not_raised(
+    make_telemetry: MakeTelemetry,
+    clock: FakeClock,
+    ingest: MemoryIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    telemetry = make_telemetry()
+    control = make_telemetry(state_dir=tmp_path / "control")  # the same windows, no failure
+    for t in (telemetry, control):
+        t.counter("inference.requests").add(3, route="local", model="a@1")
+    failed = _state_writes_fail(monkeypatch, failures=2)
+    clock.advance(hours=3)
+    # Three windows close: the first two cannot be numbered, the third can.
+    sent = telemetry.collect()
+    assert len(failed) == 2
+    assert len(sent) == 1
+    assert sent[0].window_end == clock.now
+    assert sent[0].sequence == 0
+    assert telemetry.dropped() == {DropReason.STATE_WRITE_FAILED.value: 2}
+    monkeypatch.undo()
+    assert len(control.collect()) == 3
+    # The charges of the lost windows stay: nothing is ever sent uncharged.
+    assert telemetry.privacy_spent() == control.privacy_spent()
+    assert telemetry.privacy_spent()[0] > 0
+
+
+def test_a_full_disk_in_manual_mode_loses_nothing_after_it(
+    make_telemetry: MakeTelemetry,
+    clock: FakeClock,
+    ingest: MemoryIngest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    telemetry = make_telemetry()
+    requests = telemetry.counter("inference.requests")
+    requests.add(3, route="local", model="a@1")
+    _state_writes_fail(monkeypatch, failures=1)
+    clock.advance(hours=1)
+    assert telemetry.collect() == []  # no exception reaches the app
+    monkeypatch.undo()
+    requests.add(2, route="local", model="a@1")
+    clock.advance(hours=1)
+    sent = telemetry.collect()
+    assert len(sent) == 1
+    assert telemetry.flush()
+    assert [e.window_start for e in ingest.envelopes] == [sent[0].window_start]
+    assert telemetry.dropped() == {DropReason.STATE_WRITE_FAILED.value: 1}
+
+
+def test_a_spool_that_cannot_apply_retention_still_returns_the_released_windows(
+    make_telemetry: MakeTelemetry,
+    clock: FakeClock,
+    ingest: MemoryIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Applying retention rewrites spooled envelopes; on a full disk that fails after
+    the window was queued: the app is told what was queued, and the error is logged."""
+    telemetry = make_telemetry()
+    telemetry.counter("inference.requests").add(3, route="local", model="a@1")
+
+    def expire(*_: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Spool, "expire", expire)
+    (sent,) = telemetry.collect(clock.advance(hours=1))
+    assert "retried at the next release" in caplog.text
+    monkeypatch.undo()
+    assert telemetry.flush()
+    assert [e.envelope_id for e in ingest.envelopes] == [sent.envelope_id]
