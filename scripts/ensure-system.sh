@@ -3,15 +3,15 @@
 # Debian packages: a JDK and Maven (to assemble and run Kafka from Maven Central jars);
 # swtpm and swtpm-tools (the software TPM the tests attest against); libtss2-dev,
 # pkg-config and gcc (tpm2-pytss builds from source against the system tpm2-tss);
-# chromium (the HTML report is rendered headless in a test); python3.11 and python3.11-dev
-# (the interpreter the project runs on: Debian builds it with profile-guided and link-time
-# optimisation, and the ingest's Python runs 10-25% faster on it than on a default
-# source build such as pyenv's; see docs/ingest.md, Throughput).
+# chromium (the HTML report is rendered headless in a test); python3.11, python3.11-dev and
+# python3.11-venv (the interpreter the project runs on: Debian builds it with profile-guided
+# and link-time optimisation, and the ingest's Python runs 10-25% faster on it than on a
+# default source build such as pyenv's; see docs/ingest.md, Throughput).
 # Rust is checked, never installed: the Prio3 binding (prio3/) builds with the machine's cargo.
 set -euo pipefail
 
 APT_PACKAGES=(openjdk-17-jre-headless maven swtpm swtpm-tools libtss2-dev pkg-config gcc chromium
-    python3.11 python3.11-dev)
+    python3.11 python3.11-dev python3.11-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,9 +24,18 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! command -v uv >/dev/null 2>&1; then
+if ! command -v uv >/dev/null 2>&1 && [ ! -x "$HOME/.local/bin/uv" ]; then
     echo "==> installing uv"
-    python3 -m pip install --quiet --user "uv>=0.5" || python3 -m pip install --quiet "uv>=0.5"
+    if ! python3 -m pip install --quiet --user "uv>=0.5" 2>/dev/null; then
+        # Debian's own python3 is externally managed (PEP 668) and refuses --user
+        # installs: uv goes into a venv of its own, linked into ~/.local/bin (which the
+        # Makefile puts on PATH).
+        UV_VENV="$HOME/.local/share/quietwire/uv-venv"
+        python3.11 -m venv "$UV_VENV"
+        "$UV_VENV/bin/pip" install --quiet "uv>=0.5"
+        mkdir -p "$HOME/.local/bin"
+        ln -sf "$UV_VENV/bin/uv" "$HOME/.local/bin/uv"
+    fi
 fi
 
 # Rust for prio3/: prio 0.18.1 declares rust-version 1.89 (pyo3 0.30 needs 1.85). Debian's own
