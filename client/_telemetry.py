@@ -919,8 +919,10 @@ class Telemetry:
             except (ClientError, OSError) as exc:
                 # A full disk, say. The windows above are queued: raising now would
                 # tell the app (manual mode) they were not. A carried record left
-                # behind is discarded at the next start (`window_already_released`),
-                # and the spool's retention is applied again at the next release.
+                # behind waits for a late release at the next start, which discards it
+                # (`window_already_released`) if its window was numbered, and sends it
+                # once if it was not (its state could not be written either). The
+                # spool's retention is applied again at the next release.
                 _log.error("after releasing windows: %s; retried at the next release", exc)
         return out
 
