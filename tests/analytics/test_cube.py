@@ -128,3 +128,57 @@ def test_nested_blocks_share_one_table(conn: duckdb.DuckDBPyConnection) -> None:
         "SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_qw_cube_%'"
     ).fetchall()
     assert tables == [(0,)]
+
+
+def _by_all_columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[tuple[object, ...]]:
+    """`table`'s rows added up by all twelve columns of the cube's groups."""
+    draws = "1" if table == "released_values" else "draws"
+    return set(
+        conn.execute(
+            "SELECT signal, kind, attributes::VARCHAR, bucket_index, bucket_upper, "
+            "window_start, window_end, region, mechanism, scale, epsilon, rho, "
+            f"sum(value), sum({draws}) FROM {table} GROUP BY ALL"
+        ).fetchall()
+    )
+
+
+def test_groups_apart_in_a_bound_a_window_end_or_an_epsilon_stay_apart(
+    tmp_path: Path,
+) -> None:
+    """Rows alike in all but a bucket's bound, the window's end or epsilon (another
+    policy's) are added apart: the cube is the grouping by all twelve columns. (Grouping
+    by the other eight and checking those hold one value per group was tried for speed:
+    no faster in DuckDB, 0.28 against 0.27 s on ten million rows.)"""
+    other_bound = _hist("x", True).model_copy(update={"bounds": [2.0]})
+    other_epsilon = _hist("x", True).model_copy(
+        update={"count_noise": COUNTS.model_copy(update={"epsilon": 0.25})}
+    )
+    longer = _item(5, [_hist("x", True)])
+    longer = longer.model_copy(
+        update={
+            "envelope": longer.envelope.model_copy(
+                update={"window_end": T0 + 2 * DAY, "sent_at": T0 + 2 * DAY}
+            )
+        }
+    )
+    c = connect(tmp_path / "w.duckdb")
+    try:
+        write_envelopes(
+            c,
+            [
+                _item(0, [_hist("x", True)]),
+                _item(1, [_hist("x", True)]),
+                _item(2, [other_bound]),
+                _item(3, [other_epsilon]),
+                longer,
+            ],
+        )
+        with local_cube(c) as cube:
+            assert _by_all_columns(c, cube.name) == _by_all_columns(c, "released_values")
+            buckets = c.execute(
+                f"SELECT count(*) FROM {cube.name} WHERE kind = 'bucket' AND bucket_index = 0"
+            ).fetchall()
+        # One group of devices 0 and 1, and one for each of the other three.
+        assert buckets == [(4,)]
+    finally:
+        c.close()
