@@ -121,6 +121,30 @@ def clock() -> FakeClock:
 MakeTelemetry = Callable[..., Telemetry]
 
 
+def new_telemetry(
+    ingest: MemoryIngest,
+    clock: FakeClock,
+    state_dir: Path,
+    transport: Transport | None = None,
+    **kw: object,
+) -> Telemetry:
+    """A `Telemetry` of `POLICY` on `state_dir`, sending to `ingest` (manual mode unless
+    `mode` is given; other `TelemetryConfig` fields by keyword). No consent is granted."""
+    config = TelemetryConfig(
+        app=AppInfo(name="demo-app", version="1.0"),
+        region="eu-west",
+        policy=POLICY,
+        ingest_public_key=ingest.public_key,
+        transport=transport or MemoryTransport(ingest.handle),
+        state_dir=state_dir,
+        clock=clock,
+        mode=kw.pop("mode", "manual"),
+        retry_backoff=0.0,
+        **kw,  # type: ignore[arg-type]
+    )
+    return Telemetry(config)
+
+
 @pytest.fixture
 def make_telemetry(
     tmp_path: Path, ingest: MemoryIngest, clock: FakeClock
@@ -133,19 +157,7 @@ def make_telemetry(
         consent: tuple[Tier, ...] = (Tier.HEALTH, Tier.PERFORMANCE),
         **kw: object,
     ) -> Telemetry:
-        config = TelemetryConfig(
-            app=AppInfo(name="demo-app", version="1.0"),
-            region="eu-west",
-            policy=POLICY,
-            ingest_public_key=ingest.public_key,
-            transport=transport or MemoryTransport(ingest.handle),
-            state_dir=state_dir or tmp_path / "state",
-            clock=clock,
-            mode=kw.pop("mode", "manual"),
-            retry_backoff=0.0,
-            **kw,  # type: ignore[arg-type]
-        )
-        telemetry = Telemetry(config)
+        telemetry = new_telemetry(ingest, clock, state_dir or tmp_path / "state", transport, **kw)
         made.append(telemetry)
         # Background mode loads the device's state on its worker: recordings made
         # before that are dropped (`state_loading`), so tests wait for it.

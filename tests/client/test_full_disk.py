@@ -6,30 +6,29 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-import client._envelope
 from client import DropReason
+from client._envelope import DeviceState
 from client._spool import Spool
 from tests.client.conftest import FakeClock, MakeTelemetry, MemoryIngest
 
 
 def _state_writes_fail(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
     """The next `failures` writes of the device state (`client_state.json`) fail as on a
-    full disk; returns a list counting the failed writes."""
+    full disk (its atomic rename, the write's last step); other files are written as
+    usual. Returns a list counting the failed writes."""
     failed: list[int] = []
+    real_replace = os.replace
 
     def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        if len(failed) < failures:
+        if Path(dst).name == DeviceState.FILE_NAME and len(failed) < failures:
             failed.append(1)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        os.replace(src, dst)
+        real_replace(src, dst)
 
-    fake_os = SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if not n.startswith("__")})
-    fake_os.replace = replace
-    monkeypatch.setattr(client._envelope, "os", fake_os)
+    monkeypatch.setattr(os, "replace", replace)
     return failed
 
 

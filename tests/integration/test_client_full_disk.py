@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from client import MemoryTransport, Telemetry, TelemetryConfig
-from schemas import AppInfo, Tier
-from tests.client.conftest import POLICY, FakeClock, MemoryIngest
+from schemas import Tier
+from tests.client.conftest import FakeClock, MemoryIngest, new_telemetry
 
 
 @pytest.fixture
@@ -51,26 +50,10 @@ def _fill(path: Path) -> None:
             pass
 
 
-def _telemetry(state: Path, ingest: MemoryIngest, clock: FakeClock) -> Telemetry:
-    return Telemetry(
-        TelemetryConfig(
-            app=AppInfo(name="demo-app", version="1.0"),
-            region="eu-west",
-            policy=POLICY,
-            ingest_public_key=ingest.public_key,
-            transport=MemoryTransport(ingest.handle),
-            state_dir=state,
-            clock=clock,
-            mode="manual",
-            retry_backoff=0.0,
-        )
-    )
-
-
 def test_a_full_disk_loses_only_what_it_must_and_counts_it(small_disk: Path) -> None:
     ingest, clock = MemoryIngest(), FakeClock()
     state = small_disk / "state"
-    telemetry = _telemetry(state, ingest, clock)
+    telemetry = new_telemetry(ingest, clock, state)
     for tier in (Tier.HEALTH, Tier.PERFORMANCE):
         telemetry.grant_consent(tier)
     requests = telemetry.counter("inference.requests")
@@ -92,7 +75,7 @@ def test_a_full_disk_loses_only_what_it_must_and_counts_it(small_disk: Path) -> 
     telemetry.shutdown(carry_open_window=False)
 
     # The ledger did not take a half-written line for damage: a restart releases.
-    again = _telemetry(state, ingest, clock)
+    again = new_telemetry(ingest, clock, state)
     assert again.ledger_problem() is None
     again.counter("inference.requests").add(1, route="local", model="a@1")
     (later,) = again.collect(clock.advance(hours=1))
