@@ -7,7 +7,9 @@ deployment that ships its request metrics elsewhere would run it).
 
 `IngestServer` starts that process, waits for `/healthz`, and reads the process's CPU
 time (user + system of all its threads: the event loop, the worker threads that commit
-the ledger, the audit log and DuckDB, and DuckDB's own threads) from /proc.
+the ledger, the audit log and DuckDB, and DuckDB's own threads) from /proc. Given
+`cpus`, the process runs on those CPUs only (``--cpus``: its affinity is set before
+anything starts a thread, so every thread it makes inherits it), as `taskset` would.
 """
 
 from __future__ import annotations
@@ -57,9 +59,17 @@ def process_cpu_seconds(pid: int) -> float:
 class IngestServer:
     """`python -m benchmarks._ingest_server` as a context manager."""
 
-    def __init__(self, state_dir: Path, *, kafka_bootstrap: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        kafka_bootstrap: str | None = None,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.port = _free_port()
+        self.cpus = cpus
+        """The CPUs the server may run on (None: wherever the system puts it)."""
         self._kafka = kafka_bootstrap
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = state_dir / "server.log"
@@ -101,6 +111,8 @@ class IngestServer:
         cmd.append(str(self.port))
         if self._kafka is not None:
             cmd += ["--kafka", self._kafka]
+        if self.cpus is not None:
+            cmd += ["--cpus", ",".join(map(str, sorted(self.cpus)))]
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -146,17 +158,22 @@ class IngestServer:
 
 
 def _serve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state_dir", type=Path)
+    parser.add_argument("port", type=int)
+    parser.add_argument("--kafka")
+    parser.add_argument("--cpus", help="comma-separated CPU numbers to run on")
+    args = parser.parse_args(argv)
+    if args.cpus:
+        # First, before an import or the server starts a thread: threads inherit it.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+
     import uvicorn
 
     from ingest import IngestSettings, create_app
     from ingest._process import tune_garbage_collector
     from policies import DEFAULT_POLICY_PATH, PILOT_POLICY_PATH
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("state_dir", type=Path)
-    parser.add_argument("port", type=int)
-    parser.add_argument("--kafka")
-    args = parser.parse_args(argv)
     settings = IngestSettings(
         region=REGION,
         state_dir=args.state_dir,

@@ -31,6 +31,15 @@ round it divides would move the ratio by as much. Each bus and batch size runs `
 rounds with fresh devices; the reported round, and the one the target is checked on, is
 the median by ratio (the best ratio is printed next to it).
 
+Placement: with two or more CPUs to run on, the server gets the first of them to itself
+and everything else (this load generator and its floor timings, the Kafka broker) runs
+on the others, as a load test is run (wrk on cores of its own): sharing the cores, the
+load generator's and the broker's work evicted the server's code and data from the
+caches and moved its threads between cores, and the server's CPU per envelope rose
+with the load generator's, not with anything the ingest does. The floor is timed on
+the server's CPU (the server idle meanwhile), so both sides of the ratio run on the
+same core. With one CPU nothing is pinned. `docs/ingest.md` gives the unpinned figures.
+
 Targets (issue 8, item 7): server CPU per envelope at most 3x the floor at batch 10 and
 6x at batch 1, on both buses.
 """
@@ -43,7 +52,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +82,51 @@ TARGETS = {1: 6.0, 10: 3.0}
 """Batch size -> the most server CPU per envelope may be, in multiples of the floor."""
 _BARE_REQUESTS = 1_600
 _TOPIC = f"quietwire.envelopes.{REGION}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Which CPUs the server runs on, and which everything else (None: not pinned)."""
+
+    server: frozenset[int] | None
+    others: frozenset[int] | None
+
+    @classmethod
+    def for_this_machine(cls) -> Placement:
+        """The first CPU this process may use for the server, the rest for the others;
+        no pinning with a single CPU."""
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            return cls(None, None)
+        return cls(frozenset(allowed[:1]), frozenset(allowed[1:]))
+
+    def describe(self) -> str:
+        """One line for the report."""
+        if self.server is None or self.others is None:
+            return "placement: one CPU, nothing pinned"
+        return (
+            f"placement: the server on CPU {_cpu_list(self.server)}, the load generator and "
+            f"the Kafka broker on CPU {_cpu_list(self.others)}; the floor is timed on the "
+            "server's CPU while the server is idle"
+        )
+
+
+def _cpu_list(cpus: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+@contextmanager
+def _running_on(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run this thread on `cpus` for the block (no change if None)."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +205,8 @@ def floor_us(private_key: PrivateKey, items: Sequence[str]) -> tuple[float, floa
 
 def _measure(server: IngestServer, workload: Workload, private_key: PrivateKey) -> Measured:
     server.wait_drained()  # nothing of the round before is still being stored
-    opened, verified = floor_us(private_key, workload.items)
+    with _running_on(server.cpus):  # the core the server's crypto runs on
+        opened, verified = floor_us(private_key, workload.items)
     before = server.cpu_seconds()
     load = send(server.url, workload)
     server.wait_drained()  # the embedded outbox's drain into DuckDB is this round's work
@@ -164,14 +220,16 @@ def _bare_request_us(server: IngestServer) -> float:
     return (server.cpu_seconds() - before) / _BARE_REQUESTS * 1e6
 
 
-def _run_bus(state: Path, private_key: PrivateKey, kafka: str | None) -> BusRun:
+def _run_bus(
+    state: Path, private_key: PrivateKey, kafka: str | None, placement: Placement
+) -> BusRun:
     """Every round of both batch sizes against one server."""
     state.mkdir(parents=True)
     write_private_key(state / f"ingest-{REGION}.key", private_key)
     key = private_key.public_key
     rounds: dict[int, list[Measured]] = {}
     failures: list[str] = []
-    with IngestServer(state, kafka_bootstrap=kafka) as server:
+    with IngestServer(state, kafka_bootstrap=kafka, cpus=placement.server) as server:
         for batch in GROUPS_PER_WORKER:  # warm-up: first requests, imports, caches
             send(server.url, make_workload(key, batch=batch, groups_per_worker=1))
         for batch, groups in GROUPS_PER_WORKER.items():
@@ -184,7 +242,7 @@ def _run_bus(state: Path, private_key: PrivateKey, kafka: str | None) -> BusRun:
     return BusRun(rounds, failures, bare)
 
 
-def _kafka_results(work: Path, private_key: PrivateKey) -> BusRun | None:
+def _kafka_results(work: Path, private_key: PrivateKey, placement: Placement) -> BusRun | None:
     try:
         broker = KafkaBroker()
         broker.start()  # fetches the jars first if they are not cached
@@ -193,7 +251,7 @@ def _kafka_results(work: Path, private_key: PrivateKey) -> BusRun | None:
         return None
     try:
         broker.create_topics([_TOPIC], partitions=3)
-        return _run_bus(work / "kafka", private_key, broker.bootstrap)
+        return _run_bus(work / "kafka", private_key, broker.bootstrap, placement)
     finally:
         broker.stop()
 
@@ -217,11 +275,18 @@ def _report(bus: str, run: BusRun) -> bool:
 def main() -> int:
     """Print the figures; return 1 if a target is missed or a request was not accepted."""
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    placement = Placement.for_this_machine()
+    print(placement.describe())
     private_key = PrivateKey.generate()
-    with tempfile.TemporaryDirectory(prefix="quietwire-bench-ingest-") as tmp:
+    # This process and what it starts (the Kafka broker inherits it) keep off the
+    # server's CPU; the server sets its own on start.
+    with (
+        _running_on(placement.others),
+        tempfile.TemporaryDirectory(prefix="quietwire-bench-ingest-") as tmp,
+    ):
         work = Path(tmp)
-        runs = {"embedded": _run_bus(work / "embedded", private_key, None)}
-        kafka = _kafka_results(work, private_key)
+        runs = {"embedded": _run_bus(work / "embedded", private_key, None, placement)}
+        kafka = _kafka_results(work, private_key, placement)
         if kafka is not None:
             runs["kafka"] = kafka
     floors = sorted(f for run in runs.values() for f in run.floors())
