@@ -9,7 +9,8 @@ Each device sends `PER_DEVICE` envelopes in sequence (its daily epsilon under th
 pilot policy covers six), one request after the other from one worker, as a client
 would. A request of batch `b` carries one envelope of each of `b` distinct devices:
 the device ledger reads and writes a row per device, so this is its costlier case.
-`WORKERS` workers send concurrently over one httpx connection pool.
+`WORKERS` workers send concurrently, each over a keep-alive connection of its own
+(`_Connection`, HTTP/1.1 spoken by hand).
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def make_workload(key: PublicKey, *, batch: int, groups_per_worker: int) -> Work
 class _Connection:
     """One keep-alive HTTP/1.1 connection, spoken by hand.
 
-    The load generator shares this machine's two cores with the server, and httpx
+    The load generator has one core of this machine (the server the other), and httpx
     spends about a millisecond of CPU per request: with it the clients, not the
-    server, set the pace, and a server that is not kept busy groups few requests
+    server, would set the pace, and a server that is not kept busy groups few requests
     per commit. Like wrk or h2load, this client only writes prepared requests and
     reads `Content-Length` bodies, so the server is what the figures measure.
     """
