@@ -12,7 +12,7 @@ the distances `analytics._drift_stats`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import NormalDist
@@ -27,7 +27,7 @@ from analytics._drift_stats import Positions, bucket_positions, shares
 from analytics._errors import InvalidQueryError
 from analytics._held import check_labels_held, check_signal_held
 from analytics._noise import NoiseTerm
-from analytics._sources import Scope, Selection, component_sums
+from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
 from analytics._totals import check_labels, label_keys
 from schemas import Mechanism
 
@@ -147,15 +147,25 @@ def _noise(terms: list[dict[str, Any]]) -> tuple[NoiseTerm, ...]:
     )
 
 
-def _read_side(
-    conn: duckdb.DuckDBPyConnection, signal: str, labels: Mapping[str, str], side: DriftSide
-) -> pl.DataFrame:
-    names = sorted(labels)
-    scope = Scope(signal, side.since, side.until, _SIDE)
-    rows = component_sums(conn, scope, [*label_keys(names), *_ROW_KEYS])
-    for name in names:
-        rows = rows.filter(pl.col(name) == labels[name])
-    return rows
+def _read_sides(
+    conn: duckdb.DuckDBPyConnection,
+    signal: str,
+    sides: Sequence[tuple[Mapping[str, str], DriftSide]],
+) -> list[pl.DataFrame]:
+    """Each side's rows (its labels and time range), read in one statement."""
+
+    def plan(labels: Mapping[str, str], side: DriftSide) -> Planned:
+        names = sorted(labels)
+
+        def keep(rows: pl.DataFrame) -> pl.DataFrame:
+            for name in names:
+                rows = rows.filter(pl.col(name) == labels[name])
+            return rows
+
+        scope = Scope(signal, side.since, side.until, _SIDE)
+        return Planned(SumsRequest(scope, (*label_keys(names), *_ROW_KEYS)), keep)
+
+    return run_planned(conn, [plan(labels, side) for labels, side in sides])
 
 
 def _histogram_side(rows: pl.DataFrame, uppers: tuple[float | None, ...]) -> HistogramSide:
@@ -307,8 +317,7 @@ def drift_test(
     base = dict(where or {})
     labels_a, labels_b = _side_labels(base, a), _side_labels(base, b)
     check_signal_held(conn, signal, "histogram")
-    rows_a = _read_side(conn, signal, labels_a, a)
-    rows_b = _read_side(conn, signal, labels_b, b)
+    rows_a, rows_b = _read_sides(conn, signal, [(labels_a, a), (labels_b, b)])
     uppers = _uppers(conn, rows_a, "a", signal, labels_a)
     if _uppers(conn, rows_b, "b", signal, labels_b) != uppers:
         raise InvalidQueryError(f"the two sides' {signal!r} buckets have different bounds")

@@ -18,7 +18,7 @@ import polars as pl
 
 from analytics._exact import exact_ratio_interval
 from analytics._intervals import check_level, ratio_interval, z_value
-from analytics._sources import Scope, Selection, component_sums
+from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
 from analytics._totals import (
     WINDOW_KEYS,
     check_labels,
@@ -29,7 +29,16 @@ from analytics._totals import (
     with_intervals,
 )
 
-__all__ = ["cell_summary", "fleet_mean", "mean_by_keys", "mean_by_labels"]
+__all__ = [
+    "cell_summary",
+    "cell_summary_of",
+    "fleet_mean",
+    "mean_by_keys",
+    "mean_by_labels",
+    "plan_cell_summary",
+    "plan_fleet_mean",
+    "plan_mean_by_labels",
+]
 
 # A histogram's mean per cell: sum / events. Events are the buckets added locally, and
 # the cell's own count entry under the aggregate model (two draws, not two per bucket).
@@ -114,10 +123,26 @@ def mean_by_labels(
     It is null when the count is not clearly above zero at this level. Only releases
     that carry both a count and a sum are used.
     """
+    plan = plan_mean_by_labels(
+        signal, by=by, per_window=per_window, level=level, since=since, until=until
+    )
+    return run_planned(conn, [plan])[0]
+
+
+def plan_mean_by_labels(
+    signal: str = "gen_ai.client.operation.duration",
+    *,
+    by: Sequence[str] = ("route", "model"),
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`mean_by_labels` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     labels = check_labels(by)
     keys = [*(WINDOW_KEYS if per_window else []), *label_keys(labels)] or [("r.signal", "signal")]
-    return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
+    return _means_plan(Scope(signal, since, until, _CELL_MEAN), keys, level)
 
 
 def mean_by_keys(
@@ -132,7 +157,7 @@ def mean_by_keys(
     """`mean_by_labels` grouped by any keys: (SQL over the union row `r`, alias) pairs,
     e.g. a row's region or its window's charge period next to labels (`label_keys`)."""
     level = check_level(level)
-    return _means(conn, Scope(signal, since, until, _CELL_MEAN), keys, level)
+    return run_planned(conn, [_means_plan(Scope(signal, since, until, _CELL_MEAN), keys, level)])[0]
 
 
 _MEAN_SCHEMA: dict[str, Any] = {
@@ -149,19 +174,21 @@ _MEAN_SCHEMA: dict[str, Any] = {
 }
 
 
-def _means(
-    conn: duckdb.DuckDBPyConnection,
-    scope: Scope,
-    keys: Sequence[tuple[str, str]],
-    level: float,
-) -> pl.DataFrame:
+def _means_plan(scope: Scope, keys: Sequence[tuple[str, str]], level: float) -> Planned:
     """sum/count per group of `keys`, with the intervals `mean_by_labels` documents.
 
     `scope.selection` maps each read (model, kind) to the part 'count' or 'sum'.
     """
-    keys_all = [*keys, ("{part}", "part")]
-    sums = component_sums(conn, scope, keys_all, paired=True)
+    keys_all = (*keys, ("{part}", "part"))
     names = [alias for _, alias in keys]
+    return Planned(
+        SumsRequest(scope, keys_all, paired=True),
+        lambda sums: _means_of(sums, names, level),
+    )
+
+
+def _means_of(sums: pl.DataFrame, names: Sequence[str], level: float) -> pl.DataFrame:
+    """The means of `sums` (a `component_sums` frame with a `part` key) per `names`."""
     half_level = 1.0 - (1.0 - level) / 2.0
     # Whether a part is near-normal does not depend on the level, so one pass at the
     # Bonferroni level gives both the method and the box half-widths.
@@ -238,17 +265,33 @@ def cell_summary(
     attributes, measure, estimate, std_error, ci_low, ci_high, interval, devices,
     privacy_model, mechanism. The compact view the terminal shows.
     """
+    plans = plan_cell_summary(level=level, signal=signal, since=since, until=until)
+    return cell_summary_of(run_planned(conn, plans))
+
+
+def plan_cell_summary(
+    *,
+    level: float = 0.95,
+    signal: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Planned]:
+    """`cell_summary` as plans (its totals, its means), to be asked with others
+    (`run_planned`); `cell_summary_of` makes their answers the summary."""
     level = check_level(level)
     cell = [("r.signal", "signal"), ("r.attributes::VARCHAR", "attributes")]
-    totals = with_intervals(
-        component_sums(
-            conn, Scope(signal, since, until, _CELL_TOTALS), [*cell, ("{part}", "measure")]
-        ),
-        level,
-    ).select(_SUMMARY_COLS)
+    totals = Planned(
+        SumsRequest(Scope(signal, since, until, _CELL_TOTALS), (*cell, ("{part}", "measure"))),
+        lambda sums: with_intervals(sums, level).select(_SUMMARY_COLS),
+    )
+    return [totals, _means_plan(Scope(signal, since, until, _CELL_MEAN), cell, level)]
+
+
+def cell_summary_of(answers: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The summary from the answers to `plan_cell_summary`'s plans."""
+    totals, means = answers
     means = (
-        _means(conn, Scope(signal, since, until, _CELL_MEAN), cell, level)
-        .rename({"mean": "estimate"})
+        means.rename({"mean": "estimate"})
         .with_columns(measure=pl.lit("mean"))
         .select(_SUMMARY_COLS)
     )
@@ -270,6 +313,19 @@ def fleet_mean(
     totals under the local model (two draws per device), from every cell's count and
     sum under the aggregate model.
     """
+    plan = plan_fleet_mean(signal, per_window=per_window, level=level, since=since, until=until)
+    return run_planned(conn, [plan])[0]
+
+
+def plan_fleet_mean(
+    signal: str = "gen_ai.client.operation.duration",
+    *,
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`fleet_mean` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     keys = WINDOW_KEYS if per_window else [("r.signal", "signal")]
-    return _means(conn, Scope(signal, since, until, _FLEET_MEAN), keys, level)
+    return _means_plan(Scope(signal, since, until, _FLEET_MEAN), keys, level)

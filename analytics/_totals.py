@@ -33,7 +33,7 @@ from analytics._intervals import (
     normal_is_adequate,
     z_value,
 )
-from analytics._sources import Scope, Selection, component_sums
+from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
 from schemas import Mechanism
 
 __all__ = [
@@ -41,6 +41,10 @@ __all__ = [
     "fleet_totals",
     "grand_totals",
     "histogram_buckets",
+    "plan_fleet_totals",
+    "plan_grand_totals",
+    "plan_histogram_buckets",
+    "plan_signal_totals",
     "requests_by_route",
     "signal_totals",
 ]
@@ -184,12 +188,13 @@ def to_utc(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.col(c).dt.convert_time_zone("UTC") for c in cols)
 
 
-def _totals(
-    conn: duckdb.DuckDBPyConnection, scope: Scope, keys: Sequence[tuple[str, str]], level: float
-) -> pl.DataFrame:
-    sums = component_sums(conn, scope, keys)
-    out = with_intervals(sums, level)
-    return to_utc(out.select(*(alias for _, alias in keys), *_OUT))
+def _totals_plan(scope: Scope, keys: Sequence[tuple[str, str]], level: float) -> Planned:
+    aliases = [alias for _, alias in keys]
+
+    def finish(sums: pl.DataFrame) -> pl.DataFrame:
+        return to_utc(with_intervals(sums, level).select(*aliases, *_OUT))
+
+    return Planned(SumsRequest(scope, tuple(keys)), finish)
 
 
 def fleet_totals(
@@ -212,6 +217,18 @@ def fleet_totals(
     (both models), total, total_sum (local scalar totals) or count (a secure aggregate's
     events per histogram cell). `since`/`until` keep windows inside [since, until].
     """
+    plan = plan_fleet_totals(level=level, signal=signal, since=since, until=until)
+    return run_planned(conn, [plan])[0]
+
+
+def plan_fleet_totals(
+    *,
+    level: float = 0.95,
+    signal: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`fleet_totals` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     keys = [
         ("r.signal", "signal"),
@@ -221,7 +238,7 @@ def fleet_totals(
         ("r.bucket_index", "bucket_index"),
         ("r.bucket_upper", "bucket_upper"),
     ]
-    return _totals(conn, Scope(signal, since, until, _EVERY_FIGURE), keys, level)
+    return _totals_plan(Scope(signal, since, until, _EVERY_FIGURE), keys, level)
 
 
 def label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -247,6 +264,23 @@ def signal_totals(
     together, and so are their noise variances. A label a cell lacks groups as ''. With
     `per_window=False` all windows in [since, until] are added too.
     """
+    plan = plan_signal_totals(
+        signal, by=by, kind=kind, per_window=per_window, level=level, since=since, until=until
+    )
+    return run_planned(conn, [plan])[0]
+
+
+def plan_signal_totals(
+    signal: str,
+    *,
+    by: Sequence[str] = ("route",),
+    kind: str = "counter",
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`signal_totals` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     if kind not in _KINDS:
         raise InvalidQueryError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
@@ -259,7 +293,7 @@ def signal_totals(
             if kind in kinds
         }
     )
-    return _totals(conn, Scope(signal, since, until, selection), keys, level)
+    return _totals_plan(Scope(signal, since, until, selection), keys, level)
 
 
 def requests_by_route(
@@ -300,6 +334,22 @@ def histogram_buckets(
     Rows: the labels, bucket_index, bucket_upper (null for the overflow bucket), and the
     columns of `fleet_totals`. Both models release bucket counts per cell.
     """
+    plan = plan_histogram_buckets(
+        signal, by=by, per_window=per_window, level=level, since=since, until=until
+    )
+    return run_planned(conn, [plan])[0]
+
+
+def plan_histogram_buckets(
+    signal: str,
+    *,
+    by: Sequence[str] = ("route", "model"),
+    per_window: bool = False,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`histogram_buckets` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     labels = check_labels(by)
     keys = [
@@ -308,7 +358,7 @@ def histogram_buckets(
         ("r.bucket_index", "bucket_index"),
         ("r.bucket_upper", "bucket_upper"),
     ]
-    return _totals(conn, Scope(signal, since, until, Selection.same(["bucket"])), keys, level)
+    return _totals_plan(Scope(signal, since, until, Selection.same(["bucket"])), keys, level)
 
 
 def grand_totals(
@@ -329,6 +379,19 @@ def grand_totals(
     without one, its cells added: a counter's cells, a histogram's per-cell counts (two
     central draws per cell).
     """
+    plan = plan_grand_totals(signal, per_window=per_window, level=level, since=since, until=until)
+    return run_planned(conn, [plan])[0]
+
+
+def plan_grand_totals(
+    signal: str,
+    *,
+    per_window: bool = True,
+    level: float = 0.95,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Planned:
+    """`grand_totals` as a plan, to be asked with others (`run_planned`)."""
     level = check_level(level)
     keys = WINDOW_KEYS if per_window else [("r.signal", "signal")]
-    return _totals(conn, Scope(signal, since, until, _FLEET_TOTAL), keys, level)
+    return _totals_plan(Scope(signal, since, until, _FLEET_TOTAL), keys, level)
