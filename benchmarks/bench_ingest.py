@@ -32,13 +32,13 @@ rounds with fresh devices; the reported round, and the one the target is checked
 the median by ratio (the best ratio is printed next to it).
 
 Placement: with two or more CPUs to run on, the server gets the first of them to itself
-and everything else (this load generator and its floor timings, the Kafka broker) runs
-on the others, as a load test is run (wrk on cores of its own): sharing the cores, the
-load generator's and the broker's work evicted the server's code and data from the
-caches and moved its threads between cores, and the server's CPU per envelope rose
-with the load generator's, not with anything the ingest does. The floor is timed on
-the server's CPU (the server idle meanwhile), so both sides of the ratio run on the
-same core. With one CPU nothing is pinned. `docs/ingest.md` gives the unpinned figures.
+and everything else (this load generator, the Kafka broker) runs on the others, as a
+load test is run (wrk on cores of its own): sharing the cores, the load generator's
+and the broker's work evicted the server's code and data from the caches and moved its
+threads between cores, and the server's CPU per envelope rose with the load
+generator's, not with anything the ingest does. The floor is timed on the server's CPU
+(the server idle meanwhile), so both sides of the ratio run on the same core. With one
+CPU nothing is pinned. `docs/ingest.md` gives the A/B against an unpinned server.
 
 Targets (issue 8, item 7): server CPU per envelope at most 3x the floor at batch 10 and
 6x at batch 1, on both buses.
