@@ -271,9 +271,10 @@ def component_sums_many(
 
     A statement over the cube costs 10 to 20 ms however few rows it adds (planning, and
     every hash aggregate's set-up: the rows are a few thousand), so a report's questions
-    are asked together: each request's rows are tagged with its index and keyed by
-    columns of its own (the other requests' key columns are NULL in its rows), and every
-    aggregate groups by the index and all the key columns."""
+    are asked together: each request's rows are tagged with its index, its keys go in
+    key columns the requests share by SQL type (`_slots`; a request's rows leave the key
+    columns it does not use NULL), and every aggregate groups by the index and all the
+    key columns. Each answer is sorted by its own keys, as `component_sums` sorts."""
     if not requests:
         return []
     with local_cube(conn) as cube:
