@@ -7,7 +7,7 @@ in-process), then on a real Kafka broker (`tests.harness.kafka.KafkaBroker`, fet
 jars as `make kafka-jars` does; acks=all, idempotent producer). `WORKERS` concurrent
 keep-alive HTTP/1.1 connections post real sealed, signed envelopes
 (`benchmarks._ingest_load`; a hand-spoken client like wrk's, so the load generator,
-which shares the two cores, does not set the pace), one envelope per request (batch 1)
+on a core of its own here, does not set the pace), one envelope per request (batch 1)
 and ten (batch 10). Every request must be answered 202 with all its envelopes accepted.
 
 Reported per bus and batch size: envelopes/s and p50/p99 request latency (as the
