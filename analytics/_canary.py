@@ -34,8 +34,8 @@ from analytics._canary_verdict import (
 )
 from analytics._errors import InvalidQueryError
 from analytics._intervals import check_level
-from analytics._sources import Scope, Selection, component_sums, has_aggregates
-from analytics._totals import check_labels, label_keys, noise_terms
+from analytics._sources import Scope, Selection, component_sums, has_aggregates, label_keys
+from analytics._totals import check_labels, noise_terms
 from policies import OTHER, CanaryMetric, CanaryPolicy
 
 __all__ = ["CanaryResult", "canary_verdict"]

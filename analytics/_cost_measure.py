@@ -30,8 +30,8 @@ import polars as pl
 
 from analytics._errors import InvalidQueryError
 from analytics._means import mean_by_keys
-from analytics._sources import Scope, Selection, component_sums
-from analytics._totals import half_widths, label_keys
+from analytics._sources import Scope, Selection, component_sums, label_keys
+from analytics._totals import half_widths
 from policies import ChargePeriod, CostPolicy
 
 __all__ = ["PERIOD_COLUMNS", "measured_means", "measured_requests", "period_keys"]

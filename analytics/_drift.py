@@ -27,8 +27,8 @@ from analytics._drift_stats import Positions, bucket_positions, shares
 from analytics._errors import InvalidQueryError
 from analytics._held import check_labels_held, check_signal_held
 from analytics._noise import NoiseTerm
-from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
-from analytics._totals import check_labels, label_keys
+from analytics._sources import Planned, Scope, Selection, SumsRequest, label_keys, run_planned
+from analytics._totals import check_labels
 from schemas import Mechanism
 
 __all__ = ["DRIFT", "NOT_ESTIMABLE", "NO_DRIFT", "DriftResult", "DriftSide", "drift_test"]

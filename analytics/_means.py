@@ -18,12 +18,11 @@ import polars as pl
 
 from analytics._exact import exact_ratio_interval
 from analytics._intervals import check_level, ratio_interval, z_value
-from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
+from analytics._sources import Planned, Scope, Selection, SumsRequest, label_keys, run_planned
 from analytics._totals import (
     WINDOW_KEYS,
     check_labels,
     half_widths,
-    label_keys,
     noise_terms,
     to_utc,
     with_intervals,

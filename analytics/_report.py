@@ -80,6 +80,19 @@ class SignalView:
 
 
 @dataclass(frozen=True, slots=True)
+class _ViewShape:
+    """A `SignalView` before its frames: which plans it asked (two, three with buckets)."""
+
+    signal: str
+    kind: str
+    label: str | None
+    labels: tuple[str, ...]
+    windows: int
+    origin: str
+    buckets: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FleetReport:
     """Everything a report shows, as Polars frames."""
 
@@ -186,7 +199,7 @@ def _build_report(
     summary = cell_summary_of(summary_parts)
     sources = figure_sources(conn, signal=signal, since=since, until=until)
     plans: list[Planned] = []
-    shapes: list[tuple[str, str, str | None, tuple[str, ...], int, str, bool]] = []
+    shapes: list[_ViewShape] = []
     for name in sorted(totals["signal"].unique().to_list()):
         rows = totals.filter(pl.col("signal") == name)
         kinds = set(rows["kind"].unique().to_list())
@@ -200,7 +213,7 @@ def _build_report(
                 plan_signal_totals(name, by=by, **q),
                 plan_signal_totals(name, by=labels, per_window=False, **q),
             ]
-            shapes.append((name, "counter", label, tuple(labels), windows, origin, False))
+            shapes.append(_ViewShape(name, "counter", label, tuple(labels), windows, origin))
         elif "sum" in kinds:
             buckets = "bucket" in kinds
             plans += [
@@ -209,16 +222,20 @@ def _build_report(
             ]
             if buckets:
                 plans.append(plan_histogram_buckets(name, by=labels, **q))
-            shapes.append((name, "histogram", label, tuple(labels), windows, origin, buckets))
+            shapes.append(
+                _ViewShape(name, "histogram", label, tuple(labels), windows, origin, buckets)
+            )
     fleet_plans, fleet_parts = _fleet_plans(totals, level=level, since=since, until=until)
     answers = iter(run_planned(conn, [*plans, *fleet_plans]))
     views: list[SignalView] = []
-    for name, kind, label, cell_labels, windows, origin, buckets in shapes:
+    for v in shapes:
         per, cells = next(answers), next(answers)
-        hist = next(answers) if buckets else None
-        unit = _unit(conn, name) if kind == "histogram" else ""
+        hist = next(answers) if v.buckets else None
+        unit = _unit(conn, v.signal) if v.kind == "histogram" else ""
         views.append(
-            SignalView(name, kind, unit, label, cell_labels, windows, per, cells, hist, origin)
+            SignalView(
+                v.signal, v.kind, unit, v.label, v.labels, v.windows, per, cells, hist, v.origin
+            )
         )
     fleet = _fleet_frame(fleet_parts, list(answers))
     basis = fleet_basis(conn, signal=signal, since=since, until=until)

@@ -41,6 +41,7 @@ __all__ = [
     "component_sums_many",
     "figure_sources",
     "has_aggregates",
+    "label_keys",
     "run_planned",
 ]
 
@@ -297,7 +298,23 @@ _KEY_TYPES = {
     "r.bucket_index": "int",
     "r.bucket_upper": "float",
 }
-_LABEL_KEY = re.compile(r"^coalesce\(r\.attributes->>'[a-z][a-z0-9_.]*', ''\)$")
+_LABEL_SQL = "coalesce(r.attributes->>'{label}', '')"
+
+
+def label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Keys grouping by each of `labels` (checked names: `_totals.check_labels`); a cell
+    without the label groups as ''."""
+    return [(_LABEL_SQL.format(label=label), label) for label in labels]
+
+
+def _key_type(sql: str) -> str | None:
+    """The type class of a key expression (`_KEY_TYPES`, or a label's text), None if
+    unknown."""
+    known = _KEY_TYPES.get(sql)
+    if known is not None:
+        return known
+    head, tail = _LABEL_SQL.split("{label}")
+    return "text" if sql.startswith(head) and sql.endswith(tail) else None
 
 
 def _slots(requests: Sequence[SumsRequest]) -> list[list[str]]:
@@ -310,7 +327,7 @@ def _slots(requests: Sequence[SumsRequest]) -> list[list[str]]:
         used: dict[str, int] = {}
         own: list[str] = []
         for j, (sql, _) in enumerate(request.keys):
-            kind = _KEY_TYPES.get(sql) or ("text" if _LABEL_KEY.match(sql) else None)
+            kind = _key_type(sql)
             if kind is None:
                 own.append(f"_q{i}k{j}")
                 continue

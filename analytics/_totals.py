@@ -33,7 +33,14 @@ from analytics._intervals import (
     normal_is_adequate,
     z_value,
 )
-from analytics._sources import Planned, Scope, Selection, SumsRequest, run_planned
+from analytics._sources import (
+    Planned,
+    Scope,
+    Selection,
+    SumsRequest,
+    label_keys,
+    run_planned,
+)
 from schemas import Mechanism
 
 __all__ = [
@@ -239,10 +246,6 @@ def plan_fleet_totals(
         ("r.bucket_upper", "bucket_upper"),
     ]
     return _totals_plan(Scope(signal, since, until, _EVERY_FIGURE), keys, level)
-
-
-def label_keys(labels: Sequence[str]) -> list[tuple[str, str]]:
-    return [(f"coalesce(r.attributes->>'{label}', '')", label) for label in labels]
 
 
 def signal_totals(

@@ -30,11 +30,13 @@ from analytics._sources import (
     Scope,
     Selection,
     SumsRequest,
+    _slots,
     component_sums,
     component_sums_many,
+    label_keys,
     run_planned,
 )
-from analytics._totals import _EVERY_FIGURE, WINDOW_KEYS, label_keys, plan_fleet_totals
+from analytics._totals import _EVERY_FIGURE, WINDOW_KEYS, plan_fleet_totals
 from tests.analytics._aggregates import AggregateTruth, counter_batch, histogram_batches
 from tests.analytics._aggregates import insert_batches as insert_aggregates
 from tests.analytics._fleet import build_fleet
@@ -149,3 +151,13 @@ def test_plans_asked_together_answer_as_the_functions_do(conn: duckdb.DuckDBPyCo
     totals, *summary = run_planned(conn, [plan_fleet_totals(), *plan_cell_summary()])
     _equal(totals, fleet_totals(conn))
     _equal(cell_summary_of(summary), cell_summary(conn))
+
+
+def test_keys_of_one_type_share_columns_across_requests() -> None:
+    # What keeps a statement's grouping narrow: a report's label, window and part keys
+    # go in shared columns; an expression of no known type gets one of its own.
+    slots = _slots(_REQUESTS)
+    assert slots[1] == ["_text0", "_text1"]  # a label and the part
+    assert slots[2] == ["_text0", "_text1", "_time0"]  # two labels and a window end
+    assert slots[3][:2] == ["_q3k0", "_q3k1"]
+    assert len({name for own in slots for name in own}) < sum(map(len, slots))
