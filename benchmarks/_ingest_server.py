@@ -18,11 +18,9 @@ import argparse
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -94,11 +92,12 @@ class IngestServer:
         """Wait until the embedded ingest's outbox is empty: every envelope answered is
         in the warehouse, and the CPU that took is spent. (No outbox on Kafka: the
         broker holds what was answered, and no sink runs in this process.)"""
-        path = self.state_dir / "outbox.sqlite3"
+        from ingest import Outbox  # not at import: the server process pins itself first
+
+        path = self.state_dir / Outbox.DIR_NAME
         deadline = time.monotonic() + timeout
         while path.exists():
-            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                (left,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+            left = Outbox.pending(path)
             if left == 0:
                 return
             if time.monotonic() > deadline:

@@ -55,7 +55,7 @@ log = logging.getLogger("quietwire.ingest.app")
 
 def default_bus(settings: IngestSettings) -> EnvelopeBus:
     """Kafka when a bootstrap is configured, else the embedded sink behind its outbox
-    (`STATE_DIR/outbox.sqlite3`)."""
+    (`STATE_DIR/outbox/`)."""
     if settings.kafka_bootstrap is not None:
         return KafkaEnvelopeBus(
             settings.kafka_bootstrap,
@@ -65,9 +65,15 @@ def default_bus(settings: IngestSettings) -> EnvelopeBus:
     path = settings.resolved_warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)
     # The outbox, not DuckDB, makes an answer durable: `ingest._outbox_bus`.
+    outbox = Outbox.open_in(settings.state_dir)
+    try:
+        sink = DuckDBSink(path, group=settings.sink_group)
+    except BaseException:
+        outbox.close()
+        raise
     return OutboxEnvelopeBus(
-        DuckDBSink(path, group=settings.sink_group),
-        Outbox(settings.state_dir / Outbox.FILE_NAME),
+        sink,
+        outbox,
         drain_interval=settings.outbox_drain_seconds,
         max_backlog=settings.outbox_max_backlog,
     )

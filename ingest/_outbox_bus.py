@@ -2,7 +2,7 @@
 behind the answers.
 
 `OutboxEnvelopeBus.publish` serializes the items as they would travel on Kafka and
-appends them to the outbox (`ingest._outbox`, one SQLite transaction for every batch
+appends them to the outbox (`ingest._outbox`, one durable write for every batch
 published while the previous append ran), then returns: the 202 that follows is as safe
 as Kafka's acks=all. A drain task moves the outbox into the warehouse (`DuckDBSink.write`,
 dead letters and deletions included) in batches of up to `drain_batch` items, at most
@@ -99,18 +99,10 @@ class OutboxEnvelopeBus(EnvelopeBus):
         left = await asyncio.to_thread(self.outbox.count)
         if left:
             log.info("outbox: %d item(s) left by an earlier run go to the warehouse first", left)
-            self._queued = [(seq, None) for seq in await self._left_seqs()]
+            self._queued = [(seq, None) for seq in await asyncio.to_thread(self.outbox.numbers)]
             self._backlog = len(self._queued)
             self._arrived.set()
         self._drainer = asyncio.create_task(self._drain_forever(), name="quietwire-outbox-drain")
-
-    async def _left_seqs(self) -> list[int]:
-        seqs: list[int] = []
-        after = 0
-        while rows := await asyncio.to_thread(self.outbox.read, 10_000, after=after):
-            seqs.extend(seq for seq, _ in rows)
-            after = rows[-1][0]
-        return seqs
 
     async def stop(self) -> None:
         """Drain everything published (the warehouse is complete when this returns,

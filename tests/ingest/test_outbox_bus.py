@@ -4,18 +4,19 @@ after, exactly once across crashes, and bounded while the warehouse is down."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus
+from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus, _outbox
 from ingest._outbox_bus import OUTBOX_TOPIC
 from ingest._sink import SinkItem
 from schemas import IngestedEnvelope
 from tests.ingest.kit import Device, ingested
-from tests.ingest.sqlite_faults import CommitFailsAsOnAFullDisk
 from warehouse import PartitionOffset, WriteResult
 
 
@@ -44,25 +45,17 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("timed out")
 
 
-def _outbox_count(path: Path) -> int:
-    box = Outbox(path)
-    try:
-        return box.count()
-    finally:
-        box.close()
-
-
 async def test_an_answer_is_durable_in_the_outbox_and_stop_fills_the_warehouse(
     tmp_path: Path,
 ) -> None:
     sink = DuckDBSink(tmp_path / "wh.duckdb")
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=60.0)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=60.0)
     await bus.start()
     items = [ingested(Device()) for _ in range(5)]
     await bus.publish(items[:2])
     await bus.publish(items[2:])
     # Published means on disk: a second reader of the file sees all five.
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 5
+    assert Outbox.pending(tmp_path / "outbox") == 5
     assert sink.envelope_count() == 0  # the drain waits for its interval
     await bus.stop()
     check = DuckDBSink(tmp_path / "wh.duckdb")
@@ -70,17 +63,17 @@ async def test_an_answer_is_durable_in_the_outbox_and_stop_fills_the_warehouse(
         assert check.envelope_count() == 5
     finally:
         check.close()
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+    assert Outbox.pending(tmp_path / "outbox") == 0
 
 
 async def test_the_warehouse_follows_within_the_drain_interval(tmp_path: Path) -> None:
     sink = DuckDBSink(tmp_path / "wh.duckdb")
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.05)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.05)
     await bus.start()
     try:
         await bus.publish([ingested(Device()) for _ in range(3)])
         await _until(lambda: sink.envelope_count() == 3)
-        await _until(lambda: _outbox_count(tmp_path / "outbox.sqlite3") == 0)
+        await _until(lambda: Outbox.pending(tmp_path / "outbox") == 0)
         assert (await bus.check()).ok
     finally:
         await bus.stop()
@@ -93,11 +86,11 @@ async def test_what_a_crash_left_in_the_outbox_is_stored_at_start_once(tmp_path:
     stored, pending = ingested(Device()), [ingested(Device()) for _ in range(3)]
     sink = DuckDBSink(tmp_path / "wh.duckdb")
     sink.write([stored])
-    left = Outbox(tmp_path / "outbox.sqlite3")
+    left = Outbox(tmp_path / "outbox")
     encoded = [i.model_dump_json().encode() for i in (stored, *pending)]
     seqs = left.append([*encoded, b"not json"])
     left.close()
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.05)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.05)
     await bus.start()
     await bus.stop()
     check = DuckDBSink(tmp_path / "wh.duckdb")
@@ -110,14 +103,14 @@ async def test_what_a_crash_left_in_the_outbox_is_stored_at_start_once(tmp_path:
         check.close()
     assert letters == [(OUTBOX_TOPIC, seqs[-1], b"not json")]
     assert bus.dead_letters == 1
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+    assert Outbox.pending(tmp_path / "outbox") == 0
 
 
 async def test_a_failing_warehouse_keeps_the_items_names_itself_and_recovers(
     tmp_path: Path,
 ) -> None:
     sink = _FailingSink(tmp_path / "wh.duckdb", failures=2)
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.01)
     await bus.start()
     try:
         await bus.publish([ingested(Device()) for _ in range(2)])
@@ -130,23 +123,21 @@ async def test_a_failing_warehouse_keeps_the_items_names_itself_and_recovers(
         await _until(lambda: bus._failing is None)
     finally:
         await bus.stop()
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+    assert Outbox.pending(tmp_path / "outbox") == 0
 
 
 async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path: Path) -> None:
     sink = _FailingSink(tmp_path / "wh.duckdb", failures=10**6)
-    bus = OutboxEnvelopeBus(
-        sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01, max_backlog=3
-    )
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.01, max_backlog=3)
     await bus.start()
     await bus.publish([ingested(Device()) for _ in range(3)])
     with pytest.raises(BusUnavailable, match="3 items behind"):
         await bus.publish([ingested(Device())])
     await bus.stop()  # the warehouse still fails: the three stay for the next start
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 3
+    assert Outbox.pending(tmp_path / "outbox") == 3
     sink.failures = 0
     healthy = DuckDBSink(tmp_path / "wh.duckdb")
-    again = OutboxEnvelopeBus(healthy, Outbox(tmp_path / "outbox.sqlite3"))
+    again = OutboxEnvelopeBus(healthy, Outbox(tmp_path / "outbox"))
     await again.start()
     await again.stop()
     check = DuckDBSink(tmp_path / "wh.duckdb")
@@ -156,22 +147,35 @@ async def test_a_full_backlog_answers_bus_unavailable_and_loses_nothing(tmp_path
         check.close()
 
 
-async def test_a_failed_outbox_commit_is_reported_as_itself_and_stores_nothing(
+async def test_a_failed_outbox_write_is_reported_as_itself_and_stores_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: the ROLLBACK after it raised "cannot rollback - no transaction is active",
-    which replaced the real cause in the 503's detail."""
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    """The disk refuses the append's sync (as a full one does): the publisher hears why,
+    nothing of it stays (on disk either), and the next append reaches the warehouse."""
+    outbox = Outbox(tmp_path / "outbox")
     bus = OutboxEnvelopeBus(DuckDBSink(tmp_path / "wh.duckdb"), outbox, drain_interval=60.0)
     await bus.start()
-    monkeypatch.setattr(outbox, "_db", CommitFailsAsOnAFullDisk(outbox._db))
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_outbox.os, "fdatasync", full)
     with pytest.raises(BusUnavailable) as refused:
         await bus.publish([ingested(Device())])
-    assert str(refused.value) == "the outbox did not commit: database or disk is full"
+    assert str(refused.value) == "the outbox did not commit: [Errno 28] No space left on device"
     assert outbox.count() == 0
-    await bus.publish([ingested(Device())])  # no transaction left open
+    monkeypatch.undo()
+    later = ingested(Device())
+    await bus.publish([later])
     assert outbox.count() == 1
+    assert Outbox.pending(tmp_path / "outbox") == 1  # what a restart would find
     await bus.stop()
+    check = DuckDBSink(tmp_path / "wh.duckdb")
+    try:
+        stored = check.connection.execute("SELECT device_id FROM envelopes").fetchall()
+    finally:
+        check.close()
+    assert stored == [(later.envelope.device_id,)]
 
 
 class _PoisonSink(DuckDBSink):
@@ -197,7 +201,7 @@ async def test_an_item_that_fails_every_write_is_dead_lettered_and_holds_nothing
 ) -> None:
     poison = Device()
     sink = _PoisonSink(tmp_path / "wh.duckdb", poison.device_id)
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.01)
     await bus.start()
     try:
         good = [ingested(Device()) for _ in range(5)]
@@ -218,18 +222,18 @@ async def test_an_item_that_fails_every_write_is_dead_lettered_and_holds_nothing
     finally:
         check.close()
     assert letters == [(poison.device_id, "store", "TypeError")]
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 0
+    assert Outbox.pending(tmp_path / "outbox") == 0
 
 
 async def test_a_failing_warehouse_dead_letters_nothing(tmp_path: Path) -> None:
     """When no write stores anything the warehouse is failing, not an item: the search
     for a poison item keeps every item in the outbox."""
     sink = _FailingSink(tmp_path / "wh.duckdb", failures=10**6)
-    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox.sqlite3"), drain_interval=0.01)
+    bus = OutboxEnvelopeBus(sink, Outbox(tmp_path / "outbox"), drain_interval=0.01)
     await bus.start()
     await bus.publish([ingested(Device()) for _ in range(4)])
     # Three failed drains, then a search: 4 items written in halves, 6 more failures.
     await _until(lambda: sink.failures <= 10**6 - 9)
     await bus.stop()
     assert bus.dead_letters == 0
-    assert _outbox_count(tmp_path / "outbox.sqlite3") == 4
+    assert Outbox.pending(tmp_path / "outbox") == 4
