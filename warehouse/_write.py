@@ -293,7 +293,7 @@ def _deleted_cells(
     """(device, tier) -> [(requested_at, received_at)] of recorded deletions, as
     microseconds since the epoch: a row an older ingest recorded with a time outside
     Python's calendar comes back as a number, not as DuckDB's text (`warehouse._times`)."""
-    devices = sorted({i.envelope.device_id for i in fresh})
+    devices = list({i.envelope.device_id for i in fresh})
     rows = conn.execute(
         "SELECT device_id, tier, epoch_us(requested_at), epoch_us(received_at) "
         "FROM deletion_requests WHERE device_id IN (SELECT unnest(?::VARCHAR[]))",
@@ -435,8 +435,16 @@ def _window_clusters(
     starts: split where consecutive starts are more than `_CLUSTER_GAP` apart, at the
     `_MAX_SEARCHES - 1` widest such gaps at most. A batch of a fleet's recent windows is
     one or two clusters."""
-    order = sorted(range(len(items)), key=lambda i: items[i].envelope.window_start)
-    starts = [items[i].envelope.window_start for i in order]
+    starts = [i.envelope.window_start for i in items]
+    if not starts:
+        return []
+    first, last = min(starts), max(starts)
+    if last - first <= _CLUSTER_GAP:
+        # The common batch (a fleet's recent windows): one search, without the sort (a
+        # comparison of two of pydantic's aware times costs two offset calls).
+        return [(first, last, list(envelope_ids))]
+    order = sorted(range(len(items)), key=lambda i: starts[i])
+    starts = [starts[i] for i in order]
     gaps = [
         (starts[k] - starts[k - 1], k)
         for k in range(1, len(starts))
