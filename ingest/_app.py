@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import sqlite3
@@ -37,7 +38,7 @@ from ingest._keys import load_audit_key, load_ingest_key
 from ingest._no_telemetry import NO_REQUEST_TELEMETRY
 from ingest._outbox import Outbox
 from ingest._outbox_bus import OutboxEnvelopeBus
-from ingest._process import freeze_after_start_up
+from ingest._process import collect_periodically, freeze_after_start_up
 from ingest._ratelimit import TokenBucketLimiter
 from ingest._registry import SqliteDeviceRegistry
 from ingest._report_rules import ReportRules
@@ -246,6 +247,7 @@ def create_app(
         await the_bus.start()
         upkeep = AuditUpkeep(sampled, checkpointer)
         await upkeep.start()
+        collector: asyncio.Task[None] | None = None
         try:
             intake = EnvelopeIntake(
                 verifier,
@@ -257,6 +259,7 @@ def create_app(
                 linger=settings.wave_linger_seconds,
             )
             freeze_after_start_up()  # everything is open: out of the collector's sight
+            collector = asyncio.create_task(collect_periodically(), name="quietwire-gc")
             yield {
                 "ingest": IngestState(
                     settings,
@@ -278,6 +281,8 @@ def create_app(
                 "audit_key": audit_key_info,
             }
         finally:
+            if collector is not None:
+                collector.cancel()
             await the_bus.stop()
             await upkeep.close()  # after the last request's entry, before the log closes
             registry.close()

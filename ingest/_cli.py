@@ -36,7 +36,11 @@ from ingest._app import create_app
 from ingest._errors import IngestError
 from ingest._health_server import HealthServer
 from ingest._keys import load_audit_key, write_private_key
-from ingest._process import freeze_after_start_up, tune_garbage_collector
+from ingest._process import (
+    collect_periodically,
+    freeze_after_start_up,
+    tune_garbage_collector,
+)
 from ingest._settings import IngestSettings, check_region
 from ingest._sink import DuckDBSink
 from ingest._sink_consumer import KafkaSinkConsumer
@@ -84,7 +88,8 @@ async def run_sink(
             bootstrap_servers=settings.kafka_bootstrap,
             topics=[settings.topic_for(r) for r in regions],
         )
-        companions: list[Companion] = []
+        # The collector's passes on a schedule (in a tuned process; see ingest._process).
+        companions: list[Companion] = [collect_periodically]
         if leader is not None:
             service, interval = leader.service, leader.interval
             companions.append(lambda stop: service.run_forever(stop, interval=interval))

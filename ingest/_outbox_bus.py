@@ -34,6 +34,7 @@ from ingest._errors import BusUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
 from ingest._outbox import Outbox
+from ingest._process import collect_garbage
 from ingest._salvage import salvage
 from ingest._sink import DuckDBSink, SinkMessage
 from warehouse import WriteResult
@@ -206,6 +207,10 @@ class OutboxEnvelopeBus(EnvelopeBus):
             delays = _BACKOFF.delays()
             failures = 0
             self._done(part)
+            # The stored items are released now: the queue is at its shortest, the
+            # moment for the collector's pass (`ingest._process`; nothing if untuned).
+            del part
+            collect_garbage()
 
     def _done(self, part: _Part) -> None:
         self._failing = None

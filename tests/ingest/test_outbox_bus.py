@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus, _outbox
+from ingest import BusUnavailable, DuckDBSink, Outbox, OutboxEnvelopeBus, _outbox, _outbox_bus
 from ingest._outbox_bus import OUTBOX_TOPIC
 from ingest._sink import SinkItem
 from schemas import IngestedEnvelope
@@ -237,3 +238,27 @@ async def test_a_failing_warehouse_dead_letters_nothing(tmp_path: Path) -> None:
     await bus.stop()
     assert bus.dead_letters == 0
     assert Outbox.pending(tmp_path / "outbox") == 4
+
+
+async def test_the_collectors_pass_comes_after_the_stored_items_are_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain schedules the collector's pass for when the queue is shortest: by
+    then nothing may still hold the items it stored (a pass costs what is alive)."""
+    items = [ingested(Device()) for _ in range(3)]
+    alive = [weakref.ref(i) for i in items]
+    seen: list[int] = []
+    monkeypatch.setattr(
+        _outbox_bus, "collect_garbage", lambda: seen.append(sum(r() is not None for r in alive))
+    )
+    bus = OutboxEnvelopeBus(
+        DuckDBSink(tmp_path / "wh.duckdb"), Outbox(tmp_path / "outbox"), drain_interval=0.01
+    )
+    await bus.start()
+    try:
+        await bus.publish(items)
+        del items
+        await _until(lambda: bool(seen))
+    finally:
+        await bus.stop()
+    assert seen[0] == 0

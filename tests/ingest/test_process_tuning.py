@@ -5,12 +5,13 @@ CPython's defaults."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from typing import Any
 
-from ingest._process import GC_YOUNG_THRESHOLD
+from ingest._process import GC_YOUNG_THRESHOLD, collect_periodically
 
 _CHILD = """
 import gc, json
@@ -84,3 +85,62 @@ def test_a_sink_loads_what_pyarrow_loads_lazily_when_it_opens() -> None:
     # pandas is installed here (a development dependency): pyarrow imports it on its
     # first conversion of a list, which must happen at start-up, not on the first batch.
     assert _child(_SINK_OPEN) == {"pandas": True}
+
+
+_SCHEDULED = """
+import asyncio, gc, json
+from ingest import _process
+untuned = _process.collect_garbage()  # not tuned: CPython's own thresholds rule
+_process.tune_garbage_collector()
+class Node:
+    pass
+def cycles(n):
+    for _ in range(n):
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+def passes():
+    return [s["collections"] for s in gc.get_stats()]
+cycles(1000)
+before = passes()
+middle = _process.collect_garbage()  # the full pass ran at tuning: a middle one now
+after_middle = passes()
+left_middle = sum(isinstance(o, Node) for o in gc.get_objects())
+_process.FULL_PASS_SECONDS = 0.0
+cycles(1000)
+_process.collect_garbage()
+after_full = passes()
+async def periodic():
+    cycles(1000)
+    stop = asyncio.Event()
+    job = asyncio.create_task(_process.collect_periodically(stop, interval=0.05))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await job
+asyncio.run(periodic())
+print(json.dumps({"untuned": untuned, "middle": middle, "before": before,
+                  "after_middle": after_middle, "left_middle": left_middle,
+                  "after_full": after_full,
+                  "left_periodic": sum(isinstance(o, Node) for o in gc.get_objects())}))
+"""
+
+
+def test_scheduled_passes_collect_cycles_and_a_full_one_when_due() -> None:
+    seen = _child(_SCHEDULED)
+    assert seen["untuned"] is False
+    assert seen["middle"] is True
+    assert seen["after_middle"][1] == seen["before"][1] + 1  # young and middle
+    assert seen["after_middle"][2] == seen["before"][2]
+    assert seen["left_middle"] == 0
+    assert seen["after_full"][2] == seen["after_middle"][2] + 1  # due: every generation
+    assert seen["left_periodic"] == 0  # the periodic job collected, then stopped
+
+
+async def test_an_untuned_periodic_collector_waits_for_its_stop() -> None:
+    """In a sink, a companion job that ends by itself is a failure: untuned (a test
+    process), the job still runs until asked to stop."""
+    stop = asyncio.Event()
+    job = asyncio.create_task(collect_periodically(stop, interval=0.01))
+    await asyncio.sleep(0.05)
+    assert not job.done()
+    stop.set()
+    await asyncio.wait_for(job, 1.0)
