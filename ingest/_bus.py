@@ -23,11 +23,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
 from ingest._errors import BusUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
+from ingest._partition import kafka_partition
 from ingest._sink import DuckDBSink
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 
@@ -55,9 +55,6 @@ def _region_and_device(item: BusItem) -> tuple[str, str]:
 
 
 log = logging.getLogger("quietwire.ingest.bus")
-
-_PARTITIONER = DefaultPartitioner()
-"""The producer's default: murmur2 of the key, as Java's client (and the sink) expect."""
 
 
 class EnvelopeBus(ABC):
@@ -197,7 +194,8 @@ class KafkaEnvelopeBus(EnvelopeBus):
         self, items: Sequence[BusItem], encoded: Sequence[bytes] | None
     ) -> dict[tuple[str, int], list[tuple[bytes, bytes]]]:
         """(topic, partition) -> [(key, value)], in publish order: the partition the
-        producer's own default partitioner gives the device id (murmur2, as Java's),
+        producer's own default partitioner gives the device id (murmur2, as Java's:
+        `ingest._partition`, the same function, faster),
         so a device's envelopes and deletion requests share one partition, in order."""
         partitions: dict[str, list[int]] = {}
         out: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
@@ -209,7 +207,7 @@ class KafkaEnvelopeBus(EnvelopeBus):
                 # As `AIOKafkaProducer._partition` lists them (waits for metadata).
                 known = partitions[topic] = list(await self._producer.partitions_for(topic))
             key = device_id.encode()
-            partition: int = _PARTITIONER(key, known, known)
+            partition = kafka_partition(key, known)
             value = encode_item(item) if encoded is None else encoded[index]
             out.setdefault((topic, partition), []).append((key, value))
         return out
