@@ -149,7 +149,8 @@ def bounded_detail(detail: str) -> str:
 
 
 class EnvelopeVerifier:
-    """Verifies sealed, signed envelopes for one region. Stateless and thread-safe."""
+    """Verifies sealed, signed envelopes for one region. Thread-safe; its only state is
+    the text of the last receipt time it stamped (a request's items share one)."""
 
     __slots__ = (
         "_attested",
@@ -162,6 +163,7 @@ class EnvelopeVerifier:
         "_retention",
         "_skew",
         "_software_tiers",
+        "_stamp",
     )
 
     def __init__(
@@ -193,6 +195,8 @@ class EnvelopeVerifier:
         self._max_sealed = max_sealed_bytes
         # Refuse by the encoded length before decoding anything: 4 chars per 3 bytes.
         self._max_b64 = 4 * ((max_sealed_bytes + 2) // 3)
+        self._stamp: tuple[datetime, bytes] | None = None
+        """(receipt time, its ISO text): every item of a request has the same one."""
 
     def _clock_problem(self, env: EnvelopeV1, received_at: datetime) -> str | None:
         """A device clock running ahead: data would land in windows that have not
@@ -305,6 +309,9 @@ class EnvelopeVerifier:
         # Built from checked parts (the envelope validated above, the ingest's own clock
         # and hash): validating them again cost about a tenth of this function.
         assurance: Literal["software", "tpm"] = "software" if attested is None else "tpm"
+        stamp = self._stamp  # read once: another thread may replace it meanwhile
+        if stamp is None or stamp[0] is not received_at:
+            stamp = self._stamp = (received_at, received_at.isoformat().encode())
         return Accepted(
             IngestedEnvelope.model_construct(
                 envelope=env,
@@ -313,7 +320,7 @@ class EnvelopeVerifier:
                 assurance=assurance,
                 batch_start=batch,
             ),
-            ingested_json(signed.payload, received_at, fingerprint, assurance, batch),
+            _ingested_json(signed.payload, stamp[1], fingerprint, assurance, batch),
         )
 
 
@@ -331,13 +338,26 @@ def ingested_json(
     included), and it parses the same inside the wrapper: the sink reads back exactly
     the envelope that was checked, from the bytes the device signed. The other fields
     are the ingest's own (a UTC time, a hex digest, a literal)."""
+    return _ingested_json(
+        payload, received_at.isoformat().encode(), fingerprint, assurance, batch_start
+    )
+
+
+def _ingested_json(
+    payload: bytes,
+    received_text: bytes,
+    fingerprint: str,
+    assurance: Literal["software", "tpm"],
+    batch_start: datetime | None,
+) -> bytes:
+    """`ingested_json` with the receipt time's ISO text given."""
     batch = b"null" if batch_start is None else b'"' + batch_start.isoformat().encode() + b'"'
     return b"".join(
         (
             b'{"envelope":',
             payload,
             b',"received_at":"',
-            received_at.isoformat().encode(),
+            received_text,
             b'","key_fingerprint":"',
             fingerprint.encode(),
             b'","assurance":"',

@@ -338,3 +338,20 @@ def test_the_bus_message_carries_the_ingests_fields() -> None:
         ingested_json(payload, NOW, "ab" * 32, "software", None)
     )
     assert unbatched.batch_start is None
+
+
+def test_each_accepted_item_carries_its_own_receipt_time(
+    verifier: EnvelopeVerifier, key: PrivateKey
+) -> None:
+    """The verifier keeps the text of the last receipt time (a request's items share
+    one): an item received at another time must not be stamped with it."""
+    from schemas import IngestedEnvelope
+
+    later = NOW + timedelta(seconds=1)
+    stamped = []
+    for at in (NOW, NOW, later, NOW + timedelta(seconds=0)):  # the last: equal, not the same
+        verdict = verifier.verify(Device("eu-test").item(key.public_key), received_at=at)
+        assert isinstance(verdict, Accepted), verdict
+        assert verdict.item.received_at == at
+        stamped.append(IngestedEnvelope.model_validate_json(verdict.encoded).received_at)
+    assert stamped == [NOW, NOW, later, NOW]
