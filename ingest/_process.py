@@ -23,7 +23,7 @@ open, freezes them too, in a process that was tuned.
 **When the passes run.** What a pass costs is what is alive when it runs: about 200 ns
 per live object (each one's referents are visited, mostly cold in the caches). In the
 embedded ingest most of what is alive is the outbox's queue, the envelopes answered
-but not yet in the warehouse (about 25 tracked objects each, held for up to the
+but not yet in the warehouse (about 20 tracked objects each, held for up to the
 drain interval), and CPython counts a young pass due after so many more live objects,
 so under load the passes came as the queue grew: each queued envelope was walked by a
 young pass and again by each middle-generation pass while it waited (measured in the
