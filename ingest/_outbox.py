@@ -30,10 +30,13 @@ This replaced one SQLite row per item (the outbox's first form), which cost abou
 µs per item to insert and 6 to delete (a B-tree of 1.4 KiB rows, page by page), against
 about 2 µs per item for a framed write and its fdatasync and nothing to delete (an
 unlink per segment); at batch 10 that was about 4% of the ingest's CPU per envelope
-(docs/ingest.md, "Throughput"). A queue library was not used: the Python ones are
-SQLite tables again or do not fsync a group in one call. An outbox the first form left
-(`state_dir/outbox.sqlite3`) is moved into the new one when it opens
-(`Outbox.open_in`), in order and numbered on from its first, before it is deleted.
+(docs/ingest.md, "Throughput"). A queue library was not used: the maintained Python one
+(persist-queue) offers SQLite tables, the form replaced here, or a pickle-based file
+queue, and what this needs is bytes in, one framed write and one sync per group.
+
+An outbox the first form left (`state_dir/outbox.sqlite3`) is moved into the new one
+when it opens (`Outbox.open_in`), in order and numbered on from its first, before it is
+deleted.
 
 One directory for one ingest process, held by an exclusive lock (`.lock`): replicas
 each have their own (docs/ingest.md, "Deployment: what replicas share"). Thread-safe.
