@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,8 @@ from typing import Any, Self, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from tests.harness.net import free_port
 
 __all__ = [
     "KAFKA_VERSION",
@@ -164,13 +165,6 @@ def fetch_kafka() -> Path:
 
 
 # --- running the broker ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cluster_id() -> str:
@@ -356,10 +350,10 @@ class KafkaBroker:
 
     def _start_once(self, libs: Path) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="quietwire-kafka-"))
-        self._port = self._requested_port or _free_port()
-        controller_port = _free_port()
+        self._port = self._requested_port or free_port()
+        controller_port = free_port()
         while controller_port == self._port:
-            controller_port = _free_port()
+            controller_port = free_port()
         config = self._write_config(self._dir, self._port, controller_port)
         java = [
             _java(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from nacl.public import PrivateKey
 
 from ingest._batch_scan import NotABatch, count_batch_items
 from ingest._body import MAX_REQUEST_BYTES, BodyLimits
+from tests.harness.net import free_port
 from tests.ingest.kit import Device
 
 MiB = 1024 * 1024
@@ -181,12 +181,6 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_l
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -196,7 +190,7 @@ def _kib(pid: int, field: str) -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVER, str(tmp_path / "state"), str(port)],
         env={**os.environ, "PYTHONWARNINGS": "ignore"},

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 from nacl.public import PublicKey
 
 from ingest import Outbox
+from tests.harness.net import free_port
 from tests.ingest.kit import SERVED_POLICIES, Device
 
 REGION = "eu-test"
@@ -35,18 +35,11 @@ DEVICES = 12
 BATCH = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _ingest(state: Path, *, drain_seconds: float) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The service on a free port, until the block ends (then SIGINT: a clean stop,
     unless the block killed it)."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "QUIETWIRE_INGEST_REGION": REGION,

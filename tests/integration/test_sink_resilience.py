@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +21,8 @@ from ingest._backoff import Backoff
 from ingest._health_server import HealthServer
 from ingest._sink_service import SinkHealth, SinkService
 from tests.harness.kafka import KafkaBroker
+from tests.harness.net import free_port
 from tests.ingest.kit import SERVED_POLICIES, Device, asgi_client
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _settings(tmp_path: Path, bootstrap: str) -> IngestSettings:
@@ -76,7 +69,7 @@ def _stored_ids(sink: DuckDBSink) -> set[str]:
 
 
 async def test_a_sink_started_before_the_broker_waits_then_consumes(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     settings = _settings(tmp_path, f"127.0.0.1:{port}")
     sink = DuckDBSink(tmp_path / "warehouse.duckdb", group="sink-early")
     consumer = KafkaSinkConsumer(
@@ -125,7 +118,7 @@ async def test_a_sink_started_before_the_broker_waits_then_consumes(tmp_path: Pa
 async def test_ingest_healthz_names_kafka_while_the_broker_is_down_then_recovers(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()
+    port = free_port()
     broker = KafkaBroker(port=port)
     await asyncio.to_thread(broker.start)
     try:
