@@ -93,9 +93,11 @@ def build_fleet(
     sum_scale: float = 20.0,
     bounds: Sequence[float] = (2.0,),
     seed: int = 7,
+    events: tuple[int, int] = (0, 21),
 ) -> tuple[list[IngestedEnvelope], FleetTruth]:
     """Envelopes for `devices` x `windows`, one counter per counter cell ('test.requests')
-    and one latency histogram with a sum per hist cell ('test.latency')."""
+    and one latency histogram with a sum per hist cell ('test.latency'), each device
+    recording `events[0]` to `events[1] - 1` latencies per cell and window."""
     rng = np.random.default_rng(seed)
     count_noise = discrete_laplace(count_scale)
     sum_noise = continuous_laplace(sum_scale)
@@ -113,7 +115,7 @@ def build_fleet(
             true_counts = rng.integers(0, 21, size=len(counter_cells))
             hist_true: list[tuple[list[int], float]] = []
             for _ in hist_cells:
-                lat = rng.uniform(0.0, 10.0, size=int(rng.integers(0, 21)))
+                lat = rng.uniform(0.0, 10.0, size=int(rng.integers(*events)))
                 buckets = np.bincount(np.searchsorted(edges, lat), minlength=len(bounds) + 1)
                 hist_true.append(([int(b) for b in buckets], float(lat.sum())))
             noisy_c = count_noise([int(c) for c in true_counts]) if counter_cells else []
@@ -168,8 +170,15 @@ CLI_CELLS = [{"route": r, "model": m} for r in ("local", "cloud") for m in ("m1"
 
 def write_cli_fleet(path: Path) -> Path:
     """A warehouse file at `path` holding a small fleet (30 devices, 2 windows, every
-    `CLI_CELLS` cell of a counter and a histogram): what the CLI tests read."""
-    items, _ = build_fleet(devices=30, windows=2, counter_cells=CLI_CELLS, hist_cells=CLI_CELLS)
+    `CLI_CELLS` cell of a counter and a histogram): what the CLI tests read.
+
+    20 to 40 latencies per device, cell and window: a cell's noisy event count over the
+    range (1,500 to 2,100, noise sd 124) is then far from where its mean's 95% interval is
+    unbounded (below 243). With 0 to 20 (about 600) a run in a hundred or so drew a
+    count low enough for a null interval, and `test_means_carry_intervals` failed."""
+    items, _ = build_fleet(
+        devices=30, windows=2, counter_cells=CLI_CELLS, hist_cells=CLI_CELLS, events=(20, 41)
+    )
     conn = connect(path)
     write_envelopes(conn, items)
     conn.close()
