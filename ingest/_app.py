@@ -62,6 +62,7 @@ def default_bus(settings: IngestSettings) -> EnvelopeBus:
             settings.kafka_bootstrap,
             topic_prefix=settings.topic_prefix,
             ack_timeout=settings.kafka_ack_timeout,
+            max_batch_bytes=settings.kafka_max_batch_bytes,
         )
     path = settings.resolved_warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)

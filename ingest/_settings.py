@@ -94,6 +94,14 @@ class IngestSettings(BaseSettings):
     kafka_ack_timeout: float = Field(
         default=10.0, gt=0, description="seconds to wait for Kafka's acks before a 503"
     )
+    kafka_max_batch_bytes: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        le=16 * 1024 * 1024,
+        description="largest record batch the producer sends to one partition; at most "
+        "the topic's max.message.bytes (broker default 1 MiB), or Kafka refuses full "
+        "batches (503s); an envelope larger than this goes in a batch of its own",
+    )
     topic_prefix: _TOPIC_PART = "quietwire.envelopes"
     warehouse_path: Path | None = Field(
         default=None, description="DuckDB file the sink writes; default state_dir/warehouse.duckdb"

@@ -89,3 +89,53 @@ async def test_embedded_bus_failure_fails_every_waiting_batch(tmp_path: Path) ->
     sink.close()  # the warehouse goes away
     results = await asyncio.gather(*(bus.publish([item]) for _ in range(5)), return_exceptions=True)
     assert all(isinstance(r, BusUnavailable) for r in results)
+
+
+@pytest.mark.parametrize(
+    ("max_batch_bytes", "sizes", "expected"),
+    [
+        # The default: a wave's 140 envelopes for one partition leave as one batch.
+        (None, [1400] * 140, [140]),
+        # At the smallest setting they fill batches of 16 KiB, in order, and one too
+        # large for any batch goes alone between them.
+        (16 * 1024, [1400] * 20 + [40_000] + [1400] * 5, [11, 9, 1, 5]),
+    ],
+)
+async def test_kafka_bus_sends_a_partitions_envelopes_in_as_few_batches_as_fit(
+    max_batch_bytes: int | None, sizes: list[int], expected: list[int]
+) -> None:
+    """aiokafka's default batch (16 KiB, about ten envelopes) made a wave one produce
+    request per ten envelopes; the bus's own limit keeps a partition's wave in one
+    (real aiokafka batch builders; what the producer is handed is recorded, not sent)."""
+    kwargs = {} if max_batch_bytes is None else {"max_batch_bytes": max_batch_bytes}
+    bus = KafkaEnvelopeBus("127.0.0.1:9", topic_prefix="quietwire.envelopes", **kwargs)
+    producer = bus._producer
+    handed: list[list[bytes]] = []
+
+    async def send_batch(batch, topic, *, partition):  # type: ignore[no-untyped-def]
+        assert (topic, partition) == ("quietwire.envelopes.eu", 2)
+        handed.append([r.value for r in _records(batch)])
+        return asyncio.get_running_loop().create_future()
+
+    async def send(topic, value, key, partition):  # type: ignore[no-untyped-def]
+        handed.append([value])
+        return asyncio.get_running_loop().create_future()
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    producer.send = send  # type: ignore[method-assign]
+    messages = [(b"dev-%d" % i, bytes([i % 251]) * size) for i, size in enumerate(sizes)]
+    try:
+        sends = await bus._send_batches("quietwire.envelopes.eu", 2, messages)
+    finally:
+        await producer.stop()
+    assert [len(values) for values in handed] == expected
+    assert [n for _, n in sends] == expected
+    assert [v for values in handed for v in values] == [value for _, value in messages]
+
+
+def _records(batch):  # type: ignore[no-untyped-def]
+    """The records of a closed aiokafka `BatchBuilder`, read back from its buffer."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    buffer = batch._builder.build()
+    return list(DefaultRecordBatch(bytearray(buffer)))

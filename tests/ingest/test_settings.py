@@ -75,6 +75,12 @@ def test_batch_limit_cannot_exceed_the_wire_maximum() -> None:
         IngestSettings(max_batch=10_000)
 
 
+@pytest.mark.parametrize("size", [0, 16 * 1024 - 1, 16 * 1024 * 1024 + 1])
+def test_a_kafka_batch_limit_outside_its_range_is_refused(size: int) -> None:
+    with pytest.raises(ValidationError, match="kafka_max_batch_bytes"):
+        IngestSettings(kafka_max_batch_bytes=size)
+
+
 @pytest.mark.parametrize("bootstrap", [":::", "kafka", "kafka:", ":9092", "h:99999", "a:1,b"])
 def test_a_malformed_kafka_bootstrap_is_refused_up_front(bootstrap: str) -> None:
     with pytest.raises(ValidationError, match="not host:port"):

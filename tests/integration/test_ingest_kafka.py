@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import pytest
 from aiokafka import AIOKafkaProducer
 from nacl.public import PublicKey
 
@@ -206,12 +207,15 @@ async def test_a_broker_that_goes_away_is_a_503_not_a_500(tmp_path: Path) -> Non
     assert resp.json()["error"] == "bus_unavailable"
 
 
+@pytest.mark.parametrize("max_batch_bytes", [16 * 1024, None])
 async def test_published_batches_keep_each_device_on_its_partition_in_order(
-    kafka_broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, tmp_path: Path, max_batch_bytes: int | None
 ) -> None:
     """The bus hands Kafka whole record batches per partition; each device's messages
     still land on the partition Kafka's default partitioner gives its id (murmur2, as a
-    Java producer's), in publish order, and big ones (past a 16 KiB batch) go too."""
+    Java producer's), in publish order, and big ones (past a 16 KiB batch, the smallest
+    the bus may be set to) go too. With the default limit a partition's share is one
+    batch; with 16 KiB it is several, and each big message goes alone."""
     from aiokafka.partitioner import DefaultPartitioner
     from nacl.public import PrivateKey
 
@@ -243,7 +247,8 @@ async def test_published_batches_keep_each_device_on_its_partition_in_order(
             assert isinstance(verdict, Accepted), verdict
             accepted.append(verdict)
     assert max(len(a.encoded) for a in accepted) > 16 * 1024
-    bus = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes")
+    limit = {} if max_batch_bytes is None else {"max_batch_bytes": max_batch_bytes}
+    bus = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes", **limit)
     await bus.start()
     try:
         await bus.publish([a.item for a in accepted], [a.encoded for a in accepted])
