@@ -7,6 +7,18 @@ small JSON file of the state directory, so a restarted client never reuses a seq
 releases a window that overlaps one it already released. Each update is read, bumped
 and replaced atomically under an advisory file lock, so two processes sharing a state
 directory (a forked child, say) still never hand out the same number.
+
+Sequence numbers also keep increasing when the state directory does not survive: the
+ingest admits a device's envelopes only above the last number it accepted from that
+device (`sequence_not_increasing`), and a device's id outlives its state directory
+when its key does (a TPM device's id is its endorsement key's: an app reinstalled, a
+profile reset) or the directory comes back older than it was (a backup restored, a
+virtual machine's snapshot). Counted from 0 again, every envelope of such a device
+would be refused until the count passed the old one, days of data. So a number is
+never below the device clock in microseconds since the epoch (`sequence_floor`): a
+state directory made or restored later starts above every number handed out before,
+while the clock has not gone back by more than the time between; otherwise it is the
+last number plus one, as ever.
 """
 
 from __future__ import annotations
@@ -15,8 +27,9 @@ import fcntl
 import json
 import os
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +46,7 @@ from schemas import (
     TotalAggregate,
 )
 
-__all__ = ["DeviceState", "build_envelope"]
+__all__ = ["DeviceState", "build_envelope", "sequence_floor"]
 
 
 def build_envelope(
@@ -75,12 +88,20 @@ def build_envelope(
     )
 
 
+def sequence_floor(now: float) -> int:
+    """The least sequence number handed out at Unix time `now`: microseconds since the
+    epoch (0 for a clock before it). Below 2^63 until the year 294,000."""
+    return max(0, int(now * 1_000_000))
+
+
 class DeviceState:
     """The device's persisted sequence counter and last released window end."""
 
     FILE_NAME = "client_state.json"
 
-    def __init__(self, state_dir: Path | str) -> None:
+    def __init__(self, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the device's Unix time, for `sequence_floor` (tests move it)."""
+        self._clock = clock
         self._dir = Path(state_dir)
         self.path = self._dir / self.FILE_NAME
         self._lock_path = self._dir / (self.FILE_NAME + ".lock")
@@ -117,7 +138,8 @@ class DeviceState:
         *,
         ledger_spent: Decimal | None = None,
     ) -> int:
-        """Hand out the next sequence number and record `window_end` as released (and
+        """Hand out the next sequence number (above the last one, and never below
+        `sequence_floor` of the device clock) and record `window_end` as released (and
         `reported_batch`, when the envelope carries Prio3 reports of that batch, and
         `ledger_spent`, the privacy ledger's lifetime spend the envelope was made at).
 
@@ -129,7 +151,9 @@ class DeviceState:
             try:
                 state = self._read()
                 last = state.get("sequence")
-                seq = last + 1 if isinstance(last, int) else 0
+                seq = sequence_floor(self._clock())
+                if isinstance(last, int):
+                    seq = max(seq, last + 1)
                 previous = state.get("last_window_end")
                 end = window_end.astimezone(UTC)
                 if isinstance(previous, str):

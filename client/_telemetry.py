@@ -260,7 +260,7 @@ class Telemetry:
         sealer = EnvelopeSealer(
             key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
         )
-        state = DeviceState(config.state_dir)
+        state = DeviceState(config.state_dir, clock=lambda: config.clock().timestamp())
         windows = WindowClock(self._policy.window_seconds, config.clock())
         outbox = Spool(config.state_dir, config.max_pending, self._drops)
         # Last: it takes the ledger's lock, which only `shutdown` gives back.

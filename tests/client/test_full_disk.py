@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from client import DropReason
-from client._envelope import DeviceState
+from client._envelope import DeviceState, sequence_floor
 from client._spool import Spool
 from tests.client.conftest import FakeClock, MakeTelemetry, MemoryIngest
 
@@ -50,7 +50,7 @@ def test_a_window_whose_state_cannot_be_written_is_counted_not_raised(
     assert len(failed) == 2
     assert len(sent) == 1
     assert sent[0].window_end == clock.now
-    assert sent[0].sequence == 0
+    assert sent[0].sequence == sequence_floor(clock.now.timestamp())  # none used up
     assert telemetry.dropped() == {DropReason.STATE_WRITE_FAILED.value: 2}
     monkeypatch.undo()
     assert len(control.collect()) == 3
