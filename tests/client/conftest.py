@@ -22,6 +22,7 @@ from schemas import (
     SignedEnvelope,
     Tier,
 )
+from tests.client.ingest_app import IngestApp, Time
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # aligned to the hour
 
@@ -169,3 +170,17 @@ def make_telemetry(
     yield make
     for telemetry in made:
         telemetry.shutdown(carry_open_window=False, timeout=1.0)
+
+
+@pytest.fixture
+def time_() -> Time:
+    """Real time for a test against `server` (a module may override it: a clock ahead)."""
+    return Time()
+
+
+@pytest.fixture
+def server(tmp_path: Path, time_: Time) -> Iterator[IngestApp]:
+    """The real ingest app in-process, on `time_`'s ingest clock."""
+    app = IngestApp(tmp_path, time_.ingest)
+    yield app
+    app.close()

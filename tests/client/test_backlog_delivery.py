@@ -32,18 +32,6 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def time_() -> Time:
-    return Time()
-
-
-@pytest.fixture
-def server(tmp_path: Path, time_: Time) -> Iterator[IngestApp]:
-    app = IngestApp(tmp_path, time_.ingest)
-    yield app
-    app.close()
-
-
-@pytest.fixture
 def device(server: IngestApp, time_: Time, tmp_path: Path) -> Iterator[Telemetry]:
     qw = pilot_device(server, time_, tmp_path / "device")
     yield qw

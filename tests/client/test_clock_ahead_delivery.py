@@ -31,13 +31,6 @@ def time_() -> Time:
 
 
 @pytest.fixture
-def server(tmp_path: Path, time_: Time) -> Iterator[IngestApp]:
-    app = IngestApp(tmp_path, time_.ingest)
-    yield app
-    app.close()
-
-
-@pytest.fixture
 def device(server: IngestApp, time_: Time, tmp_path: Path) -> Iterator[Telemetry]:
     server.online = False  # it has never heard from its ingest
     qw = pilot_device(server, time_, tmp_path / "device")

@@ -10,11 +10,8 @@ epoch (`client._envelope.sequence_floor`), so such a device is not refused for d
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from client._envelope import DeviceState, sequence_floor
 from tests.client.ingest_app import T0, IngestApp, Time, not_delivered, pilot_device
@@ -56,18 +53,6 @@ def test_a_directory_made_again_later_numbers_above_the_old_one(tmp_path: Path) 
     later = T0 + timedelta(minutes=1)
     fresh = DeviceState(tmp_path / "new", clock=lambda: later.timestamp())
     assert fresh.next_sequence(_END) > numbers[-1]
-
-
-@pytest.fixture
-def time_() -> Time:
-    return Time()
-
-
-@pytest.fixture
-def server(tmp_path: Path, time_: Time) -> Iterator[IngestApp]:
-    app = IngestApp(tmp_path, time_.ingest)
-    yield app
-    app.close()
 
 
 def test_a_device_restored_from_a_backup_is_not_refused_by_the_real_ingest(
