@@ -15,10 +15,10 @@ when its key does (a TPM device's id is its endorsement key's: an app reinstalle
 profile reset) or the directory comes back older than it was (a backup restored, a
 virtual machine's snapshot). Counted from 0 again, every envelope of such a device
 would be refused until the count passed the old one, days of data. So a number is
-never below the device clock in microseconds since the epoch (`sequence_floor`): a
-state directory made or restored later starts above every number handed out before,
-while the clock has not gone back by more than the time between; otherwise it is the
-last number plus one, as ever.
+never below its envelope's `sent_at` in microseconds since the epoch
+(`sequence_floor`): a state directory made or restored later starts above every number
+handed out before, while the clock has not gone back by more than the time between;
+otherwise it is the last number plus one, as ever.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -99,9 +99,7 @@ class DeviceState:
 
     FILE_NAME = "client_state.json"
 
-    def __init__(self, state_dir: Path | str, *, clock: Callable[[], float] = time.time) -> None:
-        """`clock`: the device's Unix time, for `sequence_floor` (tests move it)."""
-        self._clock = clock
+    def __init__(self, state_dir: Path | str) -> None:
         self._dir = Path(state_dir)
         self.path = self._dir / self.FILE_NAME
         self._lock_path = self._dir / (self.FILE_NAME + ".lock")
@@ -137,9 +135,11 @@ class DeviceState:
         reported_batch: datetime | None = None,
         *,
         ledger_spent: Decimal | None = None,
+        at: datetime | None = None,
     ) -> int:
         """Hand out the next sequence number (above the last one, and never below
-        `sequence_floor` of the device clock) and record `window_end` as released (and
+        `sequence_floor` of `at`: the envelope's `sent_at`, so the number tells nothing
+        the envelope does not; None: the system clock) and record `window_end` as released (and
         `reported_batch`, when the envelope carries Prio3 reports of that batch, and
         `ledger_spent`, the privacy ledger's lifetime spend the envelope was made at).
 
@@ -151,7 +151,7 @@ class DeviceState:
             try:
                 state = self._read()
                 last = state.get("sequence")
-                seq = sequence_floor(self._clock())
+                seq = sequence_floor(time.time() if at is None else at.timestamp())
                 if isinstance(last, int):
                     seq = max(seq, last + 1)
                 previous = state.get("last_window_end")

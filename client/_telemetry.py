@@ -260,7 +260,7 @@ class Telemetry:
         sealer = EnvelopeSealer(
             key_store, config.ingest_public_key, self._drops, software_tiers=software_tiers
         )
-        state = DeviceState(config.state_dir, clock=lambda: config.clock().timestamp())
+        state = DeviceState(config.state_dir)
         windows = WindowClock(self._policy.window_seconds, config.clock())
         outbox = Spool(config.state_dir, config.max_pending, self._drops)
         # Last: it takes the ledger's lock, which only `shutdown` gives back.
@@ -1043,6 +1043,7 @@ class Telemetry:
                 window.end,
                 reported_batch=batch_start if reports else None,
                 ledger_spent=self._gate.ledger.lifetime_mark(),
+                at=now,  # the envelope's sent_at
             )
         except ClientError as exc:
             # The device state cannot be written (a full disk, say): no number, no

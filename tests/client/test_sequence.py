@@ -3,13 +3,15 @@
 The ingest admits a device's envelopes only above the last sequence number it accepted
 from that device (`sequence_not_increasing`), and a device's id can outlive its state
 directory (a TPM device's id is its endorsement key's) or see it come back older (a
-backup restored). Numbers are never below the device clock's microseconds since the
-epoch (`client._envelope.sequence_floor`), so such a device is not refused for days.
+backup restored). Numbers are never below the envelope's `sent_at` in microseconds
+since the epoch (`client._envelope.sequence_floor`), so such a device is not refused
+for days.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,31 +30,33 @@ def test_a_fresh_state_directory_numbers_from_the_clock() -> None:
 def test_numbers_increase_by_one_within_an_instant_and_jump_with_the_clock(
     tmp_path: Path,
 ) -> None:
-    now = [T0.timestamp()]
-    state = DeviceState(tmp_path, clock=lambda: now[0])
-    first = state.next_sequence(_END)
-    assert first == sequence_floor(now[0])
-    assert state.next_sequence(_END) == first + 1
-    now[0] += 3600
-    assert state.next_sequence(_END) == sequence_floor(now[0])
+    state = DeviceState(tmp_path)
+    first = state.next_sequence(_END, at=T0)
+    assert first == sequence_floor(T0.timestamp())
+    assert state.next_sequence(_END, at=T0) == first + 1
+    later = T0 + timedelta(hours=1)
+    assert state.next_sequence(_END, at=later) == sequence_floor(later.timestamp())
 
 
 def test_a_clock_set_back_still_gets_a_higher_number(tmp_path: Path) -> None:
-    now = [T0.timestamp()]
-    state = DeviceState(tmp_path, clock=lambda: now[0])
-    last = state.next_sequence(_END)
-    now[0] -= 86_400 * 30
-    assert state.next_sequence(_END) == last + 1
+    state = DeviceState(tmp_path)
+    last = state.next_sequence(_END, at=T0)
+    earlier = T0 - timedelta(days=30)
+    assert state.next_sequence(_END, at=earlier) == last + 1
     # And in a new process on the same directory.
-    assert DeviceState(tmp_path, clock=lambda: now[0]).next_sequence(_END) == last + 2
+    assert DeviceState(tmp_path).next_sequence(_END, at=earlier) == last + 2
 
 
 def test_a_directory_made_again_later_numbers_above_the_old_one(tmp_path: Path) -> None:
-    old = DeviceState(tmp_path / "old", clock=lambda: T0.timestamp())
-    numbers = [old.next_sequence(_END) for _ in range(1000)]
-    later = T0 + timedelta(minutes=1)
-    fresh = DeviceState(tmp_path / "new", clock=lambda: later.timestamp())
-    assert fresh.next_sequence(_END) > numbers[-1]
+    old = DeviceState(tmp_path / "old")
+    numbers = [old.next_sequence(_END, at=T0) for _ in range(1000)]
+    fresh = DeviceState(tmp_path / "new")
+    assert fresh.next_sequence(_END, at=T0 + timedelta(minutes=1)) > numbers[-1]
+
+
+def test_without_a_time_the_system_clock_is_the_floor(tmp_path: Path) -> None:
+    before = sequence_floor(time.time())
+    assert DeviceState(tmp_path).next_sequence(_END) >= before
 
 
 def test_a_device_restored_from_a_backup_is_not_refused_by_the_real_ingest(
@@ -86,3 +90,5 @@ def test_a_device_restored_from_a_backup_is_not_refused_by_the_real_ingest(
     assert len(stored) == 6
     assert len({e.device_id for e in stored}) == 1  # the same device throughout
     assert [e.sequence for e in stored] == sorted({e.sequence for e in stored})
+    # Each number is its envelope's sent_at in microseconds: it says nothing more.
+    assert all(e.sequence == sequence_floor(e.sent_at.timestamp()) for e in stored)
