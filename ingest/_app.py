@@ -63,6 +63,7 @@ def default_bus(settings: IngestSettings) -> EnvelopeBus:
             topic_prefix=settings.topic_prefix,
             ack_timeout=settings.kafka_ack_timeout,
             max_batch_bytes=settings.kafka_max_batch_bytes,
+            topics=[settings.topic],
         )
     path = settings.resolved_warehouse_path
     path.parent.mkdir(parents=True, exist_ok=True)

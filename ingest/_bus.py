@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from ingest._errors import BusUnavailable
@@ -67,6 +69,10 @@ against 14.5 µs with one batch per partition (`KafkaEnvelopeBus.publish` on a r
 broker). Half a MiB holds a wave's envelopes for a partition (about 1.4 KiB each)
 and stays under the broker's default limit for a record batch (`message.max.bytes`,
 1 MiB)."""
+
+_BATCH_HEADROOM = 1024
+"""Bytes a batch keeps below a topic's `max.message.bytes`: the record batch header (61
+bytes) and a record's own framing (at most a few dozen) are not in the estimate."""
 
 
 class EnvelopeBus(ABC):
@@ -129,9 +135,17 @@ class KafkaEnvelopeBus(EnvelopeBus):
         health_ttl: float = 1.5,
         probe_timeout: float = 1.0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        topics: Sequence[str] = (),
     ) -> None:
-        """`max_batch_bytes`: the largest record batch sent to one partition (at most
-        the topic's `max.message.bytes`); an envelope larger than it goes alone."""
+        """`max_batch_bytes`: the largest record batch sent to one partition; an
+        envelope larger than it goes alone. `topics`: the topics this ingest produces
+        to, whose `max.message.bytes` `start` reads: a batch stays below the smallest
+        (a topic set lower than `max_batch_bytes` would refuse full batches)."""
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._topics = tuple(topics)
+        self._batch_limit = max_batch_bytes
+        """The largest batch `_send_batches` builds (lowered by `start` to fit the topics)."""
         self._topic_prefix = topic_prefix
         self._ack_timeout = ack_timeout
         self._reachability = CachedProbe(self._probe, ttl=health_ttl, timeout=probe_timeout)
@@ -153,6 +167,55 @@ class KafkaEnvelopeBus(EnvelopeBus):
         except KafkaError as exc:
             await self._producer.stop()
             raise BusUnavailable(f"cannot connect to Kafka: {exc}") from exc
+        if self._topics:
+            await self._fit_batches_to_topics()
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest record batch this bus sends to one partition, in bytes."""
+        return self._batch_limit
+
+    async def _fit_batches_to_topics(self) -> None:
+        """Keep batches below the smallest `max.message.bytes` of `topics`, with a
+        warning naming the setting. A topic that cannot be described (not created yet,
+        no permission) leaves the limit as set: it is logged, not fatal."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap, client_id=f"{self._client_id}-admin"
+        )
+        try:
+            await admin.start()
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t) for t in self._topics]
+            )
+        except KafkaError as exc:
+            log.warning(
+                "cannot read the topics' max.message.bytes (%s): batches up to %d bytes",
+                exc,
+                self._batch_limit,
+            )
+            return
+        finally:
+            await admin.close()
+        limits = topic_message_limits(responses)
+        for topic in self._topics:
+            if topic not in limits:
+                log.warning(
+                    "topic %s: max.message.bytes unknown (missing, or not "
+                    "describable): batches up to %d bytes",
+                    topic,
+                    self._batch_limit,
+                )
+        fits = min(limits.values(), default=None)
+        if fits is not None and fits - _BATCH_HEADROOM < self._batch_limit:
+            lowered = max(fits - _BATCH_HEADROOM, 1)
+            log.warning(
+                "a topic's max.message.bytes is %d: record batches are held to %d bytes "
+                "instead of %d (QUIETWIRE_INGEST_KAFKA_MAX_BATCH_BYTES)",
+                fits,
+                lowered,
+                self._batch_limit,
+            )
+            self._batch_limit = lowered
 
     async def stop(self) -> None:
         try:
@@ -235,8 +298,12 @@ class KafkaEnvelopeBus(EnvelopeBus):
         instead of one per message (2 to 3% of the server's CPU per envelope, A/B), each
         acknowledged like any other batch of the idempotent producer."""
         sends: list[tuple[asyncio.Future[object], int]] = []
+        limit = self._batch_limit
         batch = self._producer.create_batch()
         for key, value in messages:
+            if batch.record_count() and batch.size() + len(key) + len(value) > limit:
+                sends.append(await self._submit(batch, topic, partition))
+                batch = self._producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is not None:
                 continue
             if batch.record_count():  # full: send it, start the next with this message
@@ -261,6 +328,22 @@ class KafkaEnvelopeBus(EnvelopeBus):
             batch, topic, partition=partition
         )
         return future, count
+
+
+def topic_message_limits(responses: Sequence[Any]) -> dict[str, int]:
+    """Topic -> its `max.message.bytes`, from aiokafka's `describe_configs` answers
+    (any version: each resource is (error code, message, type, name, entries), each
+    entry starts (name, value)); a topic with an error or without the entry is left out."""
+    limits: dict[str, int] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code, _, _, name, entries = resource[:5]
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                    limits[name] = int(entry[1])
+    return limits
 
 
 async def _abort_pending_sends(producer: AIOKafkaProducer) -> None:

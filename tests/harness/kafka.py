@@ -323,13 +323,18 @@ class KafkaBroker:
             raise KafkaHarnessError("the broker is not running")
         return self._proc.wait()
 
-    def create_topics(self, names: Iterable[str], partitions: int = 3) -> None:
-        """Create topics (replication factor 1); topics that already exist are left as is."""
-        _run_coroutine(self.create_topics_async(names, partitions))
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 3, configs: dict[str, str] | None = None
+    ) -> None:
+        """Create topics (replication factor 1, topic `configs` such as
+        ``{"max.message.bytes": "65536"}``); topics that already exist are left as is."""
+        _run_coroutine(self.create_topics_async(names, partitions, configs))
 
-    async def create_topics_async(self, names: Iterable[str], partitions: int = 3) -> None:
+    async def create_topics_async(
+        self, names: Iterable[str], partitions: int = 3, configs: dict[str, str] | None = None
+    ) -> None:
         """Async form of `create_topics`, for callers already inside an event loop."""
-        topics = [NewTopic(name, partitions, 1) for name in names]
+        topics = [NewTopic(name, partitions, 1, topic_configs=configs or {}) for name in names]
         if not topics:
             return
         if partitions < 1:

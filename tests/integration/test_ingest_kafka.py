@@ -272,3 +272,72 @@ async def test_published_batches_keep_each_device_on_its_partition_in_order(
             str(a.envelope_id) for a in accepted if a.item.envelope.device_id == device.device_id
         ]
         assert list(dict.fromkeys(by_device[device.device_id])) == sent
+
+
+async def test_batches_are_held_below_a_topic_max_message_bytes_lower_than_the_setting(
+    kafka_broker: KafkaBroker,
+) -> None:
+    """A topic set to refuse record batches over 64 KiB, under a bus set to 512 KiB: read
+    at start, the topic's limit holds every batch below it, so a wave of envelopes larger
+    than it is acknowledged whole. Without the check, Kafka refuses the full batch."""
+    from nacl.public import PrivateKey
+
+    from ingest import BusUnavailable
+    from ingest._verify import Accepted, EnvelopeVerifier
+    from tests.integration.kafka_kit import read_topic
+
+    region = f"it-{uuid.uuid4().hex[:8]}"
+    topic = f"quietwire.envelopes.{region}"
+    await kafka_broker.create_topics_async(
+        [topic], partitions=1, configs={"max.message.bytes": str(64 * 1024)}
+    )
+    key = PrivateKey.generate()
+    devices = [Device(region) for _ in range(200)]
+    verifier = EnvelopeVerifier(
+        key,
+        region=region,
+        known_policy_hashes=[devices[0].envelope()["policy_hash"]],
+        max_clock_skew=timedelta(days=36_500),
+    )
+    accepted: list[Accepted] = []
+    for device in devices:
+        verdict = verifier.verify(device.item(key.public_key), received_at=datetime.now(UTC))
+        assert isinstance(verdict, Accepted), verdict
+        accepted.append(verdict)
+    assert sum(len(a.encoded) for a in accepted) > 2 * 64 * 1024
+
+    unchecked = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes")
+    await unchecked.start()
+    try:
+        with pytest.raises(BusUnavailable, match=r"MessageSizeTooLarge|too large"):
+            await unchecked.publish([a.item for a in accepted], [a.encoded for a in accepted])
+    finally:
+        await unchecked.stop()
+
+    bus = KafkaEnvelopeBus(
+        kafka_broker.bootstrap, topic_prefix="quietwire.envelopes", topics=[topic]
+    )
+    await bus.start()
+    try:
+        assert bus.batch_limit == 64 * 1024 - 1024
+        await bus.publish([a.item for a in accepted], [a.encoded for a in accepted])
+    finally:
+        await bus.stop()
+    records = await read_topic(kafka_broker.bootstrap, topic)
+    stored = {IngestedEnvelope.model_validate_json(r.value).envelope.envelope_id for r in records}
+    assert stored == {a.envelope_id for a in accepted}
+
+
+async def test_an_ingest_on_a_topic_it_cannot_describe_keeps_its_batch_limit(
+    kafka_broker: KafkaBroker,
+) -> None:
+    bus = KafkaEnvelopeBus(
+        kafka_broker.bootstrap,
+        topic_prefix="quietwire.envelopes",
+        topics=[f"quietwire.envelopes.never-created-{uuid.uuid4().hex[:8]}"],
+    )
+    await bus.start()
+    try:
+        assert bus.batch_limit == 512 * 1024
+    finally:
+        await bus.stop()
