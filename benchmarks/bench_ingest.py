@@ -24,12 +24,16 @@ envelope request pays only part of it (about a quarter, measured with a canned a
 
 The floor is what no ingest can skip per envelope: open the sealed box and verify the
 Ed25519 signature (PyNaCl, as the ingest does), timed as CPU time of this thread
-(`time.thread_time`, best of `ROUNDS` repeats). It is measured for every round, on that
-round's own envelopes, just before the round is sent: the host's speed drifts by a
-quarter within minutes (other tenants), so a floor measured at another time than the
-round it divides would move the ratio by as much. Each bus and batch size runs `ROUNDS`
-rounds with fresh devices; the reported round, and the one the target is checked on, is
-the median by ratio (the best ratio is printed next to it).
+(`time.thread_time`). It is measured for every round, on that round's own envelopes,
+`_FLOOR_REPEATS` times just before the round is sent and as many times just after it
+has been stored, and the round's floor is the median of those repeats: the host runs
+at two speeds, switching every second or so (other tenants; the same calls take 88 to
+90 or 108 to 127 µs), and the server's CPU over a round is spent through whichever
+comes, so its floor is the typical speed around the round, not the fastest repeat.
+(The fastest, which earlier versions used, is printed too: against it a round that ran
+through a slow spell counted its slowness as the ingest's.) Each bus and batch size runs
+`ROUNDS` rounds with fresh devices; the reported round, and the one the target is
+checked on, is the median by ratio (the best ratio is printed next to it).
 
 Placement: with two or more CPUs to run on, the server gets the first of them to itself
 and everything else (this load generator, the Kafka broker) runs on the others, as a
@@ -52,7 +56,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +78,7 @@ from tests.harness.kafka import KafkaBroker, KafkaHarnessError
 
 ROUNDS = _FLOOR_REPEATS = 5
 """Rounds per bus and batch size (the median is reported), and repeats of each round's
-floor (the best is taken: the calls' own cost, without interruptions)."""
+floor before it and again after it (the median of the ten is its floor)."""
 GROUPS_PER_WORKER = {1: 6, 10: 2}
 """Per round: 16 x 6 groups x 6 requests = 576 requests of 1 envelope; 16 x 2 x 6 = 192
 requests of 10."""
@@ -156,6 +160,9 @@ class Measured:
     load: LoadResult
     cpu_seconds: float
     floor_us: float
+    """The median of the floor's repeats around the round, per envelope."""
+    fastest_floor_us: float
+    """The fastest of those repeats."""
 
     @property
     def cpu_us_per_envelope(self) -> float:
@@ -167,18 +174,15 @@ class Measured:
         """Server CPU per envelope in multiples of the round's floor."""
         return self.cpu_us_per_envelope / self.floor_us
 
-
-def _best_thread_time(fn: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(_FLOOR_REPEATS):
-        started = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - started)
-    return best
+    @property
+    def ratio_to_fastest(self) -> float:
+        """Server CPU per envelope in multiples of the fastest repeat of the floor."""
+        return self.cpu_us_per_envelope / self.fastest_floor_us
 
 
-def floor_us(private_key: PrivateKey, items: Sequence[str]) -> tuple[float, float]:
-    """(sealed-box open, Ed25519 verify) per envelope in µs, over `items`."""
+def floor_us(private_key: PrivateKey, items: Sequence[str]) -> list[float]:
+    """Sealed-box open plus Ed25519 verify per envelope in µs, over `items`, once per
+    repeat (`_FLOOR_REPEATS`)."""
     box = SealedBox(private_key)
     sealed = [base64.b64decode(item) for item in items]
     signed = [json.loads(box.decrypt(s)) for s in sealed]
@@ -190,27 +194,28 @@ def floor_us(private_key: PrivateKey, items: Sequence[str]) -> tuple[float, floa
         )
         for s in signed
     ]
-
-    def open_all() -> None:
+    repeats = []
+    for _ in range(_FLOOR_REPEATS):
+        started = time.thread_time()
         for s in sealed:
             box.decrypt(s)
-
-    def verify_all() -> None:
         for key, payload, signature in checks:
             key.verify(payload, signature)
-
-    n = len(items)
-    return _best_thread_time(open_all) / n * 1e6, _best_thread_time(verify_all) / n * 1e6
+        repeats.append((time.thread_time() - started) / len(items) * 1e6)
+    return repeats
 
 
 def _measure(server: IngestServer, workload: Workload, private_key: PrivateKey) -> Measured:
     server.wait_drained()  # nothing of the round before is still being stored
     with _running_on(server.cpus):  # the core the server's crypto runs on
-        opened, verified = floor_us(private_key, workload.items)
+        repeats = floor_us(private_key, workload.items)
     before = server.cpu_seconds()
     load = send(server.url, workload)
     server.wait_drained()  # the embedded outbox's drain into DuckDB is this round's work
-    return Measured(load, server.cpu_seconds() - before, opened + verified)
+    cpu = server.cpu_seconds() - before
+    with _running_on(server.cpus):
+        repeats += floor_us(private_key, workload.items)
+    return Measured(load, cpu, statistics.median(repeats), min(repeats))
 
 
 def _bare_request_us(server: IngestServer) -> float:
@@ -266,8 +271,8 @@ def _report(bus: str, run: BusRun) -> bool:
         print(
             f"{bus:<9}{batch:>6}{m.load.rate:>9.0f}{m.load.percentile(50) * 1e3:>9.1f}"
             f"{m.load.percentile(99) * 1e3:>9.1f}{m.cpu_us_per_envelope:>11.0f}"
-            f"{m.floor_us:>8.0f}{m.ratio:>7.1f}x{best:>7.1f}x  <= {TARGETS[batch]:g}x "
-            f"{'met' if ok else 'MISSED'}"
+            f"{m.floor_us:>8.0f}{m.ratio:>7.1f}x{best:>7.1f}x{m.ratio_to_fastest:>9.1f}x"
+            f"  <= {TARGETS[batch]:g}x {'met' if ok else 'MISSED'}"
         )
     return met
 
@@ -291,18 +296,23 @@ def main() -> int:
             runs["kafka"] = kafka
     floors = sorted(f for run in runs.values() for f in run.floors())
     floor = statistics.median(floors)
+    fastest = min(
+        m.fastest_floor_us for run in runs.values() for r in run.rounds.values() for m in r
+    )
     print(
-        f"floor per envelope (sealed-box open + Ed25519 verify, CPU time), measured before "
-        f"each round on its envelopes: median {floor:.0f} µs, {floors[0]:.0f} to "
-        f"{floors[-1]:.0f}"
+        f"floor per envelope (sealed-box open + Ed25519 verify, CPU time), the median of "
+        f"{_FLOOR_REPEATS} repeats on a round's envelopes before it and {_FLOOR_REPEATS} "
+        f"after: rounds' floors {floors[0]:.0f} to {floors[-1]:.0f} µs (median {floor:.0f}); "
+        f"fastest repeat {fastest:.0f} µs"
     )
     print(
         f"{WORKERS} concurrent clients; {ROUNDS} rounds each, the median by ratio shown "
-        "(best ratio next to it); server CPU = its process's"
+        "(best ratio next to it, and the median round against its fastest floor repeat); "
+        "server CPU = its process's"
     )
     print(
         f"{'bus':<9}{'batch':>6}{'env/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'CPU µs/env':>11}{'floor':>8}{'ratio':>8}{'best':>8}"
+        f"{'CPU µs/env':>11}{'floor':>8}{'ratio':>8}{'best':>8}{'/fastest':>10}"
     )
     met = all([_report(bus, run) for bus, run in runs.items()])
     for bus, run in runs.items():
