@@ -70,6 +70,8 @@ broker). Half a MiB holds a wave's envelopes for a partition (about 1.4 KiB each
 and stays under the broker's default limit for a record batch (`message.max.bytes`,
 1 MiB)."""
 
+_DESCRIBE_TIMEOUT = 5.0
+"""Seconds `start` waits for the topics' configuration before it goes on without it."""
 _BATCH_HEADROOM = 1024
 """Bytes a batch keeps below a topic's `max.message.bytes`: the record batch header (61
 bytes) and a record's own framing (at most a few dozen) are not in the estimate."""
@@ -182,12 +184,11 @@ class KafkaEnvelopeBus(EnvelopeBus):
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self._bootstrap, client_id=f"{self._client_id}-admin"
         )
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in self._topics]
         try:
-            await admin.start()
-            responses = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, t) for t in self._topics]
-            )
-        except KafkaError as exc:
+            await asyncio.wait_for(admin.start(), _DESCRIBE_TIMEOUT)
+            responses = await asyncio.wait_for(admin.describe_configs(resources), _DESCRIBE_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "cannot read the topics' max.message.bytes (%s): batches up to %d bytes",
                 exc,

@@ -139,3 +139,30 @@ def _records(batch):  # type: ignore[no-untyped-def]
 
     buffer = batch._builder.build()
     return list(DefaultRecordBatch(bytearray(buffer)))
+
+
+def test_topic_message_limits_read_from_describe_configs_answers() -> None:
+    from types import SimpleNamespace
+
+    from ingest._bus import topic_message_limits
+
+    v0 = SimpleNamespace(
+        resources=[
+            (
+                0,
+                None,
+                2,
+                "a",
+                [
+                    ("cleanup.policy", "delete", False, True, False),
+                    ("max.message.bytes", "65536", False, False, False),
+                ],
+            ),
+            (3, "unknown topic", 2, "missing", []),  # an error: left out
+            (0, None, 2, "odd", [("max.message.bytes", "lots", False, False, False)]),
+        ]
+    )
+    v1 = SimpleNamespace(  # v1+ entries: (name, value, read_only, source, sensitive, synonyms)
+        resources=[(0, None, 2, "b", [("max.message.bytes", "1048588", False, 5, False, [])])]
+    )
+    assert topic_message_limits([v0, v1]) == {"a": 65536, "b": 1048588}
