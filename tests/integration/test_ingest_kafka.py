@@ -12,14 +12,16 @@ import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from nacl.public import PublicKey
+from nacl.public import PrivateKey, PublicKey
 
 from ingest import DuckDBSink, IngestSettings, KafkaEnvelopeBus, KafkaSinkConsumer, create_app
+from ingest._verify import Accepted, EnvelopeVerifier
 from schemas import BatchResult, IngestedEnvelope
 from tests.harness.kafka import KafkaBroker
 from tests.ingest.kit import FIRST_WINDOW, SERVED_POLICIES, Device, asgi_client
@@ -217,35 +219,22 @@ async def test_published_batches_keep_each_device_on_its_partition_in_order(
     the bus may be set to) go too. With the default limit a partition's share is one
     batch; with 16 KiB it is several, and each big message goes alone."""
     from aiokafka.partitioner import DefaultPartitioner
-    from nacl.public import PrivateKey
 
-    from ingest._verify import Accepted, EnvelopeVerifier
     from tests.integration.kafka_kit import read_topic
 
     region = f"it-{uuid.uuid4().hex[:8]}"
     topic = f"quietwire.envelopes.{region}"
     await kafka_broker.create_topics_async([topic], partitions=3)
-    key = PrivateKey.generate()
     devices = [Device(region) for _ in range(7)]
-    verifier = EnvelopeVerifier(
-        key,
-        region=region,
-        known_policy_hashes=[devices[0].envelope()["policy_hash"]],
-        max_clock_skew=timedelta(days=36_500),
-    )
-    accepted: list[Accepted] = []
+    sent: list[tuple[Device, dict[str, Any]]] = []
     for round_ in range(4):
         for device in devices:
             envelope = device.envelope()
             if round_ == 2:  # one large message per device: over a batch on its own
                 envelope["app"]["version"] = "9" * 60
                 envelope["aggregates"] = envelope["aggregates"] * 60
-            verdict = verifier.verify(
-                device.item(key.public_key, envelope),
-                received_at=datetime.now(UTC),
-            )
-            assert isinstance(verdict, Accepted), verdict
-            accepted.append(verdict)
+            sent.append((device, envelope))
+    accepted = _verified(region, sent)
     assert max(len(a.encoded) for a in accepted) > 16 * 1024
     limit = {} if max_batch_bytes is None else {"max_batch_bytes": max_batch_bytes}
     bus = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes", **limit)
@@ -280,10 +269,7 @@ async def test_batches_are_held_below_a_topic_max_message_bytes_lower_than_the_s
     """A topic set to refuse record batches over 64 KiB, under a bus set to 512 KiB: read
     at start, the topic's limit holds every batch below it, so a wave of envelopes larger
     than it is acknowledged whole. Without the check, Kafka refuses the full batch."""
-    from nacl.public import PrivateKey
-
     from ingest import BusUnavailable
-    from ingest._verify import Accepted, EnvelopeVerifier
     from tests.integration.kafka_kit import read_topic
 
     region = f"it-{uuid.uuid4().hex[:8]}"
@@ -291,19 +277,8 @@ async def test_batches_are_held_below_a_topic_max_message_bytes_lower_than_the_s
     await kafka_broker.create_topics_async(
         [topic], partitions=1, configs={"max.message.bytes": str(64 * 1024)}
     )
-    key = PrivateKey.generate()
     devices = [Device(region) for _ in range(200)]
-    verifier = EnvelopeVerifier(
-        key,
-        region=region,
-        known_policy_hashes=[devices[0].envelope()["policy_hash"]],
-        max_clock_skew=timedelta(days=36_500),
-    )
-    accepted: list[Accepted] = []
-    for device in devices:
-        verdict = verifier.verify(device.item(key.public_key), received_at=datetime.now(UTC))
-        assert isinstance(verdict, Accepted), verdict
-        accepted.append(verdict)
+    accepted = _verified(region, [(d, d.envelope()) for d in devices])
     assert sum(len(a.encoded) for a in accepted) > 2 * 64 * 1024
 
     unchecked = KafkaEnvelopeBus(kafka_broker.bootstrap, topic_prefix="quietwire.envelopes")
@@ -341,3 +316,23 @@ async def test_an_ingest_on_a_topic_it_cannot_describe_keeps_its_batch_limit(
         assert bus.batch_limit == 512 * 1024
     finally:
         await bus.stop()
+
+
+def _verified(region: str, sent: list[tuple[Device, dict[str, Any]]]) -> list[Accepted]:
+    """(device, envelope) pairs sealed and signed, through the ingest's own verifier
+    (under the envelopes' policy, any window time): what the bus is handed."""
+    key = PrivateKey.generate()
+    verifier = EnvelopeVerifier(
+        key,
+        region=region,
+        known_policy_hashes=[sent[0][1]["policy_hash"]],
+        max_clock_skew=timedelta(days=36_500),
+    )
+    accepted: list[Accepted] = []
+    for device, envelope in sent:
+        verdict = verifier.verify(
+            device.item(key.public_key, envelope), received_at=datetime.now(UTC)
+        )
+        assert isinstance(verdict, Accepted), verdict
+        accepted.append(verdict)
+    return accepted
