@@ -276,8 +276,11 @@ class Telemetry:
             budget_clock=self._clock,
             evidence=state.ledger_evidence(),
         )
-        if config.mode == "background":
-            gate.consent.defer_writes()  # the worker writes (`_run_purges`)
+        # A decision takes effect in memory first, then is written: by the worker in
+        # background mode (`_run_purges`), before the call returns in manual mode
+        # (`_consent_now`). So a revocation a full disk cannot write is in effect all
+        # the same, and retried (`_make_consent_durable`).
+        gate.consent.defer_writes()
         gate.consent.before_revocation = lambda record, consent_hash: self._store_deletion_request(
             outbox, key_store, record, consent_hash
         )
@@ -409,8 +412,10 @@ class Telemetry:
         Each tier needs its own grant (`content` above all). What was recorded before
         the grant (the open window, a carried window, queued prompts) is discarded,
         never released. Manual mode: the signed record is durable when this returns;
-        raises `ConsentError` if it cannot be written, `SpoolError` if the carried
-        window cannot be purged of the tier first (nothing granted then). Background
+        raises `SpoolError` if the carried window cannot be purged of the tier first
+        (nothing granted then), `ConsentError` if the record cannot be written (the
+        grant is then in effect in memory, retried by the next consent call, `flush`
+        or `shutdown`, and nothing is sent until it is on disk). Background
         mode: the grant takes effect when this returns and the worker writes it at once
         (`wait_consent_durable` waits for that); a failure to write is logged and
         retried. Once the worker has stopped (`shutdown`), it is written before this
@@ -429,11 +434,13 @@ class Telemetry:
         the spool, and queues a signed deletion request (sent before any envelope) that
         the ingest records and the warehouse acts on by deleting this device's rows of
         the tier. Manual mode: all of it is on disk when this returns. Raises
-        `ClientError`: `ConsentError` if the revocation cannot be recorded,
-        `SpoolError` if the carried window cannot be purged or the deletion request
-        stored first (nothing is revoked then), or if the spool purge fails after the
-        revocation was written (it is then in effect and on disk; the purge is retried
-        by the next consent call, `flush` or `shutdown`).
+        `ClientError`: `ConsentError` if the revocation cannot be written, `SpoolError`
+        if the carried window cannot be purged, the deletion request stored or the
+        spool purged (a full disk, say). Either way the revocation is in effect in
+        memory (nothing of the tier is recorded, released or sent any more) and what
+        is not yet on disk is retried by the next consent call, `flush` or `shutdown`;
+        nothing is sent until it is on disk (a spooled envelope may still hold the
+        tier), and until then a restart loads the previous decision.
 
         Background mode: the revocation takes effect in memory when this returns (no
         window releases the tier, no send carries it); the worker then strips the tier
@@ -477,10 +484,18 @@ class Telemetry:
         """Manual mode, and background mode once the worker no longer runs (after
         `shutdown`: nothing would write a decision left in memory, and the next start
         would load the previous one): the decision and what it purges are on disk when
-        this returns. Raises `ClientError` (`ConsentError`, `SpoolError`) if not."""
+        this returns. Raises `ClientError` (`ConsentError`, `SpoolError`) if not.
+
+        A revocation is in effect in memory before anything is written, as in
+        background mode: a disk that cannot take the carried window's purge, the
+        deletion request or the decision (full, say) raises, and the tier is revoked
+        all the same (nothing of it is recorded, released or sent); the writes are
+        retried by the next consent call, `flush` or `shutdown`, carried window first
+        (`_make_consent_durable`). A grant the carried window's purge fails for is not
+        in effect: it fails before anything is decided."""
         with self._collect_lock:  # after a start-up or a shutdown still running
             loaded = self._loaded.is_set()
-            if loaded and (not granted or not self._gate.consent.allows(tier)):
+            if loaded and granted and not self._gate.consent.allows(tier):
                 # Before the decision is written (manual mode writes it at once): a
                 # crash in between cannot bring back what it discards.
                 _purge_carried(self._outbox, {tier}, self._tier_of)
@@ -571,14 +586,17 @@ class Telemetry:
             consent_version=record.record.version,
         )
 
-    def _run_purges(self) -> None:
+    def _run_purges(self) -> bool:
         """The worker's (and a send's) part of consent: `_make_consent_durable`. A
-        failure is logged and tried again next time; the decisions stay in effect."""
+        failure is logged and tried again next time; the decisions stay in effect.
+        True if every decision made so far, and what it purges, is on disk."""
         try:
             with self._collect_lock:
                 self._make_consent_durable()
         except ClientError as exc:
             _log.error("consent not yet durable: %s", exc)
+            return False
+        return True
 
     def _make_consent_durable(self) -> None:
         """Make the consent decisions made so far durable, in order: strip the tiers
@@ -1231,7 +1249,11 @@ class Telemetry:
         """Send what is pending; True when nothing is left. `until`: the shutdown
         sender's deadline (`time.monotonic`): no batch starts after it, nor once
         `shutdown` has returned (`_take_batch`); a send already on the wire finishes."""
-        self._run_purges()  # before anything leaves
+        if not self._run_purges():
+            # Before anything leaves: a revocation whose spool purge or deletion request
+            # is not on disk (a full disk) would otherwise let envelopes still carrying
+            # the revoked tier go out. Kept, and sent once the purge has run.
+            return False
         ingest_now = self._clock.ingest_now()
         if ingest_now is None and self._clock.follows_ingest() and self._outbox.unsent():
             # Before every send while it is unknown (sending is network I/O anyway): so

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from client import DropReason
+from client import ClientError, DropReason, MemoryTransport
 from client._envelope import DeviceState, sequence_floor
 from client._spool import Spool
+from schemas import DeletionReceipt, DeletionRequestV1, SignedDeletionRequest, Tier
 from tests.client.conftest import FakeClock, MakeTelemetry, MemoryIngest
 
 
@@ -102,3 +103,70 @@ def test_a_spool_that_cannot_apply_retention_still_returns_the_released_windows(
     monkeypatch.undo()
     assert telemetry.flush()
     assert [e.envelope_id for e in ingest.envelopes] == [sent.envelope_id]
+
+
+def _every_write_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every atomic write (temp file, then rename) fails as on a full disk."""
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("carried", [False, True], ids=["spooled", "carried"])
+def test_a_revocation_on_a_full_disk_is_in_effect_and_nothing_of_the_tier_leaves(
+    make_telemetry: MakeTelemetry,
+    clock: FakeClock,
+    ingest: MemoryIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    carried: bool,
+) -> None:
+    """Manual mode, the disk full when the user revokes a tier: the call raises (the
+    deletion request, the revocation and the spool's purge cannot be written), but the
+    tier is revoked all the same. Nothing is sent while the purge is not on disk (a
+    spooled envelope, or a carried window from before a restart, still holds the tier);
+    once the disk has room, the next flush writes it all, the deletion request goes
+    first, and nothing sent after the revocation holds the tier. Before, the failed
+    write left the tier consented, and (in either mode) a send after a failed purge
+    carried the revoked tier's data. Background mode shares the send path."""
+    state = tmp_path / "device"
+    deletions: list[DeletionRequestV1] = []
+
+    def record(request: SignedDeletionRequest) -> DeletionReceipt:
+        deletions.append(DeletionRequestV1.model_validate_json(request.payload))
+        return DeletionReceipt(request_id=deletions[-1].request_id)
+
+    def transport() -> MemoryTransport:
+        return MemoryTransport(ingest.handle, deletion_handler=record)
+
+    telemetry = make_telemetry(transport=transport(), state_dir=state)
+    telemetry.counter("inference.requests").add(3, route="local", model="a@1")
+    telemetry.counter("app.starts").add(1)
+    assert len(telemetry.collect(clock.advance(hours=1))) == 1  # spooled, not sent
+    if carried:  # a restart mid-window: the open window is carried on disk
+        telemetry.counter("inference.requests").add(2, route="local", model="a@1")
+        telemetry.shutdown()
+        telemetry = make_telemetry(transport=transport(), state_dir=state, consent=())
+    sent_before = len(ingest.envelopes)  # a shutdown sends what is spooled
+    _every_write_fails(monkeypatch)
+    with pytest.raises(ClientError):
+        telemetry.revoke_consent(Tier.PERFORMANCE)
+    assert Tier.PERFORMANCE not in telemetry.consented_tiers()
+    telemetry.counter("inference.requests").add(5, route="local", model="a@1")  # not kept
+    assert not telemetry.flush()
+    assert len(ingest.envelopes) == sent_before  # nothing leaves while not on disk
+    assert deletions == []
+
+    monkeypatch.undo()  # room again
+    assert telemetry.flush()
+    assert telemetry.wait_consent_durable(timeout=0)
+    assert [d.tier for d in deletions] == [Tier.PERFORMANCE]
+    telemetry.collect(clock.advance(hours=1))  # the next window (and a carried one)
+    telemetry.flush()
+    assert len(ingest.envelopes) > sent_before
+    for envelope in ingest.envelopes[sent_before:]:
+        assert Tier.PERFORMANCE not in envelope.consented_tiers
+        assert all(a.tier is not Tier.PERFORMANCE for a in envelope.aggregates)
+        assert all(r.tier is not Tier.PERFORMANCE for r in envelope.reports)
