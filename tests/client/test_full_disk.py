@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from client import ClientError, DropReason, MemoryTransport
+from client import ClientError, DropReason, MemoryTransport, TransportError
 from client._envelope import DeviceState, sequence_floor
 from client._spool import Spool
-from schemas import DeletionReceipt, DeletionRequestV1, SignedDeletionRequest, Tier
+from schemas import (
+    BatchResult,
+    DeletionReceipt,
+    DeletionRequestV1,
+    EnvelopeBatch,
+    SignedDeletionRequest,
+    Tier,
+)
 from tests.client.conftest import FakeClock, MakeTelemetry, MemoryIngest
 
 
@@ -170,3 +177,52 @@ def test_a_revocation_on_a_full_disk_is_in_effect_and_nothing_of_the_tier_leaves
         assert Tier.PERFORMANCE not in envelope.consented_tiers
         assert all(a.tier is not Tier.PERFORMANCE for a in envelope.aggregates)
         assert all(r.tier is not Tier.PERFORMANCE for r in envelope.reports)
+
+
+def test_in_background_mode_nothing_is_sent_while_a_revocation_is_not_on_disk(
+    make_telemetry: MakeTelemetry,
+    clock: FakeClock,
+    ingest: MemoryIngest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The worker's sends go through the same guard: with the revocation's writes
+    failing, an envelope spooled before it (still holding the tier) stays put."""
+    state = tmp_path / "device"
+    online = [False]
+
+    def handle(batch: EnvelopeBatch) -> BatchResult:
+        if not online[0]:
+            raise TransportError("offline")
+        return ingest.handle(batch)
+
+    def transport() -> MemoryTransport:
+        return MemoryTransport(handle, deletion_handler=lambda r: _receipt(r))
+
+    first = make_telemetry(transport=transport(), state_dir=state)
+    first.counter("inference.requests").add(3, route="local", model="a@1")
+    assert len(first.collect(clock.advance(hours=1))) == 1
+    first.shutdown(carry_open_window=False, timeout=1.0)  # offline: stays spooled
+
+    second = make_telemetry(transport=transport(), state_dir=state, consent=(), mode="background")
+    _every_write_fails(monkeypatch)
+    second.revoke_consent(Tier.PERFORMANCE)  # in effect now; the worker's writes fail
+    assert Tier.PERFORMANCE not in second.consented_tiers()
+    assert not second.wait_consent_durable(timeout=1.0)
+    online[0] = True
+    assert not second.flush(timeout=2.0)
+    assert ingest.envelopes == []
+
+    monkeypatch.undo()
+    assert second.flush(timeout=30.0)
+    assert second.wait_consent_durable(timeout=30.0)
+    (sent,) = ingest.envelopes
+    assert Tier.PERFORMANCE not in sent.consented_tiers
+    assert all(a.tier is not Tier.PERFORMANCE for a in sent.aggregates)
+    assert all(r.tier is not Tier.PERFORMANCE for r in sent.reports)
+
+
+def _receipt(request: SignedDeletionRequest) -> DeletionReceipt:
+    return DeletionReceipt(
+        request_id=DeletionRequestV1.model_validate_json(request.payload).request_id
+    )
