@@ -17,6 +17,7 @@ from schemas import (
     DeletionReceipt,
     DeletionRequestV1,
     EnvelopeBatch,
+    EnvelopeV1,
     SignedDeletionRequest,
     Tier,
 )
@@ -139,14 +140,10 @@ def test_a_revocation_on_a_full_disk_is_in_effect_and_nothing_of_the_tier_leaves
     write left the tier consented, and (in either mode) a send after a failed purge
     carried the revoked tier's data. Background mode shares the send path."""
     state = tmp_path / "device"
-    deletions: list[DeletionRequestV1] = []
-
-    def record(request: SignedDeletionRequest) -> DeletionReceipt:
-        deletions.append(DeletionRequestV1.model_validate_json(request.payload))
-        return DeletionReceipt(request_id=deletions[-1].request_id)
+    deletions = _Deletions()
 
     def transport() -> MemoryTransport:
-        return MemoryTransport(ingest.handle, deletion_handler=record)
+        return MemoryTransport(ingest.handle, deletion_handler=deletions)
 
     telemetry = make_telemetry(transport=transport(), state_dir=state)
     telemetry.counter("inference.requests").add(3, route="local", model="a@1")
@@ -164,19 +161,16 @@ def test_a_revocation_on_a_full_disk_is_in_effect_and_nothing_of_the_tier_leaves
     telemetry.counter("inference.requests").add(5, route="local", model="a@1")  # not kept
     assert not telemetry.flush()
     assert len(ingest.envelopes) == sent_before  # nothing leaves while not on disk
-    assert deletions == []
+    assert deletions.tiers == []
 
     monkeypatch.undo()  # room again
     assert telemetry.flush()
     assert telemetry.wait_consent_durable(timeout=0)
-    assert [d.tier for d in deletions] == [Tier.PERFORMANCE]
+    assert deletions.tiers == [Tier.PERFORMANCE]
     telemetry.collect(clock.advance(hours=1))  # the next window (and a carried one)
     telemetry.flush()
     assert len(ingest.envelopes) > sent_before
-    for envelope in ingest.envelopes[sent_before:]:
-        assert Tier.PERFORMANCE not in envelope.consented_tiers
-        assert all(a.tier is not Tier.PERFORMANCE for a in envelope.aggregates)
-        assert all(r.tier is not Tier.PERFORMANCE for r in envelope.reports)
+    _assert_without(Tier.PERFORMANCE, ingest.envelopes[sent_before:])
 
 
 def test_in_background_mode_nothing_is_sent_while_a_revocation_is_not_on_disk(
@@ -197,7 +191,7 @@ def test_in_background_mode_nothing_is_sent_while_a_revocation_is_not_on_disk(
         return ingest.handle(batch)
 
     def transport() -> MemoryTransport:
-        return MemoryTransport(handle, deletion_handler=lambda r: _receipt(r))
+        return MemoryTransport(handle, deletion_handler=_Deletions())
 
     first = make_telemetry(transport=transport(), state_dir=state)
     first.counter("inference.requests").add(3, route="local", model="a@1")
@@ -216,13 +210,24 @@ def test_in_background_mode_nothing_is_sent_while_a_revocation_is_not_on_disk(
     monkeypatch.undo()
     assert second.flush(timeout=30.0)
     assert second.wait_consent_durable(timeout=30.0)
-    (sent,) = ingest.envelopes
-    assert Tier.PERFORMANCE not in sent.consented_tiers
-    assert all(a.tier is not Tier.PERFORMANCE for a in sent.aggregates)
-    assert all(r.tier is not Tier.PERFORMANCE for r in sent.reports)
+    assert len(ingest.envelopes) == 1
+    _assert_without(Tier.PERFORMANCE, ingest.envelopes)
 
 
-def _receipt(request: SignedDeletionRequest) -> DeletionReceipt:
-    return DeletionReceipt(
-        request_id=DeletionRequestV1.model_validate_json(request.payload).request_id
-    )
+class _Deletions:
+    """A deletion handler for `MemoryTransport`: records each request, answers it."""
+
+    def __init__(self) -> None:
+        self.tiers: list[Tier] = []
+
+    def __call__(self, request: SignedDeletionRequest) -> DeletionReceipt:
+        deletion = DeletionRequestV1.model_validate_json(request.payload)
+        self.tiers.append(deletion.tier)
+        return DeletionReceipt(request_id=deletion.request_id)
+
+
+def _assert_without(tier: Tier, envelopes: list[EnvelopeV1]) -> None:
+    for envelope in envelopes:
+        assert tier not in envelope.consented_tiers
+        assert all(a.tier is not tier for a in envelope.aggregates)
+        assert all(r.tier is not tier for r in envelope.reports)
