@@ -30,6 +30,7 @@ from ingest._errors import BusUnavailable
 from ingest._group_commit import GroupCommit
 from ingest._health import CachedProbe, Check
 from ingest._partition import kafka_partition
+from ingest._settings import DEFAULT_MAX_BATCH_BYTES
 from ingest._sink import DuckDBSink
 from schemas import IngestedDeletionRequest, IngestedEnvelope
 
@@ -57,18 +58,6 @@ def _region_and_device(item: BusItem) -> tuple[str, str]:
 
 
 log = logging.getLogger("quietwire.ingest.bus")
-
-DEFAULT_MAX_BATCH_BYTES = 512 * 1024
-"""The producer's largest record batch per partition (`IngestSettings.kafka_max_batch_bytes`).
-
-aiokafka's default (16 KiB) holds about ten envelopes, so a wave's envelopes for one
-partition went out as many batches, and the idempotent producer sends a partition's
-batches one produce request after another, each with its own request encoding, response
-parsing and futures: 38 µs of CPU per envelope to publish a wave of 140 envelopes
-against 14.5 µs with one batch per partition (`KafkaEnvelopeBus.publish` on a real
-broker). Half a MiB holds a wave's envelopes for a partition (about 1.4 KiB each)
-and stays under the broker's default limit for a record batch (`message.max.bytes`,
-1 MiB)."""
 
 _DESCRIBE_TIMEOUT = 5.0
 """Seconds `start` waits for the topics' configuration before it goes on without it."""
